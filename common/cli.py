@@ -1,0 +1,205 @@
+"""Command lines of server.py and the client scripts: flags fill the config dataclasses,
+then a window opens or, with ``--headless``, the core runs in this terminal.
+
+Exit codes: 0 done, 1 a failure explained in one line, 2 gave up (--max-rounds) or bad
+usage, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from dataclasses import fields
+
+from common import protocol
+from common.client import ClientConfig, ConnectError, RecvThread, connect
+from common.data import CLIENT_DATA, XOR_TEST_DATA
+from common.ga import GAConfig
+from common.server import BindError, GlobalModel, ListenThread, ServerConfig
+
+log = logging.getLogger("fedga")
+
+EXIT_DONE, EXIT_FAILED, EXIT_GAVE_UP = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+
+
+class Terminated(Exception):
+    """SIGTERM arrived; raised in the main thread so cleanup runs in ``finally`` blocks."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+        return value
+    return parse
+
+
+def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
+    parser.add_argument("--headless", action="store_true",
+                        help="run in this terminal without a window")
+    parser.add_argument("--host", default=defaults.host,
+                        help="server IPv4 address or host name (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=defaults.port,
+                        help="server TCP port; 0 lets the server pick one (default: %(default)s)")
+    parser.add_argument("--recv-timeout", type=_positive(float), default=defaults.recv_timeout,
+                        metavar="S", help="seconds a message may take once its first byte "
+                        "arrived (default: %(default)s)")
+    parser.add_argument("--idle-timeout", type=_positive(float), default=defaults.idle_timeout,
+                        metavar="S", help="seconds to wait for the next message to begin "
+                        "(default: %(default)s)")
+    parser.add_argument("--buffer-size", type=_positive(int), default=defaults.buffer_size,
+                        metavar="N", help="bytes per socket read (default: %(default)s)")
+    parser.add_argument("--max-message-bytes", type=_positive(int),
+                        default=defaults.max_message_bytes, metavar="N",
+                        help="refuse any message larger than this (default: %s)" % (
+                            "derived from the model size" if defaults.max_message_bytes is None
+                            else "%(default)s"))
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed, for repeatable runs (default: none)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="how much to log (default: %(default)s)")
+
+
+def _config_from(args: argparse.Namespace, config_type, **extra):
+    names = {f.name for f in fields(config_type)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return config_type(**values, **extra)
+
+
+def configure_logging(level: str, role: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format=f"%(asctime)s [{role}] %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+
+
+def server_parser() -> argparse.ArgumentParser:
+    defaults = ServerConfig()
+    parser = argparse.ArgumentParser(
+        prog="server.py", description="fedga server: owns the Keras model, averages the "
+        "clients' updates and tests the global model until it reaches the target accuracy.")
+    _common_flags(parser, defaults)
+    parser.add_argument("--max-rounds", type=_positive(int), default=defaults.max_rounds,
+                        metavar="N", help="give up (exit 2) after this many accepted updates "
+                        "(default: %(default)s)")
+    parser.add_argument("--num-solutions", type=_positive(int), default=defaults.num_solutions,
+                        metavar="N", help="population size sent to clients (default: %(default)s)")
+    return parser
+
+
+def client_parser(name: str) -> argparse.ArgumentParser:
+    defaults = ClientConfig()
+    parser = argparse.ArgumentParser(
+        prog=f"{name}.py", description=f"fedga {name}: trains the server's model with a genetic "
+        "algorithm on its own data, which never leaves this machine.")
+    _common_flags(parser, defaults)
+    parser.add_argument("--connect-timeout", type=_positive(float),
+                        default=defaults.connect_timeout, metavar="S",
+                        help="keep retrying to reach the server this long (default: %(default)s)")
+    ga = GAConfig()
+    parser.add_argument("--generations", type=_positive(int), default=ga.num_generations,
+                        metavar="N", help="GA generations per round (default: %(default)s)")
+    return parser
+
+
+def _needs_window(role: str) -> int:
+    print(f"The {role} window is not part of this version yet: run it with --headless.",
+          file=sys.stderr)
+    return EXIT_GAVE_UP
+
+
+def server_main(argv: list[str] | None = None) -> int:
+    args = server_parser().parse_args(argv)
+    if not args.headless:
+        return _needs_window("server")
+    configure_logging(args.log_level, "server")
+    return run_server_headless(_config_from(args, ServerConfig))
+
+
+def run_server_headless(config: ServerConfig) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    from common.model import build_xor_model  # imports Keras: after the flags are checked
+
+    global_model = GlobalModel(build_xor_model(), XOR_TEST_DATA,
+                               num_solutions=config.num_solutions,
+                               target_accuracy=config.target_accuracy,
+                               max_rounds=config.max_rounds, seed=config.seed)
+    try:
+        server = ListenThread(global_model, config)
+    except BindError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    host, port = server.server_address
+    log.info("listening on %s:%d (model accuracy=%.4f before training)", host, port,
+             global_model.accuracy)
+    try:
+        with server:
+            while not server.wait_all_answered(timeout=1.0):
+                pass
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopped before training was done")
+        return EXIT_INTERRUPTED
+    except Terminated:
+        log.warning("terminated: stopped before training was done")
+        return EXIT_TERMINATED
+    if global_model.reached_target:
+        log.info("finished: accuracy=%.4f after %d rounds; every client was told done",
+                 global_model.accuracy, global_model.round)
+        return EXIT_DONE
+    return EXIT_GAVE_UP
+
+
+def client_main(name: str, argv: list[str] | None = None) -> int:
+    args = client_parser(name).parse_args(argv)
+    if not args.headless:
+        return _needs_window(name)
+    configure_logging(args.log_level, name)
+    ga = GAConfig(num_generations=args.generations)
+    return run_client_headless(_config_from(args, ClientConfig, name=name, ga=ga))
+
+
+def run_client_headless(config: ClientConfig) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    thread = None
+    try:
+        log.info("connecting to %s:%d", config.host, config.port)
+        sock = connect(config.host, config.port, config.connect_timeout)
+        thread = RecvThread(config.buffer_size, config.recv_timeout, sock=sock,
+                            data=CLIENT_DATA[config.name], config=config)
+        thread.start()
+        while thread.is_alive():
+            thread.join(timeout=1.0)
+    except ConnectError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return EXIT_INTERRUPTED
+    except Terminated:
+        log.warning("terminated")
+        return EXIT_TERMINATED
+    finally:
+        if thread is not None:
+            thread.stop()
+            thread.join()
+    return EXIT_DONE if thread.outcome == "done" else EXIT_FAILED

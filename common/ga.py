@@ -1,0 +1,73 @@
+"""Client-side training: PyGAD evolves a received population on the client's own data.
+
+The whole population is scored in one batched call (``fitness_batch_size``), with the
+tutorial's fitness ``1 / (BCE + 1e-8)`` computed in NumPy on output probabilities.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pygad
+
+from common.data import Dataset
+from common.model import ForwardPass
+
+EPSILON = 1e-7  # probability clipping, as Keras's binary cross-entropy does
+
+
+@dataclass(frozen=True)
+class GAConfig:
+    num_generations: int = 50
+    num_parents_mating: int = 4
+    mutation_percent_genes: float = 5
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    best_vector: np.ndarray
+    best_fitness: float
+    generations: int
+
+
+def binary_crossentropy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean BCE over the last two axes: one loss per solution."""
+    p = np.clip(probabilities, EPSILON, 1 - EPSILON)
+    return -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p), axis=(-2, -1))
+
+
+def fitness(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return 1.0 / (binary_crossentropy(probabilities, labels) + 1e-8)
+
+
+def train(forward: ForwardPass, population: np.ndarray, data: Dataset, config: GAConfig,
+          *, on_generation: Callable[[int, float], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, seed: int | None = None) -> TrainingResult:
+    """Run the GA from ``population`` (solutions x params); return its best solution."""
+
+    def batch_fitness(ga, solutions, indices):
+        return fitness(forward(solutions, data.inputs), data.outputs)
+
+    def generation_done(ga):
+        if on_generation is not None:
+            on_generation(ga.generations_completed, float(np.max(ga.last_generation_fitness)))
+        if should_stop is not None and should_stop():
+            return "stop"
+        return None
+
+    ga = pygad.GA(
+        num_generations=config.num_generations,
+        num_parents_mating=config.num_parents_mating,
+        initial_population=np.array(population, dtype=np.float64),
+        fitness_func=batch_fitness,
+        fitness_batch_size=len(population),
+        mutation_percent_genes=config.mutation_percent_genes,
+        on_generation=generation_done,
+        random_seed=seed,
+        suppress_warnings=True,
+    )
+    ga.run()
+    best, best_fitness, _ = ga.best_solution(pop_fitness=ga.last_generation_fitness)
+    return TrainingResult(np.asarray(best, dtype=np.float32), float(best_fitness),
+                          ga.generations_completed)

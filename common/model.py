@@ -1,0 +1,119 @@
+"""The Keras model: building it, weights <-> flat vectors, forward passes and accuracy.
+
+A flat vector holds every weight array of ``model.get_weights()`` raveled in order, which
+for Dense stacks is also the order of ``pygad.kerasga``, so tutorial peers read our vectors.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import keras
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def build_xor_model() -> keras.Model:
+    """The tutorial's model: Input(2) -> Dense(4, relu) -> Dense(2, softmax)."""
+    inputs = keras.Input(shape=(2,))
+    hidden = keras.layers.Dense(4, activation="relu")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax")(hidden)
+    return keras.Model(inputs=inputs, outputs=outputs)
+
+
+def model_from_json(model_json: str) -> keras.Model:
+    return keras.models.model_from_json(model_json)
+
+
+def weights_to_vector(weights: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.ravel(w) for w in weights]).astype(np.float32, copy=False)
+
+
+def vector_to_weights(vector: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    weights, offset = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        weights.append(np.reshape(vector[offset:offset + size], shape))
+        offset += size
+    return weights
+
+
+def binary_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Keras's BinaryAccuracy (threshold 0.5) over the last two axes: one value per solution."""
+    return np.mean((probabilities > 0.5) == (labels > 0.5), axis=(-2, -1))
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # same values as 1/(1+e^-x), never overflows
+
+
+def _softmax(x):
+    e = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+_ACTIVATIONS = {
+    "linear": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0),
+    "sigmoid": _sigmoid,
+    "tanh": np.tanh,
+    "softmax": _softmax,
+}
+
+
+def _dense_stack(model: keras.Model) -> list[tuple[int, int, bool, str]] | None:
+    """(fan_in, units, use_bias, activation) per layer if the model is only Dense layers."""
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if type(layer) is not keras.layers.Dense:
+            return None
+        activation = keras.activations.serialize(layer.activation)
+        name = activation if isinstance(activation, str) else activation.get("config", {}).get("name")
+        if name not in _ACTIVATIONS:
+            return None
+        layers.append((layer.kernel.shape[0], layer.units, layer.use_bias, name))
+    return layers or None
+
+
+class ForwardPass:
+    """Output probabilities of one model architecture for many weight vectors at once.
+
+    Stacks of Dense layers run as batched NumPy matrix products over a leading solutions
+    axis; any other model falls back to one Keras call per vector (and mutates ``model``).
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.shapes = [tuple(w.shape) for w in model.weights]
+        self.num_params = sum(math.prod(s) for s in self.shapes)
+        self._dense = _dense_stack(model)
+        if self._dense is None:
+            log.info("model is not a plain Dense stack: evaluating one solution at a time")
+
+    def __call__(self, vectors: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+        """Probabilities of shape (solutions, samples, outputs) for vectors (solutions, params)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self._dense is None:
+            return np.stack([self._keras_forward(v, inputs) for v in vectors])
+        count = len(vectors)
+        h = np.broadcast_to(np.asarray(inputs, dtype=np.float32), (count, *np.shape(inputs)))
+        offset = 0
+        for fan_in, units, use_bias, activation in self._dense:
+            kernel = vectors[:, offset:offset + fan_in * units].reshape(count, fan_in, units)
+            offset += fan_in * units
+            h = np.matmul(h, kernel)
+            if use_bias:
+                h = h + vectors[:, None, offset:offset + units]
+                offset += units
+            h = _ACTIVATIONS[activation](h)
+        return h
+
+    def _keras_forward(self, vector: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+        self.model.set_weights(vector_to_weights(vector, self.shapes))
+        return keras.ops.convert_to_numpy(self.model(inputs, training=False))
+
+    def accuracy(self, vector: np.ndarray, inputs: np.ndarray, labels: np.ndarray) -> float:
+        return float(binary_accuracy(self(vector[None, :], inputs)[0], labels))

@@ -1,0 +1,420 @@
+"""The wire protocol: message shapes, safe decoding, and one connection's reads and writes.
+
+Messages are the tutorial's pickled dicts ``{"subject": ..., "data": {...}}`` with no
+framing, so peers that send plain ``pickle.dumps`` interoperate. A message ends at the
+pickle's STOP opcode: a streaming unpickler reads exactly one message from a persistent
+buffered reader, under a byte budget and a deadline. Only the NumPy constructors that
+arrays, dtypes and scalars need can be named by a pickle; nothing else is importable.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import pickle
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy._core import multiarray as _multiarray
+from numpy._core import numeric as _numeric
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+PICKLE_PROTOCOL = 4  # what Python 3.8-3.13 peers write by default
+CLIENT_MAX_MESSAGE_BYTES = 256 * 2**20  # a client learns the model size only from its first message
+
+
+class Subject(str, enum.Enum):
+    ECHO = "echo"
+    MODEL = "model"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Keys a message's ``data`` must have, and the ones it may have."""
+
+    required: frozenset[str]
+    optional: frozenset[str] = field(default_factory=frozenset)
+
+
+# Keys any message may carry; peers that do not know them ignore them.
+COMMON_OPTIONAL_KEYS = frozenset({"client_id", "protocol_version"})
+
+CLIENT_TO_SERVER = {
+    Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
+    Subject.MODEL: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
+}
+SERVER_TO_CLIENT = {
+    Subject.MODEL: Schema(
+        frozenset({"population_weights", "model_json", "num_solutions"}),
+        COMMON_OPTIONAL_KEYS | {"round", "accuracy"},
+    ),
+    Subject.DONE: Schema(frozenset(), COMMON_OPTIONAL_KEYS | {"round", "accuracy"}),
+}
+
+
+# ---- errors -----------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """A peer broke the protocol or the connection failed; that connection ends."""
+
+
+class PeerClosed(ProtocolError):
+    """The peer closed the connection between messages (a normal end)."""
+
+
+class ConnectionLost(ProtocolError):
+    """The connection broke (reset, refused, or closed in the middle of a message)."""
+
+
+class ReceiveTimeout(ProtocolError):
+    """No message began within the idle timeout, or one did not finish within recv-timeout."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A message needed more bytes than the budget allows."""
+
+
+class DecodeError(ProtocolError):
+    """The bytes are not a pickle we accept."""
+
+
+class ForbiddenGlobal(DecodeError):
+    """The pickle names a callable outside the allowed table."""
+
+
+class SchemaError(ProtocolError):
+    """The message decoded but its subject, keys or values are wrong."""
+
+
+# ---- messages ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    subject: Subject
+    data: dict
+
+    def to_wire(self) -> dict:
+        return {"subject": self.subject.value, "data": self.data}
+
+
+def encode(message: Message) -> bytes:
+    return pickle.dumps(message.to_wire(), protocol=PICKLE_PROTOCOL)
+
+
+def validate(obj, schemas: dict[Subject, Schema]) -> Message:
+    """Check a decoded object against the schemas of one direction; unknown keys are dropped."""
+    if not isinstance(obj, dict):
+        raise SchemaError(f"message is a {type(obj).__name__}, not a dict")
+    if "subject" not in obj:
+        raise SchemaError("message has no 'subject'")
+    try:
+        subject = Subject(obj["subject"])
+    except ValueError:
+        subject = None
+    if subject not in schemas:
+        expected = ", ".join(repr(s.value) for s in schemas)
+        raise SchemaError(f"unexpected subject {obj['subject']!r} (expected {expected})")
+    data = obj.get("data")
+    if data is None and subject is Subject.DONE:
+        data = {}  # the tutorial's server sends {"subject": "done", "data": None}
+    if not isinstance(data, dict):
+        raise SchemaError(f"{subject.value!r} message has no 'data' dict")
+    schema = schemas[subject]
+    missing = schema.required - data.keys()
+    if missing:
+        raise SchemaError(f"{subject.value!r} message lacks {', '.join(sorted(missing))}")
+    unknown = data.keys() - schema.required - schema.optional
+    if unknown:
+        log.info("ignoring unknown keys in %r message: %s", subject.value,
+                 ", ".join(sorted(map(str, unknown))))
+    known = {k: v for k, v in data.items() if k not in unknown}
+    return Message(subject, known)
+
+
+def check_weights_vector(vector, length: int, what: str = "best_model_weights_vector") -> np.ndarray:
+    """Return ``vector`` as float32 if it is 1-D, real, finite and ``length`` long."""
+    if not isinstance(vector, np.ndarray) or vector.dtype.kind not in "fiu":
+        raise SchemaError(f"{what} is not a numeric NumPy array")
+    if vector.shape != (length,):
+        raise SchemaError(f"{what} has shape {vector.shape}, expected ({length},)")
+    if not np.all(np.isfinite(vector)):
+        raise SchemaError(f"{what} holds NaN or infinity")
+    return vector.astype(np.float32, copy=False)
+
+
+def check_population(population, num_solutions, num_params: int) -> np.ndarray:
+    """Return the server's population as a float32 (num_solutions, num_params) array."""
+    if not isinstance(num_solutions, int) or not 1 <= num_solutions <= 100_000:
+        raise SchemaError(f"num_solutions {num_solutions!r} is not a sane count")
+    try:
+        population = np.asarray(population)
+    except ValueError as exc:
+        raise SchemaError(f"population_weights is ragged: {exc}") from exc
+    if population.shape != (num_solutions, num_params) or population.dtype.kind not in "fiu":
+        raise SchemaError(f"population_weights has shape {population.shape}, expected "
+                          f"({num_solutions}, {num_params}) numbers")
+    if not np.all(np.isfinite(population)):
+        raise SchemaError("population_weights holds NaN or infinity")
+    return population.astype(np.float32, copy=False)
+
+
+def default_max_message_bytes(num_params: int, num_solutions: int) -> int:
+    """A budget that fits a population of ``num_solutions`` float64 vectors and then some."""
+    return (num_solutions + 2) * 8 * num_params + 2**20
+
+
+# ---- restricted unpickling --------------------------------------------------------------
+
+_ALLOWED_DTYPE_KINDS = "biufc"  # bool, ints, floats, complex: no object, void, strings
+
+
+class _NdarrayType:
+    """Stands in for ``numpy.ndarray`` in a pickle: usable by _reconstruct, not callable."""
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _plain_dtype(dtype) -> np.dtype:
+    if not isinstance(dtype, np.dtype):
+        raise DecodeError(f"expected a dtype, got {type(dtype).__name__}")
+    if dtype.kind not in _ALLOWED_DTYPE_KINDS or dtype.fields is not None or dtype.subdtype:
+        raise DecodeError(f"dtype {dtype} is not allowed")
+    return dtype
+
+
+def _dtype(obj, align=False, copy=False):
+    if not isinstance(obj, str) or len(obj) > 8:
+        raise DecodeError("dtype spec must be a short string")
+    return _plain_dtype(np.dtype(obj, bool(align), bool(copy)))
+
+
+def _reconstruct(subtype, shape, dtype_code):
+    # ndarray.__reduce__ writes _reconstruct(ndarray, (0,), b'b') and fills the array in BUILD.
+    if subtype is not _NDARRAY or shape != (0,) or dtype_code != b"b":
+        raise DecodeError("only empty ndarray placeholders may be reconstructed")
+    return _multiarray._reconstruct(np.ndarray, (0,), dtype_code)
+
+
+def _scalar(dtype, data=None):
+    _plain_dtype(dtype)
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise DecodeError("scalar data does not match its dtype")
+    return _multiarray.scalar(dtype, data)
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    _plain_dtype(dtype)
+    if not isinstance(buffer, (bytes, bytearray)) or not isinstance(shape, tuple):
+        raise DecodeError("bad array buffer")
+    if math.prod(shape) * dtype.itemsize != len(buffer):
+        raise DecodeError("array buffer size does not match its shape")
+    return _numeric._frombuffer(buffer, dtype, shape, order)
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    # Protocol 2 pickles carry bytes as latin-1 text (numpy writes them so).
+    if not isinstance(text, str) or encoding != "latin1":
+        raise DecodeError("only latin1 text may be encoded to bytes")
+    return text.encode("latin1")
+
+
+_SAFE_GLOBALS = {
+    (module, name): value
+    for prefix in ("numpy._core", "numpy.core")
+    for module, name, value in (
+        (f"{prefix}.multiarray", "_reconstruct", _reconstruct),
+        (f"{prefix}.multiarray", "scalar", _scalar),
+        (f"{prefix}.numeric", "_frombuffer", _frombuffer),
+    )
+} | {
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _codecs_encode,
+}
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler: it reads a declared length before allocating it, so our
+    reader's budget check comes first (the C one allocates a BINBYTES8 length up front)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def find_class(self, module, name):
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise ForbiddenGlobal(f"pickle names {module}.{name}, which is not allowed") from None
+
+    def persistent_load(self, pid):
+        raise DecodeError("persistent ids are not allowed")
+
+    def load_build(self):
+        state = self.stack[-1]
+        inst = self.stack[-2]
+        if type(inst) is np.ndarray:
+            if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple)
+                    and isinstance(state[4], (bytes, bytearray))):
+                raise DecodeError("bad ndarray state")
+            if math.prod(state[1]) * _plain_dtype(state[2]).itemsize != len(state[4]):
+                raise DecodeError("array data does not match its shape")
+        elif isinstance(inst, np.dtype):
+            # A plain dtype's state only restates its byte order; anything more is refused.
+            if not (isinstance(state, tuple) and len(state) == 8 and state[1] in "<>|="
+                    and state[2:] == (None, None, None, -1, -1, 0)):
+                raise DecodeError("bad dtype state")
+        else:
+            raise DecodeError(f"BUILD on {type(inst).__name__} is not allowed")
+        super().load_build()
+        if isinstance(inst, np.dtype):
+            _plain_dtype(inst)
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def load_bytearray8(self):
+        (length,) = pickle.unpack("<Q", self.read(8))
+        self.append(bytearray(self.read(length)))  # read() checks the budget first
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+
+
+# ---- one connection ---------------------------------------------------------------------
+
+
+class _MessageReader:
+    """Buffered reads from a socket for one message at a time, under a budget and deadline.
+
+    ``read``/``readline`` are what the unpickler calls; bytes past the end of a message
+    stay buffered for the next one.
+    """
+
+    def __init__(self, sock: socket.socket, buffer_size: int):
+        self._sock = sock
+        self._buffer_size = buffer_size
+        self._buffer = bytearray()
+        self._budget = 0
+        self._used = 0
+        self._idle_timeout = 0.0
+        self._recv_timeout = 0.0
+        self._deadline: float | None = None  # set once the message's first byte is here
+
+    def start(self, budget: int, idle_timeout: float, recv_timeout: float) -> None:
+        self._budget, self._used = budget, 0
+        self._idle_timeout, self._recv_timeout = idle_timeout, recv_timeout
+        # The idle clock runs until the first byte; from then on the whole message has a deadline.
+        self._deadline = time.monotonic() + recv_timeout if self._buffer else None
+
+    def _charge(self, n: int) -> None:
+        if self._used + n > self._budget:
+            raise MessageTooLarge(
+                f"message needs more than {self._budget} bytes (--max-message-bytes)")
+        self._used += n
+
+    def _recv_into(self, view: memoryview) -> int:
+        now = time.monotonic()
+        if self._deadline is None:
+            timeout = self._idle_timeout
+        else:
+            timeout = self._deadline - now
+            if timeout <= 0:
+                raise ReceiveTimeout(f"message not complete within {self._recv_timeout:g} s")
+        self._sock.settimeout(timeout)
+        try:
+            n = self._sock.recv_into(view)
+        except socket.timeout:
+            if self._deadline is None:
+                raise ReceiveTimeout(f"no message within {self._idle_timeout:g} s") from None
+            raise ReceiveTimeout(f"message not complete within {self._recv_timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionLost(f"connection broke: {exc.strerror or exc}") from exc
+        if n == 0:
+            if self._deadline is not None:
+                raise ConnectionLost("peer closed the connection in the middle of a message")
+            raise PeerClosed("peer closed the connection")
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self._recv_timeout
+        return n
+
+    def _fill(self) -> None:
+        chunk = bytearray(self._buffer_size)
+        n = self._recv_into(memoryview(chunk))
+        self._buffer += memoryview(chunk)[:n]
+
+    def read(self, n: int) -> bytes:
+        self._charge(n)
+        if n <= self._buffer_size:
+            while len(self._buffer) < n:
+                self._fill()
+            data = bytes(self._buffer[:n])
+            del self._buffer[:n]
+            return data
+        # A large read goes straight into one buffer of its final size: linear in n.
+        out = bytearray(n)
+        view = memoryview(out)
+        have = min(n, len(self._buffer))
+        view[:have] = self._buffer[:have]
+        del self._buffer[:have]
+        while have < n:
+            have += self._recv_into(view[have:])
+        return bytes(out)
+
+    def readline(self) -> bytes:
+        while (end := self._buffer.find(b"\n")) < 0:
+            if self._used + len(self._buffer) >= self._budget:
+                self._charge(len(self._buffer) + 1)  # raises MessageTooLarge
+            self._fill()
+        return self.read(end + 1)
+
+
+class Connection:
+    """One peer: sends encoded messages, receives validated ones. Thread-compatible, not
+    thread-safe: one thread reads, and writes happen from that same thread."""
+
+    def __init__(self, sock: socket.socket, *, buffer_size: int = 1024, recv_timeout: float = 10.0,
+                 idle_timeout: float = 300.0, max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES):
+        self.sock = sock
+        self.recv_timeout = recv_timeout
+        self.idle_timeout = idle_timeout
+        self.max_message_bytes = max_message_bytes
+        self._reader = _MessageReader(sock, buffer_size)
+        try:
+            host, port = sock.getpeername()[:2]
+            self.peer = f"{host}:{port}"
+        except OSError:
+            self.peer = "unknown peer"
+
+    def receive(self, schemas: dict[Subject, Schema]) -> Message:
+        """Read one message and validate it; raises a ProtocolError child on any failure."""
+        self._reader.start(self.max_message_bytes, self.idle_timeout, self.recv_timeout)
+        try:
+            obj = _RestrictedUnpickler(self._reader).load()
+        except ProtocolError:
+            raise
+        except EOFError as exc:
+            raise DecodeError("message ended early") from exc
+        except Exception as exc:  # the unpickler's errors on hostile bytes are many and varied
+            raise DecodeError(f"undecodable message: {type(exc).__name__}: {exc}") from exc
+        return validate(obj, schemas)
+
+    def send(self, message: Message) -> None:
+        payload = encode(message)
+        self.sock.settimeout(self.recv_timeout + len(payload) / 2**20)  # ~1 MiB/s floor
+        try:
+            self.sock.sendall(payload)
+        except OSError as exc:
+            raise ConnectionLost(f"could not send to {self.peer}: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        """Close the socket; also unblocks a thread waiting in receive()."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed or never connected
+        self.sock.close()

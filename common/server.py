@@ -1,0 +1,302 @@
+"""The server core, headless: the global model with its update rule, an accept loop
+(``ListenThread``) and one handler thread per client (``SocketThread``).
+
+Shaped like ``socketserver``: ``serve_forever``/``shutdown``, a context manager, the real
+bound address after binding port 0. Threads report through an ``on_event`` callback.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from common import protocol
+from common.aggregate import model_averaging
+from common.data import Dataset
+from common.events import Event
+from common.model import ForwardPass, weights_to_vector
+from common.protocol import Connection, Message, ProtocolError, Subject
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[Event], None]
+
+
+@dataclass
+class ServerConfig:
+    host: str = "localhost"
+    port: int = 10000
+    buffer_size: int = 1024
+    recv_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    max_rounds: int = 1000
+    max_message_bytes: int | None = None  # None: derived from the model size
+    num_solutions: int = 10
+    target_accuracy: float = 1.0
+    seed: int | None = None
+
+
+class BindError(Exception):
+    """The server could not listen on the address; the message is one plain sentence."""
+
+
+def create_listening_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen like ``socketserver.TCPServer`` with ``allow_reuse_address``."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise BindError(f"The address {host!r} is not a known host name or IP address.") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen()
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise BindError(f"Port {port} on {host} is already in use.") from exc
+        if exc.errno == errno.EACCES:
+            raise BindError(f"Port {port} needs more privileges than this user has.") from exc
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise BindError(f"The address {host} does not belong to this machine.") from exc
+        raise BindError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
+    return sock
+
+
+class GlobalModel:
+    """The server's model, its test data and the tutorial's update rule, behind one lock.
+
+    A round is one accepted update. The received model is evaluated; if it reaches the
+    target it becomes the global model, otherwise it is averaged in. Once the global model
+    reaches the target (or the rounds run out) it is frozen and every reply is ``done``.
+    """
+
+    def __init__(self, model: keras.Model, test_data: Dataset, *, num_solutions: int = 10,
+                 target_accuracy: float = 1.0, max_rounds: int = 1000,
+                 seed: int | None = None, on_event: EventCallback | None = None):
+        self.model_json = model.to_json()
+        self.forward = ForwardPass(model)
+        self.test_data = test_data
+        self.num_solutions = num_solutions
+        self.target_accuracy = target_accuracy
+        self.max_rounds = max_rounds
+        self._on_event = on_event or (lambda event: None)
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self.vector = weights_to_vector(model.get_weights())
+        self.round = 0
+        self.accuracy = self._evaluate(self.vector)
+        self.finished = threading.Event()
+        self.reached_target = False
+
+    @property
+    def num_params(self) -> int:
+        return self.forward.num_params
+
+    def _evaluate(self, vector: np.ndarray) -> float:
+        data = self.test_data
+        return self.forward.accuracy(vector, data.inputs, data.outputs)
+
+    def _reply(self) -> Message:
+        """Call with the lock held: ``done`` once finished, else a population around the
+        current global weights with the global model itself as its first member."""
+        if self.finished.is_set():
+            return Message(Subject.DONE, {"round": self.round, "accuracy": self.accuracy})
+        # The tutorial spreads solutions by U(-1, 1). Once weights grow past that, every
+        # member saturates alike and training stalls, so the spread follows the weights' scale.
+        scale = max(1.0, float(np.mean(np.abs(self.vector))))
+        spread = self._rng.uniform(-scale, scale, size=(self.num_solutions - 1, self.num_params))
+        population = np.vstack([self.vector, self.vector + spread.astype(np.float32)])
+        return Message(Subject.MODEL, {
+            "population_weights": population,
+            "model_json": self.model_json,
+            "num_solutions": self.num_solutions,
+            "round": self.round,
+            "accuracy": self.accuracy,
+        })
+
+    def reply_to_echo(self) -> Message:
+        with self._lock:
+            return self._reply()
+
+    def apply_update(self, update: np.ndarray, client: str) -> Message:
+        """Fold one client's best weights into the global model; return the reply to send."""
+        with self._lock:
+            if self.finished.is_set():
+                return self._reply()
+            self.round += 1
+            update_accuracy = self._evaluate(update)
+            if update_accuracy >= self.target_accuracy:
+                self.vector, self.accuracy = update, update_accuracy
+            else:
+                self.vector = model_averaging(self.vector, update)
+                self.accuracy = self._evaluate(self.vector)
+            log.info("round=%d client=%s update_accuracy=%.4f accuracy=%.4f",
+                     self.round, client, update_accuracy, self.accuracy)
+            self._on_event(Event("update", peer=client, round=self.round, accuracy=self.accuracy))
+            if self.accuracy >= self.target_accuracy:
+                self.reached_target = True
+                log.info("done: accuracy=%.4f reached the target %.4f in round %d",
+                         self.accuracy, self.target_accuracy, self.round)
+                self.finished.set()
+                self._on_event(Event("done", round=self.round, accuracy=self.accuracy))
+            elif self.round >= self.max_rounds:
+                log.warning("giving up: accuracy=%.4f after %d rounds (--max-rounds), target %.4f",
+                            self.accuracy, self.round, self.target_accuracy)
+                self.finished.set()
+                self._on_event(Event("gave_up", round=self.round, accuracy=self.accuracy))
+            return self._reply()
+
+
+class SocketThread(threading.Thread):
+    """Serves one client: receive a request, reply, until the client leaves or misbehaves."""
+
+    def __init__(self, connection: socket.socket, client_info, buffer_size: int = 1024,
+                 recv_timeout: float = 10.0, *, global_model: GlobalModel,
+                 idle_timeout: float = 300.0, max_message_bytes: int | None = None,
+                 on_event: EventCallback | None = None, on_change: Callable[[], None] | None = None):
+        super().__init__(name=f"SocketThread-{client_info[0]}:{client_info[1]}", daemon=True)
+        self.global_model = global_model
+        self.connection = Connection(
+            connection, buffer_size=buffer_size, recv_timeout=recv_timeout,
+            idle_timeout=idle_timeout,
+            max_message_bytes=max_message_bytes or protocol.default_max_message_bytes(
+                global_model.num_params, global_model.num_solutions))
+        self.client_info = client_info
+        self.peer = self.connection.peer
+        self.answered_done = False  # this client has been told training is over
+        self.closed = False
+        self._on_event = on_event or (lambda event: None)
+        self._on_change = on_change or (lambda: None)  # answered_done or liveness changed
+
+    def reply(self, message: Message) -> Message:
+        if message.subject is Subject.ECHO:
+            return self.global_model.reply_to_echo()
+        update = protocol.check_weights_vector(
+            message.data["best_model_weights_vector"], self.global_model.num_params)
+        return self.global_model.apply_update(update, self.peer)
+
+    def run(self) -> None:
+        self._on_event(Event("connected", peer=self.peer))
+        reason = ""
+        try:
+            while True:
+                message = self.connection.receive(protocol.CLIENT_TO_SERVER)
+                self._on_event(Event("request", peer=self.peer, detail=message.subject.value))
+                response = self.reply(message)
+                self.connection.send(response)
+                if response.subject is Subject.DONE:
+                    self.answered_done = True
+                    self._on_change()
+                    self._on_event(Event("answered_done", peer=self.peer))
+        except protocol.PeerClosed:
+            log.info("client %s disconnected", self.peer)
+        except ProtocolError as exc:
+            reason = str(exc)
+            log.warning("dropping client %s: %s", self.peer, reason)
+        except Exception as exc:  # a bug must cost one connection, not the server
+            reason = f"internal error: {exc!r}"
+            log.exception("dropping client %s after an internal error", self.peer)
+        finally:
+            self.connection.close()
+            self.closed = True
+            self._on_event(Event("disconnected", peer=self.peer, detail=reason))
+            self._on_change()
+
+    def stop(self) -> None:
+        self.connection.close()
+
+
+class ListenThread(threading.Thread):
+    """Accepts connections and starts one ``SocketThread`` per client until ``shutdown()``.
+
+    Pass a socket that is already listening (the window's Create/Bind/Listen steps), or
+    let it create one on ``config.host``/``config.port``.
+    """
+
+    def __init__(self, global_model: GlobalModel, config: ServerConfig | None = None, *,
+                 listening_socket: socket.socket | None = None,
+                 on_event: EventCallback | None = None):
+        super().__init__(name="ListenThread", daemon=True)
+        self.config = config or ServerConfig()
+        self.global_model = global_model
+        self.socket = listening_socket or create_listening_socket(self.config.host, self.config.port)
+        self.server_address = self.socket.getsockname()[:2]
+        self._on_event = on_event or (lambda event: None)
+        self._handlers: list[SocketThread] = []
+        self._handlers_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._stop_requested = threading.Event()
+
+    def __enter__(self) -> ListenThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
+
+    def run(self) -> None:
+        self.serve_forever()
+
+    def serve_forever(self, poll_interval: float = 0.2) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ)
+            while not self._stop_requested.is_set():
+                if not selector.select(poll_interval):
+                    continue
+                try:
+                    connection, client_info = self.socket.accept()
+                except OSError:
+                    continue  # the client gave up between select and accept
+                self._start_handler(connection, client_info)
+
+    def _start_handler(self, connection: socket.socket, client_info) -> None:
+        log.info("client %s:%s connected", *client_info[:2])
+        config = self.config
+        handler = SocketThread(
+            connection, client_info, config.buffer_size, config.recv_timeout,
+            global_model=self.global_model, idle_timeout=config.idle_timeout,
+            max_message_bytes=config.max_message_bytes, on_event=self._on_event,
+            on_change=self._notify)
+        with self._handlers_lock:
+            self._handlers = [h for h in self._handlers if h.is_alive()]
+            self._handlers.append(handler)
+        handler.start()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def handlers(self) -> list[SocketThread]:
+        with self._handlers_lock:
+            return list(self._handlers)
+
+    def all_answered(self) -> bool:
+        """Training is over and every connected client has been told ``done``."""
+        return self.global_model.finished.is_set() and all(
+            h.answered_done or h.closed for h in self.handlers)
+
+    def wait_all_answered(self, timeout: float | None = None) -> bool:
+        with self._changed:
+            return self._changed.wait_for(self.all_answered, timeout)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop accepting, close every client connection, and join all threads."""
+        self._stop_requested.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+        self.socket.close()
+        for handler in self.handlers:
+            handler.stop()
+        for handler in self.handlers:
+            if handler.is_alive():
+                handler.join(timeout)
