@@ -104,6 +104,9 @@ def server_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     parser.add_argument("--num-solutions", type=_positive(int), default=defaults.num_solutions,
                         metavar="N", help="population size sent to clients (default: %(default)s)")
+    parser.add_argument("--round-delay", type=float, default=defaults.round_delay, metavar="S",
+                        help="pacing: hold each model reply this many seconds so training can "
+                        "be watched; keep it well under 10 for tutorial clients (default: off)")
     return parser
 
 

@@ -41,6 +41,7 @@ class ServerConfig:
     num_solutions: int = 10
     target_accuracy: float = 1.0
     seed: int | None = None
+    round_delay: float = 0.0  # pacing: seconds to hold each model reply, so people can watch
 
 
 class BindError(Exception):
@@ -162,7 +163,8 @@ class SocketThread(threading.Thread):
     def __init__(self, connection: socket.socket, client_info, buffer_size: int = 1024,
                  recv_timeout: float = 10.0, *, global_model: GlobalModel,
                  idle_timeout: float = 300.0, max_message_bytes: int | None = None,
-                 on_event: EventCallback | None = None, on_change: Callable[[], None] | None = None):
+                 round_delay: float = 0.0, on_event: EventCallback | None = None,
+                 on_change: Callable[[], None] | None = None):
         super().__init__(name=f"SocketThread-{client_info[0]}:{client_info[1]}", daemon=True)
         self.global_model = global_model
         self.connection = Connection(
@@ -174,6 +176,8 @@ class SocketThread(threading.Thread):
         self.peer = self.connection.peer
         self.answered_done = False  # this client has been told training is over
         self.closed = False
+        self.round_delay = round_delay
+        self._stopping = threading.Event()
         self._on_event = on_event or (lambda event: None)
         self._on_change = on_change or (lambda: None)  # answered_done or liveness changed
 
@@ -192,6 +196,8 @@ class SocketThread(threading.Thread):
                 message = self.connection.receive(protocol.CLIENT_TO_SERVER)
                 self._on_event(Event("request", peer=self.peer, detail=message.subject.value))
                 response = self.reply(message)
+                if response.subject is Subject.MODEL and self._stopping.wait(self.round_delay):
+                    break
                 self.connection.send(response)
                 if response.subject is Subject.DONE:
                     self.answered_done = True
@@ -212,6 +218,7 @@ class SocketThread(threading.Thread):
             self._on_change()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.connection.close()
 
 
@@ -264,7 +271,8 @@ class ListenThread(threading.Thread):
         handler = SocketThread(
             connection, client_info, config.buffer_size, config.recv_timeout,
             global_model=self.global_model, idle_timeout=config.idle_timeout,
-            max_message_bytes=config.max_message_bytes, on_event=self._on_event,
+            max_message_bytes=config.max_message_bytes, round_delay=config.round_delay,
+            on_event=self._on_event,
             on_change=self._notify)
         with self._handlers_lock:
             self._handlers = [h for h in self._handlers if h.is_alive()]
