@@ -385,10 +385,10 @@ class Connection:
         self.max_message_bytes = max_message_bytes
         self._reader = _MessageReader(sock, buffer_size)
         try:
-            host, port = sock.getpeername()[:2]
-            self.peer = f"{host}:{port}"
+            address = sock.getpeername()
         except OSError:
-            self.peer = "unknown peer"
+            address = None
+        self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "local peer"
 
     def receive(self, schemas: dict[Subject, Schema]) -> Message:
         """Read one message and validate it; raises a ProtocolError child on any failure."""

@@ -1,0 +1,149 @@
+"""The headless entry points as a user runs them: separate processes, real flags, exit codes."""
+from __future__ import annotations
+
+import contextlib
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WAIT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Script:
+    """A running entry point whose stderr lines can be waited on."""
+
+    def __init__(self, script: str, *args: str):
+        self.process = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+        self.lines: list[str] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.process.kill()  # no-op once it exited
+        self.process.wait(WAIT)
+        self._pump_thread.join(WAIT)
+        self.process.stdout.close()
+
+    def _pump(self):
+        for line in self.process.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for_line(self, text: str, timeout: float = WAIT) -> str:
+        for line in self.lines:
+            if text in line:
+                return line
+        while True:
+            line = self._queue.get(timeout=timeout)
+            if line is None:
+                raise AssertionError(f"{text!r} never printed; output:\n{''.join(self.lines)}")
+            self.lines.append(line)
+            if text in line:
+                return line
+
+    def finish(self, timeout: float = WAIT) -> int:
+        code = self.process.wait(timeout)
+        while (line := self._queue.get(timeout=timeout)) is not None:
+            self.lines.append(line)
+        return code
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("order", [("server.py", "client1.py", "client2.py"),
+                                   ("client1.py", "client2.py", "server.py")],
+                         ids=["server first", "clients first"])
+def test_headless_run_reaches_done_in_any_start_order(order):
+    port = str(free_port())
+    with contextlib.ExitStack() as stack:
+        scripts = [stack.enter_context(Script(name, "--headless", "--host", "127.0.0.1",
+                                              "--port", port)) for name in order]
+        codes = {s.process.args[1]: s.finish(timeout=180) for s in scripts}
+    outputs = "\n".join(s.output() for s in scripts)
+    assert set(codes.values()) == {0}, outputs
+    assert "finished: accuracy=1.0000" in outputs
+    assert outputs.count("server says done (accuracy=1.0)") == 2
+
+
+def test_sigterm_stops_the_server_cleanly():
+    with Script("server.py", "--headless", "--host", "127.0.0.1", "--port", "0") as server:
+        server.wait_for_line("listening on")
+        server.process.send_signal(signal.SIGTERM)
+        assert server.finish() == 143
+    assert "Traceback" not in server.output()
+
+
+def test_ctrl_c_stops_a_waiting_client():
+    listening = socket.create_server(("127.0.0.1", 0))
+    with listening, Script("client1.py", "--headless", "--host", "127.0.0.1",
+                           "--port", str(listening.getsockname()[1])) as client:
+        client.wait_for_line("connecting to")
+        connection, _ = listening.accept()
+        with connection:
+            connection.recv(1024)  # the echo arrived; the client now waits for a reply
+            client.process.send_signal(signal.SIGINT)
+            assert client.finish() == 130
+    assert "Traceback" not in client.output()
+
+
+def test_unreachable_server_is_one_line_and_exit_1():
+    with Script("client2.py", "--headless", "--host", "127.0.0.1", "--port", str(free_port()),
+                "--connect-timeout", "0.5") as client:
+        assert client.finish() == 1
+    errors = [line for line in client.lines if " ERROR " in line]
+    assert len(errors) == 1 and "is unreachable" in errors[0]
+    assert "Traceback" not in client.output()
+
+
+def test_port_in_use_is_one_line_and_exit_1():
+    with socket.create_server(("127.0.0.1", 0)) as taken, Script(
+            "server.py", "--headless", "--host", "127.0.0.1",
+            "--port", str(taken.getsockname()[1])) as server:
+        assert server.finish() == 1
+    assert "is already in use." in server.output()
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize("script", ["server.py", "client1.py"])
+def test_bad_port_is_a_usage_error(script):
+    result = subprocess.run([sys.executable, str(ROOT / script), "--headless", "--port", "70000"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    assert result.returncode == 2
+    assert "port 70000 is outside 0-65535" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("script,flags", [
+    ("server.py", ["--headless", "--host", "--port", "--recv-timeout", "--idle-timeout",
+                   "--buffer-size", "--max-rounds", "--max-message-bytes", "--log-level",
+                   "--round-delay", "--num-solutions", "--seed"]),
+    ("client2.py", ["--headless", "--host", "--port", "--recv-timeout", "--idle-timeout",
+                    "--buffer-size", "--connect-timeout", "--generations", "--log-level"]),
+])
+def test_help_documents_every_flag(script, flags):
+    result = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=WAIT)
+    assert result.returncode == 0
+    for flag in flags:
+        assert flag in result.stdout

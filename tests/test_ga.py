@@ -1,0 +1,48 @@
+"""The GA's fitness against Keras's own loss, and training that improves on its start."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from common.data import CLIENT_DATA, XOR_TEST_DATA
+from common.ga import GAConfig, fitness, train
+from common.model import ForwardPass, build_xor_model, vector_to_weights, weights_to_vector
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fitness_is_inverse_bce_of_the_models_probabilities(seed):
+    model = build_xor_model()
+    forward = ForwardPass(model)
+    vectors = np.random.default_rng(seed).normal(0, 2, size=(4, forward.num_params))
+    ours = fitness(forward(vectors, XOR_TEST_DATA.inputs), XOR_TEST_DATA.outputs)
+    for vector, value in zip(vectors, ours):
+        model.set_weights(vector_to_weights(vector.astype(np.float32), forward.shapes))
+        # NumPy probabilities: Keras must not see a tensor tagged with its logits
+        probabilities = keras.ops.convert_to_numpy(model(XOR_TEST_DATA.inputs))
+        reference = float(keras.losses.BinaryCrossentropy()(XOR_TEST_DATA.outputs, probabilities))
+        assert 1 / value - 1e-8 == pytest.approx(reference, rel=1e-4, abs=1e-6)
+
+
+def test_training_keeps_or_beats_the_first_member():
+    model = build_xor_model()
+    forward = ForwardPass(model)
+    start = weights_to_vector(model.get_weights())
+    rng = np.random.default_rng(1)
+    population = np.vstack([start, start + rng.uniform(-1, 1, size=(9, start.size))])
+    data = CLIENT_DATA["client1"]
+    generations = []
+    result = train(forward, population, data, GAConfig(), seed=1,
+                   on_generation=lambda g, f: generations.append(g))
+    start_fitness = fitness(forward(start[None], data.inputs), data.outputs)[0]
+    assert result.best_fitness >= start_fitness
+    assert result.best_vector.shape == start.shape and result.best_vector.dtype == np.float32
+    assert generations == list(range(1, 51))
+
+
+def test_training_stops_when_asked():
+    model = build_xor_model()
+    forward = ForwardPass(model)
+    population = np.random.default_rng(2).normal(size=(10, forward.num_params))
+    result = train(forward, population, CLIENT_DATA["client2"], GAConfig(), should_stop=lambda: True)
+    assert result.generations == 1

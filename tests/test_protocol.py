@@ -1,0 +1,239 @@
+"""Messages over a real socket pair: round-trips, plain-pickle compatibility, and refusals."""
+from __future__ import annotations
+
+import copyreg
+import os
+import pickle
+import socket
+import struct
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from common import protocol
+from common.protocol import (CLIENT_TO_SERVER, SERVER_TO_CLIENT, Connection, Message,
+                             Subject)
+
+
+@pytest.fixture
+def pair():
+    left, right = socket.socketpair()
+    receiver = Connection(left, recv_timeout=5, idle_timeout=5, max_message_bytes=2**20)
+    yield receiver, right
+    receiver.close()
+    right.close()
+
+
+VECTOR = np.linspace(-1, 1, 22, dtype=np.float32)
+MESSAGES = [
+    (Message(Subject.ECHO, {"best_model_weights_vector": None}), CLIENT_TO_SERVER),
+    (Message(Subject.ECHO, {"best_model_weights_vector": VECTOR, "client_id": "c1",
+                            "protocol_version": 1}), CLIENT_TO_SERVER),
+    (Message(Subject.MODEL, {"best_model_weights_vector": VECTOR.astype(np.float64)}),
+     CLIENT_TO_SERVER),
+    (Message(Subject.MODEL, {"population_weights": np.tile(VECTOR, (10, 1)),
+                             "model_json": '{"class_name": "Functional"}', "num_solutions": 10,
+                             "round": 3, "accuracy": 0.75}), SERVER_TO_CLIENT),
+    (Message(Subject.DONE, {"accuracy": 1.0}), SERVER_TO_CLIENT),
+]
+
+
+def _assert_same(a, b):
+    assert a.subject is b.subject and a.data.keys() == b.data.keys()
+    for key, value in a.data.items():
+        if isinstance(value, np.ndarray):
+            assert value.dtype == b.data[key].dtype
+            np.testing.assert_array_equal(value, b.data[key])
+        else:
+            assert value == b.data[key]
+
+
+@pytest.mark.parametrize("message,schemas", MESSAGES, ids=lambda m: getattr(m, "subject", ""))
+def test_round_trip_of_every_message_shape(pair, message, schemas):
+    receiver, sender = pair
+    sender.sendall(protocol.encode(message) * 2)  # two back to back: each read stops at STOP
+    _assert_same(receiver.receive(schemas), message)
+    _assert_same(receiver.receive(schemas), message)
+
+
+@pytest.mark.parametrize("message,schemas", MESSAGES, ids=lambda m: getattr(m, "subject", ""))
+def test_plain_pickle_peers_read_what_we_send(message, schemas):
+    decoded = pickle.loads(protocol.encode(message))
+    assert decoded["subject"] == message.subject.value
+    assert decoded["data"].keys() == message.data.keys()
+
+
+@pytest.mark.parametrize("pickle_protocol", [2, 3, 4, 5])
+def test_plain_pickle_of_every_protocol_is_read(pair, pickle_protocol):
+    receiver, sender = pair
+    plain = {"subject": "model", "data": {"best_model_weights_vector": VECTOR.astype(np.float64),
+                                          "score": np.float64(0.5)}}
+    sender.sendall(pickle.dumps(plain, protocol=pickle_protocol))
+    message = receiver.receive(CLIENT_TO_SERVER)
+    np.testing.assert_array_equal(message.data["best_model_weights_vector"], VECTOR)
+    assert "score" not in message.data  # unknown keys are ignored
+
+
+def test_tutorial_done_with_no_data_is_read(pair):
+    receiver, sender = pair
+    sender.sendall(pickle.dumps({"subject": "done", "data": None}))
+    assert receiver.receive(SERVER_TO_CLIENT) == Message(Subject.DONE, {})
+
+
+class _Exploit:
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _exploits(marker):
+    command = f"touch {marker}"
+    yield pickle.dumps(_Exploit(os.system, command))
+    yield pickle.dumps(_Exploit(eval, f"__import__('os').system({command!r})"), protocol=0)
+    yield pickle.dumps({"subject": "echo", "data": _Exploit(os.system, command)}, protocol=4)
+    # numpy.ndarray itself is allowed only as _reconstruct's argument, never as a callable
+    yield b"\x80\x04cnumpy\nndarray\n(J\x00\xe1\xf5\x05\x85tR."
+    # an object-dtype array: the shape that turns a small pickle into a huge allocation
+    yield pickle.dumps(np.array([None, 1], dtype=object))
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_pickles_naming_anything_else_are_refused_and_do_not_run(pair, tmp_path, index):
+    receiver, sender = pair
+    marker = tmp_path / "ran"
+    sender.sendall(list(_exploits(marker))[index])
+    with pytest.raises(protocol.DecodeError):
+        receiver.receive(CLIENT_TO_SERVER)
+    assert not marker.exists()
+
+
+def test_extension_registry_goes_through_the_same_table(pair, tmp_path):
+    receiver, sender = pair
+    copyreg.add_extension("os", "system", 0xF00D)
+    try:
+        sender.sendall(b"\x80\x02\x83\x0d\xf0" + b"X\x01\x00\x00\x00x\x85R.")  # EXT2 0xF00D
+        with pytest.raises(protocol.ForbiddenGlobal):
+            receiver.receive(CLIENT_TO_SERVER)
+    finally:
+        copyreg.remove_extension("os", "system", 0xF00D)
+
+
+def test_huge_declared_bytes_are_refused_before_allocating(pair):
+    receiver, sender = pair
+    # PROTO 4, BINBYTES8 declaring 64 GiB: 11 bytes that ask the C unpickler for 64 GiB.
+    sender.sendall(b"\x80\x04\x8e" + struct.pack("<Q", 64 * 2**30))
+    tracemalloc.start()
+    try:
+        with pytest.raises(protocol.MessageTooLarge):
+            receiver.receive(CLIENT_TO_SERVER)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20
+
+
+def test_message_over_the_budget_is_refused(pair):
+    receiver, sender = pair
+    big = {"subject": "model", "data": {"best_model_weights_vector": np.zeros(2**18)}}
+    # The refusal leaves most of the 2 MiB unread, so send it from a thread that the close ends.
+    writer = threading.Thread(target=_send_until_closed, args=(sender, pickle.dumps(big)))
+    writer.start()
+    with pytest.raises(protocol.MessageTooLarge):
+        receiver.receive(CLIENT_TO_SERVER)
+    receiver.close()
+    writer.join(5)
+    assert not writer.is_alive()
+
+
+def _send_until_closed(sock, data):
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass  # the receiver closed on us, as intended
+
+
+@pytest.mark.parametrize("payload,error", [
+    (b"GET / HTTP/1.1\r\n\r\n", protocol.DecodeError),
+    (pickle.dumps({"subject": "hello", "data": {}}), protocol.SchemaError),
+    (pickle.dumps({"data": {"best_model_weights_vector": None}}), protocol.SchemaError),
+    (pickle.dumps(["subject", "echo"]), protocol.SchemaError),
+    (pickle.dumps({"subject": "model", "data": {}}), protocol.SchemaError),
+    (pickle.dumps({"subject": "model", "data": None}), protocol.SchemaError),
+], ids=["garbage", "wrong subject", "no subject", "not a dict", "missing key", "no data"])
+def test_bad_messages_raise_protocol_errors(pair, payload, error):
+    receiver, sender = pair
+    sender.sendall(payload)
+    with pytest.raises(error):
+        receiver.receive(CLIENT_TO_SERVER)
+
+
+def test_truncated_message_is_a_lost_connection(pair):
+    receiver, sender = pair
+    sender.sendall(protocol.encode(MESSAGES[3][0])[:100])
+    sender.shutdown(socket.SHUT_WR)
+    with pytest.raises(protocol.ConnectionLost, match="middle of a message"):
+        receiver.receive(SERVER_TO_CLIENT)
+
+
+def test_close_between_messages_is_a_clean_end(pair):
+    receiver, sender = pair
+    sender.shutdown(socket.SHUT_WR)
+    with pytest.raises(protocol.PeerClosed):
+        receiver.receive(CLIENT_TO_SERVER)
+
+
+def test_silent_peer_hits_the_idle_timeout():
+    left, right = socket.socketpair()
+    with left, right:
+        receiver = Connection(left, recv_timeout=5, idle_timeout=0.2)
+        with pytest.raises(protocol.ReceiveTimeout, match="no message within"):
+            receiver.receive(CLIENT_TO_SERVER)
+
+
+def test_trickling_peer_hits_the_whole_message_deadline():
+    left, right = socket.socketpair()
+    stop = threading.Event()
+    payload = protocol.encode(MESSAGES[1][0])
+
+    def trickle():
+        for byte in payload:  # one byte per 50 ms: each recv succeeds, the message never ends
+            if stop.wait(0.05):
+                return
+            right.sendall(bytes([byte]))
+
+    sender = threading.Thread(target=trickle)
+    with left, right:
+        receiver = Connection(left, recv_timeout=0.5, idle_timeout=5)
+        sender.start()
+        try:
+            with pytest.raises(protocol.ReceiveTimeout, match="not complete within"):
+                receiver.receive(CLIENT_TO_SERVER)
+        finally:
+            stop.set()
+            sender.join()
+
+
+@pytest.mark.parametrize("vector,match", [
+    (np.zeros(21), "shape"),
+    (np.zeros((22, 1)), "shape"),
+    (np.full(22, np.nan), "NaN"),
+    ([0.0] * 22, "NumPy"),
+    (np.array(["a"] * 22), "NumPy"),
+])
+def test_weights_vector_checks(vector, match):
+    with pytest.raises(protocol.SchemaError, match=match):
+        protocol.check_weights_vector(vector, 22)
+
+
+def test_population_checks():
+    good = np.zeros((10, 22))
+    assert protocol.check_population(good, 10, 22).dtype == np.float32
+    assert protocol.check_population(list(good), 10, 22).shape == (10, 22)  # kerasga's list form
+    with pytest.raises(protocol.SchemaError):
+        protocol.check_population(good, 9, 22)
+    with pytest.raises(protocol.SchemaError):
+        protocol.check_population(good, 10**9, 22)

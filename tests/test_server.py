@@ -1,0 +1,161 @@
+"""The server core over real loopback sockets: full runs, plain peers, and hostile peers."""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+from common import protocol
+from common.data import XOR_TEST_DATA
+from tests.conftest import WAIT, raw_connection
+from tests.plain_peers import plain_client, plain_recv, plain_send
+
+
+def _assert_all_stopped(server):
+    server.shutdown()
+    assert not server.is_alive()
+    assert not any(handler.is_alive() for handler in server.handlers)
+
+
+def test_federated_run_reaches_accuracy_one(server, client_factory):
+    listener, events = server
+    client1, events1 = client_factory(listener.server_address, name="client1")
+    client2, events2 = client_factory(listener.server_address, name="client2")
+    done = events.wait_for(lambda e: e.kind == "done")
+    assert done.accuracy == 1.0
+    for client, client_events in ((client1, events1), (client2, events2)):
+        assert client_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+        client.join(WAIT)
+        assert client.outcome == "done"
+    assert listener.wait_all_answered(WAIT)
+    assert listener.global_model.reached_target
+    assert listener.global_model.accuracy == 1.0
+    _assert_all_stopped(listener)
+
+
+def test_rounds_build_on_the_global_model(server):
+    listener, _ = server
+    gm = listener.global_model
+    first = gm.reply_to_echo().data["population_weights"]
+    np.testing.assert_array_equal(first[0], gm.vector)
+    update = first[3].copy()
+    reply = gm.apply_update(update, "test")
+    assert gm.round == 1
+    if reply.subject is protocol.Subject.MODEL:  # the population now starts from the new model
+        np.testing.assert_array_equal(reply.data["population_weights"][0], gm.vector)
+        assert not np.array_equal(gm.vector, first[0])
+
+
+def test_plain_pickle_client_trains_our_server_to_done(server):
+    listener, events = server
+    reply = plain_client(listener.server_address, XOR_TEST_DATA.inputs, XOR_TEST_DATA.outputs)
+    assert reply["subject"] == "done"
+    assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+
+
+def test_done_is_only_a_reply_and_every_request_gets_one(server):
+    listener, _ = server
+    gm = listener.global_model
+    gm.target_accuracy = 0.0  # the next update finishes training
+    with raw_connection(listener.server_address) as sock:
+        plain_send(sock, "echo", {"best_model_weights_vector": None})
+        model = plain_recv(sock)
+        assert model["subject"] == "model"
+        best = model["data"]["population_weights"][0]
+        for _ in range(3):  # after done, every request is still answered, with done
+            plain_send(sock, "model", {"best_model_weights_vector": best})
+            assert plain_recv(sock)["subject"] == "done"
+        sock.settimeout(0.2)
+        with pytest.raises(socket.timeout):  # and nothing is ever pushed unasked
+            sock.recv(1)
+    assert listener.wait_all_answered(WAIT)
+
+
+def test_max_rounds_gives_up_and_answers_done(server_factory, client_factory):
+    listener, events = server_factory(max_rounds=2)
+    listener.global_model.target_accuracy = 2.0  # unreachable
+    client, _ = client_factory(listener.server_address, name="client1")
+    assert events.wait_for(lambda e: e.kind == "gave_up").round == 2
+    client.join(WAIT)
+    assert client.outcome == "done"
+    assert not listener.global_model.reached_target
+
+
+# ---- hostile and broken peers -----------------------------------------------------------
+
+VALID_ECHO = pickle.dumps({"subject": "echo", "data": {"best_model_weights_vector": None}})
+
+
+class _System:
+    def __reduce__(self):
+        return os.system, ("touch /tmp/fedga-pwned",)
+
+
+def _send(payload):
+    def behave(sock, stop):
+        sock.sendall(payload)
+    return behave
+
+
+def _send_then_close(payload):
+    def behave(sock, stop):
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+    return behave
+
+
+def _silent(sock, stop):
+    stop.wait(WAIT)
+
+
+def _trickle(sock, stop):
+    for byte in VALID_ECHO:  # one byte per 100 ms: a slow-loris
+        if stop.wait(0.1):
+            return
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return
+
+
+BAD_PEERS = {
+    "garbage": (_send(b"\x00\xffnot a pickle at all" * 10), "undecodable"),
+    "truncated": (_send_then_close(VALID_ECHO[:20]), "middle of a message"),
+    "wrong subject": (_send(pickle.dumps({"subject": "hello", "data": {}})), "unexpected subject"),
+    "no subject": (_send(pickle.dumps({"data": {"best_model_weights_vector": None}})),
+                   "no 'subject'"),
+    "wrong length": (_send(pickle.dumps({"subject": "model", "data": {
+        "best_model_weights_vector": np.zeros(5)}})), "shape"),
+    "os.system": (_send(pickle.dumps(_System())), "not allowed"),
+    "huge bytes": (_send(b"\x80\x04\x8e" + struct.pack("<Q", 2**40)), "more than"),
+    "silent": (_silent, "no message within"),
+    "trickling": (_trickle, "not complete within"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_PEERS)
+def test_bad_peer_is_dropped_while_a_good_client_trains(name, server_factory, client_factory,
+                                                        caplog):
+    behave, reason = BAD_PEERS[name]
+    listener, events = server_factory(idle_timeout=1.0, recv_timeout=1.0)
+    stop = threading.Event()
+    with raw_connection(listener.server_address) as bad:
+        peer = "%s:%d" % bad.getsockname()
+        misbehave = threading.Thread(target=behave, args=(bad, stop))
+        misbehave.start()
+        good, good_events = client_factory(listener.server_address, data=XOR_TEST_DATA)
+        dropped = events.wait_for(lambda e: e.kind == "disconnected" and e.peer == peer)
+        stop.set()
+        misbehave.join(WAIT)
+    assert reason in dropped.detail
+    assert any(r.levelno == logging.WARNING and f"dropping client {peer}: " in r.getMessage()
+               for r in caplog.records)
+    assert good_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+    assert not os.path.exists("/tmp/fedga-pwned")
+    _assert_all_stopped(listener)
