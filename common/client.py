@@ -18,6 +18,7 @@ from common.data import Dataset
 from common.events import Event
 from common.ga import GAConfig, train
 from common.model import ForwardPass, model_from_json
+from common.modelspec import DEFAULT_MAX_PARAMS, ModelRefused, count_params
 from common.protocol import Connection, Message, ProtocolError, Subject
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class ClientConfig:
     idle_timeout: float = 300.0
     connect_timeout: float = 30.0
     max_message_bytes: int = protocol.CLIENT_MAX_MESSAGE_BYTES
+    max_params: int = DEFAULT_MAX_PARAMS
     name: str = "client"
     ga: GAConfig = field(default_factory=GAConfig)
     seed: int | None = None
@@ -92,6 +94,7 @@ class RecvThread(threading.Thread):
 
     def _forward_for(self, model_json: str) -> ForwardPass:
         if model_json not in self._forward_passes:
+            count_params(model_json, self.config.max_params)  # before Keras allocates anything
             self._forward_passes[model_json] = ForwardPass(model_from_json(model_json))
         return self._forward_passes[model_json]
 
@@ -162,4 +165,6 @@ class RecvThread(threading.Thread):
 def _plain_reason(exc: ProtocolError) -> str:
     if isinstance(exc, protocol.PeerClosed):
         return "The server closed the connection before training was done."
+    if isinstance(exc, ModelRefused):
+        return f"Refused the server's model: {exc}."
     return f"Lost the server: {exc}."

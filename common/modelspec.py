@@ -1,0 +1,99 @@
+"""Checks a Keras model description (``model_json``) before Keras builds anything from it.
+
+A peer's JSON can ask Keras for any layer and any size: ``"units": 10**9`` alone makes Keras
+allocate gigabytes. So the JSON is read as plain data first: the model and layer classes
+must be on an allowlist, every ``module`` must be Keras's own, the layers must form a chain
+of known widths, and the parameter count computed from the config must stay under a cap.
+"""
+from __future__ import annotations
+
+import json
+
+from common.protocol import SchemaError
+
+DEFAULT_MAX_PARAMS = 5_000_000  # 20 MB of float32 weights; a population is ten times that
+MODEL_CLASSES = frozenset({"Functional", "Sequential"})
+LAYER_CLASSES = frozenset({"InputLayer", "Dense", "Dropout", "Activation"})
+ACTIVATIONS = frozenset({"linear", "relu", "sigmoid", "tanh", "softmax"})
+
+
+class ModelRefused(SchemaError):
+    """The model description is not one we build."""
+
+
+def _check_modules(node) -> None:
+    if isinstance(node, dict):
+        module = node.get("module")
+        if module is not None and not (module == "keras" or str(module).startswith("keras.")):
+            raise ModelRefused(f"model_json names the module {module!r}")
+        for value in node.values():
+            _check_modules(value)
+    elif isinstance(node, list):
+        for value in node:
+            _check_modules(value)
+
+
+def _width(shape) -> int:
+    if not (isinstance(shape, list) and len(shape) == 2 and isinstance(shape[1], int)
+            and shape[1] > 0):
+        raise ModelRefused(f"layer input shape {shape!r} is not (batch, features)")
+    return shape[1]
+
+
+def _input_width(layer: dict, widths: dict[str, int], previous: int | None) -> int:
+    """The width feeding ``layer``: from the layer it names (Functional) or the one before
+    (Sequential). Never from a shape the JSON claims, which need not be the real one."""
+    nodes = layer.get("inbound_nodes")
+    if not nodes:
+        if previous is None:
+            raise ModelRefused("the model has no InputLayer with a known width")
+        return previous
+    try:
+        (node,) = nodes
+        (tensor,) = node["args"]
+        producer = tensor["config"]["keras_history"][0]
+        return widths[producer]
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise ModelRefused(f"layer {layer.get('name')!r} is not fed by one earlier layer") from None
+
+
+def count_params(model_json: str, max_params: int = DEFAULT_MAX_PARAMS) -> int:
+    """Return the parameter count of ``model_json``, or raise ModelRefused."""
+    try:
+        spec = json.loads(model_json)
+    except (TypeError, ValueError) as exc:
+        raise ModelRefused(f"model_json is not JSON: {exc}") from None
+    if not isinstance(spec, dict) or spec.get("class_name") not in MODEL_CLASSES:
+        raise ModelRefused("model_json is not a Functional or Sequential model")
+    _check_modules(spec)
+    layers = spec.get("config", {}).get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise ModelRefused("model_json has no layers")
+    total, width, widths = 0, None, {}
+    for layer in layers:
+        if not isinstance(layer, dict):
+            raise ModelRefused("model_json has a layer that is not an object")
+        kind, config = layer.get("class_name"), layer.get("config", {})
+        if kind not in LAYER_CLASSES:
+            raise ModelRefused(f"layer type {kind!r} is not allowed "
+                               f"(allowed: {', '.join(sorted(LAYER_CLASSES))})")
+        if kind == "InputLayer":
+            width = widths[layer.get("name")] = _width(
+                config.get("batch_shape") or config.get("batch_input_shape"))
+            continue
+        fan_in = _input_width(layer, widths, width)
+        activation = config.get("activation", "linear")
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
+            raise ModelRefused(f"activation {activation!r} is not allowed")
+        width = fan_in
+        if kind == "Dense":
+            units = config.get("units")
+            if not isinstance(units, int) or units <= 0:
+                raise ModelRefused(f"Dense units {units!r} is not a positive integer")
+            total += fan_in * units + (units if config.get("use_bias", True) else 0)
+            width = units
+            if total > max_params:
+                raise ModelRefused(f"the model has more than {max_params:,} parameters, "
+                                   "more than this side accepts (--max-params)")
+        widths[layer.get("name")] = width
+    return total
