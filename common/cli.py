@@ -32,14 +32,30 @@ def _on_sigterm(signum, frame):
     raise Terminated
 
 
-def _port(text: str) -> int:
+def parse_port(text: str) -> int:
+    """A TCP port from a flag or a window's field; ValueError says what is wrong in plain words."""
     try:
         port = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+        raise ValueError(f"{text!r} is not a port number") from None
     if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+        raise ValueError(f"port {port} is outside 0-65535")
     return port
+
+
+def _port(text: str) -> int:
+    try:
+        return parse_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _window_position(text: str) -> tuple[int, int]:
+    try:
+        left, top = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LEFT,TOP in pixels") from None
+    return left, top
 
 
 def _positive(kind):
@@ -76,6 +92,9 @@ def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
                             else "%(default)s"))
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed, for repeatable runs (default: none)")
+    parser.add_argument("--window-position", type=_window_position, default=None,
+                        metavar="LEFT,TOP", help="place the window's top-left corner here, in "
+                        "screen pixels (default: centred)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much to log (default: %(default)s)")
@@ -119,34 +138,38 @@ def client_parser(name: str) -> argparse.ArgumentParser:
     parser.add_argument("--connect-timeout", type=_positive(float),
                         default=defaults.connect_timeout, metavar="S",
                         help="keep retrying to reach the server this long (default: %(default)s)")
+    parser.add_argument("--max-params", type=_positive(int), default=defaults.max_params,
+                        metavar="N", help="refuse a server's model with more parameters than "
+                        "this (default: %(default)s)")
     ga = GAConfig()
     parser.add_argument("--generations", type=_positive(int), default=ga.num_generations,
                         metavar="N", help="GA generations per round (default: %(default)s)")
     return parser
 
 
-def _needs_window(role: str) -> int:
-    print(f"The {role} window is not part of this version yet: run it with --headless.",
-          file=sys.stderr)
-    return EXIT_GAVE_UP
-
-
 def server_main(argv: list[str] | None = None) -> int:
     args = server_parser().parse_args(argv)
-    if not args.headless:
-        return _needs_window("server")
     configure_logging(args.log_level, "server")
-    return run_server_headless(_config_from(args, ServerConfig))
+    config = _config_from(args, ServerConfig)
+    if args.headless:
+        return run_server_headless(config)
+    from common.gui import run_server_window  # imports Kivy: only when a window is wanted
+
+    return run_server_window(config, build_global_model, position=args.window_position)
+
+
+def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
+    """The tutorial's XOR model and test data, under the config's training settings."""
+    from common.model import build_xor_model  # imports Keras: after the flags are checked
+
+    return GlobalModel(build_xor_model(), XOR_TEST_DATA, num_solutions=config.num_solutions,
+                       target_accuracy=config.target_accuracy, max_rounds=config.max_rounds,
+                       seed=config.seed, on_event=on_event)
 
 
 def run_server_headless(config: ServerConfig) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
-    from common.model import build_xor_model  # imports Keras: after the flags are checked
-
-    global_model = GlobalModel(build_xor_model(), XOR_TEST_DATA,
-                               num_solutions=config.num_solutions,
-                               target_accuracy=config.target_accuracy,
-                               max_rounds=config.max_rounds, seed=config.seed)
+    global_model = build_global_model(config)
     try:
         server = ListenThread(global_model, config)
     except BindError as exc:
@@ -174,11 +197,14 @@ def run_server_headless(config: ServerConfig) -> int:
 
 def client_main(name: str, argv: list[str] | None = None) -> int:
     args = client_parser(name).parse_args(argv)
-    if not args.headless:
-        return _needs_window(name)
     configure_logging(args.log_level, name)
     ga = GAConfig(num_generations=args.generations)
-    return run_client_headless(_config_from(args, ClientConfig, name=name, ga=ga))
+    config = _config_from(args, ClientConfig, name=name, ga=ga)
+    if args.headless:
+        return run_client_headless(config)
+    from common.gui import run_client_window  # imports Kivy: only when a window is wanted
+
+    return run_client_window(config, CLIENT_DATA[name], position=args.window_position)
 
 
 def run_client_headless(config: ClientConfig) -> int:

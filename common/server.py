@@ -48,27 +48,63 @@ class BindError(Exception):
     """The server could not listen on the address; the message is one plain sentence."""
 
 
-def create_listening_socket(host: str, port: int) -> socket.socket:
-    """Bind and listen like ``socketserver.TCPServer`` with ``allow_reuse_address``."""
+def new_socket(family: int = socket.AF_INET) -> socket.socket:
+    """A TCP socket that may rebind a port still in TIME_WAIT, like ``socketserver.TCPServer``
+    with ``allow_reuse_address`` (the window's Create Socket step)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
+
+
+def _resolve(host: str, port: int, family: int = socket.AF_UNSPEC):
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
     except socket.gaierror:
         raise BindError(f"The address {host!r} is not a known host name or IP address.") from None
     family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return family, address
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> BindError:
+    if exc.errno == errno.EADDRINUSE:
+        return BindError(f"Port {port} on {host} is already in use.")
+    if exc.errno == errno.EACCES:
+        return BindError(f"Port {port} needs more privileges than this user has.")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return BindError(f"The address {host} does not belong to this machine.")
+    return BindError(f"Cannot listen on {host}:{port}: {exc.strerror}.")
+
+
+def bind_socket(sock: socket.socket, host: str, port: int) -> None:
+    """Bind ``sock`` to ``host:port`` in its own address family (the Bind Socket step).
+
+    On failure ``sock`` stays open and unbound, so a corrected address can be tried again.
+    """
+    _, address = _resolve(host, port, sock.family)
     try:
         sock.bind(address)
+    except OSError as exc:
+        raise _bind_error(exc, host, port) from exc
+
+
+def start_listening(sock: socket.socket) -> None:
+    """Listen on a bound socket (the Listen to Connections step)."""
+    try:
         sock.listen()
     except OSError as exc:
+        raise _bind_error(exc, *sock.getsockname()[:2]) from exc
+
+
+def create_listening_socket(host: str, port: int) -> socket.socket:
+    """The three window steps in one go, in the family the host name resolves to first."""
+    family, _ = _resolve(host, port)
+    sock = new_socket(family)
+    try:
+        bind_socket(sock, host, port)
+        start_listening(sock)
+    except BindError:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise BindError(f"Port {port} on {host} is already in use.") from exc
-        if exc.errno == errno.EACCES:
-            raise BindError(f"Port {port} needs more privileges than this user has.") from exc
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise BindError(f"The address {host} does not belong to this machine.") from exc
-        raise BindError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from exc
+        raise
     return sock
 
 
@@ -206,8 +242,11 @@ class SocketThread(threading.Thread):
         except protocol.PeerClosed:
             log.info("client %s disconnected", self.peer)
         except ProtocolError as exc:
-            reason = str(exc)
-            log.warning("dropping client %s: %s", self.peer, reason)
+            if self._stopping.is_set():  # stop() closed the connection under the receive
+                log.info("closed the connection to client %s", self.peer)
+            else:
+                reason = str(exc)
+                log.warning("dropping client %s: %s", self.peer, reason)
         except Exception as exc:  # a bug must cost one connection, not the server
             reason = f"internal error: {exc!r}"
             log.exception("dropping client %s after an internal error", self.peer)

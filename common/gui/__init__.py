@@ -1,0 +1,60 @@
+"""The Kivy windows: the tutorial's Server App and Client App on top of the headless core.
+
+``controllers`` is plain Python (the state machines the tests drive without a display);
+``window``, ``server_app`` and ``client_app`` import Kivy. The ``run_*`` functions below
+configure Kivy before importing those modules, because Kivy reads its window size and
+position when its window module is first imported.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from common.client import ClientConfig
+from common.data import Dataset
+from common.server import ServerConfig
+
+SERVER_SIZE = (640, 760)  # the chart and the client list below the tutorial's buttons
+CLIENT_SIZE = (640, 420)  # two clients fit under each other on a 1280x1024 screen
+
+
+def _prepare_kivy(size: tuple[int, int], position: tuple[int, int] | None) -> None:
+    # Kivy logs through the handlers and format configure_logging set up, not its own;
+    # its start-up report is for --log-level DEBUG.
+    os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("kivy").setLevel(logging.WARNING)
+    from kivy.config import Config
+
+    Config.set("graphics", "width", str(size[0]))
+    Config.set("graphics", "height", str(size[1]))
+    if position is not None:
+        Config.set("graphics", "position", "custom")
+        Config.set("graphics", "left", str(position[0]))
+        Config.set("graphics", "top", str(position[1]))
+    # A right click would otherwise leave a red multitouch-emulation dot on the window.
+    Config.set("input", "mouse", "mouse,disable_multitouch")
+
+
+def run_server_window(config: ServerConfig, make_global_model: Callable,
+                      position: tuple[int, int] | None = None) -> int:
+    """Open the Server App window; return the exit code once it is closed."""
+    _prepare_kivy(SERVER_SIZE, position)
+    from common.gui.controllers import ServerController
+    from common.gui.server_app import ServerApp
+    from common.gui.window import call_soon, run_app
+
+    return run_app(ServerApp(ServerController(config, make_global_model, call_soon=call_soon)))
+
+
+def run_client_window(config: ClientConfig, data: Dataset,
+                      position: tuple[int, int] | None = None) -> int:
+    """Open a Client App window ("Client App 1" for client1); return the exit code once closed."""
+    _prepare_kivy(CLIENT_SIZE, position)
+    from common.gui.client_app import ClientApp
+    from common.gui.controllers import ClientController
+    from common.gui.window import call_soon, run_app
+
+    title = "Client App " + config.name.removeprefix("client")
+    return run_app(ClientApp(ClientController(config, data, call_soon=call_soon), title=title))

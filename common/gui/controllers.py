@@ -1,0 +1,278 @@
+"""What the windows show and which buttons they enable, as plain Python state machines.
+
+No Kivy here: a window binds its widgets to a controller and forwards clicks to it, and the
+tests drive the same controller without a display. Core threads report through
+``call_soon``, which must run the handler on the thread that owns the controller (Kivy's
+main thread in a window, the test's thread in a test); every attribute a window reads is
+only ever changed there.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from common.cli import parse_port
+from common.client import ClientConfig, ConnectError, RecvThread, connect
+from common.data import Dataset
+from common.events import Event
+from common.server import (BindError, GlobalModel, ListenThread, ServerConfig, bind_socket,
+                           new_socket, start_listening)
+
+log = logging.getLogger(__name__)
+
+CallSoon = Callable[..., None]  # call_soon(handler, *args): run handler(*args) on the owner thread
+
+INITIAL_STATUS = "Socket Status"  # the tutorial's label before any click
+
+
+class _Controller:
+    """Buttons, a status line, and a change callback shared by both windows."""
+
+    BUTTONS: tuple[str, ...] = ()
+
+    def __init__(self, call_soon: CallSoon):
+        self._call_soon = call_soon
+        self.on_change: Callable[[], None] = lambda: None
+        self.status = INITIAL_STATUS
+        self.enabled = {name: name == "create" for name in self.BUTTONS}  # tutorial: Create first
+
+    def _show(self, status: str, *, enable: tuple[str, ...]) -> None:
+        """Set the status line and enable exactly the ``enable`` buttons."""
+        self.status = status
+        self.enabled = {name: name in enable for name in self.BUTTONS}
+        log.info("status: %s", status)  # the windows' text in the log, for people and tests
+        self.on_change()
+
+    def _port(self, text: str, step: str) -> int | None:
+        """The port field as a number, or None after saying why ``step`` cannot use it
+        (the step's button stays enabled, to try again)."""
+        try:
+            return parse_port(text.strip())
+        except ValueError as exc:
+            self._show(f"Cannot {step}: {exc}.", enable=(step, "close"))
+            return None
+
+
+@dataclass
+class ServerView:
+    """What the server window shows beyond its status line."""
+
+    summary: str = ""
+    history: list[tuple[int, float]] = field(default_factory=list)  # (round, global accuracy)
+    clients: dict[str, str] = field(default_factory=dict)  # peer -> state, in arrival order
+    address: str = ""  # where the server listens, once it does
+
+
+class ServerController(_Controller):
+    """The tutorial's server steps: Create Socket, Bind Socket, Listen to Connections, Close.
+
+    ``make_global_model(config, on_event)`` builds the model once; it outlives Close and Create, as
+    the tutorial's global model does.
+    """
+
+    BUTTONS = ("create", "bind", "listen", "close")
+
+    def __init__(self, config: ServerConfig,
+                 make_global_model: Callable[[ServerConfig, Callable[[Event], None]], GlobalModel],
+                 *, call_soon: CallSoon):
+        super().__init__(call_soon)
+        self.config = config
+        self.global_model = make_global_model(config, self._from_thread)
+        self.socket: socket.socket | None = None
+        self.listener: ListenThread | None = None
+        model = self.global_model
+        self.view = ServerView(summary=f"Global accuracy {model.accuracy:.2f} before training",
+                               history=[(model.round, model.accuracy)])
+
+    def _from_thread(self, event: Event) -> None:
+        self._call_soon(self._on_event, event)
+
+    def create(self) -> None:
+        self.socket = new_socket()  # IPv4, as the tutorial's field asks for
+        self._show("Socket Created", enable=("bind", "close"))
+
+    def bind(self, host_text: str, port_text: str) -> None:
+        port = self._port(port_text, "bind")
+        if port is None:
+            return
+        try:
+            bind_socket(self.socket, host_text.strip(), port)
+        except BindError as exc:
+            self._show(str(exc), enable=("bind", "close"))  # the socket is still usable
+            return
+        self._show("Socket Bound to IPv4 & Port Number", enable=("listen", "close"))
+
+    def listen(self) -> None:
+        try:
+            start_listening(self.socket)
+        except BindError as exc:
+            self._show(str(exc), enable=("close",))
+            return
+        self.listener = ListenThread(self.global_model, self.config,
+                                     listening_socket=self.socket, on_event=self._from_thread)
+        self.listener.start()
+        host, port = self.listener.server_address
+        self.view.address = f"{host}:{port}"
+        self._show(f"Socket is Listening for Connections on {self.view.address}",
+                   enable=("close",))
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.shutdown()  # closes the socket and every client connection
+            self.listener = None
+        elif self.socket is not None:
+            self.socket.close()
+        self.socket = None
+        self._show("Socket Closed", enable=("create",))
+
+    def shutdown(self) -> None:
+        """The window is closing: stop every thread."""
+        if self.socket is not None:
+            self.close()
+
+    def _on_event(self, event: Event) -> None:
+        view, clients = self.view, self.view.clients
+        if event.kind == "connected":
+            clients[event.peer] = "connected"
+        elif event.kind == "request" and event.detail == "echo":
+            clients[event.peer] = "training"
+        elif event.kind == "update":
+            clients[event.peer] = f"sent model, round {event.round}"
+            view.history.append((event.round, event.accuracy))
+            view.summary = f"Round {event.round}: global accuracy {event.accuracy:.2f}"
+        elif event.kind == "done":
+            view.summary = (f"Training done: global accuracy {event.accuracy:.2f} "
+                            f"after {event.round} rounds")
+            log.info("summary: %s", view.summary)
+        elif event.kind == "gave_up":
+            view.summary = (f"Gave up after {event.round} rounds (--max-rounds): "
+                            f"global accuracy {event.accuracy:.2f}")
+            log.info("summary: %s", view.summary)
+        elif event.kind == "answered_done":
+            clients[event.peer] = "done"
+        elif event.kind == "disconnected":
+            if event.detail:
+                clients[event.peer] = f"dropped: {event.detail}"
+            elif clients.get(event.peer) == "done":
+                clients[event.peer] = "done, disconnected"
+            else:
+                clients[event.peer] = "disconnected"
+        else:
+            return  # e.g. a model request: the update event that follows says more
+        self.on_change()
+
+
+@dataclass
+class ClientView:
+    """What a client window shows beyond its status line."""
+
+    round: int | None = None  # the server's round the model being trained comes from
+    generation: int = 0
+    generations: int = 0  # per round
+    best_fitness: float | None = None
+
+
+class ClientController(_Controller):
+    """The tutorial's client steps: Create Socket, Connect to Server, Receive & Train Model,
+    Close Socket.
+
+    ``connect`` opens the socket itself, retrying refused attempts for
+    ``config.connect_timeout`` seconds, so Create Socket only enables Connect: a socket whose
+    connect failed cannot be reused.
+    """
+
+    BUTTONS = ("create", "connect", "train", "close")
+
+    def __init__(self, config: ClientConfig, data: Dataset, *, call_soon: CallSoon):
+        super().__init__(call_soon)
+        self.config = config
+        self.data = data
+        self.view = ClientView(generations=config.ga.num_generations)
+        self.socket: socket.socket | None = None
+        self.thread: RecvThread | None = None
+        self._connector: threading.Thread | None = None
+        self._cancel = threading.Event()  # ends a pending connect
+        # Close bumps the attempt, so a late result from an abandoned connect or training
+        # thread cannot change what the window shows.
+        self._attempt = 0
+
+    def create(self) -> None:
+        self._show("Socket Created", enable=("connect", "close"))
+
+    def connect(self, host_text: str, port_text: str) -> None:
+        port = self._port(port_text, "connect")
+        if port is None:
+            return
+        host, attempt, cancel = host_text.strip(), self._attempt, self._cancel
+
+        def work() -> None:  # off the main thread: connect retries for seconds
+            try:
+                sock = connect(host, port, self.config.connect_timeout, stop=cancel)
+            except ConnectError as exc:
+                self._call_soon(self._connect_failed, attempt, str(exc))
+                return
+            self._call_soon(self._connected, attempt, sock)
+
+        self._connector = threading.Thread(target=work, name="connect", daemon=True)
+        self._show(f"Connecting to {host}:{port} ...", enable=("close",))
+        self._connector.start()
+
+    def _connected(self, attempt: int, sock: socket.socket) -> None:
+        if attempt != self._attempt:
+            sock.close()
+            return
+        self.socket = sock
+        self._show("Successful Connection to the Server", enable=("train", "close"))
+
+    def _connect_failed(self, attempt: int, reason: str) -> None:
+        if attempt == self._attempt:
+            self._show(f"Error Connecting to the Server: {reason}", enable=("connect", "close"))
+
+    def train(self) -> None:
+        attempt, config = self._attempt, self.config
+        self.thread = RecvThread(
+            config.buffer_size, config.recv_timeout, sock=self.socket, data=self.data,
+            config=config, on_event=lambda event: self._call_soon(self._on_event, attempt, event))
+        self._show("Receiving the Model from the Server", enable=("close",))
+        self.thread.start()
+
+    def close(self) -> None:
+        self._attempt += 1
+        self._cancel.set()
+        self._cancel = threading.Event()
+        if self.thread is not None:
+            self.thread.stop()  # closes the socket it owns
+        elif self.socket is not None:
+            self.socket.close()
+        self.socket = None
+        self._show("Socket Closed", enable=("create",))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """The window is closing: stop every thread and wait for them."""
+        self.close()
+        for thread in (self._connector, self.thread):
+            if thread is not None and thread.is_alive():
+                thread.join(timeout)
+
+    def _on_event(self, attempt: int, event: Event) -> None:
+        if attempt != self._attempt:
+            return
+        view = self.view
+        if event.kind == "model":
+            view.round, view.generation = event.round, 0
+            self._show(f"Training the model of round {event.round}", enable=("close",))
+        elif event.kind == "generation":
+            view.generation, view.best_fitness = event.generation, event.fitness
+            self.on_change()
+        elif event.kind == "sent":
+            view.best_fitness = event.fitness
+            self._show(f"Sent the trained model of round {event.round}; waiting for the server",
+                       enable=("close",))
+        elif event.kind == "done":
+            accuracy = "" if event.accuracy is None else f": accuracy {event.accuracy:.2f}"
+            self._show(f"Training is done{accuracy}", enable=("close",))
+        elif event.kind == "error":
+            self._show(event.detail, enable=("close",))

@@ -1,0 +1,120 @@
+"""Kivy plumbing both windows share: the main-thread hand-off, the base App, and widgets.
+
+Import only through ``common.gui.run_*``, which configures Kivy first.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from kivy.app import App
+from kivy.clock import mainthread
+from kivy.core.window import Window
+from kivy.metrics import dp
+from kivy.uix.boxlayout import BoxLayout
+from kivy.uix.button import Button
+from kivy.uix.label import Label
+from kivy.uix.textinput import TextInput
+
+from common.cli import EXIT_DONE, EXIT_INTERRUPTED
+
+log = logging.getLogger(__name__)
+
+ROW_HEIGHT = dp(40)
+
+
+def call_soon(handler, *args) -> None:
+    """Run ``handler(*args)`` on Kivy's main thread at the next frame; safe from any thread."""
+    mainthread(handler)(*args)
+
+
+def run_app(app: App) -> int:
+    """Run until the window closes (its close button, Escape or SIGTERM); Ctrl-C also stops
+    the threads, since Kivy then skips ``on_stop``."""
+    try:
+        app.run()
+    except KeyboardInterrupt:
+        app.controller.shutdown()
+        return EXIT_INTERRUPTED
+    return EXIT_DONE
+
+
+class TutorialApp(App):
+    """A window driven by a controller from ``common.gui.controllers``.
+
+    Subclasses build their widgets below ``tutorial_rows`` and extend ``refresh``, which the
+    controller calls on every change. Buttons are kept under the controller's button names.
+    """
+
+    def __init__(self, controller, *, title: str):
+        super().__init__(title=title)
+        self.controller = controller
+        self.buttons: dict[str, Button] = {}
+        self.fields: dict[str, TextInput] = {}
+        self.status_label = wrapping_label(controller.status, height=dp(56), font_size="17sp")
+
+    def on_start(self) -> None:
+        self.controller.on_change = self.refresh
+        self.refresh()
+        Window.bind(on_flip=self._on_first_flip)
+
+    def on_stop(self) -> None:
+        self.controller.shutdown()
+
+    def _on_first_flip(self, window) -> None:
+        # Timers set in build() fire before the first frame is drawn; a flip means the
+        # window shows something, so clicks from here on land on real buttons.
+        window.unbind(on_flip=self._on_first_flip)
+        log.info("ready: %s window %dx%d", self.title, window.width, window.height)
+        for name, widget in {**self.buttons, **self.fields}.items():
+            x, y = widget.to_window(*widget.center)
+            # X counts y from the top, Kivy from the bottom.
+            log.info("widget %s at x=%d y=%d", name, x, window.height - y)
+
+    def refresh(self) -> None:
+        for name, button in self.buttons.items():
+            button.disabled = not self.controller.enabled[name]
+        self.status_label.text = self.controller.status
+
+    def tutorial_rows(self, field_hints: tuple[str, str], address_step: tuple[str, str, Callable],
+                      next_step: tuple[str, str, Callable]) -> BoxLayout:
+        """The tutorial's column: Create Socket, the address fields, the step that uses them
+        (called with the fields' texts), the next step, Close Socket, the status label."""
+        controller, config = self.controller, self.controller.config
+        root = BoxLayout(orientation="vertical", padding=dp(10), spacing=dp(6))
+        root.add_widget(self.button("create", "Create Socket", controller.create))
+        root.add_widget(self.address_fields(*field_hints, config.host, config.port))
+        name, text, step = address_step
+        root.add_widget(self.button(name, text, lambda: step(self.fields["host"].text,
+                                                             self.fields["port"].text)))
+        root.add_widget(self.button(*next_step))
+        root.add_widget(self.button("close", "Close Socket", controller.close))
+        root.add_widget(self.status_label)
+        return root
+
+    def button(self, name: str, text: str, on_press) -> Button:
+        button = Button(text=text, size_hint_y=None, height=ROW_HEIGHT)
+        button.bind(on_press=lambda _button: on_press())
+        self.buttons[name] = button
+        return button
+
+    def address_fields(self, host_hint: str, port_hint: str, host: str, port: int) -> BoxLayout:
+        """The tutorial's two fields side by side, pre-filled from the flags."""
+        row = BoxLayout(orientation="horizontal", size_hint_y=None, height=ROW_HEIGHT,
+                        spacing=dp(6))
+        for name, hint, text in (("host", host_hint, host), ("port", port_hint, str(port))):
+            field = TextInput(hint_text=hint, text=text, multiline=False, write_tab=False,
+                              padding=[dp(8), dp(10)])
+            self.fields[name] = field
+            row.add_widget(field)
+        return row
+
+
+def wrapping_label(text: str = "", *, height: float | None = None, halign: str = "center",
+                   valign: str = "middle", **kwargs) -> Label:
+    """A label that wraps at its own width; fixed ``height`` unless None (then it stretches)."""
+    label = Label(text=text, halign=halign, valign=valign, **kwargs)
+    if height is not None:
+        label.size_hint_y, label.height = None, height
+    label.bind(size=lambda widget, size: setattr(widget, "text_size", size))
+    return label

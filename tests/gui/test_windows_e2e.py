@@ -1,0 +1,242 @@
+"""The three real windows under Xvfb, clicked with X pointer events in the tutorial's order.
+
+server.py, client1.py and client2.py run as separate processes, as people run them. The test
+clicks each window's buttons with xdotool, waits (on the apps' log lines) until the server
+reports accuracy 1.00 and both clients report done, and screenshots every window during and
+after training. With FEDGA_UPDATE_SCREENSHOTS=1 the mid-training screenshots replace
+docs/server-app.png, docs/client-app-1.png and docs/client-app-2.png.
+"""
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ("Xvfb", "xdotool", "import", "identify")
+MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
+WAIT = 60  # seconds for any one step; the whole test takes about 20 s here
+ROUND_DELAY = "0.2"  # seconds the server holds each model reply: training stays visible
+SCREEN = (1280, 1024)
+# Where each window opens (left, top): side by side, so none hides another's pixels.
+PLACES = {"server.py": (0, 0), "client1.py": (640, 0), "client2.py": (640, 460)}
+
+pytestmark = [
+    pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (apt-get install "
+                       "xvfb xdotool imagemagick, as .ci/run does)"),
+    pytest.mark.timeout(180),
+]
+
+
+@pytest.fixture
+def display():
+    """A private Xvfb; -displayfd reports its display number once it accepts clients."""
+    read_end, write_end = os.pipe()
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "%dx%dx24" % SCREEN,
+         "-nolisten", "tcp", "-noreset"],
+        pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], WAIT)
+        number = os.read(read_end, 64).decode().strip() if ready else ""
+        if not number:
+            pytest.fail("Xvfb did not report a display number")
+        yield f":{number}"
+    finally:
+        os.close(read_end)
+        xvfb.terminate()
+        xvfb.wait(WAIT)
+
+
+class Window:
+    """One app process: its log lines as they arrive, its X window, clicks and screenshots."""
+
+    def __init__(self, script: str, args: list[str], env: dict[str, str], log_path: Path):
+        self.script = script
+        self.log_path = log_path
+        self.env = env
+        left, top = PLACES[script]
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / script), "--window-position", f"{left},{top}", *args],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
+        self.lines: list[str] = []
+        self._arrived = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.widgets: dict[str, tuple[int, int]] = {}
+        self.wid = ""
+
+    def _read(self) -> None:
+        # Raw reads with select, not iteration to EOF: an xclip that Kivy starts to serve a
+        # text selection inherits the pipe and outlives the app, so EOF may never come.
+        fd, pending = self.process.stdout.fileno(), b""
+        with self.log_path.open("wb") as log:
+            while True:
+                if select.select([fd], [], [], 0.2)[0]:
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
+                elif self.process.poll() is not None:
+                    break
+                else:
+                    continue
+                log.write(chunk)
+                *lines, pending = (pending + chunk).split(b"\n")
+                with self._arrived:
+                    self.lines.extend(line.decode(errors="replace") for line in lines)
+                    self._arrived.notify_all()
+        with self._arrived:
+            self._arrived.notify_all()  # end of output: waiters stop waiting
+
+    def wait_for(self, pattern: str, timeout: float = WAIT) -> re.Match:
+        """The first log line matching ``pattern``, waiting for it to arrive."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        checked = 0
+        with self._arrived:
+            while True:
+                for line in self.lines[checked:]:
+                    if match := regex.search(line):
+                        return match
+                checked = len(self.lines)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._reader.is_alive():
+                    tail = "\n".join(self.lines[-30:])
+                    pytest.fail(f"{self.script}: no line matching {pattern!r} "
+                                f"(exit code {self.process.poll()}); last lines:\n{tail}")
+                self._arrived.wait(remaining)
+
+    def wait_ready(self, widgets: tuple[str, ...]) -> None:
+        """The first frame is on screen; learn where ``widgets`` are and the window's id."""
+        self.wait_for(r"ready: .* window")
+        for name in widgets:
+            match = self.wait_for(rf"widget {name} at x=(\d+) y=(\d+)")
+            self.widgets[name] = int(match[1]), int(match[2])
+        deadline = time.monotonic() + WAIT
+        while not self.wid:  # mapped by now; the X server may need a moment to list it
+            found = self.x("xdotool", "search", "--onlyvisible", "--pid",
+                           str(self.process.pid), check=False)
+            self.wid = found.split()[0] if found.split() else ""
+            if not self.wid and time.monotonic() > deadline:
+                pytest.fail(f"{self.script}: no visible window")
+            if not self.wid:
+                time.sleep(0.1)  # polling X: there is no event to wait on
+
+    def click(self, name: str) -> None:
+        x, y = self.widgets[name]
+        self.x("xdotool", "mousemove", "--window", self.wid, str(x), str(y), "click", "1")
+
+    def type_into(self, field: str, text: str) -> None:
+        """Replace a field's text: no window manager, so focus the window by hand first."""
+        self.x("xdotool", "windowfocus", "--sync", self.wid)
+        self.click(field)
+        self.x("xdotool", "key", "ctrl+a", "BackSpace")
+        self.x("xdotool", "type", "--delay", "20", text)
+
+    def click_and_wait(self, name: str, status: str) -> None:
+        before = len(self.lines)
+        self.click(name)
+        regex = re.compile(rf"status: {re.escape(status)}")
+        if not any(regex.search(line) for line in self.lines[before:]):
+            self.wait_for(rf"status: {re.escape(status)}")
+
+    def screenshot(self, path: Path) -> Path:
+        self.x("timeout", "20", "import", "-window", self.wid, str(path))
+        colours = int(self.x("identify", "-format", "%k", str(path)))
+        assert colours > 50, f"{path.name} looks blank: {colours} colours"
+        return path
+
+    def stop(self) -> int:
+        """SIGTERM, as closing the window does: the app must stop its threads and exit 0."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"{self.script} hung after SIGTERM") from None
+        finally:
+            self._reader.join(WAIT)
+            self.process.stdout.close()
+
+    def x(self, *command: str, check: bool = True) -> str:
+        """Run an X tool on this window's display; its output."""
+        result = subprocess.run(command, capture_output=True, text=True, timeout=WAIT,
+                                env=self.env)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} failed: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_three_windows_train_the_model_when_clicked(display, tmp_path):
+    env = {**os.environ, "DISPLAY": display, "KIVY_HOME": str(tmp_path / "kivy"),
+           "KIVY_NO_ARGS": "1", "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1"}
+    port = str(free_port())
+    shared_flags = ["--host", "127.0.0.1", "--seed", "1"]
+    windows = {
+        "server": Window("server.py", [*shared_flags, "--port", port,
+                                       "--round-delay", ROUND_DELAY],
+                         env, tmp_path / "server.log"),
+        # client2 opens on the default port: the test types the right one into its field.
+        "client1": Window("client1.py", [*shared_flags, "--port", port], env,
+                          tmp_path / "client1.log"),
+        "client2": Window("client2.py", shared_flags, env, tmp_path / "client2.log"),
+    }
+    server, client1, client2 = windows.values()
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    try:
+        server.wait_ready(("create", "bind", "listen", "close"))
+        for client in (client1, client2):
+            client.wait_ready(("create", "connect", "train", "close", "port"))
+
+        server.click_and_wait("create", "Socket Created")
+        server.click_and_wait("bind", "Socket Bound to IPv4 & Port Number")
+        server.click_and_wait("listen", f"Socket is Listening for Connections on 127.0.0.1:{port}")
+
+        client2.type_into("port", port)
+        for client in (client1, client2):
+            client.click_and_wait("create", "Socket Created")
+            client.click_and_wait("connect", "Successful Connection to the Server")
+        for client in (client1, client2):
+            client.click_and_wait("train", "Receiving the Model from the Server")
+
+        server.wait_for(r"round=3 ")  # a few points on the chart, clients busy
+        during = {name: window.screenshot(shots / f"{name}-during.png")
+                  for name, window in windows.items()}
+
+        server.wait_for(r"summary: Training done: global accuracy 1\.00 after \d+ rounds")
+        for client in (client1, client2):
+            client.wait_for(r"status: Training is done: accuracy 1\.00")
+        for name, window in windows.items():
+            window.screenshot(shots / f"{name}-after.png")
+    finally:
+        codes = {name: window.stop() for name, window in windows.items()}
+    assert codes == {"server": 0, "client1": 0, "client2": 0}
+
+    if os.environ.get("FEDGA_UPDATE_SCREENSHOTS") == "1":
+        docs = ROOT / "docs"
+        docs.mkdir(exist_ok=True)
+        for name, target in (("server", "server-app.png"), ("client1", "client-app-1.png"),
+                             ("client2", "client-app-2.png")):
+            shutil.copyfile(during[name], docs / target)
