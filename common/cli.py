@@ -24,8 +24,11 @@ EXIT_DONE, EXIT_FAILED, EXIT_GAVE_UP = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
-class Terminated(Exception):
-    """SIGTERM arrived; raised in the main thread so cleanup runs in ``finally`` blocks."""
+class Terminated(BaseException):
+    """SIGTERM arrived; raised in the main thread so cleanup runs in ``finally`` blocks.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` swallows it (logging
+    does, when the signal lands inside a log call)."""
 
 
 def _on_sigterm(signum, frame):
@@ -169,25 +172,29 @@ def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
 
 def run_server_headless(config: ServerConfig) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
-    global_model = build_global_model(config)
-    try:
-        server = ListenThread(global_model, config)
-    except BindError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
-    host, port = server.server_address
-    log.info("listening on %s:%d (model accuracy=%.4f before training)", host, port,
-             global_model.accuracy)
-    try:
-        with server:
-            while not server.wait_all_answered(timeout=1.0):
-                pass
+    try:  # from here on a signal may land anywhere, even inside a log call
+        return _serve(config)
     except KeyboardInterrupt:
         log.warning("interrupted: stopped before training was done")
         return EXIT_INTERRUPTED
     except Terminated:
         log.warning("terminated: stopped before training was done")
         return EXIT_TERMINATED
+
+
+def _serve(config: ServerConfig) -> int:
+    global_model = build_global_model(config)
+    try:
+        server = ListenThread(global_model, config)
+    except BindError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    with server:
+        host, port = server.server_address
+        log.info("listening on %s:%d (model accuracy=%.4f before training)", host, port,
+                 global_model.accuracy)
+        while not server.wait_all_answered(timeout=1.0):
+            pass
     if global_model.reached_target:
         log.info("finished: accuracy=%.4f after %d rounds; every client was told done",
                  global_model.accuracy, global_model.round)
