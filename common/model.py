@@ -64,6 +64,8 @@ _ACTIVATIONS = {
 
 def _dense_stack(model: keras.Model) -> list[tuple[int, int, bool, str]] | None:
     """(fan_in, units, use_bias, activation) per layer if the model is only Dense layers."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None
     layers = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
@@ -90,6 +92,8 @@ class ForwardPass:
         self.shapes = [tuple(w.shape) for w in model.weights]
         self.num_params = sum(math.prod(s) for s in self.shapes)
         self._dense = _dense_stack(model)
+        if self._dense is not None and not self._agrees_with_keras():
+            self._dense = None  # e.g. a Dense layer applied twice: the layer list misleads
         if self._dense is None:
             log.info("model is not a plain Dense stack: evaluating one solution at a time")
 
@@ -110,6 +114,15 @@ class ForwardPass:
                 offset += units
             h = _ACTIVATIONS[activation](h)
         return h
+
+    def _agrees_with_keras(self) -> bool:
+        """Run the batched path once beside Keras on the model's own weights."""
+        probe = np.random.default_rng(0).standard_normal(
+            (4, self._dense[0][0])).astype(np.float32)
+        expected = keras.ops.convert_to_numpy(self.model(probe, training=False))
+        vector = weights_to_vector(self.model.get_weights())
+        ours = self(vector[None, :], probe)[0]
+        return ours.shape == expected.shape and np.allclose(ours, expected, rtol=1e-4, atol=1e-5)
 
     def _keras_forward(self, vector: np.ndarray, inputs: np.ndarray) -> np.ndarray:
         self.model.set_weights(vector_to_weights(vector, self.shapes))

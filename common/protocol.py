@@ -265,6 +265,9 @@ class _RestrictedUnpickler(pickle._Unpickler):
                 raise DecodeError("bad ndarray state")
             if math.prod(state[1]) * _plain_dtype(state[2]).itemsize != len(state[4]):
                 raise DecodeError("array data does not match its shape")
+            if isinstance(state[4], bytearray):
+                self._adopt_array_data(inst, state)
+                return
         elif isinstance(inst, np.dtype):
             # A plain dtype's state only restates its byte order; anything more is refused.
             if not (isinstance(state, tuple) and len(state) == 8 and state[1] in "<>|="
@@ -278,9 +281,24 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     dispatch[pickle.BUILD[0]] = load_build
 
+    def _adopt_array_data(self, placeholder: np.ndarray, state: tuple) -> None:
+        # A large read arrives as the bytearray it was received into. ndarray.__setstate__
+        # takes only bytes, which would cost one more copy of the whole array, so the array
+        # is made over the bytearray instead and put wherever the placeholder was.
+        _, shape, dtype, fortran_order, data = state
+        array = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+        if not dtype.isnative:
+            array = array.astype(dtype.newbyteorder("="))  # as __setstate__ does on reading
+        self.stack.pop()
+        self.stack[-1] = array
+        for key, value in self.memo.items():
+            if value is placeholder:
+                self.memo[key] = array
+
     def load_bytearray8(self):
         (length,) = pickle.unpack("<Q", self.read(8))
-        self.append(bytearray(self.read(length)))  # read() checks the budget first
+        data = self.read(length)  # read() checks the budget first
+        self.append(data if isinstance(data, bytearray) else bytearray(data))
 
     dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
@@ -325,8 +343,8 @@ class _MessageReader:
             timeout = self._deadline - now
             if timeout <= 0:
                 raise ReceiveTimeout(f"message not complete within {self._recv_timeout:g} s")
-        self._sock.settimeout(timeout)
         try:
+            self._sock.settimeout(timeout)  # inside: it fails once close() closed the socket
             n = self._sock.recv_into(view)
         except socket.timeout:
             if self._deadline is None:
@@ -347,7 +365,7 @@ class _MessageReader:
         n = self._recv_into(memoryview(chunk))
         self._buffer += memoryview(chunk)[:n]
 
-    def read(self, n: int) -> bytes:
+    def read(self, n: int) -> bytes | bytearray:
         self._charge(n)
         if n <= self._buffer_size:
             while len(self._buffer) < n:
@@ -355,7 +373,8 @@ class _MessageReader:
             data = bytes(self._buffer[:n])
             del self._buffer[:n]
             return data
-        # A large read goes straight into one buffer of its final size: linear in n.
+        # A large read goes straight into one buffer of its final size: linear in n. It is
+        # returned as that bytearray, not copied into bytes: array data is used in place.
         out = bytearray(n)
         view = memoryview(out)
         have = min(n, len(self._buffer))
@@ -363,14 +382,14 @@ class _MessageReader:
         del self._buffer[:have]
         while have < n:
             have += self._recv_into(view[have:])
-        return bytes(out)
+        return out
 
     def readline(self) -> bytes:
         while (end := self._buffer.find(b"\n")) < 0:
             if self._used + len(self._buffer) >= self._budget:
                 self._charge(len(self._buffer) + 1)  # raises MessageTooLarge
             self._fill()
-        return self.read(end + 1)
+        return bytes(self.read(end + 1))
 
 
 class Connection:
@@ -405,8 +424,8 @@ class Connection:
 
     def send(self, message: Message) -> None:
         payload = encode(message)
-        self.sock.settimeout(self.recv_timeout + len(payload) / 2**20)  # ~1 MiB/s floor
-        try:
+        try:  # settimeout too: it fails on a socket that close() has already closed
+            self.sock.settimeout(self.recv_timeout + len(payload) / 2**20)  # ~1 MiB/s floor
             self.sock.sendall(payload)
         except OSError as exc:
             raise ConnectionLost(f"could not send to {self.peer}: {exc.strerror or exc}") from exc

@@ -32,7 +32,7 @@ def test_training_keeps_or_beats_the_first_member():
     population = np.vstack([start, start + rng.uniform(-1, 1, size=(9, start.size))])
     data = CLIENT_DATA["client1"]
     generations = []
-    result = train(forward, population, data, GAConfig(), seed=1,
+    result = train(forward, population, data, GAConfig(stop_fitness=None), seed=1,
                    on_generation=lambda g, f: generations.append(g))
     start_fitness = fitness(forward(start[None], data.inputs), data.outputs)[0]
     assert result.best_fitness >= start_fitness
@@ -46,3 +46,16 @@ def test_training_stops_when_asked():
     population = np.random.default_rng(2).normal(size=(10, forward.num_params))
     result = train(forward, population, CLIENT_DATA["client2"], GAConfig(), should_stop=lambda: True)
     assert result.generations == 1
+
+
+def test_training_stops_once_the_local_loss_is_small():
+    model = build_xor_model()
+    forward = ForwardPass(model)
+    population = np.random.default_rng(4).normal(0, 2, size=(10, forward.num_params))
+    data = CLIENT_DATA["client1"]
+    best = []
+    result = train(forward, population, data, GAConfig(stop_fitness=10.0), seed=4,
+                   on_generation=lambda g, f: best.append(f))
+    assert result.best_fitness >= 10.0 and best[-1] >= 10.0
+    assert all(f < 10.0 for f in best[:-1])  # it went on exactly until the threshold
+    assert result.generations == len(best) < GAConfig().num_generations

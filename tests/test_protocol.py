@@ -237,3 +237,30 @@ def test_population_checks():
         protocol.check_population(good, 9, 22)
     with pytest.raises(protocol.SchemaError):
         protocol.check_population(good, 10**9, 22)
+
+
+@pytest.mark.parametrize("pickle_protocol", [2, 3, 4, 5])
+def test_large_arrays_decode_as_pickle_does_and_stay_shared_where_the_pickle_shares_them(
+        pair, pickle_protocol):
+    receiver, sender = pair
+    rng = np.random.default_rng(0)
+    population = rng.standard_normal((10, 3000)).astype(np.float32)  # 120 KB: a large read
+    fortran = np.asfortranarray(rng.standard_normal((100, 100)))
+    swapped = rng.standard_normal(2000).astype(">f8")
+    data = {"population_weights": population, "model_json": "{}", "num_solutions": 10,
+            "round": population, "accuracy": [fortran, swapped]}  # population twice: memoized
+    payload = pickle.dumps({"subject": "model", "data": data}, protocol=pickle_protocol)
+    thread = threading.Thread(target=sender.sendall, args=(payload,))  # more than a socket holds
+    thread.start()
+    try:
+        message = receiver.receive(SERVER_TO_CLIENT)
+    finally:
+        thread.join(5)
+    expected = pickle.loads(payload)["data"]
+    received = message.data["population_weights"]
+    assert message.data["round"] is received
+    assert received.flags.writeable
+    for ours, theirs in zip([received, *message.data["accuracy"]],
+                            [expected["population_weights"], *expected["accuracy"]]):
+        assert ours.dtype == theirs.dtype and ours.flags.f_contiguous == theirs.flags.f_contiguous
+        np.testing.assert_array_equal(ours, theirs)

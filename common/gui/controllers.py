@@ -268,7 +268,8 @@ class ClientController(_Controller):
             view.generation, view.best_fitness = event.generation, event.fitness
             self.on_change()
         elif event.kind == "sent":
-            view.best_fitness = event.fitness
+            # The GA may stop early once the local loss is low: the round is complete anyway.
+            view.generation, view.best_fitness = view.generations, event.fitness
             self._show(f"Sent the trained model of round {event.round}; waiting for the server",
                        enable=("close",))
         elif event.kind == "done":

@@ -1,0 +1,146 @@
+"""What every benchmark shares: tables, TARGET lines, interleaved timing, loopback sockets,
+the machine's description, and the tutorial's baselines reimplemented for comparison.
+
+The baselines are written here from the tutorial's description, not copied: a client that
+reads 1024-byte chunks and retries ``pickle.loads`` on everything received so far after
+each one, and a fitness that loads one solution into the Keras model and calls
+``model.predict`` on it.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import resource
+import socket
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+import pygad
+import pygad.kerasga
+import tensorflow as tf
+
+TUTORIAL_BUFFER_SIZE = 1024
+
+
+class DidNotFinish(Exception):
+    """A baseline ran past its cap; the table says so instead of waiting for it."""
+
+
+# ---- output -----------------------------------------------------------------------------
+
+
+def print_header(title: str) -> None:
+    print(f"{title}\n{machine()}\n", flush=True)
+
+
+def machine() -> str:
+    """One line naming the machine and the versions, so a table can be read in context."""
+    return (f"machine: {os.cpu_count()} cores, no GPU, {platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}, NumPy {np.__version__}, TensorFlow "
+            f"{tf.__version__}, Keras {keras.__version__}, PyGAD {pygad.__version__}")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                        enumerate(zip(row, widths))).rstrip())
+        if index == 0:
+            print("  ".join("-" * w for w in widths))
+    print(flush=True)
+
+
+def target(name: str, measured: str, wanted: str, met: bool) -> bool:
+    print(f"TARGET {name}: measured {measured}, target {wanted}, {'met' if met else 'missed'}",
+          flush=True)
+    return met
+
+
+def seconds(value: float) -> str:
+    """A duration with a unit that keeps three significant digits readable."""
+    if value >= 1:
+        return f"{value:.2f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value * 1e6:.3g} us"
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- timing -----------------------------------------------------------------------------
+
+
+def interleaved(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Time each function ``repeats`` times, taking turns, so drift in the machine's load
+    hits all of them alike; returns the seconds of every call by name."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
+    """Median of the per-turn ratios: each pair ran back to back under the same load."""
+    return statistics.median(s / f for s, f in zip(slow, fast))
+
+
+# ---- sockets ----------------------------------------------------------------------------
+
+
+def loopback_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair over 127.0.0.1 (not a Unix socketpair: the real path)."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        client = socket.create_connection(listening.getsockname())
+        server, _ = listening.accept()
+    return server, client
+
+
+# ---- the tutorial's baselines -----------------------------------------------------------
+
+
+def tutorial_recv(sock: socket.socket, buffer_size: int = TUTORIAL_BUFFER_SIZE,
+                  cap: float | None = None):
+    """The tutorial's receive loop: append each chunk and try ``pickle.loads`` on the whole
+    buffer until it succeeds, which is quadratic in the message size. ``cap`` seconds
+    bound the benchmark's patience (DidNotFinish), not the loop's behaviour."""
+    stop_at = None if cap is None else time.perf_counter() + cap
+    received = b""
+    while True:
+        chunk = sock.recv(buffer_size)
+        if not chunk:
+            raise ConnectionError("peer closed the connection in the middle of a message")
+        received += chunk
+        try:
+            return pickle.loads(received)
+        except Exception:  # incomplete: keep reading, as the tutorial does
+            if stop_at is not None and time.perf_counter() > stop_at:
+                raise DidNotFinish(f"after {len(received)} bytes") from None
+
+
+def tutorial_send(sock: socket.socket, subject: str, data) -> None:
+    sock.sendall(pickle.dumps({"subject": subject, "data": data}))
+
+
+def tutorial_fitness(model: keras.Model, solution: np.ndarray, inputs: np.ndarray,
+                     outputs: np.ndarray) -> float:
+    """The tutorial's per-solution fitness: load the weights, ``model.predict``, Keras BCE."""
+    model.set_weights(pygad.kerasga.model_weights_as_matrix(model=model, weights_vector=solution))
+    predictions = model.predict(inputs, verbose=0)
+    loss = keras.losses.BinaryCrossentropy()(outputs, predictions)
+    return 1.0 / (float(keras.ops.convert_to_numpy(loss)) + 1e-8)
+

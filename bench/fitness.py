@@ -1,0 +1,117 @@
+"""Cost of one solution's fitness: the tutorial's ``model.predict``, ``pygad.kerasga.predict``,
+and our batched NumPy forward pass, on the XOR model and on a 784-128-10 model.
+
+    python -m bench.fitness [--repeats 5]
+
+Every path computes the tutorial's fitness ``1 / (BCE + 1e-8)`` for a population of 10
+solutions (the GA's population size) and is warmed up before it is timed. The three take
+turns, so each ratio compares runs made under the same load. The losses of the three are
+compared too: a fast path that computes something else would be no result.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import keras
+import numpy as np
+import pygad.kerasga
+
+from bench.common import (interleaved, paired_ratio, print_header, print_table, seconds, target,
+                          tutorial_fitness)
+from common.data import XOR_TEST_DATA, Dataset
+from common.ga import fitness
+from common.model import ForwardPass, build_xor_model, weights_to_vector
+
+NUM_SOLUTIONS = 10
+
+
+def mnist_shaped_model() -> keras.Model:
+    inputs = keras.Input(shape=(784,))
+    hidden = keras.layers.Dense(128, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(hidden))
+
+
+def mnist_shaped_data(samples: int = 100) -> Dataset:
+    rng = np.random.default_rng(0)
+    inputs = rng.random((samples, 784), dtype=np.float32)
+    return Dataset(inputs, np.eye(10, dtype=np.float32)[rng.integers(0, 10, samples)])
+
+
+def compare(name: str, model: keras.Model, data: Dataset, repeats: int, batched_calls: int,
+            spread: float):
+    """Per-solution seconds of each path (lists, one per turn); prints the worst loss difference.
+
+    The population is the model's weights plus U(-spread, spread): the tutorial's spread of 1
+    saturates a 784-input softmax, where any two float32 implementations differ in the last
+    bits of probabilities near 1 and so in the clipped loss."""
+    forward = ForwardPass(model)
+    start = weights_to_vector(model.get_weights())
+    population = start + np.random.default_rng(1).uniform(
+        -spread, spread, size=(NUM_SOLUTIONS, forward.num_params)).astype(np.float32)
+
+    def tutorial():
+        return [tutorial_fitness(model, s, data.inputs, data.outputs) for s in population]
+
+    def kerasga():
+        return [float(fitness(pygad.kerasga.predict(model, s, data.inputs), data.outputs))
+                for s in population]
+
+    def batched():
+        for _ in range(batched_calls):
+            values = fitness(forward(population, data.inputs), data.outputs)
+        return values
+
+    paths = {"tutorial model.predict": tutorial, "pygad.kerasga.predict": kerasga,
+             "batched NumPy": batched}
+    losses = {label: 1 / np.asarray(path()) - 1e-8 for label, path in paths.items()}  # warm-up
+    worst = max(float(np.max(np.abs(v - losses["batched NumPy"]))) for v in losses.values())
+    started = time.perf_counter()
+    times = interleaved(paths, repeats)
+    per_solution = {label: [t / (NUM_SOLUTIONS * (batched_calls if label == "batched NumPy" else 1))
+                            for t in values] for label, values in times.items()}
+    print(f"{name}: {forward.num_params} parameters, {len(data)} samples, timed in "
+          f"{time.perf_counter() - started:.1f} s; largest loss difference from batched: "
+          f"{worst:.1e}", flush=True)
+    return per_solution
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="turns of every path")
+    args = parser.parse_args(argv)
+    print_header("bench.fitness: seconds per solution's fitness (median of interleaved turns)")
+
+    results = {
+        "XOR 2-4-2": compare("XOR 2-4-2", build_xor_model(), XOR_TEST_DATA, args.repeats, 300,
+                             spread=1.0),
+        "784-128-10": compare("784-128-10", mnist_shaped_model(), mnist_shaped_data(),
+                              args.repeats, 5, spread=0.01),
+    }
+    print()
+    rows, ratios = [], {}
+    for name, per_solution in results.items():
+        fast = per_solution["batched NumPy"]
+        for label, values in per_solution.items():
+            ratios[name, label] = paired_ratio(values, fast)
+            rows.append([name, label, seconds(statistics.median(values)),
+                         f"{ratios[name, label]:,.0f}x" if ratios[name, label] >= 10
+                         else f"{ratios[name, label]:.1f}x"])
+    print_table(["model", "path", "per solution", "batched is faster by"], rows)
+
+    checks = [
+        ("XOR batched vs model.predict", ("XOR 2-4-2", "tutorial model.predict"), 1000),
+        ("XOR batched vs pygad.kerasga.predict", ("XOR 2-4-2", "pygad.kerasga.predict"), 100),
+        ("784-128-10 batched vs pygad.kerasga.predict", ("784-128-10", "pygad.kerasga.predict"), 3),
+    ]
+    met = True
+    for label, key, wanted in checks:
+        met &= target(label, f"{ratios[key]:,.0f}x" if ratios[key] >= 10 else f"{ratios[key]:.1f}x",
+                      f">= {wanted}x", ratios[key] >= wanted)
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""One server, many concurrent clients: errors, lost updates, reply latency, throughput and
+the server's peak memory.
+
+    python -m bench.scale [--clients 100] [--seed 0]
+
+The server runs in its own process (``--serve``, started by this command) so its peak RSS
+is its own; the clients are threads in this process (a TensorFlow process is ~540 MB, so
+100 processes would not fit), connected over loopback, each holding one of the two XOR
+splits. Every client trains until the server answers ``done``.
+
+Exactly once: every request gets one reply, and once the model is frozen an update is
+answered ``done`` without being counted. So of the updates the clients sent, the server
+must have received all, counted all but those that arrived after the freeze, and those are
+exactly one per client that had sent any update, less the one update that froze the model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import keras
+
+from bench.common import peak_rss_mib, percentile, print_header, print_table, seconds, target
+from common.client import ClientConfig, RecvThread, connect
+from common.data import CLIENT_DATA, XOR_TEST_DATA
+from common.model import build_xor_model
+from common.server import GlobalModel, ListenThread, ServerConfig
+
+TIMEOUT = 110  # seconds: the benchmark must finish in under 2 minutes
+
+
+def serve(clients: int, seed: int) -> int:
+    """The server process: print the port, serve until every client has left, print stats."""
+    keras.utils.set_random_seed(seed)
+    counts: Counter = Counter()
+    errors: list[str] = []
+    all_left = threading.Event()
+
+    def on_event(event) -> None:
+        counts[event.kind, event.detail if event.kind == "request" else ""] += 1
+        if event.kind == "disconnected":
+            if event.detail:
+                errors.append(f"{event.peer}: {event.detail}")
+            if counts["disconnected", ""] == clients:
+                all_left.set()
+
+    config = ServerConfig(host="127.0.0.1", port=0, seed=seed)
+    global_model = GlobalModel(build_xor_model(), XOR_TEST_DATA, num_solutions=config.num_solutions,
+                               max_rounds=config.max_rounds, seed=seed, on_event=on_event)
+    with ListenThread(global_model, config, on_event=on_event) as server:
+        print(f"PORT {server.server_address[1]}", flush=True)
+        finished = all_left.wait(TIMEOUT)
+    print(json.dumps({
+        "finished": finished, "rounds": global_model.round, "accuracy": global_model.accuracy,
+        "reached_target": global_model.reached_target,
+        "update_events": counts["update", ""], "model_requests": counts["request", "model"],
+        "echo_requests": counts["request", "echo"], "answered_done": counts["answered_done", ""],
+        "errors": errors, "peak_rss_mib": peak_rss_mib(),
+    }), flush=True)
+    return 0
+
+
+class ClientRecord:
+    """One client's events with the time each arrived (called from that client's thread)."""
+
+    def __init__(self):
+        self.events: list[tuple[float, str]] = []
+
+    def __call__(self, event) -> None:
+        self.events.append((time.perf_counter(), event.kind))
+
+    def latencies(self) -> tuple[list[float], list[float]]:
+        """(echo reply latencies, update reply latencies): from sending to holding the reply."""
+        echo, update, sent_at = [], [], None
+        for when, kind in self.events:
+            if kind == "connected":
+                sent_at, first = when, True
+            elif kind == "sent":
+                sent_at, first = when, False
+            elif kind in ("model", "done") and sent_at is not None:
+                (echo if first else update).append(when - sent_at)
+                sent_at = None
+        return echo, update
+
+    def updates_sent(self) -> int:
+        return sum(kind == "sent" for _, kind in self.events)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(args.clients, args.seed)
+    print_header(f"bench.scale: one server process, {args.clients} client threads over loopback")
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.scale", "--serve", "--clients", str(args.clients),
+         "--seed", str(args.seed)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline().split()[1])
+        names = list(CLIENT_DATA)
+        records = [ClientRecord() for _ in range(args.clients)]
+        clients = []
+        started = time.perf_counter()
+        for index, record in enumerate(records):
+            name = names[index % len(names)]
+            config = ClientConfig(host="127.0.0.1", port=port, name=f"{name}-{index}",
+                                  seed=args.seed * 1000 + index)
+            clients.append(RecvThread(config.buffer_size, config.recv_timeout,
+                                      sock=connect("127.0.0.1", port, timeout=10),
+                                      data=CLIENT_DATA[name], config=config, on_event=record))
+        for client in clients:
+            client.start()
+        deadline = started + TIMEOUT
+        for client in clients:
+            client.join(max(0.0, deadline - time.perf_counter()))
+        elapsed = time.perf_counter() - started
+        stats = json.loads(server.stdout.readline() or "{}")
+    finally:
+        for client in clients:
+            client.stop()
+        server.wait(30)
+
+    outcomes = Counter(client.outcome for client in clients)
+    client_errors = [f"{c.config.name}: {c.error}" for c in clients if c.outcome != "done"]
+    echo, update = [], []
+    for record in records:
+        e, u = record.latencies()
+        echo += e
+        update += u
+    sent = sum(record.updates_sent() for record in records)
+    senders = sum(record.updates_sent() > 0 for record in records)
+    rounds = stats.get("rounds", -1)
+    expected_rounds = sent - senders + 1 if senders else 0
+    errors = len(client_errors) + len(stats.get("errors", ["server did not report"]))
+
+    print_table(["measure", "value"], [
+        ["clients done / errors", f"{outcomes['done']} / {errors}"],
+        ["final accuracy (rounds)", f"{stats.get('accuracy', 0):.2f} ({rounds})"],
+        ["updates sent by clients", sent],
+        ["updates received by the server", stats.get("model_requests")],
+        ["updates counted in the global model", f"{rounds} (update events: "
+                                                f"{stats.get('update_events')})"],
+        ["updates answered done after the freeze", f"{sent - rounds} (expected "
+                                                   f"{max(0, senders - 1)})"],
+        ["wall time, first connect to all done", f"{elapsed:.1f} s"],
+        ["updates per second (counted / received)",
+         f"{rounds / elapsed:.1f} / {(stats.get('model_requests') or 0) / elapsed:.1f}"],
+        ["first reply, with building the model, p50 / p99",
+         f"{seconds(percentile(echo or [0], 50))} / {seconds(percentile(echo or [0], 99))}"],
+        ["update reply latency p50 / p99", f"{seconds(percentile(update or [0], 50))} / "
+                                           f"{seconds(percentile(update or [0], 99))}"],
+        ["server peak RSS", f"{stats.get('peak_rss_mib', 0):.0f} MiB"],
+        ["client process peak RSS", f"{peak_rss_mib():.0f} MiB"],
+    ])
+    for error in (client_errors + stats.get("errors", []))[:10]:
+        print(f"error: {error}")
+
+    met = target("clients done", f"{outcomes['done']}/{args.clients}", f"{args.clients}/"
+                 f"{args.clients}", outcomes["done"] == args.clients)
+    met &= target("errors", str(errors), "0", errors == 0)
+    lost = sent - (stats.get("model_requests") or 0)
+    met &= target("lost updates (sent but not received)", str(lost), "0", lost == 0)
+    met &= target("updates counted exactly once", f"{rounds} counted, {stats.get('update_events')} "
+                  f"update events, {expected_rounds} expected", "all three equal",
+                  rounds == expected_rounds == stats.get("update_events"))
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
