@@ -12,8 +12,10 @@ import signal
 import sys
 from dataclasses import fields
 
-from common import protocol
-from common.client import ClientConfig, ConnectError, RecvThread, connect
+from common import protocol, security
+from common.checkpoint import CheckpointError
+from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, ConnectError,
+                           Reconnector, RecvThread, connect)
 from common.data import CLIENT_DATA, XOR_TEST_DATA
 from common.ga import GAConfig
 from common.server import BindError, GlobalModel, ListenThread, ServerConfig
@@ -61,14 +63,15 @@ def _window_position(text: str) -> tuple[int, int]:
     return left, top
 
 
-def _positive(kind):
+def _positive(kind, *, zero_ok: bool = False):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+        if value < 0 or (value == 0 and not zero_ok):
+            bound = "0 or more" if zero_ok else "greater than 0"
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
         return value
     return parse
 
@@ -98,6 +101,10 @@ def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
     parser.add_argument("--window-position", type=_window_position, default=None,
                         metavar="LEFT,TOP", help="place the window's top-left corner here, in "
                         "screen pixels (default: centred)")
+    parser.add_argument("--secret-file", metavar="PATH",
+                        help="authenticate every message with the shared secret in this file "
+                        f"(or in ${security.SECRET_ENV}); both sides need the same one "
+                        "(default: none, plain pickle as in the tutorial)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much to log (default: %(default)s)")
@@ -129,6 +136,19 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--round-delay", type=float, default=defaults.round_delay, metavar="S",
                         help="pacing: hold each model reply this many seconds so training can "
                         "be watched; keep it well under 10 for tutorial clients (default: off)")
+    parser.add_argument("--max-clients", type=_positive(int), default=defaults.max_clients,
+                        metavar="N", help="refuse connections beyond this many at once "
+                        "(default: %(default)s)")
+    parser.add_argument("--tls-cert", metavar="PATH", help="serve TLS with this certificate "
+                        "chain (PEM); needs --tls-key")
+    parser.add_argument("--tls-key", metavar="PATH", help="the private key of --tls-cert (PEM)")
+    parser.add_argument("--checkpoint", metavar="PATH", default=defaults.checkpoint,
+                        help="after every accepted update, save the global model, round count "
+                        "and each client's last update number to this .npz file, atomically "
+                        "(default: none)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the --checkpoint file instead of a fresh model: "
+                        "rounds carry on and updates the file has counted are not counted again")
     return parser
 
 
@@ -141,6 +161,13 @@ def client_parser(name: str) -> argparse.ArgumentParser:
     parser.add_argument("--connect-timeout", type=_positive(float),
                         default=defaults.connect_timeout, metavar="S",
                         help="keep retrying to reach the server this long (default: %(default)s)")
+    parser.add_argument("--retries", type=_positive(int, zero_ok=True), default=defaults.retries,
+                        metavar="N", help="after losing the server mid-training, reconnect up "
+                        f"to N times in a row, waiting {RETRY_FIRST_DELAY:g} s doubling to "
+                        f"{RETRY_MAX_DELAY:g} s between attempts, and resend the last unanswered "
+                        "update; 0 gives up at once (default: %(default)s, about a minute)")
+    parser.add_argument("--tls-ca", metavar="PATH", help="connect over TLS and verify the "
+                        "server's certificate and host name against this CA file (PEM)")
     parser.add_argument("--max-params", type=_positive(int), default=defaults.max_params,
                         metavar="N", help="refuse a server's model with more parameters than "
                         "this (default: %(default)s)")
@@ -150,15 +177,36 @@ def client_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def server_main(argv: list[str] | None = None) -> int:
-    args = server_parser().parse_args(argv)
-    configure_logging(args.log_level, "server")
-    config = _config_from(args, ServerConfig)
-    if args.headless:
-        return run_server_headless(config)
-    from common.gui import run_server_window  # imports Kivy: only when a window is wanted
+def _security_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
+    """The secret, with TLS files checked now: a mistake is one line before anything starts."""
+    try:
+        if getattr(args, "tls_cert", None) or getattr(args, "tls_key", None):
+            if not (args.tls_cert and args.tls_key):
+                raise security.ConfigError("--tls-cert and --tls-key go together.")
+            security.server_tls_context(args.tls_cert, args.tls_key)
+        if getattr(args, "tls_ca", None):
+            security.client_tls_context(args.tls_ca)
+        return {"secret": security.load_secret(args.secret_file)}
+    except security.ConfigError as exc:
+        parser.exit(EXIT_GAVE_UP, f"{parser.prog}: {exc}\n")
 
-    return run_server_window(config, build_global_model, position=args.window_position)
+
+def server_main(argv: list[str] | None = None) -> int:
+    parser = server_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, "server")
+    if args.resume and not args.checkpoint:
+        parser.error("--resume needs --checkpoint PATH")
+    config = _config_from(args, ServerConfig, **_security_settings(parser, args))
+    try:
+        if args.headless:
+            return run_server_headless(config)
+        from common.gui import run_server_window  # imports Kivy: only when a window is wanted
+
+        return run_server_window(config, build_global_model, position=args.window_position)
+    except CheckpointError as exc:  # --resume with a missing or unreadable file
+        log.error("%s", exc)
+        return EXIT_FAILED
 
 
 def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
@@ -167,7 +215,8 @@ def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
 
     return GlobalModel(build_xor_model(), XOR_TEST_DATA, num_solutions=config.num_solutions,
                        target_accuracy=config.target_accuracy, max_rounds=config.max_rounds,
-                       seed=config.seed, on_event=on_event)
+                       seed=config.seed, on_event=on_event, checkpoint_path=config.checkpoint,
+                       resume=config.resume)
 
 
 def run_server_headless(config: ServerConfig) -> int:
@@ -203,10 +252,12 @@ def _serve(config: ServerConfig) -> int:
 
 
 def client_main(name: str, argv: list[str] | None = None) -> int:
-    args = client_parser(name).parse_args(argv)
+    parser = client_parser(name)
+    args = parser.parse_args(argv)
     configure_logging(args.log_level, name)
     ga = GAConfig(num_generations=args.generations)
-    config = _config_from(args, ClientConfig, name=name, ga=ga)
+    config = _config_from(args, ClientConfig, name=name, ga=ga,
+                          **_security_settings(parser, args))
     if args.headless:
         return run_client_headless(config)
     from common.gui import run_client_window  # imports Kivy: only when a window is wanted
@@ -221,7 +272,8 @@ def run_client_headless(config: ClientConfig) -> int:
         log.info("connecting to %s:%d", config.host, config.port)
         sock = connect(config.host, config.port, config.connect_timeout)
         thread = RecvThread(config.buffer_size, config.recv_timeout, sock=sock,
-                            data=CLIENT_DATA[config.name], config=config)
+                            data=CLIENT_DATA[config.name], config=config,
+                            reconnect=Reconnector(config.host, config.port, config.retries))
         thread.start()
         while thread.is_alive():
             thread.join(timeout=1.0)

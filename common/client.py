@@ -2,18 +2,21 @@
 (echo, receive the model, train it on local data, send the best weights, until ``done``).
 
 The data never leaves this process; only weight vectors do. Progress is reported through
-an ``on_event`` callback.
+an ``on_event`` callback. Given a ``Reconnector``, the thread survives a lost server: it
+reconnects with backoff and resends its unanswered request, numbered so that the server
+counts an update once even if it arrived before the connection broke.
 """
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common import protocol
+from common import protocol, security
 from common.data import Dataset
 from common.events import Event
 from common.ga import GAConfig, train
@@ -24,6 +27,8 @@ from common.protocol import Connection, Message, ProtocolError, Subject
 log = logging.getLogger(__name__)
 
 CONNECT_RETRY_INTERVAL = 0.5  # seconds between attempts while the server is not up yet
+RETRY_FIRST_DELAY = 0.5  # seconds before the first reconnect attempt after a lost connection
+RETRY_MAX_DELAY = 8.0  # the wait doubles after each failed attempt, up to this
 
 
 @dataclass
@@ -34,11 +39,14 @@ class ClientConfig:
     recv_timeout: float = 10.0
     idle_timeout: float = 300.0
     connect_timeout: float = 30.0
+    retries: int = 10  # reconnect attempts in a row after a lost connection: ~1 minute
     max_message_bytes: int = protocol.CLIENT_MAX_MESSAGE_BYTES
     max_params: int = DEFAULT_MAX_PARAMS
     name: str = "client"
     ga: GAConfig = field(default_factory=GAConfig)
     seed: int | None = None
+    secret: bytes | None = field(default=None, repr=False)  # see common.security
+    tls_ca: str | None = None  # verify the server's TLS certificate against this CA file
 
 
 class ConnectError(Exception):
@@ -64,21 +72,73 @@ def connect(host: str, port: int, timeout: float,
             raise ConnectError("Connecting was cancelled.")
 
 
+def open_connection(sock: socket.socket, config: ClientConfig, buffer_size: int,
+                    recv_timeout: float) -> Connection:
+    """Wrap a connected socket with the config's TLS and secret settings."""
+    if config.tls_ca:
+        sock = security.client_tls_context(config.tls_ca).wrap_socket(
+            sock, server_hostname=config.host, do_handshake_on_connect=False)
+    return Connection(sock, buffer_size=buffer_size, recv_timeout=recv_timeout,
+                      idle_timeout=config.idle_timeout,
+                      max_message_bytes=config.max_message_bytes, secret=config.secret)
+
+
+class Reconnector:
+    """Reopens a lost connection with capped exponential backoff: it waits 0.5 s before the
+    first attempt, doubling up to 8 s, for at most ``retries`` attempts in a row. Only a
+    reply from the server (``reset``) restores the count, so a server that accepts and
+    drops at once still uses it up."""
+
+    def __init__(self, host: str, port: int, retries: int):
+        self.host, self.port, self.retries = host, port, retries
+        self._failed = 0
+
+    def reset(self) -> None:
+        self._failed = 0
+
+    def __call__(self, stop: threading.Event) -> socket.socket:
+        """A new connection; ConnectError once the attempts are used up or ``stop`` is set."""
+        reason = ""
+        while self._failed < self.retries:
+            delay = min(RETRY_MAX_DELAY, RETRY_FIRST_DELAY * 2 ** min(self._failed, 16))
+            self._failed += 1
+            if stop.wait(delay):
+                raise ConnectError("Reconnecting was cancelled.")
+            try:
+                sock = connect(self.host, self.port, 0, stop)  # timeout 0: one attempt
+            except ConnectError as exc:
+                reason = str(exc)
+                log.warning("reconnect attempt %d of %d failed: %s", self._failed,
+                            self.retries, reason)
+                continue
+            log.info("reconnected to %s:%d (attempt %d of %d)", self.host, self.port,
+                     self._failed, self.retries)
+            return sock
+        raise ConnectError(f"Lost the server and gave up after {self.retries} reconnect "
+                           f"attempts (--retries). {reason}".rstrip())
+
+
 class RecvThread(threading.Thread):
     """Runs the tutorial's client loop over one connected socket until ``done`` or an error.
 
     Afterwards ``outcome`` is ``"done"`` or ``"error"`` (with ``error`` in plain words) or
-    ``"stopped"`` when ``stop()`` ended it.
+    ``"stopped"`` when ``stop()`` ended it. With ``reconnect``, a lost connection is reopened
+    and the unanswered request resent; without it, losing the server is an error.
     """
 
     def __init__(self, buffer_size: int = 1024, recv_timeout: float = 10.0, *,
                  sock: socket.socket, data: Dataset, config: ClientConfig | None = None,
-                 on_event: Callable[[Event], None] | None = None):
+                 on_event: Callable[[Event], None] | None = None,
+                 reconnect: Reconnector | None = None):
         super().__init__(name=f"RecvThread-{(config or ClientConfig()).name}", daemon=True)
         self.config = config or ClientConfig()
-        self.connection = Connection(sock, buffer_size=buffer_size, recv_timeout=recv_timeout,
-                                     idle_timeout=self.config.idle_timeout,
-                                     max_message_bytes=self.config.max_message_bytes)
+        self._buffer_size, self._recv_timeout = buffer_size, recv_timeout
+        self.connection = open_connection(sock, self.config, buffer_size, recv_timeout)
+        self._reconnect = reconnect
+        # New for every run, so a restarted client, or two with one name, never share the
+        # sequence numbers the server tells resent updates by.
+        self.client_id = f"{self.config.name}-{secrets.token_hex(4)}"
+        self._sequence = 0  # of the last model update sent
         self.data = data
         self.outcome: str | None = None
         self.error: str | None = None
@@ -99,12 +159,40 @@ class RecvThread(threading.Thread):
         return self._forward_passes[model_json]
 
     def _request(self, subject: Subject, best_vector) -> Message:
-        self.connection.send(Message(subject, {
+        data = {
             "best_model_weights_vector": best_vector,
-            "client_id": self.config.name,
+            "client_id": self.client_id,
             "protocol_version": protocol.PROTOCOL_VERSION,
-        }))
-        return self.connection.receive(protocol.SERVER_TO_CLIENT)
+        }
+        if subject is Subject.MODEL:
+            self._sequence += 1
+            data["sequence"] = self._sequence
+        return self._exchange(Message(subject, data))
+
+    def _exchange(self, message: Message) -> Message:
+        """Send ``message`` and return the reply, resending it after each reconnection."""
+        while True:
+            try:
+                self.connection.send(message)
+                reply = self.connection.receive(protocol.SERVER_TO_CLIENT)
+            except (protocol.PeerClosed, protocol.ConnectionLost) as exc:
+                if self._reconnect is None or self._stop_requested.is_set():
+                    raise
+                log.warning("%s: lost the server (%s); reconnecting", self.config.name, exc)
+                self._reopen()
+                continue
+            if self._reconnect is not None:
+                self._reconnect.reset()
+            return reply
+
+    def _reopen(self) -> None:
+        self.connection.close()
+        sock = self._reconnect(self._stop_requested)
+        self.connection = open_connection(sock, self.config, self._buffer_size,
+                                          self._recv_timeout)
+        if self._stop_requested.is_set():  # stop() came too late to close this one
+            self.connection.close()
+        self._on_event(Event("connected", peer=self.connection.peer))
 
     def _train(self, message: Message):
         data = message.data
@@ -145,7 +233,7 @@ class RecvThread(threading.Thread):
                 if self._stop_requested.is_set():
                     break
                 subject = Subject.MODEL
-        except ProtocolError as exc:
+        except (ProtocolError, ConnectError) as exc:
             if not self._stop_requested.is_set():
                 self.outcome, self.error = "error", _plain_reason(exc)
                 log.error("%s: %s", self.config.name, self.error)
@@ -162,7 +250,9 @@ class RecvThread(threading.Thread):
         self._on_event(Event("stopped"))
 
 
-def _plain_reason(exc: ProtocolError) -> str:
+def _plain_reason(exc: ProtocolError | ConnectError) -> str:
+    if isinstance(exc, ConnectError):
+        return str(exc)
     if isinstance(exc, protocol.PeerClosed):
         return "The server closed the connection before training was done."
     if isinstance(exc, ModelRefused):

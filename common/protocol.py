@@ -9,16 +9,21 @@ arrays, dtypes and scalars need can be named by a pickle; nothing else is import
 from __future__ import annotations
 
 import enum
+import hmac
+import io
 import logging
 import math
 import pickle
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy._core import multiarray as _multiarray
 from numpy._core import numeric as _numeric
+
+from common import security
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,9 @@ COMMON_OPTIONAL_KEYS = frozenset({"client_id", "protocol_version"})
 
 CLIENT_TO_SERVER = {
     Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
-    Subject.MODEL: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
+    # sequence: the sender's count of its model updates, so a resent one is applied once
+    Subject.MODEL: Schema(frozenset({"best_model_weights_vector"}),
+                          COMMON_OPTIONAL_KEYS | {"sequence"}),
 }
 SERVER_TO_CLIENT = {
     Subject.MODEL: Schema(
@@ -90,6 +97,14 @@ class ForbiddenGlobal(DecodeError):
 
 class SchemaError(ProtocolError):
     """The message decoded but its subject, keys or values are wrong."""
+
+
+class AuthError(ProtocolError):
+    """The peer did not prove it holds the shared secret, or the two sides disagree on using one."""
+
+
+class TLSError(ProtocolError):
+    """The TLS handshake failed."""
 
 
 # ---- messages ---------------------------------------------------------------------------
@@ -163,6 +178,19 @@ def check_population(population, num_solutions, num_params: int) -> np.ndarray:
     if not np.all(np.isfinite(population)):
         raise SchemaError("population_weights holds NaN or infinity")
     return population.astype(np.float32, copy=False)
+
+
+def update_key(data: dict) -> tuple[str, int] | None:
+    """A model update's (client_id, sequence), or None from a peer that sends no sequence
+    (plain-pickle peers: each of their updates counts)."""
+    if "sequence" not in data:
+        return None
+    client_id, sequence = data.get("client_id"), data["sequence"]
+    if not isinstance(client_id, str) or not 0 < len(client_id) <= 256:
+        raise SchemaError("a message with a sequence needs a client_id of 1-256 characters")
+    if not isinstance(sequence, (int, np.integer)) or isinstance(sequence, bool) or sequence < 0:
+        raise SchemaError(f"sequence {sequence!r} is not a count")
+    return client_id, int(sequence)
 
 
 def default_max_message_bytes(num_params: int, num_solutions: int) -> int:
@@ -384,6 +412,12 @@ class _MessageReader:
             have += self._recv_into(view[have:])
         return out
 
+    def prefix(self, n: int) -> bytes:
+        """The message's first ``n`` bytes, left unread (at most the buffer size)."""
+        while len(self._buffer) < n:
+            self._fill()
+        return bytes(self._buffer[:n])
+
     def readline(self) -> bytes:
         while (end := self._buffer.find(b"\n")) < 0:
             if self._used + len(self._buffer) >= self._budget:
@@ -394,26 +428,113 @@ class _MessageReader:
 
 class Connection:
     """One peer: sends encoded messages, receives validated ones. Thread-compatible, not
-    thread-safe: one thread reads, and writes happen from that same thread."""
+    thread-safe: one thread reads, and writes happen from that same thread.
+
+    With ``secret``, messages travel in authenticated envelopes (see ``common.security``);
+    on a TLS socket the handshake runs before the first message. Both happen lazily, in
+    the thread that first sends or receives, so a slow peer never stalls an accept loop.
+    """
 
     def __init__(self, sock: socket.socket, *, buffer_size: int = 1024, recv_timeout: float = 10.0,
-                 idle_timeout: float = 300.0, max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES):
+                 idle_timeout: float = 300.0, max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES,
+                 secret: bytes | None = None, server_side: bool = False):
         self.sock = sock
         self.recv_timeout = recv_timeout
         self.idle_timeout = idle_timeout
         self.max_message_bytes = max_message_bytes
         self._reader = _MessageReader(sock, buffer_size)
+        self._secret = secret
+        self._server_side = server_side
+        self._ready = not secret and not isinstance(sock, ssl.SSLSocket)
+        self._nonces = b""  # client's then server's, once the hellos are exchanged
+        self._sent = self._received = 0
         try:
             address = sock.getpeername()
         except OSError:
             address = None
         self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "local peer"
 
+    # -- handshakes --
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        if isinstance(self.sock, ssl.SSLSocket):
+            try:
+                self.sock.settimeout(self.recv_timeout)
+                self.sock.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                raise TLSError(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}") from exc
+        if self._secret:
+            self._exchange_hellos()
+        self._ready = True
+
+    def _exchange_hellos(self) -> None:
+        mine = security.new_nonce()
+        if self._server_side:
+            theirs = self._receive_hello(security.HELLO)
+            self._nonces = theirs + mine
+            # The server's hello proves it knows the secret, so a client learns of a wrong
+            # secret at once instead of by a closed connection.
+            proof = security.message_tag(self._secret, security.TO_CLIENT, self._nonces, 0, b"")
+            self._send_raw(security.HELLO.pack(security.MAGIC_HELLO, mine) + proof)
+        else:
+            self._send_raw(security.HELLO.pack(security.MAGIC_HELLO, mine))
+            theirs = self._receive_hello(security.HELLO)
+            self._nonces = mine + theirs
+            proof = self._reader.read(32)
+            expected = security.message_tag(self._secret, security.TO_CLIENT, self._nonces, 0, b"")
+            if not hmac.compare_digest(proof, expected):
+                raise AuthError("the server does not know our shared secret")
+
+    def _receive_hello(self, hello) -> bytes:
+        self._reader.start(hello.size + 32, self.idle_timeout, self.recv_timeout)
+        try:
+            data = self._reader.read(hello.size)
+        except (PeerClosed, ConnectionLost) as exc:
+            raise AuthError("peer closed the connection instead of answering the secret's "
+                            "hello: it may use no secret") from exc
+        magic, nonce = hello.unpack(data)
+        if magic != security.MAGIC_HELLO:
+            raise AuthError(self._mismatch(data))
+        return nonce
+
+    @staticmethod
+    def _mismatch(data: bytes) -> str:
+        if data[0] == security.PICKLE_PROTO_OPCODE:
+            return "peer sent plain pickle but a secret is required"
+        return "peer sent neither an authenticated message nor plain pickle"
+
+    # -- messages --
+
+    def _receive_payload(self) -> bytes | bytearray:
+        header = self._reader.read(security.ENVELOPE.size)
+        magic, length, tag = security.ENVELOPE.unpack(header)
+        if magic != security.MAGIC_MESSAGE:
+            raise AuthError(self._mismatch(header))
+        payload = self._reader.read(length)  # refused before allocating if over the budget
+        direction = security.TO_SERVER if self._server_side else security.TO_CLIENT
+        expected = security.message_tag(self._secret, direction, self._nonces, self._received,
+                                        payload)
+        if not hmac.compare_digest(tag, expected):
+            raise AuthError("message failed authentication: wrong secret, or replayed, "
+                            "reflected or reordered")
+        self._received += 1
+        return payload
+
     def receive(self, schemas: dict[Subject, Schema]) -> Message:
         """Read one message and validate it; raises a ProtocolError child on any failure."""
-        self._reader.start(self.max_message_bytes, self.idle_timeout, self.recv_timeout)
+        self._prepare()
+        budget = self.max_message_bytes + (security.ENVELOPE.size if self._secret else 0)
+        self._reader.start(budget, self.idle_timeout, self.recv_timeout)
+        if self._secret:
+            source = io.BytesIO(self._receive_payload())
+        else:
+            if self._reader.prefix(4) in (security.MAGIC_HELLO, security.MAGIC_MESSAGE):
+                raise AuthError("peer sent an authenticated message but no secret is set here")
+            source = self._reader
         try:
-            obj = _RestrictedUnpickler(self._reader).load()
+            obj = _RestrictedUnpickler(source).load()
         except ProtocolError:
             raise
         except EOFError as exc:
@@ -423,7 +544,16 @@ class Connection:
         return validate(obj, schemas)
 
     def send(self, message: Message) -> None:
+        self._prepare()
         payload = encode(message)
+        if self._secret:
+            direction = security.TO_CLIENT if self._server_side else security.TO_SERVER
+            tag = security.message_tag(self._secret, direction, self._nonces, self._sent, payload)
+            self._sent += 1
+            payload = security.ENVELOPE.pack(security.MAGIC_MESSAGE, len(payload), tag) + payload
+        self._send_raw(payload)
+
+    def _send_raw(self, payload: bytes) -> None:
         try:  # settimeout too: it fails on a socket that close() has already closed
             self.sock.settimeout(self.recv_timeout + len(payload) / 2**20)  # ~1 MiB/s floor
             self.sock.sendall(payload)

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import selectors
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
-from common import protocol
+from common import checkpoint, protocol, security
 from common.aggregate import model_averaging
+from common.checkpoint import Checkpoint
 from common.data import Dataset
 from common.events import Event
 from common.model import ForwardPass, weights_to_vector
@@ -42,6 +44,12 @@ class ServerConfig:
     target_accuracy: float = 1.0
     seed: int | None = None
     round_delay: float = 0.0  # pacing: seconds to hold each model reply, so people can watch
+    checkpoint: str | None = None  # save the global state here after every accepted update
+    resume: bool = False  # start from the checkpoint instead of a fresh model
+    max_clients: int = 128  # connections beyond this are refused with a log line
+    secret: bytes | None = field(default=None, repr=False)  # see common.security
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class BindError(Exception):
@@ -114,11 +122,15 @@ class GlobalModel:
     A round is one accepted update. The received model is evaluated; if it reaches the
     target it becomes the global model, otherwise it is averaged in. Once the global model
     reaches the target (or the rounds run out) it is frozen and every reply is ``done``.
+
+    With ``checkpoint_path`` every accepted update is saved there before it is applied or
+    answered; ``resume`` starts from that file (``CheckpointError`` if it cannot be read).
     """
 
     def __init__(self, model: keras.Model, test_data: Dataset, *, num_solutions: int = 10,
                  target_accuracy: float = 1.0, max_rounds: int = 1000,
-                 seed: int | None = None, on_event: EventCallback | None = None):
+                 seed: int | None = None, on_event: EventCallback | None = None,
+                 checkpoint_path: str | None = None, resume: bool = False):
         self.model_json = model.to_json()
         self.forward = ForwardPass(model)
         self.test_data = test_data
@@ -133,6 +145,22 @@ class GlobalModel:
         self.accuracy = self._evaluate(self.vector)
         self.finished = threading.Event()
         self.reached_target = False
+        self.sequences: dict[str, int] = {}  # client id -> last applied update sequence
+        self.checkpoint_path = checkpoint_path
+        if resume:
+            self._restore(checkpoint.load(checkpoint_path, self.num_params))
+        elif checkpoint_path is not None and os.path.exists(checkpoint_path):
+            log.warning("starting afresh: the first update will replace the checkpoint %s "
+                        "(--resume continues from it)", checkpoint_path)
+
+    def _restore(self, saved: Checkpoint) -> None:
+        self.vector, self.round, self.accuracy = saved.vector, saved.round, saved.accuracy
+        self.sequences = saved.sequences
+        log.info("resumed from %s: round=%d accuracy=%.4f, last updates of %d clients",
+                 self.checkpoint_path, self.round, self.accuracy, len(self.sequences))
+        if self.accuracy >= self.target_accuracy:  # stopped after done, before telling everyone
+            self.reached_target = True
+            self.finished.set()
 
     @property
     def num_params(self) -> int:
@@ -164,20 +192,37 @@ class GlobalModel:
         with self._lock:
             return self._reply()
 
-    def apply_update(self, update: np.ndarray, client: str) -> Message:
-        """Fold one client's best weights into the global model; return the reply to send."""
+    def apply_update(self, update: np.ndarray, client: str,
+                     key: tuple[str, int] | None = None) -> Message:
+        """Fold one client's best weights into the global model; return the reply to send.
+
+        ``key`` is the update's (client_id, sequence) if the client sent one: an update at or
+        below that client's last applied sequence is a resend of one already counted.
+        """
         with self._lock:
             if self.finished.is_set():
                 return self._reply()
-            self.round += 1
+            name = "unsequenced" if key is None else "%s#%d" % key
+            if key is not None and key[1] <= self.sequences.get(key[0], -1):
+                log.info("client=%s resent update=%s, already counted: not counted again "
+                         "(round=%d)", client, name, self.round)
+                return self._reply()
             update_accuracy = self._evaluate(update)
             if update_accuracy >= self.target_accuracy:
-                self.vector, self.accuracy = update, update_accuracy
+                vector, accuracy = update, update_accuracy
             else:
-                self.vector = model_averaging(self.vector, update)
-                self.accuracy = self._evaluate(self.vector)
-            log.info("round=%d client=%s update_accuracy=%.4f accuracy=%.4f",
-                     self.round, client, update_accuracy, self.accuracy)
+                vector = model_averaging(self.vector, update)
+                accuracy = self._evaluate(vector)
+            sequences = self.sequences if key is None else {**self.sequences, key[0]: key[1]}
+            if self.checkpoint_path is not None:
+                # Durable before it counts: a crash either loses the update, which its client
+                # then resends, or keeps it with its sequence, so the resend is recognised.
+                checkpoint.save(self.checkpoint_path,
+                                Checkpoint(vector, self.round + 1, accuracy, sequences))
+            self.vector, self.accuracy, self.sequences = vector, accuracy, sequences
+            self.round += 1
+            log.info("round=%d client=%s update_accuracy=%.4f accuracy=%.4f update=%s",
+                     self.round, client, update_accuracy, self.accuracy, name)
             self._on_event(Event("update", peer=client, round=self.round, accuracy=self.accuracy))
             if self.accuracy >= self.target_accuracy:
                 self.reached_target = True
@@ -199,13 +244,14 @@ class SocketThread(threading.Thread):
     def __init__(self, connection: socket.socket, client_info, buffer_size: int = 1024,
                  recv_timeout: float = 10.0, *, global_model: GlobalModel,
                  idle_timeout: float = 300.0, max_message_bytes: int | None = None,
-                 round_delay: float = 0.0, on_event: EventCallback | None = None,
+                 round_delay: float = 0.0, secret: bytes | None = None,
+                 on_event: EventCallback | None = None,
                  on_change: Callable[[], None] | None = None):
         super().__init__(name=f"SocketThread-{client_info[0]}:{client_info[1]}", daemon=True)
         self.global_model = global_model
         self.connection = Connection(
             connection, buffer_size=buffer_size, recv_timeout=recv_timeout,
-            idle_timeout=idle_timeout,
+            idle_timeout=idle_timeout, secret=secret, server_side=True,
             max_message_bytes=max_message_bytes or protocol.default_max_message_bytes(
                 global_model.num_params, global_model.num_solutions))
         self.client_info = client_info
@@ -222,7 +268,8 @@ class SocketThread(threading.Thread):
             return self.global_model.reply_to_echo()
         update = protocol.check_weights_vector(
             message.data["best_model_weights_vector"], self.global_model.num_params)
-        return self.global_model.apply_update(update, self.peer)
+        return self.global_model.apply_update(update, self.peer,
+                                              protocol.update_key(message.data))
 
     def run(self) -> None:
         self._on_event(Event("connected", peer=self.peer))
@@ -276,6 +323,8 @@ class ListenThread(threading.Thread):
         self.global_model = global_model
         self.socket = listening_socket or create_listening_socket(self.config.host, self.config.port)
         self.server_address = self.socket.getsockname()[:2]
+        self._tls = (security.server_tls_context(self.config.tls_cert, self.config.tls_key)
+                     if self.config.tls_cert else None)
         self._on_event = on_event or (lambda event: None)
         self._handlers: list[SocketThread] = []
         self._handlers_lock = threading.Lock()
@@ -305,16 +354,25 @@ class ListenThread(threading.Thread):
                 self._start_handler(connection, client_info)
 
     def _start_handler(self, connection: socket.socket, client_info) -> None:
-        log.info("client %s:%s connected", *client_info[:2])
         config = self.config
+        with self._handlers_lock:
+            self._handlers = [h for h in self._handlers if h.is_alive()]
+            serving = len(self._handlers)
+        if serving >= config.max_clients:
+            log.warning("refusing client %s:%s: already serving %d clients (--max-clients)",
+                        *client_info[:2], serving)
+            connection.close()
+            return
+        log.info("client %s:%s connected", *client_info[:2])
+        if self._tls is not None:  # the handshake itself runs in the client's own thread
+            connection = self._tls.wrap_socket(connection, server_side=True,
+                                               do_handshake_on_connect=False)
         handler = SocketThread(
             connection, client_info, config.buffer_size, config.recv_timeout,
             global_model=self.global_model, idle_timeout=config.idle_timeout,
             max_message_bytes=config.max_message_bytes, round_delay=config.round_delay,
-            on_event=self._on_event,
-            on_change=self._notify)
+            secret=config.secret, on_event=self._on_event, on_change=self._notify)
         with self._handlers_lock:
-            self._handlers = [h for h in self._handlers if h.is_alive()]
             self._handlers.append(handler)
         handler.start()
 
