@@ -6,6 +6,8 @@ import os
 import pickle
 import socket
 import struct
+import subprocess
+import tracemalloc
 import threading
 
 import numpy as np
@@ -92,9 +94,22 @@ def test_max_rounds_gives_up_and_answers_done(server_factory, client_factory):
 VALID_ECHO = pickle.dumps({"subject": "echo", "data": {"best_model_weights_vector": None}})
 
 
-class _System:
+MARKER = "/tmp/fedga-pwned"
+
+
+class _Call:
+    """Pickles as a call of ``func(*args)``: what an attacker's pickle looks like."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
     def __reduce__(self):
-        return os.system, ("touch /tmp/fedga-pwned",)
+        return self.func, self.args
+
+
+def _nested(depth):
+    # PROTO 4, ``depth`` EMPTY_LISTs, then APPENDs folding each into the one below it.
+    return b"\x80\x04" + b"]" * depth + b"a" * (depth - 1) + b"."
 
 
 def _send(payload):
@@ -132,7 +147,16 @@ BAD_PEERS = {
                    "no 'subject'"),
     "wrong length": (_send(pickle.dumps({"subject": "model", "data": {
         "best_model_weights_vector": np.zeros(5)}})), "shape"),
-    "os.system": (_send(pickle.dumps(_System())), "not allowed"),
+    "os.system": (_send(pickle.dumps(_Call(os.system, f"touch {MARKER}"))), "not allowed"),
+    "subprocess.Popen": (_send(pickle.dumps(_Call(subprocess.Popen, ["touch", MARKER]))),
+                         "not allowed"),
+    "eval": (_send(pickle.dumps(_Call(eval, f"open({MARKER!r}, 'w')"))), "not allowed"),
+    "getattr": (_send(pickle.dumps(_Call(getattr, 0, "real"))), "not allowed"),
+    "deeply nested": (_send(_nested(100_000)), "not a dict"),
+    "NaN vector": (_send(pickle.dumps({"subject": "model", "data": {
+        "best_model_weights_vector": np.full(22, np.nan)}})), "NaN"),
+    "list vector": (_send(pickle.dumps({"subject": "model", "data": {
+        "best_model_weights_vector": [0.0] * 22}})), "not a numeric NumPy array"),
     "huge bytes": (_send(b"\x80\x04\x8e" + struct.pack("<Q", 2**40)), "more than"),
     "silent": (_silent, "no message within"),
     "trickling": (_trickle, "not complete within"),
@@ -157,5 +181,34 @@ def test_bad_peer_is_dropped_while_a_good_client_trains(name, server_factory, cl
     assert any(r.levelno == logging.WARNING and f"dropping client {peer}: " in r.getMessage()
                for r in caplog.records)
     assert good_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
-    assert not os.path.exists("/tmp/fedga-pwned")
+    assert not os.path.exists(MARKER)
     _assert_all_stopped(listener)
+
+
+def test_hundreds_of_megabytes_are_cut_at_the_budget(server_factory, client_factory):
+    listener, events = server_factory()
+    budget = protocol.default_max_message_bytes(22, 10)
+    huge = pickle.dumps({"subject": "model", "data": {
+        "best_model_weights_vector": np.zeros(300 * 2**20 // 8)}})  # a real 300 MB message
+    tracemalloc.start()
+    try:
+        with raw_connection(listener.server_address) as bad:
+            peer = "%s:%d" % bad.getsockname()
+            sender = threading.Thread(target=_send_until_refused, args=(bad, huge))
+            sender.start()
+            dropped = events.wait_for(lambda e: e.kind == "disconnected" and e.peer == peer)
+            sender.join(WAIT)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert f"more than {budget} bytes" in dropped.detail
+    assert peak < 2 * budget + 2**20  # the server held at most about one budget's worth
+    good, good_events = client_factory(listener.server_address, data=XOR_TEST_DATA)
+    assert good_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+
+
+def _send_until_refused(sock, data):
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass  # the server closed the connection, as it should
