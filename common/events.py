@@ -16,6 +16,7 @@ class Event:
     peer: str = ""
     round: int = 0
     accuracy: float | None = None
+    loss: float | None = None
     fitness: float | None = None
     generation: int = 0
     detail: str = ""

@@ -15,7 +15,7 @@ import numpy as np
 import pygad
 
 from common.data import Dataset
-from common.model import ForwardPass
+from common.model import ForwardPass, is_multiclass
 
 EPSILON = 1e-7  # probability clipping, as Keras's binary cross-entropy does
 
@@ -43,8 +43,16 @@ def binary_crossentropy(probabilities: np.ndarray, labels: np.ndarray) -> np.nda
     return -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p), axis=(-2, -1))
 
 
+def categorical_crossentropy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean CCE over samples: one loss per solution."""
+    p = np.clip(probabilities, EPSILON, 1 - EPSILON)
+    return -np.mean(np.sum(labels * np.log(p), axis=-1), axis=-1)
+
+
 def fitness(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return 1.0 / (binary_crossentropy(probabilities, labels) + 1e-8)
+    """The tutorial's ``1 / (loss + 1e-8)``: BCE for two outputs, CCE for more."""
+    loss = categorical_crossentropy if is_multiclass(labels) else binary_crossentropy
+    return 1.0 / (loss(probabilities, labels) + 1e-8)
 
 
 def train(forward: ForwardPass, population: np.ndarray, data: Dataset, config: GAConfig,

@@ -39,9 +39,25 @@ def vector_to_weights(vector: np.ndarray, shapes: list[tuple[int, ...]]) -> list
     return weights
 
 
+def is_multiclass(labels: np.ndarray) -> bool:
+    """More than two outputs: categorical metric and loss. Two (the tutorial's XOR): binary."""
+    return labels.shape[-1] > 2
+
+
 def binary_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Keras's BinaryAccuracy (threshold 0.5) over the last two axes: one value per solution."""
     return np.mean((probabilities > 0.5) == (labels > 0.5), axis=(-2, -1))
+
+
+def categorical_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Keras's CategoricalAccuracy: share of samples whose top output is the true class."""
+    return np.mean(np.argmax(probabilities, axis=-1) == np.argmax(labels, axis=-1), axis=-1)
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The metric that decides ``done``: categorical for multi-class labels, else binary."""
+    metric = categorical_accuracy if is_multiclass(labels) else binary_accuracy
+    return metric(probabilities, labels)
 
 
 def _sigmoid(x):
@@ -129,4 +145,4 @@ class ForwardPass:
         return keras.ops.convert_to_numpy(self.model(inputs, training=False))
 
     def accuracy(self, vector: np.ndarray, inputs: np.ndarray, labels: np.ndarray) -> float:
-        return float(binary_accuracy(self(vector[None, :], inputs)[0], labels))
+        return float(accuracy(self(vector[None, :], inputs)[0], labels))

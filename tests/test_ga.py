@@ -59,3 +59,21 @@ def test_training_stops_once_the_local_loss_is_small():
     assert result.best_fitness >= 10.0 and best[-1] >= 10.0
     assert all(f < 10.0 for f in best[:-1])  # it went on exactly until the threshold
     assert result.generations == len(best) < GAConfig().num_generations
+
+
+def test_multiclass_fitness_is_inverse_categorical_crossentropy():
+    inputs = keras.Input(shape=(4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+    forward = ForwardPass(model)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 20)]
+    vectors = rng.normal(size=(3, forward.num_params))
+    for vector, value in zip(vectors, fitness(forward(vectors, x), y)):
+        model.set_weights(vector_to_weights(vector.astype(np.float32), forward.shapes))
+        probabilities = keras.ops.convert_to_numpy(model(x))
+        reference = float(keras.losses.CategoricalCrossentropy()(y, probabilities))
+        assert 1 / value - 1e-8 == pytest.approx(reference, rel=1e-4, abs=1e-6)
+        metric = keras.metrics.CategoricalAccuracy()
+        metric.update_state(y, probabilities)
+        assert forward.accuracy(vector, x, y) == pytest.approx(float(metric.result()))
