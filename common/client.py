@@ -94,6 +94,7 @@ class Reconnector:
         self._failed = 0
 
     def reset(self) -> None:
+        """The server answered: the next outage gets all ``retries`` attempts again."""
         self._failed = 0
 
     def __call__(self, stop: threading.Event) -> socket.socket:

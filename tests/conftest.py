@@ -7,7 +7,7 @@ import socket
 import pytest
 
 import common  # noqa: F401  (sets the quiet TensorFlow environment first)
-from common.client import ClientConfig, RecvThread, connect
+from common.client import ClientConfig, Reconnector, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA
 from common.model import build_xor_model
 from common.server import GlobalModel, ListenThread, ServerConfig
@@ -78,12 +78,14 @@ def server(server_factory):
 def client_factory():
     threads = []
 
-    def make(address, data=None, name="client1", **overrides):
+    def make(address, data=None, name="client1", reconnect=False, **overrides):
         config = ClientConfig(host=address[0], port=address[1], name=name, **overrides)
         events = EventLog()
         sock = connect(config.host, config.port, timeout=5)
         thread = RecvThread(config.buffer_size, config.recv_timeout, sock=sock,
-                            data=data or CLIENT_DATA[name], config=config, on_event=events)
+                            data=data or CLIENT_DATA[name], config=config, on_event=events,
+                            reconnect=Reconnector(config.host, config.port, config.retries)
+                            if reconnect else None)
         thread.start()
         threads.append(thread)
         return thread, events

@@ -125,6 +125,27 @@ def test_port_in_use_is_one_line_and_exit_1():
     assert "Traceback" not in server.output()
 
 
+@pytest.mark.parametrize("name,content", [("missing.npz", None), ("broken.npz", b"garbage")])
+def test_resume_from_a_missing_or_broken_checkpoint_is_one_line_and_exit_1(tmp_path, name,
+                                                                          content):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with Script("server.py", "--headless", "--host", "127.0.0.1", "--port", "0",
+                "--checkpoint", str(path), "--resume") as server:
+        assert server.finish() == 1
+    errors = [line for line in server.lines if " ERROR " in line]
+    assert len(errors) == 1 and f"The checkpoint {path} " in errors[0]
+    assert "Traceback" not in server.output()
+
+
+def test_resume_needs_a_checkpoint_path():
+    result = subprocess.run([sys.executable, str(ROOT / "server.py"), "--headless", "--resume"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    assert result.returncode == 2
+    assert "--resume needs --checkpoint PATH" in result.stderr
+
+
 @pytest.mark.parametrize("script", ["server.py", "client1.py"])
 def test_bad_port_is_a_usage_error(script):
     result = subprocess.run([sys.executable, str(ROOT / script), "--headless", "--port", "70000"],
@@ -137,9 +158,10 @@ def test_bad_port_is_a_usage_error(script):
 @pytest.mark.parametrize("script,flags", [
     ("server.py", ["--headless", "--host", "--port", "--recv-timeout", "--idle-timeout",
                    "--buffer-size", "--max-rounds", "--max-message-bytes", "--log-level",
-                   "--round-delay", "--num-solutions", "--seed"]),
+                   "--round-delay", "--num-solutions", "--seed", "--checkpoint", "--resume"]),
     ("client2.py", ["--headless", "--host", "--port", "--recv-timeout", "--idle-timeout",
-                    "--buffer-size", "--connect-timeout", "--generations", "--log-level"]),
+                    "--buffer-size", "--connect-timeout", "--generations", "--log-level",
+                    "--retries"]),
 ])
 def test_help_documents_every_flag(script, flags):
     result = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=ROOT,

@@ -7,9 +7,14 @@ import threading
 import numpy as np
 import pytest
 
+from common import protocol
 from common.client import ConnectError, connect
+from common.data import XOR_TEST_DATA
+from common.model import build_xor_model
+from common.protocol import Message, Subject
+from common.server import GlobalModel
 from tests.conftest import WAIT
-from tests.plain_peers import plain_server
+from tests.plain_peers import plain_recv, plain_server
 
 
 @pytest.fixture
@@ -69,3 +74,65 @@ def test_stop_ends_a_waiting_client(listening, client_factory):
     client.stop()
     client.join(WAIT)
     assert not client.is_alive() and client.outcome == "stopped"
+
+
+def _hang_up_on_the_first_update(listening, then_listen: bool) -> list[dict]:
+    """A server that answers the echo, takes the first update and dies without answering;
+    if ``then_listen``, a second connection gets ``done`` for whatever it sends."""
+    model = GlobalModel(build_xor_model(), XOR_TEST_DATA, seed=1).reply_to_echo()
+    received = []
+    connection, _ = listening.accept()
+    with connection:
+        received.append(plain_recv(connection))
+        connection.sendall(protocol.encode(model))
+        received.append(plain_recv(connection))
+    if not then_listen:
+        listening.close()  # refused from now on
+        return received
+    connection, _ = listening.accept()
+    with connection:
+        received.append(plain_recv(connection))
+        connection.sendall(protocol.encode(Message(Subject.DONE, {"accuracy": 1.0})))
+    return received
+
+
+def test_a_lost_server_is_reconnected_and_the_unanswered_update_resent(listening,
+                                                                       client_factory):
+    received = []
+    stub = threading.Thread(target=lambda: received.extend(
+        _hang_up_on_the_first_update(listening, then_listen=True)))
+    stub.start()
+    client, events = client_factory(listening.getsockname(), reconnect=True, retries=3)
+    client.join(WAIT)
+    stub.join(WAIT)
+    assert client.outcome == "done"
+    echo, update, resent = received
+    assert echo["subject"] == "echo" and "sequence" not in echo["data"]
+    assert update["subject"] == resent["subject"] == "model"
+    assert update["data"]["sequence"] == resent["data"]["sequence"] == 1
+    assert update["data"]["client_id"] == resent["data"]["client_id"] == client.client_id
+    np.testing.assert_array_equal(update["data"]["best_model_weights_vector"],
+                                  resent["data"]["best_model_weights_vector"])
+    assert [e.kind for e in events.all()].count("connected") == 2
+
+
+def test_reconnecting_gives_up_after_the_retries(listening, client_factory, caplog):
+    stub = threading.Thread(target=_hang_up_on_the_first_update, args=(listening, False))
+    stub.start()
+    client, events = client_factory(listening.getsockname(), reconnect=True, retries=2)
+    error = events.wait_for(lambda e: e.kind == "error")
+    client.join(WAIT)
+    stub.join(WAIT)
+    assert client.outcome == "error"
+    assert error.detail.startswith("Lost the server and gave up after 2 reconnect attempts "
+                                   "(--retries). The server at 127.0.0.1:")
+    failures = [r.getMessage() for r in caplog.records if " failed: " in r.getMessage()]
+    assert [m.split(":")[0] for m in failures] == ["reconnect attempt 1 of 2 failed",
+                                                   "reconnect attempt 2 of 2 failed"]
+
+
+def test_client_ids_differ_between_runs_of_one_name(listening, client_factory):
+    first, _ = client_factory(listening.getsockname(), name="client1")
+    second, _ = client_factory(listening.getsockname(), name="client1")
+    assert first.client_id.startswith("client1-") and second.client_id.startswith("client1-")
+    assert first.client_id != second.client_id

@@ -1,0 +1,85 @@
+"""The server's durable state: the global weights, round count, accuracy and the last
+applied update sequence number per client id, in one ``.npz`` file.
+
+``save`` replaces the file atomically (temp file in the same directory, fsync, rename, fsync
+of the directory), so after a crash the file holds either the previous state or the new
+one, never half of either. The temp file has a fixed name, ``PATH.tmp``: one left by a crash
+in the middle of a save is overwritten and renamed away by the next save. ``load`` reads
+with ``allow_pickle=False``: a checkpoint is plain arrays, and a tampered one cannot run code.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class CheckpointError(Exception):
+    """A checkpoint could not be read; the message is one plain sentence."""
+
+
+@dataclass
+class Checkpoint:
+    """What a server needs to carry on where it stopped."""
+
+    vector: np.ndarray
+    round: int
+    accuracy: float
+    sequences: dict[str, int] = field(default_factory=dict)  # client id -> last applied sequence
+
+
+def save(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
+    """Write ``checkpoint`` to ``path`` atomically and durably."""
+    path = os.path.abspath(path)
+    temp = f"{path}.tmp"
+    ids = list(checkpoint.sequences)
+    try:
+        with open(temp, "wb") as file:
+            np.savez(file, vector=checkpoint.vector, round=np.int64(checkpoint.round),
+                     accuracy=np.float64(checkpoint.accuracy),
+                     client_ids=np.array(ids, dtype=np.str_),
+                     sequences=np.array([checkpoint.sequences[i] for i in ids], dtype=np.int64))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    # The rename is durable only once the directory entry itself is on disk.
+    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load(path: str | os.PathLike, num_params: int) -> Checkpoint:
+    """Read a checkpoint for a model of ``num_params`` weights; CheckpointError if it is
+    missing, unreadable, or not one of ours."""
+    try:
+        # Our own file object: np.load leaks the one it opens when the zip is corrupt.
+        with open(path, "rb") as file:
+            arrays = np.load(file, allow_pickle=False)
+            if not isinstance(arrays, np.lib.npyio.NpzFile):  # a lone .npy array
+                raise ValueError("it holds one array, not a .npz archive")
+            vector = arrays["vector"]
+            round_, accuracy = arrays["round"], arrays["accuracy"]
+            ids, sequences = arrays["client_ids"], arrays["sequences"]
+    except FileNotFoundError:
+        raise CheckpointError(f"The checkpoint {os.fspath(path)} does not exist.") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"The checkpoint {os.fspath(path)} is unreadable: {exc}.") from exc
+    if (vector.shape != (num_params,) or vector.dtype.kind != "f"
+            or not np.all(np.isfinite(vector)) or round_.shape != () or round_.dtype.kind != "i"
+            or round_ < 0 or accuracy.shape != () or accuracy.dtype.kind != "f"
+            or ids.ndim != 1 or ids.dtype.kind != "U" or sequences.shape != ids.shape
+            or sequences.dtype.kind != "i"):
+        raise CheckpointError(f"The checkpoint {os.fspath(path)} does not fit this model "
+                              f"({num_params} weights) or is not a fedga checkpoint.")
+    return Checkpoint(vector=vector.astype(np.float32), round=int(round_),
+                      accuracy=float(accuracy),
+                      sequences=dict(zip(ids.tolist(), sequences.tolist())))

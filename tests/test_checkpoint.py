@@ -1,0 +1,178 @@
+"""Checkpoints: the save/load round-trip, refusals of files that are not ours, and the
+server's use of them (resume, and an update resent after a crash counted once)."""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from common import checkpoint, protocol
+from common.checkpoint import Checkpoint, CheckpointError
+from common.data import XOR_TEST_DATA
+from common.model import build_xor_model
+from common.server import GlobalModel
+
+NUM_PARAMS = 22  # the XOR model: 2x4 + 4 + 4x2 + 2
+
+
+def _state(round_: int = 7, sequences=None) -> Checkpoint:
+    vector = np.linspace(-2, 2, NUM_PARAMS, dtype=np.float32)
+    return Checkpoint(vector, round_, 0.75, {"client1-ab": 3, "client2-cd": 5}
+                      if sequences is None else sequences)
+
+
+@pytest.mark.parametrize("sequences", [{"client1-ab": 3, "client2-cd": 5}, {}],
+                         ids=["two clients", "no sequenced client"])
+def test_save_then_load_round_trips(tmp_path, sequences):
+    path = tmp_path / "state.npz"
+    checkpoint.save(path, _state(sequences=sequences))
+    loaded = checkpoint.load(path, NUM_PARAMS)
+    np.testing.assert_array_equal(loaded.vector, _state().vector)
+    assert loaded.vector.dtype == np.float32
+    assert (loaded.round, loaded.accuracy, loaded.sequences) == (7, 0.75, sequences)
+    assert os.listdir(tmp_path) == ["state.npz"]  # no temp file left behind
+
+
+def test_save_replaces_the_previous_state_and_a_crashed_saves_leftover(tmp_path):
+    path = tmp_path / "state.npz"
+    checkpoint.save(path, _state(round_=1))
+    (tmp_path / "state.npz.tmp").write_bytes(b"half a checkpoint")  # a save killed midway
+    checkpoint.save(path, _state(round_=2))
+    assert checkpoint.load(path, NUM_PARAMS).round == 2
+    assert os.listdir(tmp_path) == ["state.npz"]
+
+
+def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "state.npz"
+    checkpoint.save(path, _state(round_=1))
+    unsaveable = Checkpoint(_state().vector, 2, 0.5, {"client1": "three"})  # not an int
+    with pytest.raises(ValueError):
+        checkpoint.save(path, unsaveable)
+    assert checkpoint.load(path, NUM_PARAMS).round == 1
+    assert os.listdir(tmp_path) == ["state.npz"]
+
+
+def test_missing_checkpoint_is_one_sentence(tmp_path):
+    with pytest.raises(CheckpointError, match=r"^The checkpoint .*nothing\.npz does not exist\.$"):
+        checkpoint.load(tmp_path / "nothing.npz", NUM_PARAMS)
+
+
+def _pickled_object_array(path):
+    np.savez(path, vector=np.array([object()] * NUM_PARAMS, dtype=object), round=1,
+             accuracy=0.5, client_ids=np.array([], dtype=str), sequences=np.array([], int))
+
+
+def _npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+BAD_FILES = {
+    "garbage": lambda path: path.write_bytes(b"not a zip file at all"),
+    "truncated": lambda path: (checkpoint.save(path, _state()),
+                               path.write_bytes(path.read_bytes()[:300])),
+    "a pickle": lambda path: path.write_bytes(pickle.dumps({"vector": [0.0] * NUM_PARAMS})),
+    "object array": _pickled_object_array,
+    "an .npy array": lambda path: path.write_bytes(_npy(np.zeros(NUM_PARAMS, np.float32))),
+    "missing key": lambda path: np.savez(path, vector=np.zeros(NUM_PARAMS, np.float32)),
+    "another model": lambda path: checkpoint.save(
+        path, Checkpoint(np.zeros(5, np.float32), 1, 0.5, {})),
+    "NaN weights": lambda path: checkpoint.save(
+        path, Checkpoint(np.full(NUM_PARAMS, np.nan, np.float32), 1, 0.5, {})),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_a_file_that_is_not_our_checkpoint_is_refused(tmp_path, name):
+    path = tmp_path / "state.npz"
+    BAD_FILES[name](path)
+    with pytest.raises(CheckpointError, match=r"^The checkpoint .*state\.npz (is|does)"):
+        checkpoint.load(path, NUM_PARAMS)
+
+
+# ---- the server's use: resume, and the duplicate-sequence rule ---------------------------
+
+
+def _global_model(path, resume=False, target_accuracy=2.0):
+    # An unreachable target by default: every update is averaged in and training goes on.
+    return GlobalModel(build_xor_model(), XOR_TEST_DATA, checkpoint_path=str(path),
+                       resume=resume, target_accuracy=target_accuracy, seed=1)
+
+
+def _update(gm, index=1):
+    return gm.reply_to_echo().data["population_weights"][index].copy()
+
+
+def test_every_accepted_update_is_saved_and_resume_continues_from_it(tmp_path):
+    path = tmp_path / "state.npz"
+    gm = _global_model(path)
+    gm.apply_update(_update(gm), "peer", ("client1-ab", 1))
+    gm.apply_update(_update(gm), "peer", None)  # a plain-pickle peer: counted, not recorded
+    saved = checkpoint.load(path, gm.num_params)
+    np.testing.assert_array_equal(saved.vector, gm.vector)
+    assert (saved.round, saved.accuracy, saved.sequences) == (2, gm.accuracy, {"client1-ab": 1})
+
+    resumed = _global_model(path, resume=True)
+    np.testing.assert_array_equal(resumed.vector, gm.vector)
+    assert (resumed.round, resumed.accuracy) == (2, gm.accuracy)
+    resumed.apply_update(_update(resumed), "peer", ("client2-cd", 1))
+    assert resumed.round == 3
+    assert checkpoint.load(path, gm.num_params).sequences == {"client1-ab": 1, "client2-cd": 1}
+
+
+def test_an_update_resent_after_a_restart_is_not_counted_twice(tmp_path, caplog):
+    path = tmp_path / "state.npz"
+    gm = _global_model(path)
+    update = _update(gm)
+    gm.apply_update(update, "peer", ("client1-ab", 1))
+    # The server dies before its reply left; the restarted one gets the same update again.
+    resumed = _global_model(path, resume=True)
+    before = resumed.vector.copy()
+    reply = resumed.apply_update(update, "peer", ("client1-ab", 1))
+    assert reply.subject is protocol.Subject.MODEL  # answered as usual
+    assert resumed.round == 1
+    np.testing.assert_array_equal(resumed.vector, before)
+    assert "resent update=client1-ab#1, already counted: not counted again" in caplog.text
+    # Older ones too; a newer one, another client's, and unsequenced ones all count.
+    resumed.apply_update(update, "peer", ("client1-ab", 0))
+    assert resumed.round == 1
+    for key in (("client1-ab", 2), ("client2-cd", 1), None, None):
+        resumed.apply_update(update, "peer", key)
+    assert resumed.round == 5
+
+
+def test_resuming_a_finished_run_answers_done(tmp_path):
+    path = tmp_path / "state.npz"
+    gm = _global_model(path, target_accuracy=0.0)  # the first update reaches the target
+    gm.apply_update(_update(gm), "peer", ("client1-ab", 1))
+    resumed = _global_model(path, resume=True, target_accuracy=0.0)
+    assert resumed.finished.is_set() and resumed.reached_target
+    assert resumed.reply_to_echo().subject is protocol.Subject.DONE
+
+
+def test_resume_without_a_file_raises_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        _global_model(tmp_path / "missing.npz", resume=True)
+
+
+@pytest.mark.parametrize("data,error", [
+    ({"sequence": 1}, "needs a client_id"),
+    ({"sequence": 1, "client_id": ""}, "needs a client_id"),
+    ({"sequence": 1, "client_id": "x" * 257}, "needs a client_id"),
+    ({"sequence": -1, "client_id": "c"}, "is not a count"),
+    ({"sequence": 1.5, "client_id": "c"}, "is not a count"),
+    ({"sequence": True, "client_id": "c"}, "is not a count"),
+])
+def test_update_key_refuses_malformed_sequences(data, error):
+    with pytest.raises(protocol.SchemaError, match=error):
+        protocol.update_key(data)
+
+
+def test_update_key_of_plain_and_sequenced_updates():
+    assert protocol.update_key({"best_model_weights_vector": None}) is None
+    assert protocol.update_key({"client_id": "c1"}) is None  # an id alone does not dedupe
+    assert protocol.update_key({"client_id": "c1", "sequence": np.int64(4)}) == ("c1", 4)
