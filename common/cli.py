@@ -16,8 +16,11 @@ from common import protocol, security
 from common.checkpoint import CheckpointError
 from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, ConnectError,
                            Reconnector, RecvThread, connect)
-from common.data import CLIENT_DATA, XOR_TEST_DATA
+from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, Dataset, fit_to_model,
+                         load_dataset)
 from common.ga import GAConfig
+from common.model import ModelFileError
+from common.results import History, plot_history
 from common.server import BindError, GlobalModel, ListenThread, ServerConfig
 
 log = logging.getLogger("fedga")
@@ -113,7 +116,7 @@ def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
 def _config_from(args: argparse.Namespace, config_type, **extra):
     names = {f.name for f in fields(config_type)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    return config_type(**values, **extra)
+    return config_type(**(values | extra))
 
 
 def configure_logging(level: str, role: str) -> None:
@@ -149,6 +152,24 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the --checkpoint file instead of a fresh model: "
                         "rounds carry on and updates the file has counted are not counted again")
+    parser.add_argument("--model", metavar="FILE", help="the model to train: a .keras file or a "
+                        "Keras JSON architecture (default: the tutorial's XOR model)")
+    parser.add_argument("--test-data", metavar="FILE", help="the server's test set: .npz with "
+                        "inputs and outputs, X.npy with --test-labels, or .csv with "
+                        "--test-label-column (default: the four XOR samples)")
+    parser.add_argument("--test-labels", metavar="FILE", help="labels .npy for --test-data")
+    parser.add_argument("--test-label-column", metavar="C",
+                        help="CSV column of --test-data holding the labels (name or index)")
+    parser.add_argument("--target-accuracy", type=float, default=defaults.target_accuracy,
+                        metavar="A", help="say done once the global model reaches this "
+                        "accuracy: binary for two outputs, categorical for more "
+                        "(default: %(default)s)")
+    parser.add_argument("--save-model", metavar="FILE.keras",
+                        help="save the final global model here")
+    parser.add_argument("--history", metavar="FILE.csv", help="write one row per accepted "
+                        "update: time, round, client, accuracy, loss")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw accuracy and loss over rounds "
+                        "when training ends (needs --history)")
     return parser
 
 
@@ -171,6 +192,17 @@ def client_parser(name: str) -> argparse.ArgumentParser:
     parser.add_argument("--max-params", type=_positive(int), default=defaults.max_params,
                         metavar="N", help="refuse a server's model with more parameters than "
                         "this (default: %(default)s)")
+    own = name not in CLIENT_DATA
+    parser.add_argument("--data", metavar="FILE", required=own,
+                        help="this client's own data: .npz with inputs and outputs, X.npy with "
+                        "--labels, or .csv with --label-column" + (
+                            "" if own else f" (default: the tutorial's {name} XOR samples)"))
+    parser.add_argument("--labels", metavar="FILE", help="labels .npy for --data")
+    parser.add_argument("--label-column", metavar="C",
+                        help="CSV column of --data holding the labels (name or index)")
+    if own:
+        parser.add_argument("--name", default=name, help="this client's name in the server's "
+                            "log (default: %(default)s)")
     ga = GAConfig()
     parser.add_argument("--generations", type=_positive(int), default=ga.num_generations,
                         metavar="N", help="GA generations per round (default: %(default)s)")
@@ -204,19 +236,47 @@ def server_main(argv: list[str] | None = None) -> int:
         from common.gui import run_server_window  # imports Kivy: only when a window is wanted
 
         return run_server_window(config, build_global_model, position=args.window_position)
-    except CheckpointError as exc:  # --resume with a missing or unreadable file
+    except (CheckpointError, DataError, ModelFileError) as exc:  # one plain sentence each
         log.error("%s", exc)
         return EXIT_FAILED
 
 
 def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
-    """The tutorial's XOR model and test data, under the config's training settings."""
-    from common.model import build_xor_model  # imports Keras: after the flags are checked
+    """The model and test data of the config (the tutorial's XOR by default), recording the
+    history when asked. Raises ModelFileError or DataError, each one plain sentence."""
+    from common.model import ForwardPass, build_xor_model, load_model_file  # imports Keras
 
-    return GlobalModel(build_xor_model(), XOR_TEST_DATA, num_solutions=config.num_solutions,
+    model = load_model_file(config.model) if config.model else build_xor_model()
+    test_data = XOR_TEST_DATA
+    if config.test_data:
+        forward = ForwardPass(model)
+        test_data = fit_to_model(
+            load_dataset(config.test_data, config.test_labels, config.test_label_column),
+            forward.num_features, forward.num_outputs, config.test_data)
+    elif config.model:
+        raise DataError(f"The model in {config.model} needs its own test set: add "
+                        "--test-data FILE.")
+    if config.history:
+        on_event = _both(History(config.history), on_event)
+    return GlobalModel(model, test_data, num_solutions=config.num_solutions,
                        target_accuracy=config.target_accuracy, max_rounds=config.max_rounds,
                        seed=config.seed, on_event=on_event, checkpoint_path=config.checkpoint,
                        resume=config.resume)
+
+
+def _both(first, second):
+    if second is None:
+        return first
+    return lambda event: (first(event), second(event))
+
+
+def _save_results(config: ServerConfig, global_model: GlobalModel) -> None:
+    if config.save_model:
+        global_model.save_model(config.save_model)
+        log.info("saved the global model to %s", config.save_model)
+    if config.plot and config.history:
+        plot_history(config.history, config.plot)
+        log.info("drew the history to %s", config.plot)
 
 
 def run_server_headless(config: ServerConfig) -> int:
@@ -244,6 +304,7 @@ def _serve(config: ServerConfig) -> int:
                  global_model.accuracy)
         while not server.wait_all_answered(timeout=1.0):
             pass
+    _save_results(config, global_model)
     if global_model.reached_target:
         log.info("finished: accuracy=%.4f after %d rounds; every client was told done",
                  global_model.accuracy, global_model.round)
@@ -254,25 +315,34 @@ def _serve(config: ServerConfig) -> int:
 def client_main(name: str, argv: list[str] | None = None) -> int:
     parser = client_parser(name)
     args = parser.parse_args(argv)
+    name = getattr(args, "name", name)
     configure_logging(args.log_level, name)
+    if args.data:
+        try:
+            data = load_dataset(args.data, args.labels, args.label_column)
+        except DataError as exc:
+            parser.exit(EXIT_GAVE_UP, f"{parser.prog}: {exc}\n")
+        source = args.data
+    else:
+        data, source = CLIENT_DATA[name], f"the tutorial's {name} samples"
     ga = GAConfig(num_generations=args.generations)
     config = _config_from(args, ClientConfig, name=name, ga=ga,
                           **_security_settings(parser, args))
     if args.headless:
-        return run_client_headless(config)
+        return run_client_headless(config, data, source)
     from common.gui import run_client_window  # imports Kivy: only when a window is wanted
 
-    return run_client_window(config, CLIENT_DATA[name], position=args.window_position)
+    return run_client_window(config, data, position=args.window_position)
 
 
-def run_client_headless(config: ClientConfig) -> int:
+def run_client_headless(config: ClientConfig, data: Dataset, data_source: str) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     thread = None
     try:
         log.info("connecting to %s:%d", config.host, config.port)
         sock = connect(config.host, config.port, config.connect_timeout)
         thread = RecvThread(config.buffer_size, config.recv_timeout, sock=sock,
-                            data=CLIENT_DATA[config.name], config=config,
+                            data=data, data_source=data_source, config=config,
                             reconnect=Reconnector(config.host, config.port, config.retries))
         thread.start()
         while thread.is_alive():

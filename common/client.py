@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common import protocol, security
-from common.data import Dataset
+from common.data import DataError, Dataset, fit_to_model
 from common.events import Event
 from common.ga import GAConfig, train
 from common.model import ForwardPass, model_from_json
@@ -128,7 +128,8 @@ class RecvThread(threading.Thread):
     """
 
     def __init__(self, buffer_size: int = 1024, recv_timeout: float = 10.0, *,
-                 sock: socket.socket, data: Dataset, config: ClientConfig | None = None,
+                 sock: socket.socket, data: Dataset, data_source: str = "the client's data",
+                 config: ClientConfig | None = None,
                  on_event: Callable[[Event], None] | None = None,
                  reconnect: Reconnector | None = None):
         super().__init__(name=f"RecvThread-{(config or ClientConfig()).name}", daemon=True)
@@ -140,7 +141,7 @@ class RecvThread(threading.Thread):
         # sequence numbers the server tells resent updates by.
         self.client_id = f"{self.config.name}-{secrets.token_hex(4)}"
         self._sequence = 0  # of the last model update sent
-        self.data = data
+        self.data, self._data_source = data, data_source
         self.outcome: str | None = None
         self.error: str | None = None
         self.final_accuracy: float | None = None
@@ -156,7 +157,11 @@ class RecvThread(threading.Thread):
     def _forward_for(self, model_json: str) -> ForwardPass:
         if model_json not in self._forward_passes:
             count_params(model_json, self.config.max_params)  # before Keras allocates anything
-            self._forward_passes[model_json] = ForwardPass(model_from_json(model_json))
+            forward = ForwardPass(model_from_json(model_json))
+            # The model is known only now: check the data against it before any training.
+            self.data = fit_to_model(self.data, forward.num_features, forward.num_outputs,
+                                     self._data_source)
+            self._forward_passes[model_json] = forward
         return self._forward_passes[model_json]
 
     def _request(self, subject: Subject, best_vector) -> Message:
@@ -234,7 +239,7 @@ class RecvThread(threading.Thread):
                 if self._stop_requested.is_set():
                     break
                 subject = Subject.MODEL
-        except (ProtocolError, ConnectError) as exc:
+        except (ProtocolError, ConnectError, DataError) as exc:
             if not self._stop_requested.is_set():
                 self.outcome, self.error = "error", _plain_reason(exc)
                 log.error("%s: %s", self.config.name, self.error)
@@ -251,8 +256,8 @@ class RecvThread(threading.Thread):
         self._on_event(Event("stopped"))
 
 
-def _plain_reason(exc: ProtocolError | ConnectError) -> str:
-    if isinstance(exc, ConnectError):
+def _plain_reason(exc: ProtocolError | ConnectError | DataError) -> str:
+    if isinstance(exc, (ConnectError, DataError)):
         return str(exc)
     if isinstance(exc, protocol.PeerClosed):
         return "The server closed the connection before training was done."

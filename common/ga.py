@@ -49,9 +49,14 @@ def categorical_crossentropy(probabilities: np.ndarray, labels: np.ndarray) -> n
     return -np.mean(np.sum(labels * np.log(p), axis=-1), axis=-1)
 
 
+def loss(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """BCE for two outputs (the tutorial's), CCE for more: one value per solution."""
+    rule = categorical_crossentropy if is_multiclass(labels) else binary_crossentropy
+    return rule(probabilities, labels)
+
+
 def fitness(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The tutorial's ``1 / (loss + 1e-8)``: BCE for two outputs, CCE for more."""
-    loss = categorical_crossentropy if is_multiclass(labels) else binary_crossentropy
+    """The tutorial's ``1 / (loss + 1e-8)``."""
     return 1.0 / (loss(probabilities, labels) + 1e-8)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import math
+import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -24,6 +26,33 @@ def build_xor_model() -> keras.Model:
 
 def model_from_json(model_json: str) -> keras.Model:
     return keras.models.model_from_json(model_json)
+
+
+class ModelFileError(Exception):
+    """A --model file cannot be used; the message is one plain sentence."""
+
+
+def load_model_file(path: str) -> keras.Model:
+    """A model from a ``.keras`` file or a Keras JSON architecture, its description checked
+    (``common.modelspec``) before Keras builds anything from it."""
+    from common.modelspec import ModelRefused, count_params
+
+    file = Path(path)
+    try:
+        if file.suffix == ".keras":
+            with zipfile.ZipFile(file) as archive:
+                model_json = archive.read("config.json").decode()
+        else:
+            model_json = file.read_text()
+        count_params(model_json)
+        if file.suffix == ".keras":
+            return keras.saving.load_model(file, compile=False, safe_mode=True)
+        return model_from_json(model_json)
+    except ModelRefused as exc:
+        raise ModelFileError(f"The model in {path} is not one fedga trains: {exc}.") from None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"Cannot read the model file {path}: "
+                             f"{getattr(exc, 'strerror', None) or exc}.") from None
 
 
 def weights_to_vector(weights: list[np.ndarray]) -> np.ndarray:
@@ -107,6 +136,8 @@ class ForwardPass:
         self.model = model
         self.shapes = [tuple(w.shape) for w in model.weights]
         self.num_params = sum(math.prod(s) for s in self.shapes)
+        self.num_features = model.inputs[0].shape[-1]
+        self.num_outputs = model.outputs[0].shape[-1]
         self._dense = _dense_stack(model)
         if self._dense is not None and not self._agrees_with_keras():
             self._dense = None  # e.g. a Dense layer applied twice: the layer list misleads

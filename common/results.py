@@ -55,7 +55,7 @@ def plot_history(history_csv: str, png: str) -> None:
         loss_axis.plot(*zip(*losses), color="tab:red", marker=".", label="global loss")
         loss_axis.set_ylabel("loss")
     accuracy_axis.set_title("fedga training")
-    figure.legend(loc="lower right")
+    figure.legend(loc="lower right", bbox_to_anchor=(1, 0), bbox_transform=accuracy_axis.transAxes)
     figure.tight_layout()
     figure.savefig(png)
     plt.close(figure)

@@ -23,7 +23,8 @@ from common.aggregate import model_averaging
 from common.checkpoint import Checkpoint
 from common.data import Dataset
 from common.events import Event
-from common.model import ForwardPass, weights_to_vector
+from common.ga import loss
+from common.model import ForwardPass, vector_to_weights, weights_to_vector
 from common.protocol import Connection, Message, ProtocolError, Subject
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,13 @@ class ServerConfig:
     secret: bytes | None = field(default=None, repr=False)  # see common.security
     tls_cert: str | None = None
     tls_key: str | None = None
+    model: str | None = None  # a .keras or Keras JSON file; None: the tutorial's XOR model
+    test_data: str | None = None  # .npz, .npy (with test_labels) or .csv; None: XOR
+    test_labels: str | None = None
+    test_label_column: str | None = None
+    save_model: str | None = None  # results, written when training ends
+    history: str | None = None
+    plot: str | None = None
 
 
 class BindError(Exception):
@@ -170,6 +178,17 @@ class GlobalModel:
         data = self.test_data
         return self.forward.accuracy(vector, data.inputs, data.outputs)
 
+    def _loss(self, vector: np.ndarray) -> float:
+        data = self.test_data
+        return float(loss(self.forward(vector[None, :], data.inputs), data.outputs)[0])
+
+    def save_model(self, path: str) -> None:
+        """Save the global model as a ``.keras`` file."""
+        with self._lock:
+            model = self.forward.model
+            model.set_weights(vector_to_weights(self.vector, self.forward.shapes))
+            model.save(path)
+
     def _reply(self) -> Message:
         """Call with the lock held: ``done`` once finished, else a population around the
         current global weights with the global model itself as its first member."""
@@ -223,7 +242,8 @@ class GlobalModel:
             self.round += 1
             log.info("round=%d client=%s update_accuracy=%.4f accuracy=%.4f update=%s",
                      self.round, client, update_accuracy, self.accuracy, name)
-            self._on_event(Event("update", peer=client, round=self.round, accuracy=self.accuracy))
+            self._on_event(Event("update", peer=client, round=self.round, accuracy=self.accuracy,
+                                 loss=self._loss(self.vector)))
             if self.accuracy >= self.target_accuracy:
                 self.reached_target = True
                 log.info("done: accuracy=%.4f reached the target %.4f in round %d",

@@ -1,0 +1,7 @@
+"""fedga client for your own data: python client.py --data FILE [--name NAME] [--headless] [--help]."""
+import sys
+
+from common.cli import client_main
+
+if __name__ == "__main__":
+    sys.exit(client_main("client"))
