@@ -7,8 +7,10 @@ usage, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
+import time
 import sys
 from dataclasses import fields
 
@@ -139,6 +141,10 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--round-delay", type=float, default=defaults.round_delay, metavar="S",
                         help="pacing: hold each model reply this many seconds so training can "
                         "be watched; keep it well under 10 for tutorial clients (default: off)")
+    parser.add_argument("--linger", type=_positive(float, zero_ok=True),
+                        default=defaults.linger, metavar="S", help="once done, keep answering "
+                        "late clients 'done' until none connected for S seconds, then exit "
+                        "(default: %(default)s)")
     parser.add_argument("--max-clients", type=_positive(int), default=defaults.max_clients,
                         metavar="N", help="refuse connections beyond this many at once "
                         "(default: %(default)s)")
@@ -170,6 +176,7 @@ def server_parser() -> argparse.ArgumentParser:
                         "update: time, round, client, accuracy, loss")
     parser.add_argument("--plot", metavar="FILE.png", help="draw accuracy and loss over rounds "
                         "when training ends (needs --history)")
+    _ga_flags(parser, "sent to clients; default: ")
     return parser
 
 
@@ -203,10 +210,27 @@ def client_parser(name: str) -> argparse.ArgumentParser:
     if own:
         parser.add_argument("--name", default=name, help="this client's name in the server's "
                             "log (default: %(default)s)")
-    ga = GAConfig()
-    parser.add_argument("--generations", type=_positive(int), default=ga.num_generations,
-                        metavar="N", help="GA generations per round (default: %(default)s)")
+    _ga_flags(parser, "override the server's setting; without one: ")
     return parser
+
+
+def _ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
+    ga = GAConfig()
+    parser.add_argument("--generations", type=_positive(int), metavar="N",
+                        help=f"GA generations per round at most ({default_text}"
+                        f"{ga.num_generations})")
+    parser.add_argument("--parents-mating", type=_positive(int), metavar="N",
+                        help=f"GA parents mating ({default_text}{ga.num_parents_mating})")
+    parser.add_argument("--mutation-percent", type=_positive(float), metavar="P",
+                        help=f"percent of genes mutated ({default_text}"
+                        f"{ga.mutation_percent_genes:g})")
+
+
+def _ga_settings(args: argparse.Namespace) -> dict:
+    """The GA flags given, by GAConfig field name."""
+    given = {"num_generations": args.generations, "num_parents_mating": args.parents_mating,
+             "mutation_percent_genes": args.mutation_percent}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def _security_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
@@ -229,7 +253,8 @@ def server_main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level, "server")
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
-    config = _config_from(args, ServerConfig, **_security_settings(parser, args))
+    config = _config_from(args, ServerConfig, **_ga_settings(args),
+                          **_security_settings(parser, args))
     try:
         if args.headless:
             return run_server_headless(config)
@@ -261,7 +286,10 @@ def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
     return GlobalModel(model, test_data, num_solutions=config.num_solutions,
                        target_accuracy=config.target_accuracy, max_rounds=config.max_rounds,
                        seed=config.seed, on_event=on_event, checkpoint_path=config.checkpoint,
-                       resume=config.resume)
+                       resume=config.resume,
+                       ga=GAConfig(num_generations=config.num_generations,
+                                   num_parents_mating=config.num_parents_mating,
+                                   mutation_percent_genes=config.mutation_percent_genes))
 
 
 def _both(first, second):
@@ -302,8 +330,12 @@ def _serve(config: ServerConfig) -> int:
         host, port = server.server_address
         log.info("listening on %s:%d (model accuracy=%.4f before training)", host, port,
                  global_model.accuracy)
-        while not server.wait_all_answered(timeout=1.0):
-            pass
+        while True:
+            if server.wait_all_answered(timeout=1.0):
+                quiet_for = time.monotonic() - server.last_connected
+                if quiet_for >= config.linger:
+                    break
+                time.sleep(min(1.0, config.linger - quiet_for))  # a late client may yet come
     _save_results(config, global_model)
     if global_model.reached_target:
         log.info("finished: accuracy=%.4f after %d rounds; every client was told done",
@@ -325,8 +357,9 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
         source = args.data
     else:
         data, source = CLIENT_DATA[name], f"the tutorial's {name} samples"
-    ga = GAConfig(num_generations=args.generations)
-    config = _config_from(args, ClientConfig, name=name, ga=ga,
+    overrides = _ga_settings(args)
+    config = _config_from(args, ClientConfig, name=name, ga_overrides=overrides,
+                          ga=dataclasses.replace(GAConfig(), **overrides),
                           **_security_settings(parser, args))
     if args.headless:
         return run_client_headless(config, data, source)

@@ -8,6 +8,7 @@ counts an update once even if it arrived before the connection broke.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import socket
@@ -47,6 +48,8 @@ class ClientConfig:
     seed: int | None = None
     secret: bytes | None = field(default=None, repr=False)  # see common.security
     tls_ca: str | None = None  # verify the server's TLS certificate against this CA file
+    # GA settings this client insists on; the rest come from the server, else from ``ga``.
+    ga_overrides: dict = field(default_factory=dict)
 
 
 class ConnectError(Exception):
@@ -214,7 +217,9 @@ class RecvThread(threading.Thread):
             self._on_event(Event("generation", round=server_round, generation=generation,
                                  fitness=best_fitness))
 
-        result = train(forward, population, self.data, self.config.ga,
+        settings = protocol.check_ga_settings(data, data["num_solutions"])
+        ga = dataclasses.replace(self.config.ga, **(settings | self.config.ga_overrides))
+        result = train(forward, population, self.data, ga,
                        on_generation=on_generation, should_stop=self._stop_requested.is_set,
                        seed=self.config.seed)
         log.info("%s trained round %s: best fitness %.4g", self.config.name, server_round,

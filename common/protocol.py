@@ -49,6 +49,9 @@ class Schema:
 # Keys any message may carry; peers that do not know them ignore them.
 COMMON_OPTIONAL_KEYS = frozenset({"client_id", "protocol_version"})
 
+# The server's GA settings, sent with each model; plain-pickle peers ignore them.
+GA_SETTING_KEYS = frozenset({"num_generations", "num_parents_mating", "mutation_percent_genes"})
+
 CLIENT_TO_SERVER = {
     Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
     # sequence: the sender's count of its model updates, so a resent one is applied once
@@ -58,7 +61,7 @@ CLIENT_TO_SERVER = {
 SERVER_TO_CLIENT = {
     Subject.MODEL: Schema(
         frozenset({"population_weights", "model_json", "num_solutions"}),
-        COMMON_OPTIONAL_KEYS | {"round", "accuracy"},
+        COMMON_OPTIONAL_KEYS | {"round", "accuracy"} | GA_SETTING_KEYS,
     ),
     Subject.DONE: Schema(frozenset(), COMMON_OPTIONAL_KEYS | {"round", "accuracy"}),
 }
@@ -191,6 +194,18 @@ def update_key(data: dict) -> tuple[str, int] | None:
     if not isinstance(sequence, (int, np.integer)) or isinstance(sequence, bool) or sequence < 0:
         raise SchemaError(f"sequence {sequence!r} is not a count")
     return client_id, int(sequence)
+
+
+def check_ga_settings(data: dict, num_solutions: int) -> dict:
+    """The GA settings a ``model`` message carries, checked to be sane numbers."""
+    settings = {key: data[key] for key in GA_SETTING_KEYS if key in data}
+    limits = {"num_generations": (int, 1, 100_000), "num_parents_mating": (int, 1, num_solutions),
+              "mutation_percent_genes": ((int, float), 0, 100)}
+    for key, value in settings.items():
+        kind, low, high = limits[key]
+        if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+            raise SchemaError(f"{key} {value!r} is not a number from {low} to {high}")
+    return settings
 
 
 def default_max_message_bytes(num_params: int, num_solutions: int) -> int:

@@ -12,6 +12,7 @@ import os
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,7 +24,7 @@ from common.aggregate import model_averaging
 from common.checkpoint import Checkpoint
 from common.data import Dataset
 from common.events import Event
-from common.ga import loss
+from common.ga import GAConfig, loss
 from common.model import ForwardPass, vector_to_weights, weights_to_vector
 from common.protocol import Connection, Message, ProtocolError, Subject
 
@@ -48,6 +49,9 @@ class ServerConfig:
     checkpoint: str | None = None  # save the global state here after every accepted update
     resume: bool = False  # start from the checkpoint instead of a fresh model
     max_clients: int = 128  # connections beyond this are refused with a log line
+    # Headless: once done, keep answering newcomers ``done`` until none came for this long, so
+    # a client started a little late still ends well instead of finding the server gone.
+    linger: float = 5.0
     secret: bytes | None = field(default=None, repr=False)  # see common.security
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -58,6 +62,9 @@ class ServerConfig:
     save_model: str | None = None  # results, written when training ends
     history: str | None = None
     plot: str | None = None
+    num_generations: int = GAConfig.num_generations  # the GA settings sent to clients
+    num_parents_mating: int = GAConfig.num_parents_mating
+    mutation_percent_genes: float = GAConfig.mutation_percent_genes
 
 
 class BindError(Exception):
@@ -138,8 +145,13 @@ class GlobalModel:
     def __init__(self, model: keras.Model, test_data: Dataset, *, num_solutions: int = 10,
                  target_accuracy: float = 1.0, max_rounds: int = 1000,
                  seed: int | None = None, on_event: EventCallback | None = None,
-                 checkpoint_path: str | None = None, resume: bool = False):
+                 checkpoint_path: str | None = None, resume: bool = False,
+                 ga: GAConfig | None = None):
         self.model_json = model.to_json()
+        ga = ga or GAConfig()
+        self.ga_settings = {"num_generations": ga.num_generations,
+                            "num_parents_mating": ga.num_parents_mating,
+                            "mutation_percent_genes": ga.mutation_percent_genes}
         self.forward = ForwardPass(model)
         self.test_data = test_data
         self.num_solutions = num_solutions
@@ -205,6 +217,7 @@ class GlobalModel:
             "num_solutions": self.num_solutions,
             "round": self.round,
             "accuracy": self.accuracy,
+            **self.ga_settings,
         })
 
     def reply_to_echo(self) -> Message:
@@ -350,6 +363,7 @@ class ListenThread(threading.Thread):
         self._handlers_lock = threading.Lock()
         self._changed = threading.Condition()
         self._stop_requested = threading.Event()
+        self.last_connected = time.monotonic()  # of the latest client, or of the start
 
     def __enter__(self) -> ListenThread:
         self.start()
@@ -384,6 +398,7 @@ class ListenThread(threading.Thread):
             connection.close()
             return
         log.info("client %s:%s connected", *client_info[:2])
+        self.last_connected = time.monotonic()
         if self._tls is not None:  # the handshake itself runs in the client's own thread
             connection = self._tls.wrap_socket(connection, server_side=True,
                                                do_handshake_on_connect=False)

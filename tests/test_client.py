@@ -10,6 +10,7 @@ import pytest
 from common import protocol
 from common.client import ConnectError, connect
 from common.data import XOR_TEST_DATA
+from common.ga import GAConfig
 from common.model import build_xor_model
 from common.protocol import Message, Subject
 from common.server import GlobalModel
@@ -136,3 +137,31 @@ def test_client_ids_differ_between_runs_of_one_name(listening, client_factory):
     second, _ = client_factory(listening.getsockname(), name="client1")
     assert first.client_id.startswith("client1-") and second.client_id.startswith("client1-")
     assert first.client_id != second.client_id
+
+
+def test_ga_settings_come_from_the_server_unless_the_client_overrides(server_factory,
+                                                                     client_factory):
+    listener, _ = server_factory()
+    listener.global_model.ga_settings["num_generations"] = 3
+    listener.global_model.ga_settings["mutation_percent_genes"] = 10
+    listener.global_model.target_accuracy = 2.0  # never done: we only watch one round
+    plain, plain_events = client_factory(listener.server_address)
+    insisting, insisting_events = client_factory(
+        listener.server_address, ga_overrides={"num_generations": 2},
+        ga=GAConfig(stop_fitness=None))
+    for events, expected in ((plain_events, 3), (insisting_events, 2)):
+        events.wait_for(lambda e: e.kind == "sent")
+        generations = [e.generation for e in events.all() if e.kind == "generation"
+                       and e.round == 0]
+        assert max(generations) <= expected
+    assert max(e.generation for e in insisting_events.all() if e.kind == "generation"
+               and e.round == 0) == 2
+
+
+def test_insane_ga_settings_from_a_server_are_refused():
+    with pytest.raises(protocol.SchemaError, match="num_parents_mating"):
+        protocol.check_ga_settings({"num_parents_mating": 50}, num_solutions=10)
+    with pytest.raises(protocol.SchemaError, match="num_generations"):
+        protocol.check_ga_settings({"num_generations": True}, num_solutions=10)
+    assert protocol.check_ga_settings({"mutation_percent_genes": 5}, 10) == {
+        "mutation_percent_genes": 5}
