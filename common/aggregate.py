@@ -32,8 +32,20 @@ def median(updates: Sequence[np.ndarray]) -> np.ndarray:
     return np.median(np.stack(updates), axis=0)
 
 
+def _ignoring_counts(rule):
+    return lambda updates, sample_counts=None: rule(updates)
+
+
 def trimmed_mean(updates: Sequence[np.ndarray], trim: float = 0.2) -> np.ndarray:
     """Coordinate-wise mean after dropping the ``trim`` share of highest and lowest values."""
     ordered = np.sort(np.stack(updates), axis=0)
     cut = int(len(updates) * trim)
     return fedavg(list(ordered[cut:len(updates) - cut]))
+
+
+# The round-based rules by their --aggregation names: (updates, sample_counts) -> vector.
+AGGREGATIONS = {
+    "fedavg": fedavg,
+    "median": _ignoring_counts(median),
+    "trimmed-mean": _ignoring_counts(trimmed_mean),
+}

@@ -20,6 +20,7 @@ from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, Con
                            Reconnector, RecvThread, connect)
 from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, Dataset, fit_to_model,
                          load_dataset)
+from common.aggregate import AGGREGATIONS
 from common.ga import GAConfig
 from common.model import ModelFileError
 from common.results import History, plot_history
@@ -145,6 +146,18 @@ def server_parser() -> argparse.ArgumentParser:
                         default=defaults.linger, metavar="S", help="once done, keep answering "
                         "late clients 'done' until none connected for S seconds, then exit "
                         "(default: %(default)s)")
+    parser.add_argument("--aggregation", default=defaults.aggregation,
+                        choices=["running-average", *AGGREGATIONS],
+                        help="running-average: the tutorial's, each update averaged in as it "
+                        "comes; the others close a round per --min-clients updates "
+                        "(default: %(default)s)")
+    parser.add_argument("--min-clients", type=_positive(int), default=defaults.min_clients,
+                        metavar="N", help="round-based: close a round once N updates arrived "
+                        "(default: %(default)s)")
+    parser.add_argument("--round-timeout", type=_positive(float),
+                        default=defaults.round_timeout, metavar="S", help="round-based: close "
+                        "a round S seconds after its first update even if fewer came; keep it "
+                        "under 10 for tutorial clients (default: %(default)s)")
     parser.add_argument("--max-clients", type=_positive(int), default=defaults.max_clients,
                         metavar="N", help="refuse connections beyond this many at once "
                         "(default: %(default)s)")
@@ -286,7 +299,8 @@ def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
     return GlobalModel(model, test_data, num_solutions=config.num_solutions,
                        target_accuracy=config.target_accuracy, max_rounds=config.max_rounds,
                        seed=config.seed, on_event=on_event, checkpoint_path=config.checkpoint,
-                       resume=config.resume,
+                       resume=config.resume, aggregation=config.aggregation,
+                       min_clients=config.min_clients, round_timeout=config.round_timeout,
                        ga=GAConfig(num_generations=config.num_generations,
                                    num_parents_mating=config.num_parents_mating,
                                    mutation_percent_genes=config.mutation_percent_genes))

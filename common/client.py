@@ -176,6 +176,7 @@ class RecvThread(threading.Thread):
         if subject is Subject.MODEL:
             self._sequence += 1
             data["sequence"] = self._sequence
+            data["num_samples"] = len(self.data)  # fedavg weighs updates by it
         return self._exchange(Message(subject, data))
 
     def _exchange(self, message: Message) -> Message:

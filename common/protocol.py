@@ -56,7 +56,7 @@ CLIENT_TO_SERVER = {
     Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
     # sequence: the sender's count of its model updates, so a resent one is applied once
     Subject.MODEL: Schema(frozenset({"best_model_weights_vector"}),
-                          COMMON_OPTIONAL_KEYS | {"sequence"}),
+                          COMMON_OPTIONAL_KEYS | {"sequence", "num_samples"}),
 }
 SERVER_TO_CLIENT = {
     Subject.MODEL: Schema(
@@ -194,6 +194,15 @@ def update_key(data: dict) -> tuple[str, int] | None:
     if not isinstance(sequence, (int, np.integer)) or isinstance(sequence, bool) or sequence < 0:
         raise SchemaError(f"sequence {sequence!r} is not a count")
     return client_id, int(sequence)
+
+
+def sample_count(data: dict) -> int:
+    """How many samples a model update was trained on, for fedavg's weights; 1 when unsent."""
+    count = data.get("num_samples", 1)
+    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) \
+            or not 1 <= count <= 10**12:
+        raise SchemaError(f"num_samples {count!r} is not a count")
+    return int(count)
 
 
 def check_ga_settings(data: dict, num_solutions: int) -> dict:

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from common import checkpoint, protocol, security
-from common.aggregate import model_averaging
+from common.aggregate import AGGREGATIONS, model_averaging
 from common.checkpoint import Checkpoint
 from common.data import Dataset
 from common.events import Event
@@ -52,6 +52,9 @@ class ServerConfig:
     # Headless: once done, keep answering newcomers ``done`` until none came for this long, so
     # a client started a little late still ends well instead of finding the server gone.
     linger: float = 5.0
+    aggregation: str = "running-average"  # the tutorial's; or fedavg, median, trimmed-mean
+    min_clients: int = 2  # round-based: a round closes when this many updates arrived...
+    round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     secret: bytes | None = field(default=None, repr=False)  # see common.security
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -146,7 +149,15 @@ class GlobalModel:
                  target_accuracy: float = 1.0, max_rounds: int = 1000,
                  seed: int | None = None, on_event: EventCallback | None = None,
                  checkpoint_path: str | None = None, resume: bool = False,
-                 ga: GAConfig | None = None):
+                 ga: GAConfig | None = None, aggregation: str = "running-average",
+                 min_clients: int = 2, round_timeout: float = 5.0):
+        if aggregation != "running-average" and aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r}")
+        self.aggregation, self.min_clients = aggregation, min_clients
+        self.round_timeout = round_timeout
+        self._pending: list = []  # this round's (update, num_samples, key, client)
+        self._round_id = 0
+        self._round_deadline = 0.0
         self.model_json = model.to_json()
         ga = ga or GAConfig()
         self.ga_settings = {"num_generations": ga.num_generations,
@@ -160,6 +171,7 @@ class GlobalModel:
         self._on_event = on_event or (lambda event: None)
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
+        self._round_closed = threading.Condition(self._lock)
         self.vector = weights_to_vector(model.get_weights())
         self.round = 0
         self.accuracy = self._evaluate(self.vector)
@@ -225,50 +237,81 @@ class GlobalModel:
             return self._reply()
 
     def apply_update(self, update: np.ndarray, client: str,
-                     key: tuple[str, int] | None = None) -> Message:
+                     key: tuple[str, int] | None = None, num_samples: int = 1) -> Message:
         """Fold one client's best weights into the global model; return the reply to send.
 
         ``key`` is the update's (client_id, sequence) if the client sent one: an update at or
-        below that client's last applied sequence is a resend of one already counted.
+        below that client's last applied sequence is a resend of one already counted. With a
+        round-based aggregation the call waits until its round closes: ``min_clients``
+        updates arrived, or ``round_timeout`` passed since the round's first one.
         """
         with self._lock:
-            if self.finished.is_set():
-                return self._reply()
             name = "unsequenced" if key is None else "%s#%d" % key
             if key is not None and key[1] <= self.sequences.get(key[0], -1):
                 log.info("client=%s resent update=%s, already counted: not counted again "
                          "(round=%d)", client, name, self.round)
                 return self._reply()
-            update_accuracy = self._evaluate(update)
-            if update_accuracy >= self.target_accuracy:
-                vector, accuracy = update, update_accuracy
-            else:
-                vector = model_averaging(self.vector, update)
-                accuracy = self._evaluate(vector)
-            sequences = self.sequences if key is None else {**self.sequences, key[0]: key[1]}
-            if self.checkpoint_path is not None:
-                # Durable before it counts: a crash either loses the update, which its client
-                # then resends, or keeps it with its sequence, so the resend is recognised.
-                checkpoint.save(self.checkpoint_path,
-                                Checkpoint(vector, self.round + 1, accuracy, sequences))
-            self.vector, self.accuracy, self.sequences = vector, accuracy, sequences
-            self.round += 1
-            log.info("round=%d client=%s update_accuracy=%.4f accuracy=%.4f update=%s",
-                     self.round, client, update_accuracy, self.accuracy, name)
-            self._on_event(Event("update", peer=client, round=self.round, accuracy=self.accuracy,
-                                 loss=self._loss(self.vector)))
-            if self.accuracy >= self.target_accuracy:
-                self.reached_target = True
-                log.info("done: accuracy=%.4f reached the target %.4f in round %d",
-                         self.accuracy, self.target_accuracy, self.round)
-                self.finished.set()
-                self._on_event(Event("done", round=self.round, accuracy=self.accuracy))
-            elif self.round >= self.max_rounds:
-                log.warning("giving up: accuracy=%.4f after %d rounds (--max-rounds), target %.4f",
-                            self.accuracy, self.round, self.target_accuracy)
-                self.finished.set()
-                self._on_event(Event("gave_up", round=self.round, accuracy=self.accuracy))
+            if self.finished.is_set():
+                return self._reply()
+            if self.aggregation == "running-average":
+                update_accuracy = self._evaluate(update)
+                if update_accuracy >= self.target_accuracy:
+                    vector, accuracy = update, update_accuracy
+                else:
+                    vector = model_averaging(self.vector, update)
+                    accuracy = self._evaluate(vector)
+                self._commit(vector, accuracy, [key], client,
+                             "update_accuracy=%.4f accuracy=%.4f update=%s"
+                             % (update_accuracy, accuracy, name))
+                return self._reply()
+            round_id = self._round_id
+            if key is None or key not in [k for _, _, k, _ in self._pending]:
+                self._pending.append((update, num_samples, key, client))
+            if len(self._pending) == 1:
+                self._round_deadline = time.monotonic() + self.round_timeout
+            while self._round_id == round_id:
+                remaining = self._round_deadline - time.monotonic()
+                if len(self._pending) >= self.min_clients or remaining <= 0:
+                    self._close_round()
+                else:
+                    self._round_closed.wait(remaining)
             return self._reply()
+
+    def _close_round(self) -> None:
+        """Call with the lock held: aggregate the round's updates once, wake its waiters."""
+        updates, counts, keys, clients = zip(*self._pending)
+        vector = AGGREGATIONS[self.aggregation](list(updates), list(counts)).astype(np.float32)
+        accuracy = self._evaluate(vector)
+        self._pending, self._round_id = [], self._round_id + 1
+        self._commit(vector, accuracy, list(keys), "+".join(clients), "accuracy=%.4f %s of %d "
+                     "updates" % (accuracy, self.aggregation, len(updates)))
+        self._round_closed.notify_all()
+
+    def _commit(self, vector: np.ndarray, accuracy: float, keys: list, client: str,
+                detail: str) -> None:
+        """Call with the lock held: make ``vector`` the global model, durably, as one round."""
+        sequences = {**self.sequences, **{k[0]: k[1] for k in keys if k is not None}}
+        if self.checkpoint_path is not None:
+            # Durable before it counts: a crash either loses the update, which its client
+            # then resends, or keeps it with its sequence, so the resend is recognised.
+            checkpoint.save(self.checkpoint_path,
+                            Checkpoint(vector, self.round + 1, accuracy, sequences))
+        self.vector, self.accuracy, self.sequences = vector, accuracy, sequences
+        self.round += 1
+        log.info("round=%d client=%s %s", self.round, client, detail)
+        self._on_event(Event("update", peer=client, round=self.round, accuracy=self.accuracy,
+                             loss=self._loss(self.vector)))
+        if self.accuracy >= self.target_accuracy:
+            self.reached_target = True
+            log.info("done: accuracy=%.4f reached the target %.4f in round %d",
+                     self.accuracy, self.target_accuracy, self.round)
+            self.finished.set()
+            self._on_event(Event("done", round=self.round, accuracy=self.accuracy))
+        elif self.round >= self.max_rounds:
+            log.warning("giving up: accuracy=%.4f after %d rounds (--max-rounds), target %.4f",
+                        self.accuracy, self.round, self.target_accuracy)
+            self.finished.set()
+            self._on_event(Event("gave_up", round=self.round, accuracy=self.accuracy))
 
 
 class SocketThread(threading.Thread):
@@ -302,7 +345,8 @@ class SocketThread(threading.Thread):
         update = protocol.check_weights_vector(
             message.data["best_model_weights_vector"], self.global_model.num_params)
         return self.global_model.apply_update(update, self.peer,
-                                              protocol.update_key(message.data))
+                                              protocol.update_key(message.data),
+                                              protocol.sample_count(message.data))
 
     def run(self) -> None:
         self._on_event(Event("connected", peer=self.peer))

@@ -7,10 +7,10 @@ import socket
 import pytest
 
 import common  # noqa: F401  (sets the quiet TensorFlow environment first)
+from common.cli import build_global_model
 from common.client import ClientConfig, Reconnector, RecvThread, connect
-from common.data import CLIENT_DATA, XOR_TEST_DATA
-from common.model import build_xor_model
-from common.server import GlobalModel, ListenThread, ServerConfig
+from common.data import CLIENT_DATA
+from common.server import ListenThread, ServerConfig
 
 WAIT = 60  # seconds: every wait in the tests has a bound
 
@@ -48,8 +48,7 @@ class EventLog:
 def start_server(**overrides):
     config = ServerConfig(host="127.0.0.1", port=0, **overrides)
     events = EventLog()
-    global_model = GlobalModel(build_xor_model(), XOR_TEST_DATA, num_solutions=config.num_solutions,
-                               max_rounds=config.max_rounds, seed=config.seed, on_event=events)
+    global_model = build_global_model(config, on_event=events)  # as server.py builds it
     server = ListenThread(global_model, config, on_event=events)
     server.start()
     return server, events

@@ -1,0 +1,60 @@
+"""Round-based aggregation in the server: rounds close on --min-clients or --round-timeout,
+every waiting client gets its reply, and median resists a poisoning client where fedavg fails."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from common.data import XOR_TEST_DATA
+from tests.conftest import WAIT, raw_connection
+from tests.plain_peers import plain_recv, plain_send
+
+
+def test_fedavg_rounds_train_two_clients_to_done(server_factory, client_factory, caplog):
+    listener, events = server_factory(aggregation="fedavg", min_clients=2, round_timeout=5)
+    for name in ("client1", "client2"):
+        client_factory(listener.server_address, name=name)
+    assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+    assert listener.wait_all_answered(WAIT)
+    assert "fedavg of 2 updates" in caplog.text
+
+
+def test_a_round_closes_at_its_timeout_with_fewer_clients(server_factory, client_factory):
+    listener, events = server_factory(aggregation="median", min_clients=3, round_timeout=0.3)
+    client, client_events = client_factory(listener.server_address, data=XOR_TEST_DATA)
+    first = events.wait_for(lambda e: e.kind == "update")
+    assert first.round == 1 and "+" not in first.peer  # closed with its one update
+    assert client_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+
+
+def _poisoner(address, stop, rounds=30):
+    """Answers every model with enormous weights: a malicious, authenticated-looking client."""
+    with raw_connection(address) as sock:
+        plain_send(sock, "echo", {"best_model_weights_vector": None})
+        for _ in range(rounds):
+            if plain_recv(sock)["subject"] == "done" or stop.is_set():
+                return
+            plain_send(sock, "model", {"best_model_weights_vector": np.full(22, 1e6)})
+
+
+@pytest.mark.parametrize("aggregation", ["fedavg", "median"])
+def test_one_poisoning_client_wrecks_fedavg_but_not_median(aggregation, server_factory,
+                                                          client_factory):
+    listener, events = server_factory(aggregation=aggregation, min_clients=3, round_timeout=5)
+    stop = threading.Event()
+    poisoner = threading.Thread(target=_poisoner, args=(listener.server_address, stop))
+    poisoner.start()
+    honest = [client_factory(listener.server_address, data=XOR_TEST_DATA)[1] for _ in range(2)]
+    events.wait_for(lambda e: e.kind == "update" and e.round == 1)
+    largest_weight = float(np.max(np.abs(listener.global_model.vector)))
+    if aggregation == "fedavg":
+        assert largest_weight > 1e5  # one client's update dominates the mean
+    else:
+        assert largest_weight < 100
+        for client_events in honest:
+            assert client_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+    stop.set()
+    listener.shutdown()
+    poisoner.join(WAIT)
