@@ -29,6 +29,7 @@ from common.server import BindError, GlobalModel, ListenThread, ServerConfig
 log = logging.getLogger("fedga")
 
 EXIT_DONE, EXIT_FAILED, EXIT_GAVE_UP = 0, 1, 2
+EXIT_USAGE = 2  # argparse's own code for a bad command line
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
@@ -257,7 +258,7 @@ def _security_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
             security.client_tls_context(args.tls_ca)
         return {"secret": security.load_secret(args.secret_file)}
     except security.ConfigError as exc:
-        parser.exit(EXIT_GAVE_UP, f"{parser.prog}: {exc}\n")
+        parser.exit(EXIT_USAGE, f"{parser.prog}: {exc}\n")
 
 
 def server_main(argv: list[str] | None = None) -> int:
@@ -367,7 +368,7 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
         try:
             data = load_dataset(args.data, args.labels, args.label_column)
         except DataError as exc:
-            parser.exit(EXIT_GAVE_UP, f"{parser.prog}: {exc}\n")
+            parser.exit(EXIT_USAGE, f"{parser.prog}: {exc}\n")
         source = args.data
     else:
         data, source = CLIENT_DATA[name], f"the tutorial's {name} samples"

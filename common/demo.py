@@ -6,12 +6,14 @@ Each process prints its own tagged log lines; the demo exits 0 when all three di
 """
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("fedga.demo")
 
 
 def free_port() -> int:
@@ -21,8 +23,9 @@ def free_port() -> int:
 
 
 def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="fedga demo: %(message)s")
     port = str(free_port())
-    print(f"fedga demo: server and two clients on 127.0.0.1:{port}", flush=True)
+    log.info("server and two clients on 127.0.0.1:%s", port)
     processes = {
         script: subprocess.Popen([sys.executable, str(ROOT / script), "--headless",
                                   "--host", "127.0.0.1", "--port", port], cwd=ROOT)
@@ -36,9 +39,9 @@ def main() -> int:
         return 130
     failed = {script: code for script, code in codes.items() if code != 0}
     if failed:
-        print(f"fedga demo: failed: {failed}", flush=True)
+        log.error("failed (exit codes): %s", failed)
         return 1
-    print("fedga demo: done, all three processes exited 0", flush=True)
+    log.info("done, all three processes exited 0")
     return 0
 
 
