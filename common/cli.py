@@ -24,6 +24,7 @@ from common.aggregate import AGGREGATIONS
 from common.ga import GAConfig
 from common.model import ModelFileError
 from common.results import History, plot_history
+from common.status import ClientStatus, ServerStatus, StatusLine
 from common.server import BindError, GlobalModel, ListenThread, ServerConfig
 
 log = logging.getLogger("fedga")
@@ -123,10 +124,13 @@ def _config_from(args: argparse.Namespace, config_type, **extra):
     return config_type(**(values | extra))
 
 
-def configure_logging(level: str, role: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format=f"%(asctime)s [{role}] %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", force=True)
+def configure_logging(level: str, role: str) -> StatusLine | None:
+    """Plain log lines; on a terminal also a live status line, which is returned."""
+    status = StatusLine(sys.stderr) if sys.stderr.isatty() else None
+    logging.basicConfig(level=level, format=f"%(asctime)s [{role}] %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", force=True,
+                        handlers=[status or logging.StreamHandler(sys.stderr)])
+    return status
 
 
 def server_parser() -> argparse.ArgumentParser:
@@ -264,14 +268,14 @@ def _security_settings(parser: argparse.ArgumentParser, args: argparse.Namespace
 def server_main(argv: list[str] | None = None) -> int:
     parser = server_parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level, "server")
+    status = configure_logging(args.log_level, "server")
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
     config = _config_from(args, ServerConfig, **_ga_settings(args),
                           **_security_settings(parser, args))
     try:
         if args.headless:
-            return run_server_headless(config)
+            return run_server_headless(config, status)
         from common.gui import run_server_window  # imports Kivy: only when a window is wanted
 
         return run_server_window(config, build_global_model, position=args.window_position)
@@ -322,10 +326,10 @@ def _save_results(config: ServerConfig, global_model: GlobalModel) -> None:
         log.info("drew the history to %s", config.plot)
 
 
-def run_server_headless(config: ServerConfig) -> int:
+def run_server_headless(config: ServerConfig, status: StatusLine | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:  # from here on a signal may land anywhere, even inside a log call
-        return _serve(config)
+        return _serve(config, status and ServerStatus(status))
     except KeyboardInterrupt:
         log.warning("interrupted: stopped before training was done")
         return EXIT_INTERRUPTED
@@ -334,10 +338,10 @@ def run_server_headless(config: ServerConfig) -> int:
         return EXIT_TERMINATED
 
 
-def _serve(config: ServerConfig) -> int:
-    global_model = build_global_model(config)
+def _serve(config: ServerConfig, on_event=None) -> int:
+    global_model = build_global_model(config, on_event)
     try:
-        server = ListenThread(global_model, config)
+        server = ListenThread(global_model, config, on_event=on_event)
     except BindError as exc:
         log.error("%s", exc)
         return EXIT_FAILED
@@ -363,7 +367,7 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
     parser = client_parser(name)
     args = parser.parse_args(argv)
     name = getattr(args, "name", name)
-    configure_logging(args.log_level, name)
+    status = configure_logging(args.log_level, name)
     if args.data:
         try:
             data = load_dataset(args.data, args.labels, args.label_column)
@@ -377,13 +381,14 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
                           ga=dataclasses.replace(GAConfig(), **overrides),
                           **_security_settings(parser, args))
     if args.headless:
-        return run_client_headless(config, data, source)
+        return run_client_headless(config, data, source, status)
     from common.gui import run_client_window  # imports Kivy: only when a window is wanted
 
     return run_client_window(config, data, position=args.window_position)
 
 
-def run_client_headless(config: ClientConfig, data: Dataset, data_source: str) -> int:
+def run_client_headless(config: ClientConfig, data: Dataset, data_source: str,
+                        status: StatusLine | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     thread = None
     try:
@@ -391,6 +396,8 @@ def run_client_headless(config: ClientConfig, data: Dataset, data_source: str) -
         sock = connect(config.host, config.port, config.connect_timeout)
         thread = RecvThread(config.buffer_size, config.recv_timeout, sock=sock,
                             data=data, data_source=data_source, config=config,
+                            on_event=status and ClientStatus(status, config.name,
+                                                             config.ga.num_generations),
                             reconnect=Reconnector(config.host, config.port, config.retries))
         thread.start()
         while thread.is_alive():
