@@ -278,7 +278,16 @@ def server_main(argv: list[str] | None = None) -> int:
             return run_server_headless(config, status)
         from common.gui import run_server_window  # imports Kivy: only when a window is wanted
 
-        return run_server_window(config, build_global_model, position=args.window_position)
+        built = []  # the window builds a global model per Listen; the last one is the result
+
+        def build_and_keep(config: ServerConfig, on_event=None) -> GlobalModel:
+            built.append(build_global_model(config, on_event))
+            return built[-1]
+
+        code = run_server_window(config, build_and_keep, position=args.window_position)
+        if built:
+            _save_results(config, built[-1])
+        return code
     except (CheckpointError, DataError, ModelFileError) as exc:  # one plain sentence each
         log.error("%s", exc)
         return EXIT_FAILED
