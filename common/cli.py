@@ -14,7 +14,7 @@ import time
 import sys
 from dataclasses import fields
 
-from common import protocol, security
+from common import security
 from common.checkpoint import CheckpointError
 from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, ConnectError,
                            Reconnector, RecvThread, connect)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import DataError, Dataset, load_dataset
+from common.data import DataError, load_dataset
 
 log = logging.getLogger("fedga.split")
 

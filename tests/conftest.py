@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import queue
 import socket
+import threading
 
 import pytest
 
@@ -98,3 +99,21 @@ def client_factory():
 def raw_connection(address) -> socket.socket:
     sock = socket.create_connection(address, timeout=WAIT)
     return sock
+
+
+def client_error_against(stub, client_factory):
+    """Run ``stub(connection)`` as a one-connection server; return our client's error event."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        def serve():
+            connection, _ = listening.accept()
+            with connection:
+                stub(connection)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        client, events = client_factory(listening.getsockname())
+        error = events.wait_for(lambda e: e.kind == "error")
+        client.join(WAIT)
+        server.join(WAIT)
+    assert client.outcome == "error"
+    return error

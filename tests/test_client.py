@@ -14,7 +14,7 @@ from common.ga import GAConfig
 from common.model import build_xor_model
 from common.protocol import Message, Subject
 from common.server import GlobalModel
-from tests.conftest import WAIT
+from tests.conftest import WAIT, client_error_against
 from tests.plain_peers import plain_recv, plain_server
 
 
@@ -53,19 +53,8 @@ def test_unknown_host_is_one_plain_sentence():
         connect("no-such-host.invalid", 10000, timeout=0.5)
 
 
-def test_server_closing_early_is_reported(listening, client_factory):
-    def accept_and_close():
-        connection, _ = listening.accept()
-        connection.recv(1024)
-        connection.close()
-
-    stub = threading.Thread(target=accept_and_close)
-    stub.start()
-    client, events = client_factory(listening.getsockname())
-    error = events.wait_for(lambda e: e.kind == "error")
-    client.join(WAIT)
-    stub.join(WAIT)
-    assert client.outcome == "error"
+def test_server_closing_early_is_reported(client_factory):
+    error = client_error_against(lambda connection: connection.recv(1024), client_factory)
     assert error.detail == "The server closed the connection before training was done."
 
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 
 import keras
 import numpy as np
@@ -11,7 +9,7 @@ import pytest
 
 from common.model import build_xor_model
 from common.modelspec import ModelRefused, count_params
-from tests.conftest import WAIT
+from tests.conftest import client_error_against
 from tests.plain_peers import plain_recv, plain_send
 
 
@@ -92,20 +90,12 @@ def test_malformed_descriptions(text):
 def test_client_refuses_a_model_it_cannot_afford(client_factory):
     spec = _xor_spec()
     _huge_units(spec)
-    with socket.create_server(("127.0.0.1", 0)) as listening:
-        def serve():
-            connection, _ = listening.accept()
-            with connection:
-                plain_recv(connection)
-                plain_send(connection, "model", {"population_weights": np.zeros((10, 22)),
-                                                 "model_json": json.dumps(spec),
-                                                 "num_solutions": 10})
-                connection.recv(1)  # until the client hangs up
 
-        stub = threading.Thread(target=serve)
-        stub.start()
-        client, events = client_factory(listening.getsockname())
-        error = events.wait_for(lambda e: e.kind == "error")
-        client.join(WAIT)
-        stub.join(WAIT)
+    def send_the_model(connection):
+        plain_recv(connection)
+        plain_send(connection, "model", {"population_weights": np.zeros((10, 22)),
+                                         "model_json": json.dumps(spec), "num_solutions": 10})
+        connection.recv(1)  # until the client hangs up
+
+    error = client_error_against(send_the_model, client_factory)
     assert error.detail.startswith("Refused the server's model: the model has more than")
