@@ -68,8 +68,9 @@ def test_a_server_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
     with contextlib.ExitStack() as stack:
         stack.callback(watcher.join, SLOW)
         stack.callback(watcher.stop.set)
-        # One GA generation per round before the kill: training must not end by round 2.
-        first = stack.enter_context(Script(*serve, "--round-delay", "2", "--generations", "1"))
+        # An unreachable target before the kill: training must not end by round 2 (a lucky
+        # first update can reach accuracy 1.0); the resumed server trains to the real one.
+        first = stack.enter_context(Script(*serve, "--round-delay", "2", "--target-accuracy", "2"))
         first.wait_for_line("listening on")
         clients = [stack.enter_context(Script(name, *address))
                    for name in ("client1.py", "client2.py")]
