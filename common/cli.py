@@ -253,14 +253,9 @@ def _ga_settings(args: argparse.Namespace) -> dict:
 
 def _security_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
     """The secret, with TLS files checked now: a mistake is one line before anything starts."""
+    tls = {k: v for k, v in vars(args).items() if k in ("tls_cert", "tls_key", "tls_ca")}
     try:
-        if getattr(args, "tls_cert", None) or getattr(args, "tls_key", None):
-            if not (args.tls_cert and args.tls_key):
-                raise security.ConfigError("--tls-cert and --tls-key go together.")
-            security.server_tls_context(args.tls_cert, args.tls_key)
-        if getattr(args, "tls_ca", None):
-            security.client_tls_context(args.tls_ca)
-        return {"secret": security.load_secret(args.secret_file)}
+        return {"secret": security.check_settings(args.secret_file, **tls)}
     except security.ConfigError as exc:
         parser.exit(EXIT_USAGE, f"{parser.prog}: {exc}\n")
 

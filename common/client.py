@@ -47,6 +47,7 @@ class ClientConfig:
     ga: GAConfig = field(default_factory=GAConfig)
     seed: int | None = None
     secret: bytes | None = field(default=None, repr=False)  # see common.security
+    secret_file: str | None = None  # where ``secret`` came from (None: $FEDGA_SECRET or none)
     tls_ca: str | None = None  # verify the server's TLS certificate against this CA file
     # GA settings this client insists on; the rest come from the server, else from ``ga``.
     ga_overrides: dict = field(default_factory=dict)
@@ -100,12 +101,16 @@ class Reconnector:
         """The server answered: the next outage gets all ``retries`` attempts again."""
         self._failed = 0
 
-    def __call__(self, stop: threading.Event) -> socket.socket:
-        """A new connection; ConnectError once the attempts are used up or ``stop`` is set."""
+    def __call__(self, stop: threading.Event,
+                 on_attempt: Callable[[int], None] | None = None) -> socket.socket:
+        """A new connection; ConnectError once the attempts are used up or ``stop`` is set.
+        ``on_attempt(n)`` is told as attempt n begins, before its wait."""
         reason = ""
         while self._failed < self.retries:
             delay = min(RETRY_MAX_DELAY, RETRY_FIRST_DELAY * 2 ** min(self._failed, 16))
             self._failed += 1
+            if on_attempt is not None:
+                on_attempt(self._failed)
             if stop.wait(delay):
                 raise ConnectError("Reconnecting was cancelled.")
             try:
@@ -127,7 +132,8 @@ class RecvThread(threading.Thread):
 
     Afterwards ``outcome`` is ``"done"`` or ``"error"`` (with ``error`` in plain words) or
     ``"stopped"`` when ``stop()`` ended it. With ``reconnect``, a lost connection is reopened
-    and the unanswered request resent; without it, losing the server is an error.
+    and the unanswered request resent, each attempt a ``connecting`` event ("attempt 2 of
+    10" in ``detail``); without it, losing the server is an error.
     """
 
     def __init__(self, buffer_size: int = 1024, recv_timeout: float = 10.0, *,
@@ -197,7 +203,9 @@ class RecvThread(threading.Thread):
 
     def _reopen(self) -> None:
         self.connection.close()
-        sock = self._reconnect(self._stop_requested)
+        retries = self._reconnect.retries
+        sock = self._reconnect(self._stop_requested, lambda attempt: self._on_event(
+            Event("connecting", detail=f"attempt {attempt} of {retries}")))
         self.connection = open_connection(sock, self.config, self._buffer_size,
                                           self._recv_timeout)
         if self._stop_requested.is_set():  # stop() came too late to close this one

@@ -62,14 +62,42 @@ def message_tag(secret: bytes, direction: bytes, nonces: bytes, sequence: int,
     return mac.digest()
 
 
+def check_settings(secret_file: str | None = None, *, tls_cert: str | None = None,
+                   tls_key: str | None = None, tls_ca: str | None = None) -> bytes | None:
+    """Check one side's settings before anything connects, each path None or empty for off:
+    the server's certificate and key, or the client's CA; return the secret (``load_secret``).
+    The flags and the windows' fields both come through here; ConfigError says what is wrong."""
+    if tls_cert or tls_key:
+        if not (tls_cert and tls_key):
+            raise ConfigError("The TLS certificate and the TLS key go together: give both "
+                              "or neither.")
+        server_tls_context(tls_cert, tls_key)
+    if tls_ca:
+        client_tls_context(tls_ca)
+    return load_secret(secret_file)
+
+
+# OpenSSL's reasons in words; a malformed PEM file comes with none ("[SSL] PEM lib").
+_TLS_REASONS = {None: "a file is not in PEM format",
+                "KEY_VALUES_MISMATCH": "the key does not belong to the certificate",
+                "NO_CERTIFICATE_OR_CRL_FOUND": "it holds no certificate"}
+
+
+def _tls_problem(exc: OSError) -> str:
+    """Why a TLS file cannot be used, without OpenSSL's source locations."""
+    if not isinstance(exc, ssl.SSLError):
+        return exc.strerror or str(exc)
+    return _TLS_REASONS.get(exc.reason) or exc.reason.replace("_", " ").lower()
+
+
 def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as exc:
+    except OSError as exc:  # ssl.SSLError is an OSError
         raise ConfigError(f"Cannot use the TLS certificate {cert_file} with key {key_file}: "
-                          f"{getattr(exc, 'strerror', None) or exc}.") from None
+                          f"{_tls_problem(exc)}.") from None
     return context
 
 
@@ -77,8 +105,7 @@ def client_tls_context(ca_file: str) -> ssl.SSLContext:
     """Verifies the server's certificate against ``ca_file`` and its name against the host."""
     try:
         context = ssl.create_default_context(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"Cannot use the TLS CA file {ca_file}: "
-                          f"{getattr(exc, 'strerror', None) or exc}.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot use the TLS CA file {ca_file}: {_tls_problem(exc)}.") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context

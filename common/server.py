@@ -56,6 +56,7 @@ class ServerConfig:
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     secret: bytes | None = field(default=None, repr=False)  # see common.security
+    secret_file: str | None = None  # where ``secret`` came from (None: $FEDGA_SECRET or none)
     tls_cert: str | None = None
     tls_key: str | None = None
     model: str | None = None  # a .keras or Keras JSON file; None: the tutorial's XOR model

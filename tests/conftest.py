@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import queue
+import shutil
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -117,3 +119,27 @@ def client_error_against(stub, client_factory):
         server.join(WAIT)
     assert client.outcome == "error"
     return error
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=WAIT)
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory):
+    """A test CA (ca.pem) and a server certificate (server.pem, server.key) for localhost and
+    127.0.0.1, as the README makes them; other.pem/other.key are someone else's."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+             "/CN=fedga test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=folder)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+             "-keyout", "server.key", "-out", "server.csr", cwd=folder)
+    (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem",
+             cwd=folder)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+             "/CN=someone else", "-keyout", "other.key", "-out", "other.pem", cwd=folder)
+    return folder

@@ -1,16 +1,14 @@
 """Opt-in security over real sockets: the shared-secret envelope both ways, replays, TLS, and
-the connection limit. Certificates come from the README's openssl recipe."""
+the connection limit. Certificates come from the README's openssl recipe (tests/conftest.py)."""
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 
 import pytest
 
 from common import protocol, security
 from common.data import XOR_TEST_DATA
-from tests.conftest import WAIT, raw_connection
+from tests.conftest import raw_connection
 from tests.plain_peers import plain_recv, plain_send
 
 SECRET = b"correct horse battery staple"
@@ -104,30 +102,7 @@ def test_forged_and_replayed_messages_are_refused(server_factory, attack):
         assert "failed authentication" in _dropped(events, peer.peer).detail
 
 
-# ---- TLS --------------------------------------------------------------------------------
-
-
-def _openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=WAIT)
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory):
-    """A test CA and a server certificate for localhost and 127.0.0.1, as the README makes them."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=fedga test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=folder)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-             "-keyout", "server.key", "-out", "server.csr", cwd=folder)
-    (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem",
-             cwd=folder)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=someone else", "-keyout", "other.key", "-out", "other.pem", cwd=folder)
-    return folder
+# ---- TLS (certificates: the conftest fixture) ---------------------------------------------
 
 
 @pytest.fixture

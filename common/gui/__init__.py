@@ -15,11 +15,15 @@ from common.client import ClientConfig
 from common.data import Dataset
 from common.server import ServerConfig
 
-SERVER_SIZE = (640, 760)  # the chart and the client list below the tutorial's buttons
-CLIENT_SIZE = (640, 420)  # two clients fit under each other on a 1280x1024 screen
+SERVER_SIZE = (640, 820)  # the chart and the client list below the tutorial's buttons
+CLIENT_SIZE = (640, 470)  # two clients fit under each other on a 1280x1024 screen
 
 
 def _prepare_kivy(size: tuple[int, int], position: tuple[int, int] | None) -> None:
+    # TensorFlow dies (SIGSEGV) when first imported after Kivy opened its GL window (seen with
+    # Mesa's llvmpipe), and the core loads Keras only once a model is built: load it first.
+    import keras  # noqa: F401
+
     # Kivy logs through the handlers and format configure_logging set up, not its own;
     # its start-up report is for --log-level DEBUG.
     os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")

@@ -19,7 +19,8 @@ class ClientApp(TutorialApp):
         controller = self.controller
         root = self.tutorial_rows(("Server IPv4 Address", "Server Port Number"),
                                   ("connect", "Connect to Server", controller.connect),
-                                  ("train", "Receive & Train Model", controller.train))
+                                  ("train", "Receive & Train Model", controller.train),
+                                  secured="connect")
         self.progress_label = wrapping_label(height=dp(28), font_size="16sp")
         root.add_widget(self.progress_label)
         self.progress_bar = ProgressBar(max=controller.view.generations, size_hint_y=None,

@@ -8,14 +8,17 @@ only ever changed there.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from common import security
 from common.cli import parse_port
-from common.client import ClientConfig, ConnectError, RecvThread, connect
+from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
 from common.data import Dataset
 from common.events import Event
 from common.server import (BindError, GlobalModel, ListenThread, ServerConfig, bind_socket,
@@ -28,16 +31,38 @@ CallSoon = Callable[..., None]  # call_soon(handler, *args): run handler(*args) 
 INITIAL_STATUS = "Socket Status"  # the tutorial's label before any click
 
 
+@dataclass(frozen=True)
+class SecurityField:
+    """A text field for one security setting, as the window shows it."""
+
+    name: str  # the config field it fills, and the keyword its step takes the text by
+    caption: str
+    hint: str  # shown while the field is empty: what empty means
+    text: str  # pre-filled from the config (the flags)
+
+
 class _Controller:
-    """Buttons, a status line, and a change callback shared by both windows."""
+    """Buttons, a status line, security fields and a change callback shared by both windows."""
 
     BUTTONS: tuple[str, ...] = ()
+    SECURITY: tuple[tuple[str, str], ...] = ()  # (config field, caption) of each security field
+    TLS_FIELD = ""  # the one of them that turns TLS on
 
     def __init__(self, call_soon: CallSoon):
         self._call_soon = call_soon
         self.on_change: Callable[[], None] = lambda: None
         self.status = INITIAL_STATUS
         self.enabled = {name: name == "create" for name in self.BUTTONS}  # tutorial: Create first
+        self.settings_in_use = False  # the security fields' values are in use: not editable
+
+    def security_fields(self) -> list[SecurityField]:
+        """The security fields, filled from the config; empty means off."""
+        env_secret = os.environ.get(security.SECRET_ENV)
+        hints = {"secret_file": f"empty: ${security.SECRET_ENV}" if env_secret
+                 else "empty: no secret"}
+        return [SecurityField(name, caption, hints.get(name, "empty: no TLS"),
+                              getattr(self.config, name) or "")
+                for name, caption in self.SECURITY]
 
     def _show(self, status: str, *, enable: tuple[str, ...]) -> None:
         """Set the status line and enable exactly the ``enable`` buttons."""
@@ -55,6 +80,30 @@ class _Controller:
             self._show(f"Cannot {step}: {exc}.", enable=(step, "close"))
             return None
 
+    def _security(self, texts: dict[str, str], step: str) -> dict | None:
+        """The security fields' settings checked as config values (a field not in ``texts``
+        keeps the config's), or None after saying why ``step`` cannot use them (its button
+        stays enabled, to try again). An empty secret file means ``$FEDGA_SECRET``, if set."""
+        paths = {name: getattr(self.config, name) for name, _ in self.SECURITY}
+        paths |= {name: text.strip() or None for name, text in texts.items()}
+        try:
+            secret = security.check_settings(**paths)
+        except security.ConfigError as exc:
+            self._show(str(exc), enable=(step, "close"))
+            return None
+        return paths | {"secret": secret}
+
+    def _protection(self) -> str:
+        """The config's protection for a status line: " (TLS, shared secret)", or "" for the
+        tutorial's plain wire."""
+        config, parts = self.config, []
+        if getattr(config, self.TLS_FIELD):
+            parts.append("TLS")
+        if config.secret is not None:
+            parts.append("shared secret" if config.secret_file else
+                         f"shared secret from ${security.SECRET_ENV}")
+        return f" ({', '.join(parts)})" if parts else ""
+
 
 @dataclass
 class ServerView:
@@ -70,10 +119,14 @@ class ServerController(_Controller):
     """The tutorial's server steps: Create Socket, Bind Socket, Listen to Connections, Close.
 
     ``make_global_model(config, on_event)`` builds the model once; it outlives Close and Create, as
-    the tutorial's global model does.
+    the tutorial's global model does. Listen reads the security fields: they are about the
+    connections it accepts, and a mistake in them leaves the socket bound, to try again.
     """
 
     BUTTONS = ("create", "bind", "listen", "close")
+    SECURITY = (("secret_file", "Secret file"), ("tls_cert", "TLS certificate"),
+                ("tls_key", "TLS key"))
+    TLS_FIELD = "tls_cert"
 
     def __init__(self, config: ServerConfig,
                  make_global_model: Callable[[ServerConfig, Callable[[Event], None]], GlobalModel],
@@ -105,19 +158,25 @@ class ServerController(_Controller):
             return
         self._show("Socket Bound to IPv4 & Port Number", enable=("listen", "close"))
 
-    def listen(self) -> None:
+    def listen(self, **texts: str) -> None:
+        """Listen with the security fields' texts (``secret_file``, ``tls_cert``, ``tls_key``)."""
+        settings = self._security(texts, "listen")
+        if settings is None:
+            return
         try:
             start_listening(self.socket)
         except BindError as exc:
             self._show(str(exc), enable=("close",))
             return
+        self.config = dataclasses.replace(self.config, **settings)
         self.listener = ListenThread(self.global_model, self.config,
                                      listening_socket=self.socket, on_event=self._from_thread)
         self.listener.start()
         host, port = self.listener.server_address
         self.view.address = f"{host}:{port}"
-        self._show(f"Socket is Listening for Connections on {self.view.address}",
-                   enable=("close",))
+        self.settings_in_use = True
+        self._show(f"Socket is Listening for Connections on {self.view.address}"
+                   f"{self._protection()}", enable=("close",))
 
     def close(self) -> None:
         if self.listener is not None:
@@ -126,6 +185,7 @@ class ServerController(_Controller):
         elif self.socket is not None:
             self.socket.close()
         self.socket = None
+        self.settings_in_use = False
         self._show("Socket Closed", enable=("create",))
 
     def shutdown(self) -> None:
@@ -181,10 +241,13 @@ class ClientController(_Controller):
 
     ``connect`` opens the socket itself, retrying refused attempts for
     ``config.connect_timeout`` seconds, so Create Socket only enables Connect: a socket whose
-    connect failed cannot be reused.
+    connect failed cannot be reused. It also reads the security fields. Training survives a
+    lost server: it reconnects ``config.retries`` times, as headless clients do.
     """
 
     BUTTONS = ("create", "connect", "train", "close")
+    SECURITY = (("secret_file", "Secret file"), ("tls_ca", "TLS CA file"))
+    TLS_FIELD = "tls_ca"
 
     def __init__(self, config: ClientConfig, data: Dataset, *, call_soon: CallSoon):
         super().__init__(call_soon)
@@ -198,15 +261,24 @@ class ClientController(_Controller):
         # Close bumps the attempt, so a late result from an abandoned connect or training
         # thread cannot change what the window shows.
         self._attempt = 0
+        self._reconnecting = False  # the training thread lost the server and is reconnecting
 
     def create(self) -> None:
         self._show("Socket Created", enable=("connect", "close"))
 
-    def connect(self, host_text: str, port_text: str) -> None:
+    def connect(self, host_text: str, port_text: str, **texts: str) -> None:
+        """Connect to the address fields' server with the security fields' texts
+        (``secret_file``, ``tls_ca``)."""
         port = self._port(port_text, "connect")
         if port is None:
             return
+        settings = self._security(texts, "connect")
+        if settings is None:
+            return
         host, attempt, cancel = host_text.strip(), self._attempt, self._cancel
+        # Training, reconnecting and TLS's host name check all use these.
+        self.config = dataclasses.replace(self.config, host=host, port=port, **settings)
+        self.settings_in_use = True
 
         def work() -> None:  # off the main thread: connect retries for seconds
             try:
@@ -225,17 +297,20 @@ class ClientController(_Controller):
             sock.close()
             return
         self.socket = sock
-        self._show("Successful Connection to the Server", enable=("train", "close"))
+        self._show(f"Successful Connection to the Server{self._protection()}",
+                   enable=("train", "close"))
 
     def _connect_failed(self, attempt: int, reason: str) -> None:
         if attempt == self._attempt:
+            self.settings_in_use = False
             self._show(f"Error Connecting to the Server: {reason}", enable=("connect", "close"))
 
     def train(self) -> None:
         attempt, config = self._attempt, self.config
         self.thread = RecvThread(
             config.buffer_size, config.recv_timeout, sock=self.socket, data=self.data,
-            config=config, on_event=lambda event: self._call_soon(self._on_event, attempt, event))
+            config=config, on_event=lambda event: self._call_soon(self._on_event, attempt, event),
+            reconnect=Reconnector(config.host, config.port, config.retries))
         self._show("Receiving the Model from the Server", enable=("close",))
         self.thread.start()
 
@@ -248,6 +323,7 @@ class ClientController(_Controller):
         elif self.socket is not None:
             self.socket.close()
         self.socket = None
+        self.settings_in_use = self._reconnecting = False
         self._show("Socket Closed", enable=("create",))
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -275,5 +351,11 @@ class ClientController(_Controller):
         elif event.kind == "done":
             accuracy = "" if event.accuracy is None else f": accuracy {event.accuracy:.2f}"
             self._show(f"Training is done{accuracy}", enable=("close",))
+        elif event.kind == "connecting":  # lost the server: this is the next attempt
+            self._reconnecting = True
+            self._show(f"Lost the server; reconnecting ({event.detail})", enable=("close",))
+        elif event.kind == "connected" and self._reconnecting:
+            self._reconnecting = False
+            self._show("Reconnected to the Server; waiting for its reply", enable=("close",))
         elif event.kind == "error":
             self._show(event.detail, enable=("close",))

@@ -80,7 +80,8 @@ class ServerApp(TutorialApp):
         controller = self.controller
         root = self.tutorial_rows(("IPv4 Address", "Port Number"),
                                   ("bind", "Bind Socket", controller.bind),
-                                  ("listen", "Listen to Connections", controller.listen))
+                                  ("listen", "Listen to Connections", controller.listen),
+                                  secured="listen")
         self.summary_label = wrapping_label(height=dp(28), font_size="16sp", bold=True)
         root.add_widget(self.summary_label)
         self.chart = AccuracyChart()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from kivy.app import App
 from kivy.clock import mainthread
 from kivy.core.window import Window
-from kivy.metrics import dp
+from kivy.metrics import dp, sp
 from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.button import Button
 from kivy.uix.label import Label
@@ -21,6 +21,7 @@ from common.cli import EXIT_DONE, EXIT_INTERRUPTED
 log = logging.getLogger(__name__)
 
 ROW_HEIGHT = dp(40)
+CAPTION_HEIGHT = dp(18)
 
 
 def call_soon(handler, *args) -> None:
@@ -51,7 +52,8 @@ class TutorialApp(App):
         self.controller = controller
         self.buttons: dict[str, Button] = {}
         self.fields: dict[str, TextInput] = {}
-        self.status_label = wrapping_label(controller.status, height=dp(56), font_size="17sp")
+        self.security_names: list[str] = []  # the fields of the controller's security settings
+        self.status_label = fitting_label(controller.status, height=dp(56), font_size=sp(17))
 
     def on_start(self) -> None:
         self.controller.on_change = self.refresh
@@ -74,23 +76,39 @@ class TutorialApp(App):
     def refresh(self) -> None:
         for name, button in self.buttons.items():
             button.disabled = not self.controller.enabled[name]
+        for name in self.security_names:
+            self.fields[name].disabled = self.controller.settings_in_use
         self.status_label.text = self.controller.status
 
     def tutorial_rows(self, field_hints: tuple[str, str], address_step: tuple[str, str, Callable],
-                      next_step: tuple[str, str, Callable]) -> BoxLayout:
+                      next_step: tuple[str, str, Callable], *, secured: str) -> BoxLayout:
         """The tutorial's column: Create Socket, the address fields, the step that uses them
-        (called with the fields' texts), the next step, Close Socket, the status label."""
+        (called with the fields' texts), the next step, Close Socket, the status label.
+
+        The controller's security fields sit right above the step named ``secured``, which
+        is called with their texts by name too."""
         controller, config = self.controller, self.controller.config
         root = BoxLayout(orientation="vertical", padding=dp(10), spacing=dp(6))
         root.add_widget(self.button("create", "Create Socket", controller.create))
         root.add_widget(self.address_fields(*field_hints, config.host, config.port))
-        name, text, step = address_step
-        root.add_widget(self.button(name, text, lambda: step(self.fields["host"].text,
-                                                             self.fields["port"].text)))
-        root.add_widget(self.button(*next_step))
+        for (name, text, step), address in ((address_step, True), (next_step, False)):
+            if name == secured:
+                root.add_widget(self.security_row())
+            root.add_widget(self.button(name, text, self._reading(step, address=address,
+                                                                  security=name == secured)))
         root.add_widget(self.button("close", "Close Socket", controller.close))
         root.add_widget(self.status_label)
         return root
+
+    def _reading(self, step: Callable, *, address: bool, security: bool) -> Callable[[], None]:
+        """``step`` called with the fields' texts as the click happens: the address fields'
+        as two arguments, the security fields' by name."""
+        def call() -> None:
+            fields = self.fields
+            args = (fields["host"].text, fields["port"].text) if address else ()
+            texts = {name: fields[name].text for name in self.security_names} if security else {}
+            step(*args, **texts)
+        return call
 
     def button(self, name: str, text: str, on_press) -> Button:
         button = Button(text=text, size_hint_y=None, height=ROW_HEIGHT)
@@ -100,14 +118,56 @@ class TutorialApp(App):
 
     def address_fields(self, host_hint: str, port_hint: str, host: str, port: int) -> BoxLayout:
         """The tutorial's two fields side by side, pre-filled from the flags."""
-        row = BoxLayout(orientation="horizontal", size_hint_y=None, height=ROW_HEIGHT,
-                        spacing=dp(6))
+        row = _row(ROW_HEIGHT)
         for name, hint, text in (("host", host_hint, host), ("port", port_hint, str(port))):
-            field = TextInput(hint_text=hint, text=text, multiline=False, write_tab=False,
-                              padding=[dp(8), dp(10)])
-            self.fields[name] = field
-            row.add_widget(field)
+            row.add_widget(self.text_field(name, hint, text))
         return row
+
+    def security_row(self) -> BoxLayout:
+        """The controller's security fields side by side, each under its caption (a
+        pre-filled field shows no hint), pre-filled from the flags."""
+        captions, inputs = _row(CAPTION_HEIGHT), _row(ROW_HEIGHT)
+        for spec in self.controller.security_fields():
+            captions.add_widget(wrapping_label(spec.caption, halign="left", font_size="13sp"))
+            inputs.add_widget(self.text_field(spec.name, spec.hint, spec.text))
+            self.security_names.append(spec.name)
+        block = BoxLayout(orientation="vertical", size_hint_y=None, spacing=dp(2),
+                          height=CAPTION_HEIGHT + dp(2) + ROW_HEIGHT)
+        block.add_widget(captions)
+        block.add_widget(inputs)
+        return block
+
+    def text_field(self, name: str, hint: str, text: str) -> TextInput:
+        # Kivy greys disabled text to half black, like a hint: a value in use stays readable.
+        field = TextInput(hint_text=hint, text=text, multiline=False, write_tab=False,
+                          padding=[dp(8), dp(10)], disabled_foreground_color=(0, 0, 0, 0.75))
+        self.fields[name] = field
+        return field
+
+
+def _row(height: float) -> BoxLayout:
+    return BoxLayout(orientation="horizontal", size_hint_y=None, height=height, spacing=dp(6))
+
+
+def fitting_label(text: str, *, height: float, font_size: float,
+                  min_font_size: float = sp(11)) -> Label:
+    """A wrapping label of fixed height whose font shrinks, down to ``min_font_size``, until
+    the text fits: a sentence naming two long paths would otherwise lose its ends."""
+    label = Label(text=text, halign="center", size_hint_y=None, height=height)
+
+    def fit(*_args) -> None:
+        label.text_size = (label.width, None)  # wrap at the width; the height is measured
+        size = font_size
+        while True:
+            label.font_size = size
+            label.texture_update()
+            if label.texture_size[1] <= label.height or size <= min_font_size:
+                return
+            size -= sp(1)
+
+    label.bind(size=fit, text=fit)
+    fit()
+    return label
 
 
 def wrapping_label(text: str = "", *, height: float | None = None, halign: str = "center",

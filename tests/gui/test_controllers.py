@@ -2,6 +2,8 @@
 federated run through the same controllers the windows drive. Real loopback sockets."""
 from __future__ import annotations
 
+import base64
+import os
 import queue
 import socket
 import time
@@ -9,6 +11,7 @@ import time
 import pytest
 
 import common  # noqa: F401  (the quiet TensorFlow environment first)
+from common import security
 from common.cli import build_global_model
 from common.client import ClientConfig
 from common.data import CLIENT_DATA
@@ -48,9 +51,38 @@ def enabled(controller) -> set[str]:
     return {name for name, on in controller.enabled.items() if on}
 
 
+def record_statuses(controller) -> list[str]:
+    """Every status the controller shows from now on, in order (a window would show each)."""
+    statuses: list[str] = []
+
+    def record() -> None:
+        if statuses[-1:] != [controller.status]:
+            statuses.append(controller.status)
+
+    controller.on_change = record
+    return statuses
+
+
 @pytest.fixture
 def main_thread():
     return MainThread()
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_the_environment(monkeypatch):
+    """An empty secret field means $FEDGA_SECRET: the tests set it only where they mean to."""
+    monkeypatch.delenv(security.SECRET_ENV, raising=False)
+
+
+@pytest.fixture
+def secured(certificates, tmp_path):
+    """The security fields' texts of a server and of its clients: a shared secret and TLS."""
+    secret = tmp_path / "fedga.secret"
+    secret.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")  # as the README does
+    server = {"secret_file": str(secret), "tls_cert": str(certificates / "server.pem"),
+              "tls_key": str(certificates / "server.key")}
+    client = {"secret_file": str(secret), "tls_ca": str(certificates / "ca.pem")}
+    return server, client
 
 
 @pytest.fixture
@@ -81,6 +113,15 @@ def make_client(main_thread):
     yield make
     for controller in controllers:
         controller.shutdown()
+
+
+def listen(server, port: str = "0", **texts: str) -> str:
+    """Create, Bind and Listen with these security fields' texts; the port it listens on."""
+    server.create()
+    server.bind("127.0.0.1", port)
+    server.listen(**texts)
+    assert server.listener is not None, server.status
+    return str(server.listener.server_address[1])
 
 
 def closed_port() -> int:
@@ -178,13 +219,15 @@ def test_client_bad_port_is_a_status(make_client):
     assert enabled(client) == {"connect", "close"}
 
 
-def test_client_reports_a_server_that_goes_away(make_client, main_thread):
+def test_client_reports_a_server_that_goes_away_for_good(make_client, main_thread):
+    client = make_client(retries=1)
+    statuses = record_statuses(client)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        client = make_client()
+        port = listener.getsockname()[1]
         client.create()
-        client.connect("127.0.0.1", str(listener.getsockname()[1]))
+        client.connect("127.0.0.1", str(port))
         main_thread.run_until(lambda: enabled(client) == {"train", "close"})
         assert client.status == "Successful Connection to the Server"
         client.train()
@@ -198,8 +241,12 @@ def test_client_reports_a_server_that_goes_away(make_client, main_thread):
             connection.shutdown(socket.SHUT_WR)
             while connection.recv(65536):
                 pass
-    main_thread.run_until(lambda: client.status != "Receiving the Model from the Server")
-    assert client.status == "The server closed the connection before training was done."
+    # Nothing listens any more: the one reconnect attempt is refused.
+    main_thread.run_until(lambda: client.status.startswith("Lost the server and gave up"))
+    assert client.status == (f"Lost the server and gave up after 1 reconnect attempts "
+                             f"(--retries). The server at 127.0.0.1:{port} is unreachable "
+                             "(Connection refused).")
+    assert "Lost the server; reconnecting (attempt 1 of 1)" in statuses
     assert enabled(client) == {"close"}
     client.close()
     assert (client.status, enabled(client)) == ("Socket Closed", {"create"})
@@ -243,3 +290,154 @@ def test_federated_run_through_the_window_controllers(make_server, make_client, 
         assert client.view.generation == client.view.generations == 20
     main_thread.run_until(lambda: len(server.view.clients) == 2 and all(
         state.startswith("done") for state in server.view.clients.values()))
+
+
+# ---- security fields ---------------------------------------------------------------------
+
+def test_secret_and_tls_from_the_fields_train_to_done(make_server, make_client, main_thread,
+                                                      client_factory, secured):
+    server_texts, client_texts = secured
+    server = make_server(seed=1)
+    assert [(f.name, f.text) for f in server.security_fields()] == [
+        ("secret_file", ""), ("tls_cert", ""), ("tls_key", "")]
+    port = listen(server, **server_texts)
+    assert server.status == (f"Socket is Listening for Connections on 127.0.0.1:{port} "
+                             "(TLS, shared secret)")
+    assert enabled(server) == {"close"} and server.settings_in_use  # the fields are locked
+
+    client = make_client(seed=1, ga=GAConfig(num_generations=20))
+    client.create()
+    client.connect("127.0.0.1", port, **client_texts)
+    assert client.settings_in_use
+    main_thread.run_until(lambda: enabled(client) == {"train", "close"})
+    assert client.status == "Successful Connection to the Server (TLS, shared secret)"
+    client.train()
+    # A headless client with the same settings, as its flags give them, on the same server.
+    headless, events = client_factory(
+        ("127.0.0.1", int(port)), name="client2", tls_ca=client_texts["tls_ca"],
+        secret=security.load_secret(client_texts["secret_file"]))
+
+    main_thread.run_until(lambda: server.view.summary.startswith("Training done")
+                          and client.status.startswith("Training is done"))
+    assert client.status == "Training is done: accuracy 1.00"
+    assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+    server.close()
+    assert not server.settings_in_use
+
+
+def test_the_flags_fill_the_fields_and_an_empty_secret_field_means_the_environment(
+        make_server, secured, monkeypatch):
+    server_texts, _ = secured
+    tls = {name: server_texts[name] for name in ("tls_cert", "tls_key")}
+    server = make_server(**tls)  # as --tls-cert and --tls-key fill the config
+    fields = server.security_fields()
+    assert {f.name: f.text for f in fields} == {"secret_file": "", **tls}
+    assert [f.hint for f in fields] == ["empty: no secret", "empty: no TLS", "empty: no TLS"]
+    monkeypatch.setenv(security.SECRET_ENV, "a secret of 16 bytes or more")
+    assert server.security_fields()[0].hint == "empty: $FEDGA_SECRET"
+
+    port = listen(server)  # the fields as the flags filled them
+    assert server.status == (f"Socket is Listening for Connections on 127.0.0.1:{port} "
+                             "(TLS, shared secret from $FEDGA_SECRET)")
+    assert server.listener.config.secret == b"a secret of 16 bytes or more"
+
+
+@pytest.mark.parametrize("mistake", ["missing secret file", "short secret",
+                                     "certificate without key", "key of another certificate"])
+def test_server_security_mistakes_are_a_status_and_listen_can_be_retried(
+        make_server, certificates, tmp_path, mistake):
+    missing, short = tmp_path / "missing.secret", tmp_path / "short.secret"
+    short.write_text("too short\n")
+    cert, other_key = certificates / "server.pem", certificates / "other.key"
+    texts, status = {
+        "missing secret file": ({"secret_file": str(missing)},
+                                f"Cannot read the secret file {missing}: No such file or directory."),
+        "short secret": ({"secret_file": str(short)},
+                         f"The secret in the secret file {short} is shorter than 16 bytes."),
+        "certificate without key": ({"tls_cert": str(cert)}, "The TLS certificate and the "
+                                    "TLS key go together: give both or neither."),
+        "key of another certificate": ({"tls_cert": str(cert), "tls_key": str(other_key)},
+                                       f"Cannot use the TLS certificate {cert} with key "
+                                       f"{other_key}: the key does not belong to the certificate."),
+    }[mistake]
+    server = make_server()
+    server.create()
+    server.bind("127.0.0.1", "0")
+    server.listen(**texts)
+    assert (server.status, enabled(server)) == (status, {"listen", "close"})
+    assert server.listener is None and not server.settings_in_use
+
+    server.listen(secret_file=" ", tls_cert="", tls_key="")  # the fields emptied: plain
+    assert server.status.startswith("Socket is Listening for Connections on 127.0.0.1:")
+    assert not server.status.endswith(")")
+
+
+def test_client_security_mistakes_are_plain_statuses(make_server, make_client, main_thread,
+                                                     secured, certificates, tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    client = make_client()
+    client.create()
+    client.connect("127.0.0.1", "10000", tls_ca=str(junk))
+    assert client.status == f"Cannot use the TLS CA file {junk}: it holds no certificate."
+    assert enabled(client) == {"connect", "close"} and not client.settings_in_use
+
+    # A CA that did not sign the server's certificate: the TLS handshake, which runs before
+    # the first message, refuses the server, and that is not retried.
+    server_texts, client_texts = secured
+    port = listen(make_server(), **server_texts)
+    statuses = record_statuses(client)
+    client.connect("127.0.0.1", port, **client_texts | {"tls_ca": str(certificates / "other.pem")})
+    main_thread.run_until(lambda: enabled(client) == {"train", "close"})
+    client.train()
+    main_thread.run_until(lambda: "TLS" in client.status and "handshake" in client.status)
+    assert client.status == "Lost the server: TLS handshake failed: CERTIFICATE_VERIFY_FAILED."
+    assert enabled(client) == {"close"}
+    assert not any("reconnecting" in status for status in statuses)
+
+
+# ---- reconnecting ------------------------------------------------------------------------
+
+def _train_until_the_server_closes(server, client, main_thread, port, **texts) -> None:
+    """Connect and train ``client`` until ``server`` accepted an update, then Close the server."""
+    client.create()
+    client.connect("127.0.0.1", port, **texts)
+    main_thread.run_until(lambda: enabled(client) == {"train", "close"})
+    client.train()
+    main_thread.run_until(lambda: len(server.view.history) >= 2)  # mid-training
+    server.close()
+
+
+def test_client_reconnects_to_a_restarted_server_and_trains_to_done(make_server, make_client,
+                                                                    main_thread, secured):
+    server_texts, client_texts = secured
+    first = make_server(seed=1, target_accuracy=2.0)  # never done: it trains until closed
+    port = listen(first, **server_texts)
+    client = make_client(seed=1, ga=GAConfig(num_generations=20))
+    statuses = record_statuses(client)
+    _train_until_the_server_closes(first, client, main_thread, port, **client_texts)
+    main_thread.run_until(lambda: client.status.startswith("Lost the server; reconnecting"))
+    assert (client.status, enabled(client)) == ("Lost the server; reconnecting (attempt 1 of 10)",
+                                                {"close"})
+
+    second = make_server(seed=1)  # a new server on the same port, with the same settings
+    listen(second, port, **server_texts)
+    main_thread.run_until(lambda: client.status.startswith("Training is done"))
+    assert client.status == "Training is done: accuracy 1.00"
+    assert "Reconnected to the Server; waiting for its reply" in statuses
+    main_thread.run_until(lambda: second.view.summary.startswith("Training done"))
+
+
+def test_close_while_reconnecting_returns_promptly(make_server, make_client, main_thread):
+    server = make_server(target_accuracy=2.0)
+    client = make_client(ga=GAConfig(num_generations=20))
+    _train_until_the_server_closes(server, client, main_thread, listen(server))
+    # Attempt 3 waits 2 s before it connects (0.5 s doubling): Close must not wait that out.
+    main_thread.run_until(lambda: client.status.endswith("(attempt 3 of 10)"))
+    started = time.monotonic()
+    client.close()
+    client.thread.join(WAIT)
+    assert time.monotonic() - started < 0.5
+    assert client.thread.outcome == "stopped"
+    main_thread.run_pending()  # what the thread reported last changes nothing
+    assert (client.status, enabled(client)) == ("Socket Closed", {"create"})

@@ -1,13 +1,15 @@
 """The three real windows under Xvfb, clicked with X pointer events in the tutorial's order.
 
 server.py, client1.py and client2.py run as separate processes, as people run them. The test
-clicks each window's buttons with xdotool, waits (on the apps' log lines) until the server
-reports accuracy 1.00 and both clients report done, and screenshots every window during and
-after training. With FEDGA_UPDATE_SCREENSHOTS=1 the mid-training screenshots replace
+types a shared secret file and TLS files into the windows' fields (client2 has them from its
+flags), clicks each window's buttons with xdotool, waits (on the apps' log lines) until the
+server reports accuracy 1.00 and both clients report done, and screenshots every window
+during and after training. With FEDGA_UPDATE_SCREENSHOTS=1 the mid-training screenshots replace
 docs/server-app.png, docs/client-app-1.png and docs/client-app-2.png.
 """
 from __future__ import annotations
 
+import base64
 import os
 import re
 import select
@@ -29,7 +31,7 @@ WAIT = 60  # seconds for any one step; the whole test takes about 20 s here
 ROUND_DELAY = "0.2"  # seconds the server holds each model reply: training stays visible
 SCREEN = (1280, 1024)
 # Where each window opens (left, top): side by side, so none hides another's pixels.
-PLACES = {"server.py": (0, 0), "client1.py": (640, 0), "client2.py": (640, 460)}
+PLACES = {"server.py": (0, 0), "client1.py": (640, 0), "client2.py": (640, 490)}
 
 pytestmark = [
     pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (apt-get install "
@@ -62,14 +64,15 @@ def display():
 class Window:
     """One app process: its log lines as they arrive, its X window, clicks and screenshots."""
 
-    def __init__(self, script: str, args: list[str], env: dict[str, str], log_path: Path):
+    def __init__(self, script: str, args: list[str], env: dict[str, str], log_path: Path,
+                 cwd: Path = ROOT):
         self.script = script
         self.log_path = log_path
         self.env = env
         left, top = PLACES[script]
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / script), "--window-position", f"{left},{top}", *args],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT)
         self.lines: list[str] = []
         self._arrived = threading.Condition()
@@ -187,41 +190,67 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture
+def security_files(tmp_path, certificates):
+    """A folder holding a shared secret and the TLS files, named as in the README; the apps
+    run in it, so the fields take short relative names (and the screenshots show them)."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for name in ("ca.pem", "server.pem", "server.key"):
+        shutil.copyfile(certificates / name, folder / name)
+    (folder / "fedga.secret").write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    return folder
+
+
 @pytest.mark.slow
-def test_three_windows_train_the_model_when_clicked(display, tmp_path):
+def test_three_windows_train_the_model_when_clicked(display, tmp_path, security_files):
     env = {**os.environ, "DISPLAY": display, "KIVY_HOME": str(tmp_path / "kivy"),
            "KIVY_NO_ARGS": "1", "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1"}
+    env.pop("FEDGA_SECRET", None)
     port = str(free_port())
     shared_flags = ["--host", "127.0.0.1", "--seed", "1"]
     windows = {
         "server": Window("server.py", [*shared_flags, "--port", port,
                                        "--round-delay", ROUND_DELAY],
-                         env, tmp_path / "server.log"),
-        # client2 opens on the default port: the test types the right one into its field.
+                         env, tmp_path / "server.log", security_files),
+        # client1's security fields are typed in; client2 has them from its flags, but opens
+        # on the default port: the test types the right one into its field.
         "client1": Window("client1.py", [*shared_flags, "--port", port], env,
-                          tmp_path / "client1.log"),
-        "client2": Window("client2.py", shared_flags, env, tmp_path / "client2.log"),
+                          tmp_path / "client1.log", security_files),
+        "client2": Window("client2.py", [*shared_flags, "--secret-file", "fedga.secret",
+                                         "--tls-ca", "ca.pem"],
+                          env, tmp_path / "client2.log", security_files),
     }
     server, client1, client2 = windows.values()
     shots = tmp_path / "shots"
     shots.mkdir()
     try:
-        server.wait_ready(("create", "bind", "listen", "close"))
+        server.wait_ready(("create", "bind", "listen", "close", "secret_file", "tls_cert",
+                           "tls_key"))
         for client in (client1, client2):
-            client.wait_ready(("create", "connect", "train", "close", "port"))
+            client.wait_ready(("create", "connect", "train", "close", "port", "secret_file",
+                               "tls_ca"))
 
         server.click_and_wait("create", "Socket Created")
         server.click_and_wait("bind", "Socket Bound to IPv4 & Port Number")
-        server.click_and_wait("listen", f"Socket is Listening for Connections on 127.0.0.1:{port}")
+        for field, text in (("secret_file", "fedga.secret"), ("tls_cert", "server.pem"),
+                            ("tls_key", "server.key")):
+            server.type_into(field, text)
+        server.click_and_wait("listen", f"Socket is Listening for Connections on 127.0.0.1:{port}"
+                              " (TLS, shared secret)")
 
+        client1.type_into("secret_file", "fedga.secret")
+        client1.type_into("tls_ca", "ca.pem")
         client2.type_into("port", port)
         for client in (client1, client2):
             client.click_and_wait("create", "Socket Created")
-            client.click_and_wait("connect", "Successful Connection to the Server")
+            client.click_and_wait("connect", "Successful Connection to the Server (TLS, "
+                                  "shared secret)")
         for client in (client1, client2):
             client.click_and_wait("train", "Receiving the Model from the Server")
 
-        server.wait_for(r"round=3 ")  # a few points on the chart, clients busy
+        # A few points on the chart, clients busy; a lucky run may be done by round 2.
+        server.wait_for(r"round=3 |done: accuracy")
         during = {name: window.screenshot(shots / f"{name}-during.png")
                   for name, window in windows.items()}
 
