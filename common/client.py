@@ -8,7 +8,6 @@ counts an update once even if it arrived before the connection broke.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import socket
@@ -18,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common import protocol, security
-from common.data import DataError, Dataset, fit_to_model
+from common.data import DataError, Dataset
 from common.events import Event
-from common.ga import GAConfig, train
-from common.model import ForwardPass, model_from_json
-from common.modelspec import DEFAULT_MAX_PARAMS, ModelRefused, count_params
+from common.ga import GAConfig
+from common.modelspec import DEFAULT_MAX_PARAMS, ModelRefused
 from common.protocol import Connection, Message, ProtocolError, Subject
+from common.training import LocalTrainer
 
 log = logging.getLogger(__name__)
 
@@ -150,28 +149,19 @@ class RecvThread(threading.Thread):
         # sequence numbers the server tells resent updates by.
         self.client_id = f"{self.config.name}-{secrets.token_hex(4)}"
         self._sequence = 0  # of the last model update sent
-        self.data, self._data_source = data, data_source
+        config = self.config
+        self.trainer = LocalTrainer(data, data_source, ga=config.ga, max_params=config.max_params,
+                                    ga_overrides=config.ga_overrides, seed=config.seed)
         self.outcome: str | None = None
         self.error: str | None = None
         self.final_accuracy: float | None = None
         self._on_event = on_event or (lambda event: None)
         self._stop_requested = threading.Event()
-        self._forward_passes: dict[str, ForwardPass] = {}  # by model_json: build each model once
 
     def stop(self) -> None:
         """Ask the loop to end: interrupts training and unblocks a pending receive."""
         self._stop_requested.set()
         self.connection.close()
-
-    def _forward_for(self, model_json: str) -> ForwardPass:
-        if model_json not in self._forward_passes:
-            count_params(model_json, self.config.max_params)  # before Keras allocates anything
-            forward = ForwardPass(model_from_json(model_json))
-            # The model is known only now: check the data against it before any training.
-            self.data = fit_to_model(self.data, forward.num_features, forward.num_outputs,
-                                     self._data_source)
-            self._forward_passes[model_json] = forward
-        return self._forward_passes[model_json]
 
     def _request(self, subject: Subject, best_vector) -> Message:
         data = {
@@ -182,7 +172,7 @@ class RecvThread(threading.Thread):
         if subject is Subject.MODEL:
             self._sequence += 1
             data["sequence"] = self._sequence
-            data["num_samples"] = len(self.data)  # fedavg weighs updates by it
+            data["num_samples"] = len(self.trainer.data)  # fedavg weighs updates by it
         return self._exchange(Message(subject, data))
 
     def _exchange(self, message: Message) -> Message:
@@ -214,11 +204,6 @@ class RecvThread(threading.Thread):
 
     def _train(self, message: Message):
         data = message.data
-        if not isinstance(data["model_json"], str):
-            raise protocol.SchemaError("model_json is not a string")
-        forward = self._forward_for(data["model_json"])
-        population = protocol.check_population(
-            data["population_weights"], data["num_solutions"], forward.num_params)
         server_round = data.get("round", 0)
         self._on_event(Event("model", round=server_round, accuracy=data.get("accuracy")))
 
@@ -226,11 +211,8 @@ class RecvThread(threading.Thread):
             self._on_event(Event("generation", round=server_round, generation=generation,
                                  fitness=best_fitness))
 
-        settings = protocol.check_ga_settings(data, data["num_solutions"])
-        ga = dataclasses.replace(self.config.ga, **(settings | self.config.ga_overrides))
-        result = train(forward, population, self.data, ga,
-                       on_generation=on_generation, should_stop=self._stop_requested.is_set,
-                       seed=self.config.seed)
+        result = self.trainer.train(data, on_generation=on_generation,
+                                    should_stop=self._stop_requested.is_set)
         log.info("%s trained round %s: best fitness %.4g", self.config.name, server_round,
                  result.best_fitness)
         self._on_event(Event("sent", round=server_round, fitness=result.best_fitness))

@@ -2,6 +2,9 @@
 
 A flat vector holds every weight array of ``model.get_weights()`` raveled in order, which
 for Dense stacks is also the order of ``pygad.kerasga``, so tutorial peers read our vectors.
+
+Keras, and TensorFlow under it (seconds to import, half a gigabyte), loads only where a model
+is built: a client whose server describes a plain Dense chain trains it with NumPy alone.
 """
 from __future__ import annotations
 
@@ -9,15 +12,20 @@ import logging
 import math
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
 
 def build_xor_model() -> keras.Model:
     """The tutorial's model: Input(2) -> Dense(4, relu) -> Dense(2, softmax)."""
+    import keras
+
     inputs = keras.Input(shape=(2,))
     hidden = keras.layers.Dense(4, activation="relu")(inputs)
     outputs = keras.layers.Dense(2, activation="softmax")(hidden)
@@ -25,6 +33,8 @@ def build_xor_model() -> keras.Model:
 
 
 def model_from_json(model_json: str) -> keras.Model:
+    import keras
+
     return keras.models.model_from_json(model_json)
 
 
@@ -35,6 +45,8 @@ class ModelFileError(Exception):
 def load_model_file(path: str) -> keras.Model:
     """A model from a ``.keras`` file or a Keras JSON architecture, its description checked
     (``common.modelspec``) before Keras builds anything from it."""
+    import keras
+
     from common.modelspec import ModelRefused, count_params
 
     file = Path(path)
@@ -109,6 +121,8 @@ _ACTIVATIONS = {
 
 def _dense_stack(model: keras.Model) -> list[tuple[int, int, bool, str]] | None:
     """(fan_in, units, use_bias, activation) per layer if the model is only Dense layers."""
+    import keras
+
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         return None
     layers = []
@@ -134,15 +148,34 @@ class ForwardPass:
 
     def __init__(self, model: keras.Model):
         self.model = model
-        self.shapes = [tuple(w.shape) for w in model.weights]
-        self.num_params = sum(math.prod(s) for s in self.shapes)
-        self.num_features = model.inputs[0].shape[-1]
-        self.num_outputs = model.outputs[0].shape[-1]
-        self._dense = _dense_stack(model)
+        self._describe([tuple(w.shape) for w in model.weights], model.inputs[0].shape[-1],
+                       model.outputs[0].shape[-1], _dense_stack(model))
         if self._dense is not None and not self._agrees_with_keras():
             self._dense = None  # e.g. a Dense layer applied twice: the layer list misleads
         if self._dense is None:
             log.info("model is not a plain Dense stack: evaluating one solution at a time")
+
+    @classmethod
+    def from_json(cls, model_json: str, max_params: int) -> ForwardPass:
+        """The forward pass of a model description, checked by ``common.modelspec`` first
+        (``ModelRefused``). A plain Dense chain needs no Keras model: its JSON says it all."""
+        from common.modelspec import dense_chain
+
+        chain = dense_chain(model_json, max_params)
+        if chain is None:
+            return cls(model_from_json(model_json))
+        forward = cls.__new__(cls)
+        forward.model = None
+        shapes = [shape for fan_in, units, use_bias, _ in chain
+                  for shape in ([(fan_in, units), (units,)] if use_bias else [(fan_in, units)])]
+        forward._describe(shapes, chain[0][0], chain[-1][1], chain)
+        return forward
+
+    def _describe(self, shapes: list[tuple[int, ...]], num_features: int, num_outputs: int,
+                  dense: list[tuple[int, int, bool, str]] | None) -> None:
+        self.shapes, self.num_features, self.num_outputs = shapes, num_features, num_outputs
+        self.num_params = sum(math.prod(s) for s in shapes)
+        self._dense = dense
 
     def __call__(self, vectors: np.ndarray, inputs: np.ndarray) -> np.ndarray:
         """Probabilities of shape (solutions, samples, outputs) for vectors (solutions, params)."""
@@ -164,6 +197,8 @@ class ForwardPass:
 
     def _agrees_with_keras(self) -> bool:
         """Run the batched path once beside Keras on the model's own weights."""
+        import keras
+
         probe = np.random.default_rng(0).standard_normal(
             (4, self._dense[0][0])).astype(np.float32)
         expected = keras.ops.convert_to_numpy(self.model(probe, training=False))
@@ -172,6 +207,8 @@ class ForwardPass:
         return ours.shape == expected.shape and np.allclose(ours, expected, rtol=1e-4, atol=1e-5)
 
     def _keras_forward(self, vector: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+        import keras
+
         self.model.set_weights(vector_to_weights(vector, self.shapes))
         return keras.ops.convert_to_numpy(self.model(inputs, training=False))
 

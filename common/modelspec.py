@@ -57,8 +57,13 @@ def _input_width(layer: dict, widths: dict[str, int], previous: int | None) -> i
         raise ModelRefused(f"layer {layer.get('name')!r} is not fed by one earlier layer") from None
 
 
-def count_params(model_json: str, max_params: int = DEFAULT_MAX_PARAMS) -> int:
-    """Return the parameter count of ``model_json``, or raise ModelRefused."""
+DENSE_CONFIG_KEYS = frozenset({  # Keras 3's Dense settings that do not change its outputs
+    "name", "trainable", "dtype", "units", "activation", "use_bias", "kernel_initializer",
+    "bias_initializer", "kernel_regularizer", "bias_regularizer", "activity_regularizer",
+    "kernel_constraint", "bias_constraint", "quantization_config", "lora_rank", "lora_alpha"})
+
+
+def _load(model_json: str) -> dict:
     try:
         spec = json.loads(model_json)
     except (TypeError, ValueError) as exc:
@@ -69,7 +74,12 @@ def count_params(model_json: str, max_params: int = DEFAULT_MAX_PARAMS) -> int:
     layers = spec.get("config", {}).get("layers")
     if not isinstance(layers, list) or not layers:
         raise ModelRefused("model_json has no layers")
-    total, width, widths = 0, None, {}
+    return spec
+
+
+def _walk(layers: list, max_params: int) -> list[tuple[dict, int, int]]:
+    """(layer, input width, output width) per layer, checked and counted against the cap."""
+    total, width, widths, walked = 0, None, {}, []
     for layer in layers:
         if not isinstance(layer, dict):
             raise ModelRefused("model_json has a layer that is not an object")
@@ -80,6 +90,7 @@ def count_params(model_json: str, max_params: int = DEFAULT_MAX_PARAMS) -> int:
         if kind == "InputLayer":
             width = widths[layer.get("name")] = _width(
                 config.get("batch_shape") or config.get("batch_input_shape"))
+            walked.append((layer, width, width))
             continue
         fan_in = _input_width(layer, widths, width)
         activation = config.get("activation", "linear")
@@ -96,4 +107,67 @@ def count_params(model_json: str, max_params: int = DEFAULT_MAX_PARAMS) -> int:
                 raise ModelRefused(f"the model has more than {max_params:,} parameters, "
                                    "more than this side accepts (--max-params)")
         widths[layer.get("name")] = width
-    return total
+        walked.append((layer, fan_in, width))
+    return walked
+
+
+def count_params(model_json: str, max_params: int = DEFAULT_MAX_PARAMS) -> int:
+    """Return the parameter count of ``model_json``, or raise ModelRefused."""
+    walked = _walk(_load(model_json)["config"]["layers"], max_params)
+    return sum(fan_in * layer["config"]["units"]
+               + (layer["config"]["units"] if layer["config"].get("use_bias", True) else 0)
+               for layer, fan_in, _ in walked if layer["class_name"] == "Dense")
+
+
+def dense_chain(model_json: str, max_params: int = DEFAULT_MAX_PARAMS
+                ) -> list[tuple[int, int, bool, str]] | None:
+    """(fan_in, units, use_bias, activation) per layer when ``model_json`` is one InputLayer
+    followed by float32 Dense layers, each fed by the one before and the last the output;
+    else None. Such a model's outputs follow from this list alone, without Keras.
+    Raises ModelRefused as ``count_params`` does."""
+    spec = _load(model_json)
+    config, layers = spec["config"], spec["config"]["layers"]
+    walked = _walk(layers, max_params)
+    if layers[0].get("class_name") != "InputLayer" or len(layers) < 2:
+        return None
+    chain = []
+    for previous, (layer, fan_in, _) in zip(layers, walked[1:]):
+        settings = layer.get("config", {})
+        if (layer.get("class_name") != "Dense" or not DENSE_CONFIG_KEYS.issuperset(settings)
+                or settings.get("quantization_config") or settings.get("lora_rank")
+                or _dtype_name(settings.get("dtype")) not in (None, "float32")):
+            return None
+        nodes = layer.get("inbound_nodes")
+        if spec["class_name"] == "Functional" and not _fed_by(nodes, previous.get("name")):
+            return None
+        chain.append((fan_in, settings["units"], bool(settings.get("use_bias", True)),
+                      settings.get("activation", "linear")))
+    if spec["class_name"] == "Functional" and (
+            _first(config.get("input_layers")) != layers[0].get("name")
+            or _first(config.get("output_layers")) != layers[-1].get("name")):
+        return None
+    return chain
+
+
+def _dtype_name(dtype) -> str | None:
+    return dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+
+
+def _fed_by(nodes, producer: str | None) -> bool:
+    """The layer is called once, on the output of ``producer``."""
+    try:
+        (node,) = nodes
+        (tensor,) = node["args"]
+        return tensor["config"]["keras_history"][0] == producer and not node.get("kwargs")
+    except (KeyError, TypeError, ValueError, IndexError):
+        return False
+
+
+def _first(names):
+    """The layer name of a Functional config's ``input_layers``/``output_layers``, which Keras
+    writes as [name, 0, 0] or as [[name, 0, 0]]; None if there is not exactly one."""
+    if isinstance(names, list) and len(names) == 1 and isinstance(names[0], list):
+        names = names[0]
+    if isinstance(names, list) and len(names) == 3 and isinstance(names[0], str):
+        return names[0]
+    return None

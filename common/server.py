@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from common import checkpoint, protocol, security
@@ -27,6 +27,9 @@ from common.events import Event
 from common.ga import GAConfig, loss
 from common.model import ForwardPass, vector_to_weights, weights_to_vector
 from common.protocol import Connection, Message, ProtocolError, Subject
+
+if TYPE_CHECKING:
+    import keras  # the server's model; Keras loads where it is built
 
 log = logging.getLogger(__name__)
 
@@ -278,15 +281,30 @@ class GlobalModel:
                     self._round_closed.wait(remaining)
             return self._reply()
 
+    def apply_round(self, pending: list[tuple[np.ndarray, int, tuple[str, int] | None, str]]
+                    ) -> Message:
+        """Aggregate a whole round gathered elsewhere, each update as (vector, num_samples,
+        key, client), as an engine that runs its own rounds (Flower) does; return the reply
+        for the next round."""
+        with self._lock:
+            if not self.finished.is_set():
+                self._aggregate(pending)
+            return self._reply()
+
     def _close_round(self) -> None:
         """Call with the lock held: aggregate the round's updates once, wake its waiters."""
-        updates, counts, keys, clients = zip(*self._pending)
+        pending, self._pending, self._round_id = self._pending, [], self._round_id + 1
+        self._aggregate(pending)
+        self._round_closed.notify_all()
+
+    def _aggregate(self, pending: list) -> None:
+        """Call with the lock held: one round-based aggregation, committed as one round."""
+        updates, counts, keys, clients = zip(*pending)
         vector = AGGREGATIONS[self.aggregation](list(updates), list(counts)).astype(np.float32)
         accuracy = self._evaluate(vector)
-        self._pending, self._round_id = [], self._round_id + 1
-        self._commit(vector, accuracy, list(keys), "+".join(clients), "accuracy=%.4f %s of %d "
-                     "updates" % (accuracy, self.aggregation, len(updates)))
-        self._round_closed.notify_all()
+        names = "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
+        self._commit(vector, accuracy, list(keys), names, "accuracy=%.4f %s of %d updates"
+                     % (accuracy, self.aggregation, len(updates)))
 
     def _commit(self, vector: np.ndarray, accuracy: float, keys: list, client: str,
                 detail: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 from common.data import CLIENT_DATA
 from common.ga import GAConfig, binary_crossentropy, train
 from common.model import ForwardPass, build_xor_model, vector_to_weights, weights_to_vector
+from common.modelspec import DEFAULT_MAX_PARAMS, ModelRefused, dense_chain
 
 ACTIVATIONS = ["relu", "sigmoid", "tanh", "softmax", "linear"]
 SOLUTIONS = 6
@@ -76,6 +77,35 @@ def test_batched_losses_equal_keras_for_random_dense_models(seed, caplog):
         forward = ForwardPass(model)
     assert "one solution at a time" not in caplog.text  # a Dense stack takes the batched path
     assert_same_as_keras(model, forward, *population_and_data(model, forward, rng))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_dense_chain_from_json_alone_equals_keras(seed):
+    """What a client builds from the server's JSON without loading Keras: same outputs."""
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    model = random_dense_model(rng)
+    forward = ForwardPass.from_json(model.to_json(), DEFAULT_MAX_PARAMS)
+    assert forward.model is None  # no Keras model was built
+    assert forward.shapes == [tuple(w.shape) for w in model.weights]
+    assert_same_as_keras(model, forward, *population_and_data(model, forward, rng))
+
+
+def test_a_chain_with_other_allowed_layers_from_json_is_built_by_keras():
+    keras.utils.set_random_seed(0)
+    model = next(_non_dense_models())  # Dense, Dropout, Dense: allowed, but not a Dense chain
+    assert dense_chain(model.to_json()) is None
+    forward = ForwardPass.from_json(model.to_json(), DEFAULT_MAX_PARAMS)
+    assert forward.model is not None
+    assert_same_as_keras(forward.model, forward, *population_and_data(
+        forward.model, forward, np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("index", [1, 2])  # a LayerNormalization; a Dense layer used twice
+def test_models_modelspec_refuses_are_refused_from_json_before_keras_builds_them(index):
+    model = list(_non_dense_models())[index]
+    with pytest.raises(ModelRefused):
+        ForwardPass.from_json(model.to_json(), DEFAULT_MAX_PARAMS)
 
 
 def test_the_activation_and_bias_choices_are_all_exercised():

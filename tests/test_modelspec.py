@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.model import build_xor_model
-from common.modelspec import ModelRefused, count_params
+from common.modelspec import ModelRefused, count_params, dense_chain
 from tests.conftest import client_error_against
 from tests.plain_peers import plain_recv, plain_send
 
@@ -99,3 +99,30 @@ def test_client_refuses_a_model_it_cannot_afford(client_factory):
 
     error = client_error_against(send_the_model, client_factory)
     assert error.detail.startswith("Refused the server's model: the model has more than")
+
+
+def _xor_spec() -> dict:
+    return json.loads(build_xor_model().to_json())
+
+
+def test_the_xor_model_is_a_dense_chain_without_keras():
+    assert dense_chain(build_xor_model().to_json()) == [(2, 4, True, "relu"),
+                                                       (4, 2, True, "softmax")]
+
+
+@pytest.mark.parametrize("change", [
+    lambda layer: layer["config"].update(lora_rank=2),  # extra LoRA weights
+    lambda layer: layer["config"].update(dtype="mixed_float16"),
+    lambda layer: layer["config"].update(something_new=1),  # a setting we do not know
+    lambda layer: layer["inbound_nodes"][0]["kwargs"].update(training=True),
+])
+def test_a_dense_layer_with_any_other_setting_is_left_to_keras(change):
+    spec = _xor_spec()
+    change(spec["config"]["layers"][2])
+    assert dense_chain(json.dumps(spec)) is None
+
+
+def test_a_model_whose_output_is_not_the_last_layer_is_left_to_keras():
+    spec = _xor_spec()
+    spec["config"]["output_layers"] = ["dense", 0, 0]
+    assert dense_chain(json.dumps(spec)) is None

@@ -1,0 +1,52 @@
+"""A client's training step, shared by the built-in client (``RecvThread``) and the Flower
+ClientApp: check the model a server describes, fit the local data to it once, run the GA.
+
+``request`` is the data of a server's ``model`` message: ``model_json``,
+``population_weights``, ``num_solutions`` and optional GA settings, whichever transport
+carried it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from common import protocol
+from common.data import Dataset, fit_to_model
+from common.ga import GAConfig, TrainingResult, train
+from common.model import ForwardPass
+
+
+class LocalTrainer:
+    """Trains the populations a server sends on this client's data, which never leaves it.
+
+    Raises ``ProtocolError`` for a malformed request, ``ModelRefused`` for a model this
+    client will not build, and ``DataError`` when the data does not fit the model.
+    """
+
+    def __init__(self, data: Dataset, data_source: str, *, ga: GAConfig, max_params: int,
+                 ga_overrides: dict | None = None, seed: int | None = None):
+        self.data, self._data_source = data, data_source
+        self.ga, self.ga_overrides, self.seed = ga, ga_overrides or {}, seed
+        self.max_params = max_params
+        self._forward_passes: dict[str, ForwardPass] = {}  # by model_json: build each once
+
+    def forward_for(self, model_json: str) -> ForwardPass:
+        if not isinstance(model_json, str):
+            raise protocol.SchemaError("model_json is not a string")
+        if model_json not in self._forward_passes:
+            forward = ForwardPass.from_json(model_json, self.max_params)  # checked first
+            # The model is known only now: check the data against it before any training.
+            self.data = fit_to_model(self.data, forward.num_features, forward.num_outputs,
+                                     self._data_source)
+            self._forward_passes[model_json] = forward
+        return self._forward_passes[model_json]
+
+    def train(self, request: dict, *, on_generation: Callable[[int, float], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> TrainingResult:
+        forward = self.forward_for(request["model_json"])
+        population = protocol.check_population(
+            request["population_weights"], request["num_solutions"], forward.num_params)
+        settings = protocol.check_ga_settings(request, request["num_solutions"])
+        ga = dataclasses.replace(self.ga, **(settings | self.ga_overrides))
+        return train(forward, population, self.data, ga, on_generation=on_generation,
+                     should_stop=should_stop, seed=self.seed)
