@@ -122,8 +122,9 @@ class Reconnector:
             log.info("reconnected to %s:%d (attempt %d of %d)", self.host, self.port,
                      self._failed, self.retries)
             return sock
+        attempts = "attempt" if self.retries == 1 else "attempts"
         raise ConnectError(f"Lost the server and gave up after {self.retries} reconnect "
-                           f"attempts (--retries). {reason}".rstrip())
+                           f"{attempts} (--retries). {reason}".rstrip())
 
 
 class RecvThread(threading.Thread):
@@ -259,4 +260,6 @@ def _plain_reason(exc: ProtocolError | ConnectError | DataError) -> str:
         return "The server closed the connection before training was done."
     if isinstance(exc, ModelRefused):
         return f"Refused the server's model: {exc}."
+    if isinstance(exc, (protocol.TLSError, protocol.AuthError)):  # reached it, but no trust
+        return f"Could not talk to the server safely: {exc}."
     return f"Lost the server: {exc}."

@@ -243,7 +243,7 @@ def test_client_reports_a_server_that_goes_away_for_good(make_client, main_threa
                 pass
     # Nothing listens any more: the one reconnect attempt is refused.
     main_thread.run_until(lambda: client.status.startswith("Lost the server and gave up"))
-    assert client.status == (f"Lost the server and gave up after 1 reconnect attempts "
+    assert client.status == (f"Lost the server and gave up after 1 reconnect attempt "
                              f"(--retries). The server at 127.0.0.1:{port} is unreachable "
                              "(Connection refused).")
     assert "Lost the server; reconnecting (attempt 1 of 1)" in statuses
@@ -391,7 +391,8 @@ def test_client_security_mistakes_are_plain_statuses(make_server, make_client, m
     main_thread.run_until(lambda: enabled(client) == {"train", "close"})
     client.train()
     main_thread.run_until(lambda: "TLS" in client.status and "handshake" in client.status)
-    assert client.status == "Lost the server: TLS handshake failed: CERTIFICATE_VERIFY_FAILED."
+    assert client.status == ("Could not talk to the server safely: TLS handshake failed: "
+                             "CERTIFICATE_VERIFY_FAILED.")
     assert enabled(client) == {"close"}
     assert not any("reconnecting" in status for status in statuses)
 
