@@ -71,7 +71,7 @@ def _window_position(text: str) -> tuple[int, int]:
     return left, top
 
 
-def _positive(kind, *, zero_ok: bool = False):
+def positive(kind, *, zero_ok: bool = False):
     def parse(text: str):
         try:
             value = kind(text)
@@ -91,15 +91,15 @@ def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
                         help="server IPv4 address or host name (default: %(default)s)")
     parser.add_argument("--port", type=_port, default=defaults.port,
                         help="server TCP port; 0 lets the server pick one (default: %(default)s)")
-    parser.add_argument("--recv-timeout", type=_positive(float), default=defaults.recv_timeout,
+    parser.add_argument("--recv-timeout", type=positive(float), default=defaults.recv_timeout,
                         metavar="S", help="seconds a message may take once its first byte "
                         "arrived (default: %(default)s)")
-    parser.add_argument("--idle-timeout", type=_positive(float), default=defaults.idle_timeout,
+    parser.add_argument("--idle-timeout", type=positive(float), default=defaults.idle_timeout,
                         metavar="S", help="seconds to wait for the next message to begin "
                         "(default: %(default)s)")
-    parser.add_argument("--buffer-size", type=_positive(int), default=defaults.buffer_size,
+    parser.add_argument("--buffer-size", type=positive(int), default=defaults.buffer_size,
                         metavar="N", help="bytes per socket read (default: %(default)s)")
-    parser.add_argument("--max-message-bytes", type=_positive(int),
+    parser.add_argument("--max-message-bytes", type=positive(int),
                         default=defaults.max_message_bytes, metavar="N",
                         help="refuse any message larger than this (default: %s)" % (
                             "derived from the model size" if defaults.max_message_bytes is None
@@ -118,7 +118,7 @@ def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
                         help="how much to log (default: %(default)s)")
 
 
-def _config_from(args: argparse.Namespace, config_type, **extra):
+def config_from(args: argparse.Namespace, config_type, **extra):
     names = {f.name for f in fields(config_type)}
     values = {k: v for k, v in vars(args).items() if k in names}
     return config_type(**(values | extra))
@@ -139,15 +139,10 @@ def server_parser() -> argparse.ArgumentParser:
         prog="server.py", description="fedga server: owns the Keras model, averages the "
         "clients' updates and tests the global model until it reaches the target accuracy.")
     _common_flags(parser, defaults)
-    parser.add_argument("--max-rounds", type=_positive(int), default=defaults.max_rounds,
-                        metavar="N", help="give up (exit 2) after this many accepted updates "
-                        "(default: %(default)s)")
-    parser.add_argument("--num-solutions", type=_positive(int), default=defaults.num_solutions,
-                        metavar="N", help="population size sent to clients (default: %(default)s)")
     parser.add_argument("--round-delay", type=float, default=defaults.round_delay, metavar="S",
                         help="pacing: hold each model reply this many seconds so training can "
                         "be watched; keep it well under 10 for tutorial clients (default: off)")
-    parser.add_argument("--linger", type=_positive(float, zero_ok=True),
+    parser.add_argument("--linger", type=positive(float, zero_ok=True),
                         default=defaults.linger, metavar="S", help="once done, keep answering "
                         "late clients 'done' until none connected for S seconds, then exit "
                         "(default: %(default)s)")
@@ -156,14 +151,14 @@ def server_parser() -> argparse.ArgumentParser:
                         help="running-average: the tutorial's, each update averaged in as it "
                         "comes; the others close a round per --min-clients updates "
                         "(default: %(default)s)")
-    parser.add_argument("--min-clients", type=_positive(int), default=defaults.min_clients,
+    parser.add_argument("--min-clients", type=positive(int), default=defaults.min_clients,
                         metavar="N", help="round-based: close a round once N updates arrived "
                         "(default: %(default)s)")
-    parser.add_argument("--round-timeout", type=_positive(float),
+    parser.add_argument("--round-timeout", type=positive(float),
                         default=defaults.round_timeout, metavar="S", help="round-based: close "
                         "a round S seconds after its first update even if fewer came; keep it "
                         "under 10 for tutorial clients (default: %(default)s)")
-    parser.add_argument("--max-clients", type=_positive(int), default=defaults.max_clients,
+    parser.add_argument("--max-clients", type=positive(int), default=defaults.max_clients,
                         metavar="N", help="refuse connections beyond this many at once "
                         "(default: %(default)s)")
     parser.add_argument("--tls-cert", metavar="PATH", help="serve TLS with this certificate "
@@ -176,6 +171,17 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the --checkpoint file instead of a fresh model: "
                         "rounds carry on and updates the file has counted are not counted again")
+    training_flags(parser, defaults)
+    return parser
+
+
+def training_flags(parser: argparse.ArgumentParser, defaults: ServerConfig) -> None:
+    """What to train and until when, and where results go: server.py's and Flower's."""
+    parser.add_argument("--max-rounds", type=positive(int), default=defaults.max_rounds,
+                        metavar="N", help="give up (exit 2) after this many accepted updates "
+                        "(default: %(default)s)")
+    parser.add_argument("--num-solutions", type=positive(int), default=defaults.num_solutions,
+                        metavar="N", help="population size sent to clients (default: %(default)s)")
     parser.add_argument("--model", metavar="FILE", help="the model to train: a .keras file or a "
                         "Keras JSON architecture (default: the tutorial's XOR model)")
     parser.add_argument("--test-data", metavar="FILE", help="the server's test set: .npz with "
@@ -195,7 +201,6 @@ def server_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", metavar="FILE.png", help="draw accuracy and loss over rounds "
                         "when training ends (needs --history)")
     _ga_flags(parser, "sent to clients; default: ")
-    return parser
 
 
 def client_parser(name: str) -> argparse.ArgumentParser:
@@ -204,17 +209,17 @@ def client_parser(name: str) -> argparse.ArgumentParser:
         prog=f"{name}.py", description=f"fedga {name}: trains the server's model with a genetic "
         "algorithm on its own data, which never leaves this machine.")
     _common_flags(parser, defaults)
-    parser.add_argument("--connect-timeout", type=_positive(float),
+    parser.add_argument("--connect-timeout", type=positive(float),
                         default=defaults.connect_timeout, metavar="S",
                         help="keep retrying to reach the server this long (default: %(default)s)")
-    parser.add_argument("--retries", type=_positive(int, zero_ok=True), default=defaults.retries,
+    parser.add_argument("--retries", type=positive(int, zero_ok=True), default=defaults.retries,
                         metavar="N", help="after losing the server mid-training, reconnect up "
                         f"to N times in a row, waiting {RETRY_FIRST_DELAY:g} s doubling to "
                         f"{RETRY_MAX_DELAY:g} s between attempts, and resend the last unanswered "
                         "update; 0 gives up at once (default: %(default)s, about a minute)")
     parser.add_argument("--tls-ca", metavar="PATH", help="connect over TLS and verify the "
                         "server's certificate and host name against this CA file (PEM)")
-    parser.add_argument("--max-params", type=_positive(int), default=defaults.max_params,
+    parser.add_argument("--max-params", type=positive(int), default=defaults.max_params,
                         metavar="N", help="refuse a server's model with more parameters than "
                         "this (default: %(default)s)")
     own = name not in CLIENT_DATA
@@ -234,17 +239,17 @@ def client_parser(name: str) -> argparse.ArgumentParser:
 
 def _ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
     ga = GAConfig()
-    parser.add_argument("--generations", type=_positive(int), metavar="N",
+    parser.add_argument("--generations", type=positive(int), metavar="N",
                         help=f"GA generations per round at most ({default_text}"
                         f"{ga.num_generations})")
-    parser.add_argument("--parents-mating", type=_positive(int), metavar="N",
+    parser.add_argument("--parents-mating", type=positive(int), metavar="N",
                         help=f"GA parents mating ({default_text}{ga.num_parents_mating})")
-    parser.add_argument("--mutation-percent", type=_positive(float), metavar="P",
+    parser.add_argument("--mutation-percent", type=positive(float), metavar="P",
                         help=f"percent of genes mutated ({default_text}"
                         f"{ga.mutation_percent_genes:g})")
 
 
-def _ga_settings(args: argparse.Namespace) -> dict:
+def ga_settings(args: argparse.Namespace) -> dict:
     """The GA flags given, by GAConfig field name."""
     given = {"num_generations": args.generations, "num_parents_mating": args.parents_mating,
              "mutation_percent_genes": args.mutation_percent}
@@ -266,7 +271,7 @@ def server_main(argv: list[str] | None = None) -> int:
     status = configure_logging(args.log_level, "server")
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
-    config = _config_from(args, ServerConfig, **_ga_settings(args),
+    config = config_from(args, ServerConfig, **ga_settings(args),
                           **_security_settings(parser, args))
     try:
         if args.headless:
@@ -281,7 +286,7 @@ def server_main(argv: list[str] | None = None) -> int:
 
         code = run_server_window(config, build_and_keep, position=args.window_position)
         if built:
-            _save_results(config, built[-1])
+            save_results(config, built[-1])
         return code
     except (CheckpointError, DataError, ModelFileError) as exc:  # one plain sentence each
         log.error("%s", exc)
@@ -321,7 +326,7 @@ def _both(first, second):
     return lambda event: (first(event), second(event))
 
 
-def _save_results(config: ServerConfig, global_model: GlobalModel) -> None:
+def save_results(config: ServerConfig, global_model: GlobalModel) -> None:
     if config.save_model:
         global_model.save_model(config.save_model)
         log.info("saved the global model to %s", config.save_model)
@@ -359,7 +364,7 @@ def _serve(config: ServerConfig, on_event=None) -> int:
                 if quiet_for >= config.linger:
                     break
                 time.sleep(min(1.0, config.linger - quiet_for))  # a late client may yet come
-    _save_results(config, global_model)
+    save_results(config, global_model)
     if global_model.reached_target:
         log.info("finished: accuracy=%.4f after %d rounds; every client was told done",
                  global_model.accuracy, global_model.round)
@@ -380,8 +385,8 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
         source = args.data
     else:
         data, source = CLIENT_DATA[name], f"the tutorial's {name} samples"
-    overrides = _ga_settings(args)
-    config = _config_from(args, ClientConfig, name=name, ga_overrides=overrides,
+    overrides = ga_settings(args)
+    config = config_from(args, ClientConfig, name=name, ga_overrides=overrides,
                           ga=dataclasses.replace(GAConfig(), **overrides),
                           **_security_settings(parser, args))
     if args.headless:

@@ -1,0 +1,121 @@
+"""The same training on Flower: a real simulation of the XOR task, and the records that carry
+our messages checked as the socket path checks them."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
+
+from common import protocol  # noqa: E402  (after the skip: these import Flower)
+from common.flower.records import (request_content, request_from, update_content,  # noqa: E402
+                                   update_from)
+from common.flower.deploy import LocalDeployment  # noqa: E402
+from common.flower.server_app import RUN_CONFIG_KEYS, ConfigError, server_config  # noqa: E402
+from common.ga import TrainingResult  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SIMULATION_TIMEOUT = 300  # seconds; Ray's start-up and a TensorFlow import per worker included
+DEPLOYMENT_TIMEOUT = 300  # seconds; Flower's SuperNodes poll for work every 3 s
+
+
+def _history(path: Path) -> list[dict]:
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+def _live_members(sessions: set[int]) -> list[str]:
+    """Processes (not zombies) left in the given sessions, as "pid name"."""
+    left = []
+    for entry in Path("/proc").iterdir():
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue  # not a process, or it ended meanwhile
+        state, session = tail.split()[0], int(tail.split()[3])
+        if session in sessions and state != "Z":
+            left.append(f"{entry.name} {head.split('(', 1)[1]}")
+    return left
+
+
+def test_simulation_of_two_nodes_trains_xor_to_done_with_our_ga_and_fedavg(tmp_path):
+    history = tmp_path / "history.csv"
+    run = subprocess.run(
+        [sys.executable, "-m", "common.flower", "simulate", "--nodes", "2", "--seed", "3",
+         "--history", str(history)],
+        cwd=ROOT, capture_output=True, text=True, timeout=SIMULATION_TIMEOUT)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    rows = _history(history)
+    assert float(rows[-1]["accuracy"]) == 1.0  # evaluated by common.model on the test set
+    assert [int(row["round"]) for row in rows] == list(range(1, len(rows) + 1))
+    # Every round aggregated both nodes' answers with common.aggregate's fedavg ...
+    assert output.count("fedavg of 2 updates") == len(rows), output
+    # ... and each answer came from our GA on the node: PyGAD's generations and fitness.
+    trained = [line for line in output.splitlines() if "2 nodes trained" in line]
+    assert len(trained) == len(rows), output
+    assert "done: accuracy=1.0000 reached the target" in output
+
+
+def test_a_deployment_here_runs_our_apps_in_flowers_processes_and_stops_them_all(tmp_path):
+    """A SuperLink and two SuperNodes on free ports with their own FLWR_HOME, `flwr run` on
+    this project, two rounds; then every process group the test started is gone. (Rounds to
+    accuracy 1.0 vary too much for a test: the simulation above trains to done.)"""
+    history = tmp_path / "history.csv"
+    with LocalDeployment(2, tmp_path) as deployment:
+        code = deployment.run({"max-rounds": 2, "history": str(history)}, DEPLOYMENT_TIMEOUT)
+        sessions = {process.pid for process in deployment.processes}
+    output = (tmp_path / "run.log").read_text()
+    assert code == 0, output
+    assert 1 <= len(_history(history)) <= 2, output  # done early, or gave up after 2 rounds
+    assert "2 nodes trained" in output and "fedavg of 2 updates" in output, output
+    assert "[node " in (tmp_path / "supernode-1.log").read_text()  # our ClientApp's own log
+    assert _live_members(sessions) == []
+
+
+def test_a_request_crosses_flower_records_unchanged():
+    population = np.random.default_rng(0).standard_normal((10, 22)).astype(np.float32)
+    request = {"population_weights": population, "model_json": "{}", "num_solutions": 10,
+               "round": 3, "accuracy": 0.75, "num_generations": 50}
+    received = request_from(request_content(request))
+    assert received.keys() == request.keys()
+    np.testing.assert_array_equal(received["population_weights"], population)
+    assert {k: v for k, v in received.items() if k != "population_weights"} == {
+        k: v for k, v in request.items() if k != "population_weights"}
+
+
+def test_an_update_is_checked_like_a_socket_clients():
+    best = np.linspace(-1, 1, 22, dtype=np.float32)
+    content = update_content(TrainingResult(best, 12.5, 7), num_samples=2)
+    vector, samples, metrics = update_from(content, num_params=22)
+    np.testing.assert_array_equal(vector, best)
+    assert samples == 2 and metrics["generations"] == 7
+    with pytest.raises(protocol.SchemaError, match="shape"):
+        update_from(content, num_params=23)
+    best[4] = np.nan
+    with pytest.raises(protocol.SchemaError, match="NaN"):
+        update_from(update_content(TrainingResult(best, 1.0, 1), 2), num_params=22)
+
+
+def test_run_config_names_server_flags_and_refuses_others():
+    config = server_config({"target-accuracy": 0.75, "max-rounds": 30, "data": "nodes/",
+                            "aggregation": "median"})
+    assert (config.target_accuracy, config.max_rounds, config.aggregation) == (0.75, 30,
+                                                                               "median")
+    with pytest.raises(ConfigError, match="'port' is not a setting"):
+        server_config({"port": 9000})
+    with pytest.raises(ConfigError, match="aggregation must be one of"):
+        server_config({"aggregation": "running-average"})
+
+
+def test_pyproject_declares_every_server_setting_with_the_servers_defaults():
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        declared = tomllib.load(file)["tool"]["flwr"]["app"]["config"]
+    assert set(declared) - {"data"} == set(RUN_CONFIG_KEYS)
+    assert server_config(declared) == server_config({})
