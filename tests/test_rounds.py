@@ -46,15 +46,24 @@ def test_one_poisoning_client_wrecks_fedavg_but_not_median(aggregation, server_f
     stop = threading.Event()
     poisoner = threading.Thread(target=_poisoner, args=(listener.server_address, stop))
     poisoner.start()
-    honest = [client_factory(listener.server_address, data=XOR_TEST_DATA)[1] for _ in range(2)]
+    for _ in range(2):  # honest clients, each holding all four XOR samples
+        client_factory(listener.server_address, data=XOR_TEST_DATA)
     events.wait_for(lambda e: e.kind == "update" and e.round == 1)
     largest_weight = float(np.max(np.abs(listener.global_model.vector)))
     if aggregation == "fedavg":
         assert largest_weight > 1e5  # one client's update dominates the mean
     else:
-        assert largest_weight < 100
-        for client_events in honest:
-            assert client_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+        # Each weight of the median lies between the two honest updates' values, so the
+        # poisoner cannot pull the model away in any round it takes part in. (It still biases
+        # the median toward the larger honest value, so reaching 1.0 here is likely, not sure.)
+        for round_ in range(1, 11):
+            assert largest_weight < 100, f"round {round_}"
+            event = events.wait_for(lambda e: e.kind == "done"
+                                    or (e.kind == "update" and e.round > round_))
+            if event.kind == "done":
+                assert event.accuracy == 1.0
+                break
+            largest_weight = float(np.max(np.abs(listener.global_model.vector)))
     stop.set()
     listener.shutdown()
     poisoner.join(WAIT)
