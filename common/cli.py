@@ -10,14 +10,16 @@ import argparse
 import dataclasses
 import logging
 import signal
-import time
 import sys
+import threading
+import time
 from dataclasses import fields
 
 from common import security
 from common.checkpoint import CheckpointError
 from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, ConnectError,
                            Reconnector, RecvThread, connect)
+from common.events import Event
 from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, Dataset, fit_to_model,
                          load_dataset)
 from common.aggregate import AGGREGATIONS
@@ -400,17 +402,28 @@ def run_client_headless(config: ClientConfig, data: Dataset, data_source: str,
                         status: StatusLine | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     thread = None
+    ended = threading.Event()
+    show = status and ClientStatus(status, config.name, config.ga.num_generations)
+
+    def on_event(event: Event) -> None:
+        if show:
+            show(event)
+        if event.kind in ("done", "error", "stopped"):  # the thread's last words
+            ended.set()
+
     try:
         log.info("connecting to %s:%d", config.host, config.port)
         sock = connect(config.host, config.port, config.connect_timeout)
         thread = RecvThread(config.buffer_size, config.recv_timeout, sock=sock,
                             data=data, data_source=data_source, config=config,
-                            on_event=status and ClientStatus(status, config.name,
-                                                             config.ga.num_generations),
+                            on_event=on_event,
                             reconnect=Reconnector(config.host, config.port, config.retries))
         thread.start()
-        while thread.is_alive():
-            thread.join(timeout=1.0)
+        # Wait on our own event, not in Thread.join: a Ctrl-C landing inside join can leave
+        # the thread's state lock broken on some Python 3.11 builds, and the join in the
+        # finally block below then never returns (seen in CI on Debian's 3.11.2).
+        while not ended.wait(1.0) and thread.is_alive():
+            pass
     except ConnectError as exc:
         log.error("%s", exc)
         return EXIT_FAILED

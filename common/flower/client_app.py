@@ -24,6 +24,7 @@ from common.training import LocalTrainer
 
 log = logging.getLogger("fedga.flower")
 
+
 def node_data(data_file: str, data_folder: str, partition: int) -> tuple[Dataset, str]:
     """The node's own data set and where it came from (for error messages)."""
     if data_file:
