@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import signal
 import sys
-import threading
 import time
 from dataclasses import fields
 
@@ -19,7 +18,6 @@ from common import security
 from common.checkpoint import CheckpointError
 from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, ConnectError,
                            Reconnector, RecvThread, connect)
-from common.events import Event
 from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, Dataset, fit_to_model,
                          load_dataset)
 from common.aggregate import AGGREGATIONS
@@ -45,6 +43,14 @@ class Terminated(BaseException):
 
 def _on_sigterm(signum, frame):
     raise Terminated
+
+
+def _handle_signals() -> None:
+    """Ctrl-C and SIGTERM end a headless run cleanly. SIGINT gets Python's own handler even
+    when this process inherited it ignored, as anything started in the background by a
+    non-interactive shell does (`cmd &` in a script, or a CI runner's job)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 def parse_port(text: str) -> int:
@@ -338,7 +344,7 @@ def save_results(config: ServerConfig, global_model: GlobalModel) -> None:
 
 
 def run_server_headless(config: ServerConfig, status: StatusLine | None = None) -> int:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    _handle_signals()
     try:  # from here on a signal may land anywhere, even inside a log call
         return _serve(config, status and ServerStatus(status))
     except KeyboardInterrupt:
@@ -400,30 +406,19 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
 
 def run_client_headless(config: ClientConfig, data: Dataset, data_source: str,
                         status: StatusLine | None = None) -> int:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    _handle_signals()
     thread = None
-    ended = threading.Event()
-    show = status and ClientStatus(status, config.name, config.ga.num_generations)
-
-    def on_event(event: Event) -> None:
-        if show:
-            show(event)
-        if event.kind in ("done", "error", "stopped"):  # the thread's last words
-            ended.set()
-
     try:
         log.info("connecting to %s:%d", config.host, config.port)
         sock = connect(config.host, config.port, config.connect_timeout)
         thread = RecvThread(config.buffer_size, config.recv_timeout, sock=sock,
                             data=data, data_source=data_source, config=config,
-                            on_event=on_event,
+                            on_event=status and ClientStatus(status, config.name,
+                                                             config.ga.num_generations),
                             reconnect=Reconnector(config.host, config.port, config.retries))
         thread.start()
-        # Wait on our own event, not in Thread.join: a Ctrl-C landing inside join can leave
-        # the thread's state lock broken on some Python 3.11 builds, and the join in the
-        # finally block below then never returns (seen in CI on Debian's 3.11.2).
-        while not ended.wait(1.0) and thread.is_alive():
-            pass
+        while thread.is_alive():
+            thread.join(timeout=1.0)
     except ConnectError as exc:
         log.error("%s", exc)
         return EXIT_FAILED

@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class Script:
     """A running entry point whose stderr lines can be waited on."""
 
-    def __init__(self, script: str, *args: str):
+    def __init__(self, script: str, *args: str, preexec_fn=None):
         self.process = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True)
+                                        text=True, preexec_fn=preexec_fn)
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
@@ -94,10 +94,18 @@ def test_sigterm_stops_the_server_cleanly():
     assert "Traceback" not in server.output()
 
 
-def test_ctrl_c_stops_a_waiting_client():
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# "ignored": started as a non-interactive shell starts a background job (`client1.py &` in a
+# script, or a CI job), which inherits SIGINT ignored; the client still honours it.
+@pytest.mark.parametrize("inherited", [None, _ignore_sigint], ids=["default", "ignored"])
+def test_ctrl_c_stops_a_waiting_client(inherited):
     listening = socket.create_server(("127.0.0.1", 0))
     with listening, Script("client1.py", "--headless", "--host", "127.0.0.1",
-                           "--port", str(listening.getsockname()[1])) as client:
+                           "--port", str(listening.getsockname()[1]),
+                           preexec_fn=inherited) as client:
         client.wait_for_line("connecting to")
         connection, _ = listening.accept()
         with connection:
