@@ -101,10 +101,6 @@ def test_client_refuses_a_model_it_cannot_afford(client_factory):
     assert error.detail.startswith("Refused the server's model: the model has more than")
 
 
-def _xor_spec() -> dict:
-    return json.loads(build_xor_model().to_json())
-
-
 def test_the_xor_model_is_a_dense_chain_without_keras():
     assert dense_chain(build_xor_model().to_json()) == [(2, 4, True, "relu"),
                                                        (4, 2, True, "softmax")]
