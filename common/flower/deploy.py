@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -44,11 +45,12 @@ class LocalDeployment:
                         # This venv has what the app needs: no venv built per run.
                         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
 
-    def _start(self, command: list[str], log_name: str, **kwargs) -> subprocess.Popen:
-        with (self.folder / log_name).open("wb") as log:
-            process = subprocess.Popen(command, cwd=PROJECT, env=self.env, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True,
-                                       **kwargs)
+    def _start(self, command: list[str], log_name: str, stream=None) -> subprocess.Popen:
+        """Start ``command`` in a process group of its own, its output to ``stream`` or else
+        to ``log_name`` in the folder."""
+        with (self.folder / log_name).open("wb") if stream is None else nullcontext(stream) as out:
+            process = subprocess.Popen(command, cwd=PROJECT, env=self.env, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
 
@@ -78,13 +80,7 @@ class LocalDeployment:
         command = [str(BIN / "flwr"), "run", str(PROJECT), CONNECTION, "--stream"]
         if settings:
             command += ["--run-config", run_config_text(settings)]
-        if stream is None:
-            process = self._start(command, "run.log")
-        else:
-            process = subprocess.Popen(command, cwd=PROJECT, env=self.env, stdout=stream,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-            self.processes.append(process)
-        return process.wait(timeout)
+        return self._start(command, "run.log", stream).wait(timeout)
 
     def stop(self) -> None:
         for process in self.processes:

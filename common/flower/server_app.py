@@ -110,8 +110,9 @@ class GAStrategy(Strategy):
             self.node_metrics.append({"round": server_round, "node": node, **metrics})
         if not pending:
             return None, None
-        generations = [int(m["generations"]) for m in self.node_metrics[-len(pending):]]
-        fitness = [m["best_fitness"] for m in self.node_metrics[-len(pending):]]
+        answers = self.node_metrics[-len(pending):]
+        generations = [int(m["generations"]) for m in answers]
+        fitness = [m["best_fitness"] for m in answers]
         log.info("round %d: %d nodes trained %d to %d generations, best fitness %.4g to %.4g",
                  server_round, len(pending), min(generations), max(generations),
                  min(fitness), max(fitness))
