@@ -23,12 +23,11 @@ import threading
 import time
 from collections import Counter
 
-import keras
 
 from bench.common import peak_rss_mib, percentile, print_header, print_table, seconds, target
 from common.client import ClientConfig, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA
-from common.model import build_xor_model
+from common.model import xor_network
 from common.server import GlobalModel, ListenThread, ServerConfig
 
 TIMEOUT = 110  # seconds: the benchmark must finish in under 2 minutes
@@ -36,7 +35,6 @@ TIMEOUT = 110  # seconds: the benchmark must finish in under 2 minutes
 
 def serve(clients: int, seed: int) -> int:
     """The server process: print the port, serve until every client has left, print stats."""
-    keras.utils.set_random_seed(seed)
     counts: Counter = Counter()
     errors: list[str] = []
     all_left = threading.Event()
@@ -50,7 +48,7 @@ def serve(clients: int, seed: int) -> int:
                 all_left.set()
 
     config = ServerConfig(host="127.0.0.1", port=0, seed=seed)
-    global_model = GlobalModel(build_xor_model(), XOR_TEST_DATA, num_solutions=config.num_solutions,
+    global_model = GlobalModel(xor_network(seed), XOR_TEST_DATA, num_solutions=config.num_solutions,
                                max_rounds=config.max_rounds, seed=seed, on_event=on_event)
     with ListenThread(global_model, config, on_event=on_event) as server:
         print(f"PORT {server.server_address[1]}", flush=True)

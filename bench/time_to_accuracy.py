@@ -31,16 +31,15 @@ from bench.common import (percentile, print_header, print_table, seconds, target
 from common.client import ClientConfig, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA
 from common.ga import GAConfig
-from common.model import build_xor_model
+from common.model import xor_network
 from common.server import GlobalModel, ListenThread, ServerConfig
 
 RUN_TIMEOUT = 60  # seconds: a run that takes this long has failed its target many times over
 
 
 def start_server(seed: int) -> ListenThread:
-    keras.utils.set_random_seed(seed)  # the global model's initial weights
     config = ServerConfig(host="127.0.0.1", port=0, seed=seed)
-    global_model = GlobalModel(build_xor_model(), XOR_TEST_DATA,
+    global_model = GlobalModel(xor_network(seed), XOR_TEST_DATA,
                                num_solutions=config.num_solutions, seed=seed)
     server = ListenThread(global_model, config)
     server.start()

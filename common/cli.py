@@ -22,7 +22,7 @@ from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, Dataset, fit_to_
                          load_dataset)
 from common.aggregate import AGGREGATIONS
 from common.ga import GAConfig
-from common.model import ModelFileError
+from common.model import ModelFileError, load_model_file, xor_network
 from common.results import History, plot_history
 from common.status import ClientStatus, ServerStatus, StatusLine
 from common.server import BindError, GlobalModel, ListenThread, ServerConfig
@@ -154,6 +154,10 @@ def server_parser() -> argparse.ArgumentParser:
                         default=defaults.linger, metavar="S", help="once done, keep answering "
                         "late clients 'done' until none connected for S seconds, then exit "
                         "(default: %(default)s)")
+    parser.add_argument("--expected-clients", type=positive(int),
+                        default=defaults.expected_clients, metavar="N", help="headless: exit "
+                        "as soon as N clients were answered done, without --linger "
+                        "(default: linger)")
     parser.add_argument("--aggregation", default=defaults.aggregation,
                         choices=["running-average", *AGGREGATIONS],
                         help="running-average: the tutorial's, each update averaged in as it "
@@ -304,12 +308,11 @@ def server_main(argv: list[str] | None = None) -> int:
 def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
     """The model and test data of the config (the tutorial's XOR by default), recording the
     history when asked. Raises ModelFileError or DataError, each one plain sentence."""
-    from common.model import ForwardPass, build_xor_model, load_model_file  # imports Keras
-
-    model = load_model_file(config.model) if config.model else build_xor_model()
+    network = (load_model_file(config.model, config.seed) if config.model
+               else xor_network(config.seed))
     test_data = XOR_TEST_DATA
     if config.test_data:
-        forward = ForwardPass(model)
+        forward = network.forward
         test_data = fit_to_model(
             load_dataset(config.test_data, config.test_labels, config.test_label_column),
             forward.num_features, forward.num_outputs, config.test_data)
@@ -318,7 +321,7 @@ def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
                         "--test-data FILE.")
     if config.history:
         on_event = _both(History(config.history), on_event)
-    return GlobalModel(model, test_data, num_solutions=config.num_solutions,
+    return GlobalModel(network, test_data, num_solutions=config.num_solutions,
                        target_accuracy=config.target_accuracy, max_rounds=config.max_rounds,
                        seed=config.seed, on_event=on_event, checkpoint_path=config.checkpoint,
                        resume=config.resume, aggregation=config.aggregation,
@@ -368,6 +371,9 @@ def _serve(config: ServerConfig, on_event=None) -> int:
                  global_model.accuracy)
         while True:
             if server.wait_all_answered(timeout=1.0):
+                if config.expected_clients and (len(server.peers_told_done)
+                                                >= config.expected_clients):
+                    break
                 quiet_for = time.monotonic() - server.last_connected
                 if quiet_for >= config.linger:
                     break

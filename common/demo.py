@@ -26,10 +26,12 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="fedga demo: %(message)s")
     port = str(free_port())
     log.info("server and two clients on 127.0.0.1:%s", port)
+    clients = ("client1.py", "client2.py")
     processes = {
         script: subprocess.Popen([sys.executable, str(ROOT / script), "--headless",
-                                  "--host", "127.0.0.1", "--port", port], cwd=ROOT)
-        for script in ("server.py", "client1.py", "client2.py")
+                                  "--host", "127.0.0.1", "--port", port, *extra], cwd=ROOT)
+        for script, extra in [("server.py", ["--expected-clients", str(len(clients))]),
+                              *((client, []) for client in clients)]
     }
     try:
         codes = {script: process.wait() for script, process in processes.items()}

@@ -3,68 +3,137 @@
 A flat vector holds every weight array of ``model.get_weights()`` raveled in order, which
 for Dense stacks is also the order of ``pygad.kerasga``, so tutorial peers read our vectors.
 
-Keras, and TensorFlow under it (seconds to import, half a gigabyte), loads only where a model
-is built: a client whose server describes a plain Dense chain trains it with NumPy alone.
+Keras, and TensorFlow under it (seconds to import, half a gigabyte), loads only where it is
+needed (``load_keras``): a ``.keras`` file, or a model that is not a plain Dense chain. A
+Dense chain, the tutorial's XOR model among them, is described, initialised, trained and
+evaluated with NumPy alone, on the server as on the clients.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from common.modelspec import DEFAULT_MAX_PARAMS, dense_chain_json
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger(__name__)
 
+XOR_LAYERS = [(4, "relu"), (2, "softmax")]  # the tutorial's model: Input(2) -> these
+
+
+def load_keras():
+    """Import Keras, its TensorFlow libraries bound to their own symbols (``RTLD_DEEPBIND``).
+
+    TensorFlow's libraries carry a copy of LLVM. Loaded after Mesa's OpenGL driver (a Kivy
+    window), the dynamic linker binds that copy's start-up code to Mesa's LLVM, loaded first,
+    and the process dies (SIGSEGV in ``DebugInfoMetadata.cpp``'s static initialiser).
+    Binding TensorFlow to itself makes the order harmless; ``common/__init__.py`` covers the
+    other order. Every Keras import of ours goes through here."""
+    if "keras" not in sys.modules:
+        flags = sys.getdlopenflags()
+        sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+        try:
+            import keras  # noqa: F401
+        finally:
+            sys.setdlopenflags(flags)
+    return sys.modules["keras"]
+
+
+def xor_model_json() -> str:
+    """The tutorial's model as Keras's ``to_json()`` describes it, without Keras."""
+    return dense_chain_json(2, XOR_LAYERS)
+
 
 def build_xor_model() -> keras.Model:
-    """The tutorial's model: Input(2) -> Dense(4, relu) -> Dense(2, softmax)."""
-    import keras
-
-    inputs = keras.Input(shape=(2,))
-    hidden = keras.layers.Dense(4, activation="relu")(inputs)
-    outputs = keras.layers.Dense(2, activation="softmax")(hidden)
-    return keras.Model(inputs=inputs, outputs=outputs)
+    """The tutorial's model built by Keras: Input(2) -> Dense(4, relu) -> Dense(2, softmax)."""
+    return model_from_json(xor_model_json())
 
 
 def model_from_json(model_json: str) -> keras.Model:
-    import keras
-
-    return keras.models.model_from_json(model_json)
+    return load_keras().models.model_from_json(model_json)
 
 
 class ModelFileError(Exception):
     """A --model file cannot be used; the message is one plain sentence."""
 
 
-def load_model_file(path: str) -> keras.Model:
-    """A model from a ``.keras`` file or a Keras JSON architecture, its description checked
-    (``common.modelspec``) before Keras builds anything from it."""
-    import keras
-
+def load_model_file(path: str, seed: int | None = None) -> Network:
+    """A model from a ``.keras`` file (with its weights) or a Keras JSON architecture
+    (initialised as Keras would, from ``seed``), its description checked
+    (``common.modelspec``) before anything is built from it. Keras loads for a ``.keras``
+    file or a model that is not a Dense chain."""
     from common.modelspec import ModelRefused, count_params
 
     file = Path(path)
     try:
-        if file.suffix == ".keras":
-            with zipfile.ZipFile(file) as archive:
-                model_json = archive.read("config.json").decode()
-        else:
-            model_json = file.read_text()
-        count_params(model_json)
-        if file.suffix == ".keras":
-            return keras.saving.load_model(file, compile=False, safe_mode=True)
-        return model_from_json(model_json)
+        if file.suffix != ".keras":
+            return Network.from_json(file.read_text(), seed)
+        with zipfile.ZipFile(file) as archive:
+            count_params(archive.read("config.json").decode())
+        keras = load_keras()
+        return Network.from_keras(keras.saving.load_model(file, compile=False, safe_mode=True))
     except ModelRefused as exc:
         raise ModelFileError(f"The model in {path} is not one fedga trains: {exc}.") from None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ModelFileError(f"Cannot read the model file {path}: "
                              f"{getattr(exc, 'strerror', None) or exc}.") from None
+
+
+@dataclass(frozen=True)
+class Network:
+    """A model as the server holds it: the ``model_json`` it sends, the forward pass it
+    evaluates with, and its initial weights as a flat vector."""
+
+    model_json: str
+    forward: ForwardPass
+    initial_vector: np.ndarray
+
+    @classmethod
+    def from_keras(cls, model: keras.Model) -> Network:
+        return cls(model.to_json(), ForwardPass(model), weights_to_vector(model.get_weights()))
+
+    @classmethod
+    def from_json(cls, model_json: str, seed: int | None = None,
+                  max_params: int = DEFAULT_MAX_PARAMS) -> Network:
+        """Raises ``ModelRefused`` for a description ``common.modelspec`` refuses."""
+        forward = ForwardPass.from_json(model_json, max_params)
+        if forward.model is not None:
+            return cls(model_json, forward, weights_to_vector(forward.model.get_weights()))
+        return cls(model_json, forward, glorot_vector(forward.shapes, seed))
+
+    def save(self, vector: np.ndarray, path: str) -> None:
+        """Write the model with these weights as a ``.keras`` file (this needs Keras)."""
+        model = self.forward.model or model_from_json(self.model_json)
+        model.set_weights(vector_to_weights(vector, self.forward.shapes))
+        model.save(path)
+
+
+def xor_network(seed: int | None = None) -> Network:
+    return Network.from_json(xor_model_json(), seed)
+
+
+def glorot_vector(shapes: list[tuple[int, ...]], seed: int | None = None) -> np.ndarray:
+    """Keras's Dense defaults as one vector: kernels Glorot-uniform, biases zero."""
+    # A stream of its own: the server draws its populations from ``seed`` itself.
+    rng = np.random.default_rng(None if seed is None else [seed, 1])
+    parts = []
+    for shape in shapes:
+        if len(shape) == 2:
+            limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+            parts.append(rng.uniform(-limit, limit, size=shape).ravel())
+        else:
+            parts.append(np.zeros(shape))
+    return np.concatenate(parts).astype(np.float32)
 
 
 def weights_to_vector(weights: list[np.ndarray]) -> np.ndarray:
@@ -121,7 +190,7 @@ _ACTIVATIONS = {
 
 def _dense_stack(model: keras.Model) -> list[tuple[int, int, bool, str]] | None:
     """(fan_in, units, use_bias, activation) per layer if the model is only Dense layers."""
-    import keras
+    keras = load_keras()
 
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         return None
@@ -197,7 +266,7 @@ class ForwardPass:
 
     def _agrees_with_keras(self) -> bool:
         """Run the batched path once beside Keras on the model's own weights."""
-        import keras
+        keras = load_keras()
 
         probe = np.random.default_rng(0).standard_normal(
             (4, self._dense[0][0])).astype(np.float32)
@@ -207,7 +276,7 @@ class ForwardPass:
         return ours.shape == expected.shape and np.allclose(ours, expected, rtol=1e-4, atol=1e-5)
 
     def _keras_forward(self, vector: np.ndarray, inputs: np.ndarray) -> np.ndarray:
-        import keras
+        keras = load_keras()
 
         self.model.set_weights(vector_to_weights(vector, self.shapes))
         return keras.ops.convert_to_numpy(self.model(inputs, training=False))

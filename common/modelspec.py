@@ -171,3 +171,45 @@ def _first(names):
     if isinstance(names, list) and len(names) == 3 and isinstance(names[0], str):
         return names[0]
     return None
+
+
+def dense_chain_json(num_features: int, layers: list[tuple[int, str]]) -> str:
+    """The JSON Keras's ``model.to_json()`` writes for ``Input(shape=(num_features,))``
+    followed by ``Dense(units, activation)`` per ``layers`` entry, as a Functional model
+    with Keras's default names and initializers. Built without Keras, so a server can send
+    the tutorial's model without importing TensorFlow; tutorial peers rebuild it with Keras."""
+    def tensor(width: int, producer: str) -> dict:
+        return {"class_name": "__keras_tensor__", "config": {
+            "shape": [None, width], "dtype": "float32", "keras_history": [producer, 0, 0]}}
+
+    def initializer(class_name: str, config: dict) -> dict:
+        return {"module": "keras.initializers", "class_name": class_name, "config": config,
+                "registered_name": None}
+
+    spec = [{"module": "keras.layers", "class_name": "InputLayer", "config": {
+        "batch_shape": [None, num_features], "dtype": "float32", "sparse": False,
+        "ragged": False, "name": "input_layer", "optional": False},
+        "registered_name": None, "name": "input_layer", "inbound_nodes": []}]
+    width = num_features
+    for index, (units, activation) in enumerate(layers):
+        name = "dense" if index == 0 else f"dense_{index}"
+        spec.append({"module": "keras.layers", "class_name": "Dense", "config": {
+            "name": name, "trainable": True,
+            "dtype": {"module": "keras", "class_name": "DTypePolicy",
+                      "config": {"name": "float32"}, "registered_name": None},
+            "units": units, "activation": activation, "use_bias": True,
+            "kernel_initializer": initializer(
+                "GlorotUniform", {"seed": None, "input_axes": None, "output_axes": None}),
+            "bias_initializer": initializer("Zeros", {}),
+            "kernel_regularizer": None, "bias_regularizer": None, "kernel_constraint": None,
+            "bias_constraint": None, "quantization_config": None},
+            "registered_name": None, "build_config": {"input_shape": [None, width]},
+            "name": name, "inbound_nodes": [{"args": [tensor(width, spec[-1]["name"])],
+                                             "kwargs": {}}]})
+        width = units
+    return json.dumps({
+        "module": "keras.src.models.functional", "class_name": "Functional", "config": {
+            "name": "functional", "trainable": True, "layers": spec,
+            "input_layers": ["input_layer", 0, 0], "output_layers": [spec[-1]["name"], 0, 0]},
+        "registered_name": "Functional", "build_config": {"input_shape": None},
+        "compile_config": {}})

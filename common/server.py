@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,11 +24,8 @@ from common.checkpoint import Checkpoint
 from common.data import Dataset
 from common.events import Event
 from common.ga import GAConfig, loss
-from common.model import ForwardPass, vector_to_weights, weights_to_vector
+from common.model import Network
 from common.protocol import Connection, Message, ProtocolError, Subject
-
-if TYPE_CHECKING:
-    import keras  # the server's model; Keras loads where it is built
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +51,9 @@ class ServerConfig:
     # Headless: once done, keep answering newcomers ``done`` until none came for this long, so
     # a client started a little late still ends well instead of finding the server gone.
     linger: float = 5.0
+    # Headless: exit as soon as this many clients were answered ``done``, without lingering
+    # (the demo knows it runs exactly two). None: linger.
+    expected_clients: int | None = None
     aggregation: str = "running-average"  # the tutorial's; or fedavg, median, trimmed-mean
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
@@ -149,7 +148,7 @@ class GlobalModel:
     answered; ``resume`` starts from that file (``CheckpointError`` if it cannot be read).
     """
 
-    def __init__(self, model: keras.Model, test_data: Dataset, *, num_solutions: int = 10,
+    def __init__(self, network: Network, test_data: Dataset, *, num_solutions: int = 10,
                  target_accuracy: float = 1.0, max_rounds: int = 1000,
                  seed: int | None = None, on_event: EventCallback | None = None,
                  checkpoint_path: str | None = None, resume: bool = False,
@@ -162,12 +161,13 @@ class GlobalModel:
         self._pending: list = []  # this round's (update, num_samples, key, client)
         self._round_id = 0
         self._round_deadline = 0.0
-        self.model_json = model.to_json()
+        self.network = network
+        self.model_json = network.model_json
         ga = ga or GAConfig()
         self.ga_settings = {"num_generations": ga.num_generations,
                             "num_parents_mating": ga.num_parents_mating,
                             "mutation_percent_genes": ga.mutation_percent_genes}
-        self.forward = ForwardPass(model)
+        self.forward = network.forward
         self.test_data = test_data
         self.num_solutions = num_solutions
         self.target_accuracy = target_accuracy
@@ -176,7 +176,7 @@ class GlobalModel:
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._round_closed = threading.Condition(self._lock)
-        self.vector = weights_to_vector(model.get_weights())
+        self.vector = network.initial_vector
         self.round = 0
         self.accuracy = self._evaluate(self.vector)
         self.finished = threading.Event()
@@ -212,10 +212,8 @@ class GlobalModel:
 
     def save_model(self, path: str) -> None:
         """Save the global model as a ``.keras`` file."""
-        with self._lock:
-            model = self.forward.model
-            model.set_weights(vector_to_weights(self.vector, self.forward.shapes))
-            model.save(path)
+        with self._lock:  # a Keras-built forward pass shares its model with evaluation
+            self.network.save(self.vector, path)
 
     def _reply(self) -> Message:
         """Call with the lock held: ``done`` once finished, else a population around the
@@ -424,6 +422,7 @@ class ListenThread(threading.Thread):
         self._on_event = on_event or (lambda event: None)
         self._handlers: list[SocketThread] = []
         self._handlers_lock = threading.Lock()
+        self.peers_told_done: set[str] = set()  # every client answered ``done`` so far
         self._changed = threading.Condition()
         self._stop_requested = threading.Event()
         self.last_connected = time.monotonic()  # of the latest client, or of the start
@@ -475,6 +474,8 @@ class ListenThread(threading.Thread):
         handler.start()
 
     def _notify(self) -> None:
+        with self._handlers_lock:
+            self.peers_told_done.update(h.peer for h in self._handlers if h.answered_done)
         with self._changed:
             self._changed.notify_all()
 

@@ -12,7 +12,7 @@ import pytest
 from common import checkpoint, protocol
 from common.checkpoint import Checkpoint, CheckpointError
 from common.data import XOR_TEST_DATA
-from common.model import build_xor_model
+from common.model import xor_network
 from common.server import GlobalModel
 
 NUM_PARAMS = 22  # the XOR model: 2x4 + 4 + 4x2 + 2
@@ -99,7 +99,7 @@ def test_a_file_that_is_not_our_checkpoint_is_refused(tmp_path, name):
 
 def _global_model(path, resume=False, target_accuracy=2.0):
     # An unreachable target by default: every update is averaged in and training goes on.
-    return GlobalModel(build_xor_model(), XOR_TEST_DATA, checkpoint_path=str(path),
+    return GlobalModel(xor_network(1), XOR_TEST_DATA, checkpoint_path=str(path),
                        resume=resume, target_accuracy=target_accuracy, seed=1)
 
 

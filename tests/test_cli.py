@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class Script:
     """A running entry point whose stderr lines can be waited on."""
 
-    def __init__(self, script: str, *args: str, preexec_fn=None):
+    def __init__(self, script: str, *args: str, preexec_fn=None, env=None):
         self.process = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, preexec_fn=preexec_fn)
+                                        text=True, preexec_fn=preexec_fn, env=env)
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)

@@ -11,7 +11,7 @@ from common import protocol
 from common.client import ConnectError, connect
 from common.data import XOR_TEST_DATA
 from common.ga import GAConfig
-from common.model import build_xor_model
+from common.model import xor_network
 from common.protocol import Message, Subject
 from common.server import GlobalModel
 from tests.conftest import WAIT, client_error_against
@@ -69,7 +69,7 @@ def test_stop_ends_a_waiting_client(listening, client_factory):
 def _hang_up_on_the_first_update(listening, then_listen: bool) -> list[dict]:
     """A server that answers the echo, takes the first update and dies without answering;
     if ``then_listen``, a second connection gets ``done`` for whatever it sends."""
-    model = GlobalModel(build_xor_model(), XOR_TEST_DATA, seed=1).reply_to_echo()
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, seed=1).reply_to_echo()
     received = []
     connection, _ = listening.accept()
     with connection:

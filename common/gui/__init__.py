@@ -20,10 +20,6 @@ CLIENT_SIZE = (640, 470)  # two clients fit under each other on a 1280x1024 scre
 
 
 def _prepare_kivy(size: tuple[int, int], position: tuple[int, int] | None) -> None:
-    # TensorFlow dies (SIGSEGV) when first imported after Kivy opened its GL window (seen with
-    # Mesa's llvmpipe), and the core loads Keras only once a model is built: load it first.
-    import keras  # noqa: F401
-
     # Kivy logs through the handlers and format configure_logging set up, not its own;
     # its start-up report is for --log-level DEBUG.
     os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")
