@@ -16,12 +16,13 @@ import socket
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import pygad
-import pygad.kerasga
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import keras
 
 TUTORIAL_BUFFER_SIZE = 1024
 
@@ -41,7 +42,7 @@ def machine() -> str:
     """One line naming the machine and the versions, so a table can be read in context."""
     return (f"machine: {os.cpu_count()} cores, no GPU, {platform.system()} {platform.machine()}, "
             f"Python {platform.python_version()}, NumPy {np.__version__}, TensorFlow "
-            f"{tf.__version__}, Keras {keras.__version__}, PyGAD {pygad.__version__}")
+            f"{version('tensorflow-cpu')}, Keras {version('keras')}, PyGAD {version('pygad')}")
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -139,6 +140,9 @@ def tutorial_send(sock: socket.socket, subject: str, data) -> None:
 def tutorial_fitness(model: keras.Model, solution: np.ndarray, inputs: np.ndarray,
                      outputs: np.ndarray) -> float:
     """The tutorial's per-solution fitness: load the weights, ``model.predict``, Keras BCE."""
+    import keras  # here, not at the top: bench.startup's children must not inherit TensorFlow
+    import pygad.kerasga
+
     model.set_weights(pygad.kerasga.model_weights_as_matrix(model=model, weights_vector=solution))
     predictions = model.predict(inputs, verbose=0)
     loss = keras.losses.BinaryCrossentropy()(outputs, predictions)
