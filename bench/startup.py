@@ -19,6 +19,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     xvfb = None
     if shutil.which("Xvfb"):
         xvfb, display = start_xvfb()
-        kivy_home = str(ROOT / ".bench-kivy")
+        kivy_home = tempfile.mkdtemp(prefix="fedga-kivy-")
         for script in ("server.py", "client1.py"):
             measures[f"{script} window"] = (
                 lambda path, script=script: window_seconds(path, script, display, kivy_home))
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         if xvfb is not None:
             xvfb.terminate()
             xvfb.wait(WAIT)
-            shutil.rmtree(ROOT / ".bench-kivy", ignore_errors=True)
+            shutil.rmtree(kivy_home, ignore_errors=True)
 
     def shown(name: str, value: float) -> str:
         return f"{value:.0f} MiB" if name == "server peak" else seconds(value)
