@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import DataError, load_dataset
+from common.data import DataError, Dataset, load_dataset
 
 log = logging.getLogger("fedga.split")
 
@@ -70,15 +70,25 @@ def main(argv: list[str] | None = None) -> int:
                             "fewer clients or a larger --dirichlet.")
     except DataError as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    classes = np.unique(labels)
-    for number, part in enumerate(parts, 1):
-        path = out / f"client_{number}.npz"
-        np.savez(path, inputs=data.inputs[part], outputs=data.outputs[part])
-        counts = " ".join(f"{c}:{np.count_nonzero(labels[part] == c)}" for c in classes)
-        log.info("%s  %d samples  classes %s", path, len(part), counts)
+    write_clients(Path(args.out), [Dataset(data.inputs[part], data.outputs[part])
+                                   for part in parts], int(labels.max()) + 1)
     return 0
+
+
+def write_clients(out: Path, parts: list[Dataset], num_classes: int) -> None:
+    """``out/client_1.npz`` ... one file per part, each logged with its class counts."""
+    out.mkdir(parents=True, exist_ok=True)
+    for number, part in enumerate(parts, 1):
+        save_dataset(out / f"client_{number}.npz", part, num_classes)
+
+
+def save_dataset(path: Path, data: Dataset, num_classes: int) -> None:
+    """An .npz that ``client.py --data`` and ``--test-data`` read, logged with its class counts
+    (so a skewed split shows)."""
+    np.savez(path, inputs=data.inputs, outputs=data.outputs)
+    labels = class_labels(data.outputs)
+    counts = " ".join(f"{c}:{np.count_nonzero(labels == c)}" for c in range(num_classes))
+    log.info("%s  %d samples  classes %s", path, len(labels), counts)
 
 
 if __name__ == "__main__":
