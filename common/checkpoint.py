@@ -21,6 +21,22 @@ class CheckpointError(Exception):
     """A checkpoint could not be read; the message is one plain sentence."""
 
 
+FORMAT_VERSION = 2  # 2 added the best model; a file without a version is 1
+
+
+@dataclass(frozen=True)
+class Best:
+    """The global model that scored highest on the server's data so far (ties: lower loss)."""
+
+    vector: np.ndarray
+    round: int
+    accuracy: float
+    loss: float
+
+    def beaten_by(self, accuracy: float, loss: float) -> bool:
+        return (accuracy, -loss) > (self.accuracy, -self.loss)
+
+
 @dataclass
 class Checkpoint:
     """What a server needs to carry on where it stopped."""
@@ -29,6 +45,7 @@ class Checkpoint:
     round: int
     accuracy: float
     sequences: dict[str, int] = field(default_factory=dict)  # client id -> last applied sequence
+    best: Best | None = None  # None in a version 1 file: the current model is the best known
 
 
 def save(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
@@ -38,10 +55,14 @@ def save(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
     ids = list(checkpoint.sequences)
     try:
         with open(temp, "wb") as file:
-            np.savez(file, vector=checkpoint.vector, round=np.int64(checkpoint.round),
-                     accuracy=np.float64(checkpoint.accuracy),
+            best = checkpoint.best or Best(checkpoint.vector, checkpoint.round,
+                                           checkpoint.accuracy, np.inf)
+            np.savez(file, format=np.int64(FORMAT_VERSION), vector=checkpoint.vector,
+                     round=np.int64(checkpoint.round), accuracy=np.float64(checkpoint.accuracy),
                      client_ids=np.array(ids, dtype=np.str_),
-                     sequences=np.array([checkpoint.sequences[i] for i in ids], dtype=np.int64))
+                     sequences=np.array([checkpoint.sequences[i] for i in ids], dtype=np.int64),
+                     best_vector=best.vector, best_round=np.int64(best.round),
+                     best_accuracy=np.float64(best.accuracy), best_loss=np.float64(best.loss))
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
@@ -69,6 +90,12 @@ def load(path: str | os.PathLike, num_params: int) -> Checkpoint:
             vector = arrays["vector"]
             round_, accuracy = arrays["round"], arrays["accuracy"]
             ids, sequences = arrays["client_ids"], arrays["sequences"]
+            version = int(arrays["format"]) if "format" in arrays.files else 1
+            if version > FORMAT_VERSION:
+                raise ValueError(f"it is format {version}, newer than this fedga reads "
+                                 f"({FORMAT_VERSION})")
+            best = None if version < 2 else (arrays["best_vector"], arrays["best_round"],
+                                             arrays["best_accuracy"], arrays["best_loss"])
     except FileNotFoundError:
         raise CheckpointError(f"The checkpoint {os.fspath(path)} does not exist.") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -80,6 +107,14 @@ def load(path: str | os.PathLike, num_params: int) -> Checkpoint:
             or sequences.dtype.kind != "i"):
         raise CheckpointError(f"The checkpoint {os.fspath(path)} does not fit this model "
                               f"({num_params} weights) or is not a fedga checkpoint.")
+    if best is not None:
+        best_vector, best_round, best_accuracy, best_loss = best
+        if (best_vector.shape != vector.shape or best_vector.dtype.kind != "f"
+                or not np.all(np.isfinite(best_vector)) or best_round.dtype.kind != "i"
+                or best_accuracy.dtype.kind != "f" or best_loss.dtype.kind != "f"):
+            raise CheckpointError(f"The checkpoint {os.fspath(path)} has a damaged best model.")
+        best = Best(best_vector.astype(np.float32), int(best_round), float(best_accuracy),
+                    float(best_loss))
     return Checkpoint(vector=vector.astype(np.float32), round=int(round_),
                       accuracy=float(accuracy),
-                      sequences=dict(zip(ids.tolist(), sequences.tolist())))
+                      sequences=dict(zip(ids.tolist(), sequences.tolist())), best=best)

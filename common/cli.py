@@ -30,6 +30,7 @@ from common.server import BindError, GlobalModel, ListenThread, ServerConfig
 log = logging.getLogger("fedga")
 
 EXIT_DONE, EXIT_FAILED, EXIT_GAVE_UP = 0, 1, 2
+EXIT_PATIENCE = 3  # stopped: no better model for --patience rounds
 EXIT_USAGE = 2  # argparse's own code for a bad command line
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
@@ -192,6 +193,10 @@ def training_flags(parser: argparse.ArgumentParser, defaults: ServerConfig) -> N
     parser.add_argument("--max-rounds", type=positive(int), default=defaults.max_rounds,
                         metavar="N", help="give up (exit 2) after this many accepted updates "
                         "(default: %(default)s)")
+    parser.add_argument("--patience", type=positive(int, zero_ok=True),
+                        default=defaults.patience, metavar="N", help="stop (exit 3) once N "
+                        "rounds passed without a better model on the test data; the best is "
+                        "what --save-model writes (default: %(default)s, never)")
     parser.add_argument("--num-solutions", type=positive(int), default=defaults.num_solutions,
                         metavar="N", help="population size sent to clients (default: %(default)s)")
     parser.add_argument("--model", metavar="FILE", help="the model to train: a .keras file or a "
@@ -326,7 +331,7 @@ def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
                        seed=config.seed, on_event=on_event, checkpoint_path=config.checkpoint,
                        resume=config.resume, aggregation=config.aggregation,
                        min_clients=config.min_clients, round_timeout=config.round_timeout,
-                       ga=GAConfig(num_generations=config.num_generations,
+                       patience=config.patience, ga=GAConfig(num_generations=config.num_generations,
                                    num_parents_mating=config.num_parents_mating,
                                    mutation_percent_genes=config.mutation_percent_genes))
 
@@ -340,7 +345,6 @@ def _both(first, second):
 def save_results(config: ServerConfig, global_model: GlobalModel) -> None:
     if config.save_model:
         global_model.save_model(config.save_model)
-        log.info("saved the global model to %s", config.save_model)
     if config.plot and config.history:
         plot_history(config.history, config.plot)
         log.info("drew the history to %s", config.plot)
@@ -379,11 +383,16 @@ def _serve(config: ServerConfig, on_event=None) -> int:
                     break
                 time.sleep(min(1.0, config.linger - quiet_for))  # a late client may yet come
     save_results(config, global_model)
+    return exit_code(global_model)
+
+
+def exit_code(global_model: GlobalModel) -> int:
+    """How a finished training ended, as the process's exit code."""
     if global_model.reached_target:
         log.info("finished: accuracy=%.4f after %d rounds; every client was told done",
                  global_model.accuracy, global_model.round)
         return EXIT_DONE
-    return EXIT_GAVE_UP
+    return EXIT_PATIENCE if global_model.outcome == "patience" else EXIT_GAVE_UP
 
 
 def client_main(name: str, argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 class Event:
     """One thing that happened. ``kind`` names it; the other fields are filled when relevant.
 
-    Server kinds: connected, request, update, done, gave_up, answered_done, disconnected.
+    Server kinds: connected, request, update, done, gave_up, patience, answered_done,
+    disconnected.
     Client kinds: connecting, connected, model, generation, sent, done, error, stopped.
     """
 

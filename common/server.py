@@ -20,7 +20,7 @@ import numpy as np
 
 from common import checkpoint, protocol, security
 from common.aggregate import AGGREGATIONS, model_averaging
-from common.checkpoint import Checkpoint
+from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.events import Event
 from common.ga import GAConfig, loss
@@ -51,6 +51,7 @@ class ServerConfig:
     # Headless: once done, keep answering newcomers ``done`` until none came for this long, so
     # a client started a little late still ends well instead of finding the server gone.
     linger: float = 5.0
+    patience: int = 0  # stop once this many rounds passed without a better model; 0: never
     # Headless: exit as soon as this many clients were answered ``done``, without lingering
     # (the demo knows it runs exactly two). None: linger.
     expected_clients: int | None = None
@@ -142,7 +143,9 @@ class GlobalModel:
 
     A round is one accepted update. The received model is evaluated; if it reaches the
     target it becomes the global model, otherwise it is averaged in. Once the global model
-    reaches the target (or the rounds run out) it is frozen and every reply is ``done``.
+    reaches the target (or the rounds run out, or ``patience`` rounds pass without a better
+    model) it is frozen and every reply is ``done``; ``outcome`` then says which. ``best``
+    is the model that scored highest so far (ties: lower loss): what ``save_model`` writes.
 
     With ``checkpoint_path`` every accepted update is saved there before it is applied or
     answered; ``resume`` starts from that file (``CheckpointError`` if it cannot be read).
@@ -153,7 +156,8 @@ class GlobalModel:
                  seed: int | None = None, on_event: EventCallback | None = None,
                  checkpoint_path: str | None = None, resume: bool = False,
                  ga: GAConfig | None = None, aggregation: str = "running-average",
-                 min_clients: int = 2, round_timeout: float = 5.0):
+                 min_clients: int = 2, round_timeout: float = 5.0,
+                 patience: int = 0):
         if aggregation != "running-average" and aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}")
         self.aggregation, self.min_clients = aggregation, min_clients
@@ -172,6 +176,7 @@ class GlobalModel:
         self.num_solutions = num_solutions
         self.target_accuracy = target_accuracy
         self.max_rounds = max_rounds
+        self.patience = patience
         self._on_event = on_event or (lambda event: None)
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
@@ -179,8 +184,9 @@ class GlobalModel:
         self.vector = network.initial_vector
         self.round = 0
         self.accuracy = self._evaluate(self.vector)
+        self.best = Best(self.vector, 0, self.accuracy, self._loss(self.vector))
         self.finished = threading.Event()
-        self.reached_target = False
+        self.outcome: str | None = None  # "done", "gave_up" or "patience" once finished
         self.sequences: dict[str, int] = {}  # client id -> last applied update sequence
         self.checkpoint_path = checkpoint_path
         if resume:
@@ -192,11 +198,18 @@ class GlobalModel:
     def _restore(self, saved: Checkpoint) -> None:
         self.vector, self.round, self.accuracy = saved.vector, saved.round, saved.accuracy
         self.sequences = saved.sequences
-        log.info("resumed from %s: round=%d accuracy=%.4f, last updates of %d clients",
-                 self.checkpoint_path, self.round, self.accuracy, len(self.sequences))
+        self.best = saved.best or Best(self.vector, self.round, self.accuracy,
+                                       self._loss(self.vector))
+        log.info("resumed from %s: round=%d accuracy=%.4f (best %.4f in round %d), last "
+                 "updates of %d clients", self.checkpoint_path, self.round, self.accuracy,
+                 self.best.accuracy, self.best.round, len(self.sequences))
         if self.accuracy >= self.target_accuracy:  # stopped after done, before telling everyone
-            self.reached_target = True
+            self.outcome = "done"
             self.finished.set()
+
+    @property
+    def reached_target(self) -> bool:
+        return self.outcome == "done"
 
     @property
     def num_params(self) -> int:
@@ -211,9 +224,12 @@ class GlobalModel:
         return float(loss(self.forward(vector[None, :], data.inputs), data.outputs)[0])
 
     def save_model(self, path: str) -> None:
-        """Save the global model as a ``.keras`` file."""
+        """Save the best global model as a ``.keras`` file."""
         with self._lock:  # a Keras-built forward pass shares its model with evaluation
-            self.network.save(self.vector, path)
+            self.network.save(self.best.vector, path)
+            log.info("saved the best global model (round %d, accuracy=%.4f) to %s; the last, "
+                     "round %d, scored accuracy=%.4f", self.best.round, self.best.accuracy,
+                     path, self.round, self.accuracy)
 
     def _reply(self) -> Message:
         """Call with the lock held: ``done`` once finished, else a population around the
@@ -308,18 +324,21 @@ class GlobalModel:
                 detail: str) -> None:
         """Call with the lock held: make ``vector`` the global model, durably, as one round."""
         sequences = {**self.sequences, **{k[0]: k[1] for k in keys if k is not None}}
+        loss = self._loss(vector)
+        best = (Best(vector, self.round + 1, accuracy, loss)
+                if self.best.beaten_by(accuracy, loss) else self.best)
         if self.checkpoint_path is not None:
             # Durable before it counts: a crash either loses the update, which its client
             # then resends, or keeps it with its sequence, so the resend is recognised.
             checkpoint.save(self.checkpoint_path,
-                            Checkpoint(vector, self.round + 1, accuracy, sequences))
-        self.vector, self.accuracy, self.sequences = vector, accuracy, sequences
+                            Checkpoint(vector, self.round + 1, accuracy, sequences, best))
+        self.vector, self.accuracy, self.sequences, self.best = vector, accuracy, sequences, best
         self.round += 1
         log.info("round=%d client=%s %s", self.round, client, detail)
         self._on_event(Event("update", peer=client, round=self.round, accuracy=self.accuracy,
-                             loss=self._loss(self.vector)))
+                             loss=loss))
         if self.accuracy >= self.target_accuracy:
-            self.reached_target = True
+            self.outcome = "done"
             log.info("done: accuracy=%.4f reached the target %.4f in round %d",
                      self.accuracy, self.target_accuracy, self.round)
             self.finished.set()
@@ -327,8 +346,16 @@ class GlobalModel:
         elif self.round >= self.max_rounds:
             log.warning("giving up: accuracy=%.4f after %d rounds (--max-rounds), target %.4f",
                         self.accuracy, self.round, self.target_accuracy)
+            self.outcome = "gave_up"
             self.finished.set()
             self._on_event(Event("gave_up", round=self.round, accuracy=self.accuracy))
+        elif self.patience and self.round - self.best.round >= self.patience:
+            log.warning("stopping: no better model for %d rounds (--patience); the best, "
+                        "round %d, scored accuracy=%.4f", self.patience, self.best.round,
+                        self.best.accuracy)
+            self.outcome = "patience"
+            self.finished.set()
+            self._on_event(Event("patience", round=self.round, accuracy=self.best.accuracy))
 
 
 class SocketThread(threading.Thread):

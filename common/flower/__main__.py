@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from common.cli import (EXIT_DONE, EXIT_FAILED, EXIT_GAVE_UP, config_from, configure_logging,
+from common.cli import (EXIT_DONE, EXIT_FAILED, config_from, configure_logging, exit_code,
                         ga_settings, positive, training_flags)
 from common.data import DataError
 from common.model import ModelFileError
@@ -89,9 +89,7 @@ def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
                    backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                    "init_args": {"logging_level": "ERROR",
                                                  "log_to_driver": False}})
-    if global_model.reached_target:
-        return EXIT_DONE
-    return EXIT_GAVE_UP if global_model.finished.is_set() else EXIT_FAILED
+    return exit_code(global_model) if global_model.finished.is_set() else EXIT_FAILED
 
 
 def deploy(config: ServerConfig, nodes: int, data_folder: str | None, logs: str) -> int:

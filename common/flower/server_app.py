@@ -38,7 +38,7 @@ DEFAULTS = {"aggregation": "fedavg", "round_timeout": 120.0}
 RUN_CONFIG_KEYS = ("target-accuracy", "max-rounds", "num-solutions", "aggregation",
                    "min-clients", "round-timeout", "num-generations", "num-parents-mating",
                    "mutation-percent-genes", "model", "test-data", "test-labels",
-                   "test-label-column", "history", "plot", "save-model")
+                   "test-label-column", "history", "plot", "save-model", "patience")
 EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
 
 

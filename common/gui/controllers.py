@@ -211,6 +211,10 @@ class ServerController(_Controller):
             view.summary = (f"Gave up after {event.round} rounds (--max-rounds): "
                             f"global accuracy {event.accuracy:.2f}")
             log.info("summary: %s", view.summary)
+        elif event.kind == "patience":
+            view.summary = (f"Stopped after {event.round} rounds (--patience): best global "
+                            f"accuracy {event.accuracy:.2f}")
+            log.info("summary: %s", view.summary)
         elif event.kind == "answered_done":
             clients[event.peer] = "done"
         elif event.kind == "disconnected":

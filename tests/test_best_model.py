@@ -1,0 +1,71 @@
+"""The server keeps its best model (highest accuracy on its data, ties: lower loss), saves
+that one, checkpoints it, and stops with --patience when no better one came for N rounds."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from common import checkpoint
+from common.data import XOR_TEST_DATA
+from common.model import weights_to_vector, xor_network
+from common.server import GlobalModel
+from tests.test_cli import Script, free_port
+
+
+def _xor_solution(confidence: float = 1.0) -> np.ndarray:
+    """Hand-set weights that solve XOR: hidden units relu(x1 - x2) and relu(x2 - x1), the
+    second class's logit (10 (h1 + h2) - 5) x ``confidence``: below 1, the same answers with
+    a higher loss."""
+    kernel = np.zeros((2, 4), np.float32)
+    kernel[:, 0], kernel[:, 1] = (1, -1), (-1, 1)
+    out = np.zeros((4, 2), np.float32)
+    out[:2, 1] = 10
+    return weights_to_vector([kernel, np.zeros(4), confidence * out,
+                              confidence * np.array([0, -5])])
+
+
+def test_the_best_model_not_the_last_is_kept_checkpointed_and_saved(tmp_path):
+    path = tmp_path / "state.npz"
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", patience=2,
+                        target_accuracy=1.5, checkpoint_path=str(path))  # target out of reach
+    good, weaker = _xor_solution(), _xor_solution(0.3)
+    model.apply_round([(good, 1, None, "a")])
+    assert (model.best.round, model.best.accuracy) == (1, 1.0)
+    model.apply_round([(weaker, 1, None, "a")])  # as accurate, higher loss: not better
+    assert model.accuracy == 1.0 and model.best.round == 1 and not model.finished.is_set()
+    model.apply_round([(np.zeros_like(good), 1, None, "a")])  # two rounds without a better one
+    assert model.finished.is_set() and model.outcome == "patience" and model.round == 3
+    assert model.reply_to_echo().subject.value == "done"
+
+    saved = checkpoint.load(path, model.num_params)
+    assert saved.round == 3 and saved.best.round == 1
+    np.testing.assert_array_equal(saved.best.vector, good)
+    resumed = GlobalModel(xor_network(1), XOR_TEST_DATA, checkpoint_path=str(path), resume=True)
+    np.testing.assert_array_equal(resumed.best.vector, good)
+
+    model.save_model(str(tmp_path / "best.keras"))
+    probabilities = keras.saving.load_model(tmp_path / "best.keras")(XOR_TEST_DATA.inputs)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(probabilities),
+                               model.forward(good[None, :], XOR_TEST_DATA.inputs)[0], atol=1e-6)
+
+
+def test_a_version_1_checkpoint_resumes_with_its_model_as_the_best(tmp_path):
+    path = tmp_path / "old.npz"
+    vector = _xor_solution()
+    np.savez(path, vector=vector, round=np.int64(4), accuracy=np.float64(1.0),
+             client_ids=np.array([], dtype=np.str_), sequences=np.array([], dtype=np.int64))
+    assert checkpoint.load(path, len(vector)).best is None
+    resumed = GlobalModel(xor_network(1), XOR_TEST_DATA, checkpoint_path=str(path), resume=True,
+                          target_accuracy=1.5)
+    assert (resumed.best.round, resumed.best.accuracy) == (4, 1.0)
+
+
+def test_patience_ends_a_headless_run_with_its_own_exit_code():
+    port = str(free_port())
+    flags = ("--headless", "--host", "127.0.0.1", "--port", port, "--seed", "2")
+    with Script("server.py", *flags, "--patience", "3", "--target-accuracy", "1.5",
+                "--expected-clients", "2") as server, \
+            Script("client1.py", *flags) as client1, Script("client2.py", *flags) as client2:
+        codes = [script.finish() for script in (server, client1, client2)]
+    assert codes == [3, 0, 0], server.output()
+    assert "stopping: no better model for 3 rounds (--patience)" in server.output()
