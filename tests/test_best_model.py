@@ -8,6 +8,7 @@ import numpy as np
 from common import checkpoint
 from common.data import XOR_TEST_DATA
 from common.model import weights_to_vector, xor_network
+from common.score import main as score_main
 from common.server import GlobalModel
 from tests.test_cli import Script, free_port
 
@@ -69,3 +70,11 @@ def test_patience_ends_a_headless_run_with_its_own_exit_code():
         codes = [script.finish() for script in (server, client1, client2)]
     assert codes == [3, 0, 0], server.output()
     assert "stopping: no better model for 3 rounds (--patience)" in server.output()
+
+
+def test_score_reports_a_saved_models_accuracy_on_other_data(tmp_path, capsys):
+    xor_network(1).save(_xor_solution(), str(tmp_path / "best.keras"))
+    np.savez(tmp_path / "xor.npz", inputs=XOR_TEST_DATA.inputs,
+             outputs=np.argmax(XOR_TEST_DATA.outputs, axis=1))  # integer labels, as users have
+    assert score_main([str(tmp_path / "best.keras"), str(tmp_path / "xor.npz")]) == 0
+    assert "accuracy=1.0000" in capsys.readouterr().out

@@ -21,10 +21,11 @@ CLIENT_SIZE = (640, 470)  # two clients fit under each other on a 1280x1024 scre
 
 def _prepare_kivy(size: tuple[int, int], position: tuple[int, int] | None) -> None:
     # Kivy logs through the handlers and format configure_logging set up, not its own;
-    # its start-up report is for --log-level DEBUG.
+    # its start-up report is for --log-level DEBUG, its own debug lines (a config upgrade
+    # step per version, ...) for nobody: they would bury the windows' field lines.
     os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("kivy").setLevel(logging.WARNING)
+    debugging = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    logging.getLogger("kivy").setLevel(logging.INFO if debugging else logging.WARNING)
     from kivy.config import Config
 
     Config.set("graphics", "width", str(size[0]))

@@ -141,8 +141,19 @@ class TutorialApp(App):
         # Kivy greys disabled text to half black, like a hint: a value in use stays readable.
         field = TextInput(hint_text=hint, text=text, multiline=False, write_tab=False,
                           padding=[dp(8), dp(10)], disabled_foreground_color=(0, 0, 0, 0.75))
+        field.bind(focus=lambda _field, focused: _log_focus(name, field, focused))
         self.fields[name] = field
         return field
+
+
+def _log_focus(name: str, field: TextInput, focused: bool) -> None:
+    # Keys go to the field that has focus when Kivy reads them, and a click moves the focus
+    # only at the next frame: these lines show where typing landed and what a field ended up
+    # holding. Every field holds an address, a port or a file's path, never a secret itself.
+    if focused:
+        log.debug("field %s focused", name)
+    else:
+        log.debug("field %s left with text %r", name, field.text)
 
 
 def _row(height: float) -> BoxLayout:

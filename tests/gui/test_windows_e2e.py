@@ -2,9 +2,10 @@
 
 server.py, client1.py and client2.py run as separate processes, as people run them. The test
 types a shared secret file and TLS files into the windows' fields (client2 has them from its
-flags), clicks each window's buttons with xdotool, waits (on the apps' log lines) until the
-server reports accuracy 1.00 and both clients report done, and screenshots every window
-during and after training. With FEDGA_UPDATE_SCREENSHOTS=1 the mid-training screenshots replace
+flags) and clicks each window's buttons with xdotool, each step confirmed by the app's log
+(at DEBUG, also a field's focus and final text) before the next; it waits until the server
+reports accuracy 1.00 and both clients report done, and screenshots every window during
+and after training. With FEDGA_UPDATE_SCREENSHOTS=1 the mid-training screenshots replace
 docs/server-app.png, docs/client-app-1.png and docs/client-app-2.png.
 """
 from __future__ import annotations
@@ -42,11 +43,12 @@ pytestmark = [
 
 @pytest.fixture
 def display():
-    """A private Xvfb; -displayfd reports its display number once it accepts clients."""
+    """A private Xvfb; -displayfd reports its display number once it accepts clients. No key
+    repeats (-r): on a busy machine xdotool may stall between a key's press and release."""
     read_end, write_end = os.pipe()
     xvfb = subprocess.Popen(
         ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "%dx%dx24" % SCREEN,
-         "-nolisten", "tcp", "-noreset"],
+         "-nolisten", "tcp", "-noreset", "-r"],
         pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(write_end)
     try:
@@ -103,11 +105,12 @@ class Window:
         with self._arrived:
             self._arrived.notify_all()  # end of output: waiters stop waiting
 
-    def wait_for(self, pattern: str, timeout: float = WAIT) -> re.Match:
-        """The first log line matching ``pattern``, waiting for it to arrive."""
+    def wait_for(self, pattern: str, timeout: float = WAIT, since: int = 0) -> re.Match:
+        """The first log line from the ``since``-th on matching ``pattern``, waiting for it
+        to arrive."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        checked = 0
+        checked = since
         with self._arrived:
             while True:
                 for line in self.lines[checked:]:
@@ -142,18 +145,24 @@ class Window:
         self.x("xdotool", "mousemove", "--window", self.wid, str(x), str(y), "click", "1")
 
     def type_into(self, field: str, text: str) -> None:
-        """Replace a field's text: no window manager, so focus the window by hand first."""
-        self.x("xdotool", "windowfocus", "--sync", self.wid)
+        """Replace a field's text as a person does (click, select all, type, Enter), each
+        step confirmed by the window's log before the next: keys go to whichever field has
+        focus when Kivy reads them, and a click moves the focus only at Kivy's next frame."""
+        self.x("xdotool", "windowfocus", "--sync", self.wid)  # no window manager does it
+        since = len(self.lines)
         self.click(field)
+        self.wait_for(rf"field {field} focused$", since=since)
+        since = len(self.lines)
         self.x("xdotool", "key", "ctrl+a", "BackSpace")
         self.x("xdotool", "type", "--delay", "20", text)
+        self.x("xdotool", "key", "Return")  # ends the editing: the field logs its text
+        held = self.wait_for(rf"field {field} left with text (.*)$", since=since)[1]
+        assert held == repr(text), f"{self.script}: typed {text!r} into {field}, it holds {held}"
 
     def click_and_wait(self, name: str, status: str) -> None:
-        before = len(self.lines)
+        since = len(self.lines)
         self.click(name)
-        regex = re.compile(rf"status: {re.escape(status)}")
-        if not any(regex.search(line) for line in self.lines[before:]):
-            self.wait_for(rf"status: {re.escape(status)}")
+        self.wait_for(rf"status: {re.escape(status)}", since=since)
 
     def screenshot(self, path: Path) -> Path:
         self.x("timeout", "20", "import", "-window", self.wid, str(path))
@@ -208,7 +217,8 @@ def test_three_windows_train_the_model_when_clicked(display, tmp_path, security_
            "KIVY_NO_ARGS": "1", "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1"}
     env.pop("FEDGA_SECRET", None)
     port = str(free_port())
-    shared_flags = ["--host", "127.0.0.1", "--seed", "1"]
+    # DEBUG: the windows log each field's focus and text, which type_into waits for.
+    shared_flags = ["--host", "127.0.0.1", "--seed", "1", "--log-level", "DEBUG"]
     windows = {
         "server": Window("server.py", [*shared_flags, "--port", port,
                                        "--round-delay", ROUND_DELAY],
