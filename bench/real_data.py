@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import paired_ratio, print_header, print_table, seconds, target
+from bench.common import print_header, print_table, seconds, target
 from bench.flower import PeakMemory
 from common.data import Dataset, load_dataset
 from common.flower.deploy import free_port
@@ -107,10 +107,10 @@ KERAS_NAME = ("Flower FedAvg, Keras fit (Adam {learning-rate}, {epochs} epoch, b
               "{batch-size}), {rounds} rounds").format(**KERAS_FIT, rounds=KERAS_ROUNDS)
 SETUPS = (
     Setup("tutorial-fedavg", "fedga, tutorial operators, fedavg", "fedga", operators="tutorial"),
-    Setup("tutorial-running", "fedga, tutorial operators, running-average", "fedga",
-          aggregation="running-average", operators="tutorial"),
+    Setup("tutorial-running", "fedga, tutorial operators, running-average (round: update)",
+          "fedga", aggregation="running-average", operators="tutorial"),
     Setup("fedavg", "fedga, new operators, fedavg", "fedga"),
-    Setup("running", "fedga, new operators, running-average", "fedga",
+    Setup("running", "fedga, new operators, running-average (round: update)", "fedga",
           aggregation="running-average"),
     Setup("fedavg-iid", "fedga, new operators, fedavg, IID", "fedga", split="iid"),
     Setup("flower-ga", "fedga's GA on Flower simulation, new operators, fedavg",
@@ -275,9 +275,10 @@ def median(values) -> float:
 
 def reached(values: list[float], shown) -> str:
     """The median of values that may be inf (never reached), and how many reached it."""
-    middle = median(values)
+    middle, count = median(values), sum(math.isfinite(v) for v in values)
+    if not count:
+        return "not reached"
     text = shown(middle) if math.isfinite(middle) else "not reached"
-    count = sum(math.isfinite(v) for v in values)
     return text if count == len(values) else f"{text} ({count}/{len(values)} reached)"
 
 
@@ -288,8 +289,9 @@ def accuracies(values: list[float]) -> str:
 
 def table(name: str, refs: dict[str, list[float]], targets: list[float],
           outcomes: dict[str, list[Outcome]]) -> None:
-    print(f"{name}: held-out accuracy (median of {len(targets)} split seeds, then each); "
-          f"target on the server's test data: {' '.join(f'{t:.3f}' for t in targets)}")
+    print(f"{name}, {CLIENTS} clients, Dirichlet {ALPHA} unless IID: held-out accuracy (median "
+          f"of {len(targets)} split seeds, then each); the target, on the server's test data: "
+          f"{' '.join(f'{t:.3f}' for t in targets)}")
     rows = [["logistic regression (central)", accuracies(refs["logistic"]), "", "", "", "",
              ""],
             [f"Keras Adam {ADAM['learning_rate']} (central, early stopping)",
@@ -331,10 +333,11 @@ def check_targets(refs: dict[str, dict[str, list[float]]],
         if KERAS_ROW in digits:
             theirs = [o.to_target for o in digits[KERAS_ROW]]
             ours = [o.to_target for o in runs]
-            ratio = paired_ratio(theirs, ours) if all(map(math.isfinite, ours)) else 0.0
+            # Per split, as both ran under the same load; fedga never reaching it counts as 0.
+            ratio = median(t / o if math.isfinite(o) else 0.0 for t, o in zip(theirs, ours))
             met &= target(f"digits: launch to {DIGITS_TARGET}, Flower FedAvg with Keras fit / "
-                          "fedga new operators fedavg (per split, median)", f"{ratio:.2f}x",
-                          ">= 1.00x", ratio >= 1.0)
+                          "fedga new operators fedavg (median of the per-split ratios)",
+                          f"{ratio:.2f}x", ">= 1.00x", ratio >= 1.0)
     return met
 
 
