@@ -24,6 +24,8 @@ import numpy as np
 if TYPE_CHECKING:
     import keras
 
+from common.model import is_multiclass
+
 TUTORIAL_BUFFER_SIZE = 1024
 
 
@@ -137,14 +139,23 @@ def tutorial_send(sock: socket.socket, subject: str, data) -> None:
     sock.sendall(pickle.dumps({"subject": subject, "data": data}))
 
 
+def keras_loss(outputs: np.ndarray, predictions: np.ndarray) -> float:
+    """The loss the project uses for these labels (``common.ga.loss``), computed by Keras's
+    own loss class: binary cross-entropy for two outputs (the tutorial's), categorical for more."""
+    import keras  # here, not at the top: bench.startup's children must not inherit TensorFlow
+
+    rule = (keras.losses.CategoricalCrossentropy if is_multiclass(outputs)
+            else keras.losses.BinaryCrossentropy)
+    return float(keras.ops.convert_to_numpy(rule()(outputs, predictions)))
+
+
 def tutorial_fitness(model: keras.Model, solution: np.ndarray, inputs: np.ndarray,
                      outputs: np.ndarray) -> float:
-    """The tutorial's per-solution fitness: load the weights, ``model.predict``, Keras BCE."""
-    import keras  # here, not at the top: bench.startup's children must not inherit TensorFlow
+    """The tutorial's per-solution fitness: load the weights, ``model.predict``, the Keras loss
+    (BCE on the tutorial's XOR)."""
     import pygad.kerasga
 
     model.set_weights(pygad.kerasga.model_weights_as_matrix(model=model, weights_vector=solution))
     predictions = model.predict(inputs, verbose=0)
-    loss = keras.losses.BinaryCrossentropy()(outputs, predictions)
-    return 1.0 / (float(keras.ops.convert_to_numpy(loss)) + 1e-8)
+    return 1.0 / (keras_loss(outputs, predictions) + 1e-8)
 

@@ -3,10 +3,13 @@ and our batched NumPy forward pass, on the XOR model and on a 784-128-10 model.
 
     python -m bench.fitness [--repeats 5]
 
-Every path computes the tutorial's fitness ``1 / (BCE + 1e-8)`` for a population of 10
-solutions (the GA's population size) and is warmed up before it is timed. The three take
-turns, so each ratio compares runs made under the same load. The losses of the three are
-compared too: a fast path that computes something else would be no result.
+Every path computes the fitness ``1 / (loss + 1e-8)`` with the loss the project uses for that
+model (``common.ga.loss``: BCE for two outputs, as the tutorial's XOR; CCE for more), for a
+population of 10 solutions (the GA's population size), and is warmed up before it is timed.
+The reference paths compute the loss with Keras's own loss classes. The three take turns, so
+each ratio compares runs made under the same load. The losses of the three are compared too:
+a fast path that computes something else would be no result, so the bench fails when any
+path's loss differs from the batched one by more than LOSS_TOLERANCE.
 """
 from __future__ import annotations
 
@@ -19,13 +22,15 @@ import keras
 import numpy as np
 import pygad.kerasga
 
-from bench.common import (interleaved, paired_ratio, print_header, print_table, seconds, target,
-                          tutorial_fitness)
+from bench.common import (interleaved, keras_loss, paired_ratio, print_header, print_table,
+                          seconds, target, tutorial_fitness)
 from common.data import XOR_TEST_DATA, Dataset
 from common.ga import fitness
 from common.model import ForwardPass, build_xor_model, weights_to_vector
 
 NUM_SOLUTIONS = 10
+LOSS_TOLERANCE = 1e-5
+BATCHED = "batched NumPy"
 
 
 def mnist_shaped_model() -> keras.Model:
@@ -42,7 +47,8 @@ def mnist_shaped_data(samples: int = 100) -> Dataset:
 
 def compare(name: str, model: keras.Model, data: Dataset, repeats: int, batched_calls: int,
             spread: float):
-    """Per-solution seconds of each path (lists, one per turn); prints the worst loss difference.
+    """Per-solution seconds of each path (lists, one per turn), and each reference path's
+    largest loss difference from the batched path, which it prints.
 
     The population is the model's weights plus U(-spread, spread): the tutorial's spread of 1
     saturates a 784-input softmax, where any two float32 implementations differ in the last
@@ -56,8 +62,8 @@ def compare(name: str, model: keras.Model, data: Dataset, repeats: int, batched_
         return [tutorial_fitness(model, s, data.inputs, data.outputs) for s in population]
 
     def kerasga():
-        return [float(fitness(pygad.kerasga.predict(model, s, data.inputs), data.outputs))
-                for s in population]
+        return [1.0 / (keras_loss(data.outputs, pygad.kerasga.predict(model, s, data.inputs))
+                       + 1e-8) for s in population]
 
     def batched():
         for _ in range(batched_calls):
@@ -65,17 +71,18 @@ def compare(name: str, model: keras.Model, data: Dataset, repeats: int, batched_
         return values
 
     paths = {"tutorial model.predict": tutorial, "pygad.kerasga.predict": kerasga,
-             "batched NumPy": batched}
+             BATCHED: batched}
     losses = {label: 1 / np.asarray(path()) - 1e-8 for label, path in paths.items()}  # warm-up
-    worst = max(float(np.max(np.abs(v - losses["batched NumPy"]))) for v in losses.values())
+    differences = {label: float(np.max(np.abs(values - losses[BATCHED])))
+                   for label, values in losses.items() if label != BATCHED}
     started = time.perf_counter()
     times = interleaved(paths, repeats)
-    per_solution = {label: [t / (NUM_SOLUTIONS * (batched_calls if label == "batched NumPy" else 1))
+    per_solution = {label: [t / (NUM_SOLUTIONS * (batched_calls if label == BATCHED else 1))
                             for t in values] for label, values in times.items()}
     print(f"{name}: {forward.num_params} parameters, {len(data)} samples, timed in "
           f"{time.perf_counter() - started:.1f} s; largest loss difference from batched: "
-          f"{worst:.1e}", flush=True)
-    return per_solution
+          + ", ".join(f"{label} {value:.1e}" for label, value in differences.items()), flush=True)
+    return per_solution, differences
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,16 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print_header("bench.fitness: seconds per solution's fitness (median of interleaved turns)")
 
-    results = {
-        "XOR 2-4-2": compare("XOR 2-4-2", build_xor_model(), XOR_TEST_DATA, args.repeats, 300,
-                             spread=1.0),
-        "784-128-10": compare("784-128-10", mnist_shaped_model(), mnist_shaped_data(),
-                              args.repeats, 5, spread=0.01),
-    }
+    results, differences = {}, {}
+    for name, model, data, batched_calls, spread in [
+            ("XOR 2-4-2", build_xor_model(), XOR_TEST_DATA, 300, 1.0),
+            ("784-128-10", mnist_shaped_model(), mnist_shaped_data(), 5, 0.01)]:
+        results[name], differences[name] = compare(name, model, data, args.repeats,
+                                                   batched_calls, spread)
     print()
     rows, ratios = [], {}
     for name, per_solution in results.items():
-        fast = per_solution["batched NumPy"]
+        fast = per_solution[BATCHED]
         for label, values in per_solution.items():
             ratios[name, label] = paired_ratio(values, fast)
             rows.append([name, label, seconds(statistics.median(values)),
@@ -107,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         ("784-128-10 batched vs pygad.kerasga.predict", ("784-128-10", "pygad.kerasga.predict"), 3),
     ]
     met = True
+    for name, by_path in differences.items():  # the ratios below compare one computation only
+        path, worst = max(by_path.items(), key=lambda item: item[1])
+        met &= target(f"{name} loss of every path vs batched", f"{worst:.1e} ({path})",
+                      f"<= {LOSS_TOLERANCE:.0e}", worst <= LOSS_TOLERANCE)
     for label, key, wanted in checks:
         met &= target(label, f"{ratios[key]:,.0f}x" if ratios[key] >= 10 else f"{ratios[key]:.1f}x",
                       f">= {wanted}x", ratios[key] >= wanted)

@@ -23,6 +23,7 @@ from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, Dataset, fit_to_
 from common.aggregate import AGGREGATIONS
 from common.ga import GAConfig
 from common.model import ModelFileError, load_model_file, xor_network
+from common.operators import OPERATORS
 from common.results import History, plot_history
 from common.status import ClientStatus, ServerStatus, StatusLine
 from common.server import BindError, GlobalModel, ListenThread, ServerConfig
@@ -264,12 +265,22 @@ def _ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
     parser.add_argument("--mutation-percent", type=positive(float), metavar="P",
                         help=f"percent of genes mutated ({default_text}"
                         f"{ga.mutation_percent_genes:g})")
+    # SUPPRESS: absent unless given, so config_from leaves the config's default (same names)
+    parser.add_argument("--operators", choices=OPERATORS, default=argparse.SUPPRESS,
+                        help="how far mutation and the server's population spread move weights: "
+                        "Gaussian steps scaled to each layer, or the tutorial's U(-1, 1) "
+                        f"({default_text}{ga.operators})")
+    parser.add_argument("--mutation-step", type=positive(float), metavar="S",
+                        default=argparse.SUPPRESS, help="scaled operators: a step's sigma as a "
+                        f"share of its layer's weight scale ({default_text}{ga.mutation_step:g})")
 
 
 def ga_settings(args: argparse.Namespace) -> dict:
     """The GA flags given, by GAConfig field name."""
     given = {"num_generations": args.generations, "num_parents_mating": args.parents_mating,
-             "mutation_percent_genes": args.mutation_percent}
+             "mutation_percent_genes": args.mutation_percent,
+             "operators": getattr(args, "operators", None),
+             "mutation_step": getattr(args, "mutation_step", None)}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -333,7 +344,9 @@ def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
                        min_clients=config.min_clients, round_timeout=config.round_timeout,
                        patience=config.patience, ga=GAConfig(num_generations=config.num_generations,
                                    num_parents_mating=config.num_parents_mating,
-                                   mutation_percent_genes=config.mutation_percent_genes))
+                                   mutation_percent_genes=config.mutation_percent_genes,
+                                   operators=config.operators,
+                                   mutation_step=config.mutation_step))
 
 
 def _both(first, second):

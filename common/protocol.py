@@ -24,6 +24,7 @@ from numpy._core import multiarray as _multiarray
 from numpy._core import numeric as _numeric
 
 from common import security
+from common.operators import OPERATORS
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ class Schema:
 # Keys any message may carry; peers that do not know them ignore them.
 COMMON_OPTIONAL_KEYS = frozenset({"client_id", "protocol_version"})
 
-# The server's GA settings, sent with each model; plain-pickle peers ignore them.
-GA_SETTING_KEYS = frozenset({"num_generations", "num_parents_mating", "mutation_percent_genes"})
+# The server's GA settings, sent with each model; plain-pickle peers ignore them, and a
+# message may lack any of them (an older server's): the client's own settings apply.
+GA_SETTING_KEYS = frozenset({"num_generations", "num_parents_mating", "mutation_percent_genes",
+                             "operators", "mutation_step"})
 
 CLIENT_TO_SERVER = {
     Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
@@ -209,8 +212,13 @@ def check_ga_settings(data: dict, num_solutions: int) -> dict:
     """The GA settings a ``model`` message carries, checked to be sane numbers."""
     settings = {key: data[key] for key in GA_SETTING_KEYS if key in data}
     limits = {"num_generations": (int, 1, 100_000), "num_parents_mating": (int, 1, num_solutions),
-              "mutation_percent_genes": ((int, float), 0, 100)}
+              "mutation_percent_genes": ((int, float), 0, 100),
+              "mutation_step": ((int, float), 0, 100)}
     for key, value in settings.items():
+        if key == "operators":
+            if not isinstance(value, str) or value not in OPERATORS:
+                raise SchemaError(f"operators {value!r} is not one of {', '.join(OPERATORS)}")
+            continue
         kind, low, high = limits[key]
         if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
             raise SchemaError(f"{key} {value!r} is not a number from {low} to {high}")

@@ -25,6 +25,7 @@ from common.data import Dataset
 from common.events import Event
 from common.ga import GAConfig, loss
 from common.model import Network
+from common.operators import spread_population
 from common.protocol import Connection, Message, ProtocolError, Subject
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class ServerConfig:
     num_generations: int = GAConfig.num_generations  # the GA settings sent to clients
     num_parents_mating: int = GAConfig.num_parents_mating
     mutation_percent_genes: float = GAConfig.mutation_percent_genes
+    operators: str = GAConfig.operators
+    mutation_step: float = GAConfig.mutation_step
 
 
 class BindError(Exception):
@@ -170,7 +173,8 @@ class GlobalModel:
         ga = ga or GAConfig()
         self.ga_settings = {"num_generations": ga.num_generations,
                             "num_parents_mating": ga.num_parents_mating,
-                            "mutation_percent_genes": ga.mutation_percent_genes}
+                            "mutation_percent_genes": ga.mutation_percent_genes,
+                            "operators": ga.operators, "mutation_step": ga.mutation_step}
         self.forward = network.forward
         self.test_data = test_data
         self.num_solutions = num_solutions
@@ -236,11 +240,9 @@ class GlobalModel:
         current global weights with the global model itself as its first member."""
         if self.finished.is_set():
             return Message(Subject.DONE, {"round": self.round, "accuracy": self.accuracy})
-        # The tutorial spreads solutions by U(-1, 1). Once weights grow past that, every
-        # member saturates alike and training stalls, so the spread follows the weights' scale.
-        scale = max(1.0, float(np.mean(np.abs(self.vector))))
-        spread = self._rng.uniform(-scale, scale, size=(self.num_solutions - 1, self.num_params))
-        population = np.vstack([self.vector, self.vector + spread.astype(np.float32)])
+        population = spread_population(self.vector, self.forward.shapes, self.num_solutions,
+                                       self._rng, self.ga_settings["operators"],
+                                       self.ga_settings["mutation_step"])
         return Message(Subject.MODEL, {
             "population_weights": population,
             "model_json": self.model_json,

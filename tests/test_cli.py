@@ -166,10 +166,11 @@ def test_bad_port_is_a_usage_error(script):
 @pytest.mark.parametrize("script,flags", [
     ("server.py", ["--headless", "--host", "--port", "--recv-timeout", "--idle-timeout",
                    "--buffer-size", "--max-rounds", "--max-message-bytes", "--log-level",
-                   "--round-delay", "--num-solutions", "--seed", "--checkpoint", "--resume"]),
+                   "--round-delay", "--num-solutions", "--seed", "--checkpoint", "--resume",
+                   "--operators", "--mutation-step"]),
     ("client2.py", ["--headless", "--host", "--port", "--recv-timeout", "--idle-timeout",
                     "--buffer-size", "--connect-timeout", "--generations", "--log-level",
-                    "--retries"]),
+                    "--retries", "--operators", "--mutation-step"]),
 ])
 def test_help_documents_every_flag(script, flags):
     result = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=ROOT,
@@ -177,3 +178,19 @@ def test_help_documents_every_flag(script, flags):
     assert result.returncode == 0
     for flag in flags:
         assert flag in result.stdout
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ([], ("scaled", 0.3)),
+    (["--operators", "tutorial", "--mutation-step", "0.5"], ("tutorial", 0.5)),
+])
+def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
+    from common.cli import build_global_model, config_from, ga_settings, server_parser
+    from common.server import ServerConfig
+
+    args = server_parser().parse_args(flags)
+    global_model = build_global_model(config_from(args, ServerConfig, **ga_settings(args)))
+    settings = global_model.ga_settings
+    assert (settings["operators"], settings["mutation_step"]) == expected
+    reply = global_model.reply_to_echo().data
+    assert (reply["operators"], reply["mutation_step"]) == expected

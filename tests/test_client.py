@@ -155,5 +155,11 @@ def test_insane_ga_settings_from_a_server_are_refused():
         protocol.check_ga_settings({"num_parents_mating": 50}, num_solutions=10)
     with pytest.raises(protocol.SchemaError, match="num_generations"):
         protocol.check_ga_settings({"num_generations": True}, num_solutions=10)
+    with pytest.raises(protocol.SchemaError, match="operators"):
+        protocol.check_ga_settings({"operators": "sideways"}, num_solutions=10)
+    with pytest.raises(protocol.SchemaError, match="mutation_step"):
+        protocol.check_ga_settings({"mutation_step": -0.1}, num_solutions=10)
     assert protocol.check_ga_settings({"mutation_percent_genes": 5}, 10) == {
         "mutation_percent_genes": 5}
+    assert protocol.check_ga_settings({"operators": "tutorial", "mutation_step": 0.5}, 10) == {
+        "operators": "tutorial", "mutation_step": 0.5}

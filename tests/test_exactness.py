@@ -145,7 +145,7 @@ def test_the_ga_scores_each_generation_in_one_batched_call():
     batches = []
 
     class Recording:
-        num_params = forward.num_params
+        num_params, shapes = forward.num_params, forward.shapes
 
         def __call__(self, vectors, inputs):
             batches.append(len(vectors))

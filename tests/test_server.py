@@ -15,6 +15,7 @@ import pytest
 
 from common import protocol
 from common.data import XOR_TEST_DATA
+from common.operators import step_scales
 from tests.conftest import WAIT, raw_connection
 from tests.plain_peers import plain_client, plain_recv, plain_send
 
@@ -52,6 +53,26 @@ def test_rounds_build_on_the_global_model(server):
     if reply.subject is protocol.Subject.MODEL:  # the population now starts from the new model
         np.testing.assert_array_equal(reply.data["population_weights"][0], gm.vector)
         assert not np.array_equal(gm.vector, first[0])
+
+
+@pytest.mark.parametrize("operators", ["scaled", "tutorial"])
+def test_the_operator_settings_travel_with_each_model_and_shape_its_spread(server_factory,
+                                                                           operators):
+    listener, _ = server_factory(operators=operators, mutation_step=0.7, seed=1)
+    with raw_connection(listener.server_address) as sock:
+        plain_send(sock, "echo", {"best_model_weights_vector": None})
+        data = plain_recv(sock)["data"]
+    assert protocol.check_ga_settings(data, data["num_solutions"]) == {
+        "num_generations": 50, "num_parents_mating": 4, "mutation_percent_genes": 5,
+        "operators": operators, "mutation_step": 0.7}
+    global_weights, members = data["population_weights"][0], data["population_weights"][1:]
+    spread = members - global_weights
+    if operators == "tutorial":  # U(-s, s), s = max(1, mean |w|)
+        scale = max(1.0, float(np.mean(np.abs(global_weights))))
+        assert 0.5 * scale < np.max(np.abs(spread)) <= scale * (1 + 1e-6)
+    else:  # Gaussian, 0.7 times each layer's scale
+        scales = step_scales(global_weights, listener.global_model.forward.shapes)
+        assert np.std(spread / (0.7 * scales)) == pytest.approx(1.0, rel=0.2)
 
 
 def test_plain_pickle_client_trains_our_server_to_done(server):
@@ -161,13 +182,16 @@ BAD_PEERS = {
     "silent": (_silent, "no message within"),
     "trickling": (_trickle, "not complete within"),
 }
+SHORT_DEADLINES = {"silent": {"idle_timeout": 1.0}, "trickling": {"recv_timeout": 1.0}}
 
 
 @pytest.mark.parametrize("name", BAD_PEERS)
 def test_bad_peer_is_dropped_while_a_good_client_trains(name, server_factory, client_factory,
                                                         caplog):
     behave, reason = BAD_PEERS[name]
-    listener, events = server_factory(idle_timeout=1.0, recv_timeout=1.0)
+    # Short deadlines only where they are the point: decoding a hostile message takes CPU,
+    # and on a busy machine 1 s can pass before its real reason is found.
+    listener, events = server_factory(**SHORT_DEADLINES.get(name, {}))
     stop = threading.Event()
     with raw_connection(listener.server_address) as bad:
         peer = "%s:%d" % bad.getsockname()

@@ -123,7 +123,8 @@ def run_config(config: ServerConfig) -> dict:
     settings = {}
     for key in RUN_CONFIG_KEYS:
         value = getattr(config, key.replace("-", "_"))
-        if isinstance(value, str) and key not in ("aggregation", "test-label-column"):
+        if isinstance(value, str) and key not in ("aggregation", "operators",
+                                                  "test-label-column"):
             value = str(Path(value).resolve())
         settings[key] = "" if value is None else value
     return settings

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from common.aggregate import AGGREGATIONS
 from common.flower import log_to_stderr
 from common.flower.records import request_content, update_from
+from common.operators import OPERATORS
 from common.protocol import ProtocolError, Subject
 from common.server import GlobalModel, ServerConfig
 
@@ -37,8 +38,9 @@ DEFAULTS = {"aggregation": "fedavg", "round_timeout": 120.0}
 # other key in --run-config), besides ``data``, which is the nodes'.
 RUN_CONFIG_KEYS = ("target-accuracy", "max-rounds", "num-solutions", "aggregation",
                    "min-clients", "round-timeout", "num-generations", "num-parents-mating",
-                   "mutation-percent-genes", "model", "test-data", "test-labels",
-                   "test-label-column", "history", "plot", "save-model", "patience")
+                   "mutation-percent-genes", "operators", "mutation-step", "model",
+                   "test-data", "test-labels", "test-label-column", "history", "plot",
+                   "save-model", "patience")
 EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
 
 
@@ -60,6 +62,8 @@ def server_config(run_config: dict) -> ServerConfig:
         values[key.replace("-", "_")] = None if value == "" else value
     if values.get("aggregation", DEFAULTS["aggregation"]) not in AGGREGATIONS:
         raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)} on Flower.")
+    if values.get("operators", OPERATORS[0]) not in OPERATORS:
+        raise ConfigError(f"operators must be one of {', '.join(OPERATORS)}.")
     return ServerConfig(**(DEFAULTS | values))
 
 

@@ -1,0 +1,85 @@
+"""How far the GA moves weights: the mutation PyGAD runs on a client, and the spread of the
+population a server builds around the global weights. Pure NumPy over flat weight vectors
+(``common.model``'s order), given the shapes of the model's weight arrays
+(``ForwardPass.shapes``: a Dense layer's kernel ``(fan_in, units)``, then its bias ``(units,)``).
+
+Two kinds, chosen by ``GAConfig.operators``:
+
+- ``scaled`` (the default): Gaussian steps sized per weight array, ``step`` times the array's
+  root mean square, never below ``step / sqrt(fan_in)`` (Keras biases start at zero and must
+  still move; ``1 / sqrt(fan_in)`` is the scale of a unit's input sum). PyGAD's random
+  mutation adds U(-1, 1) whatever the weights, ~10x the weights of a model whose weights are
+  ~0.1, and it runs in Python gene by gene; this one is a few array operations a generation.
+- ``tutorial``: PyGAD's own random mutation, and the spread U(-s, s) with
+  s = max(1, mean |w|), kept for comparison and for the benchmarks' "before" rows.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SCALED, TUTORIAL = "scaled", "tutorial"
+OPERATORS = (SCALED, TUTORIAL)
+_LARGEST = float(np.finfo(np.float32).max)  # a step never leaves float32's finite range
+
+
+def step_scales(vector: np.ndarray, shapes: list[tuple[int, ...]]) -> np.ndarray:
+    """One scale per weight: its array's root mean square, floored at 1 / sqrt(fan_in)."""
+    scales, offset, fan_in = np.empty(len(vector)), 0, 1
+    for shape in shapes:
+        size = math.prod(shape)
+        if len(shape) >= 2:  # a kernel: its first axis is the layer's fan-in
+            fan_in = shape[0]
+        # A bias follows its kernel and shares its fan-in; a lone 1-D array gets no floor help.
+        values = np.asarray(vector[offset:offset + size], dtype=np.float64)
+        rms = float(np.sqrt(np.mean(np.square(values)))) if size else 0.0
+        scales[offset:offset + size] = max(rms, 1.0 / math.sqrt(fan_in))
+        offset += size
+    return scales
+
+
+def spread_population(vector: np.ndarray, shapes: list[tuple[int, ...]], num_solutions: int,
+                      rng: np.random.Generator, operators: str = SCALED,
+                      step: float = 0.3) -> np.ndarray:
+    """``num_solutions`` members around ``vector``, the first being ``vector`` itself."""
+    size = (num_solutions - 1, len(vector))
+    if operators == TUTORIAL:
+        # The tutorial spreads by U(-1, 1); once weights grow past that every member saturates
+        # alike and training stalls, hence the mean magnitude as a lower bound.
+        scale = max(1.0, float(np.mean(np.abs(vector))))
+        spread = rng.uniform(-scale, scale, size=size)
+    else:
+        spread = rng.standard_normal(size) * (step * step_scales(vector, shapes))
+    return np.vstack([vector, np.clip(vector + spread, -_LARGEST, _LARGEST).astype(np.float32)])
+
+
+class ScaledMutation:
+    """A PyGAD mutation callable, ``(offspring, ga) -> offspring``: each offspring gets
+    Gaussian steps of ``step * step_scales`` on exactly ``ga.mutation_num_genes`` genes drawn
+    without replacement; every other gene is left as it was.
+
+    Make one per ``pygad.GA``: its generator is seeded once from that GA's own seeded
+    generator (so ``random_seed`` repeats a run), and NumPy's ``Generator.choice`` draws the
+    genes in time proportional to their number where PyGAD's ``RandomState`` permutes them all.
+    The offspring are changed in place, as PyGAD's own operators do; PyGAD copies them after.
+    """
+
+    def __init__(self, scales: np.ndarray, step: float):
+        self.sigma = step * np.asarray(scales, dtype=np.float64)
+        self._rng: np.random.Generator | None = None
+
+    def __call__(self, offspring: np.ndarray, ga) -> np.ndarray:
+        if self._rng is None:
+            self._rng = np.random.default_rng(
+                ga.numpy_random_generator.randint(0, 2**32, size=4, dtype=np.uint64))
+        rows, num_genes = offspring.shape
+        count = int(ga.mutation_num_genes)
+        genes = np.stack([self._rng.choice(num_genes, count, replace=False, shuffle=False)
+                          for _ in range(rows)])  # rows are few (the population); genes many
+        mutated = np.ascontiguousarray(offspring)  # PyGAD's is already: no copy
+        where = (genes + num_genes * np.arange(rows)[:, None]).ravel()
+        flat = mutated.reshape(-1)
+        steps = self.sigma[genes.ravel()] * self._rng.standard_normal(where.size)
+        flat[where] = np.clip(flat[where] + steps, -_LARGEST, _LARGEST)
+        return mutated
