@@ -41,12 +41,15 @@ Per row: the saved model's held-out accuracy (median over the split seeds; wine'
 held-out samples make one sample 2 points), rounds to the target, seconds from launch to it,
 seconds per round after the first, and peak memory: the largest sum of resident memory over
 all of a run's processes (server and clients, or Flower's Ray workers), sampled from /proc
-every 0.2 s. Needs requirements-flower.txt. Exit code 1 when a target is missed.
+every 0.2 s. ``--save-model`` writes a ``.keras`` file, so a server imports TensorFlow once
+training ends: that, not training, sets fedga's peak. Needs requirements-flower.txt. Exit
+code 1 when a target is missed.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import math
 import shutil
 import statistics
@@ -353,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the runs' files and logs")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if importlib.util.find_spec("flwr") is None:
+        print("Flower is not installed: .venv/bin/pip install -r requirements-flower.txt",
+              file=sys.stderr)
+        return 1
     import flwr
 
     print_header(f"bench.real_data: fedga on scikit-learn's data sets, {CLIENTS} clients, "
