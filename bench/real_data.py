@@ -312,9 +312,10 @@ def accuracies(values: list[float]) -> str:
 
 
 def table(name: str, refs: dict[str, list[float]], targets: list[float],
-          outcomes: dict[str, list[Outcome]]) -> None:
-    print(f"{name}, {CLIENTS} clients, Dirichlet {ALPHA} unless IID: held-out accuracy (median "
-          f"of {len(targets)} split seeds, then each); the target, on the server's test data: "
+          outcomes: dict[str, list[Outcome]], held_out: int) -> None:
+    print(f"{name}, {CLIENTS} clients, Dirichlet {ALPHA} unless IID: held-out accuracy on "
+          f"{held_out} samples (one is {100 / held_out:.1f} points), the median of "
+          f"{len(targets)} split seeds, then each; the target, on the server's test data: "
           f"{' '.join(f'{t:.3f}' for t in targets)}")
     rows = [["logistic regression (central)", accuracies(refs["logistic"]), "", "", "", "",
              ""],
@@ -421,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes[name].setdefault(setup.key, []).append(outcome)
                 print(f"{name} seed {seed}: {setup.name}: {outcome}", flush=True)
         print()
-        table(name, refs[name], targets[name], outcomes[name])
+        held_out = len(load_dataset(str(folders["dirichlet"] / "holdout.npz")))
+        table(name, refs[name], targets[name], outcomes[name], held_out)
     met = check_targets(refs, outcomes)
     if failures:
         print(f"{failures} run(s) FAILED: their logs are above", flush=True)
