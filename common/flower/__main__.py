@@ -19,6 +19,7 @@ import sys
 from common.cli import (EXIT_DONE, EXIT_FAILED, EXIT_GAVE_UP, config_from, configure_logging,
                         ga_settings, positive, training_flags)
 from common.data import DataError
+from common.flower.deploy import DeploymentError, LocalDeployment
 from common.model import ModelFileError
 from common.server import ServerConfig
 
@@ -98,8 +99,6 @@ def deploy(config: ServerConfig, nodes: int, data_folder: str | None, logs: str)
     """A SuperLink and ``nodes`` SuperNodes here; ``flwr run`` streams the ServerApp's log."""
     from pathlib import Path
 
-    from common.flower.deploy import LocalDeployment
-
     files = None
     if data_folder:
         files = [str(Path(data_folder, f"client_{n}.npz").resolve()) for n in range(1, nodes + 1)]
@@ -110,6 +109,7 @@ def deploy(config: ServerConfig, nodes: int, data_folder: str | None, logs: str)
     folder.mkdir(parents=True, exist_ok=True)
     log.info("starting a SuperLink and %d SuperNodes; their logs go to %s", nodes, folder)
     with LocalDeployment(nodes, folder, files) as deployment:
+        log.info("the SuperLink serves and all %d SuperNodes are online: flwr run", nodes)
         code = deployment.run(run_config(config), stream=sys.stderr)
     # flwr run tells only whether the run ended; the ServerApp's log above says how.
     return EXIT_DONE if code == 0 else EXIT_FAILED
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "deploy":
             return deploy(config, args.nodes, args.data, args.logs)
         return simulate(config, args.nodes, args.data)
-    except (DataError, ModelFileError) as exc:
+    except (DataError, DeploymentError, ModelFileError) as exc:
         log.error("%s", exc)
         return EXIT_FAILED
 
