@@ -72,6 +72,7 @@ def quiet_flower(level: str) -> None:
 def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
     """Run the ServerApp and ``nodes`` ClientApps on Flower's simulation engine (Ray), one
     Ray worker per core."""
+    import ray
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
@@ -86,10 +87,13 @@ def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
     def main(grid, context) -> None:
         run(grid, config, global_model)
 
+    # Ray as Flower's backend would start it (which then leaves it be, and shuts it down at
+    # the end), plus a worker setup that keeps TensorFlow out of the nodes.
+    ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)},
+                          "worker_process_setup_hook": "common.flower.keep_tensorflow_out"})
     run_simulation(server_app, make_client_app(data_folder), num_supernodes=nodes,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"logging_level": "ERROR",
-                                                 "log_to_driver": False}})
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     if global_model.reached_target:
         return EXIT_DONE
     return EXIT_GAVE_UP if global_model.finished.is_set() else EXIT_FAILED
