@@ -26,8 +26,9 @@ PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # flower-superlink & co. are installed beside Python
 CONNECTION = "fedga-local"
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
-# Seconds each process may take to serve. Measured here (2 cores): the SuperLink serves in
-# about 2 s and a SuperNode connects in about 4 s, both slower with the cores busy.
+# Seconds each process may take to serve. Measured here (2 cores): the SuperLink and two
+# SuperNodes all served 4 s after launch on idle cores, 8-13 s with the cores shared (load
+# 8-12, a core kept busy too).
 READY_TIMEOUT = 60.0
 POLL_INTERVAL = 0.2  # seconds between readiness checks, Flower's own CLI's
 # The SuperLink is on loopback: a proxy from the environment must not come between.
