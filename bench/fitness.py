@@ -14,11 +14,12 @@ path's loss differs from the batched one by more than LOSS_TOLERANCE.
 
 A generation (PyGAD's parent selection, crossover, mutation, bookkeeping and the batched
 fitness of the new members) is timed on the digits shape (64-32-10, 450 samples) and on
-784-128-10 (100 samples), 10 solutions, from PyGAD's ``on_generation`` calls (so a run's
-set-up is left out): before (``pygad.GA`` with its default operators, as ``train`` ran it),
-``train`` with ``--operators tutorial`` and with the default scaled operators, and PyGAD's
-floor (an unmodified ``pygad.GA`` with do-nothing operators and a zero-cost fitness). The
-target: a generation costs at most GENERATION_TARGET times the batched fitness pass.
+784-128-10 (100 samples), 10 solutions, as the median interval between PyGAD's
+``on_generation`` calls (so a run's set-up is left out), beside the median of a few batched
+fitness passes. Paths: before (``pygad.GA`` with its default operators, as ``train`` ran
+it), ``train`` with ``--operators tutorial`` and with the default scaled operators, and
+PyGAD's floor (an unmodified ``pygad.GA`` with do-nothing operators and a zero-cost
+fitness). The target: a generation costs at most GENERATION_TARGET times the fitness pass.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ NUM_SOLUTIONS = 10
 LOSS_TOLERANCE = 1e-5
 BATCHED = "batched NumPy"
 GENERATION_TARGET = 2.0
-FITNESS_PASSES = 5  # timed back to back per turn: one pass alone is a short, noisy interval
+FITNESS_PASSES = 9  # per turn, their median: one pass alone is a short, noisy interval
 FITNESS_PASS = "batched fitness pass (10 solutions)"
 FLOOR = "pygad.GA floor: do-nothing operators, zero-cost fitness"
 BEFORE = "before: pygad.GA, default operators"
@@ -108,10 +109,11 @@ def compare(name: str, model: keras.Model, data: Dataset, repeats: int, batched_
 
 
 def seconds_per_generation(run) -> float:
-    """``run(on_generation)`` runs a GA; the mean time between its generations' ends."""
+    """``run(on_generation)`` runs a GA; the median time between its generations' ends (on a
+    shared machine single generations stall now and then, when another process takes the core)."""
     stamps = []
     run(lambda *_: stamps.append(time.perf_counter()))
-    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    return statistics.median(np.diff(stamps))
 
 
 def generation_costs(name: str, model: keras.Model, data: Dataset, repeats: int,
@@ -163,10 +165,12 @@ def generation_costs(name: str, model: keras.Model, data: Dataset, repeats: int,
     for _ in range(repeats):  # turns, so load drifts hit every path alike
         for label, path in paths.items():
             if label == FITNESS_PASS:
-                begun = time.perf_counter()
+                passes = []
                 for _ in range(FITNESS_PASSES):
+                    begun = time.perf_counter()
                     path()
-                costs[label].append((time.perf_counter() - begun) / FITNESS_PASSES)
+                    passes.append(time.perf_counter() - begun)
+                costs[label].append(statistics.median(passes))
             else:
                 costs[label].append(path())
     print(f"{name}: {forward.num_params} parameters, {len(data)} samples, timed in "
