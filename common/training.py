@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import numpy as np
+
 from common import protocol
 from common.data import Dataset, fit_to_model
 from common.ga import GAConfig, TrainingResult, train
@@ -26,7 +28,11 @@ class LocalTrainer:
     def __init__(self, data: Dataset, data_source: str, *, ga: GAConfig, max_params: int,
                  ga_overrides: dict | None = None, seed: int | None = None):
         self.data, self._data_source = data, data_source
-        self.ga, self.ga_overrides, self.seed = ga, ga_overrides or {}, seed
+        self.ga, self.ga_overrides = ga, ga_overrides or {}
+        # Each round's GA gets its own seed, drawn from ``seed``: a seeded run repeats, and
+        # its rounds differ. One seed for every round would repeat the same random draws
+        # (which genes mutate, by how much) round after round, a bias that averaging piles up.
+        self._round_seeds = None if seed is None else np.random.default_rng(seed)
         self.max_params = max_params
         self._forward_passes: dict[str, ForwardPass] = {}  # by model_json: build each once
 
@@ -48,5 +54,6 @@ class LocalTrainer:
             request["population_weights"], request["num_solutions"], forward.num_params)
         settings = protocol.check_ga_settings(request, request["num_solutions"])
         ga = dataclasses.replace(self.ga, **(settings | self.ga_overrides))
+        seed = None if self._round_seeds is None else int(self._round_seeds.integers(2**32))
         return train(forward, population, self.data, ga, on_generation=on_generation,
-                     should_stop=should_stop, seed=self.seed)
+                     should_stop=should_stop, seed=seed)

@@ -7,7 +7,11 @@ import pytest
 
 from common.data import CLIENT_DATA, XOR_TEST_DATA
 from common.ga import GAConfig, fitness, train
-from common.model import ForwardPass, build_xor_model, vector_to_weights, weights_to_vector
+from common.model import (ForwardPass, build_xor_model, vector_to_weights, weights_to_vector,
+                          xor_network)
+from common.modelspec import DEFAULT_MAX_PARAMS
+from common.server import GlobalModel
+from common.training import LocalTrainer
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -77,3 +81,18 @@ def test_multiclass_fitness_is_inverse_categorical_crossentropy():
         metric = keras.metrics.CategoricalAccuracy()
         metric.update_state(y, probabilities)
         assert forward.accuracy(vector, x, y) == pytest.approx(float(metric.result()))
+
+
+def test_a_seeded_client_draws_anew_each_round_and_repeats_as_a_whole():
+    request = GlobalModel(xor_network(1), XOR_TEST_DATA, seed=1).reply_to_echo().data
+
+    def two_rounds(seed: int) -> list[np.ndarray]:
+        trainer = LocalTrainer(CLIENT_DATA["client1"], "client1", max_params=DEFAULT_MAX_PARAMS,
+                               ga=GAConfig(num_generations=20, stop_fitness=None), seed=seed)
+        return [trainer.train(request).best_vector for _ in range(2)]
+
+    first, second = two_rounds(7)
+    assert not np.array_equal(first, second)  # the same request, the round's own draws
+    again = two_rounds(7)
+    np.testing.assert_array_equal(first, again[0])
+    np.testing.assert_array_equal(second, again[1])
