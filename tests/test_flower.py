@@ -27,11 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # Each Flower test has one time limit, pytest-timeout's (pytest.ini's 120 s is the others').
 # Measured on this 2-core machine while other test runs shared it (load 3-8), then with one
 # more core kept busy beside them ("busy"), and once with three busy loops (load 14):
-# - The simulation needed ~22 s of CPU: 8-9 s in the driver (then TensorFlow for the server's
-#   Keras model, which it no longer loads; Flower, Ray), ~2.4 s per Ray worker (~8 s before keep_tensorflow_out), ~4 s in
-#   Ray's daemons; then 0.1-0.5 s per round, 2-66 rounds to done (once 254: the nodes' GA is
-#   not seeded). Launch to exit: 25-35 s; busy 63-87 s (Python to Ray 30-34 s, Ray 16-22 s,
-#   its workers 10-16 s, rounds 1-4 s, Ray's shutdown 10 s); three loops 170-230 s.
+# - The simulation needed ~22 s of CPU: 8-9 s in the driver (Flower, Ray, and then
+#   TensorFlow for the server's model, which it no longer loads), ~2.4 s per Ray worker (~8 s
+#   before keep_tensorflow_out), ~4 s in Ray's daemons; then 0.1-0.5 s per round, 2-66
+#   rounds to done (once 254: the nodes' GA is not seeded). Launch to exit: 25-35 s; busy
+#   63-87 s (Python to Ray 30-34 s, Ray 16-22 s, its workers 10-16 s, rounds 1-4 s, Ray's
+#   shutdown 10 s); three loops 170-230 s.
 SIMULATION_TIMEOUT = 300
 # - The deployment: its processes serve 4-13 s after launch, the ServerApp starts 15-20 s
 #   after `flwr run`, a round takes 6-10 s (a SuperNode polls every 3 s and starts a
