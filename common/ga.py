@@ -97,23 +97,23 @@ class _GA(pygad.GA):
         if self.keep_parents != 0 and self.last_generation_parents is not None:
             cached.append((self.last_generation_parents, self.last_generation_parents_indices))
         pop_fitness = [None] * len(self.population)
-        for members, indices in cached:
-            for member, previous_index in zip(members, indices):
-                for index in self._rows_equal_to(member):
-                    if pop_fitness[index] is None:
-                        pop_fitness[index] = self._validate_fitness_value(
-                            self.previous_generation_fitness[previous_index], "cached fitness")
+        if cached:
+            members = np.concatenate([rows for rows, _ in cached])
+            previous = np.concatenate([indices for _, indices in cached])
+            # A few spread-out genes rule out most pairs before a full compare; NaN equals
+            # nothing, as in PyGAD's tuples.
+            probe = np.linspace(0, self.num_genes - 1, num=min(64, self.num_genes),
+                                dtype=np.intp)
+            maybe = np.all(self.population[:, None, probe] == members[None, :, probe], axis=2)
+            for index, member in zip(*np.nonzero(maybe)):  # first match wins, as in PyGAD
+                if pop_fitness[index] is None and np.array_equal(self.population[index],
+                                                                 members[member]):
+                    pop_fitness[index] = self._validate_fitness_value(
+                        self.previous_generation_fitness[previous[member]], "cached fitness")
         missing = [index for index, value in enumerate(pop_fitness) if value is None]
         for index, value in zip(missing, self._evaluate_fitness(self.population, missing)):
             pop_fitness[index] = value
         return np.array(pop_fitness)
-
-    def _rows_equal_to(self, member: np.ndarray) -> list[int]:
-        """Indices of the members equal to ``member`` in every gene (NaN equals nothing, as in
-        PyGAD's tuples). A few spread-out genes rule out most members before a full compare."""
-        probe = np.linspace(0, self.num_genes - 1, num=min(64, self.num_genes), dtype=np.intp)
-        candidates = np.flatnonzero(np.all(self.population[:, probe] == member[probe], axis=1))
-        return [int(i) for i in candidates if np.array_equal(self.population[i], member)]
 
 
 def train(forward: ForwardPass, population: np.ndarray, data: Dataset, config: GAConfig,

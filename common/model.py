@@ -41,7 +41,7 @@ def load_keras():
     other order. Every Keras import of ours goes through here."""
     if "keras" not in sys.modules:
         flags = sys.getdlopenflags()
-        sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+        sys.setdlopenflags(flags | getattr(os, "RTLD_DEEPBIND", 0))  # glibc only
         try:
             import keras  # noqa: F401
         finally:

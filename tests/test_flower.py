@@ -3,6 +3,8 @@ our messages checked as the socket path checks them."""
 from __future__ import annotations
 
 import csv
+import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -16,13 +18,26 @@ pytest.importorskip("flwr", reason="Flower is optional: pip install -r requireme
 from common import protocol  # noqa: E402  (after the skip: these import Flower)
 from common.flower.records import (request_content, request_from, update_content,  # noqa: E402
                                    update_from)
-from common.flower.deploy import LocalDeployment  # noqa: E402
+from common.flower import deploy  # noqa: E402
+from common.flower.deploy import DeploymentError, LocalDeployment  # noqa: E402
 from common.flower.server_app import RUN_CONFIG_KEYS, ConfigError, server_config  # noqa: E402
 from common.ga import TrainingResult  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SIMULATION_TIMEOUT = 300  # seconds; Ray's start-up and a TensorFlow import per worker included
-DEPLOYMENT_TIMEOUT = 300  # seconds; Flower's SuperNodes poll for work every 3 s
+# Each Flower test has one time limit, pytest-timeout's (pytest.ini's 120 s is the others').
+# Measured on this 2-core machine while other test runs shared it (load 3-8), then with one
+# more core kept busy beside them ("busy"), and once with three busy loops (load 14):
+# - The simulation needed ~22 s of CPU: 8-9 s in the driver (Flower, Ray, and then
+#   TensorFlow for the server's model, which it no longer loads), ~2.4 s per Ray worker (~8 s
+#   before keep_tensorflow_out), ~4 s in Ray's daemons; then 0.1-0.5 s per round, 2-66
+#   rounds to done (once 254: the nodes' GA is not seeded). Launch to exit: 25-35 s; busy
+#   63-87 s (Python to Ray 30-34 s, Ray 16-22 s, its workers 10-16 s, rounds 1-4 s, Ray's
+#   shutdown 10 s); three loops 170-230 s.
+SIMULATION_TIMEOUT = 300
+# - The deployment: its processes serve 4-13 s after launch, the ServerApp starts 15-20 s
+#   after `flwr run`, a round takes 6-10 s (a SuperNode polls every 3 s and starts a
+#   ClientApp process), stopping 3-4 s. 31-37 s; busy 54-67 s; three loops 62-74 s.
+DEPLOYMENT_TIMEOUT = 240
 
 
 def _history(path: Path) -> list[dict]:
@@ -44,12 +59,13 @@ def _live_members(sessions: set[int]) -> list[str]:
     return left
 
 
+@pytest.mark.timeout(SIMULATION_TIMEOUT)
 def test_simulation_of_two_nodes_trains_xor_to_done_with_our_ga_and_fedavg(tmp_path):
     history = tmp_path / "history.csv"
     run = subprocess.run(
         [sys.executable, "-m", "common.flower", "simulate", "--nodes", "2", "--seed", "3",
          "--history", str(history)],
-        cwd=ROOT, capture_output=True, text=True, timeout=SIMULATION_TIMEOUT)
+        cwd=ROOT, capture_output=True, text=True)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     rows = _history(history)
@@ -63,13 +79,14 @@ def test_simulation_of_two_nodes_trains_xor_to_done_with_our_ga_and_fedavg(tmp_p
     assert "done: accuracy=1.0000 reached the target" in output
 
 
+@pytest.mark.timeout(DEPLOYMENT_TIMEOUT)
 def test_a_deployment_here_runs_our_apps_in_flowers_processes_and_stops_them_all(tmp_path):
     """A SuperLink and two SuperNodes on free ports with their own FLWR_HOME, `flwr run` on
     this project, two rounds; then every process group the test started is gone. (Rounds to
     accuracy 1.0 vary too much for a test: the simulation above trains to done.)"""
     history = tmp_path / "history.csv"
     with LocalDeployment(2, tmp_path) as deployment:
-        code = deployment.run({"max-rounds": 2, "history": str(history)}, DEPLOYMENT_TIMEOUT)
+        code = deployment.run({"max-rounds": 2, "history": str(history)})
         sessions = {process.pid for process in deployment.processes}
     output = (tmp_path / "run.log").read_text()
     assert code == 0, output
@@ -77,6 +94,35 @@ def test_a_deployment_here_runs_our_apps_in_flowers_processes_and_stops_them_all
     assert "2 nodes trained" in output and "fedavg of 2 updates" in output, output
     assert "[node " in (tmp_path / "supernode-1.log").read_text()  # our ClientApp's own log
     assert _live_members(sessions) == []
+
+
+def test_a_superlink_that_cannot_serve_is_named_with_its_log_and_nothing_is_left(
+        tmp_path, monkeypatch):
+    """Its port is taken: the SuperLink exits, and the deployment says so in one sentence,
+    starts no SuperNode and no `flwr run`, and leaves no process running."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        monkeypatch.setattr(deploy, "free_port", lambda: taken.getsockname()[1])
+        deployment = LocalDeployment(2, tmp_path)
+        with pytest.raises(DeploymentError) as raised, deployment:
+            pytest.fail("the deployment came up on a port that was taken")
+    log_file = tmp_path / "superlink.log"
+    assert re.fullmatch(rf"The SuperLink exited with code \d+ before it came up; see "
+                        rf"{re.escape(str(log_file))}\.", str(raised.value))
+    assert "address already in use" in log_file.read_text()
+    assert len(deployment.processes) == 1  # the SuperLink alone
+    assert _live_members({deployment.processes[0].pid}) == []
+
+
+def test_a_simulation_worker_loads_flowers_actor_and_our_clientapp_without_tensorflow():
+    """What ``keep_tensorflow_out`` leaves each Ray worker of a simulation: Flower's actor
+    module and our ClientApp import, and TensorFlow is never loaded."""
+    code = ("import sys; from common.flower import keep_tensorflow_out; keep_tensorflow_out(); "
+            "import flwr.simulation.ray_transport.ray_actor, common.flower.client_app; "
+            "print([name for name in ('tensorflow', 'keras') if sys.modules.get(name)])")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout + run.stderr
 
 
 def test_a_request_crosses_flower_records_unchanged():

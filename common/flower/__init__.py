@@ -29,3 +29,12 @@ def log_to_stderr(role: str) -> None:
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
             logger.propagate = False
+
+
+def keep_tensorflow_out() -> None:
+    """Ray's setup of each simulation worker: ``import tensorflow`` fails there at once.
+    Flower 1.42 imports TensorFlow in every Ray worker where it is installed (for GPU memory
+    growth, in ``flwr.simulation.ray_transport.utils``), and our ClientApp never uses it: it
+    trains with NumPy. Measured on 2 cores: ~6 s of CPU per worker, the largest part of a
+    simulation's start-up on a busy machine."""
+    sys.modules.setdefault("tensorflow", None)  # None there: ModuleNotFoundError on import

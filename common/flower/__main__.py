@@ -19,6 +19,7 @@ import sys
 from common.cli import (EXIT_DONE, EXIT_FAILED, config_from, configure_logging, exit_code,
                         ga_settings, positive, training_flags)
 from common.data import DataError
+from common.flower.deploy import DeploymentError, LocalDeployment
 from common.model import ModelFileError
 from common.server import ServerConfig
 
@@ -71,6 +72,7 @@ def quiet_flower(level: str) -> None:
 def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
     """Run the ServerApp and ``nodes`` ClientApps on Flower's simulation engine (Ray), one
     Ray worker per core."""
+    import ray
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
@@ -85,18 +87,19 @@ def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
     def main(grid, context) -> None:
         run(grid, config, global_model)
 
+    # Ray as Flower's backend would start it (which then leaves it be, and shuts it down at
+    # the end), plus a worker setup that keeps TensorFlow out of the nodes.
+    ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)},
+                          "worker_process_setup_hook": "common.flower.keep_tensorflow_out"})
     run_simulation(server_app, make_client_app(data_folder), num_supernodes=nodes,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"logging_level": "ERROR",
-                                                 "log_to_driver": False}})
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     return exit_code(global_model) if global_model.finished.is_set() else EXIT_FAILED
 
 
 def deploy(config: ServerConfig, nodes: int, data_folder: str | None, logs: str) -> int:
     """A SuperLink and ``nodes`` SuperNodes here; ``flwr run`` streams the ServerApp's log."""
     from pathlib import Path
-
-    from common.flower.deploy import LocalDeployment
 
     files = None
     if data_folder:
@@ -108,6 +111,7 @@ def deploy(config: ServerConfig, nodes: int, data_folder: str | None, logs: str)
     folder.mkdir(parents=True, exist_ok=True)
     log.info("starting a SuperLink and %d SuperNodes; their logs go to %s", nodes, folder)
     with LocalDeployment(nodes, folder, files) as deployment:
+        log.info("the SuperLink serves and all %d SuperNodes are online: flwr run", nodes)
         code = deployment.run(run_config(config), stream=sys.stderr)
     # flwr run tells only whether the run ended; the ServerApp's log above says how.
     return EXIT_DONE if code == 0 else EXIT_FAILED
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "deploy":
             return deploy(config, args.nodes, args.data, args.logs)
         return simulate(config, args.nodes, args.data)
-    except (DataError, ModelFileError) as exc:
+    except (DataError, DeploymentError, ModelFileError) as exc:
         log.error("%s", exc)
         return EXIT_FAILED
 

@@ -2,6 +2,11 @@
 SuperNodes on free ports, each its own process group, with a ``FLWR_HOME`` of their own, then
 ``flwr run`` on this project (a Flower app by its ``pyproject.toml``). The README shows the
 same steps by hand.
+
+Each process is waited for until it serves, not for a time: the SuperLink until its HTTP port
+answers ``GET /health`` (as Flower's own CLI checks a local SuperLink), each SuperNode until it
+logs its node ID. Only then does ``flwr run`` start: it fails at once on a SuperLink that does
+not serve yet, and Flower's strategy waits forever for nodes that never connect.
 """
 from __future__ import annotations
 
@@ -10,19 +15,49 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # flower-superlink & co. are installed beside Python
 CONNECTION = "fedga-local"
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+# Seconds each process may take to serve. Measured here (2 cores): the SuperLink and two
+# SuperNodes all served 4 s after launch on idle cores, 8-13 s with the cores shared (load
+# 8-12, a core kept busy too).
+READY_TIMEOUT = 60.0
+POLL_INTERVAL = 0.2  # seconds between readiness checks, Flower's own CLI's
+# The SuperLink is on loopback: a proxy from the environment must not come between.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class DeploymentError(Exception):
+    """A process of the deployment did not come up; the message is one plain sentence."""
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def superlink_serves(port: int) -> bool:
+    """True once the SuperLink on this loopback port answers ``GET /health`` with 200."""
+    try:
+        with _DIRECT.open(f"http://127.0.0.1:{port}/health", timeout=1.0) as reply:
+            return reply.status == 200
+    except OSError:  # refused, reset or timed out: not serving yet
+        return False
+
+
+def node_online(log_file: Path) -> bool:
+    """True once the SuperNode writing ``log_file`` logged its ID: Flower logs it after the
+    node has registered with the SuperLink and gone online."""
+    return b"SuperNode ID: " in log_file.read_bytes()
 
 
 def run_config_text(settings: dict) -> str:
@@ -61,18 +96,41 @@ class LocalDeployment:
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "127.0.0.1:{link}"\ninsecure = true\n')
         try:
-            self._start([str(BIN / "flower-superlink"), "--insecure", "--port", str(link)],
-                        "superlink.log")
+            superlink = self._start([str(BIN / "flower-superlink"), "--insecure", "--port",
+                                     str(link)], "superlink.log")
+            self._wait_until_ready(superlink, "The SuperLink", "superlink.log",
+                                   partial(superlink_serves, link))
             for node in range(self.nodes):
                 data = (f"data='{self.data_files[node]}'" if self.data_files
                         else f"partition-id={node} num-partitions={self.nodes}")
                 self._start([str(BIN / "flower-supernode"), "--insecure", "--superlink",
                              f"127.0.0.1:{link}", "--port", str(free_port()),
                              "--node-config", data], f"supernode-{node + 1}.log")
+            # They start side by side; each is then checked in turn.
+            for number, process in enumerate(self.processes[1:], 1):
+                log_name = f"supernode-{number}.log"
+                self._wait_until_ready(process, f"SuperNode {number}", log_name,
+                                       partial(node_online, self.folder / log_name))
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _wait_until_ready(self, process: subprocess.Popen, name: str, log_name: str,
+                          ready: Callable[[], bool]) -> None:
+        """Return once ``ready()``; ``DeploymentError`` if ``process`` exits first or
+        ``READY_TIMEOUT`` passes."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not ready():
+            try:
+                code = process.wait(POLL_INTERVAL)  # the poll's pause, cut short by an exit
+            except subprocess.TimeoutExpired:
+                if time.monotonic() < deadline:
+                    continue
+                raise DeploymentError(f"{name} did not come up within {READY_TIMEOUT:g} s; "
+                                      f"see {self.folder / log_name}.") from None
+            raise DeploymentError(f"{name} exited with code {code} before it came up; see "
+                                  f"{self.folder / log_name}.")
 
     def run(self, settings: dict, timeout: float | None = None, stream=None) -> int:
         """``flwr run`` with these run-config settings; its output (the ServerApp's log) goes

@@ -4,13 +4,15 @@ after Mesa's OpenGL once died with SIGSEGV (see ``common.model.load_keras``)."""
 from __future__ import annotations
 
 import os
+import time
 
 import keras
 import numpy as np
 
 from common.data import XOR_TEST_DATA
 from common.modelspec import dense_chain_json
-from tests.gui.test_windows_e2e import Window, display, pytestmark  # noqa: F401 (a fixture)
+from tests.gui.test_windows_e2e import (STOP_RESERVE, TIME_LIMIT, Window,  # noqa: F401
+                                        display, pytestmark)  # (display: a fixture)
 from tests.test_startup import HEAVY_IMPORT, PROBED
 
 
@@ -19,10 +21,11 @@ def test_windows_open_without_tensorflow_and_a_window_saves_with_keras(display, 
     np.savez(tmp_path / "xor.npz", inputs=XOR_TEST_DATA.inputs, outputs=XOR_TEST_DATA.outputs)
     env = {**PROBED, "DISPLAY": display, "KIVY_HOME": str(tmp_path / "kivy"),
            "KIVY_NO_ARGS": "1"}
+    deadline = time.monotonic() + TIME_LIMIT - STOP_RESERVE
     server = Window("server.py", ["--model", "model.json", "--test-data", "xor.npz",
                                   "--save-model", "final.keras"], env, tmp_path / "server.log",
-                    cwd=tmp_path)
-    client = Window("client1.py", [], env, tmp_path / "client1.log", cwd=tmp_path)
+                    tmp_path, deadline)
+    client = Window("client1.py", [], env, tmp_path / "client1.log", tmp_path, deadline)
     try:
         for window in (server, client):
             window.wait_ready(())
