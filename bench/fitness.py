@@ -133,7 +133,7 @@ def generation_costs(name: str, model: keras.Model, data: Dataset, repeats: int,
                  suppress_warnings=True, **settings).run()
 
     def our_run(count, on_generation, operators):
-        train(forward, population, data, GAConfig(num_generations=count, stop_fitness=None,
+        train(forward, population, data, GAConfig(num_generations=count, stop_fitness=0,
                                                   operators=operators),
               on_generation=on_generation, seed=1)
 

@@ -21,7 +21,7 @@ from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, Con
 from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, Dataset, fit_to_model,
                          load_dataset)
 from common.aggregate import AGGREGATIONS
-from common.ga import GAConfig
+from common.ga import REAL_DATA, GAConfig
 from common.model import ModelFileError, load_model_file, xor_network
 from common.operators import OPERATORS
 from common.results import History, plot_history
@@ -198,6 +198,11 @@ def training_flags(parser: argparse.ArgumentParser, defaults: ServerConfig) -> N
                         default=defaults.patience, metavar="N", help="stop (exit 3) once N "
                         "rounds passed without a better model on the test data; the best is "
                         "what --save-model writes (default: %(default)s, never)")
+    parser.add_argument("--step-patience", type=positive(int, zero_ok=True), metavar="N",
+                        help="halve the mutation step after N rounds without a lower test "
+                        "loss, down to a tenth of --mutation-step; 0: a fixed step (default: "
+                        f"{REAL_DATA.step_patience}, or {GAConfig.step_patience} for the "
+                        "tutorial's XOR model)")
     parser.add_argument("--num-solutions", type=positive(int), default=defaults.num_solutions,
                         metavar="N", help="population size sent to clients (default: %(default)s)")
     parser.add_argument("--model", metavar="FILE", help="the model to train: a .keras file or a "
@@ -273,6 +278,11 @@ def _ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
     parser.add_argument("--mutation-step", type=positive(float), metavar="S",
                         default=argparse.SUPPRESS, help="scaled operators: a step's sigma as a "
                         f"share of its layer's weight scale ({default_text}{ga.mutation_step:g})")
+    parser.add_argument("--stop-fitness", type=positive(float, zero_ok=True), metavar="F",
+                        help="end a round's GA once a member reaches this fitness, "
+                        "1 / (loss + 1e-8); 0: run every generation (servers send "
+                        f"{ga.stop_fitness:g} for the tutorial's XOR model, else "
+                        f"{REAL_DATA.stop_fitness:g}; a server that sends none: {ga.stop_fitness:g})")
 
 
 def ga_settings(args: argparse.Namespace) -> dict:
@@ -280,7 +290,8 @@ def ga_settings(args: argparse.Namespace) -> dict:
     given = {"num_generations": args.generations, "num_parents_mating": args.parents_mating,
              "mutation_percent_genes": args.mutation_percent,
              "operators": getattr(args, "operators", None),
-             "mutation_step": getattr(args, "mutation_step", None)}
+             "mutation_step": getattr(args, "mutation_step", None),
+             "stop_fitness": args.stop_fitness}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -342,11 +353,20 @@ def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
                        seed=config.seed, on_event=on_event, checkpoint_path=config.checkpoint,
                        resume=config.resume, aggregation=config.aggregation,
                        min_clients=config.min_clients, round_timeout=config.round_timeout,
-                       patience=config.patience, ga=GAConfig(num_generations=config.num_generations,
-                                   num_parents_mating=config.num_parents_mating,
-                                   mutation_percent_genes=config.mutation_percent_genes,
-                                   operators=config.operators,
-                                   mutation_step=config.mutation_step))
+                       patience=config.patience, ga=ga_config(config))
+
+
+def ga_config(config: ServerConfig) -> GAConfig:
+    """The GA settings of the config; those it leaves open are the tutorial's for its XOR
+    model (no --model, no --test-data), else those tuned on real data."""
+    defaults = GAConfig() if config.model is None and config.test_data is None else REAL_DATA
+    given = {name: getattr(config, name) for name in ("stop_fitness", "step_patience")}
+    return dataclasses.replace(
+        defaults, num_generations=config.num_generations,
+        num_parents_mating=config.num_parents_mating,
+        mutation_percent_genes=config.mutation_percent_genes, operators=config.operators,
+        mutation_step=config.mutation_step,
+        **{name: value for name, value in given.items() if value is not None})
 
 
 def _both(first, second):

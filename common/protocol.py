@@ -53,7 +53,7 @@ COMMON_OPTIONAL_KEYS = frozenset({"client_id", "protocol_version"})
 # The server's GA settings, sent with each model; plain-pickle peers ignore them, and a
 # message may lack any of them (an older server's): the client's own settings apply.
 GA_SETTING_KEYS = frozenset({"num_generations", "num_parents_mating", "mutation_percent_genes",
-                             "operators", "mutation_step"})
+                             "operators", "mutation_step", "stop_fitness"})
 
 CLIENT_TO_SERVER = {
     Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
@@ -213,7 +213,7 @@ def check_ga_settings(data: dict, num_solutions: int) -> dict:
     settings = {key: data[key] for key in GA_SETTING_KEYS if key in data}
     limits = {"num_generations": (int, 1, 100_000), "num_parents_mating": (int, 1, num_solutions),
               "mutation_percent_genes": ((int, float), 0, 100),
-              "mutation_step": ((int, float), 0, 100)}
+              "mutation_step": ((int, float), 0, 100), "stop_fitness": ((int, float), 0, 1e12)}
     for key, value in settings.items():
         if key == "operators":
             if not isinstance(value, str) or value not in OPERATORS:

@@ -30,6 +30,8 @@ from common.protocol import Connection, Message, ProtocolError, Subject
 
 log = logging.getLogger(__name__)
 
+MIN_STEP_SHARE = 0.1  # the mutation step shrinks to this share of its starting value at most
+
 EventCallback = Callable[[Event], None]
 
 
@@ -75,6 +77,9 @@ class ServerConfig:
     mutation_percent_genes: float = GAConfig.mutation_percent_genes
     operators: str = GAConfig.operators
     mutation_step: float = GAConfig.mutation_step
+    # None: by model, the tutorial's XOR's (GAConfig) or REAL_DATA's; see common.ga
+    stop_fitness: float | None = None
+    step_patience: int | None = None
 
 
 class BindError(Exception):
@@ -174,13 +179,18 @@ class GlobalModel:
         self.ga_settings = {"num_generations": ga.num_generations,
                             "num_parents_mating": ga.num_parents_mating,
                             "mutation_percent_genes": ga.mutation_percent_genes,
-                            "operators": ga.operators, "mutation_step": ga.mutation_step}
+                            "operators": ga.operators, "mutation_step": ga.mutation_step,
+                            "stop_fitness": ga.stop_fitness}
         self.forward = network.forward
         self.test_data = test_data
         self.num_solutions = num_solutions
         self.target_accuracy = target_accuracy
         self.max_rounds = max_rounds
         self.patience = patience
+        # The step shrinks as training converges (Keras's ReduceLROnPlateau idea, on the loss
+        # the server measures): a step sized for the first rounds is noise near the optimum.
+        self.step_patience = ga.step_patience
+        self._smallest_step = ga.mutation_step * MIN_STEP_SHARE
         self._on_event = on_event or (lambda event: None)
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
@@ -189,6 +199,7 @@ class GlobalModel:
         self.round = 0
         self.accuracy = self._evaluate(self.vector)
         self.best = Best(self.vector, 0, self.accuracy, self._loss(self.vector))
+        self._lowest_loss = (self.best.loss, 0)  # and its round: when the step last helped
         self.finished = threading.Event()
         self.outcome: str | None = None  # "done", "gave_up" or "patience" once finished
         self.sequences: dict[str, int] = {}  # client id -> last applied update sequence
@@ -322,6 +333,21 @@ class GlobalModel:
         self._commit(vector, accuracy, list(keys), names, "accuracy=%.4f %s of %d updates"
                      % (accuracy, self.aggregation, len(updates)))
 
+    def _adapt_step(self, loss: float) -> None:
+        """Call with the lock held, after a round: halve the step the next populations are
+        spread and mutated by once ``step_patience`` rounds passed without a lower loss."""
+        if loss < self._lowest_loss[0]:
+            self._lowest_loss = (loss, self.round)
+            return
+        step = self.ga_settings["mutation_step"]
+        if (not self.step_patience or step <= self._smallest_step
+                or self.round - self._lowest_loss[1] < self.step_patience):
+            return
+        self.ga_settings["mutation_step"] = max(self._smallest_step, step / 2)
+        self._lowest_loss = (self._lowest_loss[0], self.round)  # patience again from here
+        log.info("mutation step %.3g -> %.3g: no lower loss for %d rounds", step,
+                 self.ga_settings["mutation_step"], self.step_patience)
+
     def _commit(self, vector: np.ndarray, accuracy: float, keys: list, client: str,
                 detail: str) -> None:
         """Call with the lock held: make ``vector`` the global model, durably, as one round."""
@@ -337,6 +363,7 @@ class GlobalModel:
         self.vector, self.accuracy, self.sequences, self.best = vector, accuracy, sequences, best
         self.round += 1
         log.info("round=%d client=%s %s", self.round, client, detail)
+        self._adapt_step(loss)
         self._on_event(Event("update", peer=client, round=self.round, accuracy=self.accuracy,
                              loss=loss))
         if self.accuracy >= self.target_accuracy:

@@ -137,7 +137,7 @@ def test_ga_settings_come_from_the_server_unless_the_client_overrides(server_fac
     plain, plain_events = client_factory(listener.server_address)
     insisting, insisting_events = client_factory(
         listener.server_address, ga_overrides={"num_generations": 2},
-        ga=GAConfig(stop_fitness=None))
+        ga=GAConfig(stop_fitness=0))
     first_round_generations = {}
     for name, events in (("plain", plain_events), ("insisting", insisting_events)):
         # A fast first client may be answered before the second connects: the second's

@@ -36,7 +36,7 @@ def test_training_keeps_or_beats_the_first_member():
     population = np.vstack([start, start + rng.uniform(-1, 1, size=(9, start.size))])
     data = CLIENT_DATA["client1"]
     generations = []
-    result = train(forward, population, data, GAConfig(stop_fitness=None), seed=1,
+    result = train(forward, population, data, GAConfig(stop_fitness=0), seed=1,
                    on_generation=lambda g, f: generations.append(g))
     start_fitness = fitness(forward(start[None], data.inputs), data.outputs)[0]
     assert result.best_fitness >= start_fitness
@@ -88,7 +88,7 @@ def test_a_seeded_client_draws_anew_each_round_and_repeats_as_a_whole():
 
     def two_rounds(seed: int) -> list[np.ndarray]:
         trainer = LocalTrainer(CLIENT_DATA["client1"], "client1", max_params=DEFAULT_MAX_PARAMS,
-                               ga=GAConfig(num_generations=20, stop_fitness=None), seed=seed)
+                               ga=GAConfig(num_generations=20, stop_fitness=0), seed=seed)
         return [trainer.train(request).best_vector for _ in range(2)]
 
     first, second = two_rounds(7)

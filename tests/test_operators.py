@@ -106,7 +106,7 @@ def test_clients_as_threads_repeat_a_seeded_run_each():
     forward = ForwardPass(build_xor_model())
     vector = weights_to_vector(forward.model.get_weights())
     population = spread_population(vector, forward.shapes, 10, np.random.default_rng(5))
-    config = GAConfig(num_generations=10, stop_fitness=None)
+    config = GAConfig(num_generations=10, stop_fitness=0)
 
     def run(seed: int):
         return train(forward, population, CLIENT_DATA["client1"], config, seed=seed).best_vector

@@ -64,7 +64,7 @@ def test_the_operator_settings_travel_with_each_model_and_shape_its_spread(serve
         data = plain_recv(sock)["data"]
     assert protocol.check_ga_settings(data, data["num_solutions"]) == {
         "num_generations": 50, "num_parents_mating": 4, "mutation_percent_genes": 5,
-        "operators": operators, "mutation_step": 0.7}
+        "operators": operators, "mutation_step": 0.7, "stop_fitness": 10}
     global_weights, members = data["population_weights"][0], data["population_weights"][1:]
     spread = members - global_weights
     if operators == "tutorial":  # U(-s, s), s = max(1, mean |w|)

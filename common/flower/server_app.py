@@ -40,7 +40,7 @@ RUN_CONFIG_KEYS = ("target-accuracy", "max-rounds", "num-solutions", "aggregatio
                    "min-clients", "round-timeout", "num-generations", "num-parents-mating",
                    "mutation-percent-genes", "operators", "mutation-step", "model",
                    "test-data", "test-labels", "test-label-column", "history", "plot",
-                   "save-model", "patience")
+                   "save-model", "patience", "step-patience", "stop-fitness")
 EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
 
 

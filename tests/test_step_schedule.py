@@ -1,0 +1,54 @@
+"""The GA settings by problem: the server halves the mutation step once its test loss stops
+falling (real data), keeps it fixed for the tutorial's XOR, and sends what it uses."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.cli import ga_config
+from common.data import XOR_TEST_DATA
+from common.ga import REAL_DATA, GAConfig
+from common.model import xor_network
+from common.server import GlobalModel, ServerConfig
+from tests.test_best_model import _xor_solution
+
+
+def _sent_step(model: GlobalModel) -> float:
+    return model.reply_to_echo().data["mutation_step"]
+
+
+def test_the_step_halves_after_rounds_without_a_lower_loss_down_to_a_tenth():
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", min_clients=1,
+                        ga=GAConfig(mutation_step=0.4, step_patience=2), target_accuracy=1.5)
+    solution = _xor_solution(0.2)  # every round below scores the same loss: no progress
+    model.apply_round([(solution, 1, None, "a")])  # a lower loss than the initial model's
+    steps = []
+    for _ in range(12):
+        model.apply_round([(solution, 1, None, "a")])
+        steps.append(_sent_step(model))
+    assert steps[:5] == pytest.approx([0.4, 0.2, 0.2, 0.1, 0.1])
+    assert steps[-1] == pytest.approx(0.04) and min(steps) == pytest.approx(0.04)
+
+    model.apply_round([(_xor_solution(1.0), 1, None, "a")])  # a lower loss: patience anew
+    model.apply_round([(_xor_solution(1.0), 1, None, "a")])
+    assert _sent_step(model) == pytest.approx(0.04)
+    population = model.reply_to_echo().data["population_weights"]
+    assert np.all(np.isfinite(population))
+
+
+def test_a_fixed_step_stays_as_set():
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", min_clients=1,
+                        ga=GAConfig(mutation_step=0.4), target_accuracy=1.5)
+    for _ in range(6):
+        model.apply_round([(_xor_solution(0.2), 1, None, "a")])
+    assert _sent_step(model) == 0.4
+
+
+def test_settings_left_open_follow_the_model_and_flags_win():
+    xor = ga_config(ServerConfig())
+    assert (xor.stop_fitness, xor.step_patience) == (GAConfig().stop_fitness, 0)
+    own = ga_config(ServerConfig(model="model.json", test_data="test.npz", mutation_step=0.2))
+    assert (own.stop_fitness, own.step_patience, own.mutation_step) == (
+        REAL_DATA.stop_fitness, REAL_DATA.step_patience, 0.2)
+    given = ga_config(ServerConfig(test_data="test.npz", stop_fitness=5, step_patience=0))
+    assert (given.stop_fitness, given.step_patience) == (5, 0)
