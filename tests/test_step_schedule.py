@@ -5,12 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common import datasets
 from common.cli import ga_config
-from common.data import XOR_TEST_DATA
+from common.data import XOR_TEST_DATA, load_dataset
 from common.ga import REAL_DATA, GAConfig
 from common.model import xor_network
 from common.server import GlobalModel, ServerConfig
+from tests.conftest import WAIT
 from tests.test_best_model import _xor_solution
+
+ROUND_LIMIT = 30  # the wine run below: 1-5 rounds to 0.9 over split seeds 1-3 in-process
 
 
 def _sent_step(model: GlobalModel) -> float:
@@ -52,3 +56,22 @@ def test_settings_left_open_follow_the_model_and_flags_win():
         REAL_DATA.stop_fitness, REAL_DATA.step_patience, 0.2)
     given = ga_config(ServerConfig(test_data="test.npz", stop_fitness=5, step_patience=0))
     assert (given.stop_fitness, given.step_patience) == (5, 0)
+
+
+def test_a_seeded_federated_run_on_wine_reaches_0_9(tmp_path, server_factory, client_factory):
+    """Three clients with label-skewed wine over loopback, fedavg, the defaults a user gets.
+    Rounds close on all three updates; the round timeout is only a bound for a busy machine."""
+    assert datasets.main(["wine", "--clients", "3", "--dirichlet", "0.5", "--seed", "2",
+                          "--out", str(tmp_path)]) == 0
+    server, events = server_factory(model=str(tmp_path / "model.json"), seed=2,
+                                    test_data=str(tmp_path / "server_test.npz"),
+                                    aggregation="fedavg", min_clients=3, round_timeout=WAIT,
+                                    target_accuracy=0.9, max_rounds=ROUND_LIMIT)
+    clients = [client_factory(server.server_address, name=f"client{n}", seed=n,
+                              data=load_dataset(str(tmp_path / f"client_{n}.npz")))[0]
+               for n in (1, 2, 3)]
+    done = events.wait_for(lambda e: e.kind in ("done", "gave_up"), timeout=WAIT * 3)
+    assert done.kind == "done", f"accuracy {done.accuracy} after {done.round} rounds"
+    for client in clients:
+        client.join(WAIT)
+        assert client.outcome == "done"
