@@ -15,8 +15,9 @@ from common.client import ClientConfig
 from common.data import DataFile, Dataset
 from common.server import ServerConfig
 
-SERVER_SIZE = (640, 820)  # the chart and the client list below the tutorial's buttons
-CLIENT_SIZE = (640, 470)  # two clients fit under each other on a 1280x1024 screen
+# Default sizes, and the smallest at which every label still fits (tests/gui checks both).
+SERVER_SIZE, SERVER_MINIMUM = (640, 820), (600, 760)  # the Setup/Training tabs below
+CLIENT_SIZE, CLIENT_MINIMUM = (640, 700), (560, 640)  # the data row, progress and chart below
 
 
 def _prepare_kivy(size: tuple[int, int], position: tuple[int, int] | None) -> None:

@@ -525,6 +525,12 @@ class ClientController(_Controller):
             self._say("Choose a data file: .npz, .npy with a labels file, or .csv with a "
                       "label column.")
             return
+        needed = second_field(choice.path)
+        if needed is not None and not getattr(choice, needed):  # not a mistake: not done yet
+            self.view.data = f"{choice.path}: now give " + (
+                "its labels file (.npy)" if needed == "labels" else "the column of its labels")
+            self.on_change()
+            return
         self._load_attempt += 1
         attempt = self._load_attempt
 

@@ -497,10 +497,11 @@ def test_the_data_row_loads_each_kind_of_file_and_says_what_it_holds(make_client
     assert [client.second_field(name) for name in ("d.npz", "x.NPY", " d.csv ", "d.txt")] == [
         None, "labels", "label_column", None]
 
-    client.load_data(str(tmp_path / "x.NPY"))  # no labels file: the headless sentence
+    client.load_data(str(tmp_path / "x.NPY"))  # no labels file yet: a hint, not an error
+    assert client.view.data == f"{tmp_path / 'x.NPY'}: now give its labels file (.npy)"
+    client.load_data(str(tmp_path / "x.NPY"), labels=str(tmp_path / "none.npy"))
     main_thread.run_until(lambda: client.status != INITIAL_STATUS)
-    assert client.status == (f"{tmp_path / 'x.NPY'} holds only inputs: give the labels "
-                             "with --labels Y.npy.")
+    assert client.status == f"The labels file {tmp_path / 'none.npy'} does not exist."
     assert client.data is None
     described = "5 samples, 2 features, classes 0: 1, 1: 3, 2: 1"
     for path, extra in (("x.NPY", {"labels": str(tmp_path / "y.npy")}),

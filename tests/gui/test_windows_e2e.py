@@ -37,9 +37,11 @@ TIME_LIMIT = 180
 STOP_RESERVE = 30
 WAIT = 60  # seconds for one command: Xvfb's start, an xdotool call, an app's exit
 ROUND_DELAY = "0.2"  # seconds the server holds each model reply: training stays visible
-SCREEN = (1280, 1024)
-# Where each window opens (left, top): side by side, so none hides another's pixels.
-PLACES = {"server.py": (0, 0), "client1.py": (640, 0), "client2.py": (640, 490)}
+SCREEN = (1920, 1080)
+# Where each window opens (left, top): side by side, so none hides another's pixels (with no
+# window manager, a click lands on the topmost window). The server is 640x820, a client
+# 640x700 (common.gui).
+PLACES = {"server.py": (0, 0), "client1.py": (640, 0), "client2.py": (1280, 0)}
 
 pytestmark = [
     pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (apt-get install "
