@@ -65,7 +65,9 @@ class ClientApp(TutorialApp):
         view = self.controller.view
         self.data_label.text = view.data
         self.progress_bar.value = view.generation
-        self.chart.series = [Series("local loss", LOSS, view.losses, *loss_range(view.losses))]
+        # A copy: the chart redraws when its series differ from the last ones it drew.
+        losses = list(view.losses)
+        self.chart.series = [Series("local loss", LOSS, losses, *loss_range(losses))]
         if view.round is None:
             self.progress_label.text = "Not training yet"
             return

@@ -327,7 +327,8 @@ class ServerController(_Controller):
             summary=f"Global accuracy {model.accuracy:.2f} before training",
             model=self._describe_model(config, forward.num_features, forward.num_outputs,
                                        model.num_params),
-            history=[(model.round, model.accuracy, None)])
+            history=[(model.round, model.accuracy,
+                      model.best.loss if model.best.round == model.round else None)])
         log.info("model: %s", self.view.model)
         self.listener = ListenThread(model, config, listening_socket=self.socket,
                                      on_event=self._from_thread(attempt))
@@ -377,7 +378,9 @@ class ServerController(_Controller):
         path = path if path.lower().endswith(suffix) else path + suffix
         model, history = self.global_model, self.history
         write = {"model": model.save_model, "history": history.save, "plot": history.plot}[kind]
-        what = {"model": "the best model", "history": "the history", "plot": "the plot"}[kind]
+        best = model.best
+        what = {"model": f"the best model (round {best.round}, accuracy {best.accuracy:.4f})",
+                "history": "the history", "plot": "the plot"}[kind]
 
         def work() -> None:
             try:
@@ -495,7 +498,7 @@ class ClientController(_Controller):
         self.data_file = data_file  # pre-fills the data row
         self._loaded = data_file if data is not None else None  # the file ``data`` came from
         self.data_in_use = False  # training reads ``data``: the data row is locked
-        source = data_file.path or f"the tutorial's {config.name} samples"
+        source = os.path.basename(data_file.path) or f"the tutorial's {config.name} samples"
         self.view = ClientView(data=NO_DATA if data is None else f"{source}: {describe(data)}",
                                generations=config.ga.num_generations)
         self.socket: socket.socket | None = None
@@ -549,7 +552,7 @@ class ClientController(_Controller):
         if attempt != self._load_attempt or self.data_in_use:
             return
         self.data, self._loaded = data, choice
-        self.view.data = f"{choice.path}: {describe(data)}"
+        self.view.data = f"{os.path.basename(choice.path)}: {describe(data)}"
         log.info("data: %s", self.view.data)
         self._say(self._step_status)  # a data error shown before is over
 

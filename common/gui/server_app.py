@@ -4,6 +4,8 @@ loss per round with the best round marked, and the clients with their last updat
 the buttons that stop training and save its results."""
 from __future__ import annotations
 
+import logging
+
 from kivy.metrics import dp
 from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.button import Button
@@ -17,6 +19,8 @@ from common.gui.controllers import SAVE_SUFFIXES, ServerController
 from common.gui.window import (CAPTIONED_HEIGHT, ROW_HEIGHT, LineChart, PathDialog, Series,
                                TutorialApp, log_positions_when_drawn, loss_range,
                                wrapping_label)
+
+log = logging.getLogger(__name__)
 
 ACCURACY = (0.30, 0.80, 0.45)
 LOSS = (0.95, 0.45, 0.35)
@@ -92,10 +96,14 @@ class ServerApp(TutorialApp):
         if not spec.choices:
             return self.text_field(spec.name, "", spec.text)
         spinner = Spinner(text=spec.text, values=spec.choices)
-        spinner.bind(text=lambda *_args: self.refresh(),
+        spinner.bind(text=lambda _spinner, text: self._chosen(spec.name, text),
                      is_open=lambda _spinner, is_open: is_open and self._log_choices(spinner))
         self.spinners[spec.name] = self.inputs[spec.name] = spinner
         return spinner
+
+    def _chosen(self, name: str, text: str) -> None:
+        log.debug("field %s chose %r", name, text)
+        self.refresh()
 
     def _log_choices(self, spinner: Spinner) -> None:
         # The spinner's list is laid out only as it opens: say where its choices are then.

@@ -319,12 +319,14 @@ class PathDialog(Popup):
 
     def __init__(self, title: str, on_choose: Callable[[str], None], *,
                  suffixes: Sequence[str], start: str = "", save: bool = False):
-        super().__init__(title=title, size_hint=(0.96, 0.94), auto_dismiss=False)
+        # No fading in and out: while a dialog fades out it still takes every click.
+        super().__init__(title=title, size_hint=(0.96, 0.94), auto_dismiss=False,
+                         _anim_duration=0)
         self._on_choose, self._save = on_choose, save
-        folder = start if os.path.isdir(start) else os.path.dirname(os.path.abspath(start or "."))
+        folder = start if os.path.isdir(start) else os.path.dirname(os.path.abspath(start))
         suffixes = tuple(s.lower() for s in suffixes)
-        self.chooser = FileChooserListView(
-            path=folder if os.path.isdir(folder) else os.getcwd(),
+        self.chooser = FileChooserListView(  # where the field's file is, else here
+            path=folder if start and os.path.isdir(folder) else os.getcwd(),
             filters=[lambda _folder, name: name.lower().endswith(suffixes)])
         self.chooser.bind(selection=self._selected)
         hint = "file name" if save else "a file's path; Enter chooses it"
@@ -458,7 +460,9 @@ class LineChart(Widget):
                 Color(0.95, 0.8, 0.25)
                 Line(points=[x_of(x), bottom, x_of(x), bottom + height], width=dp(1),
                      dash_length=dp(4), dash_offset=dp(3))
-                self._text(caption, x_of(x) + dp(3), bottom + height - dp(2), "left", "top",
+                near_right = x_of(x) > left + width * 0.8  # the caption goes left of the line
+                self._text(caption, x_of(x) + (-dp(3) if near_right else dp(3)),
+                           bottom + height - dp(2), "right" if near_right else "left", "top",
                            (0.95, 0.8, 0.25))
             for series in self.series:
                 scale = (series.high - series.low) or 1

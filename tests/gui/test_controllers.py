@@ -507,14 +507,14 @@ def test_the_data_row_loads_each_kind_of_file_and_says_what_it_holds(make_client
     for path, extra in (("x.NPY", {"labels": str(tmp_path / "y.npy")}),
                         ("d.csv", {"label_column": "label"})):
         client.load_data(str(tmp_path / path), **extra)
-        main_thread.run_until(lambda: client.view.data == f"{tmp_path / path}: {described}")
+        main_thread.run_until(lambda: client.view.data == f"{path}: {described}")
         assert client.status == INITIAL_STATUS  # the error shown before is gone
     # A field that does not apply to the file is not read: a .csv ignores a labels file.
     client.load_data(str(tmp_path / "d.csv"), labels="ignored.npy", label_column="2")
     main_thread.run_until(lambda: main_thread.queue.empty() and client._loader is not None
                           and not client._loader.is_alive())
     main_thread.run_pending()
-    assert client.view.data == f"{tmp_path / 'd.csv'}: {described}"
+    assert client.view.data == f"d.csv: {described}"
 
 
 def test_a_file_that_does_not_fit_the_model_is_a_status_and_a_corrected_one_trains(
@@ -527,7 +527,7 @@ def test_a_file_that_does_not_fit_the_model_is_a_status_and_a_corrected_one_trai
     client = make_client("client", data=None, seed=1, ga=GAConfig(num_generations=20))
     for path, outcome in (("wide.npz", "inputs have shape"), ("xor.npz", "Training is done")):
         client.load_data(str(tmp_path / path))
-        main_thread.run_until(lambda: client.view.data.startswith(str(tmp_path / path)))
+        main_thread.run_until(lambda: client.view.data.startswith(path))
         client.create()
         client.connect("127.0.0.1", port)
         main_thread.run_until(lambda: enabled(client) == {"train", "close"})
@@ -627,7 +627,7 @@ def test_a_run_on_real_data_from_the_fields_then_the_three_saves(make_server, ma
     main_thread.run_until(lambda: all(enabled(c) == {"train", "close"} and c.data is not None
                                       for c in clients))
     for n, client in enumerate(clients, 1):
-        assert re.fullmatch(rf"{iris}/client_{n}.npz: \d+ samples, 4 features, classes "
+        assert re.fullmatch(rf"client_{n}.npz: \d+ samples, 4 features, classes "
                             r"0: \d+, 1: \d+, 2: \d+", client.view.data), client.view.data
         client.train()
     main_thread.run_until(lambda: server.view.summary.startswith("Training done"))
@@ -647,6 +647,10 @@ def test_a_run_on_real_data_from_the_fields_then_the_three_saves(make_server, ma
         assert not any(server.actions.values())  # one save at a time
         main_thread.run_until(lambda: server.status.startswith("Saved") or "Cannot" in server.status)
         assert server.status.startswith("Saved ") and server.actions["save_model"]
+        if kind == "model":
+            best = model.best
+            assert server.status == (f"Saved the best model (round {best.round}, accuracy "
+                                     f"{best.accuracy:.4f}) to {tmp_path / 'best.keras'}")
     saved = keras.saving.load_model(tmp_path / "best.keras")  # the suffix was added
     test = np.load(iris / "server_test.npz")
     scored = np.mean(np.argmax(saved.predict(test["inputs"], verbose=0), axis=1)
