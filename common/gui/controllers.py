@@ -512,12 +512,6 @@ class ClientController(_Controller):
         self._load_attempt = 0  # likewise for a file chosen before the last one loaded
         self._reconnecting = False  # the training thread lost the server and is reconnecting
 
-    @staticmethod
-    def second_field(path: str) -> str | None:
-        """The data row's field a file needs beside its path: ``labels`` for .npy,
-        ``label_column`` for .csv, else None."""
-        return second_field(path)
-
     def load_data(self, path: str, labels: str = "", label_column: str = "") -> None:
         """Load the data row's file off the main thread; the status says why if it cannot
         be used, and the last good data stays. The same file again is not reloaded."""

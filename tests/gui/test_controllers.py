@@ -19,7 +19,7 @@ from common import datasets, security
 from common.aggregate import AGGREGATION_NAMES
 from common.cli import build_global_model, server_parser
 from common.client import ClientConfig
-from common.data import CLIENT_DATA, XOR_TEST_DATA
+from common.data import CLIENT_DATA, XOR_TEST_DATA, second_field
 from common.ga import GAConfig
 from common.gui.controllers import (INITIAL_STATUS, NO_DATA, ClientController,
                                     ServerController)
@@ -494,8 +494,8 @@ def test_the_data_row_loads_each_kind_of_file_and_says_what_it_holds(make_client
     (tmp_path / "d.csv").write_text("a,b,label\n" + "".join(
         f"{a:g},{b:g},{y}\n" for (a, b), y in zip(inputs, labels)))
     client = make_client("client", data=None)
-    assert [client.second_field(name) for name in ("d.npz", "x.NPY", " d.csv ", "d.txt")] == [
-        None, "labels", "label_column", None]
+    assert [second_field(name) for name in ("d.npz", "x.NPY", " d.csv ", "d.txt")] == [
+        None, "labels", "label_column", None]  # which field the data row shows beside
 
     client.load_data(str(tmp_path / "x.NPY"))  # no labels file yet: a hint, not an error
     assert client.view.data == f"{tmp_path / 'x.NPY'}: now give its labels file (.npy)"

@@ -166,6 +166,13 @@ class Window:
         self.type_into("dialog_path", path)
         self.wait_for(chosen, since)
 
+    def geometry(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the window on the screen."""
+        shell = dict(line.split("=", 1) for line in self.x(
+            "xdotool", "getwindowgeometry", "--shell", self.wid).splitlines())
+        left, top = int(shell["X"]), int(shell["Y"])
+        return left, top, left + int(shell["WIDTH"]), top + int(shell["HEIGHT"])
+
     def click(self, name: str) -> None:
         x, y = self.widgets[name]
         self.x("xdotool", "mousemove", "--window", self.wid, str(x), str(y), "click", "1")
@@ -352,6 +359,12 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
             client.wait_ready(("create", "connect", "train", "browse_data"))
             client.wait_for(r"status: |ready:")  # (the data row is empty: nothing loaded)
             assert not any(line for line in client.lines if "data: " in line)
+        # No window covers another: a click lands on the window meant, and on the screen.
+        boxes = [window.geometry() for window in windows.values()]
+        for i, (left, top, right, bottom) in enumerate(boxes):
+            assert right <= SCREEN[0] and bottom <= SCREEN[1], boxes
+            assert all(right <= l2 or r2 <= left or bottom <= t2 or b2 <= top
+                       for l2, t2, r2, b2 in boxes[i + 1:]), boxes
 
         server.click_and_wait("create", "Socket Created")
         server.click_and_wait("bind", "Socket Bound to IPv4 & Port Number")
