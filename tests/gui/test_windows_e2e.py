@@ -7,6 +7,11 @@ flags) and clicks each window's buttons with xdotool, each step confirmed by the
 reports accuracy 1.00 and both clients report done, and screenshots every window during
 and after training. With FEDGA_UPDATE_SCREENSHOTS=1 the mid-training screenshots replace
 docs/server-app.png, docs/client-app-1.png and docs/client-app-2.png.
+
+The second scenario is a run on real data with no file on any command line: server.py and
+two client.py windows, every file chosen in a Browse dialog, fedavg picked in the spinner,
+trained to the target, the best model saved (and a history saved twice, the second time
+replacing the file after the dialog asked). Its screenshots go to docs/real-run-*.png.
 """
 from __future__ import annotations
 
@@ -331,7 +336,8 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
                                                                       iris_files):
     """No file on any command line: the server's model and test set and each client's data
     file are chosen in Browse dialogs, fedavg in the spinner; trained to the target, the
-    best model is saved with Save Model and scores, loaded by Keras, what the window said."""
+    best model is saved with Save Model and scores, loaded by Keras, what the window said;
+    saving over an existing file asks first."""
     env = {**os.environ, "DISPLAY": display, "KIVY_HOME": str(tmp_path / "kivy"),
            "KIVY_NO_ARGS": "1", "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1"}
     env.pop("FEDGA_SECRET", None)
@@ -354,7 +360,7 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
     shots.mkdir()
     try:
         server.wait_ready(("create", "bind", "listen", "browse_model", "browse_test_data",
-                           "target_accuracy", "aggregation", "save_model"))
+                           "target_accuracy", "aggregation", "save_model", "save_history"))
         for client in (site1, site2):
             client.wait_ready(("create", "connect", "train", "browse_data"))
             client.wait_for(r"status: |ready:")  # (the data row is empty: nothing loaded)
@@ -407,8 +413,22 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
         server.click("save_model")
         server.learn(("dialog_path",), since)
         server.type_into("dialog_path", "best.keras")
-        saved = server.wait_for(r"status: Saved the best model \(round \d+, accuracy (\S+)\) to "
-                                rf"{re.escape(str(folder / 'best.keras'))}$", since)
+        saved_line = (r"status: Saved the best model \(round \d+, accuracy (\S+)\) to "
+                      rf"{re.escape(str(folder / 'best.keras'))}$")
+        saved = server.wait_for(saved_line, since)
+        # The same name again: the dialog asks first, and a second click replaces the file.
+        since = len(server.lines)
+        server.click("save_history")
+        server.learn(("dialog_path", "dialog_choose"), since)
+        server.type_into("dialog_path", "history.csv")
+        server.wait_for(r"status: Saved the history to ", since)
+        since = len(server.lines)
+        server.click("save_history")
+        server.learn(("dialog_path", "dialog_choose"), since)
+        server.type_into("dialog_path", "history.csv")
+        server.wait_for(r"dialog: asks before replacing .*history\.csv$", since)
+        server.click_and_wait("dialog_choose", "Saved the history to "
+                              f"{folder / 'history.csv'}")
     finally:
         codes = {name: window.stop() for name, window in windows.items()}
     assert codes == {"server": 0, "site1": 0, "site2": 0}
