@@ -33,6 +33,8 @@ import pytest
 
 from common.model import load_keras
 
+# At collection: on a busy machine the import takes half a minute, outside any test's limit.
+keras = load_keras()
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("Xvfb", "xdotool", "import", "identify")
 MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
@@ -43,6 +45,10 @@ MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
 # STOP_RESERVE for the windows to exit (about 2 s each).
 TIME_LIMIT = 180
 STOP_RESERVE = 30
+# The real-data scenario has more steps, and the server imports Keras for Save Model: 59 s
+# idle; with a busy loop beside and other test runs (load 7), 141 s, of which that import
+# took 39 s and this process's own Keras import (now done at collection, below) about as long.
+REAL_RUN_TIME_LIMIT = 300
 WAIT = 60  # seconds for one command: Xvfb's start, an xdotool call, an app's exit
 ROUND_DELAY = "0.2"  # seconds the server holds each model reply: training stays visible
 TARGET = "0.95"  # iris's server test set (23 samples): reached in a few fedavg rounds
@@ -332,6 +338,7 @@ def iris_files(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(REAL_RUN_TIME_LIMIT)
 def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, tmp_path,
                                                                       iris_files):
     """No file on any command line: the server's model and test set and each client's data
@@ -342,7 +349,7 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
            "KIVY_NO_ARGS": "1", "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1"}
     env.pop("FEDGA_SECRET", None)
     port = str(free_port())
-    deadline = time.monotonic() + TIME_LIMIT - STOP_RESERVE
+    deadline = time.monotonic() + REAL_RUN_TIME_LIMIT - STOP_RESERVE
     flags = ["--host", "127.0.0.1", "--port", port, "--seed", "1", "--log-level", "DEBUG"]
     folder = iris_files
     windows = {
@@ -435,7 +442,6 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
 
     shown = float(saved[1])
     assert f"{shown:.2f}" == done[1] and shown >= float(TARGET)
-    keras = load_keras()
     model = keras.saving.load_model(folder / "best.keras")
     test = np.load(folder / "server_test.npz")
     predicted = np.argmax(keras.ops.convert_to_numpy(model(test["inputs"])), axis=1)
