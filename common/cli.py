@@ -25,7 +25,7 @@ from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, DataFile, Datase
 from common.aggregate import AGGREGATION_NAMES
 from common.ga import GAConfig
 from common.model import ModelFileError, Network, load_model_file, xor_network
-from common.modelspec import dense_chain_json
+from common.modelspec import ModelRefused, dense_chain_json
 from common.operators import OPERATORS
 from common.results import History, plot_history
 from common.status import ClientStatus, ServerStatus, StatusLine
@@ -373,8 +373,12 @@ def default_network(test_data: Dataset, seed: int | None = None) -> Network:
     classes = outputs.shape[1] if one_hot else int(np.max(outputs, initial=1)) + 1
     if (inputs.shape[1], classes) == (2, 2):
         return xor_network(seed)
-    return Network.from_json(dense_chain_json(
-        inputs.shape[1], [(DEFAULT_HIDDEN_UNITS, "relu"), (classes, "softmax")]), seed)
+    try:
+        return Network.from_json(dense_chain_json(
+            inputs.shape[1], [(DEFAULT_HIDDEN_UNITS, "relu"), (classes, "softmax")]), seed)
+    except ModelRefused as exc:  # e.g. a label of 10**9: as many classes
+        raise DataError(f"A default model for the test data ({inputs.shape[1]} features, "
+                        f"{classes} classes) is refused: {exc}; give a model file.") from None
 
 
 def _both(first, second):

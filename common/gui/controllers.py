@@ -171,7 +171,7 @@ SETUP_ORDER = (*FILES, "target_accuracy", "aggregation", "min_clients", "patienc
                "num_generations", "num_parents_mating", "mutation_percent_genes", "operators",
                "mutation_step")
 SAVE_SUFFIXES = {"model": ".keras", "history": ".csv", "plot": ".png"}  # what each Save writes
-ENDINGS = {  # how training ended: the summary, given the round and the best model's accuracy
+ENDINGS = {  # how training ended, as the summary says it (the accuracy its event carries)
     "done": "Training done: global accuracy {accuracy:.2f} after {round} rounds",
     "gave_up": "Gave up after {round} rounds (--max-rounds): global accuracy {accuracy:.2f}",
     "patience": "Stopped after {round} rounds (--patience): best global accuracy {accuracy:.2f}",
