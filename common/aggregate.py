@@ -49,3 +49,7 @@ AGGREGATIONS = {
     "median": _ignoring_counts(median),
     "trimmed-mean": _ignoring_counts(trimmed_mean),
 }
+
+RUNNING_AVERAGE = "running-average"  # the tutorial's rule: each update averaged in as it comes
+# Every rule a server can run, by name: what --aggregation accepts and the window offers.
+AGGREGATION_NAMES = (RUNNING_AVERAGE, *AGGREGATIONS)

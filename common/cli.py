@@ -14,15 +14,18 @@ import sys
 import time
 from dataclasses import fields
 
+import numpy as np
+
 from common import security
 from common.checkpoint import CheckpointError
 from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, ConnectError,
                            Reconnector, RecvThread, connect)
-from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, Dataset, fit_to_model,
-                         load_dataset)
-from common.aggregate import AGGREGATIONS
+from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, DataFile, Dataset,
+                         fit_to_model, load_dataset)
+from common.aggregate import AGGREGATION_NAMES
 from common.ga import REAL_DATA, GAConfig
-from common.model import ModelFileError, load_model_file, xor_network
+from common.model import ModelFileError, Network, load_model_file, xor_network
+from common.modelspec import ModelRefused, dense_chain_json
 from common.operators import OPERATORS
 from common.results import History, plot_history
 from common.status import ClientStatus, ServerStatus, StatusLine
@@ -161,7 +164,7 @@ def server_parser() -> argparse.ArgumentParser:
                         "as soon as N clients were answered done, without --linger "
                         "(default: linger)")
     parser.add_argument("--aggregation", default=defaults.aggregation,
-                        choices=["running-average", *AGGREGATIONS],
+                        choices=AGGREGATION_NAMES,
                         help="running-average: the tutorial's, each update averaged in as it "
                         "comes; the others close a round per --min-clients updates "
                         "(default: %(default)s)")
@@ -206,7 +209,8 @@ def training_flags(parser: argparse.ArgumentParser, defaults: ServerConfig) -> N
     parser.add_argument("--num-solutions", type=positive(int), default=defaults.num_solutions,
                         metavar="N", help="population size sent to clients (default: %(default)s)")
     parser.add_argument("--model", metavar="FILE", help="the model to train: a .keras file or a "
-                        "Keras JSON architecture (default: the tutorial's XOR model)")
+                        "Keras JSON architecture (default: the tutorial's XOR model, or for "
+                        "--test-data of other features or classes a Dense model sized to it)")
     parser.add_argument("--test-data", metavar="FILE", help="the server's test set: .npz with "
                         "inputs and outputs, X.npy with --test-labels, or .csv with "
                         "--test-label-column (default: the four XOR samples)")
@@ -246,10 +250,11 @@ def client_parser(name: str) -> argparse.ArgumentParser:
                         metavar="N", help="refuse a server's model with more parameters than "
                         "this (default: %(default)s)")
     own = name not in CLIENT_DATA
-    parser.add_argument("--data", metavar="FILE", required=own,
+    parser.add_argument("--data", metavar="FILE",
                         help="this client's own data: .npz with inputs and outputs, X.npy with "
                         "--labels, or .csv with --label-column" + (
-                            "" if own else f" (default: the tutorial's {name} XOR samples)"))
+                            " (required with --headless; the window can choose one)" if own
+                            else f" (default: the tutorial's {name} XOR samples)"))
     parser.add_argument("--labels", metavar="FILE", help="labels .npy for --data")
     parser.add_argument("--label-column", metavar="C",
                         help="CSV column of --data holding the labels (name or index)")
@@ -319,8 +324,8 @@ def server_main(argv: list[str] | None = None) -> int:
 
         built = []  # the window builds a global model per Listen; the last one is the result
 
-        def build_and_keep(config: ServerConfig, on_event=None) -> GlobalModel:
-            built.append(build_global_model(config, on_event))
+        def build_and_keep(config: ServerConfig, on_event=None, history=None) -> GlobalModel:
+            built.append(build_global_model(config, on_event, history))
             return built[-1]
 
         code = run_server_window(config, build_and_keep, position=args.window_position)
@@ -332,22 +337,30 @@ def server_main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def build_global_model(config: ServerConfig, on_event=None) -> GlobalModel:
-    """The model and test data of the config (the tutorial's XOR by default), recording the
-    history when asked. Raises ModelFileError or DataError, each one plain sentence."""
-    network = (load_model_file(config.model, config.seed) if config.model
-               else xor_network(config.seed))
+DEFAULT_HIDDEN_UNITS = 16  # of the Dense model sized to a test set when no model is given
+
+
+def build_global_model(config: ServerConfig, on_event=None,
+                       history: History | None = None) -> GlobalModel:
+    """The model and test data of the config, recording the updates in ``history`` (by
+    default a History writing ``config.history``, when set). Without a model file: the
+    tutorial's XOR model, or for test data of other features or classes a Dense model sized
+    to it (``default_network``). Raises ModelFileError or DataError, each one plain sentence."""
     test_data = XOR_TEST_DATA
     if config.test_data:
-        forward = network.forward
-        test_data = fit_to_model(
-            load_dataset(config.test_data, config.test_labels, config.test_label_column),
-            forward.num_features, forward.num_outputs, config.test_data)
+        test_data = load_dataset(config.test_data, config.test_labels, config.test_label_column)
     elif config.model:
         raise DataError(f"The model in {config.model} needs its own test set: add "
                         "--test-data FILE.")
-    if config.history:
-        on_event = _both(History(config.history), on_event)
+    network = (load_model_file(config.model, config.seed) if config.model
+               else default_network(test_data, config.seed))
+    forward = network.forward
+    test_data = fit_to_model(test_data, forward.num_features, forward.num_outputs,
+                             config.test_data or "the XOR test data")
+    if history is None and config.history:
+        history = History(config.history)
+    if history is not None:
+        on_event = _both(history, on_event)
     return GlobalModel(network, test_data, num_solutions=config.num_solutions,
                        target_accuracy=config.target_accuracy, max_rounds=config.max_rounds,
                        seed=config.seed, on_event=on_event, checkpoint_path=config.checkpoint,
@@ -367,6 +380,25 @@ def ga_config(config: ServerConfig) -> GAConfig:
         mutation_percent_genes=config.mutation_percent_genes, operators=config.operators,
         mutation_step=config.mutation_step,
         **{name: value for name, value in given.items() if value is not None})
+
+
+def default_network(test_data: Dataset, seed: int | None = None) -> Network:
+    """The tutorial's XOR model for data of two features and two classes, else Input ->
+    Dense(16, relu) -> Dense(classes, softmax) for the data's features and classes."""
+    inputs, outputs = np.asarray(test_data.inputs), np.asarray(test_data.outputs)
+    if inputs.ndim != 2:
+        raise DataError(f"The test data's inputs have shape {inputs.shape}: a model needs "
+                        "(samples, features).")
+    one_hot = outputs.ndim == 2 and outputs.shape[1] > 1
+    classes = outputs.shape[1] if one_hot else int(np.max(outputs, initial=1)) + 1
+    if (inputs.shape[1], classes) == (2, 2):
+        return xor_network(seed)
+    try:
+        return Network.from_json(dense_chain_json(
+            inputs.shape[1], [(DEFAULT_HIDDEN_UNITS, "relu"), (classes, "softmax")]), seed)
+    except ModelRefused as exc:  # e.g. a label of 10**9: as many classes
+        raise DataError(f"A default model for the test data ({inputs.shape[1]} features, "
+                        f"{classes} classes) is refused: {exc}; give a model file.") from None
 
 
 def _both(first, second):
@@ -439,8 +471,12 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
         except DataError as exc:
             parser.exit(EXIT_USAGE, f"{parser.prog}: {exc}\n")
         source = args.data
-    else:
+    elif name in CLIENT_DATA:
         data, source = CLIENT_DATA[name], f"the tutorial's {name} samples"
+    elif args.headless:
+        parser.error("--headless needs --data FILE")
+    else:
+        data, source = None, None  # the window opens with an empty data row
     overrides = ga_settings(args)
     config = config_from(args, ClientConfig, name=name, ga_overrides=overrides,
                           ga=dataclasses.replace(GAConfig(), **overrides),
@@ -449,7 +485,9 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
         return run_client_headless(config, data, source, status)
     from common.gui import run_client_window  # imports Kivy: only when a window is wanted
 
-    return run_client_window(config, data, position=args.window_position)
+    return run_client_window(config, data, DataFile(args.data or "", args.labels or "",
+                                                    args.label_column or ""),
+                             position=args.window_position)
 
 
 def run_client_headless(config: ClientConfig, data: Dataset, data_source: str,

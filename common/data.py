@@ -36,6 +36,49 @@ CLIENT_DATA = {
 XOR_TEST_DATA = _xor([(1, 1), (1, 0), (0, 1), (0, 0)])
 
 
+# The field a data file needs beside its path, by its suffix: a .npy file holds only inputs.
+SECOND_FIELD = {".npy": "labels", ".csv": "label_column"}
+DATA_SUFFIXES = (".npz", ".npy", ".csv")
+
+
+def second_field(path: str) -> str | None:
+    """``labels`` for a .npy file, ``label_column`` for a .csv file, else None."""
+    return SECOND_FIELD.get(Path(path.strip()).suffix.lower())
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A data file as a window's fields name it; an empty text means not given."""
+
+    path: str = ""
+    labels: str = ""  # for a .npy file
+    label_column: str = ""  # for a .csv file
+
+    def load(self) -> Dataset:
+        """The data set, reading only the field its kind of file needs; DataError if not."""
+        extra = second_field(self.path)
+        return load_dataset(self.path.strip(),
+                            self.labels.strip() or None if extra == "labels" else None,
+                            self.label_column.strip() or None if extra == "label_column"
+                            else None)
+
+
+def describe(dataset: Dataset) -> str:
+    """One line a person can check a data file by: "120 samples, 4 features, classes 0: 40,
+    1: 41, 2: 39" (a skewed split shows in the counts)."""
+    inputs, outputs = np.asarray(dataset.inputs), np.asarray(dataset.outputs)
+    features = inputs.shape[1] if inputs.ndim == 2 else "x".join(map(str, inputs.shape[1:]))
+    labels = (np.argmax(outputs, axis=-1) if outputs.ndim == 2 and outputs.shape[1] > 1
+              else outputs.reshape(len(outputs), -1)[:, 0])
+    values, counts = np.unique(labels, return_counts=True)
+    if len(values) > 20:
+        classes = f"{len(values)} distinct labels"
+    else:
+        classes = "classes " + ", ".join(f"{value:g}: {count}"
+                                         for value, count in zip(values, counts))
+    return f"{len(inputs)} samples, {features} features, {classes}"
+
+
 def load_dataset(path: str, labels_path: str | None = None,
                  label_column: str | None = None) -> Dataset:
     """Read ``inputs`` and ``outputs`` from an .npz, from X.npy + Y.npy, or from a .csv whose

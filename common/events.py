@@ -8,8 +8,8 @@ from dataclasses import dataclass
 class Event:
     """One thing that happened. ``kind`` names it; the other fields are filled when relevant.
 
-    Server kinds: connected, request, update, done, gave_up, patience, answered_done,
-    disconnected.
+    Server kinds: connected, request, scored (one client's update, scored on the test data
+    before it counts), update, done, gave_up, patience, stopped, answered_done, disconnected.
     Client kinds: connecting, connected, model, generation, sent, done, error, stopped.
     """
 
@@ -20,4 +20,5 @@ class Event:
     loss: float | None = None
     fitness: float | None = None
     generation: int = 0
+    samples: int | None = None  # a scored update's sample count, when its client sent one
     detail: str = ""

@@ -1,7 +1,9 @@
 """What a finished training leaves behind: one CSV row per accepted update, and a plot.
 
-``History`` is an event callback (the server core's ``update`` events); ``plot_history``
-draws accuracy and loss over rounds with matplotlib's Agg backend, so it needs no display.
+``History`` is an event callback (the server core's ``update`` events) that keeps its rows
+and, given a path (``--history``), writes each as it comes; ``plot_history`` draws accuracy
+and loss over rounds with matplotlib's Agg backend, so it needs no display. The server
+window's Save History and Save Plot write the same files from the rows kept.
 """
 from __future__ import annotations
 
@@ -16,32 +18,55 @@ FIELDS = ("time", "round", "client", "accuracy", "loss")
 
 
 class History:
-    """Appends a row per ``update`` event to a CSV file, flushed so a crash loses nothing."""
+    """Keeps a row per ``update`` event; with ``path``, also appends each to that CSV file,
+    flushed so a crash loses nothing."""
 
-    def __init__(self, path: str):
-        self.path = Path(path)
+    def __init__(self, path: str | None = None):
+        self.path = None if path is None else Path(path)
+        self.rows: list[tuple[str, ...]] = []
         self._lock = threading.Lock()  # events arrive from every client's thread
-        with self.path.open("w", newline="") as handle:
-            csv.writer(handle).writerow(FIELDS)
+        if self.path is not None:
+            self._write(self.path, "w", [FIELDS])
 
     def __call__(self, event: Event) -> None:
         if event.kind != "update":
             return
-        row = (f"{time.time():.3f}", event.round, event.peer, f"{event.accuracy:.6f}",
+        row = (f"{time.time():.3f}", str(event.round), event.peer, f"{event.accuracy:.6f}",
                "" if event.loss is None else f"{event.loss:.6g}")
-        with self._lock, self.path.open("a", newline="") as handle:
-            csv.writer(handle).writerow(row)
+        with self._lock:
+            self.rows.append(row)
+            if self.path is not None:
+                self._write(self.path, "a", [row])
+
+    def save(self, path: str) -> None:
+        """The CSV ``--history`` writes, of every row so far."""
+        with self._lock:
+            self._write(Path(path), "w", [FIELDS, *self.rows])
+
+    def plot(self, png: str) -> None:
+        """The plot ``--plot`` draws, of every row so far."""
+        with self._lock:
+            rows = [dict(zip(FIELDS, row)) for row in self.rows]
+        _draw(rows, png)
+
+    @staticmethod
+    def _write(path: Path, mode: str, rows) -> None:
+        with path.open(mode, newline="") as handle:
+            csv.writer(handle).writerows(rows)
 
 
 def plot_history(history_csv: str, png: str) -> None:
     """Accuracy (and loss, where recorded) over rounds, from a History CSV."""
+    with open(history_csv, newline="") as handle:
+        _draw(list(csv.DictReader(handle)), png)
+
+
+def _draw(rows: list[dict[str, str]], png: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(history_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
     rounds = [int(row["round"]) for row in rows]
     figure, accuracy_axis = plt.subplots(figsize=(7, 4), dpi=100)
     accuracy_axis.plot(rounds, [float(row["accuracy"]) for row in rows], color="tab:green",

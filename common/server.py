@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common import checkpoint, protocol, security
-from common.aggregate import AGGREGATIONS, model_averaging
+from common.aggregate import AGGREGATION_NAMES, AGGREGATIONS, RUNNING_AVERAGE, model_averaging
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.events import Event
@@ -166,7 +166,7 @@ class GlobalModel:
                  ga: GAConfig | None = None, aggregation: str = "running-average",
                  min_clients: int = 2, round_timeout: float = 5.0,
                  patience: int = 0):
-        if aggregation != "running-average" and aggregation not in AGGREGATIONS:
+        if aggregation not in AGGREGATION_NAMES:
             raise ValueError(f"unknown aggregation {aggregation!r}")
         self.aggregation, self.min_clients = aggregation, min_clients
         self.round_timeout = round_timeout
@@ -201,7 +201,7 @@ class GlobalModel:
         self.best = Best(self.vector, 0, self.accuracy, self._loss(self.vector))
         self._lowest_loss = (self.best.loss, 0)  # and its round: when the step last helped
         self.finished = threading.Event()
-        self.outcome: str | None = None  # "done", "gave_up" or "patience" once finished
+        self.outcome: str | None = None  # "done", "gave_up", "patience" or "stopped" once finished
         self.sequences: dict[str, int] = {}  # client id -> last applied update sequence
         self.checkpoint_path = checkpoint_path
         if resume:
@@ -268,11 +268,14 @@ class GlobalModel:
             return self._reply()
 
     def apply_update(self, update: np.ndarray, client: str,
-                     key: tuple[str, int] | None = None, num_samples: int = 1) -> Message:
+                     key: tuple[str, int] | None = None, num_samples: int | None = None
+                     ) -> Message:
         """Fold one client's best weights into the global model; return the reply to send.
 
         ``key`` is the update's (client_id, sequence) if the client sent one: an update at or
-        below that client's last applied sequence is a resend of one already counted. With a
+        below that client's last applied sequence is a resend of one already counted.
+        ``num_samples`` is its sample count if the client sent one (fedavg counts 1 if not).
+        Each update is scored on the test data (a ``scored`` event) before it counts. With a
         round-based aggregation the call waits until its round closes: ``min_clients``
         updates arrived, or ``round_timeout`` passed since the round's first one.
         """
@@ -284,8 +287,11 @@ class GlobalModel:
                 return self._reply()
             if self.finished.is_set():
                 return self._reply()
-            if self.aggregation == "running-average":
-                update_accuracy = self._evaluate(update)
+            update_accuracy = self._evaluate(update)
+            self._on_event(Event("scored", peer=client, round=self.round + 1,
+                                 accuracy=update_accuracy, samples=num_samples,
+                                 detail="" if key is None else key[0]))
+            if self.aggregation == RUNNING_AVERAGE:
                 if update_accuracy >= self.target_accuracy:
                     vector, accuracy = update, update_accuracy
                 else:
@@ -297,7 +303,7 @@ class GlobalModel:
                 return self._reply()
             round_id = self._round_id
             if key is None or key not in [k for _, _, k, _ in self._pending]:
-                self._pending.append((update, num_samples, key, client))
+                self._pending.append((update, num_samples or 1, key, client))
             if len(self._pending) == 1:
                 self._round_deadline = time.monotonic() + self.round_timeout
             while self._round_id == round_id:
@@ -317,6 +323,21 @@ class GlobalModel:
             if not self.finished.is_set():
                 self._aggregate(pending)
             return self._reply()
+
+    def stop(self) -> None:
+        """End training now, as a person's Stop Training does: the round being gathered is
+        dropped, every waiting and later request is answered ``done``, and the best model
+        stays what ``save_model`` writes."""
+        with self._lock:
+            if self.finished.is_set():
+                return
+            self.outcome = "stopped"
+            self._pending, self._round_id = [], self._round_id + 1
+            self.finished.set()
+            self._round_closed.notify_all()
+            log.warning("stopped by request after %d rounds; the best, round %d, scored "
+                        "accuracy=%.4f", self.round, self.best.round, self.best.accuracy)
+            self._on_event(Event("stopped", round=self.round, accuracy=self.best.accuracy))
 
     def _close_round(self) -> None:
         """Call with the lock held: aggregate the round's updates once, wake its waiters."""
@@ -417,9 +438,10 @@ class SocketThread(threading.Thread):
             return self.global_model.reply_to_echo()
         update = protocol.check_weights_vector(
             message.data["best_model_weights_vector"], self.global_model.num_params)
-        return self.global_model.apply_update(update, self.peer,
-                                              protocol.update_key(message.data),
-                                              protocol.sample_count(message.data))
+        reported = "num_samples" in message.data  # tutorial peers send no count
+        return self.global_model.apply_update(
+            update, self.peer, protocol.update_key(message.data),
+            protocol.sample_count(message.data) if reported else None)
 
     def run(self) -> None:
         self._on_event(Event("connected", peer=self.peer))

@@ -2,6 +2,8 @@
 that one, checkpoints it, and stops with --patience when no better one came for N rounds."""
 from __future__ import annotations
 
+import threading
+
 import keras
 import numpy as np
 
@@ -78,3 +80,33 @@ def test_score_reports_a_saved_models_accuracy_on_other_data(tmp_path, capsys):
              outputs=np.argmax(XOR_TEST_DATA.outputs, axis=1))  # integer labels, as users have
     assert score_main([str(tmp_path / "best.keras"), str(tmp_path / "xor.npz")]) == 0
     assert "accuracy=1.0000" in capsys.readouterr().out
+
+
+def test_stop_answers_a_waiting_round_done_and_keeps_the_best():
+    """Stop Training mid-round: the update waiting for its round is answered done at once
+    (not after the round timeout) and not counted; the best model stays."""
+    events, arrived = [], threading.Event()
+
+    def record(event) -> None:
+        events.append(event)
+        if event.kind == "scored":
+            arrived.set()
+
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", min_clients=2,
+                        round_timeout=60, target_accuracy=1.5, on_event=record)
+    model.apply_round([(_xor_solution(), 1, None, "a")])
+    replies = []
+    waiting = threading.Thread(target=lambda: replies.append(
+        model.apply_update(_xor_solution(0.3), "b", ("b-1", 1), num_samples=3)))
+    waiting.start()
+    assert arrived.wait(10)  # the update is scored as it arrives, before its round closes
+    scored = next(e for e in events if e.kind == "scored")
+    assert (scored.peer, scored.round, scored.accuracy, scored.samples, scored.detail) == (
+        "b", 2, 1.0, 3, "b-1")
+    model.stop()
+    waiting.join(10)
+    assert not waiting.is_alive() and replies[0].subject.value == "done"
+    assert (model.outcome, model.round, model.best.round) == ("stopped", 1, 1)
+    assert events[-1].kind == "stopped" and events[-1].accuracy == 1.0
+    model.stop()  # twice is harmless
+    assert [e.kind for e in events].count("stopped") == 1

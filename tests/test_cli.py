@@ -154,6 +154,14 @@ def test_resume_needs_a_checkpoint_path():
     assert "--resume needs --checkpoint PATH" in result.stderr
 
 
+def test_a_headless_client_of_ones_own_needs_its_data_file():
+    """Without --data, client.py opens a window with an empty data row; headless it cannot."""
+    result = subprocess.run([sys.executable, str(ROOT / "client.py"), "--headless"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    assert result.returncode == 2
+    assert "--headless needs --data FILE" in result.stderr
+
+
 @pytest.mark.parametrize("script", ["server.py", "client1.py"])
 def test_bad_port_is_a_usage_error(script):
     result = subprocess.run([sys.executable, str(ROOT / script), "--headless", "--port", "70000"],

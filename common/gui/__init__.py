@@ -12,11 +12,12 @@ import os
 from collections.abc import Callable
 
 from common.client import ClientConfig
-from common.data import Dataset
+from common.data import DataFile, Dataset
 from common.server import ServerConfig
 
-SERVER_SIZE = (640, 820)  # the chart and the client list below the tutorial's buttons
-CLIENT_SIZE = (640, 470)  # two clients fit under each other on a 1280x1024 screen
+# Default sizes, and the smallest at which every label still fits (tests/gui checks both).
+SERVER_SIZE, SERVER_MINIMUM = (640, 820), (600, 760)  # the Setup/Training tabs below
+CLIENT_SIZE, CLIENT_MINIMUM = (640, 700), (560, 640)  # the data row, progress and chart below
 
 
 def _prepare_kivy(size: tuple[int, int], position: tuple[int, int] | None) -> None:
@@ -49,13 +50,15 @@ def run_server_window(config: ServerConfig, make_global_model: Callable,
     return run_app(ServerApp(ServerController(config, make_global_model, call_soon=call_soon)))
 
 
-def run_client_window(config: ClientConfig, data: Dataset,
+def run_client_window(config: ClientConfig, data: Dataset | None, data_file: DataFile,
                       position: tuple[int, int] | None = None) -> int:
-    """Open a Client App window ("Client App 1" for client1); return the exit code once closed."""
+    """Open a Client App window ("Client App 1" for client1) with ``data``, read from
+    ``data_file`` (None: its data row starts empty); return the exit code once closed."""
     _prepare_kivy(CLIENT_SIZE, position)
     from common.gui.client_app import ClientApp
     from common.gui.controllers import ClientController
     from common.gui.window import call_soon, run_app
 
     title = "Client App " + config.name.removeprefix("client")
-    return run_app(ClientApp(ClientController(config, data, call_soon=call_soon), title=title))
+    return run_app(ClientApp(ClientController(config, data, data_file, call_soon=call_soon),
+                             title=title))

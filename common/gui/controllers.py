@@ -8,19 +8,26 @@ only ever changed there.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common import security
-from common.cli import parse_port
+from common.aggregate import AGGREGATION_NAMES, RUNNING_AVERAGE
+from common.checkpoint import CheckpointError
+from common.cli import parse_port, positive
 from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
-from common.data import Dataset
+from common.data import DataError, DataFile, Dataset, describe, second_field
 from common.events import Event
+from common.model import ModelFileError
+from common.operators import OPERATORS
+from common.results import History
 from common.server import (BindError, GlobalModel, ListenThread, ServerConfig, bind_socket,
                            new_socket, start_listening)
 
@@ -52,7 +59,9 @@ class _Controller:
         self._call_soon = call_soon
         self.on_change: Callable[[], None] = lambda: None
         self.status = INITIAL_STATUS
+        self._step_status = INITIAL_STATUS  # the last step's status, under a passing error
         self.enabled = {name: name == "create" for name in self.BUTTONS}  # tutorial: Create first
+        self.actions: dict[str, bool] = {}  # the buttons added below the tutorial's: enabled?
         self.settings_in_use = False  # the security fields' values are in use: not editable
 
     def security_fields(self) -> list[SecurityField]:
@@ -66,8 +75,13 @@ class _Controller:
 
     def _show(self, status: str, *, enable: tuple[str, ...]) -> None:
         """Set the status line and enable exactly the ``enable`` buttons."""
-        self.status = status
         self.enabled = {name: name in enable for name in self.BUTTONS}
+        self._step_status = status
+        self._say(status)
+
+    def _say(self, status: str) -> None:
+        """Set the status line, the buttons as they are."""
+        self.status = status
         log.info("status: %s", status)  # the windows' text in the log, for people and tests
         self.on_change()
 
@@ -105,43 +119,144 @@ class _Controller:
         return f" ({', '.join(parts)})" if parts else ""
 
 
+@dataclass(frozen=True)
+class SetupField:
+    """A server setting the window shows below the tutorial's column, read at Listen."""
+
+    name: str  # the ServerConfig field it fills
+    caption: str
+    text: str  # pre-filled from the config (the flags)
+    choices: tuple[str, ...] = ()  # a spinner's values; empty: a text field
+
+
+@dataclass
+class ClientRow:
+    """One client in the server window's list."""
+
+    name: str  # from its client id once an update names it, else its address
+    state: str = "connected"  # training, waiting, done, disconnected (with a reason if dropped)
+    samples: int | None = None  # as its last update reported them
+    round: int | None = None  # the round its last update went into
+    accuracy: float | None = None  # its last update's own accuracy on the server's test data
+
+
 @dataclass
 class ServerView:
     """What the server window shows beyond its status line."""
 
-    summary: str = ""
-    history: list[tuple[int, float]] = field(default_factory=list)  # (round, global accuracy)
-    clients: dict[str, str] = field(default_factory=dict)  # peer -> state, in arrival order
+    summary: str = "Listen to Connections builds the model from the setup fields"
+    model: str = ""  # which model is trained, once built
+    # (round, global accuracy, global loss), round 0 being the untrained model
+    history: list[tuple[int, float, float | None]] = field(default_factory=list)
+    best_round: int | None = None
+    clients: dict[str, ClientRow] = field(default_factory=dict)  # by peer, in arrival order
     address: str = ""  # where the server listens, once it does
 
 
-class ServerController(_Controller):
-    """The tutorial's server steps: Create Socket, Bind Socket, Listen to Connections, Close.
+# Setup fields by config field: (caption, parser of the text). Files are paths; "" is none.
+NUMBERS = {
+    "target_accuracy": ("Target accuracy", positive(float)),
+    "min_clients": ("Min clients", positive(int)),
+    "patience": ("Patience (0: never)", positive(int, zero_ok=True)),
+    "num_generations": ("Generations", positive(int)),
+    "num_parents_mating": ("Parents mating", positive(int)),
+    "mutation_percent_genes": ("Mutation %", positive(float)),
+    "mutation_step": ("Mutation step", positive(float)),
+}
+FILES = {"model": "Model file (.keras, JSON)", "test_data": "Test data file",
+         "test_labels": "Test labels (.npy)", "test_label_column": "Label column (.csv)"}
+CHOICES = {"aggregation": ("Aggregation", AGGREGATION_NAMES),
+           "operators": ("GA operators", OPERATORS)}
+SETUP_ORDER = (*FILES, "target_accuracy", "aggregation", "min_clients", "patience",
+               "num_generations", "num_parents_mating", "mutation_percent_genes", "operators",
+               "mutation_step")
+SAVE_SUFFIXES = {"model": ".keras", "history": ".csv", "plot": ".png"}  # what each Save writes
+ENDINGS = {  # how training ended, as the summary says it (the accuracy its event carries)
+    "done": "Training done: global accuracy {accuracy:.2f} after {round} rounds",
+    "gave_up": "Gave up after {round} rounds (--max-rounds): global accuracy {accuracy:.2f}",
+    "patience": "Stopped after {round} rounds (--patience): best global accuracy {accuracy:.2f}",
+    "stopped": "Stopped after {round} rounds: best global accuracy {accuracy:.2f}",
+}
+CLIENT_ID = re.compile(r"^(.*)-[0-9a-f]{8}$")  # a fedga client's id: its name and a nonce
 
-    ``make_global_model(config, on_event)`` builds the model once; it outlives Close and Create, as
-    the tutorial's global model does. Listen reads the security fields: they are about the
-    connections it accepts, and a mistake in them leaves the socket bound, to try again.
+
+class ServerController(_Controller):
+    """The tutorial's server steps: Create Socket, Bind Socket, Listen to Connections, Close;
+    then Stop Training, and saving the results once training ended.
+
+    Listen reads the security and setup fields and builds the global model from them off
+    the main thread, with ``make_global_model(config, on_event, history)``; only once it is
+    built does the socket listen, so a mistake is one sentence before any client is served,
+    and leaves the socket bound, to try again. Every Listen builds anew; the last model
+    built stays, to be saved, until the next.
     """
 
     BUTTONS = ("create", "bind", "listen", "close")
+    ACTIONS = ("stop", "save_model", "save_history", "save_plot")
     SECURITY = (("secret_file", "Secret file"), ("tls_cert", "TLS certificate"),
                 ("tls_key", "TLS key"))
     TLS_FIELD = "tls_cert"
 
     def __init__(self, config: ServerConfig,
-                 make_global_model: Callable[[ServerConfig, Callable[[Event], None]], GlobalModel],
-                 *, call_soon: CallSoon):
+                 make_global_model: Callable[..., GlobalModel], *, call_soon: CallSoon):
         super().__init__(call_soon)
         self.config = config
-        self.global_model = make_global_model(config, self._from_thread)
+        self._make_global_model = make_global_model
+        self.global_model: GlobalModel | None = None
+        self.history: History | None = None  # the updates of the last model built
         self.socket: socket.socket | None = None
         self.listener: ListenThread | None = None
-        model = self.global_model
-        self.view = ServerView(summary=f"Global accuracy {model.accuracy:.2f} before training",
-                               history=[(model.round, model.accuracy)])
+        self._builder: threading.Thread | None = None
+        self._attempt = 0  # bumped by Close and by every Listen: late reports are dropped
+        self._saving = False
+        self.view = ServerView()
+        self._update_actions()
 
-    def _from_thread(self, event: Event) -> None:
-        self._call_soon(self._on_event, event)
+    def setup_fields(self) -> list[SetupField]:
+        """The setup fields in the window's order, filled from the config."""
+        def text(name: str) -> str:
+            value = getattr(self.config, name)
+            return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+        fields = []
+        for name in SETUP_ORDER:
+            if name in CHOICES:
+                caption, choices = CHOICES[name]
+                fields.append(SetupField(name, caption, text(name), choices))
+            else:
+                fields.append(SetupField(name, FILES.get(name) or NUMBERS[name][0], text(name)))
+        return fields
+
+    @staticmethod
+    def applies(name: str, texts: dict[str, str]) -> bool:
+        """Whether a setup field matters given the others' texts: a labels file for .npy test
+        data, a label column for .csv, min clients for a round-based aggregation."""
+        if name in ("test_labels", "test_label_column"):
+            return second_field(texts.get("test_data", "")) == name.removeprefix("test_")
+        if name == "min_clients":
+            return texts.get("aggregation") != RUNNING_AVERAGE
+        return True
+
+    def _setup(self, texts: dict[str, str]) -> dict | None:
+        """The setup fields' texts as config values, or None after saying which is wrong."""
+        values = {}
+        for name, text in texts.items():
+            text = text.strip()
+            if name in NUMBERS:
+                caption, parse = NUMBERS[name]
+                try:
+                    values[name] = parse(text)
+                except argparse.ArgumentTypeError as exc:
+                    self._show(f"{caption}: {exc}.", enable=("listen", "close"))
+                    return None
+            elif name in CHOICES:
+                values[name] = text
+            else:
+                values[name] = text or None
+        return values
+
+    def _from_thread(self, attempt: int) -> Callable[[Event], None]:
+        return lambda event: self._call_soon(self._on_event, attempt, event)
 
     def create(self) -> None:
         self.socket = new_socket()  # IPv4, as the tutorial's field asks for
@@ -159,26 +274,82 @@ class ServerController(_Controller):
         self._show("Socket Bound to IPv4 & Port Number", enable=("listen", "close"))
 
     def listen(self, **texts: str) -> None:
-        """Listen with the security fields' texts (``secret_file``, ``tls_cert``, ``tls_key``)."""
-        settings = self._security(texts, "listen")
+        """Build the model from the setup fields' texts (named as ``setup_fields``), then
+        listen with the security fields' texts (``secret_file``, ``tls_cert``, ``tls_key``).
+        Fields not given keep the config's values."""
+        security_names = {name for name, _ in self.SECURITY}
+        settings = self._security({k: v for k, v in texts.items() if k in security_names},
+                                  "listen")
         if settings is None:
             return
+        setup = self._setup({k: v for k, v in texts.items() if k not in security_names})
+        if setup is None:
+            return
+        config = dataclasses.replace(self.config, **settings, **setup)
+        self._attempt += 1
+        attempt, history = self._attempt, History(config.history)
+
+        def work() -> None:  # off the main thread: Keras may load, a test set may be large
+            try:
+                model = self._make_global_model(config, self._from_thread(attempt), history)
+            except (ModelFileError, DataError, CheckpointError) as exc:
+                self._call_soon(self._build_failed, attempt, str(exc))
+                return
+            except Exception as exc:  # a bug must leave the window usable
+                log.exception("building the model failed")
+                self._call_soon(self._build_failed, attempt, f"Cannot build the model: {exc!r}")
+                return
+            self._call_soon(self._built, attempt, config, model, history)
+
+        self.settings_in_use = True  # the fields are being read: locked until it fails
+        self._builder = threading.Thread(target=work, name="build-model", daemon=True)
+        self._show("Building the model ...", enable=("close",))
+        self._builder.start()
+
+    def _build_failed(self, attempt: int, reason: str) -> None:
+        if attempt == self._attempt:
+            self.settings_in_use = False
+            self._show(reason, enable=("listen", "close"))
+
+    def _built(self, attempt: int, config: ServerConfig, model: GlobalModel,
+               history: History) -> None:
+        if attempt != self._attempt:
+            return  # Close came first
         try:
             start_listening(self.socket)
         except BindError as exc:
+            self.settings_in_use = False
             self._show(str(exc), enable=("close",))
             return
-        self.config = dataclasses.replace(self.config, **settings)
-        self.listener = ListenThread(self.global_model, self.config,
-                                     listening_socket=self.socket, on_event=self._from_thread)
+        self.config, self.global_model, self.history = config, model, history
+        forward = model.forward
+        self.view = ServerView(
+            summary=f"Global accuracy {model.accuracy:.2f} before training",
+            model=self._describe_model(config, forward.num_features, forward.num_outputs,
+                                       model.num_params),
+            history=[(model.round, model.accuracy,
+                      model.best.loss if model.best.round == model.round else None)])
+        log.info("model: %s", self.view.model)
+        self.listener = ListenThread(model, config, listening_socket=self.socket,
+                                     on_event=self._from_thread(attempt))
         self.listener.start()
         host, port = self.listener.server_address
         self.view.address = f"{host}:{port}"
-        self.settings_in_use = True
+        self._update_actions()
         self._show(f"Socket is Listening for Connections on {self.view.address}"
                    f"{self._protection()}", enable=("close",))
 
+    @staticmethod
+    def _describe_model(config: ServerConfig, features: int, outputs: int, params: int) -> str:
+        shape = f"{features} features -> {outputs} outputs, {params:,} parameters"
+        if config.model:
+            return f"The model in {config.model}: {shape}"
+        if config.test_data and (features, outputs) != (2, 2):
+            return f"No model file: a default Dense model sized to the test data ({shape})"
+        return f"The tutorial's XOR model ({shape})"
+
     def close(self) -> None:
+        self._attempt += 1
         if self.listener is not None:
             self.listener.shutdown()  # closes the socket and every client connection
             self.listener = None
@@ -186,6 +357,7 @@ class ServerController(_Controller):
             self.socket.close()
         self.socket = None
         self.settings_in_use = False
+        self._update_actions()
         self._show("Socket Closed", enable=("create",))
 
     def shutdown(self) -> None:
@@ -193,39 +365,93 @@ class ServerController(_Controller):
         if self.socket is not None:
             self.close()
 
-    def _on_event(self, event: Event) -> None:
+    def stop_training(self) -> None:
+        """End training now: clients are answered ``done``; the best model is kept."""
+        if self.global_model is not None:
+            self.global_model.stop()  # its ``stopped`` event updates the window
+
+    def save(self, kind: str, path: str) -> None:
+        """Write the last model's results off the main thread, as the flags would: ``model``
+        (--save-model, the best model), ``history`` (--history) or ``plot`` (--plot). The
+        file's suffix is added if missing."""
+        suffix = SAVE_SUFFIXES[kind]
+        path = path if path.lower().endswith(suffix) else path + suffix
+        model, history = self.global_model, self.history
+        write = {"model": model.save_model, "history": history.save, "plot": history.plot}[kind]
+        best = model.best
+        what = {"model": f"the best model (round {best.round}, accuracy {best.accuracy:.4f})",
+                "history": "the history", "plot": "the plot"}[kind]
+
+        def work() -> None:
+            try:
+                write(path)
+            except (OSError, ValueError) as exc:
+                reason = getattr(exc, "strerror", None) or exc
+                self._call_soon(self._saved, f"Cannot save {what} to {path}: {reason}.")
+                return
+            except Exception as exc:  # a bug must not leave the window saving for ever
+                log.exception("saving %s failed", what)
+                self._call_soon(self._saved, f"Cannot save {what} to {path}: {exc!r}.")
+                return
+            self._call_soon(self._saved, f"Saved {what} to {path}")
+
+        self._saving = True
+        self._update_actions()
+        self._say(f"Saving {what} to {path} ...")
+        threading.Thread(target=work, name=f"save-{kind}", daemon=True).start()
+
+    def _saved(self, status: str) -> None:
+        self._saving = False
+        self._update_actions()
+        self._say(status)
+
+    def _update_actions(self) -> None:
+        """Stop while training runs; the Save buttons once it ended, one save at a time."""
+        model = self.global_model
+        ended = model is not None and model.finished.is_set()
+        self.actions = {"stop": self.listener is not None and model is not None and not ended,
+                        **{name: ended and not self._saving for name in self.ACTIONS[1:]}}
+
+    def _on_event(self, attempt: int, event: Event) -> None:
+        if attempt != self._attempt and event.kind not in ("disconnected", "answered_done"):
+            return  # a model Listen no longer uses (its clients' last words still count)
         view, clients = self.view, self.view.clients
+        row = clients.get(event.peer)
         if event.kind == "connected":
-            clients[event.peer] = "connected"
-        elif event.kind == "request" and event.detail == "echo":
-            clients[event.peer] = "training"
+            clients[event.peer] = ClientRow(event.peer)
+        elif row is not None and event.kind == "request":
+            row.state = "training" if event.detail == "echo" else "waiting"
+        elif row is not None and event.kind == "scored":
+            named = CLIENT_ID.match(event.detail)
+            row.name = named[1] if named else event.detail or row.name
+            row.round, row.accuracy = event.round, event.accuracy
+            if event.samples is not None:
+                row.samples = event.samples
         elif event.kind == "update":
-            clients[event.peer] = f"sent model, round {event.round}"
-            view.history.append((event.round, event.accuracy))
-            view.summary = f"Round {event.round}: global accuracy {event.accuracy:.2f}"
-        elif event.kind == "done":
-            view.summary = (f"Training done: global accuracy {event.accuracy:.2f} "
-                            f"after {event.round} rounds")
+            view.history.append((event.round, event.accuracy, event.loss))
+            best = self.global_model.best
+            view.best_round = best.round
+            view.summary = (f"Round {event.round}: global accuracy {event.accuracy:.2f} "
+                            f"(best {best.accuracy:.2f}, round {best.round})")
+            for waiting in clients.values():  # the round closed: each is answered
+                if waiting.state == "waiting":
+                    waiting.state = "training"
+        elif event.kind in ENDINGS:
+            view.summary = ENDINGS[event.kind].format(round=event.round, accuracy=event.accuracy)
+            view.best_round = self.global_model.best.round
             log.info("summary: %s", view.summary)
-        elif event.kind == "gave_up":
-            view.summary = (f"Gave up after {event.round} rounds (--max-rounds): "
-                            f"global accuracy {event.accuracy:.2f}")
-            log.info("summary: %s", view.summary)
-        elif event.kind == "patience":
-            view.summary = (f"Stopped after {event.round} rounds (--patience): best global "
-                            f"accuracy {event.accuracy:.2f}")
-            log.info("summary: %s", view.summary)
-        elif event.kind == "answered_done":
-            clients[event.peer] = "done"
-        elif event.kind == "disconnected":
+            self._update_actions()
+        elif row is not None and event.kind == "answered_done":
+            row.state = "done"
+        elif row is not None and event.kind == "disconnected":
             if event.detail:
-                clients[event.peer] = f"dropped: {event.detail}"
-            elif clients.get(event.peer) == "done":
-                clients[event.peer] = "done, disconnected"
+                row.state = f"disconnected: {event.detail}"
+            elif row.state == "done":
+                row.state = "done, disconnected"
             else:
-                clients[event.peer] = "disconnected"
+                row.state = "disconnected"
         else:
-            return  # e.g. a model request: the update event that follows says more
+            return
         self.on_change()
 
 
@@ -233,39 +459,100 @@ class ServerController(_Controller):
 class ClientView:
     """What a client window shows beyond its status line."""
 
+    data: str = ""  # the loaded data described in a line, or what to do without any
     round: int | None = None  # the server's round the model being trained comes from
     generation: int = 0
     generations: int = 0  # per round
     best_fitness: float | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)  # this round's, by generation
+
+
+NO_DATA = "No data yet: choose a data file"
+
+
+def fitness_loss(fitness: float) -> float:
+    """The GA's local loss back from its fitness, the tutorial's ``1 / (loss + 1e-8)``."""
+    return 1.0 / fitness - 1e-8
 
 
 class ClientController(_Controller):
     """The tutorial's client steps: Create Socket, Connect to Server, Receive & Train Model,
-    Close Socket.
+    Close Socket; and the data row, whose file is loaded (off the main thread) when chosen.
 
     ``connect`` opens the socket itself, retrying refused attempts for
     ``config.connect_timeout`` seconds, so Create Socket only enables Connect: a socket whose
     connect failed cannot be reused. It also reads the security fields. Training survives a
-    lost server: it reconnects ``config.retries`` times, as headless clients do.
+    lost server: it reconnects ``config.retries`` times, as headless clients do. The data
+    row is locked from Receive & Train until Close Socket.
     """
 
     BUTTONS = ("create", "connect", "train", "close")
     SECURITY = (("secret_file", "Secret file"), ("tls_ca", "TLS CA file"))
     TLS_FIELD = "tls_ca"
 
-    def __init__(self, config: ClientConfig, data: Dataset, *, call_soon: CallSoon):
+    def __init__(self, config: ClientConfig, data: Dataset | None,
+                 data_file: DataFile = DataFile(), *, call_soon: CallSoon):
         super().__init__(call_soon)
         self.config = config
-        self.data = data
-        self.view = ClientView(generations=config.ga.num_generations)
+        self.data = data  # None until a file is loaded (client.py without --data)
+        self.data_file = data_file  # pre-fills the data row
+        self._loaded = data_file if data is not None else None  # the file ``data`` came from
+        self.data_in_use = False  # training reads ``data``: the data row is locked
+        source = os.path.basename(data_file.path) or f"the tutorial's {config.name} samples"
+        self.view = ClientView(data=NO_DATA if data is None else f"{source}: {describe(data)}",
+                               generations=config.ga.num_generations)
         self.socket: socket.socket | None = None
         self.thread: RecvThread | None = None
         self._connector: threading.Thread | None = None
+        self._loader: threading.Thread | None = None
         self._cancel = threading.Event()  # ends a pending connect
         # Close bumps the attempt, so a late result from an abandoned connect or training
         # thread cannot change what the window shows.
         self._attempt = 0
+        self._load_attempt = 0  # likewise for a file chosen before the last one loaded
         self._reconnecting = False  # the training thread lost the server and is reconnecting
+
+    def load_data(self, path: str, labels: str = "", label_column: str = "") -> None:
+        """Load the data row's file off the main thread; the status says why if it cannot
+        be used, and the last good data stays. The same file again is not reloaded."""
+        choice = DataFile(path.strip(), labels.strip(), label_column.strip())
+        if choice == self._loaded or self.data_in_use:
+            return
+        if not choice.path:
+            self._say("Choose a data file: .npz, .npy with a labels file, or .csv with a "
+                      "label column.")
+            return
+        needed = second_field(choice.path)
+        if needed is not None and not getattr(choice, needed):  # not a mistake: not done yet
+            self.view.data = f"{choice.path}: now give " + (
+                "its labels file (.npy)" if needed == "labels" else "the column of its labels")
+            self.on_change()
+            return
+        self._load_attempt += 1
+        attempt = self._load_attempt
+
+        def work() -> None:
+            try:
+                data = choice.load()
+            except DataError as exc:
+                self._call_soon(self._load_failed, attempt, str(exc))
+                return
+            self._call_soon(self._data_loaded, attempt, choice, data)
+
+        self._loader = threading.Thread(target=work, name="load-data", daemon=True)
+        self._loader.start()
+
+    def _data_loaded(self, attempt: int, choice: DataFile, data: Dataset) -> None:
+        if attempt != self._load_attempt or self.data_in_use:
+            return
+        self.data, self._loaded = data, choice
+        self.view.data = f"{os.path.basename(choice.path)}: {describe(data)}"
+        log.info("data: %s", self.view.data)
+        self._say(self._step_status)  # a data error shown before is over
+
+    def _load_failed(self, attempt: int, reason: str) -> None:
+        if attempt == self._load_attempt:
+            self._say(reason)
 
     def create(self) -> None:
         self._show("Socket Created", enable=("connect", "close"))
@@ -310,11 +597,17 @@ class ClientController(_Controller):
             self._show(f"Error Connecting to the Server: {reason}", enable=("connect", "close"))
 
     def train(self) -> None:
+        if self.data is None:
+            self._say("Choose this client's data file before training (Browse).")
+            return
         attempt, config = self._attempt, self.config
+        source = self._loaded.path if self._loaded and self._loaded.path else None
         self.thread = RecvThread(
             config.buffer_size, config.recv_timeout, sock=self.socket, data=self.data,
-            config=config, on_event=lambda event: self._call_soon(self._on_event, attempt, event),
+            data_source=source or f"the tutorial's {config.name} samples", config=config,
+            on_event=lambda event: self._call_soon(self._on_event, attempt, event),
             reconnect=Reconnector(config.host, config.port, config.retries))
+        self.data_in_use = True
         self._show("Receiving the Model from the Server", enable=("close",))
         self.thread.start()
 
@@ -327,13 +620,13 @@ class ClientController(_Controller):
         elif self.socket is not None:
             self.socket.close()
         self.socket = None
-        self.settings_in_use = self._reconnecting = False
+        self.settings_in_use = self.data_in_use = self._reconnecting = False
         self._show("Socket Closed", enable=("create",))
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """The window is closing: stop every thread and wait for them."""
         self.close()
-        for thread in (self._connector, self.thread):
+        for thread in (self._connector, self.thread, self._loader):
             if thread is not None and thread.is_alive():
                 thread.join(timeout)
 
@@ -342,10 +635,11 @@ class ClientController(_Controller):
             return
         view = self.view
         if event.kind == "model":
-            view.round, view.generation = event.round, 0
+            view.round, view.generation, view.losses = event.round, 0, []
             self._show(f"Training the model of round {event.round}", enable=("close",))
         elif event.kind == "generation":
             view.generation, view.best_fitness = event.generation, event.fitness
+            view.losses.append((event.generation, fitness_loss(event.fitness)))
             self.on_change()
         elif event.kind == "sent":
             # The GA may stop early once the local loss is low: the round is complete anyway.

@@ -1,80 +1,48 @@
-"""The Server App window: the tutorial's socket buttons, then a live accuracy chart and the
-connected clients with their state."""
+"""The Server App window: the tutorial's socket buttons, then two tabs: *Setup* (the model,
+the test data, the aggregation, when to stop, the GA settings) and *Training* (accuracy and
+loss per round with the best round marked, and the clients with their last update), and
+the buttons that stop training and save its results."""
 from __future__ import annotations
 
-from kivy.core.text import Label as CoreLabel
-from kivy.graphics import Color, Ellipse, Line, Rectangle
-from kivy.metrics import dp, sp
-from kivy.properties import ListProperty
-from kivy.uix.widget import Widget
+import logging
 
-from common.gui.controllers import ServerController
-from common.gui.window import TutorialApp, wrapping_label
+from kivy.metrics import dp
+from kivy.uix.boxlayout import BoxLayout
+from kivy.uix.button import Button
+from kivy.uix.gridlayout import GridLayout
+from kivy.uix.spinner import Spinner
+from kivy.uix.tabbedpanel import TabbedPanel, TabbedPanelItem
 
-GRID = (0.35, 0.35, 0.35)
-CURVE = (0.30, 0.80, 0.45)
-TEXT = (0.85, 0.85, 0.85)
+from common.data import DATA_SUFFIXES
+from common.gui import SERVER_MINIMUM
+from common.gui.controllers import SAVE_SUFFIXES, ServerController
+from common.gui.window import (CAPTIONED_HEIGHT, ROW_HEIGHT, LineChart, PathDialog, Series,
+                               TutorialApp, log_positions_when_drawn, loss_range,
+                               wrapping_label)
+
+log = logging.getLogger(__name__)
+
+ACCURACY = (0.30, 0.80, 0.45)
+LOSS = (0.95, 0.45, 0.35)
 CLIENT_ROWS = 4  # as many as the list's height holds
-
-
-class AccuracyChart(Widget):
-    """Global accuracy (0 to 1) after each accepted update, drawn with canvas lines."""
-
-    points = ListProperty()  # (round, accuracy) pairs, round 0 being the untrained model
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.bind(pos=self._redraw, size=self._redraw, points=self._redraw)
-
-    def _text(self, text: str, x: float, y: float, anchor_x: str, anchor_y: str) -> None:
-        label = CoreLabel(text=text, font_size=sp(13), color=(*TEXT, 1))
-        label.refresh()
-        width, height = label.texture.size
-        x -= {"left": 0, "center": width / 2, "right": width}[anchor_x]
-        y -= {"bottom": 0, "middle": height / 2, "top": height}[anchor_y]
-        Color(1, 1, 1)
-        Rectangle(texture=label.texture, pos=(x, y), size=label.texture.size)
-
-    def _redraw(self, *_args) -> None:
-        self.canvas.clear()
-        # Room on the left for the y ticks and below for the x ticks and caption.
-        left, bottom = self.x + dp(40), self.y + dp(40)
-        width, height = self.right - dp(16) - left, self.top - dp(10) - bottom
-        if width <= 0 or height <= 0:
-            return
-        last_round = max((r for r, _ in self.points), default=0)
-
-        def x_of(round_: int) -> float:
-            return left + width * round_ / max(1, last_round)
-
-        def y_of(accuracy: float) -> float:
-            return bottom + height * accuracy
-
-        with self.canvas:
-            for accuracy in (0.0, 0.25, 0.5, 0.75, 1.0):
-                Color(*GRID)
-                Line(points=[left, y_of(accuracy), left + width, y_of(accuracy)], width=1)
-                self._text(f"{accuracy:g}", left - dp(6), y_of(accuracy), "right", "middle")
-            self._text("0", left, bottom - dp(4), "center", "top")
-            if last_round:
-                self._text(str(last_round), left + width, bottom - dp(4), "center", "top")
-            self._text("accepted updates (rounds)", left + width / 2, self.y, "center", "bottom")
-            Color(*CURVE)
-            xy = [v for r, a in self.points for v in (x_of(r), y_of(a))]
-            if len(xy) >= 4:
-                Line(points=xy, width=dp(1.5))
-            dot = dp(7)
-            for r, a in self.points:
-                Ellipse(pos=(x_of(r) - dot / 2, y_of(a) - dot / 2), size=(dot, dot))
+CLIENT_COLUMNS = (("Client", 0.26), ("Samples", 0.13), ("Round", 0.11), ("Accuracy", 0.14),
+                  ("State", 0.36))
+MODEL_SUFFIXES = (".keras", ".json")
+SAVES = (("save_model", "Save Model", "model", "best.keras"),
+         ("save_history", "Save History", "history", "history.csv"),
+         ("save_plot", "Save Plot", "plot", "history.png"))
 
 
 class ServerApp(TutorialApp):
-    """The tutorial's Server App, plus what the server core reports while clients train."""
+    """The tutorial's Server App, plus the run's setup and what the server core reports
+    while clients train."""
 
     controller: ServerController
 
     def __init__(self, controller: ServerController):
-        super().__init__(controller, title="Server App")
+        super().__init__(controller, title="Server App", minimum_size=SERVER_MINIMUM)
+        self.spinners: dict[str, Spinner] = {}
+        self._training_shown = False  # the Training tab was brought up for this Listen
 
     def build(self):
         controller = self.controller
@@ -82,22 +50,147 @@ class ServerApp(TutorialApp):
                                   ("bind", "Bind Socket", controller.bind),
                                   ("listen", "Listen to Connections", controller.listen),
                                   secured="listen")
-        self.summary_label = wrapping_label(height=dp(28), font_size="16sp", bold=True)
-        root.add_widget(self.summary_label)
-        self.chart = AccuracyChart()
-        root.add_widget(self.chart)
-        root.add_widget(wrapping_label("Clients", height=dp(24), halign="left", bold=True))
-        self.clients_label = wrapping_label(height=dp(84), halign="left", valign="top")
-        root.add_widget(self.clients_label)
+        self.tabs = TabbedPanel(do_default_tab=False, tab_height=dp(30), tab_width=dp(110))
+        self.setup_tab = TabbedPanelItem(text="Setup", content=self.setup_panel())
+        self.training_tab = TabbedPanelItem(text="Training", content=self.training_panel())
+        for tab in (self.setup_tab, self.training_tab):
+            self.tabs.add_widget(tab)
+        self.tabs.default_tab = self.setup_tab
+        self.inputs.update(tab_setup=self.setup_tab, tab_training=self.training_tab)
+        self.tabs.bind(current_tab=self._tab_shown)
+        root.add_widget(self.tabs)
+        root.add_widget(self.actions_row())
         return root
+
+    # ---- Setup -----------------------------------------------------------------------------
+
+    def setup_panel(self) -> BoxLayout:
+        """The fields Listen to Connections builds the model from, pre-filled from the flags."""
+        specs = {spec.name: spec for spec in self.controller.setup_fields()}
+        self.setup_specs = specs
+        panel = BoxLayout(orientation="vertical", padding=dp(6), spacing=dp(4))
+        panel.add_widget(self.file_row("model", specs["model"].caption, "empty: see below",
+                                       specs["model"].text, suffixes=MODEL_SUFFIXES,
+                                       on_edited=self.refresh))
+        panel.add_widget(self.file_row(
+            "test_data", specs["test_data"].caption, "empty: the four XOR samples",
+            specs["test_data"].text, suffixes=DATA_SUFFIXES, on_edited=self.refresh,
+            seconds=(("labels", "test_labels", specs["test_labels"].caption),
+                     ("label_column", "test_label_column", specs["test_label_column"].caption))))
+        for names in (("target_accuracy", "aggregation", "min_clients", "patience"),
+                      ("num_generations", "num_parents_mating", "mutation_percent_genes",
+                       "operators", "mutation_step")):
+            row = BoxLayout(spacing=dp(6), size_hint_y=None, height=CAPTIONED_HEIGHT)
+            for name in names:
+                row.add_widget(self.captioned(specs[name].caption, self.setup_input(specs[name])))
+            panel.add_widget(row)
+        self.model_note = wrapping_label(font_size="13sp", halign="left", valign="top")
+        panel.add_widget(self.model_note)
+        self.step_inputs.extend(specs)
+        return panel
+
+    def text_of(self, name: str) -> str:
+        return self.setup_specs[name].text
+
+    def setup_input(self, spec):
+        if not spec.choices:
+            return self.text_field(spec.name, "", spec.text)
+        spinner = Spinner(text=spec.text, values=spec.choices)
+        spinner.bind(text=lambda _spinner, text: self._chosen(spec.name, text),
+                     is_open=lambda _spinner, is_open: is_open and self._log_choices(spinner))
+        self.spinners[spec.name] = self.inputs[spec.name] = spinner
+        return spinner
+
+    def _chosen(self, name: str, text: str) -> None:
+        log.debug("field %s chose %r", name, text)
+        self.refresh()
+
+    def _log_choices(self, spinner: Spinner) -> None:
+        # The spinner's list is laid out only as it opens: say where its choices are then.
+        options = spinner._dropdown.container.children
+        log_positions_when_drawn(lambda: {f"choice {option.text}": option for option in options})
+
+    def _texts(self) -> dict[str, str]:
+        return {name: self.inputs[name].text for name in self.setup_specs}
+
+    def _model_note(self) -> str:
+        """Which model Listen builds (or built), so a person knows before training."""
+        view, texts = self.controller.view, self._texts()
+        if self.controller.listener is not None:
+            return view.model
+        if texts["model"].strip():
+            return f"Listen builds the model in {texts['model'].strip()}."
+        if texts["test_data"].strip():
+            return ("No model file: Listen builds a default Dense model sized to the test "
+                    "data's features and classes.")
+        return "No model file and no test data: the tutorial's XOR model and samples."
+
+    def input_locked(self, name: str) -> bool:
+        controller = self.controller
+        if name in self.setup_specs or name.startswith("browse_"):
+            return controller.settings_in_use or (
+                name in self.setup_specs and not controller.applies(name, self._texts()))
+        return super().input_locked(name)
+
+    # ---- Training --------------------------------------------------------------------------
+
+    def training_panel(self) -> BoxLayout:
+        panel = BoxLayout(orientation="vertical", padding=dp(6), spacing=dp(4))
+        self.summary_label = wrapping_label(height=dp(26), font_size="15sp", bold=True,
+                                            shorten=True)
+        panel.add_widget(self.summary_label)
+        self.chart = LineChart("round")
+        panel.add_widget(self.chart)
+        table = GridLayout(cols=len(CLIENT_COLUMNS), size_hint_y=None,
+                           height=dp(20) * (CLIENT_ROWS + 1))
+        self.cells = []
+        for row in range(CLIENT_ROWS + 1):
+            for caption, share in CLIENT_COLUMNS:
+                cell = wrapping_label(caption if row == 0 else "", halign="left",
+                                      font_size="13sp", bold=row == 0, shorten=True,
+                                      size_hint_x=share)
+                table.add_widget(cell)
+                if row:
+                    self.cells.append(cell)
+        panel.add_widget(table)
+        return panel
+
+    def _tab_shown(self, _tabs, tab) -> None:
+        log_positions_when_drawn(lambda: {f"tab {tab.text}": tab})
+
+    # ---- Stop and save -----------------------------------------------------------------------
+
+    def actions_row(self) -> BoxLayout:
+        row = BoxLayout(spacing=dp(6), size_hint_y=None, height=ROW_HEIGHT)
+        row.add_widget(self.button("stop", "Stop Training", self.controller.stop_training))
+        for name, text, kind, default in SAVES:
+            row.add_widget(self.button(name, text, lambda kind=kind, default=default:
+                                       self._save(kind, default)))
+        return row
+
+    def _save(self, kind: str, default: str) -> None:
+        PathDialog(f"Save the {kind} as", lambda path: self.controller.save(kind, path),
+                   suffixes=(SAVE_SUFFIXES[kind],), start=default, save=True).open()
 
     def refresh(self) -> None:
         super().refresh()
-        view = self.controller.view
+        controller, view = self.controller, self.controller.view
         self.summary_label.text = view.summary
-        self.chart.points = list(view.history)
-        rows = [f"{peer}    {state}" for peer, state in view.clients.items()]
-        # The newest rows fit; older ones (long gone clients, usually) are counted.
-        if len(rows) > CLIENT_ROWS:
-            rows = [f"... {len(rows) - CLIENT_ROWS + 1} earlier"] + rows[-(CLIENT_ROWS - 1):]
-        self.clients_label.text = "\n".join(rows) or "none yet"
+        rounds = [(r, a) for r, a, _ in view.history]
+        losses = [(r, loss) for r, _, loss in view.history if loss is not None]
+        self.chart.series = [Series("accuracy", ACCURACY, rounds, 0.0, 1.0),
+                             Series("loss", LOSS, losses, *loss_range(losses))]
+        self.chart.marked = [] if view.best_round is None else [view.best_round, "best"]
+        self.model_note.text = self._model_note()
+        # The newest rows fit; older ones (long gone clients, usually) are left out.
+        rows = [(row.name, "" if row.samples is None else str(row.samples),
+                 "" if row.round is None else str(row.round),
+                 "" if row.accuracy is None else f"{row.accuracy:.2f}", row.state)
+                for row in list(view.clients.values())[-CLIENT_ROWS:]] or [("none yet",)]
+        texts = [text for row in rows for text in row]
+        for index, cell in enumerate(self.cells):
+            cell.text = texts[index] if index < len(texts) else ""
+        listening = controller.listener is not None
+        if listening and not self._training_shown:
+            self.tabs.switch_to(self.training_tab)  # once per Listen: Setup stays a click away
+        self._training_shown = listening

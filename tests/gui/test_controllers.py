@@ -3,20 +3,27 @@ federated run through the same controllers the windows drive. Real loopback sock
 from __future__ import annotations
 
 import base64
+import csv
 import os
 import queue
+import re
 import socket
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import common  # noqa: F401  (the quiet TensorFlow environment first)
-from common import security
-from common.cli import build_global_model
+from common import datasets, security
+from common.aggregate import AGGREGATION_NAMES
+from common.cli import build_global_model, server_parser
 from common.client import ClientConfig
-from common.data import CLIENT_DATA, XOR_TEST_DATA
+from common.data import CLIENT_DATA, XOR_TEST_DATA, second_field
 from common.ga import GAConfig
-from common.gui.controllers import INITIAL_STATUS, ClientController, ServerController
+from common.gui.controllers import (INITIAL_STATUS, NO_DATA, ClientController,
+                                    ServerController)
+from common.model import load_keras, xor_model_json
 from common.server import ServerConfig
 
 WAIT = 30  # seconds: every wait has a bound
@@ -49,6 +56,11 @@ class MainThread:
 
 def enabled(controller) -> set[str]:
     return {name for name, on in controller.enabled.items() if on}
+
+
+def client_state(server, peer: str) -> str | None:
+    row = server.view.clients.get(peer)
+    return None if row is None else row.state
 
 
 def record_statuses(controller) -> list[str]:
@@ -92,6 +104,7 @@ def make_server(main_thread):
     def make(**overrides) -> ServerController:
         config = ServerConfig(host="127.0.0.1", port=0, **overrides)
         controller = ServerController(config, build_global_model, call_soon=main_thread.call_soon)
+        controller.main_thread = main_thread  # for wait_listening
         controllers.append(controller)
         return controller
 
@@ -106,7 +119,7 @@ def make_client(main_thread):
 
     def make(name="client1", data=None, **overrides) -> ClientController:
         config = ClientConfig(host="127.0.0.1", name=name, **overrides)
-        controller = ClientController(config, CLIENT_DATA[name] if data is None else data,
+        controller = ClientController(config, CLIENT_DATA.get(name) if data is None else data,
                                       call_soon=main_thread.call_soon)
         controllers.append(controller)
         return controller
@@ -117,12 +130,18 @@ def make_client(main_thread):
 
 
 def listen(server, port: str = "0", **texts: str) -> str:
-    """Create, Bind and Listen with these security fields' texts; the port it listens on."""
+    """Create, Bind and Listen with these fields' texts; the port it listens on."""
     server.create()
     server.bind("127.0.0.1", port)
-    server.listen(**texts)
+    wait_listening(server, **texts)
     assert server.listener is not None, server.status
     return str(server.listener.server_address[1])
+
+
+def wait_listening(server, **texts: str) -> None:
+    """Click Listen and wait until the model is built and the socket listens, or it failed."""
+    server.listen(**texts)
+    server.main_thread.run_until(lambda: server.status != "Building the model ...")
 
 
 def closed_port() -> int:
@@ -143,18 +162,18 @@ def test_server_steps_enable_buttons_in_the_tutorials_order(make_server, main_th
     server.bind("127.0.0.1", "0")
     assert (server.status, enabled(server)) == ("Socket Bound to IPv4 & Port Number",
                                                 {"listen", "close"})
-    server.listen()
+    wait_listening(server)
     assert server.status.startswith("Socket is Listening for Connections on 127.0.0.1:")
     assert enabled(server) == {"close"}
 
     host, port = server.listener.server_address
     with socket.create_connection((host, port), timeout=WAIT) as client:
         peer = "%s:%d" % client.getsockname()[:2]
-        main_thread.run_until(lambda: server.view.clients.get(peer) == "connected")
+        main_thread.run_until(lambda: client_state(server, peer) == "connected")
         server.close()
         assert (server.status, enabled(server)) == ("Socket Closed", {"create"})
         assert client.recv(1) == b""  # Close Socket closed the client's connection too
-    main_thread.run_until(lambda: server.view.clients.get(peer) == "disconnected")
+    main_thread.run_until(lambda: client_state(server, peer) == "disconnected")
 
     server.create()  # the tutorial lets the steps start over
     assert enabled(server) == {"bind", "close"}
@@ -268,10 +287,7 @@ def test_client_close_cancels_a_pending_connect(make_client, main_thread):
 
 def test_federated_run_through_the_window_controllers(make_server, make_client, main_thread):
     server = make_server(seed=1)
-    server.create()
-    server.bind("127.0.0.1", "0")
-    server.listen()
-    port = str(server.listener.server_address[1])
+    port = listen(server)
     clients = [make_client(name, seed=1, ga=GAConfig(num_generations=20))
                for name in ("client1", "client2")]
     for client in clients:
@@ -290,7 +306,7 @@ def test_federated_run_through_the_window_controllers(make_server, make_client, 
         assert client.view.round is not None and client.view.best_fitness is not None
         assert client.view.generation == client.view.generations == 20
     main_thread.run_until(lambda: len(server.view.clients) == 2 and all(
-        state.startswith("done") for state in server.view.clients.values()))
+        row.state.startswith("done") for row in server.view.clients.values()))
 
 
 # ---- security fields ---------------------------------------------------------------------
@@ -368,7 +384,7 @@ def test_server_security_mistakes_are_a_status_and_listen_can_be_retried(
     assert (server.status, enabled(server)) == (status, {"listen", "close"})
     assert server.listener is None and not server.settings_in_use
 
-    server.listen(secret_file=" ", tls_cert="", tls_key="")  # the fields emptied: plain
+    wait_listening(server, secret_file=" ", tls_cert="", tls_key="")  # emptied: plain
     assert server.status.startswith("Socket is Listening for Connections on 127.0.0.1:")
     assert not server.status.endswith(")")
 
@@ -445,3 +461,239 @@ def test_close_while_reconnecting_returns_promptly(make_server, make_client, mai
     assert client.thread.outcome == "stopped"
     main_thread.run_pending()  # what the thread reported last changes nothing
     assert (client.status, enabled(client)) == ("Socket Closed", {"create"})
+
+
+# ---- the client's data row ---------------------------------------------------------------
+
+@pytest.fixture
+def iris(tmp_path):
+    """scikit-learn's iris split as the README makes it: two client files, a test set, a model."""
+    out = tmp_path / "iris"
+    assert datasets.main(["iris", "--clients", "2", "--out", str(out), "--seed", "1"]) == 0
+    return out
+
+
+def test_a_client_without_data_opens_empty_and_will_not_train_without_it(make_client):
+    client = make_client("client", data=None)
+    assert client.view.data == NO_DATA and client.data is None
+    client.create()
+    client.train()
+    assert client.status == "Choose this client's data file before training (Browse)."
+    assert enabled(client) == {"connect", "close"}  # the steps carry on as they were
+    client.load_data("  ")
+    assert client.status.startswith("Choose a data file: .npz, .npy")
+
+
+def test_the_data_row_loads_each_kind_of_file_and_says_what_it_holds(make_client, main_thread,
+                                                                     tmp_path):
+    inputs = np.array([[0, 1], [1, 1], [1, 0], [2, 2], [3, 3]], dtype=np.float32)
+    labels = np.array([0, 1, 1, 2, 1])
+    with open(tmp_path / "x.NPY", "wb") as handle:  # np.save would add ".npy"
+        np.save(handle, inputs)
+    np.save(tmp_path / "y.npy", labels)
+    (tmp_path / "d.csv").write_text("a,b,label\n" + "".join(
+        f"{a:g},{b:g},{y}\n" for (a, b), y in zip(inputs, labels)))
+    client = make_client("client", data=None)
+    assert [second_field(name) for name in ("d.npz", "x.NPY", " d.csv ", "d.txt")] == [
+        None, "labels", "label_column", None]  # which field the data row shows beside
+
+    client.load_data(str(tmp_path / "x.NPY"))  # no labels file yet: a hint, not an error
+    assert client.view.data == f"{tmp_path / 'x.NPY'}: now give its labels file (.npy)"
+    client.load_data(str(tmp_path / "x.NPY"), labels=str(tmp_path / "none.npy"))
+    main_thread.run_until(lambda: client.status != INITIAL_STATUS)
+    assert client.status == f"The labels file {tmp_path / 'none.npy'} does not exist."
+    assert client.data is None
+    described = "5 samples, 2 features, classes 0: 1, 1: 3, 2: 1"
+    for path, extra in (("x.NPY", {"labels": str(tmp_path / "y.npy")}),
+                        ("d.csv", {"label_column": "label"})):
+        client.load_data(str(tmp_path / path), **extra)
+        main_thread.run_until(lambda: client.view.data == f"{path}: {described}")
+        assert client.status == INITIAL_STATUS  # the error shown before is gone
+    # A field that does not apply to the file is not read: a .csv ignores a labels file.
+    client.load_data(str(tmp_path / "d.csv"), labels="ignored.npy", label_column="2")
+    main_thread.run_until(lambda: main_thread.queue.empty() and client._loader is not None
+                          and not client._loader.is_alive())
+    main_thread.run_pending()
+    assert client.view.data == f"d.csv: {described}"
+
+
+def test_a_file_that_does_not_fit_the_model_is_a_status_and_a_corrected_one_trains(
+        make_server, make_client, main_thread, tmp_path):
+    """The server trains XOR (two features); the client's first file has three."""
+    np.savez(tmp_path / "wide.npz", inputs=np.ones((4, 3), np.float32),
+             outputs=XOR_TEST_DATA.outputs)
+    np.savez(tmp_path / "xor.npz", inputs=XOR_TEST_DATA.inputs, outputs=XOR_TEST_DATA.outputs)
+    port = listen(make_server(seed=1))
+    client = make_client("client", data=None, seed=1, ga=GAConfig(num_generations=20))
+    for path, outcome in (("wide.npz", "inputs have shape"), ("xor.npz", "Training is done")):
+        client.load_data(str(tmp_path / path))
+        main_thread.run_until(lambda: client.view.data.startswith(path))
+        client.create()
+        client.connect("127.0.0.1", port)
+        main_thread.run_until(lambda: enabled(client) == {"train", "close"})
+        client.train()
+        assert client.data_in_use  # the data row is locked while training reads it
+        main_thread.run_until(lambda: outcome in client.status)
+        if path == "wide.npz":
+            assert client.status == (f"{tmp_path / 'wide.npz'}: inputs have shape (4, 3), but "
+                                     "the model expects (samples, 2).")
+            assert enabled(client) == {"close"}
+            client.close()
+            assert not client.data_in_use
+    assert client.status == "Training is done: accuracy 1.00"
+    assert client.view.losses and all(loss > 0 for _, loss in client.view.losses)
+    generations = [generation for generation, _ in client.view.losses]
+    assert generations == sorted(generations)  # the current round's, in order
+
+
+# ---- the server's setup fields -------------------------------------------------------------
+
+def test_the_aggregation_choices_are_the_one_list_the_flag_reads(make_server):
+    spinner = {f.name: f for f in make_server().setup_fields()}["aggregation"]
+    flag = next(a for a in server_parser()._actions if a.dest == "aggregation")
+    assert spinner.choices == tuple(flag.choices) == AGGREGATION_NAMES
+    assert spinner.text == "running-average"
+
+
+def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_server):
+    server = make_server(test_data="t.csv", test_label_column="y", target_accuracy=0.9,
+                         patience=5, num_generations=30, aggregation="fedavg")
+    texts = {f.name: f.text for f in server.setup_fields()}
+    assert texts == {"model": "", "test_data": "t.csv", "test_labels": "",
+                     "test_label_column": "y", "target_accuracy": "0.9",
+                     "aggregation": "fedavg", "min_clients": "2", "patience": "5",
+                     "num_generations": "30", "num_parents_mating": "4",
+                     "mutation_percent_genes": "5", "operators": "scaled",
+                     "mutation_step": "0.3"}
+    shown = {name for name in texts if server.applies(name, texts)}
+    assert {"test_label_column", "min_clients"} <= shown and "test_labels" not in shown
+    texts |= {"test_data": "t.NPY", "aggregation": "running-average"}
+    shown = {name for name in texts if server.applies(name, texts)}
+    assert "test_labels" in shown and not {"test_label_column", "min_clients"} & shown
+
+
+@pytest.mark.parametrize("texts, status", [
+    ({"target_accuracy": "high"}, "Target accuracy: 'high' is not a number."),
+    ({"min_clients": "0"}, "Min clients: 0 must be greater than 0."),
+    ({"model": "missing.json", "test_data": "missing.npz"},
+     "The data file missing.npz does not exist."),
+    ({"model": "model.json"}, "The model in model.json needs its own test set: add "
+                              "--test-data FILE."),
+    ({"model": "bad.json", "test_data": "xor.npz"},
+     "The model in bad.json is not one fedga trains: model_json is not a Functional or "
+     "Sequential model."),
+    ({"model": "model.json", "test_data": "wide.npz"},
+     "wide.npz: outputs have shape (4, 5), but the model expects (samples, 2)."),
+])
+def test_a_setup_mistake_is_a_status_before_any_client_is_served(make_server, main_thread,
+                                                                 tmp_path, monkeypatch, texts,
+                                                                 status):
+    monkeypatch.chdir(tmp_path)
+    np.savez("xor.npz", inputs=XOR_TEST_DATA.inputs, outputs=XOR_TEST_DATA.outputs)
+    np.savez("wide.npz", inputs=XOR_TEST_DATA.inputs, outputs=np.ones((4, 5), np.float32))
+    Path("bad.json").write_text('{"class_name": "Lambda"}')
+    Path("model.json").write_text(xor_model_json())
+    server = make_server()
+    server.create()
+    server.bind("127.0.0.1", "0")
+    port = server.socket.getsockname()[1]
+    wait_listening(server, **texts)
+    assert (server.status, enabled(server)) == (status, {"listen", "close"})
+    assert server.listener is None and not server.settings_in_use
+    with pytest.raises(ConnectionRefusedError):  # bound, never listening: nobody was served
+        socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+    wait_listening(server, model="", test_data="", target_accuracy="1")  # corrected
+    assert server.status.startswith("Socket is Listening")
+    assert server.view.model == "The tutorial's XOR model (2 features -> 2 outputs, 22 parameters)"
+
+
+def test_a_run_on_real_data_from_the_fields_then_the_three_saves(make_server, make_client,
+                                                                  main_thread, iris, tmp_path):
+    # Keras first, here: on a busy machine its import alone can outlast a wait below.
+    keras = load_keras()
+    server = make_server(seed=1)
+    port = listen(server, test_data=str(iris / "server_test.npz"), aggregation="fedavg",
+                  min_clients="2", target_accuracy="0.9", num_generations="30")
+    assert server.settings_in_use  # every field is locked while the server listens
+    assert server.view.model == ("No model file: a default Dense model sized to the test data "
+                                 "(4 features -> 3 outputs, 131 parameters)")
+    assert server.actions == {"stop": True, "save_model": False, "save_history": False,
+                              "save_plot": False}
+    clients = [make_client(f"site{n}", data=None, seed=n) for n in (1, 2)]
+    for n, client in enumerate(clients, 1):
+        client.load_data(str(iris / f"client_{n}.npz"))
+        client.create()
+        client.connect("127.0.0.1", port)
+    main_thread.run_until(lambda: all(enabled(c) == {"train", "close"} and c.data is not None
+                                      for c in clients))
+    for n, client in enumerate(clients, 1):
+        assert re.fullmatch(rf"client_{n}.npz: \d+ samples, 4 features, classes "
+                            r"0: \d+, 1: \d+, 2: \d+", client.view.data), client.view.data
+        client.train()
+    main_thread.run_until(lambda: server.view.summary.startswith("Training done"))
+    model = server.global_model
+    assert server.view.best_round == model.best.round and model.best.accuracy >= 0.9
+    rows = {row.name: row for row in server.view.clients.values()}
+    assert sorted(rows) == ["site1", "site2"]
+    for n, row in enumerate((rows["site1"], rows["site2"]), 1):
+        assert row.samples == len(clients[n - 1].data)  # as the client reported it
+        assert row.round == model.round and 0 <= row.accuracy <= 1  # scored in its round
+    main_thread.run_until(lambda: all(row.state.startswith("done") for row in rows.values()))
+    assert server.actions == {"stop": False, "save_model": True, "save_history": True,
+                              "save_plot": True}
+
+    for kind, name in (("model", "best"), ("history", "history.csv"), ("plot", "history.png")):
+        server.save(kind, str(tmp_path / name))
+        assert not any(server.actions.values())  # one save at a time
+        main_thread.run_until(lambda: not server.status.startswith("Saving"))
+        assert server.status.startswith("Saved ") and server.actions["save_model"]
+        if kind == "model":
+            best = model.best
+            assert server.status == (f"Saved the best model (round {best.round}, accuracy "
+                                     f"{best.accuracy:.4f}) to {tmp_path / 'best.keras'}")
+    saved = keras.saving.load_model(tmp_path / "best.keras")  # the suffix was added
+    test = np.load(iris / "server_test.npz")
+    scored = np.mean(np.argmax(saved.predict(test["inputs"], verbose=0), axis=1)
+                     == np.argmax(test["outputs"], axis=1))
+    assert scored == pytest.approx(model.best.accuracy)
+    with open(tmp_path / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["round"]) for row in rows] == list(range(1, model.round + 1))
+    assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"
+    server.save("history", str(tmp_path / "no such folder" / "h.csv"))
+    main_thread.run_until(lambda: not server.status.startswith("Saving"))
+    assert server.status == (f"Cannot save the history to {tmp_path / 'no such folder' / 'h.csv'}"
+                             ": No such file or directory.")
+
+
+def test_stop_training_answers_clients_done_and_keeps_the_best(make_server, make_client,
+                                                               main_thread):
+    server = make_server(seed=1, target_accuracy=2.0)  # never done: it trains until stopped
+    port = listen(server, aggregation="fedavg", min_clients="1")
+    client = make_client(seed=1, ga=GAConfig(num_generations=10))
+    client.create()
+    client.connect("127.0.0.1", port)
+    main_thread.run_until(lambda: enabled(client) == {"train", "close"})
+    client.train()
+    main_thread.run_until(lambda: len(server.view.history) >= 3)
+    server.stop_training()
+    main_thread.run_until(lambda: server.view.summary.startswith("Stopped")
+                          and client.status.startswith("Training is done"))
+    model = server.global_model
+    assert model.outcome == "stopped"
+    assert server.view.summary == (f"Stopped after {model.round} rounds: best global accuracy "
+                                   f"{model.best.accuracy:.2f}")
+    assert server.actions == {"stop": False, "save_model": True, "save_history": True,
+                              "save_plot": True}
+    assert enabled(server) == {"close"}  # still listening: late clients are told done
+
+
+def test_close_then_listen_builds_the_model_anew_from_the_fields(make_server, main_thread):
+    server = make_server(seed=1)
+    listen(server)
+    first = server.global_model
+    server.close()
+    assert not server.settings_in_use and server.global_model is first  # kept, to be saved
+    listen(server, target_accuracy="0.75", patience="3")
+    assert server.global_model is not first
+    assert (server.global_model.target_accuracy, server.global_model.patience) == (0.75, 3)
