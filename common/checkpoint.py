@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.errors import CheckpointError
 
-class CheckpointError(Exception):
-    """A checkpoint could not be read; the message is one plain sentence."""
 
 
 FORMAT_VERSION = 2  # 2 added the best model; a file without a version is 1

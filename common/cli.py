@@ -22,6 +22,7 @@ from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, Con
                            Reconnector, RecvThread, connect)
 from common.data import (CLIENT_DATA, XOR_TEST_DATA, DataError, DataFile, Dataset,
                          fit_to_model, load_dataset)
+from common.errors import Terminated
 from common.aggregate import AGGREGATION_NAMES
 from common.ga import REAL_DATA, GAConfig
 from common.model import ModelFileError, Network, load_model_file, xor_network
@@ -38,12 +39,6 @@ EXIT_PATIENCE = 3  # stopped: no better model for --patience rounds
 EXIT_USAGE = 2  # argparse's own code for a bad command line
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
-
-class Terminated(BaseException):
-    """SIGTERM arrived; raised in the main thread so cleanup runs in ``finally`` blocks.
-
-    A BaseException, like KeyboardInterrupt, so no ``except Exception`` swallows it (logging
-    does, when the signal lands inside a log call)."""
 
 
 def _on_sigterm(signum, frame):

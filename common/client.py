@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common import protocol, security
-from common.data import DataError, Dataset
+from common.data import Dataset
+from common.errors import ConnectError, ModelRefused, UserError
 from common.events import Event
 from common.ga import GAConfig
-from common.modelspec import DEFAULT_MAX_PARAMS, ModelRefused
+from common.modelspec import DEFAULT_MAX_PARAMS
 from common.protocol import Connection, Message, ProtocolError, Subject
 from common.training import LocalTrainer
 
@@ -51,9 +52,6 @@ class ClientConfig:
     # GA settings this client insists on; the rest come from the server, else from ``ga``.
     ga_overrides: dict = field(default_factory=dict)
 
-
-class ConnectError(Exception):
-    """The server could not be reached; the message is one plain sentence."""
 
 
 def connect(host: str, port: int, timeout: float,
@@ -236,7 +234,7 @@ class RecvThread(threading.Thread):
                 if self._stop_requested.is_set():
                     break
                 subject = Subject.MODEL
-        except (ProtocolError, ConnectError, DataError) as exc:
+        except (ProtocolError, UserError) as exc:
             if not self._stop_requested.is_set():
                 self.outcome, self.error = "error", _plain_reason(exc)
                 log.error("%s: %s", self.config.name, self.error)
@@ -253,8 +251,8 @@ class RecvThread(threading.Thread):
         self._on_event(Event("stopped"))
 
 
-def _plain_reason(exc: ProtocolError | ConnectError | DataError) -> str:
-    if isinstance(exc, (ConnectError, DataError)):
+def _plain_reason(exc: ProtocolError | UserError) -> str:
+    if isinstance(exc, UserError):
         return str(exc)
     if isinstance(exc, protocol.PeerClosed):
         return "The server closed the connection before training was done."

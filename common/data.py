@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import DataError
 
-class DataError(Exception):
-    """A data file cannot be used; the message is one plain sentence naming the file."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common.errors import ModelFileError
 from common.modelspec import DEFAULT_MAX_PARAMS, dense_chain_json
 
 if TYPE_CHECKING:
@@ -62,9 +63,6 @@ def build_xor_model() -> keras.Model:
 def model_from_json(model_json: str) -> keras.Model:
     return load_keras().models.model_from_json(model_json)
 
-
-class ModelFileError(Exception):
-    """A --model file cannot be used; the message is one plain sentence."""
 
 
 def load_model_file(path: str, seed: int | None = None) -> Network:

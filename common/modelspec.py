@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import json
 
-from common.protocol import SchemaError
+from common.errors import ModelRefused
 
 DEFAULT_MAX_PARAMS = 5_000_000  # 20 MB of float32 weights; a population is ten times that
 MODEL_CLASSES = frozenset({"Functional", "Sequential"})
 LAYER_CLASSES = frozenset({"InputLayer", "Dense", "Dropout", "Activation"})
 ACTIVATIONS = frozenset({"linear", "relu", "sigmoid", "tanh", "softmax"})
 
-
-class ModelRefused(SchemaError):
-    """The model description is not one we build."""
 
 
 def _check_modules(node) -> None:

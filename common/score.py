@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.data import DataError, fit_to_model, load_dataset
+from common.data import fit_to_model, load_dataset
+from common.errors import UserError
 from common.ga import loss
-from common.model import ModelFileError, load_model_file
+from common.model import load_model_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         forward = network.forward
         data = fit_to_model(load_dataset(args.data, args.labels, args.label_column),
                             forward.num_features, forward.num_outputs, args.data)
-    except (DataError, ModelFileError) as exc:
+    except UserError as exc:  # a bad file: one plain sentence
         parser.exit(1, f"{parser.prog}: {exc}\n")
     probabilities = forward(network.initial_vector[None, :], data.inputs)
     accuracy = forward.accuracy(network.initial_vector, data.inputs, data.outputs)

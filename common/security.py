@@ -17,6 +17,8 @@ import ssl
 import struct
 from pathlib import Path
 
+from common.errors import ConfigError
+
 SECRET_ENV = "FEDGA_SECRET"
 MAGIC_HELLO = b"FGAh"
 MAGIC_MESSAGE = b"FGAm"
@@ -26,9 +28,6 @@ ENVELOPE = struct.Struct(">4sQ32s")  # magic, payload length, HMAC-SHA256 tag
 TO_SERVER, TO_CLIENT = b"C", b"S"
 PICKLE_PROTO_OPCODE = 0x80  # how every pickle of protocol 2 or later begins
 
-
-class ConfigError(Exception):
-    """A security setting cannot be used; the message is one plain sentence."""
 
 
 def load_secret(secret_file: str | None) -> bytes | None:

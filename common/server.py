@@ -22,6 +22,7 @@ from common import checkpoint, protocol, security
 from common.aggregate import AGGREGATION_NAMES, AGGREGATIONS, RUNNING_AVERAGE, model_averaging
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
+from common.errors import BindError
 from common.events import Event
 from common.ga import GAConfig, loss
 from common.model import Network
@@ -81,9 +82,6 @@ class ServerConfig:
     stop_fitness: float | None = None
     step_patience: int | None = None
 
-
-class BindError(Exception):
-    """The server could not listen on the address; the message is one plain sentence."""
 
 
 def new_socket(family: int = socket.AF_INET) -> socket.socket:

@@ -12,10 +12,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from common import protocol
 from common.data import Dataset, fit_to_model
+from common.errors import SchemaError
 from common.ga import GAConfig, TrainingResult, train
 from common.model import ForwardPass
+from common.protocol.messages import check_ga_settings, check_population
 
 
 class LocalTrainer:
@@ -38,7 +39,7 @@ class LocalTrainer:
 
     def forward_for(self, model_json: str) -> ForwardPass:
         if not isinstance(model_json, str):
-            raise protocol.SchemaError("model_json is not a string")
+            raise SchemaError("model_json is not a string")
         if model_json not in self._forward_passes:
             forward = ForwardPass.from_json(model_json, self.max_params)  # checked first
             # The model is known only now: check the data against it before any training.
@@ -50,9 +51,9 @@ class LocalTrainer:
     def train(self, request: dict, *, on_generation: Callable[[int, float], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> TrainingResult:
         forward = self.forward_for(request["model_json"])
-        population = protocol.check_population(
+        population = check_population(
             request["population_weights"], request["num_solutions"], forward.num_params)
-        settings = protocol.check_ga_settings(request, request["num_solutions"])
+        settings = check_ga_settings(request, request["num_solutions"])
         ga = dataclasses.replace(self.ga, **(settings | self.ga_overrides))
         seed = None if self._round_seeds is None else int(self._round_seeds.integers(2**32))
         return train(forward, population, self.data, ga, on_generation=on_generation,

@@ -22,6 +22,8 @@ from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
+from common.errors import DeploymentError
+
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # flower-superlink & co. are installed beside Python
 CONNECTION = "fedga-local"
@@ -34,9 +36,6 @@ POLL_INTERVAL = 0.2  # seconds between readiness checks, Flower's own CLI's
 # The SuperLink is on loopback: a proxy from the environment must not come between.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-
-class DeploymentError(Exception):
-    """A process of the deployment did not come up; the message is one plain sentence."""
 
 
 def free_port() -> int:

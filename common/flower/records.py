@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from common import protocol
+from common.errors import SchemaError
 from common.ga import TrainingResult
+from common.protocol.messages import check_weights_vector, sample_count
 
 POPULATION, UPDATE = "population_weights", "best_model_weights_vector"
 
@@ -38,6 +39,5 @@ def update_from(content: RecordDict, num_params: int) -> tuple[np.ndarray, int, 
         vector = content["update"][UPDATE].numpy()
         metrics = dict(content["metrics"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise protocol.SchemaError(f"a node's answer lacks its update: {exc}") from None
-    return (protocol.check_weights_vector(vector, num_params),
-            protocol.sample_count(metrics), metrics)
+        raise SchemaError(f"a node's answer lacks its update: {exc}") from None
+    return check_weights_vector(vector, num_params), sample_count(metrics), metrics

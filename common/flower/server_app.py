@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common.aggregate import AGGREGATIONS
+from common.errors import ConfigError
 from common.flower import log_to_stderr
 from common.flower.records import request_content, update_from
 from common.operators import OPERATORS
@@ -43,9 +44,6 @@ RUN_CONFIG_KEYS = ("target-accuracy", "max-rounds", "num-solutions", "aggregatio
                    "save-model", "patience", "step-patience", "stop-fitness")
 EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
 
-
-class ConfigError(Exception):
-    """A run-config value cannot be used; the message is one plain sentence."""
 
 
 def server_config(run_config: dict) -> ServerConfig:

@@ -1,0 +1,131 @@
+"""Every exception fedga raises on purpose, in one tree (as httpx's ``_exceptions.py``).
+
+::
+
+    FedgaError
+    ├── UserError              a user's mistake or a missing resource: str() is one plain
+    │   │                      sentence, shown as it is, never a traceback
+    │   ├── ConfigError        a setting (flag, window field, Flower run config, secret or
+    │   │                      TLS file) cannot be used
+    │   ├── DataError          a data file cannot be used
+    │   ├── ModelFileError     a --model file cannot be used
+    │   ├── CheckpointError    a checkpoint cannot be read
+    │   ├── BindError          the server cannot listen on the address
+    │   ├── ConnectError       the server cannot be reached
+    │   └── DeploymentError    a process of a local Flower deployment did not come up
+    └── ProtocolError          a peer broke the protocol or the connection failed: that
+        │                      connection ends, the server keeps serving the others
+        ├── PeerClosed         the peer closed between messages (a normal end)
+        ├── ConnectionLost
+        ├── ReceiveTimeout
+        ├── MessageTooLarge
+        ├── DecodeError
+        │   └── ForbiddenGlobal
+        ├── SchemaError
+        │   └── ModelRefused   a model description we do not build
+        ├── AuthError
+        └── TLSError
+
+    Terminated (BaseException, outside the tree: no ``except Exception`` or
+                ``except FedgaError`` may swallow a SIGTERM)
+
+The modules that raise these re-export them under their old homes (``common.data.DataError``,
+``common.protocol.SchemaError``, ...), so either import works.
+"""
+from __future__ import annotations
+
+
+class FedgaError(Exception):
+    """The root of every exception fedga raises on purpose."""
+
+
+# ---- a user's mistakes ------------------------------------------------------------------
+
+
+class UserError(FedgaError):
+    """Something the user can fix; the message is one plain sentence."""
+
+
+class ConfigError(UserError):
+    """A setting cannot be used; the message is one plain sentence."""
+
+
+class DataError(UserError):
+    """A data file cannot be used; the message is one plain sentence naming the file."""
+
+
+class ModelFileError(UserError):
+    """A --model file cannot be used; the message is one plain sentence."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint could not be read; the message is one plain sentence."""
+
+
+class BindError(UserError):
+    """The server could not listen on the address; the message is one plain sentence."""
+
+
+class ConnectError(UserError):
+    """The server could not be reached; the message is one plain sentence."""
+
+
+class DeploymentError(UserError):
+    """A process of the deployment did not come up; the message is one plain sentence."""
+
+
+# ---- the protocol -----------------------------------------------------------------------
+
+
+class ProtocolError(FedgaError):
+    """A peer broke the protocol or the connection failed; that connection ends."""
+
+
+class PeerClosed(ProtocolError):
+    """The peer closed the connection between messages (a normal end)."""
+
+
+class ConnectionLost(ProtocolError):
+    """The connection broke (reset, refused, or closed in the middle of a message)."""
+
+
+class ReceiveTimeout(ProtocolError):
+    """No message began within the idle timeout, or one did not finish within recv-timeout."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A message needed more bytes than the budget allows."""
+
+
+class DecodeError(ProtocolError):
+    """The bytes are not a pickle we accept."""
+
+
+class ForbiddenGlobal(DecodeError):
+    """The pickle names a callable outside the allowed table."""
+
+
+class SchemaError(ProtocolError):
+    """The message decoded but its subject, keys or values are wrong."""
+
+
+class ModelRefused(SchemaError):
+    """The model description is not one we build."""
+
+
+class AuthError(ProtocolError):
+    """The peer did not prove it holds the shared secret, or the two sides disagree on using one."""
+
+
+class TLSError(ProtocolError):
+    """The TLS handshake failed."""
+
+
+# ---- outside the tree -------------------------------------------------------------------
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised in the main thread so cleanup runs in ``finally`` blocks.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` swallows it (logging
+    does, when the signal lands inside a log call)."""
