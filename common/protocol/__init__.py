@@ -27,16 +27,16 @@ if TYPE_CHECKING:
     from common.protocol.connection import Connection
 
 __all__ = [
-    "AuthError", "CLIENT_MAX_MESSAGE_BYTES", "CLIENT_TO_SERVER", "COMMON_OPTIONAL_KEYS",
-    "Connection", "ConnectionLost", "DecodeError", "ForbiddenGlobal", "GA_SETTING_KEYS",
-    "Message", "MessageTooLarge", "PICKLE_PROTOCOL", "PROTOCOL_VERSION", "PeerClosed",
-    "ProtocolError", "ReceiveTimeout", "SERVER_TO_CLIENT", "Schema", "SchemaError", "Subject",
+    "CLIENT_MAX_MESSAGE_BYTES", "CLIENT_TO_SERVER", "COMMON_OPTIONAL_KEYS", "GA_SETTING_KEYS",
+    "PICKLE_PROTOCOL", "PROTOCOL_VERSION", "SERVER_TO_CLIENT", "AuthError", "Connection",
+    "ConnectionLost", "DecodeError", "ForbiddenGlobal", "Message", "MessageTooLarge",
+    "PeerClosed", "ProtocolError", "ReceiveTimeout", "Schema", "SchemaError", "Subject",
     "TLSError", "check_ga_settings", "check_population", "check_weights_vector",
     "default_max_message_bytes", "encode", "sample_count", "update_key", "validate",
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     # PEP 562: the socket layer loads when Connection is first asked for, not with the package.
     if name == "Connection":
         from common.protocol.connection import Connection
