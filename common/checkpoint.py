@@ -19,7 +19,6 @@ import numpy as np
 from common.errors import CheckpointError
 
 
-
 FORMAT_VERSION = 2  # 2 added the best model; a file without a version is 1
 
 

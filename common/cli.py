@@ -40,7 +40,6 @@ EXIT_USAGE = 2  # argparse's own code for a bad command line
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
-
 def _on_sigterm(signum, frame):
     raise Terminated
 

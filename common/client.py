@@ -53,7 +53,6 @@ class ClientConfig:
     ga_overrides: dict = field(default_factory=dict)
 
 
-
 def connect(host: str, port: int, timeout: float,
             stop: threading.Event | None = None) -> socket.socket:
     """Connect, retrying refused attempts for ``timeout`` seconds so start order does not matter."""

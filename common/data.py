@@ -12,7 +12,6 @@ import numpy as np
 from common.errors import DataError
 
 
-
 @dataclass(frozen=True)
 class Dataset:
     inputs: np.ndarray

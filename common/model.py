@@ -64,7 +64,6 @@ def model_from_json(model_json: str) -> keras.Model:
     return load_keras().models.model_from_json(model_json)
 
 
-
 def load_model_file(path: str, seed: int | None = None) -> Network:
     """A model from a ``.keras`` file (with its weights) or a Keras JSON architecture
     (initialised as Keras would, from ``seed``), its description checked

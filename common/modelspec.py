@@ -17,7 +17,6 @@ LAYER_CLASSES = frozenset({"InputLayer", "Dense", "Dropout", "Activation"})
 ACTIVATIONS = frozenset({"linear", "relu", "sigmoid", "tanh", "softmax"})
 
 
-
 def _check_modules(node) -> None:
     if isinstance(node, dict):
         module = node.get("module")

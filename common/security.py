@@ -29,7 +29,6 @@ TO_SERVER, TO_CLIENT = b"C", b"S"
 PICKLE_PROTO_OPCODE = 0x80  # how every pickle of protocol 2 or later begins
 
 
-
 def load_secret(secret_file: str | None) -> bytes | None:
     """The shared secret from ``--secret-file`` or else ``$FEDGA_SECRET`` (never a flag's
     value: it would show in ``ps``); None when neither is given."""

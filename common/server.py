@@ -83,7 +83,6 @@ class ServerConfig:
     step_patience: int | None = None
 
 
-
 def new_socket(family: int = socket.AF_INET) -> socket.socket:
     """A TCP socket that may rebind a port still in TIME_WAIT, like ``socketserver.TCPServer``
     with ``allow_reuse_address`` (the window's Create Socket step)."""

@@ -37,7 +37,6 @@ POLL_INTERVAL = 0.2  # seconds between readiness checks, Flower's own CLI's
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -45,7 +45,6 @@ RUN_CONFIG_KEYS = ("target-accuracy", "max-rounds", "num-solutions", "aggregatio
 EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
 
 
-
 def server_config(run_config: dict) -> ServerConfig:
     """A ``ServerConfig`` from Flower's run config (``RUN_CONFIG_KEYS``; ``data`` is the
     nodes' and skipped); ``ConfigError`` for anything else."""
