@@ -16,9 +16,9 @@ import logging
 import os
 import sys
 
-from common.cli import (EXIT_DONE, EXIT_FAILED, config_from, configure_logging, exit_code,
-                        ga_settings, positive, training_flags)
+from common.app import EXIT_DONE, EXIT_FAILED, configure_logging, exit_code, positive
 from common.data import DataError
+from common.flags import config_from, ga_settings, training_flags
 from common.flower.deploy import DeploymentError, LocalDeployment
 from common.model import ModelFileError
 from common.server import ServerConfig
@@ -76,7 +76,7 @@ def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from common.cli import build_global_model
+    from common.app import build_global_model
     from common.flower.client_app import make_client_app
     from common.flower.server_app import run
 

@@ -163,7 +163,7 @@ def run(grid: Grid, config: ServerConfig, global_model: GlobalModel | None = Non
         ) -> GAStrategy:
     """Train ``global_model`` (by default the config's) on the nodes behind ``grid``; the
     results are written as ``server.py`` writes them (history, plot, saved model)."""
-    from common.cli import build_global_model, save_results
+    from common.app import build_global_model, save_results
 
     global_model = global_model or build_global_model(config)
     strategy = GAStrategy(global_model, min_nodes=config.min_clients)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from common import security
 from common.aggregate import AGGREGATION_NAMES, RUNNING_AVERAGE
 from common.checkpoint import CheckpointError
-from common.cli import parse_port, positive
+from common.app import parse_port, positive
 from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
 from common.data import DataError, DataFile, Dataset, describe, second_field
 from common.events import Event

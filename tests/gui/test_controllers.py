@@ -17,7 +17,8 @@ import pytest
 import common  # noqa: F401  (the quiet TensorFlow environment first)
 from common import datasets, security
 from common.aggregate import AGGREGATION_NAMES
-from common.cli import build_global_model, server_parser
+from common.app import build_global_model
+from common.cli import server_parser
 from common.client import ClientConfig
 from common.data import CLIENT_DATA, XOR_TEST_DATA, second_field
 from common.ga import GAConfig
