@@ -10,7 +10,7 @@ import logging
 import signal
 
 from common import security
-from common.aggregate import AGGREGATION_NAMES
+from common.aggregate import AGGREGATIONS
 from common.app import (EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE,
                         build_global_model, configure_logging, parse_port, positive,
                         save_results, serve)
@@ -113,7 +113,7 @@ def server_parser() -> argparse.ArgumentParser:
                         "as soon as N clients were answered done, without --linger "
                         "(default: linger)")
     parser.add_argument("--aggregation", default=defaults.aggregation,
-                        choices=AGGREGATION_NAMES,
+                        choices=list(AGGREGATIONS),
                         help="running-average: the tutorial's, each update averaged in as it "
                         "comes; the others close a round per --min-clients updates "
                         "(default: %(default)s)")

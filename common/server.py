@@ -15,11 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from common import checkpoint, protocol, security
-from common.aggregate import AGGREGATION_NAMES, AGGREGATIONS, RUNNING_AVERAGE, model_averaging
+from common.aggregate import Aggregation, Update, aggregation_named
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.events import Event
@@ -58,7 +59,7 @@ class ServerConfig:
     # Headless: exit as soon as this many clients were answered ``done``, without lingering
     # (the demo knows it runs exactly two). None: linger.
     expected_clients: int | None = None
-    aggregation: str = "running-average"  # the tutorial's; or fedavg, median, trimmed-mean
+    aggregation: str = "running-average"  # the tutorial's; any name in common.aggregate
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     secret: bytes | None = field(default=None, repr=False)  # see common.security
@@ -146,11 +147,27 @@ def create_listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class GlobalModel:
-    """The server's model, its test data and the tutorial's update rule, behind one lock.
+class _Entry(NamedTuple):
+    """An update waiting for its round to close."""
 
-    A round is one accepted update. The received model is evaluated; if it reaches the
-    target it becomes the global model, otherwise it is averaged in. Once the global model
+    update: Update
+    key: tuple[str, int] | None  # (client_id, sequence), if its client sent one
+    client: str
+    accuracy: float | None  # its own, scored as it arrived (None: not scored, from Flower)
+
+
+def _update_name(key: tuple[str, int] | None) -> str:
+    return "unsequenced" if key is None else "%s#%d" % key
+
+
+class GlobalModel:
+    """The server's model, its test data and the aggregation rule, behind one lock.
+
+    Each update is scored on the test data as it arrives; the rule (``aggregation``, a name
+    in ``common.aggregate.AGGREGATIONS`` or a rule itself) folds a round's updates into the
+    global model, which is scored and committed as one round. With the tutorial's running
+    average a round is one accepted update: one that reaches the target becomes the global
+    model, any other is averaged in. Once the global model
     reaches the target (or the rounds run out, or ``patience`` rounds pass without a better
     model) it is frozen and every reply is ``done``; ``outcome`` then says which. ``best``
     is the model that scored highest so far (ties: lower loss): what ``save_model`` writes.
@@ -163,14 +180,14 @@ class GlobalModel:
                  target_accuracy: float = 1.0, max_rounds: int = 1000,
                  seed: int | None = None, on_event: EventCallback | None = None,
                  checkpoint_path: str | None = None, resume: bool = False,
-                 ga: GAConfig | None = None, aggregation: str = "running-average",
+                 ga: GAConfig | None = None,
+                 aggregation: str | Aggregation = "running-average",
                  min_clients: int = 2, round_timeout: float = 5.0,
                  patience: int = 0):
-        if aggregation not in AGGREGATION_NAMES:
-            raise ValueError(f"unknown aggregation {aggregation!r}")
-        self.aggregation, self.min_clients = aggregation, min_clients
-        self.round_timeout = round_timeout
-        self._pending: list = []  # this round's (update, num_samples, key, client)
+        self.aggregation = (aggregation_named(aggregation) if isinstance(aggregation, str)
+                            else aggregation)
+        self.min_clients, self.round_timeout = min_clients, round_timeout
+        self._pending: list[_Entry] = []  # this round's updates so far
         self._round_id = 0
         self._round_deadline = 0.0
         self.network = network
@@ -280,10 +297,9 @@ class GlobalModel:
         updates arrived, or ``round_timeout`` passed since the round's first one.
         """
         with self._lock:
-            name = "unsequenced" if key is None else "%s#%d" % key
             if key is not None and key[1] <= self.sequences.get(key[0], -1):
                 log.info("client=%s resent update=%s, already counted: not counted again "
-                         "(round=%d)", client, name, self.round)
+                         "(round=%d)", client, _update_name(key), self.round)
                 return self._reply()
             if self.finished.is_set():
                 return self._reply()
@@ -291,19 +307,15 @@ class GlobalModel:
             self._on_event(Event("scored", peer=client, round=self.round + 1,
                                  accuracy=update_accuracy, samples=num_samples,
                                  detail="" if key is None else key[0]))
-            if self.aggregation == RUNNING_AVERAGE:
-                if update_accuracy >= self.target_accuracy:
-                    vector, accuracy = update, update_accuracy
-                else:
-                    vector = model_averaging(self.vector, update)
-                    accuracy = self._evaluate(vector)
-                self._commit(vector, accuracy, [key], client,
-                             "update_accuracy=%.4f accuracy=%.4f update=%s"
-                             % (update_accuracy, accuracy, name))
+            entry = _Entry(Update(update, num_samples or 1,
+                                  update_accuracy >= self.target_accuracy),
+                           key, client, update_accuracy)
+            if self.aggregation.per_update:
+                self._aggregate([entry])
                 return self._reply()
             round_id = self._round_id
-            if key is None or key not in [k for _, _, k, _ in self._pending]:
-                self._pending.append((update, num_samples or 1, key, client))
+            if key is None or key not in [pending.key for pending in self._pending]:
+                self._pending.append(entry)
             if len(self._pending) == 1:
                 self._round_deadline = time.monotonic() + self.round_timeout
             while self._round_id == round_id:
@@ -321,7 +333,8 @@ class GlobalModel:
         for the next round."""
         with self._lock:
             if not self.finished.is_set():
-                self._aggregate(pending)
+                self._aggregate([_Entry(Update(vector, num_samples), key, client, None)
+                                 for vector, num_samples, key, client in pending])
             return self._reply()
 
     def stop(self) -> None:
@@ -345,14 +358,21 @@ class GlobalModel:
         self._aggregate(pending)
         self._round_closed.notify_all()
 
-    def _aggregate(self, pending: list) -> None:
-        """Call with the lock held: one round-based aggregation, committed as one round."""
-        updates, counts, keys, clients = zip(*pending)
-        vector = AGGREGATIONS[self.aggregation](list(updates), list(counts)).astype(np.float32)
+    def _aggregate(self, entries: list[_Entry]) -> None:
+        """Call with the lock held: one round's aggregation, committed as one round."""
+        rule = self.aggregation
+        vector = rule.aggregate(self.vector, [e.update for e in entries]).astype(np.float32)
         accuracy = self._evaluate(vector)
+        if rule.per_update:
+            (entry,) = entries
+            self._commit(vector, accuracy, [entry.key], entry.client,
+                         "update_accuracy=%.4f accuracy=%.4f update=%s"
+                         % (entry.accuracy, accuracy, _update_name(entry.key)))
+            return
+        clients = [e.client for e in entries]
         names = "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
-        self._commit(vector, accuracy, list(keys), names, "accuracy=%.4f %s of %d updates"
-                     % (accuracy, self.aggregation, len(updates)))
+        self._commit(vector, accuracy, [e.key for e in entries], names,
+                     "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries)))
 
     def _adapt_step(self, loss: float) -> None:
         """Call with the lock held, after a round: halve the step the next populations are

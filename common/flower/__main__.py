@@ -27,7 +27,7 @@ log = logging.getLogger("fedga.flower")
 
 
 def parser() -> argparse.ArgumentParser:
-    from common.aggregate import AGGREGATIONS
+    from common.aggregate import round_based
     from common.flower.server_app import DEFAULTS
 
     defaults = ServerConfig(**DEFAULTS)
@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                              "(default: the tutorial's XOR samples, client1's and client2's "
                              "by turns)")
         command.add_argument("--aggregation", default=defaults.aggregation,
-                             choices=list(AGGREGATIONS), help="how each round's answers "
+                             choices=round_based(), help="how each round's answers "
                              "combine (default: %(default)s)")
         command.add_argument("--round-timeout", type=positive(float),
                              default=defaults.round_timeout, metavar="S", help="wait this "

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from common.aggregate import AGGREGATIONS
+from common.aggregate import round_based
 from common.flower import log_to_stderr
 from common.flower.records import request_content, update_from
 from common.operators import OPERATORS
@@ -60,8 +60,8 @@ def server_config(run_config: dict) -> ServerConfig:
                               "ServerApp.")
         # A run config has no None: an empty string stands for it.
         values[key.replace("-", "_")] = None if value == "" else value
-    if values.get("aggregation", DEFAULTS["aggregation"]) not in AGGREGATIONS:
-        raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)} on Flower.")
+    if values.get("aggregation", DEFAULTS["aggregation"]) not in round_based():
+        raise ConfigError(f"aggregation must be one of {', '.join(round_based())} on Flower.")
     if values.get("operators", OPERATORS[0]) not in OPERATORS:
         raise ConfigError(f"operators must be one of {', '.join(OPERATORS)}.")
     return ServerConfig(**(DEFAULTS | values))
@@ -83,7 +83,7 @@ class GAStrategy(Strategy):
     def summary(self) -> None:
         model = self.global_model
         log.info("GAStrategy: %s over at least %d nodes, %d parameters, target accuracy %g",
-                 model.aggregation, self.min_nodes, model.num_params, model.target_accuracy)
+                 model.aggregation.name, self.min_nodes, model.num_params, model.target_accuracy)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common import security
-from common.aggregate import AGGREGATION_NAMES, RUNNING_AVERAGE
-from common.checkpoint import CheckpointError
+from common.aggregate import AGGREGATIONS
 from common.app import parse_port, positive
+from common.checkpoint import CheckpointError
 from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
 from common.data import DataError, DataFile, Dataset, describe, second_field
 from common.events import Event
@@ -165,7 +165,8 @@ NUMBERS = {
 }
 FILES = {"model": "Model file (.keras, JSON)", "test_data": "Test data file",
          "test_labels": "Test labels (.npy)", "test_label_column": "Label column (.csv)"}
-CHOICES = {"aggregation": ("Aggregation", AGGREGATION_NAMES),
+# Spinners: (caption, values). The registry itself, so a rule registered later is offered.
+CHOICES = {"aggregation": ("Aggregation", AGGREGATIONS),
            "operators": ("GA operators", OPERATORS)}
 SETUP_ORDER = (*FILES, "target_accuracy", "aggregation", "min_clients", "patience",
                "num_generations", "num_parents_mating", "mutation_percent_genes", "operators",
@@ -222,7 +223,7 @@ class ServerController(_Controller):
         for name in SETUP_ORDER:
             if name in CHOICES:
                 caption, choices = CHOICES[name]
-                fields.append(SetupField(name, caption, text(name), choices))
+                fields.append(SetupField(name, caption, text(name), tuple(choices)))
             else:
                 fields.append(SetupField(name, FILES.get(name) or NUMBERS[name][0], text(name)))
         return fields
@@ -234,7 +235,8 @@ class ServerController(_Controller):
         if name in ("test_labels", "test_label_column"):
             return second_field(texts.get("test_data", "")) == name.removeprefix("test_")
         if name == "min_clients":
-            return texts.get("aggregation") != RUNNING_AVERAGE
+            rule = AGGREGATIONS.get(texts.get("aggregation", ""))
+            return rule is None or not rule.per_update
         return True
 
     def _setup(self, texts: dict[str, str]) -> dict | None:
