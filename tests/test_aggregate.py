@@ -1,11 +1,13 @@
 """Aggregation rules are pure functions; robust ones resist a client sending huge weights.
 Each rule is a class in one registry by name, and a new rule is one class."""
+import textwrap
+
 import numpy as np
 import pytest
 
-from common.aggregate import (AGGREGATIONS, Aggregation, FedAvg, RunningAverage, Update,
-                              fedavg, median, model_averaging, register, round_based,
-                              trimmed_mean)
+from common import aggregate
+from common.aggregate import (AGGREGATIONS, FedAvg, RunningAverage, Update, fedavg, median,
+                              model_averaging, round_based, trimmed_mean)
 from common.data import XOR_TEST_DATA
 from common.model import ForwardPass, build_xor_model
 
@@ -69,35 +71,24 @@ def test_the_fedavg_rule_weights_by_the_updates_sample_counts():
     np.testing.assert_allclose(FedAvg().aggregate(np.zeros(2), updates), [2.0, 4.0])
 
 
-class FedAvgM(Aggregation):
-    """The module docstring's example of a new rule, as written there."""
-
-    name = "fedavgm"
-
-    def __init__(self, momentum: float = 0.9):
-        self.momentum, self.velocity = momentum, 0.0
-
-    def aggregate(self, global_vector, updates):
-        step = FedAvg().aggregate(global_vector, updates) - global_vector
-        self.velocity = self.momentum * self.velocity + step
-        return global_vector + self.velocity
-
-
 def test_a_new_rule_is_one_class_found_by_name_everywhere():
+    """The module docstring's example, run as written there: registered, it is a choice of
+    the flag and of Flower, and the server runs it by name."""
     from common.cli import server_parser
     from common.data import XOR_TEST_DATA
     from common.model import xor_network
     from common.server import GlobalModel
 
-    register(FedAvgM)
+    example = aggregate.__doc__.split("::\n")[1].split("\nand in ")[0]
+    exec(textwrap.dedent(example), vars(aggregate).copy())  # registers FedAvgM
     try:
         flag = next(a for a in server_parser()._actions if a.dest == "aggregation")
         assert "fedavgm" in flag.choices and "fedavgm" in round_based()
         model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavgm",
                             min_clients=1, target_accuracy=2.0)
         start = model.vector.copy()
-        model.apply_update(start + 1, "a")  # step 1: velocity 1
-        model.apply_update(model.vector + 1, "a")  # step 1 again: velocity 0.9 + 1
+        model.apply_update(start + 1, "a")  # a step of 1: velocity 1
+        model.apply_update(model.vector + 1, "a")  # another: velocity 0.9 * 1 + 1
         np.testing.assert_allclose(model.vector, start + 1 + 1.9, rtol=1e-6)
         assert model.round == 2
     finally:
