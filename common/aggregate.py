@@ -1,11 +1,40 @@
-"""Aggregation rules: pure NumPy on flat weight vectors, no sockets, no Keras, no state.
+"""Aggregation rules: how clients' updates fold into the global model. Pure NumPy on flat
+weight vectors: no sockets, no Keras, no server state beyond a rule's own.
 
-``model_averaging`` is the tutorial's running average. The round-based rules take a list of
-updates; the mean-based ones are built on ``model_averaging`` as a streaming weighted mean.
+A rule is an ``Aggregation``, the way Flower's ``Strategy`` owns ``aggregate_train``:
+``aggregate`` turns the global vector and a round's updates into the next global vector,
+and ``per_update`` says what a round is: each update as it comes (the tutorial's running
+average), or else the updates gathered until ``--min-clients`` arrived or ``--round-timeout``
+passed. ``GlobalModel`` (common.server) gathers the rounds, scores and commits the result.
+``AGGREGATIONS`` finds the rules by name: the ``--aggregation`` choices, the Flower run
+config's check and the server window's spinner all read it.
+
+``model_averaging`` is the tutorial's running average; the functions below it are the
+round-based rules over lists of vectors, the mean-based ones built on it as a streaming
+weighted mean. Adding a rule is one class plus its test, e.g. FedAvg with server momentum
+(Hsu et al., 2019), which keeps a velocity of its own across rounds::
+
+    @register
+    class FedAvgM(Aggregation):
+        name = "fedavgm"
+
+        def __init__(self, momentum: float = 0.9):
+            self.momentum, self.velocity = momentum, 0.0
+
+        def aggregate(self, global_vector, updates):
+            step = FedAvg().aggregate(global_vector, updates) - global_vector
+            self.velocity = self.momentum * self.velocity + step
+            return global_vector + self.velocity
+
+and in tests/test_aggregate.py a test of what it returns for a few updates. Registered, it is
+a choice of ``--aggregation``, of the window's spinner and (being round-based) of Flower.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -32,10 +61,6 @@ def median(updates: Sequence[np.ndarray]) -> np.ndarray:
     return np.median(np.stack(updates), axis=0)
 
 
-def _ignoring_counts(rule):
-    return lambda updates, sample_counts=None: rule(updates)
-
-
 def trimmed_mean(updates: Sequence[np.ndarray], trim: float = 0.2) -> np.ndarray:
     """Coordinate-wise mean after dropping the ``trim`` share of highest and lowest values."""
     ordered = np.sort(np.stack(updates), axis=0)
@@ -43,13 +68,91 @@ def trimmed_mean(updates: Sequence[np.ndarray], trim: float = 0.2) -> np.ndarray
     return fedavg(list(ordered[cut:len(updates) - cut]))
 
 
-# The round-based rules by their --aggregation names: (updates, sample_counts) -> vector.
-AGGREGATIONS = {
-    "fedavg": fedavg,
-    "median": _ignoring_counts(median),
-    "trimmed-mean": _ignoring_counts(trimmed_mean),
-}
+@dataclass(frozen=True)
+class Update:
+    """One client's best weights, as a rule sees them."""
 
-RUNNING_AVERAGE = "running-average"  # the tutorial's rule: each update averaged in as it comes
-# Every rule a server can run, by name: what --aggregation accepts and the window offers.
-AGGREGATION_NAMES = (RUNNING_AVERAGE, *AGGREGATIONS)
+    vector: np.ndarray
+    num_samples: int = 1  # its client's sample count; 1 when the client sent none
+    reached_target: bool = False  # it alone scored the target accuracy on the test data
+
+
+class Aggregation(ABC):
+    """A rule that folds a round's updates into the global model; see the module's text."""
+
+    name: ClassVar[str]  # its --aggregation name
+    # True: every update is a round of its own, folded in as it comes; False: a round
+    # gathers --min-clients updates, or those that came within --round-timeout.
+    per_update: ClassVar[bool] = False
+
+    @abstractmethod
+    def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
+        """The next global vector from the current one and a round's updates (one if
+        ``per_update``); the inputs are left as they are."""
+
+
+AGGREGATIONS: dict[str, type[Aggregation]] = {}  # every rule a server can run, by name
+
+
+def register(rule: type[Aggregation]) -> type[Aggregation]:
+    """Make ``rule`` a choice of ``--aggregation`` (a class decorator)."""
+    AGGREGATIONS[rule.name] = rule
+    return rule
+
+
+def round_based() -> list[str]:
+    """The names of the rules that gather rounds: those an engine running its own rounds
+    (Flower) can use."""
+    return [name for name, rule in AGGREGATIONS.items() if not rule.per_update]
+
+
+def aggregation_named(name: str) -> Aggregation:
+    """A new instance of the rule ``name`` (rules may keep state across rounds)."""
+    if name not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {name!r}")
+    return AGGREGATIONS[name]()
+
+
+@register
+class RunningAverage(Aggregation):
+    """The tutorial's rule: an update that reaches the target becomes the global model, any
+    other is averaged in, half and half, as it comes."""
+
+    name = "running-average"
+    per_update = True
+
+    def aggregate(self, global_vector, updates):
+        (update,) = updates
+        if update.reached_target:
+            return update.vector
+        return model_averaging(global_vector, update.vector)
+
+
+@register
+class FedAvg(Aggregation):
+    """The updates' mean weighted by their clients' sample counts."""
+
+    name = "fedavg"
+
+    def aggregate(self, global_vector, updates):
+        return fedavg([u.vector for u in updates], [u.num_samples for u in updates])
+
+
+@register
+class Median(Aggregation):
+    """The updates' coordinate-wise median."""
+
+    name = "median"
+
+    def aggregate(self, global_vector, updates):
+        return median([u.vector for u in updates])
+
+
+@register
+class TrimmedMean(Aggregation):
+    """The updates' coordinate-wise mean without the highest and lowest fifth."""
+
+    name = "trimmed-mean"
+
+    def aggregate(self, global_vector, updates):
+        return trimmed_mean([u.vector for u in updates])

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from common import protocol, security
 from common.data import Dataset
 from common.errors import ConnectError, ModelRefused, UserError
-from common.events import Event
+from common.events import Event, EventKind
 from common.ga import GAConfig
 from common.modelspec import DEFAULT_MAX_PARAMS
 from common.protocol import Connection, Message, ProtocolError, Subject
@@ -193,31 +193,31 @@ class RecvThread(threading.Thread):
         self.connection.close()
         retries = self._reconnect.retries
         sock = self._reconnect(self._stop_requested, lambda attempt: self._on_event(
-            Event("connecting", detail=f"attempt {attempt} of {retries}")))
+            Event(EventKind.CONNECTING, detail=f"attempt {attempt} of {retries}")))
         self.connection = open_connection(sock, self.config, self._buffer_size,
                                           self._recv_timeout)
         if self._stop_requested.is_set():  # stop() came too late to close this one
             self.connection.close()
-        self._on_event(Event("connected", peer=self.connection.peer))
+        self._on_event(Event(EventKind.CONNECTED, peer=self.connection.peer))
 
     def _train(self, message: Message):
         data = message.data
         server_round = data.get("round", 0)
-        self._on_event(Event("model", round=server_round, accuracy=data.get("accuracy")))
+        self._on_event(Event(EventKind.MODEL, round=server_round, accuracy=data.get("accuracy")))
 
         def on_generation(generation: int, best_fitness: float) -> None:
-            self._on_event(Event("generation", round=server_round, generation=generation,
+            self._on_event(Event(EventKind.GENERATION, round=server_round, generation=generation,
                                  fitness=best_fitness))
 
         result = self.trainer.train(data, on_generation=on_generation,
                                     should_stop=self._stop_requested.is_set)
         log.info("%s trained round %s: best fitness %.4g", self.config.name, server_round,
                  result.best_fitness)
-        self._on_event(Event("sent", round=server_round, fitness=result.best_fitness))
+        self._on_event(Event(EventKind.SENT, round=server_round, fitness=result.best_fitness))
         return result.best_vector
 
     def run(self) -> None:
-        self._on_event(Event("connected", peer=self.connection.peer))
+        self._on_event(Event(EventKind.CONNECTED, peer=self.connection.peer))
         try:
             subject, best_vector = Subject.ECHO, None
             while True:
@@ -227,7 +227,7 @@ class RecvThread(threading.Thread):
                     self.outcome = "done"
                     log.info("%s: server says done (accuracy=%s)", self.config.name,
                              self.final_accuracy)
-                    self._on_event(Event("done", accuracy=self.final_accuracy))
+                    self._on_event(Event(EventKind.DONE, accuracy=self.final_accuracy))
                     return
                 best_vector = self._train(reply)
                 if self._stop_requested.is_set():
@@ -237,17 +237,17 @@ class RecvThread(threading.Thread):
             if not self._stop_requested.is_set():
                 self.outcome, self.error = "error", _plain_reason(exc)
                 log.error("%s: %s", self.config.name, self.error)
-                self._on_event(Event("error", detail=self.error))
+                self._on_event(Event(EventKind.ERROR, detail=self.error))
                 return
         except Exception as exc:  # report a bug as a failure, not a dead thread
             self.outcome, self.error = "error", f"internal error: {exc!r}"
             log.exception("%s stopped after an internal error", self.config.name)
-            self._on_event(Event("error", detail=self.error))
+            self._on_event(Event(EventKind.ERROR, detail=self.error))
             return
         finally:
             self.connection.close()
         self.outcome = "stopped"
-        self._on_event(Event("stopped"))
+        self._on_event(Event(EventKind.STOPPED))
 
 
 def _plain_reason(exc: ProtocolError | UserError) -> str:

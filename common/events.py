@@ -2,18 +2,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class EventKind(StrEnum):
+    """What happened. Members equal their names' strings, so logs and tests may print or
+    compare those; an Event of any other kind is refused (ValueError)."""
+
+    # The server's: a client came, asked (echo or model), its update was scored on the test
+    # data before it counted, a round was committed, training ended (done, gave up, out of
+    # patience, stopped by request), a client was told done, a client left.
+    CONNECTED = "connected"
+    REQUEST = "request"
+    SCORED = "scored"
+    UPDATE = "update"
+    DONE = "done"
+    GAVE_UP = "gave_up"
+    PATIENCE = "patience"
+    STOPPED = "stopped"
+    ANSWERED_DONE = "answered_done"
+    DISCONNECTED = "disconnected"
+    # The client's, besides connected, done and stopped: reconnecting, a model arrived, a GA
+    # generation ended, the update was sent, training failed.
+    CONNECTING = "connecting"
+    MODEL = "model"
+    GENERATION = "generation"
+    SENT = "sent"
+    ERROR = "error"
 
 
 @dataclass(frozen=True)
 class Event:
-    """One thing that happened. ``kind`` names it; the other fields are filled when relevant.
+    """One thing that happened. ``kind`` names it (an ``EventKind``, or its string); the
+    other fields are filled when relevant."""
 
-    Server kinds: connected, request, scored (one client's update, scored on the test data
-    before it counts), update, done, gave_up, patience, stopped, answered_done, disconnected.
-    Client kinds: connecting, connected, model, generation, sent, done, error, stopped.
-    """
-
-    kind: str
+    kind: EventKind
     peer: str = ""
     round: int = 0
     accuracy: float | None = None
@@ -22,3 +45,6 @@ class Event:
     generation: int = 0
     samples: int | None = None  # a scored update's sample count, when its client sent one
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", EventKind(self.kind))  # a mistyped kind: ValueError

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from common.events import Event
+from common.events import Event, EventKind
 
 FIELDS = ("time", "round", "client", "accuracy", "loss")
 
@@ -29,7 +29,7 @@ class History:
             self._write(self.path, "w", [FIELDS])
 
     def __call__(self, event: Event) -> None:
-        if event.kind != "update":
+        if event.kind is not EventKind.UPDATE:
             return
         row = (f"{time.time():.3f}", str(event.round), event.peer, f"{event.accuracy:.6f}",
                "" if event.loss is None else f"{event.loss:.6g}")

@@ -13,17 +13,19 @@ import selectors
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from common import checkpoint, protocol, security
-from common.aggregate import AGGREGATION_NAMES, AGGREGATIONS, RUNNING_AVERAGE, model_averaging
+from common.aggregate import Aggregation, Update, aggregation_named
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.errors import BindError
-from common.events import Event
+from common.events import Event, EventKind
 from common.ga import GAConfig, loss
 from common.model import Network
 from common.operators import spread_population
@@ -59,7 +61,7 @@ class ServerConfig:
     # Headless: exit as soon as this many clients were answered ``done``, without lingering
     # (the demo knows it runs exactly two). None: linger.
     expected_clients: int | None = None
-    aggregation: str = "running-average"  # the tutorial's; or fedavg, median, trimmed-mean
+    aggregation: str = "running-average"  # the tutorial's; any name in common.aggregate
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     secret: bytes | None = field(default=None, repr=False)  # see common.security
@@ -143,14 +145,34 @@ def create_listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class GlobalModel:
-    """The server's model, its test data and the tutorial's update rule, behind one lock.
+class _Entry(NamedTuple):
+    """An update waiting for its round to close."""
 
-    A round is one accepted update. The received model is evaluated; if it reaches the
-    target it becomes the global model, otherwise it is averaged in. Once the global model
-    reaches the target (or the rounds run out, or ``patience`` rounds pass without a better
-    model) it is frozen and every reply is ``done``; ``outcome`` then says which. ``best``
-    is the model that scored highest so far (ties: lower loss): what ``save_model`` writes.
+    update: Update
+    key: tuple[str, int] | None  # (client_id, sequence), if its client sent one
+    client: str
+    accuracy: float | None  # its own, scored as it arrived (None: not scored, from Flower)
+
+
+def _update_name(key: tuple[str, int] | None) -> str:
+    return "unsequenced" if key is None else "%s#%d" % key
+
+
+class GlobalModel:
+    """The server's model, its test data and the aggregation rule, behind one lock.
+
+    Each update is scored on the test data as it arrives; the rule (``aggregation``, a name
+    in ``common.aggregate.AGGREGATIONS`` or a rule itself) folds a round's updates into the
+    global model, which is scored and committed as one round. With the tutorial's running
+    average a round is one accepted update: one that reaches the target becomes the global
+    model, any other is averaged in. Once the global model reaches the target (or the rounds
+    run out, or ``patience`` rounds pass without a better model) it is frozen and every reply
+    is ``done``; ``outcome`` then says which. ``best`` is the model that scored highest so
+    far (ties: lower loss): what ``save_model`` writes.
+
+    ``on_event`` hears of every scored update, round and ending in the order they happened,
+    never under the lock: a slow listener (a file per event, a window) holds up only the one
+    thread delivering events, while other clients' updates and replies go on.
 
     With ``checkpoint_path`` every accepted update is saved there before it is applied or
     answered; ``resume`` starts from that file (``CheckpointError`` if it cannot be read).
@@ -160,14 +182,14 @@ class GlobalModel:
                  target_accuracy: float = 1.0, max_rounds: int = 1000,
                  seed: int | None = None, on_event: EventCallback | None = None,
                  checkpoint_path: str | None = None, resume: bool = False,
-                 ga: GAConfig | None = None, aggregation: str = "running-average",
+                 ga: GAConfig | None = None,
+                 aggregation: str | Aggregation = "running-average",
                  min_clients: int = 2, round_timeout: float = 5.0,
                  patience: int = 0):
-        if aggregation not in AGGREGATION_NAMES:
-            raise ValueError(f"unknown aggregation {aggregation!r}")
-        self.aggregation, self.min_clients = aggregation, min_clients
-        self.round_timeout = round_timeout
-        self._pending: list = []  # this round's (update, num_samples, key, client)
+        self.aggregation = (aggregation_named(aggregation) if isinstance(aggregation, str)
+                            else aggregation)
+        self.min_clients, self.round_timeout = min_clients, round_timeout
+        self._pending: list[_Entry] = []  # this round's updates so far
         self._round_id = 0
         self._round_deadline = 0.0
         self.network = network
@@ -189,6 +211,8 @@ class GlobalModel:
         self.step_patience = ga.step_patience
         self._smallest_step = ga.mutation_step * MIN_STEP_SHARE
         self._on_event = on_event or (lambda event: None)
+        self._events: deque[Event] = deque()  # made under the lock, delivered after it
+        self._delivering = threading.Lock()  # held by the one thread delivering them
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
         self._round_closed = threading.Condition(self._lock)
@@ -276,50 +300,54 @@ class GlobalModel:
         round-based aggregation the call waits until its round closes: ``min_clients``
         updates arrived, or ``round_timeout`` passed since the round's first one.
         """
-        with self._lock:
-            name = "unsequenced" if key is None else "%s#%d" % key
-            if key is not None and key[1] <= self.sequences.get(key[0], -1):
-                log.info("client=%s resent update=%s, already counted: not counted again "
-                         "(round=%d)", client, name, self.round)
-                return self._reply()
-            if self.finished.is_set():
-                return self._reply()
-            update_accuracy = self._evaluate(update)
-            self._on_event(Event("scored", peer=client, round=self.round + 1,
+        try:
+            with self._lock:
+                if key is not None and key[1] <= self.sequences.get(key[0], -1):
+                    log.info("client=%s resent update=%s, already counted: not counted again "
+                             "(round=%d)", client, _update_name(key), self.round)
+                    return self._reply()
+                if self.finished.is_set():
+                    return self._reply()
+                update_accuracy = self._evaluate(update)
+                self._emit(Event(EventKind.SCORED, peer=client, round=self.round + 1,
                                  accuracy=update_accuracy, samples=num_samples,
                                  detail="" if key is None else key[0]))
-            if self.aggregation == RUNNING_AVERAGE:
-                if update_accuracy >= self.target_accuracy:
-                    vector, accuracy = update, update_accuracy
-                else:
-                    vector = model_averaging(self.vector, update)
-                    accuracy = self._evaluate(vector)
-                self._commit(vector, accuracy, [key], client,
-                             "update_accuracy=%.4f accuracy=%.4f update=%s"
-                             % (update_accuracy, accuracy, name))
+                entry = _Entry(Update(update, num_samples or 1,
+                                      update_accuracy >= self.target_accuracy),
+                               key, client, update_accuracy)
+                if self.aggregation.per_update:
+                    self._aggregate([entry])
+                    return self._reply()
+                round_id = self._round_id
+                if key is None or key not in [pending.key for pending in self._pending]:
+                    self._pending.append(entry)
+                if len(self._pending) == 1:
+                    self._round_deadline = time.monotonic() + self.round_timeout
+            self._deliver_events()  # the ``scored`` event, before waiting for the round
+            with self._lock:  # meanwhile another update or stop() may have closed it
+                while self._round_id == round_id:
+                    remaining = self._round_deadline - time.monotonic()
+                    if len(self._pending) >= self.min_clients or remaining <= 0:
+                        self._close_round()
+                    else:
+                        self._round_closed.wait(remaining)
                 return self._reply()
-            round_id = self._round_id
-            if key is None or key not in [k for _, _, k, _ in self._pending]:
-                self._pending.append((update, num_samples or 1, key, client))
-            if len(self._pending) == 1:
-                self._round_deadline = time.monotonic() + self.round_timeout
-            while self._round_id == round_id:
-                remaining = self._round_deadline - time.monotonic()
-                if len(self._pending) >= self.min_clients or remaining <= 0:
-                    self._close_round()
-                else:
-                    self._round_closed.wait(remaining)
-            return self._reply()
+        finally:
+            self._deliver_events()
 
     def apply_round(self, pending: list[tuple[np.ndarray, int, tuple[str, int] | None, str]]
                     ) -> Message:
         """Aggregate a whole round gathered elsewhere, each update as (vector, num_samples,
         key, client), as an engine that runs its own rounds (Flower) does; return the reply
         for the next round."""
-        with self._lock:
-            if not self.finished.is_set():
-                self._aggregate(pending)
-            return self._reply()
+        try:
+            with self._lock:
+                if not self.finished.is_set():
+                    self._aggregate([_Entry(Update(vector, num_samples), key, client, None)
+                                     for vector, num_samples, key, client in pending])
+                return self._reply()
+        finally:
+            self._deliver_events()
 
     def stop(self) -> None:
         """End training now, as a person's Stop Training does: the round being gathered is
@@ -334,7 +362,26 @@ class GlobalModel:
             self._round_closed.notify_all()
             log.warning("stopped by request after %d rounds; the best, round %d, scored "
                         "accuracy=%.4f", self.round, self.best.round, self.best.accuracy)
-            self._on_event(Event("stopped", round=self.round, accuracy=self.best.accuracy))
+            self._emit(Event(EventKind.STOPPED, round=self.round, accuracy=self.best.accuracy))
+        self._deliver_events()
+
+    def _emit(self, event: Event) -> None:
+        """Call with the lock held: ``event`` is delivered once the lock is released, after
+        every event made before it."""
+        self._events.append(event)
+
+    def _deliver_events(self) -> None:
+        """Call without the lock: deliver the events made so far, in order. One thread
+        delivers at a time; a thread that finds another delivering leaves its events to that
+        one, which looks again before it stops, and goes on at once to its own reply."""
+        while self._events:
+            if not self._delivering.acquire(blocking=False):
+                return
+            try:
+                while self._events:
+                    self._on_event(self._events.popleft())
+            finally:
+                self._delivering.release()
 
     def _close_round(self) -> None:
         """Call with the lock held: aggregate the round's updates once, wake its waiters."""
@@ -342,14 +389,21 @@ class GlobalModel:
         self._aggregate(pending)
         self._round_closed.notify_all()
 
-    def _aggregate(self, pending: list) -> None:
-        """Call with the lock held: one round-based aggregation, committed as one round."""
-        updates, counts, keys, clients = zip(*pending)
-        vector = AGGREGATIONS[self.aggregation](list(updates), list(counts)).astype(np.float32)
+    def _aggregate(self, entries: list[_Entry]) -> None:
+        """Call with the lock held: one round's aggregation, committed as one round."""
+        rule = self.aggregation
+        vector = rule.aggregate(self.vector, [e.update for e in entries]).astype(np.float32)
         accuracy = self._evaluate(vector)
+        if rule.per_update:
+            (entry,) = entries
+            self._commit(vector, accuracy, [entry.key], entry.client,
+                         "update_accuracy=%.4f accuracy=%.4f update=%s"
+                         % (entry.accuracy, accuracy, _update_name(entry.key)))
+            return
+        clients = [e.client for e in entries]
         names = "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
-        self._commit(vector, accuracy, list(keys), names, "accuracy=%.4f %s of %d updates"
-                     % (accuracy, self.aggregation, len(updates)))
+        self._commit(vector, accuracy, [e.key for e in entries], names,
+                     "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries)))
 
     def _adapt_step(self, loss: float) -> None:
         """Call with the lock held, after a round: halve the step the next populations are
@@ -382,27 +436,27 @@ class GlobalModel:
         self.round += 1
         log.info("round=%d client=%s %s", self.round, client, detail)
         self._adapt_step(loss)
-        self._on_event(Event("update", peer=client, round=self.round, accuracy=self.accuracy,
-                             loss=loss))
+        self._emit(Event(EventKind.UPDATE, peer=client, round=self.round, accuracy=self.accuracy,
+                         loss=loss))
         if self.accuracy >= self.target_accuracy:
             self.outcome = "done"
             log.info("done: accuracy=%.4f reached the target %.4f in round %d",
                      self.accuracy, self.target_accuracy, self.round)
             self.finished.set()
-            self._on_event(Event("done", round=self.round, accuracy=self.accuracy))
+            self._emit(Event(EventKind.DONE, round=self.round, accuracy=self.accuracy))
         elif self.round >= self.max_rounds:
             log.warning("giving up: accuracy=%.4f after %d rounds (--max-rounds), target %.4f",
                         self.accuracy, self.round, self.target_accuracy)
             self.outcome = "gave_up"
             self.finished.set()
-            self._on_event(Event("gave_up", round=self.round, accuracy=self.accuracy))
+            self._emit(Event(EventKind.GAVE_UP, round=self.round, accuracy=self.accuracy))
         elif self.patience and self.round - self.best.round >= self.patience:
             log.warning("stopping: no better model for %d rounds (--patience); the best, "
                         "round %d, scored accuracy=%.4f", self.patience, self.best.round,
                         self.best.accuracy)
             self.outcome = "patience"
             self.finished.set()
-            self._on_event(Event("patience", round=self.round, accuracy=self.best.accuracy))
+            self._emit(Event(EventKind.PATIENCE, round=self.round, accuracy=self.best.accuracy))
 
 
 class SocketThread(threading.Thread):
@@ -441,12 +495,13 @@ class SocketThread(threading.Thread):
             protocol.sample_count(message.data) if reported else None)
 
     def run(self) -> None:
-        self._on_event(Event("connected", peer=self.peer))
+        self._on_event(Event(EventKind.CONNECTED, peer=self.peer))
         reason = ""
         try:
             while True:
                 message = self.connection.receive(protocol.CLIENT_TO_SERVER)
-                self._on_event(Event("request", peer=self.peer, detail=message.subject.value))
+                self._on_event(Event(EventKind.REQUEST, peer=self.peer,
+                                     detail=message.subject.value))
                 response = self.reply(message)
                 if response.subject is Subject.MODEL and self._stopping.wait(self.round_delay):
                     break
@@ -454,7 +509,7 @@ class SocketThread(threading.Thread):
                 if response.subject is Subject.DONE:
                     self.answered_done = True
                     self._on_change()
-                    self._on_event(Event("answered_done", peer=self.peer))
+                    self._on_event(Event(EventKind.ANSWERED_DONE, peer=self.peer))
         except protocol.PeerClosed:
             log.info("client %s disconnected", self.peer)
         except ProtocolError as exc:
@@ -469,7 +524,7 @@ class SocketThread(threading.Thread):
         finally:
             self.connection.close()
             self.closed = True
-            self._on_event(Event("disconnected", peer=self.peer, detail=reason))
+            self._on_event(Event(EventKind.DISCONNECTED, peer=self.peer, detail=reason))
             self._on_change()
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ import logging
 import threading
 from typing import TextIO
 
-from common.events import Event
+from common.events import Event, EventKind
 
 CLEAR_LINE = "\r\x1b[K"
 BAR_WIDTH = 20
@@ -45,11 +45,11 @@ class ServerStatus:
         self._line, self._clients, self._text = line, 0, "waiting for clients"
 
     def __call__(self, event: Event) -> None:
-        if event.kind == "connected":
+        if event.kind is EventKind.CONNECTED:
             self._clients += 1
-        elif event.kind == "disconnected":
+        elif event.kind is EventKind.DISCONNECTED:
             self._clients -= 1
-        elif event.kind == "update":
+        elif event.kind is EventKind.UPDATE:
             self._text = f"round {event.round}  accuracy {event.accuracy:.4f}"
         else:
             return
@@ -63,7 +63,7 @@ class ClientStatus:
         self._line, self._name, self._generations = line, name, generations
 
     def __call__(self, event: Event) -> None:
-        if event.kind != "generation":
+        if event.kind is not EventKind.GENERATION:
             return
         filled = min(BAR_WIDTH, BAR_WIDTH * event.generation // max(1, self._generations))
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import common  # noqa: F401  (sets the quiet TensorFlow environment first)
-from common.cli import build_global_model
+from common.app import build_global_model
 from common.client import ClientConfig, Reconnector, RecvThread, connect
 from common.data import CLIENT_DATA
 from common.server import ListenThread, ServerConfig

@@ -1,8 +1,13 @@
-"""Aggregation rules are pure functions; robust ones resist a client sending huge weights."""
+"""Aggregation rules are pure functions; robust ones resist a client sending huge weights.
+Each rule is a class in one registry by name, and a new rule is one class."""
+import textwrap
+
 import numpy as np
 import pytest
 
-from common.aggregate import fedavg, median, model_averaging, trimmed_mean
+from common import aggregate
+from common.aggregate import (AGGREGATIONS, FedAvg, RunningAverage, Update, fedavg, median,
+                              model_averaging, round_based, trimmed_mean)
 from common.data import XOR_TEST_DATA
 from common.model import ForwardPass, build_xor_model
 
@@ -46,3 +51,45 @@ def _solving_model():
     kernel2 = np.array([[-5, 5], [10, -10], [0, 0], [0, 0]], np.float32)
     bias2 = np.array([2.5, -2.5], np.float32)
     return np.concatenate([kernel1.ravel(), bias1, kernel2.ravel(), bias2])
+
+
+def test_the_registry_holds_the_rules_by_name_the_tutorials_first():
+    assert list(AGGREGATIONS) == ["running-average", "fedavg", "median", "trimmed-mean"]
+    assert round_based() == ["fedavg", "median", "trimmed-mean"]  # what Flower can run
+
+
+def test_the_running_average_takes_an_update_that_reached_the_target_as_is():
+    global_vector, update = np.array([0.0, 2.0]), np.array([2.0, 4.0])
+    rule = RunningAverage()
+    np.testing.assert_array_equal(rule.aggregate(global_vector, [Update(update)]), [1.0, 3.0])
+    taken = rule.aggregate(global_vector, [Update(update, reached_target=True)])
+    np.testing.assert_array_equal(taken, update)
+
+
+def test_the_fedavg_rule_weights_by_the_updates_sample_counts():
+    updates = [Update(np.array([0.0, 0.0]), 1), Update(np.array([3.0, 6.0]), 2)]
+    np.testing.assert_allclose(FedAvg().aggregate(np.zeros(2), updates), [2.0, 4.0])
+
+
+def test_a_new_rule_is_one_class_found_by_name_everywhere():
+    """The module docstring's example, run as written there: registered, it is a choice of
+    the flag and of Flower, and the server runs it by name."""
+    from common.cli import server_parser
+    from common.data import XOR_TEST_DATA
+    from common.model import xor_network
+    from common.server import GlobalModel
+
+    example = aggregate.__doc__.split("::\n")[1].split("\nand in ")[0]
+    exec(textwrap.dedent(example), vars(aggregate).copy())  # registers FedAvgM
+    try:
+        flag = next(a for a in server_parser()._actions if a.dest == "aggregation")
+        assert "fedavgm" in flag.choices and "fedavgm" in round_based()
+        model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavgm",
+                            min_clients=1, target_accuracy=2.0)
+        start = model.vector.copy()
+        model.apply_update(start + 1, "a")  # a step of 1: velocity 1
+        model.apply_update(model.vector + 1, "a")  # another: velocity 0.9 * 1 + 1
+        np.testing.assert_allclose(model.vector, start + 1 + 1.9, rtol=1e-6)
+        assert model.round == 2
+    finally:
+        del AGGREGATIONS["fedavgm"]

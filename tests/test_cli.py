@@ -193,7 +193,9 @@ def test_help_documents_every_flag(script, flags):
     (["--operators", "tutorial", "--mutation-step", "0.5"], ("tutorial", 0.5)),
 ])
 def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
-    from common.cli import build_global_model, config_from, ga_settings, server_parser
+    from common.app import build_global_model
+    from common.cli import server_parser
+    from common.flags import config_from, ga_settings
     from common.server import ServerConfig
 
     args = server_parser().parse_args(flags)

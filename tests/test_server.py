@@ -7,6 +7,7 @@ import pickle
 import socket
 import struct
 import subprocess
+import time
 import tracemalloc
 import threading
 
@@ -15,7 +16,9 @@ import pytest
 
 from common import protocol
 from common.data import XOR_TEST_DATA
+from common.model import xor_network
 from common.operators import step_scales
+from common.server import GlobalModel, ListenThread, ServerConfig
 from tests.conftest import WAIT, raw_connection
 from tests.plain_peers import plain_client, plain_recv, plain_send
 
@@ -236,3 +239,37 @@ def _send_until_refused(sock, data):
         sock.sendall(data)
     except OSError:
         pass  # the server closed the connection, as it should
+
+
+def test_a_slow_listener_delays_no_other_clients_reply():
+    """The global model's events reach its listener after the lock, in order: while the
+    listener sleeps a second on each of client a's events, client b's update is answered in
+    a fraction of that second, and every event still arrives, in the order of the rounds."""
+    delay = 1.0  # the listener's, per event
+    delivered, listening, all_delivered = [], threading.Event(), threading.Event()
+
+    def slow_listener(event) -> None:
+        delivered.append((event.kind, event.round, event.peer))
+        listening.set()
+        time.sleep(delay)  # the slowness under test, not a wait for something
+        if len(delivered) == 4:
+            all_delivered.set()
+
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, target_accuracy=2.0,  # never done
+                        on_event=slow_listener)
+    update = model.vector + 0.1
+    with ListenThread(model, ServerConfig(host="127.0.0.1", port=0)) as server, \
+            raw_connection(server.server_address) as a, \
+            raw_connection(server.server_address) as b:
+        plain_send(a, "model", {"best_model_weights_vector": update})
+        assert listening.wait(WAIT)  # a's first event is being delivered, slowly
+        sent = time.monotonic()
+        plain_send(b, "model", {"best_model_weights_vector": update})
+        reply = plain_recv(b)
+        latency = time.monotonic() - sent
+        assert reply["subject"] == "model" and reply["data"]["round"] == 2
+        assert latency < delay / 2, f"b's reply took {latency:.2f} s beside a {delay} s listener"
+        assert all_delivered.wait(WAIT) and plain_recv(a)["subject"] == "model"
+    kinds, rounds, peers = zip(*delivered)
+    assert kinds == ("scored", "update", "scored", "update") and rounds == (1, 1, 2, 2)
+    assert peers[0] == peers[1] != peers[2] == peers[3]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common import datasets
-from common.cli import ga_config
+from common.app import ga_config
 from common.data import XOR_TEST_DATA, load_dataset
 from common.ga import REAL_DATA, GAConfig
 from common.model import xor_network

@@ -16,9 +16,9 @@ import logging
 import os
 import sys
 
-from common.cli import (EXIT_DONE, EXIT_FAILED, config_from, configure_logging, exit_code,
-                        ga_settings, positive, training_flags)
+from common.app import EXIT_DONE, EXIT_FAILED, configure_logging, exit_code, positive
 from common.data import DataError
+from common.flags import config_from, ga_settings, training_flags
 from common.flower.deploy import DeploymentError, LocalDeployment
 from common.model import ModelFileError
 from common.server import ServerConfig
@@ -27,7 +27,7 @@ log = logging.getLogger("fedga.flower")
 
 
 def parser() -> argparse.ArgumentParser:
-    from common.aggregate import AGGREGATIONS
+    from common.aggregate import round_based
     from common.flower.server_app import DEFAULTS
 
     defaults = ServerConfig(**DEFAULTS)
@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                              "(default: the tutorial's XOR samples, client1's and client2's "
                              "by turns)")
         command.add_argument("--aggregation", default=defaults.aggregation,
-                             choices=list(AGGREGATIONS), help="how each round's answers "
+                             choices=round_based(), help="how each round's answers "
                              "combine (default: %(default)s)")
         command.add_argument("--round-timeout", type=positive(float),
                              default=defaults.round_timeout, metavar="S", help="wait this "
@@ -76,7 +76,7 @@ def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
-    from common.cli import build_global_model
+    from common.app import build_global_model
     from common.flower.client_app import make_client_app
     from common.flower.server_app import run
 

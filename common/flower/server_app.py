@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from common.aggregate import AGGREGATIONS
+from common.aggregate import round_based
 from common.errors import ConfigError
 from common.flower import log_to_stderr
 from common.flower.records import request_content, update_from
@@ -57,8 +57,8 @@ def server_config(run_config: dict) -> ServerConfig:
                               "ServerApp.")
         # A run config has no None: an empty string stands for it.
         values[key.replace("-", "_")] = None if value == "" else value
-    if values.get("aggregation", DEFAULTS["aggregation"]) not in AGGREGATIONS:
-        raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)} on Flower.")
+    if values.get("aggregation", DEFAULTS["aggregation"]) not in round_based():
+        raise ConfigError(f"aggregation must be one of {', '.join(round_based())} on Flower.")
     if values.get("operators", OPERATORS[0]) not in OPERATORS:
         raise ConfigError(f"operators must be one of {', '.join(OPERATORS)}.")
     return ServerConfig(**(DEFAULTS | values))
@@ -80,7 +80,7 @@ class GAStrategy(Strategy):
     def summary(self) -> None:
         model = self.global_model
         log.info("GAStrategy: %s over at least %d nodes, %d parameters, target accuracy %g",
-                 model.aggregation, self.min_nodes, model.num_params, model.target_accuracy)
+                 model.aggregation.name, self.min_nodes, model.num_params, model.target_accuracy)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -160,7 +160,7 @@ def run(grid: Grid, config: ServerConfig, global_model: GlobalModel | None = Non
         ) -> GAStrategy:
     """Train ``global_model`` (by default the config's) on the nodes behind ``grid``; the
     results are written as ``server.py`` writes them (history, plot, saved model)."""
-    from common.cli import build_global_model, save_results
+    from common.app import build_global_model, save_results
 
     global_model = global_model or build_global_model(config)
     strategy = GAStrategy(global_model, min_nodes=config.min_clients)

@@ -13,11 +13,8 @@ from collections.abc import Callable
 
 from common.client import ClientConfig
 from common.data import DataFile, Dataset
+from common.gui.sizes import CLIENT_SIZE, SERVER_SIZE
 from common.server import ServerConfig
-
-# Default sizes, and the smallest at which every label still fits (tests/gui checks both).
-SERVER_SIZE, SERVER_MINIMUM = (640, 820), (600, 760)  # the Setup/Training tabs below
-CLIENT_SIZE, CLIENT_MINIMUM = (640, 700), (560, 640)  # the data row, progress and chart below
 
 
 def _prepare_kivy(size: tuple[int, int], position: tuple[int, int] | None) -> None:

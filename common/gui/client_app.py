@@ -7,7 +7,7 @@ from kivy.metrics import dp
 from kivy.uix.progressbar import ProgressBar
 
 from common.data import DATA_SUFFIXES
-from common.gui import CLIENT_MINIMUM
+from common.gui.sizes import CLIENT_MINIMUM
 from common.gui.controllers import ClientController
 from common.gui.window import LineChart, Series, TutorialApp, loss_range, wrapping_label
 

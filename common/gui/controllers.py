@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common import security
-from common.aggregate import AGGREGATION_NAMES, RUNNING_AVERAGE
+from common.aggregate import AGGREGATIONS
+from common.app import parse_port, positive
 from common.checkpoint import CheckpointError
-from common.cli import parse_port, positive
 from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
 from common.data import DataError, DataFile, Dataset, describe, second_field
-from common.events import Event
+from common.events import Event, EventKind
 from common.model import ModelFileError
 from common.operators import OPERATORS
 from common.results import History
@@ -165,17 +165,20 @@ NUMBERS = {
 }
 FILES = {"model": "Model file (.keras, JSON)", "test_data": "Test data file",
          "test_labels": "Test labels (.npy)", "test_label_column": "Label column (.csv)"}
-CHOICES = {"aggregation": ("Aggregation", AGGREGATION_NAMES),
+# Spinners: (caption, values). The registry itself, so a rule registered later is offered.
+CHOICES = {"aggregation": ("Aggregation", AGGREGATIONS),
            "operators": ("GA operators", OPERATORS)}
 SETUP_ORDER = (*FILES, "target_accuracy", "aggregation", "min_clients", "patience",
                "num_generations", "num_parents_mating", "mutation_percent_genes", "operators",
                "mutation_step")
 SAVE_SUFFIXES = {"model": ".keras", "history": ".csv", "plot": ".png"}  # what each Save writes
 ENDINGS = {  # how training ended, as the summary says it (the accuracy its event carries)
-    "done": "Training done: global accuracy {accuracy:.2f} after {round} rounds",
-    "gave_up": "Gave up after {round} rounds (--max-rounds): global accuracy {accuracy:.2f}",
-    "patience": "Stopped after {round} rounds (--patience): best global accuracy {accuracy:.2f}",
-    "stopped": "Stopped after {round} rounds: best global accuracy {accuracy:.2f}",
+    EventKind.DONE: "Training done: global accuracy {accuracy:.2f} after {round} rounds",
+    EventKind.GAVE_UP:
+        "Gave up after {round} rounds (--max-rounds): global accuracy {accuracy:.2f}",
+    EventKind.PATIENCE:
+        "Stopped after {round} rounds (--patience): best global accuracy {accuracy:.2f}",
+    EventKind.STOPPED: "Stopped after {round} rounds: best global accuracy {accuracy:.2f}",
 }
 CLIENT_ID = re.compile(r"^(.*)-[0-9a-f]{8}$")  # a fedga client's id: its name and a nonce
 
@@ -222,7 +225,7 @@ class ServerController(_Controller):
         for name in SETUP_ORDER:
             if name in CHOICES:
                 caption, choices = CHOICES[name]
-                fields.append(SetupField(name, caption, text(name), choices))
+                fields.append(SetupField(name, caption, text(name), tuple(choices)))
             else:
                 fields.append(SetupField(name, FILES.get(name) or NUMBERS[name][0], text(name)))
         return fields
@@ -234,7 +237,8 @@ class ServerController(_Controller):
         if name in ("test_labels", "test_label_column"):
             return second_field(texts.get("test_data", "")) == name.removeprefix("test_")
         if name == "min_clients":
-            return texts.get("aggregation") != RUNNING_AVERAGE
+            rule = AGGREGATIONS.get(texts.get("aggregation", ""))
+            return rule is None or not rule.per_update
         return True
 
     def _setup(self, texts: dict[str, str]) -> dict | None:
@@ -413,21 +417,22 @@ class ServerController(_Controller):
                         **{name: ended and not self._saving for name in self.ACTIONS[1:]}}
 
     def _on_event(self, attempt: int, event: Event) -> None:
-        if attempt != self._attempt and event.kind not in ("disconnected", "answered_done"):
+        if attempt != self._attempt and event.kind not in (EventKind.DISCONNECTED,
+                                                           EventKind.ANSWERED_DONE):
             return  # a model Listen no longer uses (its clients' last words still count)
         view, clients = self.view, self.view.clients
         row = clients.get(event.peer)
-        if event.kind == "connected":
+        if event.kind is EventKind.CONNECTED:
             clients[event.peer] = ClientRow(event.peer)
-        elif row is not None and event.kind == "request":
+        elif row is not None and event.kind is EventKind.REQUEST:
             row.state = "training" if event.detail == "echo" else "waiting"
-        elif row is not None and event.kind == "scored":
+        elif row is not None and event.kind is EventKind.SCORED:
             named = CLIENT_ID.match(event.detail)
             row.name = named[1] if named else event.detail or row.name
             row.round, row.accuracy = event.round, event.accuracy
             if event.samples is not None:
                 row.samples = event.samples
-        elif event.kind == "update":
+        elif event.kind is EventKind.UPDATE:
             view.history.append((event.round, event.accuracy, event.loss))
             best = self.global_model.best
             view.best_round = best.round
@@ -441,9 +446,9 @@ class ServerController(_Controller):
             view.best_round = self.global_model.best.round
             log.info("summary: %s", view.summary)
             self._update_actions()
-        elif row is not None and event.kind == "answered_done":
+        elif row is not None and event.kind is EventKind.ANSWERED_DONE:
             row.state = "done"
-        elif row is not None and event.kind == "disconnected":
+        elif row is not None and event.kind is EventKind.DISCONNECTED:
             if event.detail:
                 row.state = f"disconnected: {event.detail}"
             elif row.state == "done":
@@ -634,26 +639,26 @@ class ClientController(_Controller):
         if attempt != self._attempt:
             return
         view = self.view
-        if event.kind == "model":
+        if event.kind is EventKind.MODEL:
             view.round, view.generation, view.losses = event.round, 0, []
             self._show(f"Training the model of round {event.round}", enable=("close",))
-        elif event.kind == "generation":
+        elif event.kind is EventKind.GENERATION:
             view.generation, view.best_fitness = event.generation, event.fitness
             view.losses.append((event.generation, fitness_loss(event.fitness)))
             self.on_change()
-        elif event.kind == "sent":
+        elif event.kind is EventKind.SENT:
             # The GA may stop early once the local loss is low: the round is complete anyway.
             view.generation, view.best_fitness = view.generations, event.fitness
             self._show(f"Sent the trained model of round {event.round}; waiting for the server",
                        enable=("close",))
-        elif event.kind == "done":
+        elif event.kind is EventKind.DONE:
             accuracy = "" if event.accuracy is None else f": accuracy {event.accuracy:.2f}"
             self._show(f"Training is done{accuracy}", enable=("close",))
-        elif event.kind == "connecting":  # lost the server: this is the next attempt
+        elif event.kind is EventKind.CONNECTING:  # lost the server: this is the next attempt
             self._reconnecting = True
             self._show(f"Lost the server; reconnecting ({event.detail})", enable=("close",))
-        elif event.kind == "connected" and self._reconnecting:
+        elif event.kind is EventKind.CONNECTED and self._reconnecting:
             self._reconnecting = False
             self._show("Reconnected to the Server; waiting for its reply", enable=("close",))
-        elif event.kind == "error":
+        elif event.kind is EventKind.ERROR:
             self._show(event.detail, enable=("close",))

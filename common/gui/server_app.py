@@ -14,7 +14,7 @@ from kivy.uix.spinner import Spinner
 from kivy.uix.tabbedpanel import TabbedPanel, TabbedPanelItem
 
 from common.data import DATA_SUFFIXES
-from common.gui import SERVER_MINIMUM
+from common.gui.sizes import SERVER_MINIMUM
 from common.gui.controllers import SAVE_SUFFIXES, ServerController
 from common.gui.window import (CAPTIONED_HEIGHT, ROW_HEIGHT, LineChart, PathDialog, Series,
                                TutorialApp, log_positions_when_drawn, loss_range,

@@ -25,7 +25,7 @@ from kivy.uix.popup import Popup
 from kivy.uix.textinput import TextInput
 from kivy.uix.widget import Widget
 
-from common.cli import EXIT_DONE, EXIT_INTERRUPTED
+from common.app import EXIT_DONE, EXIT_INTERRUPTED
 from common.data import second_field
 
 log = logging.getLogger(__name__)

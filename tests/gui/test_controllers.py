@@ -16,8 +16,9 @@ import pytest
 
 import common  # noqa: F401  (the quiet TensorFlow environment first)
 from common import datasets, security
-from common.aggregate import AGGREGATION_NAMES
-from common.cli import build_global_model, server_parser
+from common.aggregate import AGGREGATIONS
+from common.app import build_global_model
+from common.cli import server_parser
 from common.client import ClientConfig
 from common.data import CLIENT_DATA, XOR_TEST_DATA, second_field
 from common.ga import GAConfig
@@ -551,7 +552,7 @@ def test_a_file_that_does_not_fit_the_model_is_a_status_and_a_corrected_one_trai
 def test_the_aggregation_choices_are_the_one_list_the_flag_reads(make_server):
     spinner = {f.name: f for f in make_server().setup_fields()}["aggregation"]
     flag = next(a for a in server_parser()._actions if a.dest == "aggregation")
-    assert spinner.choices == tuple(flag.choices) == AGGREGATION_NAMES
+    assert spinner.choices == tuple(flag.choices) == tuple(AGGREGATIONS)
     assert spinner.text == "running-average"
 
 

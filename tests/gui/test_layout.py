@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING
 # before its window module is imported. It prints one JSON line per checked view.
 CHECK = r'''
 import json, sys
-from common.gui import CLIENT_MINIMUM, SERVER_MINIMUM, _prepare_kivy
+from common.gui import _prepare_kivy
+from common.gui.sizes import CLIENT_MINIMUM, SERVER_MINIMUM
 
 which = sys.argv[1]
 minimum = SERVER_MINIMUM if which == "server" else CLIENT_MINIMUM
@@ -29,7 +30,7 @@ from kivy.uix.button import Button
 from kivy.uix.label import Label
 from kivy.uix.textinput import TextInput
 
-from common.cli import build_global_model
+from common.app import build_global_model
 from common.client import ClientConfig
 from common.data import DataFile
 from common.gui.window import call_soon
