@@ -42,7 +42,8 @@ class EventLog:
             try:
                 event = self.queue.get(timeout=timeout)
             except queue.Empty:
-                raise AssertionError(f"no matching event within {timeout} s; saw {self.seen}")
+                raise AssertionError(
+                    f"no matching event within {timeout} s; saw {self.seen}") from None
             self.seen.append(event)
             if predicate(event):
                 return event
