@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.flower.deploy import PROJECT, LocalDeployment, free_port
+from common.flower.deploy import PROJECT, LocalDeployment
+from common.ports import free_port
 
 PYTHON = sys.executable
 

@@ -67,7 +67,7 @@ import numpy as np
 from bench.common import print_header, print_table, seconds, target
 from bench.flower import PeakMemory
 from common.data import Dataset, load_dataset
-from common.flower.deploy import free_port
+from common.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

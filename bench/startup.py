@@ -48,7 +48,7 @@ def demo_seconds(path: str) -> float:
 
 def server_peak_mib(path: str) -> float:
     """The server's peak resident memory over a whole XOR run with the tutorial's clients."""
-    from common.demo import free_port
+    from common.ports import free_port
 
     port = str(free_port())
     flags = ["--headless", "--host", "127.0.0.1", "--port", port]

@@ -21,5 +21,6 @@ os.environ.setdefault("KIVY_NO_ARGS", "1")
 _GLOBAL_FLAGS = "tensorflow.python.pywrap_dlopen_global_flags"
 if _GLOBAL_FLAGS not in sys.modules:
     _stand_in = types.ModuleType(_GLOBAL_FLAGS)
-    _stand_in.set_dlopen_flags = _stand_in.reset_dlopen_flags = lambda: None
+    for _setter in ("set_dlopen_flags", "reset_dlopen_flags"):
+        setattr(_stand_in, _setter, lambda: None)
     sys.modules[_GLOBAL_FLAGS] = _stand_in

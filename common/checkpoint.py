@@ -92,8 +92,9 @@ def load(path: str | os.PathLike, num_params: int) -> Checkpoint:
             if version > FORMAT_VERSION:
                 raise ValueError(f"it is format {version}, newer than this fedga reads "
                                  f"({FORMAT_VERSION})")
-            best = None if version < 2 else (arrays["best_vector"], arrays["best_round"],
-                                             arrays["best_accuracy"], arrays["best_loss"])
+            stored_best = None if version < 2 else (
+                arrays["best_vector"], arrays["best_round"], arrays["best_accuracy"],
+                arrays["best_loss"])
     except FileNotFoundError:
         raise CheckpointError(f"The checkpoint {os.fspath(path)} does not exist.") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -105,8 +106,9 @@ def load(path: str | os.PathLike, num_params: int) -> Checkpoint:
             or sequences.dtype.kind != "i"):
         raise CheckpointError(f"The checkpoint {os.fspath(path)} does not fit this model "
                               f"({num_params} weights) or is not a fedga checkpoint.")
-    if best is not None:
-        best_vector, best_round, best_accuracy, best_loss = best
+    best = None
+    if stored_best is not None:
+        best_vector, best_round, best_accuracy, best_loss = stored_best
         if (best_vector.shape != vector.shape or best_vector.dtype.kind != "f"
                 or not np.all(np.isfinite(best_vector)) or best_round.dtype.kind != "i"
                 or best_accuracy.dtype.kind != "f" or best_loss.dtype.kind != "f"):

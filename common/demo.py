@@ -7,19 +7,14 @@ Each process prints its own tagged log lines; the demo exits 0 when all three di
 from __future__ import annotations
 
 import logging
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from common.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("fedga.demo")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main() -> int:

@@ -146,6 +146,7 @@ def train(forward: ForwardPass, population: np.ndarray, data: Dataset, config: G
             return "stop"
         return None
 
+    mutation: str | ScaledMutation
     if config.operators == TUTORIAL:
         mutation = "random"  # PyGAD's: U(-1, 1) added to the chosen genes
     else:

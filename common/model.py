@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -176,7 +177,7 @@ def _softmax(x):
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "linear": lambda x: x,
     "relu": lambda x: np.maximum(x, 0),
     "sigmoid": _sigmoid,
@@ -211,6 +212,8 @@ class ForwardPass:
     Stacks of Dense layers run as batched NumPy matrix products over a leading solutions
     axis; any other model falls back to one Keras call per vector (and mutates ``model``).
     """
+
+    _dense: list[tuple[int, int, bool, str]] | None  # (fan_in, units, use_bias, activation)
 
     def __init__(self, model: keras.Model):
         self.model = model

@@ -182,7 +182,7 @@ def dense_chain_json(num_features: int, layers: list[tuple[int, str]]) -> str:
         return {"module": "keras.initializers", "class_name": class_name, "config": config,
                 "registered_name": None}
 
-    spec = [{"module": "keras.layers", "class_name": "InputLayer", "config": {
+    spec: list[dict] = [{"module": "keras.layers", "class_name": "InputLayer", "config": {
         "batch_shape": [None, num_features], "dtype": "float32", "sparse": False,
         "ragged": False, "name": "input_layer", "optional": False},
         "registered_name": None, "name": "input_layer", "inbound_nodes": []}]

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,20 @@ from common.data import CLIENT_DATA
 from common.server import ListenThread, ServerConfig
 
 WAIT = 60  # seconds: every wait in the tests has a bound
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items):
+    """pytest.ini's markers that follow from where a test lives or what it uses: the window
+    tests, the Flower tests, and (slow) those that need the TLS files openssl makes."""
+    for item in items:
+        path = Path(item.path)
+        if TESTS / "gui" in path.parents:
+            item.add_marker(pytest.mark.gui)
+        elif path.name == "test_flower.py":
+            item.add_marker(pytest.mark.flower)
+        if "certificates" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 class EventLog:
@@ -42,7 +57,8 @@ class EventLog:
             try:
                 event = self.queue.get(timeout=timeout)
             except queue.Empty:
-                raise AssertionError(f"no matching event within {timeout} s; saw {self.seen}")
+                raise AssertionError(
+                    f"no matching event within {timeout} s; saw {self.seen}") from None
             self.seen.append(event)
             if predicate(event):
                 return event

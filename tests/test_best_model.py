@@ -6,13 +6,15 @@ import threading
 
 import keras
 import numpy as np
+import pytest
 
 from common import checkpoint
 from common.data import XOR_TEST_DATA
 from common.model import weights_to_vector, xor_network
+from common.ports import free_port
 from common.score import main as score_main
 from common.server import GlobalModel
-from tests.test_cli import Script, free_port
+from tests.test_cli import Script
 
 
 def _xor_solution(confidence: float = 1.0) -> np.ndarray:
@@ -63,6 +65,7 @@ def test_a_version_1_checkpoint_resumes_with_its_model_as_the_best(tmp_path):
     assert (resumed.best.round, resumed.best.accuracy) == (4, 1.0)
 
 
+@pytest.mark.slow
 def test_patience_ends_a_headless_run_with_its_own_exit_code():
     port = str(free_port())
     flags = ("--headless", "--host", "127.0.0.1", "--port", port, "--seed", "2")

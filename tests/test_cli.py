@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from common.ports import free_port
 from tests.conftest import WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,12 +66,7 @@ class Script:
         return "".join(self.lines)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [("server.py", "client1.py", "client2.py"),
                                    ("client1.py", "client2.py", "server.py")],
                          ids=["server first", "clients first"])
@@ -86,6 +82,7 @@ def test_headless_run_reaches_done_in_any_start_order(order):
     assert outputs.count("server says done (accuracy=1.0)") == 2
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_server_cleanly():
     with Script("server.py", "--headless", "--host", "127.0.0.1", "--port", "0") as server:
         server.wait_for_line("listening on")
@@ -100,6 +97,7 @@ def _ignore_sigint():
 
 # "ignored": started as a non-interactive shell starts a background job (`client1.py &` in a
 # script, or a CI job), which inherits SIGINT ignored; the client still honours it.
+@pytest.mark.slow
 @pytest.mark.parametrize("inherited", [None, _ignore_sigint], ids=["default", "ignored"])
 def test_ctrl_c_stops_a_waiting_client(inherited):
     listening = socket.create_server(("127.0.0.1", 0))
@@ -115,6 +113,7 @@ def test_ctrl_c_stops_a_waiting_client(inherited):
     assert "Traceback" not in client.output()
 
 
+@pytest.mark.slow
 def test_unreachable_server_is_one_line_and_exit_1():
     with Script("client2.py", "--headless", "--host", "127.0.0.1", "--port", str(free_port()),
                 "--connect-timeout", "0.5") as client:
@@ -124,6 +123,7 @@ def test_unreachable_server_is_one_line_and_exit_1():
     assert "Traceback" not in client.output()
 
 
+@pytest.mark.slow
 def test_port_in_use_is_one_line_and_exit_1():
     with socket.create_server(("127.0.0.1", 0)) as taken, Script(
             "server.py", "--headless", "--host", "127.0.0.1",
@@ -133,6 +133,7 @@ def test_port_in_use_is_one_line_and_exit_1():
     assert "Traceback" not in server.output()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,content", [("missing.npz", None), ("broken.npz", b"garbage")])
 def test_resume_from_a_missing_or_broken_checkpoint_is_one_line_and_exit_1(tmp_path, name,
                                                                           content):
@@ -147,6 +148,7 @@ def test_resume_from_a_missing_or_broken_checkpoint_is_one_line_and_exit_1(tmp_p
     assert "Traceback" not in server.output()
 
 
+@pytest.mark.slow
 def test_resume_needs_a_checkpoint_path():
     result = subprocess.run([sys.executable, str(ROOT / "server.py"), "--headless", "--resume"],
                             cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
@@ -154,6 +156,7 @@ def test_resume_needs_a_checkpoint_path():
     assert "--resume needs --checkpoint PATH" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_headless_client_of_ones_own_needs_its_data_file():
     """Without --data, client.py opens a window with an empty data row; headless it cannot."""
     result = subprocess.run([sys.executable, str(ROOT / "client.py"), "--headless"],
@@ -162,6 +165,7 @@ def test_a_headless_client_of_ones_own_needs_its_data_file():
     assert "--headless needs --data FILE" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["server.py", "client1.py"])
 def test_bad_port_is_a_usage_error(script):
     result = subprocess.run([sys.executable, str(ROOT / script), "--headless", "--port", "70000"],
@@ -171,6 +175,7 @@ def test_bad_port_is_a_usage_error(script):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,flags", [
     ("server.py", ["--headless", "--host", "--port", "--recv-timeout", "--idle-timeout",
                    "--buffer-size", "--max-rounds", "--max-message-bytes", "--log-level",

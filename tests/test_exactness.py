@@ -108,6 +108,7 @@ def test_models_modelspec_refuses_are_refused_from_json_before_keras_builds_them
         ForwardPass.from_json(model.to_json(), DEFAULT_MAX_PARAMS)
 
 
+@pytest.mark.slow  # 1.3-4 s: 2-4 s with the cores shared
 def test_the_activation_and_bias_choices_are_all_exercised():
     seen_activations, seen_bias = set(), set()
     for seed in range(40):

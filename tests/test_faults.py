@@ -8,9 +8,14 @@ import re
 import signal
 import threading
 
+import pytest
+
 from common import checkpoint
 from common.checkpoint import CheckpointError
-from tests.test_cli import Script, free_port
+from common.ports import free_port
+from tests.test_cli import Script
+
+pytestmark = pytest.mark.slow  # each test starts, kills and restarts processes
 
 NUM_PARAMS = 22  # the XOR model
 SLOW = 180  # seconds: a whole training run, possibly on a busy machine

@@ -6,6 +6,7 @@ import pickle
 import socket
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,6 +44,7 @@ def mutated(draw):
     return bytes(data)
 
 
+@pytest.mark.slow  # about 4 s
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload=mutated(), to_server=st.booleans())
 def test_decoder_raises_only_protocol_errors(payload, to_server):

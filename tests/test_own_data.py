@@ -6,9 +6,13 @@ import csv
 
 import keras
 import numpy as np
+import pytest
 
+from common.ports import free_port
 from common.split import main as split_main
-from tests.test_cli import Script, free_port
+from tests.test_cli import Script
+
+pytestmark = pytest.mark.slow  # each test starts the scripts as processes
 
 
 def _blobs(path, samples_per_class=40, seed=0):

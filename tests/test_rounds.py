@@ -39,6 +39,7 @@ def _poisoner(address, stop, rounds=30):
             plain_send(sock, "model", {"best_model_weights_vector": np.full(22, 1e6)})
 
 
+@pytest.mark.slow  # about 5 s for fedavg
 @pytest.mark.parametrize("aggregation", ["fedavg", "median"])
 def test_one_poisoning_client_wrecks_fedavg_but_not_median(aggregation, server_factory,
                                                           client_factory):

@@ -5,6 +5,7 @@ import queue
 import threading
 
 import numpy as np
+import pytest
 
 from common import protocol
 from common.aggregate import model_averaging
@@ -75,6 +76,7 @@ def test_concurrent_updates_are_each_counted_once_in_a_replayable_order(server):
     assert sum(e.kind == "update" for e in events.all()) == CLIENTS * UPDATES_EACH
 
 
+@pytest.mark.slow  # about 3 s
 def test_many_training_clients_all_finish_and_no_update_is_lost(server_factory, client_factory):
     listener, events = server_factory(max_rounds=300)  # bounds the run even if it never converges
     names = list(CLIENT_DATA)

@@ -78,6 +78,7 @@ def test_the_operator_settings_travel_with_each_model_and_shape_its_spread(serve
         assert np.std(spread / (0.7 * scales)) == pytest.approx(1.0, rel=0.2)
 
 
+@pytest.mark.slow  # 1-4 s: the tutorial's client runs one Keras call per solution
 def test_plain_pickle_client_trains_our_server_to_done(server):
     listener, events = server
     reply = plain_client(listener.server_address, XOR_TEST_DATA.inputs, XOR_TEST_DATA.outputs)

@@ -13,7 +13,8 @@ import pytest
 from common.data import XOR_TEST_DATA
 from common.model import glorot_vector, vector_to_weights, xor_model_json, xor_network
 from common.modelspec import dense_chain_json
-from tests.test_cli import ROOT, Script, free_port
+from common.ports import free_port
+from tests.test_cli import ROOT, Script
 
 # Python loads tests/heavy_imports/sitecustomize.py at start-up: it prints this line when a
 # process first imports the module.
@@ -90,6 +91,7 @@ def _xor_test_file(tmp_path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_the_tutorials_run_imports_neither_keras_nor_tensorflow(tmp_path):
     checkpoint = tmp_path / "state.npz"
     scripts = _train(tmp_path, "--checkpoint", str(checkpoint))
@@ -97,6 +99,7 @@ def test_the_tutorials_run_imports_neither_keras_nor_tensorflow(tmp_path):
     assert checkpoint.exists()
 
 
+@pytest.mark.slow
 def test_a_dense_json_model_is_served_without_tensorflow(tmp_path):
     model = tmp_path / "model.json"
     model.write_text(dense_chain_json(2, [(8, "tanh"), (2, "softmax")]))
@@ -106,6 +109,7 @@ def test_a_dense_json_model_is_served_without_tensorflow(tmp_path):
     assert "done: accuracy=" in server.output()
 
 
+@pytest.mark.slow
 def test_a_keras_file_loads_keras_and_the_saved_model_scores_what_the_server_said(tmp_path):
     keras_file, saved = tmp_path / "model.keras", tmp_path / "final.keras"
     _keras_chain(2, [(8, "tanh"), (2, "softmax")]).save(keras_file)

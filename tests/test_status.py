@@ -7,6 +7,8 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from tests.conftest import WAIT
 from tests.test_cli import ROOT
 
@@ -40,6 +42,7 @@ def _run_on_a_terminal(args: list[str]) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_terminal_gets_a_status_line_and_a_pipe_does_not():
     server = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--headless", "--host",
                                "127.0.0.1", "--port", "0", "--linger", "0",

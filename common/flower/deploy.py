@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 from common.errors import DeploymentError
+from common.ports import free_port
 
 PROJECT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # flower-superlink & co. are installed beside Python
@@ -37,10 +37,6 @@ POLL_INTERVAL = 0.2  # seconds between readiness checks, Flower's own CLI's
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def superlink_serves(port: int) -> bool:

@@ -12,8 +12,9 @@ import numpy as np
 
 from common.data import XOR_TEST_DATA
 from common.modelspec import dense_chain_json
+from common.ports import free_port
 from tests.gui.test_windows_e2e import (STOP_RESERVE, TIME_LIMIT, Window,  # noqa: F401
-                                        display, free_port, pytestmark)  # (display: a fixture)
+                                        display, pytestmark)  # (display: a fixture)
 from tests.test_startup import HEAVY_IMPORT, PROBED
 
 

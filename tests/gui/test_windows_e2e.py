@@ -21,7 +21,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ import numpy as np
 import pytest
 
 from common.model import load_keras
+from common.ports import free_port
 
 # At collection: on a busy machine the import takes half a minute, outside any test's limit.
 keras = load_keras()
@@ -235,12 +235,6 @@ class Window:
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed: {result.stderr.strip()}")
         return result.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
