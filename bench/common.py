@@ -1,15 +1,13 @@
 """What every benchmark shares: tables, TARGET lines, interleaved timing, loopback sockets,
 the machine's description, and the tutorial's baselines reimplemented for comparison.
 
-The baselines are written here from the tutorial's description, not copied: a client that
-reads 1024-byte chunks and retries ``pickle.loads`` on everything received so far after
-each one, and a fitness that loads one solution into the Keras model and calls
-``model.predict`` on it.
+The baselines are written here from the tutorial's description, not copied: a fitness that
+loads one solution into the Keras model and calls ``model.predict`` on it. The tutorial's
+receive loop and client are ``bench.plain_peers``'s, shared with the tests.
 """
 from __future__ import annotations
 
 import os
-import pickle
 import platform
 import resource
 import socket
@@ -25,13 +23,6 @@ if TYPE_CHECKING:
     import keras
 
 from common.model import is_multiclass
-
-TUTORIAL_BUFFER_SIZE = 1024
-
-
-class DidNotFinish(Exception):
-    """A baseline ran past its cap; the table says so instead of waiting for it."""
-
 
 # ---- output -----------------------------------------------------------------------------
 
@@ -114,29 +105,6 @@ def loopback_pair() -> tuple[socket.socket, socket.socket]:
 
 
 # ---- the tutorial's baselines -----------------------------------------------------------
-
-
-def tutorial_recv(sock: socket.socket, buffer_size: int = TUTORIAL_BUFFER_SIZE,
-                  cap: float | None = None):
-    """The tutorial's receive loop: append each chunk and try ``pickle.loads`` on the whole
-    buffer until it succeeds, which is quadratic in the message size. ``cap`` seconds
-    bound the benchmark's patience (DidNotFinish), not the loop's behaviour."""
-    stop_at = None if cap is None else time.perf_counter() + cap
-    received = b""
-    while True:
-        chunk = sock.recv(buffer_size)
-        if not chunk:
-            raise ConnectionError("peer closed the connection in the middle of a message")
-        received += chunk
-        try:
-            return pickle.loads(received)
-        except Exception:  # incomplete: keep reading, as the tutorial does
-            if stop_at is not None and time.perf_counter() > stop_at:
-                raise DidNotFinish(f"after {len(received)} bytes") from None
-
-
-def tutorial_send(sock: socket.socket, subject: str, data) -> None:
-    sock.sendall(pickle.dumps({"subject": subject, "data": data}))
 
 
 def keras_loss(outputs: np.ndarray, predictions: np.ndarray) -> float:

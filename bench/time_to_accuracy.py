@@ -1,18 +1,38 @@
-"""Rounds and seconds from connect to ``done``: 20 seeded runs of a server and the two XOR
-clients in one process, side by side with a few rounds at the tutorial's settings.
+"""Rounds and seconds from connect to ``done`` on XOR, for each kind of client and each
+aggregation rule: seeded runs side by side in one process, and a few rounds at the
+tutorial's settings.
 
     python -m bench.time_to_accuracy [--runs 20] [--tutorial-rounds 2]
 
 Each run seeds the model's initial weights, the server's populations and the clients' GA,
-starts a server on a free loopback port and both clients as threads, and times from the
-first connect until both clients have been answered ``done`` (binary accuracy 1.0).
+starts a server on a free loopback port and its clients as threads, and times from the
+first connect until every client has been answered ``done``; a run is done when the server
+reached binary accuracy 1.0 on the four XOR samples. Rows take turns seed by seed, so drift
+in the machine's load hits them alike. Which update lands first is up to the threads, so
+rounds differ a little between two runs of the same seed. The rows:
 
-The tutorial's settings are the same server and GA but clients that score each solution
-with ``model.predict`` and read with the 1024-byte reloading loop. One such round takes
-tens of seconds here, so the benchmark times ``--tutorial-rounds`` of them (two clients at
-once, as in the runs) and estimates a whole run as that per-round cost times our median
-rounds. That favours the tutorial: its own server resends its initial population, so it
-never reaches 1.0 at all.
+- built-in: the two XOR clients (``client1``/``client2``, two samples each), with
+  ``running-best`` (the default), the tutorial's ``running-average`` (before) and ``fedavg``.
+- plain: two ``bench.plain_peers`` clients on the same two halves, written without common/
+  and running the tutorial's own GA: PyGAD's defaults (random mutation adding U(-1, 1) to 5%
+  of the genes), the population as received, 20 generations, 4 parents mating, fitness
+  1 / (BCE + 1e-8). Their fitness is a batched NumPy forward pass in float32, not Keras per
+  solution: the same values within 1e-7 (relative), ~9 ms a client round where Keras takes
+  ~0.8 s here, which would stretch these rows to half an hour. The server gives up after
+  100 rounds.
+- one sample each: four built-in clients each holding one XOR sample, rounds of four
+  updates, ``median`` and ``trimmed-mean``, given up after 300 rounds. Median differs from
+  the mean from three clients on; trimmed-mean trims ``int(n * 0.2)`` from each end, none
+  below five, so with four it is the plain mean: that row is the reference. Their target
+  checks that the rules train at all, not their speed: a client holding one sample fits it
+  at once, so its update carries little (the mean itself took a median of ~290 rounds over
+  40 seeds here).
+
+The tutorial's settings (the built-in GA, but clients scoring each solution with
+``model.predict`` and reading with the reloading loop) cost tens of seconds a round here,
+so ``--tutorial-rounds`` of them are timed (two clients at once) and a whole run estimated
+as that per-round cost times the default rule's median rounds. That favours the tutorial:
+its own server resends its initial population, so it never reaches 1.0 at all.
 """
 from __future__ import annotations
 
@@ -21,52 +41,112 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 import pygad
 
-from bench.common import (percentile, print_header, print_table, seconds, target,
-                          tutorial_fitness, tutorial_recv, tutorial_send)
+from bench.common import percentile, print_header, print_table, seconds, target, tutorial_fitness
+from bench.plain_peers import plain_client, plain_recv, plain_send
+from common.app import build_global_model
 from common.client import ClientConfig, RecvThread, connect
-from common.data import CLIENT_DATA, XOR_TEST_DATA
+from common.data import CLIENT_DATA, XOR_TEST_DATA, Dataset
 from common.ga import GAConfig
-from common.model import xor_network
-from common.server import GlobalModel, ListenThread, ServerConfig
+from common.server import ListenThread, ServerConfig
 
 RUN_TIMEOUT = 60  # seconds: a run that takes this long has failed its target many times over
+PLAIN_MAX_ROUNDS = 100
+ONE_SAMPLE_MAX_ROUNDS = 300  # bounds the bench's time: these rows take ~10 ms a round
+ONE_SAMPLE_DATA = {f"sample{i + 1}": Dataset(XOR_TEST_DATA.inputs[i:i + 1],
+                                             XOR_TEST_DATA.outputs[i:i + 1]) for i in range(4)}
 
 
-def start_server(seed: int) -> ListenThread:
-    config = ServerConfig(host="127.0.0.1", port=0, seed=seed)
-    global_model = GlobalModel(xor_network(seed), XOR_TEST_DATA,
-                               num_solutions=config.num_solutions, seed=seed)
-    server = ListenThread(global_model, config)
+def start_server(seed: int, **settings) -> ListenThread:
+    config = ServerConfig(host="127.0.0.1", port=0, seed=seed, **settings)
+    server = ListenThread(build_global_model(config), config)  # as server.py builds it
     server.start()
     return server
 
 
-def our_run(seed: int) -> tuple[bool, int, float]:
-    """(every client done at accuracy 1.0, rounds, seconds from connect to done)."""
-    server = start_server(seed)
-    try:
-        host, port = server.server_address
-        started = time.perf_counter()
-        clients = []
-        for index, name in enumerate(CLIENT_DATA):
+class BuiltInClients:
+    """Our RecvThread clients, one per data set; done when each ends ``done`` at 1.0."""
+
+    def __init__(self, data: dict[str, Dataset]):
+        self.data = data
+
+    def start(self, address, seed: int) -> Callable[[], bool]:
+        host, port = address
+        threads = []
+        for index, (name, data) in enumerate(self.data.items()):
             config = ClientConfig(host=host, port=port, name=name, seed=seed * 10 + index)
-            clients.append(RecvThread(config.buffer_size, config.recv_timeout,
-                                      sock=connect(host, port, timeout=5),
-                                      data=CLIENT_DATA[name], config=config))
-            clients[-1].start()
-        for client in clients:
-            client.join(RUN_TIMEOUT)
+            threads.append(RecvThread(config.buffer_size, config.recv_timeout,
+                                      sock=connect(host, port, timeout=5), data=data,
+                                      config=config))
+            threads[-1].start()
+
+        def finish() -> bool:
+            for thread in threads:
+                thread.join(RUN_TIMEOUT)
+                thread.stop()
+            return all(t.outcome == "done" and t.final_accuracy == 1.0 for t in threads)
+        return finish
+
+
+class PlainClients:
+    """``bench.plain_peers.plain_client`` threads (the tutorial's GA), one per XOR half."""
+
+    def start(self, address, seed: int) -> Callable[[], bool]:
+        replies: list[dict] = []
+
+        def run(data: Dataset, client_seed: int) -> None:
+            replies.append(plain_client(address, data.inputs, data.outputs, batched=True,
+                                        seed=client_seed, max_requests=PLAIN_MAX_ROUNDS + 2))
+        threads = [threading.Thread(target=run, args=(data, seed * 10_000 + index * 1000))
+                   for index, data in enumerate(CLIENT_DATA.values())]
+        for thread in threads:
+            thread.start()
+
+        def finish() -> bool:
+            for thread in threads:
+                thread.join(RUN_TIMEOUT)
+            return len(replies) == len(threads) and all(r["subject"] == "done" for r in replies)
+        return finish
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    clients: BuiltInClients | PlainClients
+    settings: dict
+
+
+ROWS = (
+    Row("built-in, running-best (default)", BuiltInClients(CLIENT_DATA), {}),
+    Row("built-in, running-average (tutorial's rule)", BuiltInClients(CLIENT_DATA),
+        {"aggregation": "running-average"}),
+    Row("plain, running-best", PlainClients(), {"max_rounds": PLAIN_MAX_ROUNDS}),
+    Row("plain, running-average", PlainClients(),
+        {"aggregation": "running-average", "max_rounds": PLAIN_MAX_ROUNDS}),
+    Row("built-in, fedavg", BuiltInClients(CLIENT_DATA), {"aggregation": "fedavg"}),
+    Row("one sample each (4), median", BuiltInClients(ONE_SAMPLE_DATA),
+        {"aggregation": "median", "min_clients": 4, "max_rounds": ONE_SAMPLE_MAX_ROUNDS}),
+    Row("one sample each (4), trimmed-mean", BuiltInClients(ONE_SAMPLE_DATA),
+        {"aggregation": "trimmed-mean", "min_clients": 4, "max_rounds": ONE_SAMPLE_MAX_ROUNDS}),
+)
+
+
+def timed_run(row: Row, seed: int) -> tuple[bool, int, float]:
+    """(done at accuracy 1.0, rounds, seconds from the first connect until all were told)."""
+    server = start_server(seed, **row.settings)
+    try:
+        started = time.perf_counter()
+        finish = row.clients.start(server.server_address, seed)
+        ok = finish()
         elapsed = time.perf_counter() - started
-        ok = all(c.outcome == "done" and c.final_accuracy == 1.0 for c in clients)
-        return ok, server.global_model.round, elapsed
+        return ok and server.global_model.reached_target, server.global_model.round, elapsed
     finally:
-        for client in clients:
-            client.stop()
         server.shutdown()
 
 
@@ -76,8 +156,8 @@ def tutorial_client(address, name: str, seed: int, failures: list) -> None:
     data = CLIENT_DATA[name]
     try:
         with connect(*address, timeout=5) as sock:
-            tutorial_send(sock, "echo", {"best_model_weights_vector": None})
-            reply = tutorial_recv(sock)["data"]
+            plain_send(sock, "echo", {"best_model_weights_vector": None})
+            reply = plain_recv(sock)["data"]
             model = keras.models.model_from_json(reply["model_json"])
             settings = GAConfig()
             ga = pygad.GA(
@@ -90,8 +170,8 @@ def tutorial_client(address, name: str, seed: int, failures: list) -> None:
                 random_seed=seed, suppress_warnings=True)
             ga.run()
             best, _, _ = ga.best_solution(pop_fitness=ga.last_generation_fitness)
-            tutorial_send(sock, "model", {"best_model_weights_vector": best.astype(np.float32)})
-            tutorial_recv(sock)
+            plain_send(sock, "model", {"best_model_weights_vector": best.astype(np.float32)})
+            plain_recv(sock)
     except Exception as exc:  # reported in the table, not a traceback from a thread
         failures.append(f"{name}: {exc!r}")
 
@@ -115,42 +195,73 @@ def tutorial_rounds(seed: int, rounds: int) -> tuple[int, float, list[str]]:
         server.shutdown()
 
 
+def spread(values: list[float], unit: Callable[[float], str]) -> str:
+    return " / ".join(unit(v) for v in (statistics.median(values), percentile(values, 90),
+                                        max(values)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--tutorial-rounds", type=int, default=2,
                         help="tutorial-style updates to time, run at once (2 = both clients)")
     args = parser.parse_args(argv)
-    print_header(f"bench.time_to_accuracy: {args.runs} seeded runs, server + 2 clients, "
-                 "connect to done")
+    print_header(f"bench.time_to_accuracy: {args.runs} seeded runs per row, XOR, connect to "
+                 "done")
 
-    runs = [our_run(seed) for seed in range(args.runs)]
-    done = [r for r in runs if r[0]]
-    rounds = [r[1] for r in runs]
-    times = [r[2] for r in runs]
-    per_round = statistics.median(t / max(1, n) for _, n, t in runs)
-    print_table(["seed", "done", "rounds", "seconds"],
-                [[seed, "yes" if ok else "NO", n, f"{t:.2f}"]
-                 for seed, (ok, n, t) in enumerate(runs)])
+    results: dict[str, list[tuple[bool, int, float]]] = {row.name: [] for row in ROWS}
+    for seed in range(args.runs):
+        for row in ROWS:
+            results[row.name].append(timed_run(row, seed))
+    stats = {}
+    for name, runs in results.items():
+        rounds, times = [r[1] for r in runs], [r[2] for r in runs]
+        stats[name] = (sum(r[0] for r in runs), rounds, times,
+                       statistics.median(t / max(1, n) for _, n, t in runs))
+    print_table(["clients, rule", "done", "rounds median/p90/max", "seconds median/p90/max",
+                 "per round"],
+                [[name, f"{done}/{args.runs}", spread(rounds, lambda v: f"{v:g}"),
+                  spread(times, lambda v: f"{v:.2f}"), seconds(per_round)]
+                 for name, (done, rounds, times, per_round) in stats.items()])
 
+    default_done, default_rounds, default_times, _ = stats[ROWS[0].name]
     counted, tutorial_time, failures = tutorial_rounds(args.runs, args.tutorial_rounds)
     tutorial_per_round = tutorial_time / max(1, counted)
-    median_rounds, median_time = statistics.median(rounds), statistics.median(times)
+    median_rounds, median_time = statistics.median(default_rounds), statistics.median(default_times)
     estimate = tutorial_per_round * median_rounds
     speedup = estimate / median_time
-    print_table(["settings", "rounds median/p90/max", "seconds median/p90/max", "per round"], [
-        ["ours", f"{median_rounds:g} / {percentile(rounds, 90):.1f} / {max(rounds)}",
-         f"{median_time:.2f} / {percentile(times, 90):.2f} / {max(times):.2f}", seconds(per_round)],
-        ["tutorial (estimated)", f"{median_rounds:g} (ours)", f"{estimate:.0f} (per round x rounds)",
+    print_table(["settings", "rounds", "seconds", "per round"], [
+        ["built-in, running-best", f"{median_rounds:g} (median)", f"{median_time:.2f} (median)",
+         seconds(stats[ROWS[0].name][3])],
+        ["tutorial (estimated)", f"{median_rounds:g} (as above)",
+         f"{estimate:.0f} (per round x rounds)",
          f"{seconds(tutorial_per_round)} ({counted} rounds timed in {tutorial_time:.1f} s)"],
     ])
     for failure in failures:
         print(f"tutorial-style client failed: {failure}")
 
-    met = target("runs reaching accuracy 1.0", f"{len(done)}/{len(runs)}", f"{len(runs)}/{len(runs)}",
-                 len(done) == len(runs))
-    met &= target("median seconds connect to done", f"{median_time:.2f} s", "< 1 s", median_time < 1)
-    met &= target("slowest run", f"{max(times):.2f} s", "< 10 s", max(times) < 10)
+    runs = args.runs
+    met = target("built-in, running-best: runs reaching accuracy 1.0", f"{default_done}/{runs}",
+                 f"{runs}/{runs}", default_done == runs)
+    met &= target("built-in, running-best: median seconds connect to done",
+                  f"{median_time:.2f} s", "< 1 s", median_time < 1)
+    met &= target("built-in, running-best: slowest run", f"{max(default_times):.2f} s", "< 10 s",
+                  max(default_times) < 10)
+    plain_done, plain_rounds, _, _ = stats["plain, running-best"]
+    met &= target(f"plain (tutorial's GA), running-best: runs done within {PLAIN_MAX_ROUNDS} "
+                  "rounds", f"{plain_done}/{runs}, slowest {max(plain_rounds)} rounds",
+                  f"{runs}/{runs}", plain_done == runs)
+    fedavg_rounds = stats["built-in, fedavg"][1]
+    within = sum(ok and n <= 30 for ok, n, _ in results["built-in, fedavg"])
+    met &= target("built-in, fedavg: runs done within 30 rounds", f"{within}/{runs}",
+                  f"{runs}/{runs}", within == runs)
+    met &= target("built-in, fedavg: median rounds", f"{statistics.median(fedavg_rounds):g}",
+                  "<= 8", statistics.median(fedavg_rounds) <= 8)
+    for rule in ("median", "trimmed-mean"):
+        done = stats[f"one sample each (4), {rule}"][0]
+        met &= target(f"four one-sample clients, {rule}: runs done within "
+                      f"{ONE_SAMPLE_MAX_ROUNDS} rounds", f"{done}/{runs}",
+                      f">= {runs / 4:g}/{runs}", done >= runs / 4)
     met &= target("speed-up over the tutorial's settings", f"{speedup:.0f}x", ">= 20x",
                   speedup >= 20 and not failures and counted == args.tutorial_rounds)
     return 0 if met else 1

@@ -20,8 +20,9 @@ import time
 
 import numpy as np
 
-from bench.common import (DidNotFinish, interleaved, loopback_pair, paired_ratio, print_header,
-                          print_table, target, tutorial_recv)
+from bench.common import (interleaved, loopback_pair, paired_ratio, print_header, print_table,
+                          target)
+from bench.plain_peers import DidNotFinish, plain_recv
 from common import protocol
 from common.model import build_xor_model
 from common.protocol import Connection, Message, Subject
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         raw, ours = statistics.median(times["raw"]), statistics.median(times["ours"])
         ratios[size_mb] = paired_ratio(times["raw"], times["ours"])
         try:
-            tutorial = _transfer(payload, lambda sock, _: tutorial_recv(sock, cap=args.cap))
+            tutorial = _transfer(payload, lambda sock, _: plain_recv(sock, cap=args.cap))
             tutorial_text = f"{len(payload) / tutorial / MB:.1f}"
         except DidNotFinish:
             tutorial = args.cap  # a lower bound: it needed longer than this

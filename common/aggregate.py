@@ -32,7 +32,7 @@ a choice of ``--aggregation``, of the window's spinner and (being round-based) o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -75,6 +75,11 @@ class Update:
     vector: np.ndarray
     num_samples: int = 1  # its client's sample count; 1 when the client sent none
     reached_target: bool = False  # it alone scored the target accuracy on the test data
+    client: str = ""  # who sent it, for a rule that remembers clients
+
+
+# The server's scoring of candidate models, stacked as rows: (reaches the target, loss) each.
+Scores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class Aggregation(ABC):
@@ -89,6 +94,17 @@ class Aggregation(ABC):
     def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         """The next global vector from the current one and a round's updates (one if
         ``per_update``); the inputs are left as they are."""
+
+    # Optional hooks, so not abstract: most rules need neither.
+    def bind(self, scores: Scores) -> None:  # noqa: B027
+        """Receive the server's scoring, for a rule that chooses among candidates."""
+
+    def forget(self, client: str) -> None:  # noqa: B027
+        """A client left: a rule that remembers clients drops it."""
+
+    def describe(self) -> str:
+        """What the last ``aggregate`` chose, for the log ("" when there is nothing to say)."""
+        return ""
 
 
 AGGREGATIONS: dict[str, type[Aggregation]] = {}  # every rule a server can run, by name
@@ -126,6 +142,64 @@ class RunningAverage(Aggregation):
         if update.reached_target:
             return update.vector
         return model_averaging(global_vector, update.vector)
+
+
+# How far toward an update running-best steps besides all the way; 1/2 is the tutorial's.
+RUNNING_STEPS = (0.125, 0.25, 0.5)
+
+
+def running_candidates(global_vector: np.ndarray, update_vector: np.ndarray,
+                       latest_updates: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """The models running-best scores for one update, by name: ``update`` itself, ``step S``
+    for the tutorial's running average moved a share S toward it, and ``clients' mean``, the
+    mean of every client's latest update (FedAvg without waiting for a round)."""
+    candidates = {"update": update_vector}
+    for step in RUNNING_STEPS:
+        candidates[f"step {step:g}"] = model_averaging(global_vector, update_vector, step)
+    candidates["clients' mean"] = fedavg(latest_updates)
+    return candidates
+
+
+@register
+class RunningBest(Aggregation):
+    """Each update as it comes, keeping of ``running_candidates`` and the current model the
+    one the server scores best on its test data: one that reaches the target (the lowest
+    loss among such), else the lowest loss, the current model on a tie. An update that would
+    make the model worse leaves it as it was, so clients that overfit their own share (the
+    tutorial's GA on half of XOR) cannot drag it back and forth. Remembers each connected
+    client's latest update."""
+
+    name = "running-best"
+    per_update = True
+
+    def __init__(self) -> None:
+        self.latest: dict[str, np.ndarray] = {}
+        self._scores: Scores | None = None
+        self._chosen = ""
+
+    def bind(self, scores):
+        self._scores = scores
+
+    def forget(self, client):
+        self.latest.pop(client, None)
+
+    def describe(self):
+        return f"took={self._chosen}"
+
+    def aggregate(self, global_vector, updates):
+        if self._scores is None:
+            raise RuntimeError("running-best chooses by the server's scores: bind() them first")
+        (update,) = updates
+        self.latest[update.client] = update.vector
+        candidates = {"current model": global_vector, **running_candidates(
+            global_vector, update.vector, list(self.latest.values()))}
+        vectors = np.stack(list(candidates.values())).astype(np.float32)
+        reached, losses = self._scores(vectors)
+        # Reaching the target first, then the lowest loss; a stable sort keeps the current
+        # model on a tie, so only a strictly better candidate replaces it.
+        best = int(np.lexsort((losses, ~reached))[0])
+        self._chosen = list(candidates)[best]
+        return vectors[best].copy()
 
 
 @register

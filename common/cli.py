@@ -108,8 +108,10 @@ def server_parser() -> argparse.ArgumentParser:
                         "(default: linger)")
     parser.add_argument("--aggregation", default=defaults.aggregation,
                         choices=list(AGGREGATIONS),
-                        help="running-average: the tutorial's, each update averaged in as it "
-                        "comes; the others close a round per --min-clients updates "
+                        help="running-best: each update as it comes, keeping whichever of "
+                        "steps toward it, the clients' mean and the current model scores best "
+                        "on the test data; running-average: the tutorial's, each update "
+                        "averaged in; the others close a round per --min-clients updates "
                         "(default: %(default)s)")
     parser.add_argument("--min-clients", type=positive(int), default=defaults.min_clients,
                         metavar="N", help="round-based: close a round once N updates arrived "

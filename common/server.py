@@ -27,7 +27,7 @@ from common.data import Dataset
 from common.errors import BindError
 from common.events import Event, EventKind
 from common.ga import GAConfig, loss
-from common.model import Network
+from common.model import Network, accuracy as model_accuracy
 from common.operators import spread_population
 from common.protocol import Connection, Message, ProtocolError, Subject
 
@@ -61,7 +61,7 @@ class ServerConfig:
     # Headless: exit as soon as this many clients were answered ``done``, without lingering
     # (the demo knows it runs exactly two). None: linger.
     expected_clients: int | None = None
-    aggregation: str = "running-average"  # the tutorial's; any name in common.aggregate
+    aggregation: str = "running-best"  # any name in common.aggregate; the tutorial's: running-average
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     secret: bytes | None = field(default=None, repr=False)  # see common.security
@@ -183,11 +183,12 @@ class GlobalModel:
                  seed: int | None = None, on_event: EventCallback | None = None,
                  checkpoint_path: str | None = None, resume: bool = False,
                  ga: GAConfig | None = None,
-                 aggregation: str | Aggregation = "running-average",
+                 aggregation: str | Aggregation = "running-best",
                  min_clients: int = 2, round_timeout: float = 5.0,
                  patience: int = 0):
         self.aggregation = (aggregation_named(aggregation) if isinstance(aggregation, str)
                             else aggregation)
+        self.aggregation.bind(self._score_candidates)
         self.min_clients, self.round_timeout = min_clients, round_timeout
         self._pending: list[_Entry] = []  # this round's updates so far
         self._round_id = 0
@@ -259,6 +260,18 @@ class GlobalModel:
         data = self.test_data
         return float(loss(self.forward(vector[None, :], data.inputs), data.outputs)[0])
 
+    def _score_candidates(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(reaches the target, loss) of each row of ``vectors``, in one batched pass."""
+        data = self.test_data
+        probabilities = self.forward(vectors, data.inputs)
+        return (model_accuracy(probabilities, data.outputs) >= self.target_accuracy,
+                loss(probabilities, data.outputs))
+
+    def forget(self, client: str) -> None:
+        """A client left: the rule no longer counts its last update (running-best's mean)."""
+        with self._lock:
+            self.aggregation.forget(client)
+
     def save_model(self, path: str) -> None:
         """Save the best global model as a ``.keras`` file."""
         with self._lock:  # a Keras-built forward pass shares its model with evaluation
@@ -313,7 +326,7 @@ class GlobalModel:
                                  accuracy=update_accuracy, samples=num_samples,
                                  detail="" if key is None else key[0]))
                 entry = _Entry(Update(update, num_samples or 1,
-                                      update_accuracy >= self.target_accuracy),
+                                      update_accuracy >= self.target_accuracy, client),
                                key, client, update_accuracy)
                 if self.aggregation.per_update:
                     self._aggregate([entry])
@@ -396,9 +409,10 @@ class GlobalModel:
         accuracy = self._evaluate(vector)
         if rule.per_update:
             (entry,) = entries
+            detail = "update_accuracy=%.4f accuracy=%.4f update=%s" % (
+                entry.accuracy, accuracy, _update_name(entry.key))
             self._commit(vector, accuracy, [entry.key], entry.client,
-                         "update_accuracy=%.4f accuracy=%.4f update=%s"
-                         % (entry.accuracy, accuracy, _update_name(entry.key)))
+                         f"{detail} {rule.describe()}".rstrip())
             return
         clients = [e.client for e in entries]
         names = "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
@@ -524,6 +538,7 @@ class SocketThread(threading.Thread):
         finally:
             self.connection.close()
             self.closed = True
+            self.global_model.forget(self.peer)
             self._on_event(Event(EventKind.DISCONNECTED, peer=self.peer, detail=reason))
             self._on_change()
 

@@ -7,7 +7,7 @@ import pytest
 
 from common import aggregate
 from common.aggregate import (AGGREGATIONS, FedAvg, RunningAverage, Update, fedavg, median,
-                              model_averaging, round_based, trimmed_mean)
+                              model_averaging, round_based, running_candidates, trimmed_mean)
 from common.data import XOR_TEST_DATA
 from common.model import ForwardPass, build_xor_model
 
@@ -54,7 +54,8 @@ def _solving_model():
 
 
 def test_the_registry_holds_the_rules_by_name_the_tutorials_first():
-    assert list(AGGREGATIONS) == ["running-average", "fedavg", "median", "trimmed-mean"]
+    assert list(AGGREGATIONS) == ["running-average", "running-best", "fedavg", "median",
+                                  "trimmed-mean"]
     assert round_based() == ["fedavg", "median", "trimmed-mean"]  # what Flower can run
 
 
@@ -93,3 +94,15 @@ def test_a_new_rule_is_one_class_found_by_name_everywhere():
         assert model.round == 2
     finally:
         del AGGREGATIONS["fedavgm"]
+
+
+def test_running_candidates_are_steps_toward_the_update_and_the_clients_mean():
+    current, update = np.array([0.0, 8.0]), np.array([8.0, 0.0])
+    latest = [update, np.array([0.0, 0.0]), np.array([4.0, 4.0])]
+    candidates = running_candidates(current, update, latest)
+    assert list(candidates) == ["update", "step 0.125", "step 0.25", "step 0.5", "clients' mean"]
+    np.testing.assert_array_equal(candidates["update"], update)
+    np.testing.assert_array_equal(candidates["step 0.125"], [1.0, 7.0])
+    np.testing.assert_array_equal(candidates["step 0.5"], model_averaging(current, update))
+    np.testing.assert_allclose(candidates["clients' mean"], [4.0, 4 / 3])
+    np.testing.assert_array_equal(current, [0.0, 8.0])  # pure

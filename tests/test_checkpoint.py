@@ -98,7 +98,7 @@ def test_a_file_that_is_not_our_checkpoint_is_refused(tmp_path, name):
 
 
 def _global_model(path, resume=False, target_accuracy=2.0):
-    # An unreachable target by default: every update is averaged in and training goes on.
+    # An unreachable target by default: every update counts and training goes on.
     return GlobalModel(xor_network(1), XOR_TEST_DATA, checkpoint_path=str(path),
                        resume=resume, target_accuracy=target_accuracy, seed=1)
 

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 
+from bench.plain_peers import plain_recv, plain_server
 from common import protocol
 from common.client import ConnectError, connect
 from common.data import XOR_TEST_DATA
@@ -15,7 +16,6 @@ from common.model import xor_network
 from common.protocol import Message, Subject
 from common.server import GlobalModel
 from tests.conftest import WAIT, client_error_against
-from tests.plain_peers import plain_recv, plain_server
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
+from bench.plain_peers import plain_recv, plain_send
 from common.model import build_xor_model
 from common.modelspec import ModelRefused, count_params, dense_chain
 from tests.conftest import client_error_against
-from tests.plain_peers import plain_recv, plain_send
 
 
 def _dense_chain(widths, sequential):

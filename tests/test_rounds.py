@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
+from bench.plain_peers import plain_recv, plain_send
 from common.data import XOR_TEST_DATA
 from tests.conftest import WAIT, raw_connection
-from tests.plain_peers import plain_recv, plain_send
 
 
 def test_fedavg_rounds_train_two_clients_to_done(server_factory, client_factory, caplog):

@@ -38,8 +38,8 @@ def _client(address, index: int, start: threading.Barrier, results: queue.Queue)
         results.put(exc)
 
 
-def test_concurrent_updates_are_each_counted_once_in_a_replayable_order(server):
-    listener, events = server
+def test_concurrent_updates_are_each_counted_once_in_a_replayable_order(server_factory):
+    listener, events = server_factory(aggregation="running-average")  # replayed below
     gm = listener.global_model
     gm.target_accuracy = 2.0  # never reached: every update is averaged in, none ends training
     initial = gm.vector.copy()

@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
+from bench.plain_peers import plain_recv, plain_send
 from common import protocol, security
 from common.data import XOR_TEST_DATA
 from tests.conftest import raw_connection
-from tests.plain_peers import plain_recv, plain_send
 
 SECRET = b"correct horse battery staple"
 ECHO = protocol.encode(protocol.Message(protocol.Subject.ECHO,

@@ -14,13 +14,13 @@ import threading
 import numpy as np
 import pytest
 
+from bench.plain_peers import plain_client, plain_recv, plain_send
 from common import protocol
 from common.data import XOR_TEST_DATA
 from common.model import xor_network
 from common.operators import step_scales
 from common.server import GlobalModel, ListenThread, ServerConfig
 from tests.conftest import WAIT, raw_connection
-from tests.plain_peers import plain_client, plain_recv, plain_send
 
 
 def _assert_all_stopped(server):
@@ -45,8 +45,8 @@ def test_federated_run_reaches_accuracy_one(server, client_factory):
     _assert_all_stopped(listener)
 
 
-def test_rounds_build_on_the_global_model(server):
-    listener, _ = server
+def test_rounds_build_on_the_global_model(server_factory):
+    listener, _ = server_factory(aggregation="running-average")  # always moves the model
     gm = listener.global_model
     first = gm.reply_to_echo().data["population_weights"]
     np.testing.assert_array_equal(first[0], gm.vector)

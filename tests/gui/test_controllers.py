@@ -553,7 +553,7 @@ def test_the_aggregation_choices_are_the_one_list_the_flag_reads(make_server):
     spinner = {f.name: f for f in make_server().setup_fields()}["aggregation"]
     flag = next(a for a in server_parser()._actions if a.dest == "aggregation")
     assert spinner.choices == tuple(flag.choices) == tuple(AGGREGATIONS)
-    assert spinner.text == "running-average"
+    assert spinner.text == "running-best"
 
 
 def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_server):
