@@ -20,6 +20,9 @@ fitness passes. Paths: before (``pygad.GA`` with its default operators, as ``tra
 it), ``train`` with ``--operators tutorial`` and with the default scaled operators, and
 PyGAD's floor (an unmodified ``pygad.GA`` with do-nothing operators and a zero-cost
 fitness). The target: a generation costs at most GENERATION_TARGET times the fitness pass.
+Both sides run with the BLAS threads a client trains with (``common.ga.one_blas_thread``:
+one, unless ``OPENBLAS_NUM_THREADS`` says otherwise), after the per-solution table, which
+keeps the library's default.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import pygad.kerasga
 from bench.common import (interleaved, keras_loss, paired_ratio, print_header, print_table,
                           seconds, target, tutorial_fitness)
 from common.data import XOR_TEST_DATA, Dataset
-from common.ga import GAConfig, fitness, train
+from common.ga import GAConfig, fitness, one_blas_thread, train
 from common.model import ForwardPass, build_xor_model, weights_to_vector
 from common.operators import TUTORIAL, spread_population
 
@@ -223,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def generation_table(args: argparse.Namespace) -> bool:
-    print("\none GA generation beside the batched fitness pass (median of interleaved turns)",
-          flush=True)
+    one_blas_thread()  # as a client trains (common.training), for both sides of the ratio
+    print("\none GA generation beside the batched fitness pass (median of interleaved turns; "
+          "BLAS threads as a client sets them)", flush=True)
     results = {
         "digits 64-32-10": generation_costs("digits 64-32-10", ten_class_model(64, 32),
                                             ten_class_data(450, 64, True), args.repeats,

@@ -16,11 +16,13 @@ held-out accuracy instead of 0.962.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pygad
+from threadpoolctl import threadpool_limits
 
 from common.data import Dataset
 from common.model import ForwardPass, is_multiclass
@@ -48,6 +50,20 @@ class GAConfig:
 
 # Defaults for any model but the tutorial's XOR; see the module's docstring.
 REAL_DATA = GAConfig(stop_fitness=0, step_patience=3)
+
+
+def one_blas_thread() -> None:
+    """Let this process's BLAS (the fitness pass's matrix products) use one thread, unless the
+    user chose a number (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``).
+
+    Why (``bench.fitness``, docs/performance.md): a client shares its machine with the server,
+    other clients and whatever else runs there, and OpenBLAS's threads then wait for each other:
+    a 784-128-10 generation took 22-35 ms with two threads at load 2-3, 6 ms with one. On an
+    idle machine two threads make the fitness pass ~1.4x faster, and a generation no faster
+    than that.
+    """
+    if not {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"} & os.environ.keys():
+        threadpool_limits(1, user_api="blas")
 
 
 @dataclass(frozen=True)

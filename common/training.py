@@ -14,7 +14,7 @@ import numpy as np
 
 from common.data import Dataset, fit_to_model
 from common.errors import SchemaError
-from common.ga import GAConfig, TrainingResult, train
+from common.ga import GAConfig, TrainingResult, one_blas_thread, train
 from common.model import ForwardPass
 from common.protocol.messages import check_ga_settings, check_population
 
@@ -35,6 +35,7 @@ class LocalTrainer:
         # (which genes mutate, by how much) round after round, a bias that averaging piles up.
         self._round_seeds = None if seed is None else np.random.default_rng(seed)
         self.max_params = max_params
+        one_blas_thread()
         self._forward_passes: dict[str, ForwardPass] = {}  # by model_json: build each once
 
     def forward_for(self, model_json: str) -> ForwardPass:

@@ -57,6 +57,14 @@ def test_mutation_moves_the_configured_share_of_genes_and_leaves_the_rest_bit_id
     assert len({tuple(np.flatnonzero(row)) for row in moved}) == 9  # each draws its own genes
 
 
+def test_every_gene_is_as_likely_to_move():
+    offspring = np.tile(weights(np.random.default_rng(0)), (2000, 1))
+    moved = (offspring != mutate(offspring, percent=5)).mean(axis=0)  # each gene's share
+    # Binomial(2000, 0.05) per gene: sd 0.0049; a gene never (or always) drawn would be 10 sd out
+    assert np.all(np.abs(moved - 0.05) < 0.025)
+    assert all(abs(layer.mean() - 0.05) < 0.005 for layer in layers(moved))
+
+
 def test_step_scale_follows_each_layer_with_a_floor_from_its_fan_in():
     vector = weights(np.random.default_rng(1))
     offspring = np.tile(vector, (200, 1))
