@@ -20,9 +20,8 @@ fitness passes. Paths: before (``pygad.GA`` with its default operators, as ``tra
 it), ``train`` with ``--operators tutorial`` and with the default scaled operators, and
 PyGAD's floor (an unmodified ``pygad.GA`` with do-nothing operators and a zero-cost
 fitness). The target: a generation costs at most GENERATION_TARGET times the fitness pass.
-Both sides run with the BLAS threads a client trains with (``common.ga.one_blas_thread``:
-one, unless ``OPENBLAS_NUM_THREADS`` says otherwise), after the per-solution table, which
-keeps the library's default.
+NumPy's BLAS runs with the threads a client trains with (``common.ga.one_blas_thread``: one,
+unless ``OPENBLAS_NUM_THREADS`` says otherwise); Keras keeps TensorFlow's own.
 """
 from __future__ import annotations
 
@@ -191,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, default=20,
                         help="generations per timed GA run (default: %(default)s)")
     args = parser.parse_args(argv)
+    one_blas_thread()  # the batched path runs as in a client (common.training)
     print_header("bench.fitness: seconds per solution's fitness (median of interleaved turns)")
 
     results, differences = {}, {}
@@ -226,9 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def generation_table(args: argparse.Namespace) -> bool:
-    one_blas_thread()  # as a client trains (common.training), for both sides of the ratio
-    print("\none GA generation beside the batched fitness pass (median of interleaved turns; "
-          "BLAS threads as a client sets them)", flush=True)
+    print("\none GA generation beside the batched fitness pass (median of interleaved turns)",
+          flush=True)
     results = {
         "digits 64-32-10": generation_costs("digits 64-32-10", ten_class_model(64, 32),
                                             ten_class_data(450, 64, True), args.repeats,

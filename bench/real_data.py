@@ -16,8 +16,9 @@ it, and the server never sees it. Rows, on the same split and network (Dense(16,
   20 epochs, min_delta 0.001, best weights restored);
 - fedga as a user runs it: ``server.py --headless`` and 3 ``client.py --headless --data``
   processes over loopback, the GA's default settings, with the tutorial's operators
-  (before) and the new ones, ``--aggregation fedavg --min-clients 3`` or the tutorial's
-  running average (there a round is one client's update, so its round limits are 3x);
+  (before) and the new ones, ``--aggregation fedavg --min-clients 3``, the tutorial's
+  running average or running-best (for those two a round is one client's update, so their
+  round limits are 3x);
 - the same GA on Flower's simulation (``python -m common.flower simulate --nodes 3``);
 - Flower's FedAvg with Keras ``fit`` on each node (``bench.flower_keras``), settings in the
   row's name.
@@ -66,6 +67,7 @@ import numpy as np
 
 from bench.common import print_header, print_table, seconds, target
 from bench.flower import PeakMemory
+from common.aggregate import AGGREGATIONS
 from common.data import Dataset, load_dataset
 from common.ports import free_port
 
@@ -104,13 +106,18 @@ class Setup:
     operators: str = "scaled"
 
     @property
+    def _updates_per_round(self) -> int:
+        """A per-update rule's round is one client's update: its limits are CLIENTS x."""
+        return CLIENTS if AGGREGATIONS[self.aggregation].per_update else 1
+
+    @property
     def max_rounds(self) -> int:
         cap = TUTORIAL_MAX_ROUNDS if self.operators == "tutorial" else MAX_ROUNDS
-        return cap * (CLIENTS if self.aggregation == "running-average" else 1)
+        return cap * self._updates_per_round
 
     @property
     def patience(self) -> int:
-        return PATIENCE * (CLIENTS if self.aggregation == "running-average" else 1)
+        return PATIENCE * self._updates_per_round
 
 
 KERAS_NAME = ("Flower FedAvg, Keras fit (Adam {learning-rate}, {epochs} epoch, batch "
@@ -122,6 +129,8 @@ SETUPS = (
     Setup("fedavg", "fedga, new operators, fedavg", "fedga"),
     Setup("running", "fedga, new operators, running-average (round: update)", "fedga",
           aggregation="running-average"),
+    Setup("running-best", "fedga, new operators, running-best (round: update)", "fedga",
+          aggregation="running-best"),
     Setup("fedavg-iid", "fedga, new operators, fedavg, IID", "fedga", split="iid"),
     Setup("flower-ga", "fedga's GA on Flower simulation, new operators, fedavg",
           "fedga-flower"),
