@@ -37,6 +37,7 @@ its own server resends its initial population, so it never reaches 1.0 at all.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import threading
@@ -58,6 +59,12 @@ from common.server import ListenThread, ServerConfig
 
 RUN_TIMEOUT = 60  # seconds: a run that takes this long has failed its target many times over
 PLAIN_MAX_ROUNDS = 100
+# Measured over many seeds (docs/performance.md), these rows have a tail that 20 runs cannot
+# rule out: fedavg takes over 30 rounds in 5-10% of runs (57/60 threaded, 361/400 simulated;
+# its cause is FedAvg's, the two halves' corrections cancelling), the plain pair with
+# running-best over 100 in ~2% (59/60, 196/200). A target of every run would then pass by
+# luck (fedavg about 1 bench run in 8); these shares of the runs may miss.
+FEDAVG_TAIL, PLAIN_TAIL = 0.10, 0.05
 ONE_SAMPLE_MAX_ROUNDS = 300  # bounds the bench's time: these rows take ~10 ms a round
 ONE_SAMPLE_DATA = {f"sample{i + 1}": Dataset(XOR_TEST_DATA.inputs[i:i + 1],
                                              XOR_TEST_DATA.outputs[i:i + 1]) for i in range(4)}
@@ -247,14 +254,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"{median_time:.2f} s", "< 1 s", median_time < 1)
     met &= target("built-in, running-best: slowest run", f"{max(default_times):.2f} s", "< 10 s",
                   max(default_times) < 10)
+    tutorial_done, _, tutorial_times, _ = stats[ROWS[1].name]
+    met &= target("built-in, running-average (the tutorial's rule): runs reaching accuracy 1.0",
+                  f"{tutorial_done}/{runs}", f"{runs}/{runs}", tutorial_done == runs)
+    met &= target("built-in, running-average: median seconds connect to done",
+                  f"{statistics.median(tutorial_times):.2f} s", "< 1 s",
+                  statistics.median(tutorial_times) < 1)
     plain_done, plain_rounds, _, _ = stats["plain, running-best"]
+    wanted = runs - math.floor(runs * PLAIN_TAIL)
     met &= target(f"plain (tutorial's GA), running-best: runs done within {PLAIN_MAX_ROUNDS} "
                   "rounds", f"{plain_done}/{runs}, slowest {max(plain_rounds)} rounds",
-                  f"{runs}/{runs}", plain_done == runs)
+                  f">= {wanted}/{runs}", plain_done >= wanted)
     fedavg_rounds = stats["built-in, fedavg"][1]
     within = sum(ok and n <= 30 for ok, n, _ in results["built-in, fedavg"])
+    wanted = runs - math.floor(runs * FEDAVG_TAIL)
     met &= target("built-in, fedavg: runs done within 30 rounds", f"{within}/{runs}",
-                  f"{runs}/{runs}", within == runs)
+                  f">= {wanted}/{runs}", within >= wanted)
     met &= target("built-in, fedavg: median rounds", f"{statistics.median(fedavg_rounds):g}",
                   "<= 8", statistics.median(fedavg_rounds) <= 8)
     for rule in ("median", "trimmed-mean"):
