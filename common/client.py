@@ -16,13 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from common import protocol, security
 from common.data import Dataset
 from common.errors import ConnectError, ModelRefused, UserError
 from common.events import Event, EventKind
 from common.ga import GAConfig
 from common.modelspec import DEFAULT_MAX_PARAMS
-from common.protocol import Connection, Message, ProtocolError, Subject
+from common.protocol import Connection, Message, ProtocolError
+from common.protocol.messages import (ClientUpdate, Done, ModelRequest, ServerReply, echo,
+                                      server_reply)
 from common.training import LocalTrainer
 
 log = logging.getLogger(__name__)
@@ -161,19 +165,16 @@ class RecvThread(threading.Thread):
         self._stop_requested.set()
         self.connection.close()
 
-    def _request(self, subject: Subject, best_vector) -> Message:
-        data = {
-            "best_model_weights_vector": best_vector,
-            "client_id": self.client_id,
-            "protocol_version": protocol.PROTOCOL_VERSION,
-        }
-        if subject is Subject.MODEL:
-            self._sequence += 1
-            data["sequence"] = self._sequence
-            data["num_samples"] = len(self.trainer.data)  # fedavg weighs updates by it
-        return self._exchange(Message(subject, data))
+    def _request(self, best_vector: np.ndarray | None) -> ServerReply:
+        """The tutorial's echo first (no weights yet), then each round's best weights."""
+        if best_vector is None:
+            return self._exchange(echo(self.client_id))
+        self._sequence += 1
+        update = ClientUpdate(best_vector, len(self.trainer.data),  # fedavg weighs by it
+                              (self.client_id, self._sequence))
+        return self._exchange(update.to_message())
 
-    def _exchange(self, message: Message) -> Message:
+    def _exchange(self, message: Message) -> ServerReply:
         """Send ``message`` and return the reply, resending it after each reconnection."""
         while True:
             try:
@@ -187,7 +188,7 @@ class RecvThread(threading.Thread):
                 continue
             if self._reconnect is not None:
                 self._reconnect.reset()
-            return reply
+            return server_reply(reply)
 
     def _reopen(self) -> None:
         self.connection.close()
@@ -200,16 +201,15 @@ class RecvThread(threading.Thread):
             self.connection.close()
         self._on_event(Event(EventKind.CONNECTED, peer=self.connection.peer))
 
-    def _train(self, message: Message):
-        data = message.data
-        server_round = data.get("round", 0)
-        self._on_event(Event(EventKind.MODEL, round=server_round, accuracy=data.get("accuracy")))
+    def _train(self, request: ModelRequest) -> np.ndarray:
+        server_round = request.round or 0
+        self._on_event(Event(EventKind.MODEL, round=server_round, accuracy=request.accuracy))
 
         def on_generation(generation: int, best_fitness: float) -> None:
             self._on_event(Event(EventKind.GENERATION, round=server_round, generation=generation,
                                  fitness=best_fitness))
 
-        result = self.trainer.train(data, on_generation=on_generation,
+        result = self.trainer.train(request, on_generation=on_generation,
                                     should_stop=self._stop_requested.is_set)
         log.info("%s trained round %s: best fitness %.4g", self.config.name, server_round,
                  result.best_fitness)
@@ -219,11 +219,11 @@ class RecvThread(threading.Thread):
     def run(self) -> None:
         self._on_event(Event(EventKind.CONNECTED, peer=self.connection.peer))
         try:
-            subject, best_vector = Subject.ECHO, None
+            best_vector = None
             while True:
-                reply = self._request(subject, best_vector)
-                if reply.subject is Subject.DONE:
-                    self.final_accuracy = reply.data.get("accuracy")
+                reply = self._request(best_vector)
+                if isinstance(reply, Done):
+                    self.final_accuracy = reply.accuracy
                     self.outcome = "done"
                     log.info("%s: server says done (accuracy=%s)", self.config.name,
                              self.final_accuracy)
@@ -232,7 +232,6 @@ class RecvThread(threading.Thread):
                 best_vector = self._train(reply)
                 if self._stop_requested.is_set():
                     break
-                subject = Subject.MODEL
         except (ProtocolError, UserError) as exc:
             if not self._stop_requested.is_set():
                 self.outcome, self.error = "error", _plain_reason(exc)

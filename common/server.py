@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -30,6 +30,7 @@ from common.ga import GAConfig, loss
 from common.model import Network, accuracy as model_accuracy
 from common.operators import spread_population
 from common.protocol import Connection, Message, ProtocolError, Subject
+from common.protocol.messages import ClientUpdate, Done, ModelRequest, ServerReply
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,14 @@ def create_listening_socket(host: str, port: int) -> socket.socket:
 class _Entry(NamedTuple):
     """An update waiting for its round to close."""
 
-    update: Update
-    key: tuple[str, int] | None  # (client_id, sequence), if its client sent one
+    update: ClientUpdate
     client: str
-    accuracy: float | None  # its own, scored as it arrived (None: not scored, from Flower)
+    accuracy: float | None = None  # its own, scored as it arrived (None: not scored, from Flower)
+    reached_target: bool = False  # that score reached the target accuracy
+
+    def for_rule(self) -> Update:
+        return Update(self.update.best_model_weights_vector, self.update.num_samples or 1,
+                      self.reached_target, self.client)
 
 
 def _update_name(key: tuple[str, int] | None) -> str:
@@ -280,39 +285,31 @@ class GlobalModel:
                      "round %d, scored accuracy=%.4f", self.best.round, self.best.accuracy,
                      path, self.round, self.accuracy)
 
-    def _reply(self) -> Message:
+    def _reply(self) -> ServerReply:
         """Call with the lock held: ``done`` once finished, else a population around the
         current global weights with the global model itself as its first member."""
         if self.finished.is_set():
-            return Message(Subject.DONE, {"round": self.round, "accuracy": self.accuracy})
+            return Done(self.round, self.accuracy)
         population = spread_population(self.vector, self.forward.shapes, self.num_solutions,
                                        self._rng, self.ga_settings["operators"],
                                        self.ga_settings["mutation_step"])
-        return Message(Subject.MODEL, {
-            "population_weights": population,
-            "model_json": self.model_json,
-            "num_solutions": self.num_solutions,
-            "round": self.round,
-            "accuracy": self.accuracy,
-            **self.ga_settings,
-        })
+        return ModelRequest(self.model_json, population, dict(self.ga_settings), self.round,
+                            self.accuracy)
 
-    def reply_to_echo(self) -> Message:
+    def reply_to_echo(self) -> ServerReply:
         with self._lock:
             return self._reply()
 
-    def apply_update(self, update: np.ndarray, client: str,
-                     key: tuple[str, int] | None = None, num_samples: int | None = None
-                     ) -> Message:
+    def apply_update(self, update: ClientUpdate, client: str) -> ServerReply:
         """Fold one client's best weights into the global model; return the reply to send.
 
-        ``key`` is the update's (client_id, sequence) if the client sent one: an update at or
-        below that client's last applied sequence is a resend of one already counted.
-        ``num_samples`` is its sample count if the client sent one (fedavg counts 1 if not).
-        Each update is scored on the test data (a ``scored`` event) before it counts. With a
-        round-based aggregation the call waits until its round closes: ``min_clients``
-        updates arrived, or ``round_timeout`` passed since the round's first one.
+        An update whose ``key`` (client_id, sequence) is at or below that client's last
+        applied sequence is a resend of one already counted. Each update is scored on the
+        test data (a ``scored`` event) before it counts. With a round-based aggregation the
+        call waits until its round closes: ``min_clients`` updates arrived, or
+        ``round_timeout`` passed since the round's first one.
         """
+        key = update.key
         try:
             with self._lock:
                 if key is not None and key[1] <= self.sequences.get(key[0], -1):
@@ -321,18 +318,17 @@ class GlobalModel:
                     return self._reply()
                 if self.finished.is_set():
                     return self._reply()
-                update_accuracy = self._evaluate(update)
+                update_accuracy = self._evaluate(update.best_model_weights_vector)
                 self._emit(Event(EventKind.SCORED, peer=client, round=self.round + 1,
-                                 accuracy=update_accuracy, samples=num_samples,
+                                 accuracy=update_accuracy, samples=update.num_samples,
                                  detail="" if key is None else key[0]))
-                entry = _Entry(Update(update, num_samples or 1,
-                                      update_accuracy >= self.target_accuracy, client),
-                               key, client, update_accuracy)
+                entry = _Entry(update, client, update_accuracy,
+                               update_accuracy >= self.target_accuracy)
                 if self.aggregation.per_update:
                     self._aggregate([entry])
                     return self._reply()
                 round_id = self._round_id
-                if key is None or key not in [pending.key for pending in self._pending]:
+                if key is None or key not in [pending.update.key for pending in self._pending]:
                     self._pending.append(entry)
                 if len(self._pending) == 1:
                     self._round_deadline = time.monotonic() + self.round_timeout
@@ -348,16 +344,14 @@ class GlobalModel:
         finally:
             self._deliver_events()
 
-    def apply_round(self, pending: list[tuple[np.ndarray, int, tuple[str, int] | None, str]]
-                    ) -> Message:
-        """Aggregate a whole round gathered elsewhere, each update as (vector, num_samples,
-        key, client), as an engine that runs its own rounds (Flower) does; return the reply
-        for the next round."""
+    def apply_round(self, updates: Mapping[str, ClientUpdate]) -> ServerReply:
+        """Aggregate a whole round gathered elsewhere, each update by its client's name, as
+        an engine that runs its own rounds (Flower) does; return the reply for the next
+        round."""
         try:
             with self._lock:
                 if not self.finished.is_set():
-                    self._aggregate([_Entry(Update(vector, num_samples), key, client, None)
-                                     for vector, num_samples, key, client in pending])
+                    self._aggregate([_Entry(update, client) for client, update in updates.items()])
                 return self._reply()
         finally:
             self._deliver_events()
@@ -405,18 +399,18 @@ class GlobalModel:
     def _aggregate(self, entries: list[_Entry]) -> None:
         """Call with the lock held: one round's aggregation, committed as one round."""
         rule = self.aggregation
-        vector = rule.aggregate(self.vector, [e.update for e in entries]).astype(np.float32)
+        vector = rule.aggregate(self.vector, [e.for_rule() for e in entries]).astype(np.float32)
         accuracy = self._evaluate(vector)
         if rule.per_update:
             (entry,) = entries
             detail = "update_accuracy=%.4f accuracy=%.4f update=%s" % (
-                entry.accuracy, accuracy, _update_name(entry.key))
-            self._commit(vector, accuracy, [entry.key], entry.client,
+                entry.accuracy, accuracy, _update_name(entry.update.key))
+            self._commit(vector, accuracy, [entry.update.key], entry.client,
                          f"{detail} {rule.describe()}".rstrip())
             return
         clients = [e.client for e in entries]
         names = "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
-        self._commit(vector, accuracy, [e.key for e in entries], names,
+        self._commit(vector, accuracy, [e.update.key for e in entries], names,
                      "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries)))
 
     def _adapt_step(self, loss: float) -> None:
@@ -498,15 +492,11 @@ class SocketThread(threading.Thread):
         self._on_event = on_event or (lambda event: None)
         self._on_change = on_change or (lambda: None)  # answered_done or liveness changed
 
-    def reply(self, message: Message) -> Message:
+    def reply(self, message: Message) -> ServerReply:
         if message.subject is Subject.ECHO:
             return self.global_model.reply_to_echo()
-        update = protocol.check_weights_vector(
-            message.data["best_model_weights_vector"], self.global_model.num_params)
-        reported = "num_samples" in message.data  # tutorial peers send no count
-        return self.global_model.apply_update(
-            update, self.peer, protocol.update_key(message.data),
-            protocol.sample_count(message.data) if reported else None)
+        update = ClientUpdate.from_data(message.data, self.global_model.num_params)
+        return self.global_model.apply_update(update, self.peer)
 
     def run(self) -> None:
         self._on_event(Event(EventKind.CONNECTED, peer=self.peer))
@@ -519,7 +509,7 @@ class SocketThread(threading.Thread):
                 response = self.reply(message)
                 if response.subject is Subject.MODEL and self._stopping.wait(self.round_delay):
                     break
-                self.connection.send(response)
+                self.connection.send(response.to_message())
                 if response.subject is Subject.DONE:
                     self.answered_done = True
                     self._on_change()

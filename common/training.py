@@ -1,8 +1,7 @@
 """A client's training step, shared by the built-in client (``RecvThread``) and the Flower
 ClientApp: check the model a server describes, fit the local data to it once, run the GA.
 
-``request`` is the data of a server's ``model`` message: ``model_json``,
-``population_weights``, ``num_solutions`` and optional GA settings, whichever transport
+``request`` is a server's ``model`` message as a ``ModelRequest``, whichever transport
 carried it.
 """
 from __future__ import annotations
@@ -13,10 +12,9 @@ from collections.abc import Callable
 import numpy as np
 
 from common.data import Dataset, fit_to_model
-from common.errors import SchemaError
 from common.ga import GAConfig, TrainingResult, train
 from common.model import ForwardPass
-from common.protocol.messages import check_ga_settings, check_population
+from common.protocol.messages import ModelRequest
 
 
 class LocalTrainer:
@@ -38,8 +36,6 @@ class LocalTrainer:
         self._forward_passes: dict[str, ForwardPass] = {}  # by model_json: build each once
 
     def forward_for(self, model_json: str) -> ForwardPass:
-        if not isinstance(model_json, str):
-            raise SchemaError("model_json is not a string")
         if model_json not in self._forward_passes:
             forward = ForwardPass.from_json(model_json, self.max_params)  # checked first
             # The model is known only now: check the data against it before any training.
@@ -48,13 +44,12 @@ class LocalTrainer:
             self._forward_passes[model_json] = forward
         return self._forward_passes[model_json]
 
-    def train(self, request: dict, *, on_generation: Callable[[int, float], None] | None = None,
+    def train(self, request: ModelRequest, *,
+              on_generation: Callable[[int, float], None] | None = None,
               should_stop: Callable[[], bool] | None = None) -> TrainingResult:
-        forward = self.forward_for(request["model_json"])
-        population = check_population(
-            request["population_weights"], request["num_solutions"], forward.num_params)
-        settings = check_ga_settings(request, request["num_solutions"])
-        ga = dataclasses.replace(self.ga, **(settings | self.ga_overrides))
+        forward = self.forward_for(request.model_json)
+        request.check_columns(forward.num_params)
+        ga = dataclasses.replace(self.ga, **(dict(request.ga_settings) | self.ga_overrides))
         seed = None if self._round_seeds is None else int(self._round_seeds.integers(2**32))
-        return train(forward, population, self.data, ga, on_generation=on_generation,
+        return train(forward, request.population_weights, self.data, ga, on_generation=on_generation,
                      should_stop=should_stop, seed=seed)

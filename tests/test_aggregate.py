@@ -10,6 +10,7 @@ from common.aggregate import (AGGREGATIONS, FedAvg, RunningAverage, Update, feda
                               model_averaging, round_based, running_candidates, trimmed_mean)
 from common.data import XOR_TEST_DATA
 from common.model import ForwardPass, build_xor_model
+from common.protocol import ClientUpdate
 
 
 def test_model_averaging_is_the_mean_and_pure():
@@ -88,8 +89,8 @@ def test_a_new_rule_is_one_class_found_by_name_everywhere():
         model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavgm",
                             min_clients=1, target_accuracy=2.0)
         start = model.vector.copy()
-        model.apply_update(start + 1, "a")  # a step of 1: velocity 1
-        model.apply_update(model.vector + 1, "a")  # another: velocity 0.9 * 1 + 1
+        model.apply_update(ClientUpdate(start + 1), "a")  # a step of 1: velocity 1
+        model.apply_update(ClientUpdate(model.vector + 1), "a")  # another: velocity 0.9 * 1 + 1
         np.testing.assert_allclose(model.vector, start + 1 + 1.9, rtol=1e-6)
         assert model.round == 2
     finally:

@@ -12,6 +12,7 @@ from common import checkpoint
 from common.data import XOR_TEST_DATA
 from common.model import weights_to_vector, xor_network
 from common.ports import free_port
+from common.protocol import ClientUpdate
 from common.score import main as score_main
 from common.server import GlobalModel
 from tests.test_cli import Script
@@ -34,11 +35,11 @@ def test_the_best_model_not_the_last_is_kept_checkpointed_and_saved(tmp_path):
     model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", patience=2,
                         target_accuracy=1.5, checkpoint_path=str(path))  # target out of reach
     good, weaker = _xor_solution(), _xor_solution(0.3)
-    model.apply_round([(good, 1, None, "a")])
+    model.apply_round({"a": ClientUpdate(good)})
     assert (model.best.round, model.best.accuracy) == (1, 1.0)
-    model.apply_round([(weaker, 1, None, "a")])  # as accurate, higher loss: not better
+    model.apply_round({"a": ClientUpdate(weaker)})  # as accurate, higher loss: not better
     assert model.accuracy == 1.0 and model.best.round == 1 and not model.finished.is_set()
-    model.apply_round([(np.zeros_like(good), 1, None, "a")])  # two rounds without a better one
+    model.apply_round({"a": ClientUpdate(np.zeros_like(good))})  # 2 rounds without a better one
     assert model.finished.is_set() and model.outcome == "patience" and model.round == 3
     assert model.reply_to_echo().subject.value == "done"
 
@@ -97,10 +98,10 @@ def test_stop_answers_a_waiting_round_done_and_keeps_the_best():
 
     model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", min_clients=2,
                         round_timeout=60, target_accuracy=1.5, on_event=record)
-    model.apply_round([(_xor_solution(), 1, None, "a")])
+    model.apply_round({"a": ClientUpdate(_xor_solution())})
     replies = []
     waiting = threading.Thread(target=lambda: replies.append(
-        model.apply_update(_xor_solution(0.3), "b", ("b-1", 1), num_samples=3)))
+        model.apply_update(ClientUpdate(_xor_solution(0.3), 3, ("b-1", 1)), "b")))
     waiting.start()
     assert arrived.wait(10)  # the update is scored as it arrives, before its round closes
     scored = next(e for e in events if e.kind == "scored")

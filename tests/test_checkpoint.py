@@ -13,6 +13,7 @@ from common import checkpoint, protocol
 from common.checkpoint import Checkpoint, CheckpointError
 from common.data import XOR_TEST_DATA
 from common.model import xor_network
+from common.protocol import ClientUpdate
 from common.server import GlobalModel
 
 NUM_PARAMS = 22  # the XOR model: 2x4 + 4 + 4x2 + 2
@@ -104,14 +105,14 @@ def _global_model(path, resume=False, target_accuracy=2.0):
 
 
 def _update(gm, index=1):
-    return gm.reply_to_echo().data["population_weights"][index].copy()
+    return gm.reply_to_echo().population_weights[index].copy()
 
 
 def test_every_accepted_update_is_saved_and_resume_continues_from_it(tmp_path):
     path = tmp_path / "state.npz"
     gm = _global_model(path)
-    gm.apply_update(_update(gm), "peer", ("client1-ab", 1))
-    gm.apply_update(_update(gm), "peer", None)  # a plain-pickle peer: counted, not recorded
+    gm.apply_update(ClientUpdate(_update(gm), key=("client1-ab", 1)), "peer")
+    gm.apply_update(ClientUpdate(_update(gm)), "peer")  # plain-pickle: counted, not recorded
     saved = checkpoint.load(path, gm.num_params)
     np.testing.assert_array_equal(saved.vector, gm.vector)
     assert (saved.round, saved.accuracy, saved.sequences) == (2, gm.accuracy, {"client1-ab": 1})
@@ -119,7 +120,7 @@ def test_every_accepted_update_is_saved_and_resume_continues_from_it(tmp_path):
     resumed = _global_model(path, resume=True)
     np.testing.assert_array_equal(resumed.vector, gm.vector)
     assert (resumed.round, resumed.accuracy) == (2, gm.accuracy)
-    resumed.apply_update(_update(resumed), "peer", ("client2-cd", 1))
+    resumed.apply_update(ClientUpdate(_update(resumed), key=("client2-cd", 1)), "peer")
     assert resumed.round == 3
     assert checkpoint.load(path, gm.num_params).sequences == {"client1-ab": 1, "client2-cd": 1}
 
@@ -128,27 +129,27 @@ def test_an_update_resent_after_a_restart_is_not_counted_twice(tmp_path, caplog)
     path = tmp_path / "state.npz"
     gm = _global_model(path)
     update = _update(gm)
-    gm.apply_update(update, "peer", ("client1-ab", 1))
+    gm.apply_update(ClientUpdate(update, key=("client1-ab", 1)), "peer")
     # The server dies before its reply left; the restarted one gets the same update again.
     resumed = _global_model(path, resume=True)
     before = resumed.vector.copy()
-    reply = resumed.apply_update(update, "peer", ("client1-ab", 1))
+    reply = resumed.apply_update(ClientUpdate(update, key=("client1-ab", 1)), "peer")
     assert reply.subject is protocol.Subject.MODEL  # answered as usual
     assert resumed.round == 1
     np.testing.assert_array_equal(resumed.vector, before)
     assert "resent update=client1-ab#1, already counted: not counted again" in caplog.text
     # Older ones too; a newer one, another client's, and unsequenced ones all count.
-    resumed.apply_update(update, "peer", ("client1-ab", 0))
+    resumed.apply_update(ClientUpdate(update, key=("client1-ab", 0)), "peer")
     assert resumed.round == 1
     for key in (("client1-ab", 2), ("client2-cd", 1), None, None):
-        resumed.apply_update(update, "peer", key)
+        resumed.apply_update(ClientUpdate(update, key=key), "peer")
     assert resumed.round == 5
 
 
 def test_resuming_a_finished_run_answers_done(tmp_path):
     path = tmp_path / "state.npz"
     gm = _global_model(path, target_accuracy=0.0)  # the first update reaches the target
-    gm.apply_update(_update(gm), "peer", ("client1-ab", 1))
+    gm.apply_update(ClientUpdate(_update(gm), key=("client1-ab", 1)), "peer")
     resumed = _global_model(path, resume=True, target_accuracy=0.0)
     assert resumed.finished.is_set() and resumed.reached_target
     assert resumed.reply_to_echo().subject is protocol.Subject.DONE

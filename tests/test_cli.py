@@ -207,5 +207,5 @@ def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
     global_model = build_global_model(config_from(args, ServerConfig, **ga_settings(args)))
     settings = global_model.ga_settings
     assert (settings["operators"], settings["mutation_step"]) == expected
-    reply = global_model.reply_to_echo().data
+    reply = global_model.reply_to_echo().to_message().data
     assert (reply["operators"], reply["mutation_step"]) == expected

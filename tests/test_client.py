@@ -74,7 +74,7 @@ def _hang_up_on_the_first_update(listening, then_listen: bool) -> list[dict]:
     connection, _ = listening.accept()
     with connection:
         received.append(plain_recv(connection))
-        connection.sendall(protocol.encode(model))
+        connection.sendall(protocol.encode(model.to_message()))
         received.append(plain_recv(connection))
     if not then_listen:
         listening.close()  # refused from now on

@@ -22,6 +22,7 @@ from common.flower import deploy  # noqa: E402
 from common.flower.deploy import DeploymentError, LocalDeployment  # noqa: E402
 from common.flower.server_app import RUN_CONFIG_KEYS, ConfigError, server_config  # noqa: E402
 from common.ga import TrainingResult  # noqa: E402
+from common.protocol import ModelRequest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each Flower test has one time limit, pytest-timeout's (pytest.ini's 120 s is the others').
@@ -127,21 +128,19 @@ def test_a_simulation_worker_loads_flowers_actor_and_our_clientapp_without_tenso
 
 def test_a_request_crosses_flower_records_unchanged():
     population = np.random.default_rng(0).standard_normal((10, 22)).astype(np.float32)
-    request = {"population_weights": population, "model_json": "{}", "num_solutions": 10,
-               "round": 3, "accuracy": 0.75, "num_generations": 50}
+    request = ModelRequest("{}", population, {"num_generations": 50}, round=3, accuracy=0.75)
     received = request_from(request_content(request))
-    assert received.keys() == request.keys()
-    np.testing.assert_array_equal(received["population_weights"], population)
-    assert {k: v for k, v in received.items() if k != "population_weights"} == {
-        k: v for k, v in request.items() if k != "population_weights"}
+    np.testing.assert_array_equal(received.population_weights, population)
+    assert (received.model_json, dict(received.ga_settings), received.round,
+            received.accuracy) == ("{}", {"num_generations": 50}, 3, 0.75)
 
 
 def test_an_update_is_checked_like_a_socket_clients():
     best = np.linspace(-1, 1, 22, dtype=np.float32)
     content = update_content(TrainingResult(best, 12.5, 7), num_samples=2)
-    vector, samples, metrics = update_from(content, num_params=22)
-    np.testing.assert_array_equal(vector, best)
-    assert samples == 2 and metrics["generations"] == 7
+    update, metrics = update_from(content, num_params=22)
+    np.testing.assert_array_equal(update.best_model_weights_vector, best)
+    assert update.num_samples == 2 and metrics["generations"] == 7
     with pytest.raises(protocol.SchemaError, match="shape"):
         update_from(content, num_params=23)
     best[4] = np.nan

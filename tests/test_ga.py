@@ -84,7 +84,7 @@ def test_multiclass_fitness_is_inverse_categorical_crossentropy():
 
 
 def test_a_seeded_client_draws_anew_each_round_and_repeats_as_a_whole():
-    request = GlobalModel(xor_network(1), XOR_TEST_DATA, seed=1).reply_to_echo().data
+    request = GlobalModel(xor_network(1), XOR_TEST_DATA, seed=1).reply_to_echo()
 
     def two_rounds(seed: int) -> list[np.ndarray]:
         trainer = LocalTrainer(CLIENT_DATA["client1"], "client1", max_params=DEFAULT_MAX_PARAMS,

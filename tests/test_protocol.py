@@ -65,6 +65,39 @@ def test_plain_pickle_peers_read_what_we_send(message, schemas):
     assert decoded["data"].keys() == message.data.keys()
 
 
+def test_typed_messages_round_trip_through_their_wire_dicts(pair):
+    receiver, sender = pair
+    update = protocol.ClientUpdate(VECTOR, num_samples=7, key=("c1-ab", 3))
+    request = protocol.ModelRequest('{"class_name": "Functional"}', np.tile(VECTOR, (10, 1)),
+                                    {"num_generations": 5, "operators": "tutorial"},
+                                    round=3, accuracy=0.75)
+    done = protocol.Done(round=4, accuracy=1.0)
+    for typed in (update, request, done):
+        sender.sendall(protocol.encode(typed.to_message()))
+    received = protocol.ClientUpdate.from_data(receiver.receive(CLIENT_TO_SERVER).data, 22)
+    np.testing.assert_array_equal(received.best_model_weights_vector, VECTOR)
+    assert (received.num_samples, received.key) == (7, ("c1-ab", 3))
+    received = protocol.server_reply(receiver.receive(SERVER_TO_CLIENT))
+    np.testing.assert_array_equal(received.population_weights, request.population_weights)
+    assert (received.model_json, dict(received.ga_settings), received.round,
+            received.accuracy, received.num_solutions) == (
+        request.model_json, request.ga_settings, 3, 0.75, 10)
+    assert protocol.server_reply(receiver.receive(SERVER_TO_CLIENT)) == done
+
+
+def test_a_plain_peers_update_and_the_tutorials_done_become_typed_messages():
+    plain = {"best_model_weights_vector": VECTOR.astype(np.float64)}  # no count, no sequence
+    update = protocol.ClientUpdate.from_data(plain, 22)
+    assert (update.num_samples, update.key, update.best_model_weights_vector.dtype) == (
+        None, None, np.float32)
+    assert protocol.server_reply(Message(Subject.DONE, {})) == protocol.Done()
+    with pytest.raises(protocol.SchemaError, match="shape"):
+        protocol.ClientUpdate.from_data(plain, 23)
+    with pytest.raises(protocol.SchemaError, match="model_json"):
+        protocol.ModelRequest.from_data({"model_json": 3, "population_weights": np.ones((2, 3)),
+                                         "num_solutions": 2})
+
+
 @pytest.mark.parametrize("pickle_protocol", [2, 3, 4, 5])
 def test_plain_pickle_of_every_protocol_is_read(pair, pickle_protocol):
     receiver, sender = pair

@@ -10,6 +10,7 @@ from bench.plain_peers import plain_recv, plain_send
 from common.aggregate import running_candidates
 from common.data import XOR_TEST_DATA
 from common.model import xor_network
+from common.protocol import ClientUpdate
 from common.server import GlobalModel
 from tests.conftest import raw_connection
 from tests.test_best_model import _xor_solution
@@ -35,7 +36,7 @@ def _reaching_target(model: GlobalModel, update, latest) -> list[str]:
 def test_an_update_that_scores_worse_leaves_the_model_as_it_was(caplog):
     model = _global_model(target_accuracy=2.0)  # out of reach: training goes on
     before = model.vector.copy()
-    model.apply_update(np.full_like(before, 1e3), "peer")  # every step toward it saturates
+    model.apply_update(ClientUpdate(np.full_like(before, 1e3)), "peer")  # every step saturates
     assert model.round == 1  # counted as a round all the same
     np.testing.assert_array_equal(model.vector, before)
     assert "took=current model" in caplog.text
@@ -43,18 +44,18 @@ def test_an_update_that_scores_worse_leaves_the_model_as_it_was(caplog):
 
 def test_an_update_that_reaches_the_target_is_taken_as_is():
     model = _global_model()
-    model.apply_update(SOLUTION, "peer")
+    model.apply_update(ClientUpdate(SOLUTION), "peer")
     assert model.reached_target
     np.testing.assert_array_equal(model.vector, SOLUTION)
 
 
 def test_the_clients_mean_is_taken_when_only_it_reaches_the_target(caplog):
     model = _global_model()
-    model.apply_update(ALWAYS_FIRST, "a")
+    model.apply_update(ClientUpdate(ALWAYS_FIRST), "a")
     assert not model.finished.is_set()
     assert _reaching_target(model, ALWAYS_SECOND, [ALWAYS_FIRST, ALWAYS_SECOND]) == [
         "clients' mean"]
-    model.apply_update(ALWAYS_SECOND, "b")
+    model.apply_update(ClientUpdate(ALWAYS_SECOND), "b")
     assert model.reached_target
     np.testing.assert_array_equal(model.vector, SOLUTION)
     assert "took=clients' mean" in caplog.text
@@ -62,10 +63,10 @@ def test_the_clients_mean_is_taken_when_only_it_reaches_the_target(caplog):
 
 def test_a_client_that_left_is_left_out_of_the_mean():
     model = _global_model()
-    model.apply_update(ALWAYS_FIRST, "a")
+    model.apply_update(ClientUpdate(ALWAYS_FIRST), "a")
     model.forget("a")
     assert _reaching_target(model, ALWAYS_SECOND, [ALWAYS_SECOND]) == []
-    model.apply_update(ALWAYS_SECOND, "b")
+    model.apply_update(ClientUpdate(ALWAYS_SECOND), "b")
     assert not model.finished.is_set()
 
 

@@ -48,13 +48,13 @@ def test_federated_run_reaches_accuracy_one(server, client_factory):
 def test_rounds_build_on_the_global_model(server_factory):
     listener, _ = server_factory(aggregation="running-average")  # always moves the model
     gm = listener.global_model
-    first = gm.reply_to_echo().data["population_weights"]
+    first = gm.reply_to_echo().population_weights
     np.testing.assert_array_equal(first[0], gm.vector)
     update = first[3].copy()
-    reply = gm.apply_update(update, "test")
+    reply = gm.apply_update(protocol.ClientUpdate(update), "test")
     assert gm.round == 1
     if reply.subject is protocol.Subject.MODEL:  # the population now starts from the new model
-        np.testing.assert_array_equal(reply.data["population_weights"][0], gm.vector)
+        np.testing.assert_array_equal(reply.population_weights[0], gm.vector)
         assert not np.array_equal(gm.vector, first[0])
 
 

@@ -10,6 +10,7 @@ from common.app import ga_config
 from common.data import XOR_TEST_DATA, load_dataset
 from common.ga import REAL_DATA, GAConfig
 from common.model import xor_network
+from common.protocol import ClientUpdate
 from common.server import GlobalModel, ServerConfig
 from tests.conftest import WAIT
 from tests.test_best_model import _xor_solution
@@ -18,25 +19,25 @@ ROUND_LIMIT = 30  # the wine run below: 1-5 rounds to 0.9 over split seeds 1-3 i
 
 
 def _sent_step(model: GlobalModel) -> float:
-    return model.reply_to_echo().data["mutation_step"]
+    return model.reply_to_echo().ga_settings["mutation_step"]
 
 
 def test_the_step_halves_after_rounds_without_a_lower_loss_down_to_a_tenth():
     model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", min_clients=1,
                         ga=GAConfig(mutation_step=0.4, step_patience=2), target_accuracy=1.5)
     solution = _xor_solution(0.2)  # every round below scores the same loss: no progress
-    model.apply_round([(solution, 1, None, "a")])  # a lower loss than the initial model's
+    model.apply_round({"a": ClientUpdate(solution)})  # a lower loss than the initial model's
     steps = []
     for _ in range(12):
-        model.apply_round([(solution, 1, None, "a")])
+        model.apply_round({"a": ClientUpdate(solution)})
         steps.append(_sent_step(model))
     assert steps[:5] == pytest.approx([0.4, 0.2, 0.2, 0.1, 0.1])
     assert steps[-1] == pytest.approx(0.04) and min(steps) == pytest.approx(0.04)
 
-    model.apply_round([(_xor_solution(1.0), 1, None, "a")])  # a lower loss: patience anew
-    model.apply_round([(_xor_solution(1.0), 1, None, "a")])
+    model.apply_round({"a": ClientUpdate(_xor_solution(1.0))})  # a lower loss: patience anew
+    model.apply_round({"a": ClientUpdate(_xor_solution(1.0))})
     assert _sent_step(model) == pytest.approx(0.04)
-    population = model.reply_to_echo().data["population_weights"]
+    population = model.reply_to_echo().population_weights
     assert np.all(np.isfinite(population))
 
 
@@ -44,7 +45,7 @@ def test_a_fixed_step_stays_as_set():
     model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", min_clients=1,
                         ga=GAConfig(mutation_step=0.4), target_accuracy=1.5)
     for _ in range(6):
-        model.apply_round([(_xor_solution(0.2), 1, None, "a")])
+        model.apply_round({"a": ClientUpdate(_xor_solution(0.2))})
     assert _sent_step(model) == 0.4
 
 

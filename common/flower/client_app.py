@@ -56,7 +56,7 @@ def make_client_app(data_folder: str | None = None) -> ClientApp:
         request = request_from(message.content)
         result = trainer.train(request)
         log.info("node %s trained round %s: best fitness %.4g", context.node_id,
-                 request.get("round"), result.best_fitness)
+                 request.round, result.best_fitness)
         return Message(update_content(result, len(trainer.data)), reply_to=message)
 
     return app

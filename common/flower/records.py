@@ -7,20 +7,26 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.errors import SchemaError
 from common.ga import TrainingResult
-from common.protocol.messages import check_weights_vector, sample_count
+from common.protocol.messages import ClientUpdate, ModelRequest
 
 POPULATION, UPDATE = "population_weights", "best_model_weights_vector"
 
 
-def request_content(request: dict) -> RecordDict:
+def request_content(request: ModelRequest) -> RecordDict:
     """A ``model`` message's data: the population as arrays, the rest as config."""
-    settings = {key: value for key, value in request.items() if key != POPULATION}
-    return RecordDict({"population": ArrayRecord({POPULATION: Array(request[POPULATION])}),
-                       "config": ConfigRecord(settings)})
+    data = request.to_data()
+    population = data.pop(POPULATION)
+    return RecordDict({"population": ArrayRecord({POPULATION: Array(population)}),
+                       "config": ConfigRecord(data)})
 
 
-def request_from(content: RecordDict) -> dict:
-    return {**content["config"], POPULATION: content["population"][POPULATION].numpy()}
+def request_from(content: RecordDict) -> ModelRequest:
+    """The request in a node's message; ``ProtocolError`` if malformed."""
+    try:
+        data = {**content["config"], POPULATION: content["population"][POPULATION].numpy()}
+        return ModelRequest.from_data(data)
+    except (KeyError, TypeError) as exc:
+        raise SchemaError(f"the server's request lacks {exc}") from None
 
 
 def update_content(result: TrainingResult, num_samples: int) -> RecordDict:
@@ -33,11 +39,12 @@ def update_content(result: TrainingResult, num_samples: int) -> RecordDict:
     })
 
 
-def update_from(content: RecordDict, num_params: int) -> tuple[np.ndarray, int, dict]:
-    """(best weights, sample count, metrics) of a node's answer; ``ProtocolError`` if malformed."""
+def update_from(content: RecordDict, num_params: int) -> tuple[ClientUpdate, dict]:
+    """(update, metrics) of a node's answer; ``ProtocolError`` if malformed."""
     try:
         vector = content["update"][UPDATE].numpy()
         metrics = dict(content["metrics"])
     except (KeyError, TypeError, ValueError) as exc:
         raise SchemaError(f"a node's answer lacks its update: {exc}") from None
-    return check_weights_vector(vector, num_params), sample_count(metrics), metrics
+    update = ClientUpdate.from_data({UPDATE: vector, **metrics}, num_params)
+    return update, metrics

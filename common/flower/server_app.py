@@ -27,7 +27,8 @@ from common.errors import ConfigError
 from common.flower import log_to_stderr
 from common.flower.records import request_content, update_from
 from common.operators import OPERATORS
-from common.protocol import ProtocolError, Subject
+from common.protocol import ProtocolError
+from common.protocol.messages import ClientUpdate, Done
 from common.server import GlobalModel, ServerConfig
 
 log = logging.getLogger("fedga.flower")
@@ -75,7 +76,7 @@ class GAStrategy(Strategy):
 
     @property
     def done(self) -> bool:
-        return self._next.subject is Subject.DONE
+        return isinstance(self._next, Done)
 
     def summary(self) -> None:
         model = self.global_model
@@ -84,8 +85,10 @@ class GAStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        if isinstance(self._next, Done):
+            return []  # training is over: nothing to send
         _, nodes = sample_nodes(grid, self.min_nodes, 0)  # waits for min_nodes, then all
-        content = request_content(self._next.data)
+        content = request_content(self._next)
         return [Message(content, node, MessageType.TRAIN, group_id=str(server_round))
                 for node in nodes]
 
@@ -93,7 +96,7 @@ class GAStrategy(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Fold the round's usable answers in; a failed or malformed one is logged and left
         out, as the built-in server drops a bad client and carries on."""
-        pending = []
+        pending: dict[str, ClientUpdate] = {}
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -101,13 +104,12 @@ class GAStrategy(Strategy):
                             reply.error.reason)
                 continue
             try:
-                vector, num_samples, metrics = update_from(reply.content,
-                                                           self.global_model.num_params)
+                update, metrics = update_from(reply.content, self.global_model.num_params)
             except ProtocolError as exc:
                 log.warning("node %s sent an unusable answer in round %d: %s", node,
                             server_round, exc)
                 continue
-            pending.append((vector, num_samples, None, f"node{node}"))
+            pending[f"node{node}"] = update
             self.node_metrics.append({"round": server_round, "node": node, **metrics})
         if not pending:
             return None, None

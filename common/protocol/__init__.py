@@ -18,21 +18,23 @@ from common.errors import (AuthError, ConnectionLost, DecodeError, ForbiddenGlob
                            SchemaError, TLSError)
 from common.protocol.messages import (CLIENT_MAX_MESSAGE_BYTES, CLIENT_TO_SERVER,
                                       COMMON_OPTIONAL_KEYS, GA_SETTING_KEYS, PICKLE_PROTOCOL,
-                                      PROTOCOL_VERSION, SERVER_TO_CLIENT, Message, Schema,
-                                      Subject, check_ga_settings, check_population,
-                                      check_weights_vector, default_max_message_bytes, encode,
-                                      sample_count, update_key, validate)
+                                      PROTOCOL_VERSION, SERVER_TO_CLIENT, ClientUpdate, Done,
+                                      Message, ModelRequest, Schema, ServerReply, Subject,
+                                      check_ga_settings, check_population,
+                                      check_weights_vector, default_max_message_bytes, echo,
+                                      encode, sample_count, server_reply, update_key, validate)
 
 if TYPE_CHECKING:
     from common.protocol.connection import Connection
 
 __all__ = [
     "CLIENT_MAX_MESSAGE_BYTES", "CLIENT_TO_SERVER", "COMMON_OPTIONAL_KEYS", "GA_SETTING_KEYS",
-    "PICKLE_PROTOCOL", "PROTOCOL_VERSION", "SERVER_TO_CLIENT", "AuthError", "Connection",
-    "ConnectionLost", "DecodeError", "ForbiddenGlobal", "Message", "MessageTooLarge",
-    "PeerClosed", "ProtocolError", "ReceiveTimeout", "Schema", "SchemaError", "Subject",
-    "TLSError", "check_ga_settings", "check_population", "check_weights_vector",
-    "default_max_message_bytes", "encode", "sample_count", "update_key", "validate",
+    "PICKLE_PROTOCOL", "PROTOCOL_VERSION", "SERVER_TO_CLIENT", "AuthError", "ClientUpdate",
+    "Connection", "ConnectionLost", "DecodeError", "Done", "ForbiddenGlobal", "Message",
+    "MessageTooLarge", "ModelRequest", "PeerClosed", "ProtocolError", "ReceiveTimeout",
+    "Schema", "SchemaError", "ServerReply", "Subject", "TLSError", "check_ga_settings",
+    "check_population", "check_weights_vector", "default_max_message_bytes", "echo",
+    "encode", "sample_count", "server_reply", "update_key", "validate",
 ]
 
 
