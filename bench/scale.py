@@ -47,9 +47,9 @@ def serve(clients: int, seed: int) -> int:
             if counts["disconnected", ""] == clients:
                 all_left.set()
 
-    config = ServerConfig(host="127.0.0.1", port=0, seed=seed)
-    global_model = GlobalModel(xor_network(seed), XOR_TEST_DATA, num_solutions=config.num_solutions,
-                               max_rounds=config.max_rounds, seed=seed, on_event=on_event)
+    config = ServerConfig.of(host="127.0.0.1", port=0, seed=seed)
+    global_model = GlobalModel(xor_network(seed), XOR_TEST_DATA, config.training,
+                               on_event=on_event)
     with ListenThread(global_model, config, on_event=on_event) as server:
         print(f"PORT {server.server_address[1]}", flush=True)
         finished = all_left.wait(TIMEOUT)

@@ -64,7 +64,7 @@ ONE_SAMPLE_DATA = {f"sample{i + 1}": Dataset(XOR_TEST_DATA.inputs[i:i + 1],
 
 
 def start_server(seed: int, **settings) -> ListenThread:
-    config = ServerConfig(host="127.0.0.1", port=0, seed=seed, **settings)
+    config = ServerConfig.of(host="127.0.0.1", port=0, seed=seed, **settings)
     server = ListenThread(build_global_model(config), config)  # as server.py builds it
     server.start()
     return server

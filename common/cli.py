@@ -19,7 +19,8 @@ from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, Con
                            Reconnector, RecvThread, connect)
 from common.data import CLIENT_DATA, DataError, DataFile, Dataset, load_dataset
 from common.errors import Terminated
-from common.flags import config_from, ga_flags, ga_settings, training_flags
+from common.flags import (config_from, ga_flags, ga_settings, server_config_from,
+                          training_flags)
 from common.ga import GAConfig
 from common.model import ModelFileError
 from common.status import ClientStatus, ServerStatus, StatusLine
@@ -91,49 +92,50 @@ def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
 
 def server_parser() -> argparse.ArgumentParser:
     defaults = ServerConfig()
+    network, training = defaults.network, defaults.training
     parser = argparse.ArgumentParser(
         prog="server.py", description="fedga server: owns the Keras model, averages the "
         "clients' updates and tests the global model until it reaches the target accuracy.")
-    _common_flags(parser, defaults)
-    parser.add_argument("--round-delay", type=float, default=defaults.round_delay, metavar="S",
+    _common_flags(parser, network)
+    parser.add_argument("--round-delay", type=float, default=network.round_delay, metavar="S",
                         help="pacing: hold each model reply this many seconds so training can "
                         "be watched; keep it well under 10 for tutorial clients (default: off)")
     parser.add_argument("--linger", type=positive(float, zero_ok=True),
-                        default=defaults.linger, metavar="S", help="once done, keep answering "
+                        default=network.linger, metavar="S", help="once done, keep answering "
                         "late clients 'done' until none connected for S seconds, then exit "
                         "(default: %(default)s)")
     parser.add_argument("--expected-clients", type=positive(int),
-                        default=defaults.expected_clients, metavar="N", help="headless: exit "
+                        default=network.expected_clients, metavar="N", help="headless: exit "
                         "as soon as N clients were answered done, without --linger "
                         "(default: linger)")
-    parser.add_argument("--aggregation", default=defaults.aggregation,
+    parser.add_argument("--aggregation", default=training.aggregation,
                         choices=list(AGGREGATIONS),
                         help="running-best: each update as it comes, keeping whichever of "
                         "steps toward it, the clients' mean and the current model scores best "
                         "on the test data; running-average: the tutorial's, each update "
                         "averaged in; the others close a round per --min-clients updates "
                         "(default: %(default)s)")
-    parser.add_argument("--min-clients", type=positive(int), default=defaults.min_clients,
+    parser.add_argument("--min-clients", type=positive(int), default=training.min_clients,
                         metavar="N", help="round-based: close a round once N updates arrived "
                         "(default: %(default)s)")
     parser.add_argument("--round-timeout", type=positive(float),
-                        default=defaults.round_timeout, metavar="S", help="round-based: close "
+                        default=training.round_timeout, metavar="S", help="round-based: close "
                         "a round S seconds after its first update even if fewer came; keep it "
                         "under 10 for tutorial clients (default: %(default)s)")
-    parser.add_argument("--max-clients", type=positive(int), default=defaults.max_clients,
+    parser.add_argument("--max-clients", type=positive(int), default=network.max_clients,
                         metavar="N", help="refuse connections beyond this many at once "
                         "(default: %(default)s)")
     parser.add_argument("--tls-cert", metavar="PATH", help="serve TLS with this certificate "
                         "chain (PEM); needs --tls-key")
     parser.add_argument("--tls-key", metavar="PATH", help="the private key of --tls-cert (PEM)")
-    parser.add_argument("--checkpoint", metavar="PATH", default=defaults.checkpoint,
+    parser.add_argument("--checkpoint", metavar="PATH", default=training.checkpoint,
                         help="after every accepted update, save the global model, round count "
                         "and each client's last update number to this .npz file, atomically "
                         "(default: none)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the --checkpoint file instead of a fresh model: "
                         "rounds carry on and updates the file has counted are not counted again")
-    training_flags(parser, defaults)
+    training_flags(parser, training)
     return parser
 
 
@@ -187,8 +189,7 @@ def server_main(argv: list[str] | None = None) -> int:
     status = configure_logging(args.log_level, "server")
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
-    config = config_from(args, ServerConfig, **ga_settings(args),
-                          **_security_settings(parser, args))
+    config = server_config_from(args, **_security_settings(parser, args))
     try:
         if args.headless:
             return run_server_headless(config, status)

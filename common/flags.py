@@ -8,7 +8,7 @@ from dataclasses import fields
 from common.app import positive
 from common.ga import REAL_DATA, GAConfig
 from common.operators import OPERATORS
-from common.server import ServerConfig
+from common.server import ServerConfig, TrainingConfig
 
 
 def config_from(args: argparse.Namespace, config_type, **extra):
@@ -18,7 +18,15 @@ def config_from(args: argparse.Namespace, config_type, **extra):
     return config_type(**(values | extra))
 
 
-def training_flags(parser: argparse.ArgumentParser, defaults: ServerConfig) -> None:
+def server_config_from(args: argparse.Namespace, **extra) -> ServerConfig:
+    """A ``ServerConfig`` from the flags named as its settings, the GA flags, and ``extra``;
+    a flag left unset keeps the default (the GA settings of ``GA_BY_MODEL``: by the model)."""
+    names = ServerConfig().settings().keys()
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return ServerConfig.of(**(given | ga_settings(args) | extra))
+
+
+def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) -> None:
     """What to train and until when, and where results go: server.py's and Flower's."""
     parser.add_argument("--max-rounds", type=positive(int), default=defaults.max_rounds,
                         metavar="N", help="give up (exit 2) after this many accepted updates "

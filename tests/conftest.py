@@ -65,7 +65,7 @@ class EventLog:
 
 
 def start_server(**overrides):
-    config = ServerConfig(host="127.0.0.1", port=0, **overrides)
+    config = ServerConfig.of(host="127.0.0.1", port=0, **overrides)
     events = EventLog()
     global_model = build_global_model(config, on_event=events)  # as server.py builds it
     server = ListenThread(global_model, config, on_event=events)

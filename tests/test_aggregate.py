@@ -79,15 +79,15 @@ def test_a_new_rule_is_one_class_found_by_name_everywhere():
     from common.cli import server_parser
     from common.data import XOR_TEST_DATA
     from common.model import xor_network
-    from common.server import GlobalModel
+    from common.server import GlobalModel, TrainingConfig
 
     example = aggregate.__doc__.split("::\n")[1].split("\nand in ")[0]
     exec(textwrap.dedent(example), vars(aggregate).copy())  # registers FedAvgM
     try:
         flag = next(a for a in server_parser()._actions if a.dest == "aggregation")
         assert "fedavgm" in flag.choices and "fedavgm" in round_based()
-        model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavgm",
-                            min_clients=1, target_accuracy=2.0)
+        model = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(
+            aggregation="fedavgm", min_clients=1, target_accuracy=2.0))
         start = model.vector.copy()
         model.apply_update(ClientUpdate(start + 1), "a")  # a step of 1: velocity 1
         model.apply_update(ClientUpdate(model.vector + 1), "a")  # another: velocity 0.9 * 1 + 1

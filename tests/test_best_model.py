@@ -14,7 +14,7 @@ from common.model import weights_to_vector, xor_network
 from common.ports import free_port
 from common.protocol import ClientUpdate
 from common.score import main as score_main
-from common.server import GlobalModel
+from common.server import GlobalModel, TrainingConfig
 from tests.test_cli import Script
 
 
@@ -32,8 +32,8 @@ def _xor_solution(confidence: float = 1.0) -> np.ndarray:
 
 def test_the_best_model_not_the_last_is_kept_checkpointed_and_saved(tmp_path):
     path = tmp_path / "state.npz"
-    model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", patience=2,
-                        target_accuracy=1.5, checkpoint_path=str(path))  # target out of reach
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(  # target out of reach
+        aggregation="fedavg", patience=2, target_accuracy=1.5, checkpoint=str(path)))
     good, weaker = _xor_solution(), _xor_solution(0.3)
     model.apply_round({"a": ClientUpdate(good)})
     assert (model.best.round, model.best.accuracy) == (1, 1.0)
@@ -46,7 +46,7 @@ def test_the_best_model_not_the_last_is_kept_checkpointed_and_saved(tmp_path):
     saved = checkpoint.load(path, model.num_params)
     assert saved.round == 3 and saved.best.round == 1
     np.testing.assert_array_equal(saved.best.vector, good)
-    resumed = GlobalModel(xor_network(1), XOR_TEST_DATA, checkpoint_path=str(path), resume=True)
+    resumed = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(checkpoint=str(path), resume=True))
     np.testing.assert_array_equal(resumed.best.vector, good)
 
     model.save_model(str(tmp_path / "best.keras"))
@@ -61,8 +61,8 @@ def test_a_version_1_checkpoint_resumes_with_its_model_as_the_best(tmp_path):
     np.savez(path, vector=vector, round=np.int64(4), accuracy=np.float64(1.0),
              client_ids=np.array([], dtype=np.str_), sequences=np.array([], dtype=np.int64))
     assert checkpoint.load(path, len(vector)).best is None
-    resumed = GlobalModel(xor_network(1), XOR_TEST_DATA, checkpoint_path=str(path), resume=True,
-                          target_accuracy=1.5)
+    resumed = GlobalModel(xor_network(1), XOR_TEST_DATA,
+                          TrainingConfig(checkpoint=str(path), resume=True, target_accuracy=1.5))
     assert (resumed.best.round, resumed.best.accuracy) == (4, 1.0)
 
 
@@ -96,8 +96,9 @@ def test_stop_answers_a_waiting_round_done_and_keeps_the_best():
         if event.kind == "scored":
             arrived.set()
 
-    model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", min_clients=2,
-                        round_timeout=60, target_accuracy=1.5, on_event=record)
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(
+        aggregation="fedavg", min_clients=2, round_timeout=60, target_accuracy=1.5),
+        on_event=record)
     model.apply_round({"a": ClientUpdate(_xor_solution())})
     replies = []
     waiting = threading.Thread(target=lambda: replies.append(

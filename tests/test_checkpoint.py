@@ -14,7 +14,7 @@ from common.checkpoint import Checkpoint, CheckpointError
 from common.data import XOR_TEST_DATA
 from common.model import xor_network
 from common.protocol import ClientUpdate
-from common.server import GlobalModel
+from common.server import GlobalModel, TrainingConfig
 
 NUM_PARAMS = 22  # the XOR model: 2x4 + 4 + 4x2 + 2
 
@@ -100,8 +100,8 @@ def test_a_file_that_is_not_our_checkpoint_is_refused(tmp_path, name):
 
 def _global_model(path, resume=False, target_accuracy=2.0):
     # An unreachable target by default: every update counts and training goes on.
-    return GlobalModel(xor_network(1), XOR_TEST_DATA, checkpoint_path=str(path),
-                       resume=resume, target_accuracy=target_accuracy, seed=1)
+    return GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(
+        checkpoint=str(path), resume=resume, target_accuracy=target_accuracy, seed=1))
 
 
 def _update(gm, index=1):

@@ -200,12 +200,10 @@ def test_help_documents_every_flag(script, flags):
 def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
     from common.app import build_global_model
     from common.cli import server_parser
-    from common.flags import config_from, ga_settings
-    from common.server import ServerConfig
+    from common.flags import server_config_from
 
     args = server_parser().parse_args(flags)
-    global_model = build_global_model(config_from(args, ServerConfig, **ga_settings(args)))
-    settings = global_model.ga_settings
-    assert (settings["operators"], settings["mutation_step"]) == expected
+    global_model = build_global_model(server_config_from(args))
+    assert (global_model.ga.operators, global_model.ga.mutation_step) == expected
     reply = global_model.reply_to_echo().to_message().data
     assert (reply["operators"], reply["mutation_step"]) == expected

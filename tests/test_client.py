@@ -14,7 +14,7 @@ from common.data import XOR_TEST_DATA
 from common.ga import GAConfig
 from common.model import xor_network
 from common.protocol import Message, Subject
-from common.server import GlobalModel
+from common.server import GlobalModel, TrainingConfig
 from tests.conftest import WAIT, client_error_against
 
 
@@ -69,7 +69,7 @@ def test_stop_ends_a_waiting_client(listening, client_factory):
 def _hang_up_on_the_first_update(listening, then_listen: bool) -> list[dict]:
     """A server that answers the echo, takes the first update and dies without answering;
     if ``then_listen``, a second connection gets ``done`` for whatever it sends."""
-    model = GlobalModel(xor_network(1), XOR_TEST_DATA, seed=1).reply_to_echo()
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(seed=1)).reply_to_echo()
     received = []
     connection, _ = listening.accept()
     with connection:
@@ -130,10 +130,8 @@ def test_client_ids_differ_between_runs_of_one_name(listening, client_factory):
 
 def test_ga_settings_come_from_the_server_unless_the_client_overrides(server_factory,
                                                                      client_factory):
-    listener, _ = server_factory()
-    listener.global_model.ga_settings["num_generations"] = 3
-    listener.global_model.ga_settings["mutation_percent_genes"] = 10
-    listener.global_model.target_accuracy = 2.0  # never done: we only watch one round
+    listener, _ = server_factory(num_generations=3, mutation_percent_genes=10,
+                                 target_accuracy=2.0)  # never done: we only watch one round
     plain, plain_events = client_factory(listener.server_address)
     insisting, insisting_events = client_factory(
         listener.server_address, ga_overrides={"num_generations": 2},

@@ -151,8 +151,9 @@ def test_an_update_is_checked_like_a_socket_clients():
 def test_run_config_names_server_flags_and_refuses_others():
     config = server_config({"target-accuracy": 0.75, "max-rounds": 30, "data": "nodes/",
                             "aggregation": "median"})
-    assert (config.target_accuracy, config.max_rounds, config.aggregation) == (0.75, 30,
-                                                                               "median")
+    training = config.training
+    assert (training.target_accuracy, training.max_rounds, training.aggregation) == (
+        0.75, 30, "median")
     with pytest.raises(ConfigError, match="'port' is not a setting"):
         server_config({"port": 9000})
     with pytest.raises(ConfigError, match="aggregation must be one of"):

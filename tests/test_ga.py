@@ -10,7 +10,7 @@ from common.ga import GAConfig, fitness, train
 from common.model import (ForwardPass, build_xor_model, vector_to_weights, weights_to_vector,
                           xor_network)
 from common.modelspec import DEFAULT_MAX_PARAMS
-from common.server import GlobalModel
+from common.server import GlobalModel, TrainingConfig
 from common.training import LocalTrainer
 
 
@@ -84,7 +84,7 @@ def test_multiclass_fitness_is_inverse_categorical_crossentropy():
 
 
 def test_a_seeded_client_draws_anew_each_round_and_repeats_as_a_whole():
-    request = GlobalModel(xor_network(1), XOR_TEST_DATA, seed=1).reply_to_echo()
+    request = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(seed=1)).reply_to_echo()
 
     def two_rounds(seed: int) -> list[np.ndarray]:
         trainer = LocalTrainer(CLIENT_DATA["client1"], "client1", max_params=DEFAULT_MAX_PARAMS,

@@ -11,7 +11,7 @@ from common.aggregate import running_candidates
 from common.data import XOR_TEST_DATA
 from common.model import xor_network
 from common.protocol import ClientUpdate
-from common.server import GlobalModel
+from common.server import GlobalModel, TrainingConfig
 from tests.conftest import raw_connection
 from tests.test_best_model import _xor_solution
 
@@ -23,7 +23,7 @@ ALWAYS_FIRST, ALWAYS_SECOND = SOLUTION + SHIFT, SOLUTION - SHIFT
 
 
 def _global_model(**settings) -> GlobalModel:
-    return GlobalModel(xor_network(1), XOR_TEST_DATA, seed=1, **settings)
+    return GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(seed=1, **settings))
 
 
 def _reaching_target(model: GlobalModel, update, latest) -> list[str]:

@@ -19,7 +19,7 @@ from common import protocol
 from common.data import XOR_TEST_DATA
 from common.model import xor_network
 from common.operators import step_scales
-from common.server import GlobalModel, ListenThread, ServerConfig
+from common.server import GA_BY_MODEL, GlobalModel, ListenThread, ServerConfig, TrainingConfig
 from tests.conftest import WAIT, raw_connection
 
 
@@ -256,10 +256,11 @@ def test_a_slow_listener_delays_no_other_clients_reply():
         if len(delivered) == 4:
             all_delivered.set()
 
-    model = GlobalModel(xor_network(1), XOR_TEST_DATA, target_accuracy=2.0,  # never done
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA,
+                        TrainingConfig(target_accuracy=2.0),  # never done
                         on_event=slow_listener)
     update = model.vector + 0.1
-    with ListenThread(model, ServerConfig(host="127.0.0.1", port=0)) as server, \
+    with ListenThread(model, ServerConfig.of(host="127.0.0.1", port=0)) as server, \
             raw_connection(server.server_address) as a, \
             raw_connection(server.server_address) as b:
         plain_send(a, "model", {"best_model_weights_vector": update})
@@ -274,3 +275,17 @@ def test_a_slow_listener_delays_no_other_clients_reply():
     kinds, rounds, peers = zip(*delivered)
     assert kinds == ("scored", "update", "scored", "update") and rounds == (1, 1, 2, 2)
     assert peers[0] == peers[1] != peers[2] == peers[3]
+
+
+def test_settings_by_flat_name_fill_their_groups_and_read_back():
+    config = ServerConfig.of(port=0, secret_file="secret.txt", num_generations=7,
+                             save_model="best.keras", stop_fitness=None)
+    assert (config.network.port, config.security.secret_file, config.training.ga.num_generations,
+            config.outputs.save_model) == (0, "secret.txt", 7, "best.keras")
+    assert config.training.ga_by_model == GA_BY_MODEL  # None: still left to the model
+    assert (config.settings()["num_generations"], config.settings()["stop_fitness"]) == (7, None)
+    given = config.with_settings(stop_fitness=5)
+    assert given.training.ga_by_model == ("step_patience",)
+    assert given.settings()["stop_fitness"] == given.training.ga_for_model().stop_fitness == 5
+    with pytest.raises(TypeError, match="not a server setting: colour"):
+        config.with_settings(colour="blue")

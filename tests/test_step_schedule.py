@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from common import datasets
-from common.app import ga_config
 from common.data import XOR_TEST_DATA, load_dataset
 from common.ga import REAL_DATA, GAConfig
 from common.model import xor_network
 from common.protocol import ClientUpdate
-from common.server import GlobalModel, ServerConfig
+from common.server import GlobalModel, ServerConfig, TrainingConfig
 from tests.conftest import WAIT
 from tests.test_best_model import _xor_solution
 
@@ -23,8 +22,9 @@ def _sent_step(model: GlobalModel) -> float:
 
 
 def test_the_step_halves_after_rounds_without_a_lower_loss_down_to_a_tenth():
-    model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", min_clients=1,
-                        ga=GAConfig(mutation_step=0.4, step_patience=2), target_accuracy=1.5)
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(
+        aggregation="fedavg", min_clients=1, target_accuracy=1.5,
+        ga=GAConfig(mutation_step=0.4, step_patience=2), ga_by_model=()))
     solution = _xor_solution(0.2)  # every round below scores the same loss: no progress
     model.apply_round({"a": ClientUpdate(solution)})  # a lower loss than the initial model's
     steps = []
@@ -42,20 +42,23 @@ def test_the_step_halves_after_rounds_without_a_lower_loss_down_to_a_tenth():
 
 
 def test_a_fixed_step_stays_as_set():
-    model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavg", min_clients=1,
-                        ga=GAConfig(mutation_step=0.4), target_accuracy=1.5)
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(
+        aggregation="fedavg", min_clients=1, target_accuracy=1.5,
+        ga=GAConfig(mutation_step=0.4), ga_by_model=()))
     for _ in range(6):
         model.apply_round({"a": ClientUpdate(_xor_solution(0.2))})
     assert _sent_step(model) == 0.4
 
 
 def test_settings_left_open_follow_the_model_and_flags_win():
-    xor = ga_config(ServerConfig())
+    xor = ServerConfig().training.ga_for_model()
     assert (xor.stop_fitness, xor.step_patience) == (GAConfig().stop_fitness, 0)
-    own = ga_config(ServerConfig(model="model.json", test_data="test.npz", mutation_step=0.2))
+    own = ServerConfig.of(model="model.json", test_data="test.npz",
+                          mutation_step=0.2).training.ga_for_model()
     assert (own.stop_fitness, own.step_patience, own.mutation_step) == (
         REAL_DATA.stop_fitness, REAL_DATA.step_patience, 0.2)
-    given = ga_config(ServerConfig(test_data="test.npz", stop_fitness=5, step_patience=0))
+    given = ServerConfig.of(test_data="test.npz", stop_fitness=5,
+                            step_patience=0).training.ga_for_model()
     assert (given.stop_fitness, given.step_patience) == (5, 0)
 
 

@@ -18,7 +18,7 @@ import sys
 
 from common.app import EXIT_DONE, EXIT_FAILED, configure_logging, exit_code, positive
 from common.data import DataError
-from common.flags import config_from, ga_settings, training_flags
+from common.flags import server_config_from, training_flags
 from common.flower.deploy import DeploymentError, LocalDeployment
 from common.model import ModelFileError
 from common.server import ServerConfig
@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     from common.aggregate import round_based
     from common.flower.server_app import DEFAULTS
 
-    defaults = ServerConfig(**DEFAULTS)
+    defaults = ServerConfig.of(**DEFAULTS).training
     parser = argparse.ArgumentParser(prog="python -m common.flower", description=__doc__.split(
         "\n\n")[0].rstrip(":") + ".")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -124,9 +124,9 @@ def run_config(config: ServerConfig) -> dict:
 
     from common.flower.server_app import RUN_CONFIG_KEYS
 
-    settings = {}
+    settings, values = {}, config.settings()
     for key in RUN_CONFIG_KEYS:
-        value = getattr(config, key.replace("-", "_"))
+        value = values[key.replace("-", "_")]
         if isinstance(value, str) and key not in ("aggregation", "operators",
                                                   "test-label-column"):
             value = str(Path(value).resolve())
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     configure_logging(args.log_level, "flower")
     quiet_flower(args.log_level)
-    config = config_from(args, ServerConfig, **ga_settings(args), min_clients=args.nodes)
+    config = server_config_from(args, min_clients=args.nodes)
     try:
         if args.command == "deploy":
             return deploy(config, args.nodes, args.data, args.logs)

@@ -62,7 +62,7 @@ def server_config(run_config: dict) -> ServerConfig:
         raise ConfigError(f"aggregation must be one of {', '.join(round_based())} on Flower.")
     if values.get("operators", OPERATORS[0]) not in OPERATORS:
         raise ConfigError(f"operators must be one of {', '.join(OPERATORS)}.")
-    return ServerConfig(**(DEFAULTS | values))
+    return ServerConfig.of(**(DEFAULTS | values))
 
 
 class GAStrategy(Strategy):
@@ -165,8 +165,8 @@ def run(grid: Grid, config: ServerConfig, global_model: GlobalModel | None = Non
     from common.app import build_global_model, save_results
 
     global_model = global_model or build_global_model(config)
-    strategy = GAStrategy(global_model, min_nodes=config.min_clients)
-    train_until_done(grid, strategy, config.round_timeout)
+    strategy = GAStrategy(global_model, min_nodes=config.training.min_clients)
+    train_until_done(grid, strategy, config.training.round_timeout)
     save_results(config, global_model)
     return strategy
 

@@ -64,13 +64,17 @@ class _Controller:
         self.actions: dict[str, bool] = {}  # the buttons added below the tutorial's: enabled?
         self.settings_in_use = False  # the security fields' values are in use: not editable
 
+    def setting(self, name: str):
+        """A setting of the config by its flat name (a flag's, a field's)."""
+        return getattr(self.config, name)
+
     def security_fields(self) -> list[SecurityField]:
         """The security fields, filled from the config; empty means off."""
         env_secret = os.environ.get(security.SECRET_ENV)
         hints = {"secret_file": f"empty: ${security.SECRET_ENV}" if env_secret
                  else "empty: no secret"}
         return [SecurityField(name, caption, hints.get(name, "empty: no TLS"),
-                              getattr(self.config, name) or "")
+                              self.setting(name) or "")
                 for name, caption in self.SECURITY]
 
     def _show(self, status: str, *, enable: tuple[str, ...]) -> None:
@@ -98,7 +102,7 @@ class _Controller:
         """The security fields' settings checked as config values (a field not in ``texts``
         keeps the config's), or None after saying why ``step`` cannot use them (its button
         stays enabled, to try again). An empty secret file means ``$FEDGA_SECRET``, if set."""
-        paths = {name: getattr(self.config, name) for name, _ in self.SECURITY}
+        paths = {name: self.setting(name) for name, _ in self.SECURITY}
         paths |= {name: text.strip() or None for name, text in texts.items()}
         try:
             secret = security.check_settings(**paths)
@@ -110,11 +114,11 @@ class _Controller:
     def _protection(self) -> str:
         """The config's protection for a status line: " (TLS, shared secret)", or "" for the
         tutorial's plain wire."""
-        config, parts = self.config, []
-        if getattr(config, self.TLS_FIELD):
+        parts = []
+        if self.setting(self.TLS_FIELD):
             parts.append("TLS")
-        if config.secret is not None:
-            parts.append("shared secret" if config.secret_file else
+        if self.setting("secret") is not None:
+            parts.append("shared secret" if self.setting("secret_file") else
                          f"shared secret from ${security.SECRET_ENV}")
         return f" ({', '.join(parts)})" if parts else ""
 
@@ -123,7 +127,7 @@ class _Controller:
 class SetupField:
     """A server setting the window shows below the tutorial's column, read at Listen."""
 
-    name: str  # the ServerConfig field it fills
+    name: str  # the ServerConfig setting it fills, by its flat name
     caption: str
     text: str  # pre-filled from the config (the flags)
     choices: tuple[str, ...] = ()  # a spinner's values; empty: a text field
@@ -215,10 +219,13 @@ class ServerController(_Controller):
         self.view = ServerView()
         self._update_actions()
 
+    def setting(self, name: str):
+        return self.config.settings()[name]
+
     def setup_fields(self) -> list[SetupField]:
         """The setup fields in the window's order, filled from the config."""
         def text(name: str) -> str:
-            value = getattr(self.config, name)
+            value = self.setting(name)
             return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
         fields = []
@@ -289,9 +296,9 @@ class ServerController(_Controller):
         setup = self._setup({k: v for k, v in texts.items() if k not in security_names})
         if setup is None:
             return
-        config = dataclasses.replace(self.config, **settings, **setup)
+        config = self.config.with_settings(**settings, **setup)
         self._attempt += 1
-        attempt, history = self._attempt, History(config.history)
+        attempt, history = self._attempt, History(config.outputs.history)
 
         def work() -> None:  # off the main thread: Keras may load, a test set may be large
             try:
@@ -346,9 +353,10 @@ class ServerController(_Controller):
     @staticmethod
     def _describe_model(config: ServerConfig, features: int, outputs: int, params: int) -> str:
         shape = f"{features} features -> {outputs} outputs, {params:,} parameters"
-        if config.model:
-            return f"The model in {config.model}: {shape}"
-        if config.test_data and (features, outputs) != (2, 2):
+        training = config.training
+        if training.model:
+            return f"The model in {training.model}: {shape}"
+        if training.test_data and (features, outputs) != (2, 2):
             return f"No model file: a default Dense model sized to the test data ({shape})"
         return f"The tutorial's XOR model ({shape})"
 

@@ -111,10 +111,11 @@ class TutorialApp(App):
 
         The controller's security fields sit right above the step named ``secured``, which
         is called with their texts by name too."""
-        controller, config = self.controller, self.controller.config
+        controller = self.controller
         root = BoxLayout(orientation="vertical", padding=dp(10), spacing=dp(6))
         root.add_widget(self.button("create", "Create Socket", controller.create))
-        root.add_widget(self.address_fields(*field_hints, config.host, config.port))
+        root.add_widget(self.address_fields(*field_hints, controller.setting("host"),
+                                            controller.setting("port")))
         for (name, text, step), address in ((address_step, True), (next_step, False)):
             if name == secured:
                 root.add_widget(self.security_row())

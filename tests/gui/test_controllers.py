@@ -103,7 +103,7 @@ def make_server(main_thread):
     controllers = []
 
     def make(**overrides) -> ServerController:
-        config = ServerConfig(host="127.0.0.1", port=0, **overrides)
+        config = ServerConfig.of(host="127.0.0.1", port=0, **overrides)
         controller = ServerController(config, build_global_model, call_soon=main_thread.call_soon)
         controller.main_thread = main_thread  # for wait_listening
         controllers.append(controller)
@@ -357,7 +357,7 @@ def test_the_flags_fill_the_fields_and_an_empty_secret_field_means_the_environme
     port = listen(server)  # the fields as the flags filled them
     assert server.status == (f"Socket is Listening for Connections on 127.0.0.1:{port} "
                              "(TLS, shared secret from $FEDGA_SECRET)")
-    assert server.listener.config.secret == b"a secret of 16 bytes or more"
+    assert server.listener.config.security.secret == b"a secret of 16 bytes or more"
 
 
 @pytest.mark.parametrize("mistake", ["missing secret file", "short secret",

@@ -40,7 +40,7 @@ if which == "server":
     from common.gui.controllers import ServerController
     from common.gui.server_app import ServerApp
     # .npy test data: its labels field shows; fedavg: min clients is enabled.
-    app = ServerApp(ServerController(ServerConfig(test_data="test.npy", aggregation="fedavg"),
+    app = ServerApp(ServerController(ServerConfig.of(test_data="test.npy", aggregation="fedavg"),
                                      build_global_model, call_soon=call_soon))
 else:
     from common.gui.client_app import ClientApp
