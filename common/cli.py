@@ -261,8 +261,8 @@ def run_client_headless(config: ClientConfig, data: Dataset, data_source: str,
         sock = connect(config.host, config.port, config.connect_timeout)
         thread = RecvThread(config.buffer_size, config.recv_timeout, sock=sock,
                             data=data, data_source=data_source, config=config,
-                            on_event=status and ClientStatus(status, config.name,
-                                                             config.ga.num_generations),
+                            on_event=ClientStatus(status, config.name, config.ga.num_generations)
+                            if status else None,
                             reconnect=Reconnector(config.host, config.port, config.retries))
         thread.start()
         while thread.is_alive():

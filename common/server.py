@@ -151,16 +151,17 @@ class ServerConfig:
                 training, ga_by_model=by_model,
                 ga=dataclasses.replace(training.ga,
                                        **{k: v for k, v in ga.items() if v is not None}))
-        groups = {"training": training}
         rest = {name: value for name, value in settings.items() if name not in ga_names}
-        for group_name in ("network", "security", "training", "outputs"):
-            group = groups.get(group_name, getattr(self, group_name))
-            names = {f.name for f in dataclasses.fields(group)} - {"ga", "ga_by_model"}
-            groups[group_name] = dataclasses.replace(
-                group, **{name: rest.pop(name) for name in names & rest.keys()})
+
+        def changed(group):
+            names = {f.name for f in dataclasses.fields(group)} & rest.keys()
+            return dataclasses.replace(group, **{name: rest.pop(name) for name in names})
+
+        config = ServerConfig(changed(self.network), changed(self.security), changed(training),
+                              changed(self.outputs))
         if rest:
             raise TypeError(f"not a server setting: {', '.join(sorted(rest))}")
-        return ServerConfig(**groups)
+        return config
 
 
 def new_socket(family: int = socket.AF_INET) -> socket.socket:

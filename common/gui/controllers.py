@@ -51,6 +51,7 @@ class SecurityField:
 class _Controller:
     """Buttons, a status line, security fields and a change callback shared by both windows."""
 
+    config: ServerConfig | ClientConfig  # each window's own, as its flags filled it
     BUTTONS: tuple[str, ...] = ()
     SECURITY: tuple[tuple[str, str], ...] = ()  # (config field, caption) of each security field
     TLS_FIELD = ""  # the one of them that turns TLS on
@@ -198,6 +199,7 @@ class ServerController(_Controller):
     built stays, to be saved, until the next.
     """
 
+    config: ServerConfig
     BUTTONS = ("create", "bind", "listen", "close")
     ACTIONS = ("stop", "save_model", "save_history", "save_plot")
     SECURITY = (("secret_file", "Secret file"), ("tls_cert", "TLS certificate"),
@@ -499,6 +501,7 @@ class ClientController(_Controller):
     row is locked from Receive & Train until Close Socket.
     """
 
+    config: ClientConfig
     BUTTONS = ("create", "connect", "train", "close")
     SECURITY = (("secret_file", "Secret file"), ("tls_ca", "TLS CA file"))
     TLS_FIELD = "tls_ca"

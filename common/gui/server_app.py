@@ -182,7 +182,7 @@ class ServerApp(TutorialApp):
         self.chart.marked = [] if view.best_round is None else [view.best_round, "best"]
         self.model_note.text = self._model_note()
         # The newest rows fit; older ones (long gone clients, usually) are left out.
-        rows = [(row.name, "" if row.samples is None else str(row.samples),
+        rows: list[tuple[str, ...]] = [(row.name, "" if row.samples is None else str(row.samples),
                  "" if row.round is None else str(row.round),
                  "" if row.accuracy is None else f"{row.accuracy:.2f}", row.state)
                 for row in list(view.clients.values())[-CLIENT_ROWS:]] or [("none yet",)]

@@ -391,7 +391,7 @@ class Series:
 
     caption: str
     colour: tuple[float, float, float]
-    points: list[tuple[float, float]]
+    points: Sequence[tuple[float, float]]
     low: float
     high: float
 

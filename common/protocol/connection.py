@@ -169,9 +169,9 @@ class Connection:
             self._send_raw(security.HELLO.pack(security.MAGIC_HELLO, mine))
             theirs = self._receive_hello(security.HELLO)
             self._nonces = mine + theirs
-            proof = self._reader.read(32)
+            server_proof = self._reader.read(32)
             expected = security.message_tag(self._secret, security.TO_CLIENT, self._nonces, 0, b"")
-            if not hmac.compare_digest(proof, expected):
+            if not hmac.compare_digest(server_proof, expected):
                 raise AuthError("the server does not know our shared secret")
 
     def _receive_hello(self, hello) -> bytes:
@@ -187,7 +187,7 @@ class Connection:
         return nonce
 
     @staticmethod
-    def _mismatch(data: bytes) -> str:
+    def _mismatch(data: bytes | bytearray) -> str:
         if data[0] == security.PICKLE_PROTO_OPCODE:
             return "peer sent plain pickle but a secret is required"
         return "peer sent neither an authenticated message nor plain pickle"
@@ -214,6 +214,7 @@ class Connection:
         self._prepare()
         budget = self.max_message_bytes + (security.ENVELOPE.size if self._secret else 0)
         self._reader.start(budget, self.idle_timeout, self.recv_timeout)
+        source: io.BytesIO | _MessageReader
         if self._secret:
             source = io.BytesIO(self._receive_payload())
         else:

@@ -162,17 +162,19 @@ def sample_count(data: Mapping) -> int:
 
 def check_ga_settings(data: Mapping, num_solutions: int) -> dict[str, Any]:
     """The GA settings a ``model`` message carries, checked to be sane numbers."""
-    settings = {key: data[key] for key in GA_SETTING_KEYS if key in data}
-    limits = {"num_generations": (int, 1, 100_000), "num_parents_mating": (int, 1, num_solutions),
-              "mutation_percent_genes": ((int, float), 0, 100),
-              "mutation_step": ((int, float), 0, 100), "stop_fitness": ((int, float), 0, 1e12)}
+    settings: dict[str, Any] = {key: data[key] for key in GA_SETTING_KEYS if key in data}
+    limits: dict[str, tuple[type | tuple[type, ...], float, float]] = {
+        "num_generations": (int, 1, 100_000), "num_parents_mating": (int, 1, num_solutions),
+        "mutation_percent_genes": ((int, float), 0, 100),
+        "mutation_step": ((int, float), 0, 100), "stop_fitness": ((int, float), 0, 1e12)}
     for key, value in settings.items():
         if key == "operators":
             if not isinstance(value, str) or value not in OPERATORS:
                 raise SchemaError(f"operators {value!r} is not one of {', '.join(OPERATORS)}")
             continue
         kind, low, high = limits[key]
-        if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        number = isinstance(value, kind) and not isinstance(value, bool)
+        if not (number and low <= value <= high):
             raise SchemaError(f"{key} {value!r} is not a number from {low} to {high}")
     return settings
 
