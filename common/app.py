@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from common.data import XOR_TEST_DATA, DataError, Dataset, fit_to_model, load_dataset
+from common.errors import UserError
 from common.model import Network, load_model_file, xor_network
 from common.modelspec import ModelRefused, dense_chain_json
 from common.results import History, plot_history
@@ -57,6 +58,12 @@ def positive(kind, *, zero_ok: bool = False):
             raise argparse.ArgumentTypeError(f"{text} must be {bound}")
         return value
     return parse
+
+
+def exit_on_mistake(exc: UserError) -> int:
+    """End a run on a user's mistake: its one plain sentence in the log, no traceback."""
+    log.error("%s", exc)
+    return EXIT_FAILED
 
 
 def configure_logging(level: str, role: str) -> StatusLine | None:
@@ -137,8 +144,7 @@ def serve(config: ServerConfig, on_event=None) -> int:
     try:
         server = ListenThread(global_model, config, on_event=on_event)
     except BindError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
+        return exit_on_mistake(exc)
     with server:
         host, port = server.server_address
         log.info("listening on %s:%d (model accuracy=%.4f before training)", host, port,

@@ -12,17 +12,15 @@ import signal
 from common import security
 from common.aggregate import AGGREGATIONS
 from common.app import (EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE,
-                        build_global_model, configure_logging, parse_port, positive,
-                        save_results, serve)
-from common.checkpoint import CheckpointError
+                        build_global_model, configure_logging, exit_on_mistake, parse_port,
+                        positive, save_results, serve)
 from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, ConnectError,
                            Reconnector, RecvThread, connect)
 from common.data import CLIENT_DATA, DataError, DataFile, Dataset, load_dataset
-from common.errors import Terminated
+from common.errors import Terminated, UserError
 from common.flags import (config_from, ga_flags, ga_settings, server_config_from,
                           training_flags)
 from common.ga import GAConfig
-from common.model import ModelFileError
 from common.status import ClientStatus, ServerStatus, StatusLine
 from common.server import GlobalModel, ServerConfig
 
@@ -205,9 +203,8 @@ def server_main(argv: list[str] | None = None) -> int:
         if built:
             save_results(config, built[-1])
         return code
-    except (CheckpointError, DataError, ModelFileError) as exc:  # one plain sentence each
-        log.error("%s", exc)
-        return EXIT_FAILED
+    except UserError as exc:  # a bad model file, test set, checkpoint: one plain sentence
+        return exit_on_mistake(exc)
 
 
 def run_server_headless(config: ServerConfig, status: StatusLine | None = None) -> int:
@@ -268,8 +265,7 @@ def run_client_headless(config: ClientConfig, data: Dataset, data_source: str,
         while thread.is_alive():
             thread.join(timeout=1.0)
     except ConnectError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
+        return exit_on_mistake(exc)
     except KeyboardInterrupt:
         log.warning("interrupted")
         return EXIT_INTERRUPTED

@@ -16,11 +16,12 @@ import logging
 import os
 import sys
 
-from common.app import EXIT_DONE, EXIT_FAILED, configure_logging, exit_code, positive
+from common.app import (EXIT_DONE, EXIT_FAILED, configure_logging, exit_code, exit_on_mistake,
+                        positive)
 from common.data import DataError
+from common.errors import UserError
 from common.flags import server_config_from, training_flags
-from common.flower.deploy import DeploymentError, LocalDeployment
-from common.model import ModelFileError
+from common.flower.deploy import LocalDeployment
 from common.server import ServerConfig
 
 log = logging.getLogger("fedga.flower")
@@ -147,9 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "deploy":
             return deploy(config, args.nodes, args.data, args.logs)
         return simulate(config, args.nodes, args.data)
-    except (DataError, DeploymentError, ModelFileError) as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
+    except UserError as exc:  # a bad data folder, model file or deployment: one sentence
+        return exit_on_mistake(exc)
 
 
 if __name__ == "__main__":

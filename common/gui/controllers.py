@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from common import security
 from common.aggregate import AGGREGATIONS
 from common.app import parse_port, positive
-from common.checkpoint import CheckpointError
 from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
 from common.data import DataError, DataFile, Dataset, describe, second_field
+from common.errors import UserError
 from common.events import Event, EventKind
-from common.model import ModelFileError
 from common.operators import OPERATORS
 from common.results import History
 from common.server import (BindError, GlobalModel, ListenThread, ServerConfig, bind_socket,
@@ -305,7 +304,7 @@ class ServerController(_Controller):
         def work() -> None:  # off the main thread: Keras may load, a test set may be large
             try:
                 model = self._make_global_model(config, self._from_thread(attempt), history)
-            except (ModelFileError, DataError, CheckpointError) as exc:
+            except UserError as exc:  # a bad model file, test set, checkpoint: one sentence
                 self._call_soon(self._build_failed, attempt, str(exc))
                 return
             except Exception as exc:  # a bug must leave the window usable
