@@ -7,6 +7,7 @@ None of ``cli``, ``gui`` and ``flower`` imports another; each imports this.
 Exit codes: 0 done, 1 a failure explained in one line, 2 gave up (--max-rounds) or bad
 usage, 3 stopped by --patience, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,6 +49,7 @@ def parse_port(text: str) -> int:
 def positive(kind, *, zero_ok: bool = False):
     """A parser of a flag's or a window field's text into a ``kind`` number above 0 (or 0
     and above); ``argparse.ArgumentTypeError`` says what is wrong in plain words."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -57,6 +59,7 @@ def positive(kind, *, zero_ok: bool = False):
             bound = "0 or more" if zero_ok else "greater than 0"
             raise argparse.ArgumentTypeError(f"{text} must be {bound}")
         return value
+
     return parse
 
 
@@ -69,14 +72,19 @@ def exit_on_mistake(exc: UserError) -> int:
 def configure_logging(level: str, role: str) -> StatusLine | None:
     """Plain log lines; on a terminal also a live status line, which is returned."""
     status = StatusLine(sys.stderr) if sys.stderr.isatty() else None
-    logging.basicConfig(level=level, format=f"%(asctime)s [{role}] %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", force=True,
-                        handlers=[status or logging.StreamHandler(sys.stderr)])
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s [{role}] %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+        handlers=[status or logging.StreamHandler(sys.stderr)],
+    )
     return status
 
 
-def build_global_model(config: ServerConfig, on_event=None,
-                       history: History | None = None) -> GlobalModel:
+def build_global_model(
+    config: ServerConfig, on_event=None, history: History | None = None
+) -> GlobalModel:
     """The model and test data of the config, recording the updates in ``history`` (by
     default a History writing the config's history file, when set). Without a model file:
     the tutorial's XOR model, or for test data of other features or classes a Dense model
@@ -85,16 +93,25 @@ def build_global_model(config: ServerConfig, on_event=None,
     training, history_file = config.training, config.outputs.history
     test_data = XOR_TEST_DATA
     if training.test_data:
-        test_data = load_dataset(training.test_data, training.test_labels,
-                                 training.test_label_column)
+        test_data = load_dataset(
+            training.test_data, training.test_labels, training.test_label_column
+        )
     elif training.model:
-        raise DataError(f"The model in {training.model} needs its own test set: add "
-                        "--test-data FILE.")
-    network = (load_model_file(training.model, training.seed) if training.model
-               else default_network(test_data, training.seed))
+        raise DataError(
+            f"The model in {training.model} needs its own test set: add --test-data FILE."
+        )
+    network = (
+        load_model_file(training.model, training.seed)
+        if training.model
+        else default_network(test_data, training.seed)
+    )
     forward = network.forward
-    test_data = fit_to_model(test_data, forward.num_features, forward.num_outputs,
-                             training.test_data or "the XOR test data")
+    test_data = fit_to_model(
+        test_data,
+        forward.num_features,
+        forward.num_outputs,
+        training.test_data or "the XOR test data",
+    )
     if history is None and history_file:
         history = History(history_file)
     if history is not None:
@@ -107,18 +124,25 @@ def default_network(test_data: Dataset, seed: int | None = None) -> Network:
     Dense(16, relu) -> Dense(classes, softmax) for the data's features and classes."""
     inputs, outputs = np.asarray(test_data.inputs), np.asarray(test_data.outputs)
     if inputs.ndim != 2:
-        raise DataError(f"The test data's inputs have shape {inputs.shape}: a model needs "
-                        "(samples, features).")
+        raise DataError(
+            f"The test data's inputs have shape {inputs.shape}: a model needs (samples, features)."
+        )
     one_hot = outputs.ndim == 2 and outputs.shape[1] > 1
     classes = outputs.shape[1] if one_hot else int(np.max(outputs, initial=1)) + 1
     if (inputs.shape[1], classes) == (2, 2):
         return xor_network(seed)
     try:
-        return Network.from_json(dense_chain_json(
-            inputs.shape[1], [(DEFAULT_HIDDEN_UNITS, "relu"), (classes, "softmax")]), seed)
+        return Network.from_json(
+            dense_chain_json(
+                inputs.shape[1], [(DEFAULT_HIDDEN_UNITS, "relu"), (classes, "softmax")]
+            ),
+            seed,
+        )
     except ModelRefused as exc:  # e.g. a label of 10**9: as many classes
-        raise DataError(f"A default model for the test data ({inputs.shape[1]} features, "
-                        f"{classes} classes) is refused: {exc}; give a model file.") from None
+        raise DataError(
+            f"A default model for the test data ({inputs.shape[1]} features, "
+            f"{classes} classes) is refused: {exc}; give a model file."
+        ) from None
 
 
 def _both(first, second):
@@ -147,13 +171,18 @@ def serve(config: ServerConfig, on_event=None) -> int:
         return exit_on_mistake(exc)
     with server:
         host, port = server.server_address
-        log.info("listening on %s:%d (model accuracy=%.4f before training)", host, port,
-                 global_model.accuracy)
+        log.info(
+            "listening on %s:%d (model accuracy=%.4f before training)",
+            host,
+            port,
+            global_model.accuracy,
+        )
         network = config.network
         while True:
             if server.wait_all_answered(timeout=1.0):
-                if network.expected_clients and (len(server.peers_told_done)
-                                                 >= network.expected_clients):
+                if network.expected_clients and (
+                    len(server.peers_told_done) >= network.expected_clients
+                ):
                     break
                 quiet_for = time.monotonic() - server.last_connected
                 if quiet_for >= network.linger:
@@ -166,7 +195,10 @@ def serve(config: ServerConfig, on_event=None) -> int:
 def exit_code(global_model: GlobalModel) -> int:
     """How a finished training ended, as the process's exit code."""
     if global_model.reached_target:
-        log.info("finished: accuracy=%.4f after %d rounds; every client was told done",
-                 global_model.accuracy, global_model.round)
+        log.info(
+            "finished: accuracy=%.4f after %d rounds; every client was told done",
+            global_model.accuracy,
+            global_model.round,
+        )
         return EXIT_DONE
     return EXIT_PATIENCE if global_model.outcome == "patience" else EXIT_GAVE_UP

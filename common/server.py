@@ -4,6 +4,7 @@
 Shaped like ``socketserver``: ``serve_forever``/``shutdown``, a context manager, the real
 bound address after binding port 0. Threads report through an ``on_event`` callback.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,7 +89,9 @@ class TrainingConfig:
     max_rounds: int = 1000
     patience: int = 0  # stop once this many rounds passed without a better model; 0: never
     seed: int | None = None
-    aggregation: str = "running-best"  # any name in common.aggregate; the tutorial's: running-average
+    aggregation: str = (
+        "running-best"  # any name in common.aggregate; the tutorial's: running-average
+    )
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     checkpoint: str | None = None  # save the global state here after every accepted update
@@ -101,7 +104,8 @@ class TrainingConfig:
         model (no model, no test data), else those tuned on real data."""
         defaults = GAConfig() if self.model is None and self.test_data is None else REAL_DATA
         return dataclasses.replace(
-            self.ga, **{name: getattr(defaults, name) for name in self.ga_by_model})
+            self.ga, **{name: getattr(defaults, name) for name in self.ga_by_model}
+        )
 
 
 @dataclass
@@ -135,8 +139,10 @@ class ServerConfig:
         for group in (self.network, self.security, self.training, self.outputs):
             flat |= {f.name: getattr(group, f.name) for f in dataclasses.fields(group)}
         ga, by_model = flat.pop("ga"), flat.pop("ga_by_model")
-        return flat | {f.name: None if f.name in by_model else getattr(ga, f.name)
-                       for f in dataclasses.fields(ga)}
+        return flat | {
+            f.name: None if f.name in by_model else getattr(ga, f.name)
+            for f in dataclasses.fields(ga)
+        }
 
     def with_settings(self, **settings: Any) -> ServerConfig:
         """A copy with ``settings`` changed, each by its flat name (``TypeError`` for an
@@ -145,20 +151,27 @@ class ServerConfig:
         ga = {name: value for name, value in settings.items() if name in ga_names}
         training = self.training
         if ga:
-            by_model = tuple(name for name in GA_BY_MODEL
-                             if (ga[name] is None if name in ga else name in training.ga_by_model))
+            by_model = tuple(
+                name
+                for name in GA_BY_MODEL
+                if (ga[name] is None if name in ga else name in training.ga_by_model)
+            )
             training = dataclasses.replace(
-                training, ga_by_model=by_model,
-                ga=dataclasses.replace(training.ga,
-                                       **{k: v for k, v in ga.items() if v is not None}))
+                training,
+                ga_by_model=by_model,
+                ga=dataclasses.replace(
+                    training.ga, **{k: v for k, v in ga.items() if v is not None}
+                ),
+            )
         rest = {name: value for name, value in settings.items() if name not in ga_names}
 
         def changed(group):
             names = {f.name for f in dataclasses.fields(group)} & rest.keys()
             return dataclasses.replace(group, **{name: rest.pop(name) for name in names})
 
-        config = ServerConfig(changed(self.network), changed(self.security), changed(training),
-                              changed(self.outputs))
+        config = ServerConfig(
+            changed(self.network), changed(self.security), changed(training), changed(self.outputs)
+        )
         if rest:
             raise TypeError(f"not a server setting: {', '.join(sorted(rest))}")
         return config
@@ -233,8 +246,12 @@ class _Entry(NamedTuple):
     reached_target: bool = False  # that score reached the target accuracy
 
     def for_rule(self) -> Update:
-        return Update(self.update.best_model_weights_vector, self.update.num_samples or 1,
-                      self.reached_target, self.client)
+        return Update(
+            self.update.best_model_weights_vector,
+            self.update.num_samples or 1,
+            self.reached_target,
+            self.client,
+        )
 
 
 def _update_name(key: tuple[str, int] | None) -> str:
@@ -263,9 +280,14 @@ class GlobalModel:
     answered; ``resume`` starts from that file (``CheckpointError`` if it cannot be read).
     """
 
-    def __init__(self, network: Network, test_data: Dataset,
-                 training: TrainingConfig | None = None, *,
-                 on_event: EventCallback | None = None):
+    def __init__(
+        self,
+        network: Network,
+        test_data: Dataset,
+        training: TrainingConfig | None = None,
+        *,
+        on_event: EventCallback | None = None,
+    ):
         training = training or TrainingConfig()
         self.aggregation = aggregation_named(training.aggregation)
         self.aggregation.bind(self._score_candidates)
@@ -303,17 +325,28 @@ class GlobalModel:
         if training.resume:
             self._restore(checkpoint.load(self.checkpoint_path, self.num_params))
         elif self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
-            log.warning("starting afresh: the first update will replace the checkpoint %s "
-                        "(--resume continues from it)", self.checkpoint_path)
+            log.warning(
+                "starting afresh: the first update will replace the checkpoint %s "
+                "(--resume continues from it)",
+                self.checkpoint_path,
+            )
 
     def _restore(self, saved: Checkpoint) -> None:
         self.vector, self.round, self.accuracy = saved.vector, saved.round, saved.accuracy
         self.sequences = saved.sequences
-        self.best = saved.best or Best(self.vector, self.round, self.accuracy,
-                                       self._loss(self.vector))
-        log.info("resumed from %s: round=%d accuracy=%.4f (best %.4f in round %d), last "
-                 "updates of %d clients", self.checkpoint_path, self.round, self.accuracy,
-                 self.best.accuracy, self.best.round, len(self.sequences))
+        self.best = saved.best or Best(
+            self.vector, self.round, self.accuracy, self._loss(self.vector)
+        )
+        log.info(
+            "resumed from %s: round=%d accuracy=%.4f (best %.4f in round %d), last "
+            "updates of %d clients",
+            self.checkpoint_path,
+            self.round,
+            self.accuracy,
+            self.best.accuracy,
+            self.best.round,
+            len(self.sequences),
+        )
         if self.accuracy >= self.target_accuracy:  # stopped after done, before telling everyone
             self.outcome = "done"
             self.finished.set()
@@ -338,8 +371,10 @@ class GlobalModel:
         """(reaches the target, loss) of each row of ``vectors``, in one batched pass."""
         data = self.test_data
         probabilities = self.forward(vectors, data.inputs)
-        return (model_accuracy(probabilities, data.outputs) >= self.target_accuracy,
-                loss(probabilities, data.outputs))
+        return (
+            model_accuracy(probabilities, data.outputs) >= self.target_accuracy,
+            loss(probabilities, data.outputs),
+        )
 
     def forget(self, client: str) -> None:
         """A client left: the rule no longer counts its last update (running-best's mean)."""
@@ -350,17 +385,29 @@ class GlobalModel:
         """Save the best global model as a ``.keras`` file."""
         with self._lock:  # a Keras-built forward pass shares its model with evaluation
             self.network.save(self.best.vector, path)
-            log.info("saved the best global model (round %d, accuracy=%.4f) to %s; the last, "
-                     "round %d, scored accuracy=%.4f", self.best.round, self.best.accuracy,
-                     path, self.round, self.accuracy)
+            log.info(
+                "saved the best global model (round %d, accuracy=%.4f) to %s; the last, "
+                "round %d, scored accuracy=%.4f",
+                self.best.round,
+                self.best.accuracy,
+                path,
+                self.round,
+                self.accuracy,
+            )
 
     def _reply(self) -> ServerReply:
         """Call with the lock held: ``done`` once finished, else a population around the
         current global weights with the global model itself as its first member."""
         if self.finished.is_set():
             return Done(self.round, self.accuracy)
-        population = spread_population(self.vector, self.forward.shapes, self.num_solutions,
-                                       self._rng, self.ga.operators, self.ga.mutation_step)
+        population = spread_population(
+            self.vector,
+            self.forward.shapes,
+            self.num_solutions,
+            self._rng,
+            self.ga.operators,
+            self.ga.mutation_step,
+        )
         sent = dataclasses.asdict(self.ga)
         del sent["step_patience"]  # the server's own
         return ModelRequest(self.model_json, population, sent, self.round, self.accuracy)
@@ -382,17 +429,29 @@ class GlobalModel:
         try:
             with self._lock:
                 if key is not None and key[1] <= self.sequences.get(key[0], -1):
-                    log.info("client=%s resent update=%s, already counted: not counted again "
-                             "(round=%d)", client, _update_name(key), self.round)
+                    log.info(
+                        "client=%s resent update=%s, already counted: not counted again (round=%d)",
+                        client,
+                        _update_name(key),
+                        self.round,
+                    )
                     return self._reply()
                 if self.finished.is_set():
                     return self._reply()
                 update_accuracy = self._evaluate(update.best_model_weights_vector)
-                self._emit(Event(EventKind.SCORED, peer=client, round=self.round + 1,
-                                 accuracy=update_accuracy, samples=update.num_samples,
-                                 detail="" if key is None else key[0]))
-                entry = _Entry(update, client, update_accuracy,
-                               update_accuracy >= self.target_accuracy)
+                self._emit(
+                    Event(
+                        EventKind.SCORED,
+                        peer=client,
+                        round=self.round + 1,
+                        accuracy=update_accuracy,
+                        samples=update.num_samples,
+                        detail="" if key is None else key[0],
+                    )
+                )
+                entry = _Entry(
+                    update, client, update_accuracy, update_accuracy >= self.target_accuracy
+                )
                 if self.aggregation.per_update:
                     self._aggregate([entry])
                     return self._reply()
@@ -436,8 +495,12 @@ class GlobalModel:
             self._pending, self._round_id = [], self._round_id + 1
             self.finished.set()
             self._round_closed.notify_all()
-            log.warning("stopped by request after %d rounds; the best, round %d, scored "
-                        "accuracy=%.4f", self.round, self.best.round, self.best.accuracy)
+            log.warning(
+                "stopped by request after %d rounds; the best, round %d, scored accuracy=%.4f",
+                self.round,
+                self.best.round,
+                self.best.accuracy,
+            )
             self._emit(Event(EventKind.STOPPED, round=self.round, accuracy=self.best.accuracy))
         self._deliver_events()
 
@@ -473,14 +536,27 @@ class GlobalModel:
         if rule.per_update:
             (entry,) = entries
             detail = "update_accuracy=%.4f accuracy=%.4f update=%s" % (
-                entry.accuracy, accuracy, _update_name(entry.update.key))
-            self._commit(vector, accuracy, [entry.update.key], entry.client,
-                         f"{detail} {rule.describe()}".rstrip())
+                entry.accuracy,
+                accuracy,
+                _update_name(entry.update.key),
+            )
+            self._commit(
+                vector,
+                accuracy,
+                [entry.update.key],
+                entry.client,
+                f"{detail} {rule.describe()}".rstrip(),
+            )
             return
         clients = [e.client for e in entries]
         names = "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
-        self._commit(vector, accuracy, [e.update.key for e in entries], names,
-                     "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries)))
+        self._commit(
+            vector,
+            accuracy,
+            [e.update.key for e in entries],
+            names,
+            "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries)),
+        )
 
     def _adapt_step(self, loss: float) -> None:
         """Call with the lock held, after a round: halve the step the next populations are
@@ -489,47 +565,75 @@ class GlobalModel:
             self._lowest_loss = (loss, self.round)
             return
         step, patience = self.ga.mutation_step, self.ga.step_patience
-        if not patience or step <= self._smallest_step or self.round - self._lowest_loss[1] < patience:
+        if (
+            not patience
+            or step <= self._smallest_step
+            or self.round - self._lowest_loss[1] < patience
+        ):
             return
         self.ga = dataclasses.replace(self.ga, mutation_step=max(self._smallest_step, step / 2))
         self._lowest_loss = (self._lowest_loss[0], self.round)  # patience again from here
-        log.info("mutation step %.3g -> %.3g: no lower loss for %d rounds", step,
-                 self.ga.mutation_step, patience)
+        log.info(
+            "mutation step %.3g -> %.3g: no lower loss for %d rounds",
+            step,
+            self.ga.mutation_step,
+            patience,
+        )
 
-    def _commit(self, vector: np.ndarray, accuracy: float, keys: list, client: str,
-                detail: str) -> None:
+    def _commit(
+        self, vector: np.ndarray, accuracy: float, keys: list, client: str, detail: str
+    ) -> None:
         """Call with the lock held: make ``vector`` the global model, durably, as one round."""
         sequences = {**self.sequences, **{k[0]: k[1] for k in keys if k is not None}}
         loss = self._loss(vector)
-        best = (Best(vector, self.round + 1, accuracy, loss)
-                if self.best.beaten_by(accuracy, loss) else self.best)
+        best = (
+            Best(vector, self.round + 1, accuracy, loss)
+            if self.best.beaten_by(accuracy, loss)
+            else self.best
+        )
         if self.checkpoint_path is not None:
             # Durable before it counts: a crash either loses the update, which its client
             # then resends, or keeps it with its sequence, so the resend is recognised.
-            checkpoint.save(self.checkpoint_path,
-                            Checkpoint(vector, self.round + 1, accuracy, sequences, best))
+            checkpoint.save(
+                self.checkpoint_path, Checkpoint(vector, self.round + 1, accuracy, sequences, best)
+            )
         self.vector, self.accuracy, self.sequences, self.best = vector, accuracy, sequences, best
         self.round += 1
         log.info("round=%d client=%s %s", self.round, client, detail)
         self._adapt_step(loss)
-        self._emit(Event(EventKind.UPDATE, peer=client, round=self.round, accuracy=self.accuracy,
-                         loss=loss))
+        self._emit(
+            Event(
+                EventKind.UPDATE, peer=client, round=self.round, accuracy=self.accuracy, loss=loss
+            )
+        )
         if self.accuracy >= self.target_accuracy:
             self.outcome = "done"
-            log.info("done: accuracy=%.4f reached the target %.4f in round %d",
-                     self.accuracy, self.target_accuracy, self.round)
+            log.info(
+                "done: accuracy=%.4f reached the target %.4f in round %d",
+                self.accuracy,
+                self.target_accuracy,
+                self.round,
+            )
             self.finished.set()
             self._emit(Event(EventKind.DONE, round=self.round, accuracy=self.accuracy))
         elif self.round >= self.max_rounds:
-            log.warning("giving up: accuracy=%.4f after %d rounds (--max-rounds), target %.4f",
-                        self.accuracy, self.round, self.target_accuracy)
+            log.warning(
+                "giving up: accuracy=%.4f after %d rounds (--max-rounds), target %.4f",
+                self.accuracy,
+                self.round,
+                self.target_accuracy,
+            )
             self.outcome = "gave_up"
             self.finished.set()
             self._emit(Event(EventKind.GAVE_UP, round=self.round, accuracy=self.accuracy))
         elif self.patience and self.round - self.best.round >= self.patience:
-            log.warning("stopping: no better model for %d rounds (--patience); the best, "
-                        "round %d, scored accuracy=%.4f", self.patience, self.best.round,
-                        self.best.accuracy)
+            log.warning(
+                "stopping: no better model for %d rounds (--patience); the best, "
+                "round %d, scored accuracy=%.4f",
+                self.patience,
+                self.best.round,
+                self.best.accuracy,
+            )
             self.outcome = "patience"
             self.finished.set()
             self._emit(Event(EventKind.PATIENCE, round=self.round, accuracy=self.best.accuracy))
@@ -538,18 +642,31 @@ class GlobalModel:
 class SocketThread(threading.Thread):
     """Serves one client: receive a request, reply, until the client leaves or misbehaves."""
 
-    def __init__(self, connection: socket.socket, client_info, buffer_size: int = 1024,
-                 recv_timeout: float = 10.0, *, server: ListenThread):
+    def __init__(
+        self,
+        connection: socket.socket,
+        client_info,
+        buffer_size: int = 1024,
+        recv_timeout: float = 10.0,
+        *,
+        server: ListenThread,
+    ):
         super().__init__(name=f"SocketThread-{client_info[0]}:{client_info[1]}", daemon=True)
         self.server = server  # its settings, model and listeners, as socketserver's handlers
         self.global_model = server.global_model
         network = server.config.network
         self.connection = Connection(
-            connection, buffer_size=buffer_size, recv_timeout=recv_timeout,
-            idle_timeout=network.idle_timeout, secret=server.config.security.secret,
+            connection,
+            buffer_size=buffer_size,
+            recv_timeout=recv_timeout,
+            idle_timeout=network.idle_timeout,
+            secret=server.config.security.secret,
             server_side=True,
-            max_message_bytes=network.max_message_bytes or protocol.default_max_message_bytes(
-                self.global_model.num_params, self.global_model.num_solutions))
+            max_message_bytes=network.max_message_bytes
+            or protocol.default_max_message_bytes(
+                self.global_model.num_params, self.global_model.num_solutions
+            ),
+        )
         self.client_info = client_info
         self.peer = self.connection.peer
         self.answered_done = False  # this client has been told training is over
@@ -568,11 +685,13 @@ class SocketThread(threading.Thread):
         try:
             while True:
                 message = self.connection.receive(protocol.CLIENT_TO_SERVER)
-                self.server.on_event(Event(EventKind.REQUEST, peer=self.peer,
-                                           detail=message.subject.value))
+                self.server.on_event(
+                    Event(EventKind.REQUEST, peer=self.peer, detail=message.subject.value)
+                )
                 response = self.reply(message)
                 if response.subject is Subject.MODEL and self._stopping.wait(
-                        self.server.config.network.round_delay):
+                    self.server.config.network.round_delay
+                ):
                     break
                 self.connection.send(response.to_message())
                 if response.subject is Subject.DONE:
@@ -609,17 +728,21 @@ class ListenThread(threading.Thread):
     let it create one on the config's ``network.host``/``network.port``.
     """
 
-    def __init__(self, global_model: GlobalModel, config: ServerConfig | None = None, *,
-                 listening_socket: socket.socket | None = None,
-                 on_event: EventCallback | None = None):
+    def __init__(
+        self,
+        global_model: GlobalModel,
+        config: ServerConfig | None = None,
+        *,
+        listening_socket: socket.socket | None = None,
+        on_event: EventCallback | None = None,
+    ):
         super().__init__(name="ListenThread", daemon=True)
         self.config = config or ServerConfig()
         self.global_model = global_model
         network, tls = self.config.network, self.config.security
         self.socket = listening_socket or create_listening_socket(network.host, network.port)
         self.server_address = self.socket.getsockname()[:2]
-        self._tls = (security.server_tls_context(tls.tls_cert, tls.tls_key)
-                     if tls.tls_cert else None)
+        self._tls = security.server_tls_context(tls.tls_cert, tls.tls_key) if tls.tls_cert else None
         self.on_event = on_event or (lambda event: None)  # its handlers report here too
         self._handlers: list[SocketThread] = []
         self._handlers_lock = threading.Lock()
@@ -656,17 +779,22 @@ class ListenThread(threading.Thread):
             self._handlers = [h for h in self._handlers if h.is_alive()]
             serving = len(self._handlers)
         if serving >= network.max_clients:
-            log.warning("refusing client %s:%s: already serving %d clients (--max-clients)",
-                        *client_info[:2], serving)
+            log.warning(
+                "refusing client %s:%s: already serving %d clients (--max-clients)",
+                *client_info[:2],
+                serving,
+            )
             connection.close()
             return
         log.info("client %s:%s connected", *client_info[:2])
         self.last_connected = time.monotonic()
         if self._tls is not None:  # the handshake itself runs in the client's own thread
-            connection = self._tls.wrap_socket(connection, server_side=True,
-                                               do_handshake_on_connect=False)
-        handler = SocketThread(connection, client_info, network.buffer_size,
-                               network.recv_timeout, server=self)
+            connection = self._tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        handler = SocketThread(
+            connection, client_info, network.buffer_size, network.recv_timeout, server=self
+        )
         with self._handlers_lock:
             self._handlers.append(handler)
         handler.start()
@@ -686,7 +814,8 @@ class ListenThread(threading.Thread):
     def all_answered(self) -> bool:
         """Training is over and every connected client has been told ``done``."""
         return self.global_model.finished.is_set() and all(
-            h.answered_done or h.closed for h in self.handlers)
+            h.answered_done or h.closed for h in self.handlers
+        )
 
     def wait_all_answered(self, timeout: float | None = None) -> bool:
         with self._changed:

@@ -1,5 +1,6 @@
 """Checkpoints: the save/load round-trip, refusals of files that are not ours, and the
 server's use of them (resume, and an update resent after a crash counted once)."""
+
 from __future__ import annotations
 
 import io
@@ -21,12 +22,16 @@ NUM_PARAMS = 22  # the XOR model: 2x4 + 4 + 4x2 + 2
 
 def _state(round_: int = 7, sequences=None) -> Checkpoint:
     vector = np.linspace(-2, 2, NUM_PARAMS, dtype=np.float32)
-    return Checkpoint(vector, round_, 0.75, {"client1-ab": 3, "client2-cd": 5}
-                      if sequences is None else sequences)
+    return Checkpoint(
+        vector, round_, 0.75, {"client1-ab": 3, "client2-cd": 5} if sequences is None else sequences
+    )
 
 
-@pytest.mark.parametrize("sequences", [{"client1-ab": 3, "client2-cd": 5}, {}],
-                         ids=["two clients", "no sequenced client"])
+@pytest.mark.parametrize(
+    "sequences",
+    [{"client1-ab": 3, "client2-cd": 5}, {}],
+    ids=["two clients", "no sequenced client"],
+)
 def test_save_then_load_round_trips(tmp_path, sequences):
     path = tmp_path / "state.npz"
     checkpoint.save(path, _state(sequences=sequences))
@@ -62,8 +67,14 @@ def test_missing_checkpoint_is_one_sentence(tmp_path):
 
 
 def _pickled_object_array(path):
-    np.savez(path, vector=np.array([object()] * NUM_PARAMS, dtype=object), round=1,
-             accuracy=0.5, client_ids=np.array([], dtype=str), sequences=np.array([], int))
+    np.savez(
+        path,
+        vector=np.array([object()] * NUM_PARAMS, dtype=object),
+        round=1,
+        accuracy=0.5,
+        client_ids=np.array([], dtype=str),
+        sequences=np.array([], int),
+    )
 
 
 def _npy(array) -> bytes:
@@ -74,16 +85,20 @@ def _npy(array) -> bytes:
 
 BAD_FILES = {
     "garbage": lambda path: path.write_bytes(b"not a zip file at all"),
-    "truncated": lambda path: (checkpoint.save(path, _state()),
-                               path.write_bytes(path.read_bytes()[:300])),
+    "truncated": lambda path: (
+        checkpoint.save(path, _state()),
+        path.write_bytes(path.read_bytes()[:300]),
+    ),
     "a pickle": lambda path: path.write_bytes(pickle.dumps({"vector": [0.0] * NUM_PARAMS})),
     "object array": _pickled_object_array,
     "an .npy array": lambda path: path.write_bytes(_npy(np.zeros(NUM_PARAMS, np.float32))),
     "missing key": lambda path: np.savez(path, vector=np.zeros(NUM_PARAMS, np.float32)),
     "another model": lambda path: checkpoint.save(
-        path, Checkpoint(np.zeros(5, np.float32), 1, 0.5, {})),
+        path, Checkpoint(np.zeros(5, np.float32), 1, 0.5, {})
+    ),
     "NaN weights": lambda path: checkpoint.save(
-        path, Checkpoint(np.full(NUM_PARAMS, np.nan, np.float32), 1, 0.5, {})),
+        path, Checkpoint(np.full(NUM_PARAMS, np.nan, np.float32), 1, 0.5, {})
+    ),
 }
 
 
@@ -100,8 +115,13 @@ def test_a_file_that_is_not_our_checkpoint_is_refused(tmp_path, name):
 
 def _global_model(path, resume=False, target_accuracy=2.0):
     # An unreachable target by default: every update counts and training goes on.
-    return GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(
-        checkpoint=str(path), resume=resume, target_accuracy=target_accuracy, seed=1))
+    return GlobalModel(
+        xor_network(1),
+        XOR_TEST_DATA,
+        TrainingConfig(
+            checkpoint=str(path), resume=resume, target_accuracy=target_accuracy, seed=1
+        ),
+    )
 
 
 def _update(gm, index=1):
@@ -160,14 +180,17 @@ def test_resume_without_a_file_raises_checkpoint_error(tmp_path):
         _global_model(tmp_path / "missing.npz", resume=True)
 
 
-@pytest.mark.parametrize("data,error", [
-    ({"sequence": 1}, "needs a client_id"),
-    ({"sequence": 1, "client_id": ""}, "needs a client_id"),
-    ({"sequence": 1, "client_id": "x" * 257}, "needs a client_id"),
-    ({"sequence": -1, "client_id": "c"}, "is not a count"),
-    ({"sequence": 1.5, "client_id": "c"}, "is not a count"),
-    ({"sequence": True, "client_id": "c"}, "is not a count"),
-])
+@pytest.mark.parametrize(
+    "data,error",
+    [
+        ({"sequence": 1}, "needs a client_id"),
+        ({"sequence": 1, "client_id": ""}, "needs a client_id"),
+        ({"sequence": 1, "client_id": "x" * 257}, "needs a client_id"),
+        ({"sequence": -1, "client_id": "c"}, "is not a count"),
+        ({"sequence": 1.5, "client_id": "c"}, "is not a count"),
+        ({"sequence": True, "client_id": "c"}, "is not a count"),
+    ],
+)
 def test_update_key_refuses_malformed_sequences(data, error):
     with pytest.raises(protocol.SchemaError, match=error):
         protocol.update_key(data)

@@ -2,6 +2,7 @@
 client's latest update, the server keeps what scores best on its test data, the current
 model included, so an update that would make it worse (an overfit or poisoned one) is left
 out, and a client that left is left out of the mean."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,9 +29,14 @@ def _global_model(**settings) -> GlobalModel:
 
 def _reaching_target(model: GlobalModel, update, latest) -> list[str]:
     candidates = running_candidates(model.vector, update, latest)
-    return [name for name, vector in candidates.items()
-            if model.forward.accuracy(vector.astype(np.float32), XOR_TEST_DATA.inputs,
-                                      XOR_TEST_DATA.outputs) == 1.0]
+    return [
+        name
+        for name, vector in candidates.items()
+        if model.forward.accuracy(
+            vector.astype(np.float32), XOR_TEST_DATA.inputs, XOR_TEST_DATA.outputs
+        )
+        == 1.0
+    ]
 
 
 def test_an_update_that_scores_worse_leaves_the_model_as_it_was(caplog):
@@ -54,7 +60,8 @@ def test_the_clients_mean_is_taken_when_only_it_reaches_the_target(caplog):
     model.apply_update(ClientUpdate(ALWAYS_FIRST), "a")
     assert not model.finished.is_set()
     assert _reaching_target(model, ALWAYS_SECOND, [ALWAYS_FIRST, ALWAYS_SECOND]) == [
-        "clients' mean"]
+        "clients' mean"
+    ]
     model.apply_update(ClientUpdate(ALWAYS_SECOND), "b")
     assert model.reached_target
     np.testing.assert_array_equal(model.vector, SOLUTION)

@@ -1,5 +1,6 @@
 """The GA settings by problem: the server halves the mutation step once its test loss stops
 falling (real data), keeps it fixed for the tutorial's XOR, and sends what it uses."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,9 +23,17 @@ def _sent_step(model: GlobalModel) -> float:
 
 
 def test_the_step_halves_after_rounds_without_a_lower_loss_down_to_a_tenth():
-    model = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(
-        aggregation="fedavg", min_clients=1, target_accuracy=1.5,
-        ga=GAConfig(mutation_step=0.4, step_patience=2), ga_by_model=()))
+    model = GlobalModel(
+        xor_network(1),
+        XOR_TEST_DATA,
+        TrainingConfig(
+            aggregation="fedavg",
+            min_clients=1,
+            target_accuracy=1.5,
+            ga=GAConfig(mutation_step=0.4, step_patience=2),
+            ga_by_model=(),
+        ),
+    )
     solution = _xor_solution(0.2)  # every round below scores the same loss: no progress
     model.apply_round({"a": ClientUpdate(solution)})  # a lower loss than the initial model's
     steps = []
@@ -42,9 +51,17 @@ def test_the_step_halves_after_rounds_without_a_lower_loss_down_to_a_tenth():
 
 
 def test_a_fixed_step_stays_as_set():
-    model = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(
-        aggregation="fedavg", min_clients=1, target_accuracy=1.5,
-        ga=GAConfig(mutation_step=0.4), ga_by_model=()))
+    model = GlobalModel(
+        xor_network(1),
+        XOR_TEST_DATA,
+        TrainingConfig(
+            aggregation="fedavg",
+            min_clients=1,
+            target_accuracy=1.5,
+            ga=GAConfig(mutation_step=0.4),
+            ga_by_model=(),
+        ),
+    )
     for _ in range(6):
         model.apply_round({"a": ClientUpdate(_xor_solution(0.2))})
     assert _sent_step(model) == 0.4
@@ -53,27 +70,48 @@ def test_a_fixed_step_stays_as_set():
 def test_settings_left_open_follow_the_model_and_flags_win():
     xor = ServerConfig().training.ga_for_model()
     assert (xor.stop_fitness, xor.step_patience) == (GAConfig().stop_fitness, 0)
-    own = ServerConfig.of(model="model.json", test_data="test.npz",
-                          mutation_step=0.2).training.ga_for_model()
+    own = ServerConfig.of(
+        model="model.json", test_data="test.npz", mutation_step=0.2
+    ).training.ga_for_model()
     assert (own.stop_fitness, own.step_patience, own.mutation_step) == (
-        REAL_DATA.stop_fitness, REAL_DATA.step_patience, 0.2)
-    given = ServerConfig.of(test_data="test.npz", stop_fitness=5,
-                            step_patience=0).training.ga_for_model()
+        REAL_DATA.stop_fitness,
+        REAL_DATA.step_patience,
+        0.2,
+    )
+    given = ServerConfig.of(
+        test_data="test.npz", stop_fitness=5, step_patience=0
+    ).training.ga_for_model()
     assert (given.stop_fitness, given.step_patience) == (5, 0)
 
 
 def test_a_seeded_federated_run_on_wine_reaches_0_9(tmp_path, server_factory, client_factory):
     """Three clients with label-skewed wine over loopback, fedavg, the defaults a user gets.
     Rounds close on all three updates; the round timeout is only a bound for a busy machine."""
-    assert datasets.main(["wine", "--clients", "3", "--dirichlet", "0.5", "--seed", "2",
-                          "--out", str(tmp_path)]) == 0
-    server, events = server_factory(model=str(tmp_path / "model.json"), seed=2,
-                                    test_data=str(tmp_path / "server_test.npz"),
-                                    aggregation="fedavg", min_clients=3, round_timeout=WAIT,
-                                    target_accuracy=0.9, max_rounds=ROUND_LIMIT)
-    clients = [client_factory(server.server_address, name=f"client{n}", seed=n,
-                              data=load_dataset(str(tmp_path / f"client_{n}.npz")))[0]
-               for n in (1, 2, 3)]
+    assert (
+        datasets.main(
+            ["wine", "--clients", "3", "--dirichlet", "0.5", "--seed", "2", "--out", str(tmp_path)]
+        )
+        == 0
+    )
+    server, events = server_factory(
+        model=str(tmp_path / "model.json"),
+        seed=2,
+        test_data=str(tmp_path / "server_test.npz"),
+        aggregation="fedavg",
+        min_clients=3,
+        round_timeout=WAIT,
+        target_accuracy=0.9,
+        max_rounds=ROUND_LIMIT,
+    )
+    clients = [
+        client_factory(
+            server.server_address,
+            name=f"client{n}",
+            seed=n,
+            data=load_dataset(str(tmp_path / f"client_{n}.npz")),
+        )[0]
+        for n in (1, 2, 3)
+    ]
     done = events.wait_for(lambda e: e.kind in ("done", "gave_up"), timeout=WAIT * 3)
     assert done.kind == "done", f"accuracy {done.accuracy} after {done.round} rounds"
     for client in clients:

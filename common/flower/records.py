@@ -1,5 +1,6 @@
 """Our protocol's message data in Flower records, and back, checked as the socket path checks
 it: a request is what a server's ``model`` message holds, an update what a client's does."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ def request_content(request: ModelRequest) -> RecordDict:
     """A ``model`` message's data: the population as arrays, the rest as config."""
     data = request.to_data()
     population = data.pop(POPULATION)
-    return RecordDict({"population": ArrayRecord({POPULATION: Array(population)}),
-                       "config": ConfigRecord(data)})
+    return RecordDict(
+        {"population": ArrayRecord({POPULATION: Array(population)}), "config": ConfigRecord(data)}
+    )
 
 
 def request_from(content: RecordDict) -> ModelRequest:
@@ -31,12 +33,18 @@ def request_from(content: RecordDict) -> ModelRequest:
 
 def update_content(result: TrainingResult, num_samples: int) -> RecordDict:
     """A client's answer: its best weights, and what fedavg and the history need."""
-    return RecordDict({
-        "update": ArrayRecord({UPDATE: Array(np.asarray(result.best_vector))}),
-        "metrics": MetricRecord({"num_samples": num_samples,
-                                 "best_fitness": result.best_fitness,
-                                 "generations": result.generations}),
-    })
+    return RecordDict(
+        {
+            "update": ArrayRecord({UPDATE: Array(np.asarray(result.best_vector))}),
+            "metrics": MetricRecord(
+                {
+                    "num_samples": num_samples,
+                    "best_fitness": result.best_fitness,
+                    "generations": result.generations,
+                }
+            ),
+        }
+    )
 
 
 def update_from(content: RecordDict, num_params: int) -> tuple[ClientUpdate, dict]:

@@ -5,6 +5,7 @@ and the Flower records use these without loading the socket layer.
 Messages are the tutorial's pickled dicts ``{"subject": ..., "data": {...}}``, written with
 plain ``pickle.dumps`` so peers that read with ``pickle.loads`` interoperate.
 """
+
 from __future__ import annotations
 
 import enum
@@ -45,14 +46,23 @@ COMMON_OPTIONAL_KEYS = frozenset({"client_id", "protocol_version"})
 
 # The server's GA settings, sent with each model; plain-pickle peers ignore them, and a
 # message may lack any of them (an older server's): the client's own settings apply.
-GA_SETTING_KEYS = frozenset({"num_generations", "num_parents_mating", "mutation_percent_genes",
-                             "operators", "mutation_step", "stop_fitness"})
+GA_SETTING_KEYS = frozenset(
+    {
+        "num_generations",
+        "num_parents_mating",
+        "mutation_percent_genes",
+        "operators",
+        "mutation_step",
+        "stop_fitness",
+    }
+)
 
 CLIENT_TO_SERVER = {
     Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
     # sequence: the sender's count of its model updates, so a resent one is applied once
-    Subject.MODEL: Schema(frozenset({"best_model_weights_vector"}),
-                          COMMON_OPTIONAL_KEYS | {"sequence", "num_samples"}),
+    Subject.MODEL: Schema(
+        frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS | {"sequence", "num_samples"}
+    ),
 }
 SERVER_TO_CLIENT = {
     Subject.MODEL: Schema(
@@ -103,13 +113,18 @@ def validate(obj, schemas: dict[Subject, Schema]) -> Message:
         raise SchemaError(f"{subject.value!r} message lacks {', '.join(sorted(missing))}")
     unknown = data.keys() - schema.required - schema.optional
     if unknown:
-        log.info("ignoring unknown keys in %r message: %s", subject.value,
-                 ", ".join(sorted(map(str, unknown))))
+        log.info(
+            "ignoring unknown keys in %r message: %s",
+            subject.value,
+            ", ".join(sorted(map(str, unknown))),
+        )
     known = {k: v for k, v in data.items() if k not in unknown}
     return Message(subject, known)
 
 
-def check_weights_vector(vector, length: int, what: str = "best_model_weights_vector") -> np.ndarray:
+def check_weights_vector(
+    vector, length: int, what: str = "best_model_weights_vector"
+) -> np.ndarray:
     """Return ``vector`` as float32 if it is 1-D, real, finite and ``length`` long."""
     if not isinstance(vector, np.ndarray) or vector.dtype.kind not in "fiu":
         raise SchemaError(f"{what} is not a numeric NumPy array")
@@ -131,8 +146,10 @@ def check_population(population, num_solutions, num_params: int | None = None) -
         raise SchemaError(f"population_weights is ragged: {exc}") from exc
     columns = population.shape[-1] if num_params is None and population.ndim == 2 else num_params
     if population.shape != (num_solutions, columns) or population.dtype.kind not in "fiu":
-        raise SchemaError(f"population_weights has shape {population.shape}, expected "
-                          f"({num_solutions}, {num_params or 'parameters'}) numbers")
+        raise SchemaError(
+            f"population_weights has shape {population.shape}, expected "
+            f"({num_solutions}, {num_params or 'parameters'}) numbers"
+        )
     if not np.all(np.isfinite(population)):
         raise SchemaError("population_weights holds NaN or infinity")
     return population.astype(np.float32, copy=False)
@@ -154,8 +171,11 @@ def update_key(data: Mapping) -> tuple[str, int] | None:
 def sample_count(data: Mapping) -> int:
     """How many samples a model update was trained on, for fedavg's weights; 1 when unsent."""
     count = data.get("num_samples", 1)
-    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) \
-            or not 1 <= count <= 10**12:
+    if (
+        not isinstance(count, (int, np.integer))
+        or isinstance(count, bool)
+        or not 1 <= count <= 10**12
+    ):
         raise SchemaError(f"num_samples {count!r} is not a count")
     return int(count)
 
@@ -164,9 +184,12 @@ def check_ga_settings(data: Mapping, num_solutions: int) -> dict[str, Any]:
     """The GA settings a ``model`` message carries, checked to be sane numbers."""
     settings: dict[str, Any] = {key: data[key] for key in GA_SETTING_KEYS if key in data}
     limits: dict[str, tuple[type | tuple[type, ...], float, float]] = {
-        "num_generations": (int, 1, 100_000), "num_parents_mating": (int, 1, num_solutions),
+        "num_generations": (int, 1, 100_000),
+        "num_parents_mating": (int, 1, num_solutions),
         "mutation_percent_genes": ((int, float), 0, 100),
-        "mutation_step": ((int, float), 0, 100), "stop_fitness": ((int, float), 0, 1e12)}
+        "mutation_step": ((int, float), 0, 100),
+        "stop_fitness": ((int, float), 0, 1e12),
+    }
     for key, value in settings.items():
         if key == "operators":
             if not isinstance(value, str) or value not in OPERATORS:
@@ -201,8 +224,10 @@ class ClientUpdate:
         return cls(vector, num_samples, update_key(data))
 
     def to_message(self) -> Message:
-        data: dict[str, Any] = {"best_model_weights_vector": self.best_model_weights_vector,
-                                "protocol_version": PROTOCOL_VERSION}
+        data: dict[str, Any] = {
+            "best_model_weights_vector": self.best_model_weights_vector,
+            "protocol_version": PROTOCOL_VERSION,
+        }
         if self.key is not None:
             data["client_id"], data["sequence"] = self.key
         if self.num_samples is not None:
@@ -213,8 +238,7 @@ class ClientUpdate:
 def echo(client_id: str | None = None) -> Message:
     """A client's first request: the tutorial's ``echo``, which the server answers with the
     model."""
-    data: dict[str, Any] = {"best_model_weights_vector": None,
-                            "protocol_version": PROTOCOL_VERSION}
+    data: dict[str, Any] = {"best_model_weights_vector": None, "protocol_version": PROTOCOL_VERSION}
     if client_id is not None:
         data["client_id"] = client_id
     return Message(Subject.ECHO, data)
@@ -246,13 +270,23 @@ class ModelRequest:
             raise SchemaError("model_json is not a string")
         num_solutions = data["num_solutions"]
         population = check_population(data["population_weights"], num_solutions)
-        return cls(data["model_json"], population, check_ga_settings(data, num_solutions),
-                   data.get("round"), data.get("accuracy"))
+        return cls(
+            data["model_json"],
+            population,
+            check_ga_settings(data, num_solutions),
+            data.get("round"),
+            data.get("accuracy"),
+        )
 
     def to_data(self) -> dict[str, Any]:
-        data = {"population_weights": self.population_weights, "model_json": self.model_json,
-                "num_solutions": self.num_solutions, "round": self.round,
-                "accuracy": self.accuracy, **self.ga_settings}
+        data = {
+            "population_weights": self.population_weights,
+            "model_json": self.model_json,
+            "num_solutions": self.num_solutions,
+            "round": self.round,
+            "accuracy": self.accuracy,
+            **self.ga_settings,
+        }
         return {key: value for key, value in data.items() if value is not None}
 
     def to_message(self) -> Message:
@@ -262,8 +296,10 @@ class ModelRequest:
         """``SchemaError`` unless each member has ``num_params`` weights, as the model has."""
         shape = self.population_weights.shape
         if shape[1] != num_params:
-            raise SchemaError(f"population_weights has shape {shape}, expected "
-                              f"({self.num_solutions}, {num_params}) numbers")
+            raise SchemaError(
+                f"population_weights has shape {shape}, expected "
+                f"({self.num_solutions}, {num_params}) numbers"
+            )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 need can be named by a pickle; nothing else is importable, and dtypes and sizes are checked
 before anything is allocated.
 """
+
 from __future__ import annotations
 
 import math
@@ -122,8 +123,12 @@ class RestrictedUnpickler(pickle._Unpickler):
         state = self.stack[-1]
         inst = self.stack[-2]
         if type(inst) is np.ndarray:
-            if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple)
-                    and isinstance(state[4], (bytes, bytearray))):
+            if not (
+                isinstance(state, tuple)
+                and len(state) == 5
+                and isinstance(state[1], tuple)
+                and isinstance(state[4], (bytes, bytearray))
+            ):
                 raise DecodeError("bad ndarray state")
             if math.prod(state[1]) * _plain_dtype(state[2]).itemsize != len(state[4]):
                 raise DecodeError("array data does not match its shape")
@@ -132,8 +137,12 @@ class RestrictedUnpickler(pickle._Unpickler):
                 return
         elif isinstance(inst, np.dtype):
             # A plain dtype's state only restates its byte order; anything more is refused.
-            if not (isinstance(state, tuple) and len(state) == 8 and state[1] in "<>|="
-                    and state[2:] == (None, None, None, -1, -1, 0)):
+            if not (
+                isinstance(state, tuple)
+                and len(state) == 8
+                and state[1] in "<>|="
+                and state[2:] == (None, None, None, -1, -1, 0)
+            ):
                 raise DecodeError("bad dtype state")
         else:
             raise DecodeError(f"BUILD on {type(inst).__name__} is not allowed")
