@@ -1,4 +1,5 @@
 """fedga client 2, holding the tutorial's client2 XOR samples: python client2.py [--headless] [--help]."""
+
 import sys
 
 from common.cli import client_main

@@ -1,4 +1,5 @@
 """fedga server: python server.py [--headless] [--help]."""
+
 import sys
 
 from common.cli import server_main

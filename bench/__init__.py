@@ -4,4 +4,5 @@ table, ratios measured side by side in one process, and one ``TARGET`` line per 
 Absolute times on a shared machine drift from minute to minute; ratios of measurements
 interleaved in the same run do not, so the targets are stated as ratios where they can be.
 """
+
 import common  # noqa: F401  (quiet TensorFlow environment before a benchmark loads Keras)

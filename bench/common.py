@@ -5,6 +5,7 @@ The baselines are written here from the tutorial's description, not copied: a fi
 loads one solution into the Keras model and calls ``model.predict`` on it. The tutorial's
 receive loop and client are ``bench.plain_peers``'s, shared with the tests.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,25 +34,32 @@ def print_header(title: str) -> None:
 
 def machine() -> str:
     """One line naming the machine and the versions, so a table can be read in context."""
-    return (f"machine: {os.cpu_count()} cores, no GPU, {platform.system()} {platform.machine()}, "
-            f"Python {platform.python_version()}, NumPy {np.__version__}, TensorFlow "
-            f"{version('tensorflow-cpu')}, Keras {version('keras')}, PyGAD {version('pygad')}")
+    return (
+        f"machine: {os.cpu_count()} cores, no GPU, {platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}, NumPy {np.__version__}, TensorFlow "
+        f"{version('tensorflow-cpu')}, Keras {version('keras')}, PyGAD {version('pygad')}"
+    )
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for index, row in enumerate(cells):
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                        enumerate(zip(row, widths))).rstrip())
+        print(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+            ).rstrip()
+        )
         if index == 0:
             print("  ".join("-" * w for w in widths))
     print(flush=True)
 
 
 def target(name: str, measured: str, wanted: str, met: bool) -> bool:
-    print(f"TARGET {name}: measured {measured}, target {wanted}, {'met' if met else 'missed'}",
-          flush=True)
+    print(
+        f"TARGET {name}: measured {measured}, target {wanted}, {'met' if met else 'missed'}",
+        flush=True,
+    )
     return met
 
 
@@ -112,13 +120,17 @@ def keras_loss(outputs: np.ndarray, predictions: np.ndarray) -> float:
     own loss class: binary cross-entropy for two outputs (the tutorial's), categorical for more."""
     import keras  # here, not at the top: bench.startup's children must not inherit TensorFlow
 
-    rule = (keras.losses.CategoricalCrossentropy if is_multiclass(outputs)
-            else keras.losses.BinaryCrossentropy)
+    rule = (
+        keras.losses.CategoricalCrossentropy
+        if is_multiclass(outputs)
+        else keras.losses.BinaryCrossentropy
+    )
     return float(keras.ops.convert_to_numpy(rule()(outputs, predictions)))
 
 
-def tutorial_fitness(model: keras.Model, solution: np.ndarray, inputs: np.ndarray,
-                     outputs: np.ndarray) -> float:
+def tutorial_fitness(
+    model: keras.Model, solution: np.ndarray, inputs: np.ndarray, outputs: np.ndarray
+) -> float:
     """The tutorial's per-solution fitness: load the weights, ``model.predict``, the Keras loss
     (BCE on the tutorial's XOR)."""
     import pygad.kerasga
@@ -126,4 +138,3 @@ def tutorial_fitness(model: keras.Model, solution: np.ndarray, inputs: np.ndarra
     model.set_weights(pygad.kerasga.model_weights_as_matrix(model=model, weights_vector=solution))
     predictions = model.predict(inputs, verbose=0)
     return 1.0 / (keras_loss(outputs, predictions) + 1e-8)
-

@@ -23,6 +23,7 @@ fitness). The target: a generation costs at most GENERATION_TARGET times the fit
 NumPy's BLAS runs with the threads a client trains with (``common.ga.one_blas_thread``: one,
 unless ``OPENBLAS_NUM_THREADS`` says otherwise); Keras keeps TensorFlow's own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,16 @@ import numpy as np
 import pygad
 import pygad.kerasga
 
-from bench.common import (interleaved, keras_loss, paired_ratio, print_header, print_table,
-                          seconds, target, tutorial_fitness)
+from bench.common import (
+    interleaved,
+    keras_loss,
+    paired_ratio,
+    print_header,
+    print_table,
+    seconds,
+    target,
+    tutorial_fitness,
+)
 from common.data import XOR_TEST_DATA, Dataset
 from common.ga import GAConfig, fitness, one_blas_thread, train
 from common.model import ForwardPass, build_xor_model, weights_to_vector
@@ -65,13 +74,17 @@ def ten_class_data(samples: int, features: int, standardised: bool) -> Dataset:
     """Random labels over random features: pixel-like in [0, 1) (784-128-10), or
     standardised, as a user's digits split would be."""
     rng = np.random.default_rng(0)
-    inputs = (rng.standard_normal((samples, features), dtype=np.float32) if standardised
-              else rng.random((samples, features), dtype=np.float32))
+    inputs = (
+        rng.standard_normal((samples, features), dtype=np.float32)
+        if standardised
+        else rng.random((samples, features), dtype=np.float32)
+    )
     return Dataset(inputs, np.eye(10, dtype=np.float32)[rng.integers(0, 10, samples)])
 
 
-def compare(name: str, model: keras.Model, data: Dataset, repeats: int, batched_calls: int,
-            spread: float):
+def compare(
+    name: str, model: keras.Model, data: Dataset, repeats: int, batched_calls: int, spread: float
+):
     """Per-solution seconds of each path (lists, one per turn), and each reference path's
     largest loss difference from the batched path, which it prints.
 
@@ -81,32 +94,42 @@ def compare(name: str, model: keras.Model, data: Dataset, repeats: int, batched_
     forward = ForwardPass(model)
     start = weights_to_vector(model.get_weights())
     population = start + np.random.default_rng(1).uniform(
-        -spread, spread, size=(NUM_SOLUTIONS, forward.num_params)).astype(np.float32)
+        -spread, spread, size=(NUM_SOLUTIONS, forward.num_params)
+    ).astype(np.float32)
 
     def tutorial():
         return [tutorial_fitness(model, s, data.inputs, data.outputs) for s in population]
 
     def kerasga():
-        return [1.0 / (keras_loss(data.outputs, pygad.kerasga.predict(model, s, data.inputs))
-                       + 1e-8) for s in population]
+        return [
+            1.0 / (keras_loss(data.outputs, pygad.kerasga.predict(model, s, data.inputs)) + 1e-8)
+            for s in population
+        ]
 
     def batched():
         for _ in range(batched_calls):
             values = fitness(forward(population, data.inputs), data.outputs)
         return values
 
-    paths = {"tutorial model.predict": tutorial, "pygad.kerasga.predict": kerasga,
-             BATCHED: batched}
+    paths = {"tutorial model.predict": tutorial, "pygad.kerasga.predict": kerasga, BATCHED: batched}
     losses = {label: 1 / np.asarray(path()) - 1e-8 for label, path in paths.items()}  # warm-up
-    differences = {label: float(np.max(np.abs(values - losses[BATCHED])))
-                   for label, values in losses.items() if label != BATCHED}
+    differences = {
+        label: float(np.max(np.abs(values - losses[BATCHED])))
+        for label, values in losses.items()
+        if label != BATCHED
+    }
     started = time.perf_counter()
     times = interleaved(paths, repeats)
-    per_solution = {label: [t / (NUM_SOLUTIONS * (batched_calls if label == BATCHED else 1))
-                            for t in values] for label, values in times.items()}
-    print(f"{name}: {forward.num_params} parameters, {len(data)} samples, timed in "
-          f"{time.perf_counter() - started:.1f} s; largest loss difference from batched: "
-          + ", ".join(f"{label} {value:.1e}" for label, value in differences.items()), flush=True)
+    per_solution = {
+        label: [t / (NUM_SOLUTIONS * (batched_calls if label == BATCHED else 1)) for t in values]
+        for label, values in times.items()
+    }
+    print(
+        f"{name}: {forward.num_params} parameters, {len(data)} samples, timed in "
+        f"{time.perf_counter() - started:.1f} s; largest loss difference from batched: "
+        + ", ".join(f"{label} {value:.1e}" for label, value in differences.items()),
+        flush=True,
+    )
     return per_solution, differences
 
 
@@ -118,26 +141,47 @@ def seconds_per_generation(run) -> float:
     return statistics.median(np.diff(stamps))
 
 
-def generation_costs(name: str, model: keras.Model, data: Dataset, repeats: int,
-                     generations: int, slow_generations: int) -> dict[str, list[float]]:
+def generation_costs(
+    name: str,
+    model: keras.Model,
+    data: Dataset,
+    repeats: int,
+    generations: int,
+    slow_generations: int,
+) -> dict[str, list[float]]:
     """Seconds of each path per turn: the fitness pass, or one generation. PyGAD's default
     mutation takes seconds a generation on a large model: ``slow_generations`` of it
     (at least 2: a generation is the time between two ends)."""
     forward = ForwardPass(model)
-    population = spread_population(weights_to_vector(model.get_weights()), forward.shapes,
-                                   NUM_SOLUTIONS, np.random.default_rng(1))
+    population = spread_population(
+        weights_to_vector(model.get_weights()),
+        forward.shapes,
+        NUM_SOLUTIONS,
+        np.random.default_rng(1),
+    )
 
     def pygad_run(count, on_generation, **settings):
-        pygad.GA(num_generations=count, num_parents_mating=GAConfig.num_parents_mating,
-                 initial_population=np.array(population, dtype=np.float64),
-                 fitness_batch_size=NUM_SOLUTIONS, on_generation=on_generation,
-                 mutation_percent_genes=GAConfig.mutation_percent_genes, random_seed=1,
-                 suppress_warnings=True, **settings).run()
+        pygad.GA(
+            num_generations=count,
+            num_parents_mating=GAConfig.num_parents_mating,
+            initial_population=np.array(population, dtype=np.float64),
+            fitness_batch_size=NUM_SOLUTIONS,
+            on_generation=on_generation,
+            mutation_percent_genes=GAConfig.mutation_percent_genes,
+            random_seed=1,
+            suppress_warnings=True,
+            **settings,
+        ).run()
 
     def our_run(count, on_generation, operators):
-        train(forward, population, data, GAConfig(num_generations=count, stop_fitness=0,
-                                                  operators=operators),
-              on_generation=on_generation, seed=1)
+        train(
+            forward,
+            population,
+            data,
+            GAConfig(num_generations=count, stop_fitness=0, operators=operators),
+            on_generation=on_generation,
+            seed=1,
+        )
 
     def batch_fitness(ga, solutions, indices):
         return fitness(forward(solutions, data.inputs), data.outputs)
@@ -147,18 +191,30 @@ def generation_costs(name: str, model: keras.Model, data: Dataset, repeats: int,
 
     paths = {
         FITNESS_PASS: lambda: fitness(forward(population, data.inputs), data.outputs),
-        FLOOR: lambda: seconds_per_generation(lambda on_generation: pygad_run(
-            generations, on_generation, fitness_func=do_nothing_fitness,
-            parent_selection_type=lambda f, count, ga: (ga.population[:count].copy(),
-                                                        np.arange(count)),
-            crossover_type=lambda parents, size, ga: np.resize(parents, size),
-            mutation_type=lambda offspring, ga: offspring)),
-        BEFORE: lambda: seconds_per_generation(lambda on_generation: pygad_run(
-            slow_generations, on_generation, fitness_func=batch_fitness)),
+        FLOOR: lambda: seconds_per_generation(
+            lambda on_generation: pygad_run(
+                generations,
+                on_generation,
+                fitness_func=do_nothing_fitness,
+                parent_selection_type=lambda f, count, ga: (
+                    ga.population[:count].copy(),
+                    np.arange(count),
+                ),
+                crossover_type=lambda parents, size, ga: np.resize(parents, size),
+                mutation_type=lambda offspring, ga: offspring,
+            )
+        ),
+        BEFORE: lambda: seconds_per_generation(
+            lambda on_generation: pygad_run(
+                slow_generations, on_generation, fitness_func=batch_fitness
+            )
+        ),
         TUTORIAL_OPERATORS: lambda: seconds_per_generation(
-            lambda on_generation: our_run(slow_generations, on_generation, TUTORIAL)),
+            lambda on_generation: our_run(slow_generations, on_generation, TUTORIAL)
+        ),
         SCALED_OPERATORS: lambda: seconds_per_generation(
-            lambda on_generation: our_run(generations, on_generation, GAConfig.operators)),
+            lambda on_generation: our_run(generations, on_generation, GAConfig.operators)
+        ),
     }
     for path in paths.values():  # warm-up: first calls allocate and load
         path()
@@ -175,8 +231,11 @@ def generation_costs(name: str, model: keras.Model, data: Dataset, repeats: int,
                 costs[label].append(statistics.median(passes))
             else:
                 costs[label].append(path())
-    print(f"{name}: {forward.num_params} parameters, {len(data)} samples, timed in "
-          f"{time.perf_counter() - started:.1f} s", flush=True)
+    print(
+        f"{name}: {forward.num_params} parameters, {len(data)} samples, timed in "
+        f"{time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     return costs
 
 
@@ -187,26 +246,33 @@ def times(ratio: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="turns of every path")
-    parser.add_argument("--generations", type=int, default=20,
-                        help="generations per timed GA run (default: %(default)s)")
+    parser.add_argument(
+        "--generations",
+        type=int,
+        default=20,
+        help="generations per timed GA run (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     one_blas_thread()  # the batched path runs as in a client (common.training)
     print_header("bench.fitness: seconds per solution's fitness (median of interleaved turns)")
 
     results, differences = {}, {}
     for name, model, data, batched_calls, spread in [
-            ("XOR 2-4-2", build_xor_model(), XOR_TEST_DATA, 300, 1.0),
-            ("784-128-10", ten_class_model(784, 128), ten_class_data(100, 784, False), 5, 0.01)]:
-        results[name], differences[name] = compare(name, model, data, args.repeats,
-                                                   batched_calls, spread)
+        ("XOR 2-4-2", build_xor_model(), XOR_TEST_DATA, 300, 1.0),
+        ("784-128-10", ten_class_model(784, 128), ten_class_data(100, 784, False), 5, 0.01),
+    ]:
+        results[name], differences[name] = compare(
+            name, model, data, args.repeats, batched_calls, spread
+        )
     print()
     rows, ratios = [], {}
     for name, per_solution in results.items():
         fast = per_solution[BATCHED]
         for label, values in per_solution.items():
             ratios[name, label] = paired_ratio(values, fast)
-            rows.append([name, label, seconds(statistics.median(values)),
-                         times(ratios[name, label])])
+            rows.append(
+                [name, label, seconds(statistics.median(values)), times(ratios[name, label])]
+            )
     print_table(["model", "path", "per solution", "batched is faster by"], rows)
 
     checks = [
@@ -217,8 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     met = True
     for name, by_path in differences.items():  # the ratios below compare one computation only
         path, worst = max(by_path.items(), key=lambda item: item[1])
-        met &= target(f"{name} loss of every path vs batched", f"{worst:.1e} ({path})",
-                      f"<= {LOSS_TOLERANCE:.0e}", worst <= LOSS_TOLERANCE)
+        met &= target(
+            f"{name} loss of every path vs batched",
+            f"{worst:.1e} ({path})",
+            f"<= {LOSS_TOLERANCE:.0e}",
+            worst <= LOSS_TOLERANCE,
+        )
     for label, key, wanted in checks:
         met &= target(label, times(ratios[key]), f">= {wanted}x", ratios[key] >= wanted)
     met = generation_table(args) and met
@@ -226,30 +296,46 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def generation_table(args: argparse.Namespace) -> bool:
-    print("\none GA generation beside the batched fitness pass (median of interleaved turns)",
-          flush=True)
+    print(
+        "\none GA generation beside the batched fitness pass (median of interleaved turns)",
+        flush=True,
+    )
     results = {
-        "digits 64-32-10": generation_costs("digits 64-32-10", ten_class_model(64, 32),
-                                            ten_class_data(450, 64, True), args.repeats,
-                                            args.generations, args.generations),
-        "784-128-10": generation_costs("784-128-10", ten_class_model(784, 128),
-                                       ten_class_data(100, 784, False),
-                                       args.repeats, args.generations, 3),
+        "digits 64-32-10": generation_costs(
+            "digits 64-32-10",
+            ten_class_model(64, 32),
+            ten_class_data(450, 64, True),
+            args.repeats,
+            args.generations,
+            args.generations,
+        ),
+        "784-128-10": generation_costs(
+            "784-128-10",
+            ten_class_model(784, 128),
+            ten_class_data(100, 784, False),
+            args.repeats,
+            args.generations,
+            3,
+        ),
     }
     print()
     rows, ratios = [], {}
     for name, costs in results.items():
         for label, values in costs.items():
             ratios[name, label] = paired_ratio(values, costs[FITNESS_PASS])
-            rows.append([name, label, seconds(statistics.median(values)),
-                         times(ratios[name, label])])
+            rows.append(
+                [name, label, seconds(statistics.median(values)), times(ratios[name, label])]
+            )
     print_table(["model", "path", "per generation", "x fitness pass"], rows)
     met = True
     for name in results:
         ratio = ratios[name, SCALED_OPERATORS]
-        met &= target(f"{name} generation (scaled operators) vs batched fitness pass",
-                      f"{ratio:.2f}x", f"<= {GENERATION_TARGET:g}x (PyGAD's floor: "
-                      f"{times(ratios[name, FLOOR])})", ratio <= GENERATION_TARGET)
+        met &= target(
+            f"{name} generation (scaled operators) vs batched fitness pass",
+            f"{ratio:.2f}x",
+            f"<= {GENERATION_TARGET:g}x (PyGAD's floor: {times(ratios[name, FLOOR])})",
+            ratio <= GENERATION_TARGET,
+        )
     return met
 
 

@@ -17,6 +17,7 @@ after it. Times come from each run's ``--history``; peak memory is the largest s
 resident set sizes over the processes a run started, sampled every 0.2 s. Needs
 requirements-flower.txt.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,28 +92,59 @@ def _run(history: Path, started: float, peak_mib: float) -> Run:
         rows = []
     times = [float(row["time"]) for row in rows]
     done = bool(rows) and float(rows[-1]["accuracy"]) >= 1.0
-    return Run(elapsed, int(rows[-1]["round"]) if done else None,
-               times[0] - launched if times else float("nan"),
-               (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else float("nan"),
-               peak_mib)
+    return Run(
+        elapsed,
+        int(rows[-1]["round"]) if done else None,
+        times[0] - launched if times else float("nan"),
+        (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else float("nan"),
+        peak_mib,
+    )
 
 
 def _processes(commands: list[tuple[list[str], Path]]) -> list[subprocess.Popen]:
     env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    return [subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log.open("wb"),
-                             stderr=subprocess.STDOUT, start_new_session=True)
-            for command, log in commands]
+    return [
+        subprocess.Popen(
+            command,
+            cwd=PROJECT,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for command, log in commands
+    ]
 
 
 def builtin(work: Path, aggregation: str, max_rounds: int) -> Run:
     history, port = work / f"builtin-{aggregation}.csv", str(free_port())
     started = time.perf_counter()
     processes = _processes(
-        [([PYTHON, "server.py", "--headless", "--port", port, "--linger", "0", "--aggregation",
-           aggregation, "--max-rounds", str(max_rounds), "--history", str(history)],
-          work / f"builtin-{aggregation}.log")]
-        + [([PYTHON, f"{name}.py", "--headless", "--port", port], work / f"builtin-{name}.log")
-           for name in ("client1", "client2")])
+        [
+            (
+                [
+                    PYTHON,
+                    "server.py",
+                    "--headless",
+                    "--port",
+                    port,
+                    "--linger",
+                    "0",
+                    "--aggregation",
+                    aggregation,
+                    "--max-rounds",
+                    str(max_rounds),
+                    "--history",
+                    str(history),
+                ],
+                work / f"builtin-{aggregation}.log",
+            )
+        ]
+        + [
+            ([PYTHON, f"{name}.py", "--headless", "--port", port], work / f"builtin-{name}.log")
+            for name in ("client1", "client2")
+        ]
+    )
     memory = PeakMemory(lambda: [p.pid for p in processes])
     for process in processes:
         process.wait(RUN_TIMEOUT)
@@ -122,9 +154,25 @@ def builtin(work: Path, aggregation: str, max_rounds: int) -> Run:
 def simulation(work: Path, nodes: int, max_rounds: int) -> Run:
     history = work / f"sim{nodes}.csv"
     started = time.perf_counter()
-    processes = _processes([([PYTHON, "-m", "common.flower", "simulate", "--nodes", str(nodes),
-                              "--max-rounds", str(max_rounds), "--history", str(history)],
-                             work / f"sim{nodes}.log")])
+    processes = _processes(
+        [
+            (
+                [
+                    PYTHON,
+                    "-m",
+                    "common.flower",
+                    "simulate",
+                    "--nodes",
+                    str(nodes),
+                    "--max-rounds",
+                    str(max_rounds),
+                    "--history",
+                    str(history),
+                ],
+                work / f"sim{nodes}.log",
+            )
+        ]
+    )
     memory = PeakMemory(lambda: [p.pid for p in processes])
     processes[0].wait(RUN_TIMEOUT)
     return _run(history, started, memory.stop())
@@ -137,19 +185,26 @@ def deployment(work: Path, nodes: int, max_rounds: int) -> Run:
     started = time.perf_counter()
     with LocalDeployment(nodes, folder) as deployment:
         memory = PeakMemory(lambda: [p.pid for p in deployment.processes])
-        deployment.run({"min-clients": nodes, "max-rounds": max_rounds,
-                        "history": str(history)}, RUN_TIMEOUT)
+        deployment.run(
+            {"min-clients": nodes, "max-rounds": max_rounds, "history": str(history)}, RUN_TIMEOUT
+        )
         peak = memory.stop()
     return _run(history, started, peak)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.flower", description=__doc__.split(
-        "\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.flower", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs of each (default: 3)")
-    parser.add_argument("--max-rounds", type=int, default=30, help="a run not done after this "
-                        "many rounds gives up, so one long run cannot take the hour "
-                        "(default: %(default)s)")
+    parser.add_argument(
+        "--max-rounds",
+        type=int,
+        default=30,
+        help="a run not done after this "
+        "many rounds gives up, so one long run cannot take the hour "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--sim-nodes", type=int, nargs="*", default=[2, 50])
     parser.add_argument("--deploy-nodes", type=int, nargs="*", default=[2, 10])
     parser.add_argument("--keep", action="store_true", help="keep the logs' folder")
@@ -159,15 +214,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.common import machine, print_table
 
-    print(f"bench.flower: launch to done on XOR, {args.runs} runs each\n{machine()}, "
-          f"Flower {flwr.__version__}, Ray {ray.__version__}\n", flush=True)
+    print(
+        f"bench.flower: launch to done on XOR, {args.runs} runs each\n{machine()}, "
+        f"Flower {flwr.__version__}, Ray {ray.__version__}\n",
+        flush=True,
+    )
     work = Path(tempfile.mkdtemp(prefix="fedga-bench-flower-"))
     cap = args.max_rounds
     setups = [("built-in, fedavg rounds, 2 clients", lambda w: builtin(w, "fedavg", cap))]
-    setups += [(f"Flower simulation, {n} nodes", lambda w, n=n: simulation(w, n, cap))
-               for n in args.sim_nodes]
-    setups += [(f"Flower deployment, {n} nodes", lambda w, n=n: deployment(w, n, cap))
-               for n in args.deploy_nodes]
+    setups += [
+        (f"Flower simulation, {n} nodes", lambda w, n=n: simulation(w, n, cap))
+        for n in args.sim_nodes
+    ]
+    setups += [
+        (f"Flower deployment, {n} nodes", lambda w, n=n: deployment(w, n, cap))
+        for n in args.deploy_nodes
+    ]
     rows = []
     for name, setup in setups:
         runs = []
@@ -178,15 +240,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}, run {index + 1}: {runs[-1]}", flush=True)
         done = [run for run in runs if run.rounds is not None]
         median = statistics.median
-        rows.append((name, f"{len(done)}/{len(runs)}",
-                     f"{median(r.seconds for r in done):.1f} s" if done else "-",
-                     " ".join(str(r.rounds or f">{cap}") for r in runs),
-                     f"{median(r.first_round for r in runs):.1f} s",
-                     f"{median(r.per_round for r in runs if r.per_round == r.per_round):.2f} s",
-                     f"{max(r.peak_mib for r in runs) / 1024:.2f} GiB"))
+        rows.append(
+            (
+                name,
+                f"{len(done)}/{len(runs)}",
+                f"{median(r.seconds for r in done):.1f} s" if done else "-",
+                " ".join(str(r.rounds or f">{cap}") for r in runs),
+                f"{median(r.first_round for r in runs):.1f} s",
+                f"{median(r.per_round for r in runs if r.per_round == r.per_round):.2f} s",
+                f"{max(r.peak_mib for r in runs) / 1024:.2f} GiB",
+            )
+        )
     print()
-    print_table(["setup", "done", "launch to done (median)", "rounds per run",
-                 "launch to round 1", "per round", "peak memory"], rows)
+    print_table(
+        [
+            "setup",
+            "done",
+            "launch to done (median)",
+            "rounds per run",
+            "launch to round 1",
+            "per round",
+            "peak memory",
+        ],
+        rows,
+    )
     if args.keep:
         print(f"logs: {work}", flush=True)
     else:

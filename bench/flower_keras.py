@@ -16,6 +16,7 @@ and keeps the best (ties: lower loss). Not handicapped: each node process compil
 once and zeroes the optimizer's state per round instead of building and compiling anew, which
 costs the same result ~1 s more a round here (a new ``tf.function`` trace each time).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,7 @@ log = logging.getLogger("fedga.bench")
 def _compiled(model_json: str, learning_rate: float):
     keras = load_keras()
     model = keras.models.model_from_json(model_json)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="categorical_crossentropy")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy")
     return model
 
 
@@ -59,8 +59,9 @@ def _fresh_optimizer_state(model) -> None:
             variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
 
 
-def make_client_app(data_folder: str, model_json: str, learning_rate: float, epochs: int,
-                    batch_size: int):
+def make_client_app(
+    data_folder: str, model_json: str, learning_rate: float, epochs: int, batch_size: int
+):
     app = ClientApp()
 
     @app.train()
@@ -71,13 +72,20 @@ def make_client_app(data_folder: str, model_json: str, learning_rate: float, epo
         model.set_weights(message.content["arrays"].to_numpy_ndarrays())
         if model.optimizer.built:
             _fresh_optimizer_state(model)
-        fitted = model.fit(data.inputs, data.outputs, epochs=epochs, batch_size=batch_size,
-                           verbose=0)
-        return Message(RecordDict({
-            "arrays": ArrayRecord([np.asarray(w) for w in model.get_weights()]),
-            "metrics": MetricRecord({"num-examples": len(data),
-                                     "train_loss": float(fitted.history["loss"][-1])}),
-        }), reply_to=message)
+        fitted = model.fit(
+            data.inputs, data.outputs, epochs=epochs, batch_size=batch_size, verbose=0
+        )
+        return Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord([np.asarray(w) for w in model.get_weights()]),
+                    "metrics": MetricRecord(
+                        {"num-examples": len(data), "train_loss": float(fitted.history["loss"][-1])}
+                    ),
+                }
+            ),
+            reply_to=message,
+        )
 
     return app
 
@@ -106,27 +114,40 @@ class CentralEvaluation:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         vector = weights_to_vector(arrays.to_numpy_ndarrays())
         probabilities = self.network.forward(vector[None, :], self.test_data.inputs)
-        accuracy = self.network.forward.accuracy(vector, self.test_data.inputs,
-                                                 self.test_data.outputs)
+        accuracy = self.network.forward.accuracy(
+            vector, self.test_data.inputs, self.test_data.outputs
+        )
         round_loss = float(loss(probabilities, self.test_data.outputs)[0])
         if server_round and (self.best is None or self.best.beaten_by(accuracy, round_loss)):
             self.best = Best(vector, server_round, accuracy, round_loss)
         self.rounds = server_round
         if server_round and self.history:
-            self.history(Event("update", peer="fedavg", round=server_round, accuracy=accuracy,
-                               loss=round_loss))
+            self.history(
+                Event(
+                    "update", peer="fedavg", round=server_round, accuracy=accuracy, loss=round_loss
+                )
+            )
         log.info("round %d: accuracy=%.4f loss=%.4f", server_round, accuracy, round_loss)
         return MetricRecord({"accuracy": accuracy, "loss": round_loss})
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.flower_keras",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, metavar="FOLDER",
-                        help="client_1.npz ... client_N.npz, one per node")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.flower_keras", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="FOLDER",
+        help="client_1.npz ... client_N.npz, one per node",
+    )
     parser.add_argument("--model", required=True, metavar="FILE", help="Keras JSON (Dense)")
-    parser.add_argument("--test-data", required=True, metavar="FILE",
-                        help="the server's test set: evaluated after every round")
+    parser.add_argument(
+        "--test-data",
+        required=True,
+        metavar="FILE",
+        help="the server's test set: evaluated after every round",
+    )
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--learning-rate", type=float, default=0.01)
@@ -146,17 +167,25 @@ def main(argv: list[str] | None = None) -> int:
     @server_app.main()
     def server_main(grid, context) -> None:
         initial = vector_to_weights(network.initial_vector, network.forward.shapes)
-        strategy = NoSilentRounds(fraction_evaluate=0.0, min_train_nodes=args.nodes,
-                                  min_available_nodes=args.nodes)
-        strategy.start(grid, ArrayRecord([np.asarray(w) for w in initial]),
-                       num_rounds=args.rounds, evaluate_fn=evaluation)
+        strategy = NoSilentRounds(
+            fraction_evaluate=0.0, min_train_nodes=args.nodes, min_available_nodes=args.nodes
+        )
+        strategy.start(
+            grid,
+            ArrayRecord([np.asarray(w) for w in initial]),
+            num_rounds=args.rounds,
+            evaluate_fn=evaluation,
+        )
 
-    run_simulation(server_app, make_client_app(args.data, model_json, args.learning_rate,
-                                               args.epochs, args.batch_size),
-                   num_supernodes=args.nodes,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"logging_level": "ERROR",
-                                                 "log_to_driver": False}})
+    run_simulation(
+        server_app,
+        make_client_app(args.data, model_json, args.learning_rate, args.epochs, args.batch_size),
+        num_supernodes=args.nodes,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": False},
+        },
+    )
     if evaluation.rounds < args.rounds:
         log.error("stopped after %d of %d rounds", evaluation.rounds, args.rounds)
         return 1

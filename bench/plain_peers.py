@@ -2,6 +2,7 @@
 that retry pickle.loads on accumulated 1024-byte chunks. Written independently of common/,
 for the tests (a plain peer must work against ours, both ways) and the benchmarks (the
 tutorial's baselines)."""
+
 from __future__ import annotations
 
 import pickle
@@ -21,8 +22,9 @@ class DidNotFinish(Exception):
     """A baseline ran past its cap; the table says so instead of waiting for it."""
 
 
-def plain_recv(sock: socket.socket, buffer_size: int = TUTORIAL_BUFFER_SIZE,
-               cap: float | None = None):
+def plain_recv(
+    sock: socket.socket, buffer_size: int = TUTORIAL_BUFFER_SIZE, cap: float | None = None
+):
     """The tutorial's receive loop: append each chunk and try ``pickle.loads`` on the whole
     buffer until it succeeds, which is quadratic in the message size. ``cap`` seconds
     bound a benchmark's patience (DidNotFinish), not the loop's behaviour."""
@@ -64,24 +66,35 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def _batched_forward(model: keras.Model):
     """``(solutions, inputs) -> probabilities`` for a Dense chain of relu and softmax layers
     (the tutorial's model), in float32 as Keras computes it."""
-    layers = [(layer.get_weights()[0].shape, layer.activation.__name__)
-              for layer in model.layers if layer.weights]
+    layers = [
+        (layer.get_weights()[0].shape, layer.activation.__name__)
+        for layer in model.layers
+        if layer.weights
+    ]
     activations = {"relu": _relu, "softmax": _softmax}
 
     def forward(solutions: np.ndarray, inputs: np.ndarray) -> np.ndarray:
         solutions = np.asarray(solutions, dtype=np.float32)
         h, offset = np.broadcast_to(inputs, (len(solutions), *inputs.shape)), 0
         for (fan_in, units), activation in layers:
-            kernel = solutions[:, offset:offset + fan_in * units].reshape(-1, fan_in, units)
+            kernel = solutions[:, offset : offset + fan_in * units].reshape(-1, fan_in, units)
             offset += fan_in * units
-            h = activations[activation](h @ kernel + solutions[:, None, offset:offset + units])
+            h = activations[activation](h @ kernel + solutions[:, None, offset : offset + units])
             offset += units
         return h
+
     return forward
 
 
-def plain_client(address, inputs: np.ndarray, outputs: np.ndarray, *, max_requests: int = 50,
-                 seed: int | None = None, batched: bool = False):
+def plain_client(
+    address,
+    inputs: np.ndarray,
+    outputs: np.ndarray,
+    *,
+    max_requests: int = 50,
+    seed: int | None = None,
+    batched: bool = False,
+):
     """The tutorial's client loop with its GA settings (PyGAD's defaults: random mutation of
     5% of the genes by U(-1, 1), 20 generations, 4 parents mating, the population as
     received) and its fitness; returns the final reply. Keras scores each solution, or with
@@ -104,17 +117,28 @@ def plain_client(address, inputs: np.ndarray, outputs: np.ndarray, *, max_reques
                 forward = _batched_forward(model) if batched else None
             population = np.array(data["population_weights"]).copy()
             if batched:
-                scoring = {"fitness_func": lambda ga, solutions, indices: _fitness(
-                    forward(solutions, inputs), outputs), "fitness_batch_size": len(population)}
+                scoring = {
+                    "fitness_func": lambda ga, solutions, indices: _fitness(
+                        forward(solutions, inputs), outputs
+                    ),
+                    "fitness_batch_size": len(population),
+                }
             else:
+
                 def fitness_func(ga, solution, index):
                     model.set_weights(pygad.kerasga.model_weights_as_matrix(model, solution))
                     return _fitness(keras.ops.convert_to_numpy(model(inputs)), outputs)
+
                 scoring = {"fitness_func": fitness_func}
-            ga = pygad.GA(num_generations=20, num_parents_mating=4,
-                          initial_population=population, mutation_percent_genes=5,
-                          random_seed=None if seed is None else seed + request,
-                          suppress_warnings=True, **scoring)
+            ga = pygad.GA(
+                num_generations=20,
+                num_parents_mating=4,
+                initial_population=population,
+                mutation_percent_genes=5,
+                random_seed=None if seed is None else seed + request,
+                suppress_warnings=True,
+                **scoring,
+            )
             ga.run()
             best, _, _ = ga.best_solution()
             subject = "model"
@@ -135,8 +159,15 @@ def plain_server(listening: socket.socket, rounds: int) -> list[dict]:
     with connection:
         for _ in range(rounds):
             received.append(plain_recv(connection))
-            plain_send(connection, "model", {"population_weights": keras_ga.population_weights,
-                                             "model_json": model.to_json(), "num_solutions": 10})
+            plain_send(
+                connection,
+                "model",
+                {
+                    "population_weights": keras_ga.population_weights,
+                    "model_json": model.to_json(),
+                    "num_solutions": 10,
+                },
+            )
         received.append(plain_recv(connection))
         plain_send(connection, "done", None)
     return received

@@ -48,6 +48,7 @@ every 0.2 s. ``--save-model`` writes a ``.keras`` file, so a server imports Tens
 training ends: that, not training, sets fedga's peak. Needs requirements-flower.txt. Exit
 code 1 when a target is missed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,8 +89,13 @@ TUTORIAL_MAX_ROUNDS = 15  # the tutorial's operators: seconds a round on digits
 KERAS_ROUNDS = 30  # Flower's FedAvg with Keras fit: fixed rounds, FedAvg.start's way
 KERAS_FIT = {"learning-rate": 0.01, "epochs": 1, "batch-size": 32}
 # Wine's test loss falls by ever less for 1000 epochs: min_delta ends that at ~400.
-ADAM = {"learning_rate": 0.001, "batch_size": 32, "patience": 20, "min_delta": 1e-3,
-        "max_epochs": 1000}
+ADAM = {
+    "learning_rate": 0.001,
+    "batch_size": 32,
+    "patience": 20,
+    "min_delta": 1e-3,
+    "max_epochs": 1000,
+}
 NEVER = "2"  # --target-accuracy above any accuracy: only patience and the round cap stop
 RUN_TIMEOUT = 1800  # seconds: far beyond any run seen here
 
@@ -120,20 +126,34 @@ class Setup:
         return PATIENCE * self._updates_per_round
 
 
-KERAS_NAME = ("Flower FedAvg, Keras fit (Adam {learning-rate}, {epochs} epoch, batch "
-              "{batch-size}), {rounds} rounds").format(**KERAS_FIT, rounds=KERAS_ROUNDS)
+KERAS_NAME = (
+    "Flower FedAvg, Keras fit (Adam {learning-rate}, {epochs} epoch, batch "
+    "{batch-size}), {rounds} rounds"
+).format(**KERAS_FIT, rounds=KERAS_ROUNDS)
 SETUPS = (
     Setup("tutorial-fedavg", "fedga, tutorial operators, fedavg", "fedga", operators="tutorial"),
-    Setup("tutorial-running", "fedga, tutorial operators, running-average (round: update)",
-          "fedga", aggregation="running-average", operators="tutorial"),
+    Setup(
+        "tutorial-running",
+        "fedga, tutorial operators, running-average (round: update)",
+        "fedga",
+        aggregation="running-average",
+        operators="tutorial",
+    ),
     Setup("fedavg", "fedga, new operators, fedavg", "fedga"),
-    Setup("running", "fedga, new operators, running-average (round: update)", "fedga",
-          aggregation="running-average"),
-    Setup("running-best", "fedga, new operators, running-best (round: update)", "fedga",
-          aggregation="running-best"),
+    Setup(
+        "running",
+        "fedga, new operators, running-average (round: update)",
+        "fedga",
+        aggregation="running-average",
+    ),
+    Setup(
+        "running-best",
+        "fedga, new operators, running-best (round: update)",
+        "fedga",
+        aggregation="running-best",
+    ),
     Setup("fedavg-iid", "fedga, new operators, fedavg, IID", "fedga", split="iid"),
-    Setup("flower-ga", "fedga's GA on Flower simulation, new operators, fedavg",
-          "fedga-flower"),
+    Setup("flower-ga", "fedga's GA on Flower simulation, new operators, fedavg", "fedga-flower"),
     Setup("flower-keras", KERAS_NAME, "flower-keras"),
 )
 TARGET_ROW, KERAS_ROW = "fedavg", "flower-keras"
@@ -161,11 +181,16 @@ class Outcome:
     def __str__(self) -> str:
         if self.failed:
             return "FAILED"
-        when = (f"round {self.target_round} at {seconds(self.to_target)}"
-                if self.target_round else "not reached")
-        return (f"held-out {self.holdout:.3f}, {self.rounds} rounds, target {when}, "
-                f"{seconds(self.per_round)} a round, peak {self.peak_mib:.0f} MiB, run "
-                f"{seconds(self.seconds)}")
+        when = (
+            f"round {self.target_round} at {seconds(self.to_target)}"
+            if self.target_round
+            else "not reached"
+        )
+        return (
+            f"held-out {self.holdout:.3f}, {self.rounds} rounds, target {when}, "
+            f"{seconds(self.per_round)} a round, peak {self.peak_mib:.0f} MiB, run "
+            f"{seconds(self.seconds)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -183,17 +208,34 @@ class Split:
 def make_split(name: str, seed: int, split: str, folder: Path) -> None:
     """``python -m common.datasets``: the user's first command."""
     skew = ["--dirichlet", str(ALPHA)] if split == "dirichlet" else []
-    run = subprocess.run([PYTHON, "-m", "common.datasets", name, "--clients", str(CLIENTS),
-                          "--seed", str(seed), "--out", str(folder), *skew],
-                         cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    run = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "common.datasets",
+            name,
+            "--clients",
+            str(CLIENTS),
+            "--seed",
+            str(seed),
+            "--out",
+            str(folder),
+            *skew,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
     if run.returncode != 0:
         raise SystemExit(f"python -m common.datasets {name} failed:\n{run.stderr[-3000:]}")
 
 
 def training_part(folder: Path) -> Dataset:
     parts = [load_dataset(str(folder / f"client_{n}.npz")) for n in range(1, CLIENTS + 1)]
-    return Dataset(np.concatenate([p.inputs for p in parts]),
-                   np.concatenate([p.outputs for p in parts]))
+    return Dataset(
+        np.concatenate([p.inputs for p in parts]), np.concatenate([p.outputs for p in parts])
+    )
 
 
 def logistic_regression(folder: Path) -> float:
@@ -216,13 +258,22 @@ def central_adam(folder: Path, seed: int) -> float:
     train, holdout = training_part(folder), load_dataset(str(folder / "holdout.npz"))
     test = load_dataset(str(folder / "server_test.npz"))
     model = keras.models.model_from_json((folder / "model.json").read_text())
-    model.compile(optimizer=keras.optimizers.Adam(ADAM["learning_rate"]),
-                  loss="categorical_crossentropy")
-    model.fit(train.inputs, train.outputs, batch_size=ADAM["batch_size"],
-              epochs=ADAM["max_epochs"], validation_data=(test.inputs, test.outputs),
-              callbacks=[keras.callbacks.EarlyStopping(
-                  patience=ADAM["patience"], min_delta=ADAM["min_delta"],
-                  restore_best_weights=True)], verbose=0)
+    model.compile(
+        optimizer=keras.optimizers.Adam(ADAM["learning_rate"]), loss="categorical_crossentropy"
+    )
+    model.fit(
+        train.inputs,
+        train.outputs,
+        batch_size=ADAM["batch_size"],
+        epochs=ADAM["max_epochs"],
+        validation_data=(test.inputs, test.outputs),
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                patience=ADAM["patience"], min_delta=ADAM["min_delta"], restore_best_weights=True
+            )
+        ],
+        verbose=0,
+    )
     # A direct call, not predict: predict traces a new function for every new model.
     probabilities = keras.ops.convert_to_numpy(model(holdout.inputs, training=False))
     return float(accuracy(probabilities, holdout.outputs))
@@ -236,24 +287,86 @@ def commands(setup: Setup, split: Split, seed: int, run: Path) -> list[list[str]
     outputs = ["--history", str(run / "history.csv"), "--save-model", str(run / "best.keras")]
     model = ["--model", split.file("model.json"), "--test-data", split.file("server_test.npz")]
     if setup.engine == "flower-keras":
-        return [[PYTHON, "-m", "bench.flower_keras", "--data", str(split.folder), *model,
-                 "--nodes", str(CLIENTS), "--rounds", str(KERAS_ROUNDS), "--seed", str(seed),
-                 *outputs, *(f"--{key}={value}" for key, value in KERAS_FIT.items())]]
-    training = [*model, *outputs, "--aggregation", setup.aggregation, "--operators",
-                setup.operators, "--target-accuracy", NEVER, "--patience",
-                str(setup.patience), "--max-rounds", str(setup.max_rounds), "--seed", str(seed)]
+        return [
+            [
+                PYTHON,
+                "-m",
+                "bench.flower_keras",
+                "--data",
+                str(split.folder),
+                *model,
+                "--nodes",
+                str(CLIENTS),
+                "--rounds",
+                str(KERAS_ROUNDS),
+                "--seed",
+                str(seed),
+                *outputs,
+                *(f"--{key}={value}" for key, value in KERAS_FIT.items()),
+            ]
+        ]
+    training = [
+        *model,
+        *outputs,
+        "--aggregation",
+        setup.aggregation,
+        "--operators",
+        setup.operators,
+        "--target-accuracy",
+        NEVER,
+        "--patience",
+        str(setup.patience),
+        "--max-rounds",
+        str(setup.max_rounds),
+        "--seed",
+        str(seed),
+    ]
     if setup.engine == "fedga-flower":
-        return [[PYTHON, "-m", "common.flower", "simulate", "--nodes", str(CLIENTS), "--data",
-                 str(split.folder), *training]]
+        return [
+            [
+                PYTHON,
+                "-m",
+                "common.flower",
+                "simulate",
+                "--nodes",
+                str(CLIENTS),
+                "--data",
+                str(split.folder),
+                *training,
+            ]
+        ]
     address = ["--host", "127.0.0.1", "--port", str(free_port())]
     # --expected-clients: exit once all three were told done; a late one still is (the
     # default --linger), as with the tutorial's running average a fast client may use up
     # the rounds before a slow one has connected.
-    server = [PYTHON, "server.py", "--headless", *address, *training, "--min-clients",
-              str(CLIENTS), "--round-timeout", "60", "--expected-clients", str(CLIENTS)]
-    return [server] + [[PYTHON, "client.py", "--headless", *address, "--data",
-                        split.file(f"client_{n}.npz"), "--name", f"client{n}", "--seed",
-                        str(seed * 100 + n)] for n in range(1, CLIENTS + 1)]
+    server = [
+        PYTHON,
+        "server.py",
+        "--headless",
+        *address,
+        *training,
+        "--min-clients",
+        str(CLIENTS),
+        "--round-timeout",
+        "60",
+        "--expected-clients",
+        str(CLIENTS),
+    ]
+    return [server] + [
+        [
+            PYTHON,
+            "client.py",
+            "--headless",
+            *address,
+            "--data",
+            split.file(f"client_{n}.npz"),
+            "--name",
+            f"client{n}",
+            "--seed",
+            str(seed * 100 + n),
+        ]
+        for n in range(1, CLIENTS + 1)
+    ]
 
 
 def launch(command_lines: list[list[str]], run: Path) -> tuple[float, float, float]:
@@ -263,9 +376,12 @@ def launch(command_lines: list[list[str]], run: Path) -> tuple[float, float, flo
     0; anything else is ``RunFailed``."""
     logs = [run / f"process{n}.log" for n in range(len(command_lines))]
     launched = time.time()
-    processes = [subprocess.Popen(line, cwd=ROOT, stdout=log.open("wb"),
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-                 for line, log in zip(command_lines, logs)]
+    processes = [
+        subprocess.Popen(
+            line, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        for line, log in zip(command_lines, logs)
+    ]
     memory = PeakMemory(lambda: [p.pid for p in processes])
     try:
         codes = [p.wait(RUN_TIMEOUT) for p in processes]
@@ -287,8 +403,9 @@ def federated(setup: Setup, split: Split, seed: int, run: Path) -> Outcome:
     run.mkdir(parents=True)
     launched, elapsed, peak_mib = launch(commands(setup, split, seed, run), run)
     with (run / "history.csv").open() as file:
-        rows = [(float(r["time"]), int(r["round"]), float(r["accuracy"]))
-                for r in csv.DictReader(file)]
+        rows = [
+            (float(r["time"]), int(r["round"]), float(r["accuracy"])) for r in csv.DictReader(file)
+        ]
     reached = next(((t, r) for t, r, accuracy in rows if accuracy >= split.target), None)
     saved = load_model_file(str(run / "best.keras"))
     holdout = load_dataset(split.file("holdout.npz"))
@@ -298,7 +415,9 @@ def federated(setup: Setup, split: Split, seed: int, run: Path) -> Outcome:
         target_round=reached and reached[1],
         to_target=reached[0] - launched if reached else math.inf,
         per_round=(rows[-1][0] - rows[0][0]) / (len(rows) - 1) if len(rows) > 1 else math.nan,
-        peak_mib=peak_mib, seconds=elapsed)
+        peak_mib=peak_mib,
+        seconds=elapsed,
+    )
 
 
 # ---- the report -------------------------------------------------------------------------
@@ -318,94 +437,160 @@ def reached(values: list[float], shown) -> str:
 
 
 def accuracies(values: list[float]) -> str:
-    return f"{median(values):.3f}" + (f" ({' '.join(f'{v:.3f}' for v in values)})"
-                                      if len(values) > 1 else "")
+    return f"{median(values):.3f}" + (
+        f" ({' '.join(f'{v:.3f}' for v in values)})" if len(values) > 1 else ""
+    )
 
 
-def table(name: str, refs: dict[str, list[float]], targets: list[float],
-          outcomes: dict[str, list[Outcome]], held_out: int) -> None:
-    print(f"{name}, {CLIENTS} clients, Dirichlet {ALPHA} unless IID: held-out accuracy on "
-          f"{held_out} samples (one is {100 / held_out:.1f} points), the median of "
-          f"{len(targets)} split seeds, then each; the target, on the server's test data: "
-          f"{' '.join(f'{t:.3f}' for t in targets)}")
-    rows = [["logistic regression (central)", accuracies(refs["logistic"]), "", "", "", "",
-             ""],
-            [f"Keras Adam {ADAM['learning_rate']} (central, early stopping)",
-             accuracies(refs["adam"]), "", "", "", "", ""]]
+def table(
+    name: str,
+    refs: dict[str, list[float]],
+    targets: list[float],
+    outcomes: dict[str, list[Outcome]],
+    held_out: int,
+) -> None:
+    print(
+        f"{name}, {CLIENTS} clients, Dirichlet {ALPHA} unless IID: held-out accuracy on "
+        f"{held_out} samples (one is {100 / held_out:.1f} points), the median of "
+        f"{len(targets)} split seeds, then each; the target, on the server's test data: "
+        f"{' '.join(f'{t:.3f}' for t in targets)}"
+    )
+    rows = [
+        ["logistic regression (central)", accuracies(refs["logistic"]), "", "", "", "", ""],
+        [
+            f"Keras Adam {ADAM['learning_rate']} (central, early stopping)",
+            accuracies(refs["adam"]),
+            "",
+            "",
+            "",
+            "",
+            "",
+        ],
+    ]
     for setup in SETUPS:
         if setup.key not in outcomes:
             continue
         runs = outcomes[setup.key]
         finished = [o for o in runs if not o.failed]
         failed = len(runs) - len(finished)
-        rows.append([setup.name + (f" ({failed} FAILED, scored 0)" if failed else ""),
-                     accuracies([o.holdout for o in runs]),
-                     reached([o.target_round or math.inf for o in runs], lambda v: f"{v:.0f}"),
-                     reached([o.to_target for o in runs], seconds),
-                     *([f"{median(o.rounds for o in finished):.0f}",
+        rows.append(
+            [
+                setup.name + (f" ({failed} FAILED, scored 0)" if failed else ""),
+                accuracies([o.holdout for o in runs]),
+                reached([o.target_round or math.inf for o in runs], lambda v: f"{v:.0f}"),
+                reached([o.to_target for o in runs], seconds),
+                *(
+                    [
+                        f"{median(o.rounds for o in finished):.0f}",
                         seconds(median(o.per_round for o in finished)),
-                        f"{max(o.peak_mib for o in finished):.0f} MiB"] if finished
-                       else ["-", "-", "-"])])
-    print_table(["setup", "held-out accuracy", "rounds to target", "launch to target",
-                 "rounds run", "per round", "peak memory"], rows)
+                        f"{max(o.peak_mib for o in finished):.0f} MiB",
+                    ]
+                    if finished
+                    else ["-", "-", "-"]
+                ),
+            ]
+        )
+    print_table(
+        [
+            "setup",
+            "held-out accuracy",
+            "rounds to target",
+            "launch to target",
+            "rounds run",
+            "per round",
+            "peak memory",
+        ],
+        rows,
+    )
 
 
-def check_targets(refs: dict[str, dict[str, list[float]]],
-                  outcomes: dict[str, dict[str, list[Outcome]]], held_out: dict[str, int]) -> bool:
+def check_targets(
+    refs: dict[str, dict[str, list[float]]],
+    outcomes: dict[str, dict[str, list[Outcome]]],
+    held_out: dict[str, int],
+) -> bool:
     met = True
     for name, by_setup in outcomes.items():
         if TARGET_ROW not in by_setup:
             continue
         ours, adam = median(o.holdout for o in by_setup[TARGET_ROW]), median(refs[name]["adam"])
         gap = max(TARGET_GAP, 1 / held_out[name])
-        met &= target(f"{name}, new operators, fedavg, Dirichlet {ALPHA}: held-out accuracy "
-                      f"within {TARGET_GAP * 100:.0f} points of central Adam (or one of its "
-                      f"{held_out[name]} held-out samples, if more)",
-                      f"{ours:.3f} (Adam {adam:.3f})", f">= {adam - gap:.3f}",
-                      ours >= adam - gap - 1e-9)
+        met &= target(
+            f"{name}, new operators, fedavg, Dirichlet {ALPHA}: held-out accuracy "
+            f"within {TARGET_GAP * 100:.0f} points of central Adam (or one of its "
+            f"{held_out[name]} held-out samples, if more)",
+            f"{ours:.3f} (Adam {adam:.3f})",
+            f">= {adam - gap:.3f}",
+            ours >= adam - gap - 1e-9,
+        )
     digits = outcomes.get("digits", {})
     if TARGET_ROW in digits:
         runs = digits[TARGET_ROW]
         held_out, to_target = median(o.holdout for o in runs), median(o.to_target for o in runs)
-        met &= target("digits, new operators, fedavg: held-out accuracy",
-                      f"{held_out:.3f}", f">= {DIGITS_TARGET}", held_out >= DIGITS_TARGET)
-        met &= target(f"digits, new operators, fedavg: launch to {DIGITS_TARGET}",
-                      seconds(to_target) if math.isfinite(to_target) else "not reached",
-                      f"< {seconds(DIGITS_SECONDS)}", to_target < DIGITS_SECONDS)
+        met &= target(
+            "digits, new operators, fedavg: held-out accuracy",
+            f"{held_out:.3f}",
+            f">= {DIGITS_TARGET}",
+            held_out >= DIGITS_TARGET,
+        )
+        met &= target(
+            f"digits, new operators, fedavg: launch to {DIGITS_TARGET}",
+            seconds(to_target) if math.isfinite(to_target) else "not reached",
+            f"< {seconds(DIGITS_SECONDS)}",
+            to_target < DIGITS_SECONDS,
+        )
         if KERAS_ROW in digits:
             theirs = [o.to_target for o in digits[KERAS_ROW]]
             ours = [o.to_target for o in runs]
             # Per split, as both ran under the same load; fedga never reaching it counts as 0.
             ratio = median(t / o if math.isfinite(o) else 0.0 for t, o in zip(theirs, ours))
-            met &= target(f"digits: launch to {DIGITS_TARGET}, Flower FedAvg with Keras fit / "
-                          "fedga new operators fedavg (median of the per-split ratios)",
-                          f"{ratio:.2f}x", ">= 1.00x", ratio >= 1.0)
+            met &= target(
+                f"digits: launch to {DIGITS_TARGET}, Flower FedAvg with Keras fit / "
+                "fedga new operators fedavg (median of the per-split ratios)",
+                f"{ratio:.2f}x",
+                ">= 1.00x",
+                ratio >= 1.0,
+            )
     return met
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.real_data",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.real_data", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--data-sets", nargs="+", choices=DATA_SETS, default=list(DATA_SETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS),
-                        help="split seeds (default: %(default)s)")
-    parser.add_argument("--rows", nargs="+", choices=[s.key for s in SETUPS],
-                        default=[s.key for s in SETUPS], help="federated rows to run "
-                        "(default: all)")
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=list(SEEDS),
+        help="split seeds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=[s.key for s in SETUPS],
+        default=[s.key for s in SETUPS],
+        help="federated rows to run (default: all)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the runs' files and logs")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if importlib.util.find_spec("flwr") is None:
-        print("Flower is not installed: .venv/bin/pip install -r requirements-flower.txt",
-              file=sys.stderr)
+        print(
+            "Flower is not installed: .venv/bin/pip install -r requirements-flower.txt",
+            file=sys.stderr,
+        )
         return 1
     import flwr
 
-    print_header(f"bench.real_data: fedga on scikit-learn's data sets, {CLIENTS} clients, "
-                 f"split seeds {' '.join(map(str, args.seeds))}; Flower {flwr.__version__}; "
-                 f"fedga runs stop after {PATIENCE} rounds without a better model or at "
-                 f"{MAX_ROUNDS} ({TUTORIAL_MAX_ROUNDS} with the tutorial's operators; x{CLIENTS} "
-                 "for running-average, where a round is one update)")
+    print_header(
+        f"bench.real_data: fedga on scikit-learn's data sets, {CLIENTS} clients, "
+        f"split seeds {' '.join(map(str, args.seeds))}; Flower {flwr.__version__}; "
+        f"fedga runs stop after {PATIENCE} rounds without a better model or at "
+        f"{MAX_ROUNDS} ({TUTORIAL_MAX_ROUNDS} with the tutorial's operators; x{CLIENTS} "
+        "for running-average, where a round is one update)"
+    )
     work = Path(tempfile.mkdtemp(prefix="fedga-bench-real-data-"))
     setups = [s for s in SETUPS if s.key in args.rows]
     refs: dict[str, dict[str, list[float]]] = {}
@@ -424,12 +609,19 @@ def main(argv: list[str] | None = None) -> int:
             refs[name]["adam"].append(central_adam(folders["dirichlet"], seed))
             goal = DIGITS_TARGET if name == "digits" else refs[name]["adam"][-1] - TARGET_GAP
             targets[name].append(goal)
-            print(f"{name} seed {seed}: logistic regression {refs[name]['logistic'][-1]:.3f}, "
-                  f"Adam {refs[name]['adam'][-1]:.3f}, target {goal:.3f}", flush=True)
+            print(
+                f"{name} seed {seed}: logistic regression {refs[name]['logistic'][-1]:.3f}, "
+                f"Adam {refs[name]['adam'][-1]:.3f}, target {goal:.3f}",
+                flush=True,
+            )
             for setup in setups:
                 try:
-                    outcome = federated(setup, Split(folders[setup.split], goal), seed,
-                                        work / name / f"seed{seed}" / setup.key)
+                    outcome = federated(
+                        setup,
+                        Split(folders[setup.split], goal),
+                        seed,
+                        work / name / f"seed{seed}" / setup.key,
+                    )
                 except RunFailed as exc:
                     outcome, failures = Outcome.failure(), failures + 1
                     print(f"{name} seed {seed}: {setup.name}: FAILED: {exc}", flush=True)

@@ -13,6 +13,7 @@ answered ``done`` without being counted. So of the updates the clients sent, the
 must have received all, counted all but those that arrived after the freeze, and those are
 exactly one per client that had sent any update, less the one update that froze the model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,19 +48,28 @@ def serve(clients: int, seed: int) -> int:
             if counts["disconnected", ""] == clients:
                 all_left.set()
 
-    config = ServerConfig(host="127.0.0.1", port=0, seed=seed)
-    global_model = GlobalModel(xor_network(seed), XOR_TEST_DATA, num_solutions=config.num_solutions,
-                               max_rounds=config.max_rounds, seed=seed, on_event=on_event)
+    config = ServerConfig.of(host="127.0.0.1", port=0, seed=seed)
+    global_model = GlobalModel(xor_network(seed), XOR_TEST_DATA, config.training, on_event=on_event)
     with ListenThread(global_model, config, on_event=on_event) as server:
         print(f"PORT {server.server_address[1]}", flush=True)
         finished = all_left.wait(TIMEOUT)
-    print(json.dumps({
-        "finished": finished, "rounds": global_model.round, "accuracy": global_model.accuracy,
-        "reached_target": global_model.reached_target,
-        "update_events": counts["update", ""], "model_requests": counts["request", "model"],
-        "echo_requests": counts["request", "echo"], "answered_done": counts["answered_done", ""],
-        "errors": errors, "peak_rss_mib": peak_rss_mib(),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "finished": finished,
+                "rounds": global_model.round,
+                "accuracy": global_model.accuracy,
+                "reached_target": global_model.reached_target,
+                "update_events": counts["update", ""],
+                "model_requests": counts["request", "model"],
+                "echo_requests": counts["request", "echo"],
+                "answered_done": counts["answered_done", ""],
+                "errors": errors,
+                "peak_rss_mib": peak_rss_mib(),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
@@ -100,8 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     print_header(f"bench.scale: one server process, {args.clients} client threads over loopback")
 
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.scale", "--serve", "--clients", str(args.clients),
-         "--seed", str(args.seed)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "bench.scale",
+            "--serve",
+            "--clients",
+            str(args.clients),
+            "--seed",
+            str(args.seed),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = int(server.stdout.readline().split()[1])
         names = list(CLIENT_DATA)
@@ -110,11 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         for index, record in enumerate(records):
             name = names[index % len(names)]
-            config = ClientConfig(host="127.0.0.1", port=port, name=f"{name}-{index}",
-                                  seed=args.seed * 1000 + index)
-            clients.append(RecvThread(config.buffer_size, config.recv_timeout,
-                                      sock=connect("127.0.0.1", port, timeout=10),
-                                      data=CLIENT_DATA[name], config=config, on_event=record))
+            config = ClientConfig(
+                host="127.0.0.1", port=port, name=f"{name}-{index}", seed=args.seed * 1000 + index
+            )
+            clients.append(
+                RecvThread(
+                    config.buffer_size,
+                    config.recv_timeout,
+                    sock=connect("127.0.0.1", port, timeout=10),
+                    data=CLIENT_DATA[name],
+                    config=config,
+                    on_event=record,
+                )
+            )
         for client in clients:
             client.start()
         deadline = started + TIMEOUT
@@ -140,36 +169,57 @@ def main(argv: list[str] | None = None) -> int:
     expected_rounds = sent - senders + 1 if senders else 0
     errors = len(client_errors) + len(stats.get("errors", ["server did not report"]))
 
-    print_table(["measure", "value"], [
-        ["clients done / errors", f"{outcomes['done']} / {errors}"],
-        ["final accuracy (rounds)", f"{stats.get('accuracy', 0):.2f} ({rounds})"],
-        ["updates sent by clients", sent],
-        ["updates received by the server", stats.get("model_requests")],
-        ["updates counted in the global model", f"{rounds} (update events: "
-                                                f"{stats.get('update_events')})"],
-        ["updates answered done after the freeze", f"{sent - rounds} (expected "
-                                                   f"{max(0, senders - 1)})"],
-        ["wall time, first connect to all done", f"{elapsed:.1f} s"],
-        ["updates per second (counted / received)",
-         f"{rounds / elapsed:.1f} / {(stats.get('model_requests') or 0) / elapsed:.1f}"],
-        ["first reply, with building the model, p50 / p99",
-         f"{seconds(percentile(echo or [0], 50))} / {seconds(percentile(echo or [0], 99))}"],
-        ["update reply latency p50 / p99", f"{seconds(percentile(update or [0], 50))} / "
-                                           f"{seconds(percentile(update or [0], 99))}"],
-        ["server peak RSS", f"{stats.get('peak_rss_mib', 0):.0f} MiB"],
-        ["client process peak RSS", f"{peak_rss_mib():.0f} MiB"],
-    ])
+    print_table(
+        ["measure", "value"],
+        [
+            ["clients done / errors", f"{outcomes['done']} / {errors}"],
+            ["final accuracy (rounds)", f"{stats.get('accuracy', 0):.2f} ({rounds})"],
+            ["updates sent by clients", sent],
+            ["updates received by the server", stats.get("model_requests")],
+            [
+                "updates counted in the global model",
+                f"{rounds} (update events: {stats.get('update_events')})",
+            ],
+            [
+                "updates answered done after the freeze",
+                f"{sent - rounds} (expected {max(0, senders - 1)})",
+            ],
+            ["wall time, first connect to all done", f"{elapsed:.1f} s"],
+            [
+                "updates per second (counted / received)",
+                f"{rounds / elapsed:.1f} / {(stats.get('model_requests') or 0) / elapsed:.1f}",
+            ],
+            [
+                "first reply, with building the model, p50 / p99",
+                f"{seconds(percentile(echo or [0], 50))} / {seconds(percentile(echo or [0], 99))}",
+            ],
+            [
+                "update reply latency p50 / p99",
+                f"{seconds(percentile(update or [0], 50))} / "
+                f"{seconds(percentile(update or [0], 99))}",
+            ],
+            ["server peak RSS", f"{stats.get('peak_rss_mib', 0):.0f} MiB"],
+            ["client process peak RSS", f"{peak_rss_mib():.0f} MiB"],
+        ],
+    )
     for error in (client_errors + stats.get("errors", []))[:10]:
         print(f"error: {error}")
 
-    met = target("clients done", f"{outcomes['done']}/{args.clients}", f"{args.clients}/"
-                 f"{args.clients}", outcomes["done"] == args.clients)
+    met = target(
+        "clients done",
+        f"{outcomes['done']}/{args.clients}",
+        f"{args.clients}/{args.clients}",
+        outcomes["done"] == args.clients,
+    )
     met &= target("errors", str(errors), "0", errors == 0)
     lost = sent - (stats.get("model_requests") or 0)
     met &= target("lost updates (sent but not received)", str(lost), "0", lost == 0)
-    met &= target("updates counted exactly once", f"{rounds} counted, {stats.get('update_events')} "
-                  f"update events, {expected_rounds} expected", "all three equal",
-                  rounds == expected_rounds == stats.get("update_events"))
+    met &= target(
+        "updates counted exactly once",
+        f"{rounds} counted, {stats.get('update_events')} update events, {expected_rounds} expected",
+        "all three equal",
+        rounds == expected_rounds == stats.get("update_events"),
+    )
     return 0 if met else 1
 
 

@@ -7,6 +7,7 @@ first (the path every entry point took before; ``bench/keras_first``).
 
 The two paths take turns, run by run, so each ratio compares launches made under the same load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,14 @@ def _env(path: str, **extra: str) -> dict[str, str]:
 
 def demo_seconds(path: str) -> float:
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "common.demo"], cwd=ROOT, env=_env(path),
-                         capture_output=True, text=True, timeout=WAIT)
+    run = subprocess.run(
+        [sys.executable, "-m", "common.demo"],
+        cwd=ROOT,
+        env=_env(path),
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     elapsed = time.perf_counter() - started
     if run.returncode != 0:
         raise SystemExit(f"the demo failed ({path}):\n{run.stderr[-3000:]}")
@@ -52,11 +59,18 @@ def server_peak_mib(path: str) -> float:
 
     port = str(free_port())
     flags = ["--headless", "--host", "127.0.0.1", "--port", port]
-    server = subprocess.Popen([sys.executable, "server.py", *flags, "--expected-clients", "2"],
-                              cwd=ROOT, env=_env(path), stderr=subprocess.DEVNULL)
-    clients = [subprocess.Popen([sys.executable, name, *flags], cwd=ROOT, env=_env(path),
-                                stderr=subprocess.DEVNULL)
-               for name in ("client1.py", "client2.py")]
+    server = subprocess.Popen(
+        [sys.executable, "server.py", *flags, "--expected-clients", "2"],
+        cwd=ROOT,
+        env=_env(path),
+        stderr=subprocess.DEVNULL,
+    )
+    clients = [
+        subprocess.Popen(
+            [sys.executable, name, *flags], cwd=ROOT, env=_env(path), stderr=subprocess.DEVNULL
+        )
+        for name in ("client1.py", "client2.py")
+    ]
     for client in clients:
         client.wait(WAIT)
     _, status, usage = os.wait4(server.pid, 0)
@@ -69,10 +83,22 @@ def server_peak_mib(path: str) -> float:
 def start_xvfb() -> tuple[subprocess.Popen, str]:
     """A private Xvfb; -displayfd reports its display number once it accepts clients."""
     read_end, write_end = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-screen", "0",
-                             "1280x1024x24", "-nolisten", "tcp", "-noreset"],
-                            pass_fds=(write_end,), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    xvfb = subprocess.Popen(
+        [
+            "Xvfb",
+            "-displayfd",
+            str(write_end),
+            "-screen",
+            "0",
+            "1280x1024x24",
+            "-nolisten",
+            "tcp",
+            "-noreset",
+        ],
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write_end)
     ready, _, _ = select.select([read_end], [], [], WAIT)
     number = os.read(read_end, 64).decode().strip() if ready else ""
@@ -87,12 +113,18 @@ def window_seconds(path: str, script: str, display: str, kivy_home: str) -> floa
     """Launch to the window's first drawn frame, which the app logs as its "ready:" line."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, script, "--window-position", "0,0"], cwd=ROOT,
-        env=_env(path, DISPLAY=display, KIVY_HOME=kivy_home), stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [sys.executable, script, "--window-position", "0,0"],
+        cwd=ROOT,
+        env=_env(path, DISPLAY=display, KIVY_HOME=kivy_home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr],
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stderr], daemon=True
+    )
     reader.start()
     try:
         while not re.search(r"ready: .* window", lines.get(timeout=WAIT)):
@@ -107,16 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="launches of each path per figure")
     args = parser.parse_args(argv)
-    print_header("bench.startup: whole processes, fedga against the same launch with Keras "
-                 f"imported first (median of {args.runs} runs each, taking turns)")
+    print_header(
+        "bench.startup: whole processes, fedga against the same launch with Keras "
+        f"imported first (median of {args.runs} runs each, taking turns)"
+    )
     measures = {"demo": demo_seconds, "server peak": server_peak_mib}
     xvfb = None
     if shutil.which("Xvfb"):
         xvfb, display = start_xvfb()
         kivy_home = tempfile.mkdtemp(prefix="fedga-kivy-")
         for script in ("server.py", "client1.py"):
-            measures[f"{script} window"] = (
-                lambda path, script=script: window_seconds(path, script, display, kivy_home))
+            measures[f"{script} window"] = lambda path, script=script: window_seconds(
+                path, script, display, kivy_home
+            )
     else:
         print("Xvfb is not installed: no window timings (apt-get install xvfb)\n")
     results: dict[str, dict[str, list[float]]] = {name: {p: [] for p in PATHS} for name in measures}
@@ -138,13 +173,24 @@ def main(argv: list[str] | None = None) -> int:
     for name, by_path in results.items():
         ours, keras_first = (statistics.median(by_path[p]) for p in PATHS)
         ratio = paired_ratio(by_path["Keras first"], by_path["fedga"])
-        rows.append([name, shown(name, ours), shown(name, keras_first), f"{ratio:.1f}x",
-                     f"< {shown(name, TARGETS[name])}"])
+        rows.append(
+            [
+                name,
+                shown(name, ours),
+                shown(name, keras_first),
+                f"{ratio:.1f}x",
+                f"< {shown(name, TARGETS[name])}",
+            ]
+        )
     print_table(["what", "fedga", "Keras first", "Keras first / fedga", "target"], rows)
     for name, by_path in results.items():
         ours = statistics.median(by_path["fedga"])
-        met &= target(f"{name} (median)", shown(name, ours), f"< {shown(name, TARGETS[name])}",
-                      ours < TARGETS[name])
+        met &= target(
+            f"{name} (median)",
+            shown(name, ours),
+            f"< {shown(name, TARGETS[name])}",
+            ours < TARGETS[name],
+        )
     return 0 if met else 1
 
 

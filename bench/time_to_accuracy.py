@@ -34,6 +34,7 @@ so ``--tutorial-rounds`` of them are timed (two clients at once) and a whole run
 as that per-round cost times the default rule's median rounds. That favours the tutorial:
 its own server resends its initial population, so it never reaches 1.0 at all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,12 +67,14 @@ PLAIN_MAX_ROUNDS = 100
 # luck (fedavg about 1 bench run in 8); these shares of the runs may miss.
 FEDAVG_TAIL, PLAIN_TAIL = 0.10, 0.05
 ONE_SAMPLE_MAX_ROUNDS = 300  # bounds the bench's time: these rows take ~10 ms a round
-ONE_SAMPLE_DATA = {f"sample{i + 1}": Dataset(XOR_TEST_DATA.inputs[i:i + 1],
-                                             XOR_TEST_DATA.outputs[i:i + 1]) for i in range(4)}
+ONE_SAMPLE_DATA = {
+    f"sample{i + 1}": Dataset(XOR_TEST_DATA.inputs[i : i + 1], XOR_TEST_DATA.outputs[i : i + 1])
+    for i in range(4)
+}
 
 
 def start_server(seed: int, **settings) -> ListenThread:
-    config = ServerConfig(host="127.0.0.1", port=0, seed=seed, **settings)
+    config = ServerConfig.of(host="127.0.0.1", port=0, seed=seed, **settings)
     server = ListenThread(build_global_model(config), config)  # as server.py builds it
     server.start()
     return server
@@ -88,9 +91,15 @@ class BuiltInClients:
         threads = []
         for index, (name, data) in enumerate(self.data.items()):
             config = ClientConfig(host=host, port=port, name=name, seed=seed * 10 + index)
-            threads.append(RecvThread(config.buffer_size, config.recv_timeout,
-                                      sock=connect(host, port, timeout=5), data=data,
-                                      config=config))
+            threads.append(
+                RecvThread(
+                    config.buffer_size,
+                    config.recv_timeout,
+                    sock=connect(host, port, timeout=5),
+                    data=data,
+                    config=config,
+                )
+            )
             threads[-1].start()
 
         def finish() -> bool:
@@ -98,6 +107,7 @@ class BuiltInClients:
                 thread.join(RUN_TIMEOUT)
                 thread.stop()
             return all(t.outcome == "done" and t.final_accuracy == 1.0 for t in threads)
+
         return finish
 
 
@@ -108,10 +118,21 @@ class PlainClients:
         replies: list[dict] = []
 
         def run(data: Dataset, client_seed: int) -> None:
-            replies.append(plain_client(address, data.inputs, data.outputs, batched=True,
-                                        seed=client_seed, max_requests=PLAIN_MAX_ROUNDS + 2))
-        threads = [threading.Thread(target=run, args=(data, seed * 10_000 + index * 1000))
-                   for index, data in enumerate(CLIENT_DATA.values())]
+            replies.append(
+                plain_client(
+                    address,
+                    data.inputs,
+                    data.outputs,
+                    batched=True,
+                    seed=client_seed,
+                    max_requests=PLAIN_MAX_ROUNDS + 2,
+                )
+            )
+
+        threads = [
+            threading.Thread(target=run, args=(data, seed * 10_000 + index * 1000))
+            for index, data in enumerate(CLIENT_DATA.values())
+        ]
         for thread in threads:
             thread.start()
 
@@ -119,6 +140,7 @@ class PlainClients:
             for thread in threads:
                 thread.join(RUN_TIMEOUT)
             return len(replies) == len(threads) and all(r["subject"] == "done" for r in replies)
+
         return finish
 
 
@@ -131,16 +153,28 @@ class Row:
 
 ROWS = (
     Row("built-in, running-best (default)", BuiltInClients(CLIENT_DATA), {}),
-    Row("built-in, running-average (tutorial's rule)", BuiltInClients(CLIENT_DATA),
-        {"aggregation": "running-average"}),
+    Row(
+        "built-in, running-average (tutorial's rule)",
+        BuiltInClients(CLIENT_DATA),
+        {"aggregation": "running-average"},
+    ),
     Row("plain, running-best", PlainClients(), {"max_rounds": PLAIN_MAX_ROUNDS}),
-    Row("plain, running-average", PlainClients(),
-        {"aggregation": "running-average", "max_rounds": PLAIN_MAX_ROUNDS}),
+    Row(
+        "plain, running-average",
+        PlainClients(),
+        {"aggregation": "running-average", "max_rounds": PLAIN_MAX_ROUNDS},
+    ),
     Row("built-in, fedavg", BuiltInClients(CLIENT_DATA), {"aggregation": "fedavg"}),
-    Row("one sample each (4), median", BuiltInClients(ONE_SAMPLE_DATA),
-        {"aggregation": "median", "min_clients": 4, "max_rounds": ONE_SAMPLE_MAX_ROUNDS}),
-    Row("one sample each (4), trimmed-mean", BuiltInClients(ONE_SAMPLE_DATA),
-        {"aggregation": "trimmed-mean", "min_clients": 4, "max_rounds": ONE_SAMPLE_MAX_ROUNDS}),
+    Row(
+        "one sample each (4), median",
+        BuiltInClients(ONE_SAMPLE_DATA),
+        {"aggregation": "median", "min_clients": 4, "max_rounds": ONE_SAMPLE_MAX_ROUNDS},
+    ),
+    Row(
+        "one sample each (4), trimmed-mean",
+        BuiltInClients(ONE_SAMPLE_DATA),
+        {"aggregation": "trimmed-mean", "min_clients": 4, "max_rounds": ONE_SAMPLE_MAX_ROUNDS},
+    ),
 )
 
 
@@ -172,9 +206,12 @@ def tutorial_client(address, name: str, seed: int, failures: list) -> None:
                 num_parents_mating=settings.num_parents_mating,
                 initial_population=np.array(reply["population_weights"], dtype=np.float64),
                 fitness_func=lambda ga, solution, index: tutorial_fitness(
-                    model, solution, data.inputs, data.outputs),
+                    model, solution, data.inputs, data.outputs
+                ),
                 mutation_percent_genes=settings.mutation_percent_genes,
-                random_seed=seed, suppress_warnings=True)
+                random_seed=seed,
+                suppress_warnings=True,
+            )
             ga.run()
             best, _, _ = ga.best_solution(pop_fitness=ga.last_generation_fitness)
             plain_send(sock, "model", {"best_model_weights_vector": best.astype(np.float32)})
@@ -189,9 +226,12 @@ def tutorial_rounds(seed: int, rounds: int) -> tuple[int, float, list[str]]:
     failures: list[str] = []
     try:
         names = [list(CLIENT_DATA)[i % len(CLIENT_DATA)] for i in range(rounds)]
-        threads = [threading.Thread(target=tutorial_client,
-                                    args=(server.server_address, name, seed + i, failures))
-                   for i, name in enumerate(names)]
+        threads = [
+            threading.Thread(
+                target=tutorial_client, args=(server.server_address, name, seed + i, failures)
+            )
+            for i, name in enumerate(names)
+        ]
         started = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -203,18 +243,22 @@ def tutorial_rounds(seed: int, rounds: int) -> tuple[int, float, list[str]]:
 
 
 def spread(values: list[float], unit: Callable[[float], str]) -> str:
-    return " / ".join(unit(v) for v in (statistics.median(values), percentile(values, 90),
-                                        max(values)))
+    return " / ".join(
+        unit(v) for v in (statistics.median(values), percentile(values, 90), max(values))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--tutorial-rounds", type=int, default=2,
-                        help="tutorial-style updates to time, run at once (2 = both clients)")
+    parser.add_argument(
+        "--tutorial-rounds",
+        type=int,
+        default=2,
+        help="tutorial-style updates to time, run at once (2 = both clients)",
+    )
     args = parser.parse_args(argv)
-    print_header(f"bench.time_to_accuracy: {args.runs} seeded runs per row, XOR, connect to "
-                 "done")
+    print_header(f"bench.time_to_accuracy: {args.runs} seeded runs per row, XOR, connect to done")
 
     results: dict[str, list[tuple[bool, int, float]]] = {row.name: [] for row in ROWS}
     for seed in range(args.runs):
@@ -223,13 +267,25 @@ def main(argv: list[str] | None = None) -> int:
     stats = {}
     for name, runs in results.items():
         rounds, times = [r[1] for r in runs], [r[2] for r in runs]
-        stats[name] = (sum(r[0] for r in runs), rounds, times,
-                       statistics.median(t / max(1, n) for _, n, t in runs))
-    print_table(["clients, rule", "done", "rounds median/p90/max", "seconds median/p90/max",
-                 "per round"],
-                [[name, f"{done}/{args.runs}", spread(rounds, lambda v: f"{v:g}"),
-                  spread(times, lambda v: f"{v:.2f}"), seconds(per_round)]
-                 for name, (done, rounds, times, per_round) in stats.items()])
+        stats[name] = (
+            sum(r[0] for r in runs),
+            rounds,
+            times,
+            statistics.median(t / max(1, n) for _, n, t in runs),
+        )
+    print_table(
+        ["clients, rule", "done", "rounds median/p90/max", "seconds median/p90/max", "per round"],
+        [
+            [
+                name,
+                f"{done}/{args.runs}",
+                spread(rounds, lambda v: f"{v:g}"),
+                spread(times, lambda v: f"{v:.2f}"),
+                seconds(per_round),
+            ]
+            for name, (done, rounds, times, per_round) in stats.items()
+        ],
+    )
 
     default_done, default_rounds, default_times, _ = stats[ROWS[0].name]
     counted, tutorial_time, failures = tutorial_rounds(args.runs, args.tutorial_rounds)
@@ -237,48 +293,95 @@ def main(argv: list[str] | None = None) -> int:
     median_rounds, median_time = statistics.median(default_rounds), statistics.median(default_times)
     estimate = tutorial_per_round * median_rounds
     speedup = estimate / median_time
-    print_table(["settings", "rounds", "seconds", "per round"], [
-        ["built-in, running-best", f"{median_rounds:g} (median)", f"{median_time:.2f} (median)",
-         seconds(stats[ROWS[0].name][3])],
-        ["tutorial (estimated)", f"{median_rounds:g} (as above)",
-         f"{estimate:.0f} (per round x rounds)",
-         f"{seconds(tutorial_per_round)} ({counted} rounds timed in {tutorial_time:.1f} s)"],
-    ])
+    print_table(
+        ["settings", "rounds", "seconds", "per round"],
+        [
+            [
+                "built-in, running-best",
+                f"{median_rounds:g} (median)",
+                f"{median_time:.2f} (median)",
+                seconds(stats[ROWS[0].name][3]),
+            ],
+            [
+                "tutorial (estimated)",
+                f"{median_rounds:g} (as above)",
+                f"{estimate:.0f} (per round x rounds)",
+                f"{seconds(tutorial_per_round)} ({counted} rounds timed in {tutorial_time:.1f} s)",
+            ],
+        ],
+    )
     for failure in failures:
         print(f"tutorial-style client failed: {failure}")
 
     runs = args.runs
-    met = target("built-in, running-best: runs reaching accuracy 1.0", f"{default_done}/{runs}",
-                 f"{runs}/{runs}", default_done == runs)
-    met &= target("built-in, running-best: median seconds connect to done",
-                  f"{median_time:.2f} s", "< 1 s", median_time < 1)
-    met &= target("built-in, running-best: slowest run", f"{max(default_times):.2f} s", "< 10 s",
-                  max(default_times) < 10)
+    met = target(
+        "built-in, running-best: runs reaching accuracy 1.0",
+        f"{default_done}/{runs}",
+        f"{runs}/{runs}",
+        default_done == runs,
+    )
+    met &= target(
+        "built-in, running-best: median seconds connect to done",
+        f"{median_time:.2f} s",
+        "< 1 s",
+        median_time < 1,
+    )
+    met &= target(
+        "built-in, running-best: slowest run",
+        f"{max(default_times):.2f} s",
+        "< 10 s",
+        max(default_times) < 10,
+    )
     tutorial_done, _, tutorial_times, _ = stats[ROWS[1].name]
-    met &= target("built-in, running-average (the tutorial's rule): runs reaching accuracy 1.0",
-                  f"{tutorial_done}/{runs}", f"{runs}/{runs}", tutorial_done == runs)
-    met &= target("built-in, running-average: median seconds connect to done",
-                  f"{statistics.median(tutorial_times):.2f} s", "< 1 s",
-                  statistics.median(tutorial_times) < 1)
+    met &= target(
+        "built-in, running-average (the tutorial's rule): runs reaching accuracy 1.0",
+        f"{tutorial_done}/{runs}",
+        f"{runs}/{runs}",
+        tutorial_done == runs,
+    )
+    met &= target(
+        "built-in, running-average: median seconds connect to done",
+        f"{statistics.median(tutorial_times):.2f} s",
+        "< 1 s",
+        statistics.median(tutorial_times) < 1,
+    )
     plain_done, plain_rounds, _, _ = stats["plain, running-best"]
     wanted = runs - math.floor(runs * PLAIN_TAIL)
-    met &= target(f"plain (tutorial's GA), running-best: runs done within {PLAIN_MAX_ROUNDS} "
-                  "rounds", f"{plain_done}/{runs}, slowest {max(plain_rounds)} rounds",
-                  f">= {wanted}/{runs}", plain_done >= wanted)
+    met &= target(
+        f"plain (tutorial's GA), running-best: runs done within {PLAIN_MAX_ROUNDS} rounds",
+        f"{plain_done}/{runs}, slowest {max(plain_rounds)} rounds",
+        f">= {wanted}/{runs}",
+        plain_done >= wanted,
+    )
     fedavg_rounds = stats["built-in, fedavg"][1]
     within = sum(ok and n <= 30 for ok, n, _ in results["built-in, fedavg"])
     wanted = runs - math.floor(runs * FEDAVG_TAIL)
-    met &= target("built-in, fedavg: runs done within 30 rounds", f"{within}/{runs}",
-                  f">= {wanted}/{runs}", within >= wanted)
-    met &= target("built-in, fedavg: median rounds", f"{statistics.median(fedavg_rounds):g}",
-                  "<= 8", statistics.median(fedavg_rounds) <= 8)
+    met &= target(
+        "built-in, fedavg: runs done within 30 rounds",
+        f"{within}/{runs}",
+        f">= {wanted}/{runs}",
+        within >= wanted,
+    )
+    met &= target(
+        "built-in, fedavg: median rounds",
+        f"{statistics.median(fedavg_rounds):g}",
+        "<= 8",
+        statistics.median(fedavg_rounds) <= 8,
+    )
     for rule in ("median", "trimmed-mean"):
         done = stats[f"one sample each (4), {rule}"][0]
-        met &= target(f"four one-sample clients, {rule}: runs done within "
-                      f"{ONE_SAMPLE_MAX_ROUNDS} rounds", f"{done}/{runs}",
-                      f">= {runs / 4:g}/{runs}", done >= runs / 4)
-    met &= target("speed-up over the tutorial's settings", f"{speedup:.0f}x", ">= 20x",
-                  speedup >= 20 and not failures and counted == args.tutorial_rounds)
+        met &= target(
+            f"four one-sample clients, {rule}: runs done within {ONE_SAMPLE_MAX_ROUNDS} rounds",
+            f"{done}/{runs}",
+            f">= {runs / 4:g}/{runs}",
+            done >= runs / 4,
+        )
+    met &= target(
+        "speed-up over the tutorial's settings",
+        f"{speedup:.0f}x",
+        ">= 20x",
+        speedup >= 20 and not failures and counted == args.tutorial_rounds,
+    )
     return 0 if met else 1
 
 

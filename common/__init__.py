@@ -4,6 +4,7 @@ Importing the package quiets TensorFlow's start-up noise, keeps Kivy away from s
 keeps TensorFlow's libraries to themselves, so every entry point gets the same environment
 before Keras or Kivy load.
 """
+
 import os
 import sys
 import types

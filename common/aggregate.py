@@ -29,6 +29,7 @@ weighted mean. Adding a rule is one class plus its test, e.g. FedAvg with server
 and in tests/test_aggregate.py a test of what it returns for a few updates. Registered, it is
 a choice of ``--aggregation``, of the window's spinner and (being round-based) of Flower.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -39,14 +40,16 @@ from typing import ClassVar
 import numpy as np
 
 
-def model_averaging(global_vector: np.ndarray, update_vector: np.ndarray,
-                    update_weight: float = 0.5) -> np.ndarray:
+def model_averaging(
+    global_vector: np.ndarray, update_vector: np.ndarray, update_weight: float = 0.5
+) -> np.ndarray:
     """The tutorial's running average: with the default weight, the mean of the two."""
     return global_vector + update_weight * (update_vector - global_vector)
 
 
-def fedavg(updates: Sequence[np.ndarray], sample_counts: Sequence[float] | None = None
-           ) -> np.ndarray:
+def fedavg(
+    updates: Sequence[np.ndarray], sample_counts: Sequence[float] | None = None
+) -> np.ndarray:
     """Mean of the updates weighted by each client's sample count (1 each when unknown)."""
     counts = [1.0] * len(updates) if sample_counts is None else list(sample_counts)
     mean, total = np.asarray(updates[0], dtype=np.float64), counts[0]
@@ -65,7 +68,7 @@ def trimmed_mean(updates: Sequence[np.ndarray], trim: float = 0.2) -> np.ndarray
     """Coordinate-wise mean after dropping the ``trim`` share of highest and lowest values."""
     ordered = np.sort(np.stack(updates), axis=0)
     cut = int(len(updates) * trim)
-    return fedavg(list(ordered[cut:len(updates) - cut]))
+    return fedavg(list(ordered[cut : len(updates) - cut]))
 
 
 @dataclass(frozen=True)
@@ -148,8 +151,9 @@ class RunningAverage(Aggregation):
 RUNNING_STEPS = (0.125, 0.25, 0.5)
 
 
-def running_candidates(global_vector: np.ndarray, update_vector: np.ndarray,
-                       latest_updates: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+def running_candidates(
+    global_vector: np.ndarray, update_vector: np.ndarray, latest_updates: Sequence[np.ndarray]
+) -> dict[str, np.ndarray]:
     """The models running-best scores for one update, by name: ``update`` itself, ``step S``
     for the tutorial's running average moved a share S toward it, and ``clients' mean``, the
     mean of every client's latest update (FedAvg without waiting for a round)."""
@@ -191,8 +195,10 @@ class RunningBest(Aggregation):
             raise RuntimeError("running-best chooses by the server's scores: bind() them first")
         (update,) = updates
         self.latest[update.client] = update.vector
-        candidates = {"current model": global_vector, **running_candidates(
-            global_vector, update.vector, list(self.latest.values()))}
+        candidates = {
+            "current model": global_vector,
+            **running_candidates(global_vector, update.vector, list(self.latest.values())),
+        }
         vectors = np.stack(list(candidates.values())).astype(np.float32)
         reached, losses = self._scores(vectors)
         # Reaching the target first, then the lowest loss; a stable sort keeps the current

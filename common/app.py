@@ -7,10 +7,10 @@ None of ``cli``, ``gui`` and ``flower`` imports another; each imports this.
 Exit codes: 0 done, 1 a failure explained in one line, 2 gave up (--max-rounds) or bad
 usage, 3 stopped by --patience, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
+
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from common.data import XOR_TEST_DATA, DataError, Dataset, fit_to_model, load_dataset
-from common.ga import REAL_DATA, GAConfig
+from common.errors import UserError
 from common.model import Network, load_model_file, xor_network
 from common.modelspec import ModelRefused, dense_chain_json
 from common.results import History, plot_history
@@ -49,6 +49,7 @@ def parse_port(text: str) -> int:
 def positive(kind, *, zero_ok: bool = False):
     """A parser of a flag's or a window field's text into a ``kind`` number above 0 (or 0
     and above); ``argparse.ArgumentTypeError`` says what is wrong in plain words."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -58,58 +59,64 @@ def positive(kind, *, zero_ok: bool = False):
             bound = "0 or more" if zero_ok else "greater than 0"
             raise argparse.ArgumentTypeError(f"{text} must be {bound}")
         return value
+
     return parse
+
+
+def exit_on_mistake(exc: UserError) -> int:
+    """End a run on a user's mistake: its one plain sentence in the log, no traceback."""
+    log.error("%s", exc)
+    return EXIT_FAILED
 
 
 def configure_logging(level: str, role: str) -> StatusLine | None:
     """Plain log lines; on a terminal also a live status line, which is returned."""
     status = StatusLine(sys.stderr) if sys.stderr.isatty() else None
-    logging.basicConfig(level=level, format=f"%(asctime)s [{role}] %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", force=True,
-                        handlers=[status or logging.StreamHandler(sys.stderr)])
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s [{role}] %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+        handlers=[status or logging.StreamHandler(sys.stderr)],
+    )
     return status
 
 
-def build_global_model(config: ServerConfig, on_event=None,
-                       history: History | None = None) -> GlobalModel:
+def build_global_model(
+    config: ServerConfig, on_event=None, history: History | None = None
+) -> GlobalModel:
     """The model and test data of the config, recording the updates in ``history`` (by
-    default a History writing ``config.history``, when set). Without a model file: the
-    tutorial's XOR model, or for test data of other features or classes a Dense model sized
-    to it (``default_network``). Raises ModelFileError or DataError, each one plain sentence."""
+    default a History writing the config's history file, when set). Without a model file:
+    the tutorial's XOR model, or for test data of other features or classes a Dense model
+    sized to it (``default_network``). Raises ModelFileError or DataError, each one plain
+    sentence."""
+    training, history_file = config.training, config.outputs.history
     test_data = XOR_TEST_DATA
-    if config.test_data:
-        test_data = load_dataset(config.test_data, config.test_labels, config.test_label_column)
-    elif config.model:
-        raise DataError(f"The model in {config.model} needs its own test set: add "
-                        "--test-data FILE.")
-    network = (load_model_file(config.model, config.seed) if config.model
-               else default_network(test_data, config.seed))
+    if training.test_data:
+        test_data = load_dataset(
+            training.test_data, training.test_labels, training.test_label_column
+        )
+    elif training.model:
+        raise DataError(
+            f"The model in {training.model} needs its own test set: add --test-data FILE."
+        )
+    network = (
+        load_model_file(training.model, training.seed)
+        if training.model
+        else default_network(test_data, training.seed)
+    )
     forward = network.forward
-    test_data = fit_to_model(test_data, forward.num_features, forward.num_outputs,
-                             config.test_data or "the XOR test data")
-    if history is None and config.history:
-        history = History(config.history)
+    test_data = fit_to_model(
+        test_data,
+        forward.num_features,
+        forward.num_outputs,
+        training.test_data or "the XOR test data",
+    )
+    if history is None and history_file:
+        history = History(history_file)
     if history is not None:
         on_event = _both(history, on_event)
-    return GlobalModel(network, test_data, num_solutions=config.num_solutions,
-                       target_accuracy=config.target_accuracy, max_rounds=config.max_rounds,
-                       seed=config.seed, on_event=on_event, checkpoint_path=config.checkpoint,
-                       resume=config.resume, aggregation=config.aggregation,
-                       min_clients=config.min_clients, round_timeout=config.round_timeout,
-                       patience=config.patience, ga=ga_config(config))
-
-
-def ga_config(config: ServerConfig) -> GAConfig:
-    """The GA settings of the config; those it leaves open are the tutorial's for its XOR
-    model (no --model, no --test-data), else those tuned on real data."""
-    defaults = GAConfig() if config.model is None and config.test_data is None else REAL_DATA
-    given = {name: getattr(config, name) for name in ("stop_fitness", "step_patience")}
-    return dataclasses.replace(
-        defaults, num_generations=config.num_generations,
-        num_parents_mating=config.num_parents_mating,
-        mutation_percent_genes=config.mutation_percent_genes, operators=config.operators,
-        mutation_step=config.mutation_step,
-        **{name: value for name, value in given.items() if value is not None})
+    return GlobalModel(network, test_data, training, on_event=on_event)
 
 
 def default_network(test_data: Dataset, seed: int | None = None) -> Network:
@@ -117,18 +124,25 @@ def default_network(test_data: Dataset, seed: int | None = None) -> Network:
     Dense(16, relu) -> Dense(classes, softmax) for the data's features and classes."""
     inputs, outputs = np.asarray(test_data.inputs), np.asarray(test_data.outputs)
     if inputs.ndim != 2:
-        raise DataError(f"The test data's inputs have shape {inputs.shape}: a model needs "
-                        "(samples, features).")
+        raise DataError(
+            f"The test data's inputs have shape {inputs.shape}: a model needs (samples, features)."
+        )
     one_hot = outputs.ndim == 2 and outputs.shape[1] > 1
     classes = outputs.shape[1] if one_hot else int(np.max(outputs, initial=1)) + 1
     if (inputs.shape[1], classes) == (2, 2):
         return xor_network(seed)
     try:
-        return Network.from_json(dense_chain_json(
-            inputs.shape[1], [(DEFAULT_HIDDEN_UNITS, "relu"), (classes, "softmax")]), seed)
+        return Network.from_json(
+            dense_chain_json(
+                inputs.shape[1], [(DEFAULT_HIDDEN_UNITS, "relu"), (classes, "softmax")]
+            ),
+            seed,
+        )
     except ModelRefused as exc:  # e.g. a label of 10**9: as many classes
-        raise DataError(f"A default model for the test data ({inputs.shape[1]} features, "
-                        f"{classes} classes) is refused: {exc}; give a model file.") from None
+        raise DataError(
+            f"A default model for the test data ({inputs.shape[1]} features, "
+            f"{classes} classes) is refused: {exc}; give a model file."
+        ) from None
 
 
 def _both(first, second):
@@ -139,11 +153,12 @@ def _both(first, second):
 
 def save_results(config: ServerConfig, global_model: GlobalModel) -> None:
     """What the config asks to keep once training ended: the best model, the plot."""
-    if config.save_model:
-        global_model.save_model(config.save_model)
-    if config.plot and config.history:
-        plot_history(config.history, config.plot)
-        log.info("drew the history to %s", config.plot)
+    outputs = config.outputs
+    if outputs.save_model:
+        global_model.save_model(outputs.save_model)
+    if outputs.plot and outputs.history:
+        plot_history(outputs.history, outputs.plot)
+        log.info("drew the history to %s", outputs.plot)
 
 
 def serve(config: ServerConfig, on_event=None) -> int:
@@ -153,21 +168,26 @@ def serve(config: ServerConfig, on_event=None) -> int:
     try:
         server = ListenThread(global_model, config, on_event=on_event)
     except BindError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
+        return exit_on_mistake(exc)
     with server:
         host, port = server.server_address
-        log.info("listening on %s:%d (model accuracy=%.4f before training)", host, port,
-                 global_model.accuracy)
+        log.info(
+            "listening on %s:%d (model accuracy=%.4f before training)",
+            host,
+            port,
+            global_model.accuracy,
+        )
+        network = config.network
         while True:
             if server.wait_all_answered(timeout=1.0):
-                if config.expected_clients and (len(server.peers_told_done)
-                                                >= config.expected_clients):
+                if network.expected_clients and (
+                    len(server.peers_told_done) >= network.expected_clients
+                ):
                     break
                 quiet_for = time.monotonic() - server.last_connected
-                if quiet_for >= config.linger:
+                if quiet_for >= network.linger:
                     break
-                time.sleep(min(1.0, config.linger - quiet_for))  # a late client may yet come
+                time.sleep(min(1.0, network.linger - quiet_for))  # a late client may yet come
     save_results(config, global_model)
     return exit_code(global_model)
 
@@ -175,7 +195,10 @@ def serve(config: ServerConfig, on_event=None) -> int:
 def exit_code(global_model: GlobalModel) -> int:
     """How a finished training ended, as the process's exit code."""
     if global_model.reached_target:
-        log.info("finished: accuracy=%.4f after %d rounds; every client was told done",
-                 global_model.accuracy, global_model.round)
+        log.info(
+            "finished: accuracy=%.4f after %d rounds; every client was told done",
+            global_model.accuracy,
+            global_model.round,
+        )
         return EXIT_DONE
     return EXIT_PATIENCE if global_model.outcome == "patience" else EXIT_GAVE_UP

@@ -7,6 +7,7 @@ one, never half of either. The temp file has a fixed name, ``PATH.tmp``: one lef
 in the middle of a save is overwritten and renamed away by the next save. ``load`` reads
 with ``allow_pickle=False``: a checkpoint is plain arrays, and a tampered one cannot run code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,14 +54,22 @@ def save(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
     ids = list(checkpoint.sequences)
     try:
         with open(temp, "wb") as file:
-            best = checkpoint.best or Best(checkpoint.vector, checkpoint.round,
-                                           checkpoint.accuracy, np.inf)
-            np.savez(file, format=np.int64(FORMAT_VERSION), vector=checkpoint.vector,
-                     round=np.int64(checkpoint.round), accuracy=np.float64(checkpoint.accuracy),
-                     client_ids=np.array(ids, dtype=np.str_),
-                     sequences=np.array([checkpoint.sequences[i] for i in ids], dtype=np.int64),
-                     best_vector=best.vector, best_round=np.int64(best.round),
-                     best_accuracy=np.float64(best.accuracy), best_loss=np.float64(best.loss))
+            best = checkpoint.best or Best(
+                checkpoint.vector, checkpoint.round, checkpoint.accuracy, np.inf
+            )
+            np.savez(
+                file,
+                format=np.int64(FORMAT_VERSION),
+                vector=checkpoint.vector,
+                round=np.int64(checkpoint.round),
+                accuracy=np.float64(checkpoint.accuracy),
+                client_ids=np.array(ids, dtype=np.str_),
+                sequences=np.array([checkpoint.sequences[i] for i in ids], dtype=np.int64),
+                best_vector=best.vector,
+                best_round=np.int64(best.round),
+                best_accuracy=np.float64(best.accuracy),
+                best_loss=np.float64(best.loss),
+            )
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
@@ -90,31 +99,60 @@ def load(path: str | os.PathLike, num_params: int) -> Checkpoint:
             ids, sequences = arrays["client_ids"], arrays["sequences"]
             version = int(arrays["format"]) if "format" in arrays.files else 1
             if version > FORMAT_VERSION:
-                raise ValueError(f"it is format {version}, newer than this fedga reads "
-                                 f"({FORMAT_VERSION})")
-            stored_best = None if version < 2 else (
-                arrays["best_vector"], arrays["best_round"], arrays["best_accuracy"],
-                arrays["best_loss"])
+                raise ValueError(
+                    f"it is format {version}, newer than this fedga reads ({FORMAT_VERSION})"
+                )
+            stored_best = (
+                None
+                if version < 2
+                else (
+                    arrays["best_vector"],
+                    arrays["best_round"],
+                    arrays["best_accuracy"],
+                    arrays["best_loss"],
+                )
+            )
     except FileNotFoundError:
         raise CheckpointError(f"The checkpoint {os.fspath(path)} does not exist.") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"The checkpoint {os.fspath(path)} is unreadable: {exc}.") from exc
-    if (vector.shape != (num_params,) or vector.dtype.kind != "f"
-            or not np.all(np.isfinite(vector)) or round_.shape != () or round_.dtype.kind != "i"
-            or round_ < 0 or accuracy.shape != () or accuracy.dtype.kind != "f"
-            or ids.ndim != 1 or ids.dtype.kind != "U" or sequences.shape != ids.shape
-            or sequences.dtype.kind != "i"):
-        raise CheckpointError(f"The checkpoint {os.fspath(path)} does not fit this model "
-                              f"({num_params} weights) or is not a fedga checkpoint.")
+    if (
+        vector.shape != (num_params,)
+        or vector.dtype.kind != "f"
+        or not np.all(np.isfinite(vector))
+        or round_.shape != ()
+        or round_.dtype.kind != "i"
+        or round_ < 0
+        or accuracy.shape != ()
+        or accuracy.dtype.kind != "f"
+        or ids.ndim != 1
+        or ids.dtype.kind != "U"
+        or sequences.shape != ids.shape
+        or sequences.dtype.kind != "i"
+    ):
+        raise CheckpointError(
+            f"The checkpoint {os.fspath(path)} does not fit this model "
+            f"({num_params} weights) or is not a fedga checkpoint."
+        )
     best = None
     if stored_best is not None:
         best_vector, best_round, best_accuracy, best_loss = stored_best
-        if (best_vector.shape != vector.shape or best_vector.dtype.kind != "f"
-                or not np.all(np.isfinite(best_vector)) or best_round.dtype.kind != "i"
-                or best_accuracy.dtype.kind != "f" or best_loss.dtype.kind != "f"):
+        if (
+            best_vector.shape != vector.shape
+            or best_vector.dtype.kind != "f"
+            or not np.all(np.isfinite(best_vector))
+            or best_round.dtype.kind != "i"
+            or best_accuracy.dtype.kind != "f"
+            or best_loss.dtype.kind != "f"
+        ):
             raise CheckpointError(f"The checkpoint {os.fspath(path)} has a damaged best model.")
-        best = Best(best_vector.astype(np.float32), int(best_round), float(best_accuracy),
-                    float(best_loss))
-    return Checkpoint(vector=vector.astype(np.float32), round=int(round_),
-                      accuracy=float(accuracy),
-                      sequences=dict(zip(ids.tolist(), sequences.tolist())), best=best)
+        best = Best(
+            best_vector.astype(np.float32), int(best_round), float(best_accuracy), float(best_loss)
+        )
+    return Checkpoint(
+        vector=vector.astype(np.float32),
+        round=int(round_),
+        accuracy=float(accuracy),
+        sequences=dict(zip(ids.tolist(), sequences.tolist())),
+        best=best,
+    )

@@ -2,6 +2,7 @@
 then a window opens or, with ``--headless``, the core runs in this terminal (exit codes in
 ``common.app``). The only module of ``common`` that imports the windows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,17 +12,33 @@ import signal
 
 from common import security
 from common.aggregate import AGGREGATIONS
-from common.app import (EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE,
-                        build_global_model, configure_logging, parse_port, positive,
-                        save_results, serve)
-from common.checkpoint import CheckpointError
-from common.client import (RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ClientConfig, ConnectError,
-                           Reconnector, RecvThread, connect)
+from common.app import (
+    EXIT_DONE,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    build_global_model,
+    configure_logging,
+    exit_on_mistake,
+    parse_port,
+    positive,
+    save_results,
+    serve,
+)
+from common.client import (
+    RETRY_FIRST_DELAY,
+    RETRY_MAX_DELAY,
+    ClientConfig,
+    ConnectError,
+    Reconnector,
+    RecvThread,
+    connect,
+)
 from common.data import CLIENT_DATA, DataError, DataFile, Dataset, load_dataset
-from common.errors import Terminated
-from common.flags import config_from, ga_flags, ga_settings, training_flags
+from common.errors import Terminated, UserError
+from common.flags import config_from, ga_flags, ga_settings, server_config_from, training_flags
 from common.ga import GAConfig
-from common.model import ModelFileError
 from common.status import ClientStatus, ServerStatus, StatusLine
 from common.server import GlobalModel, ServerConfig
 
@@ -56,118 +73,228 @@ def _window_position(text: str) -> tuple[int, int]:
 
 
 def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
-    parser.add_argument("--headless", action="store_true",
-                        help="run in this terminal without a window")
-    parser.add_argument("--host", default=defaults.host,
-                        help="server IPv4 address or host name (default: %(default)s)")
-    parser.add_argument("--port", type=_port, default=defaults.port,
-                        help="server TCP port; 0 lets the server pick one (default: %(default)s)")
-    parser.add_argument("--recv-timeout", type=positive(float), default=defaults.recv_timeout,
-                        metavar="S", help="seconds a message may take once its first byte "
-                        "arrived (default: %(default)s)")
-    parser.add_argument("--idle-timeout", type=positive(float), default=defaults.idle_timeout,
-                        metavar="S", help="seconds to wait for the next message to begin "
-                        "(default: %(default)s)")
-    parser.add_argument("--buffer-size", type=positive(int), default=defaults.buffer_size,
-                        metavar="N", help="bytes per socket read (default: %(default)s)")
-    parser.add_argument("--max-message-bytes", type=positive(int),
-                        default=defaults.max_message_bytes, metavar="N",
-                        help="refuse any message larger than this (default: %s)" % (
-                            "derived from the model size" if defaults.max_message_bytes is None
-                            else "%(default)s"))
-    parser.add_argument("--seed", type=int, default=None,
-                        help="random seed, for repeatable runs (default: none)")
-    parser.add_argument("--window-position", type=_window_position, default=None,
-                        metavar="LEFT,TOP", help="place the window's top-left corner here, in "
-                        "screen pixels (default: centred)")
-    parser.add_argument("--secret-file", metavar="PATH",
-                        help="authenticate every message with the shared secret in this file "
-                        f"(or in ${security.SECRET_ENV}); both sides need the same one "
-                        "(default: none, plain pickle as in the tutorial)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="how much to log (default: %(default)s)")
+    parser.add_argument(
+        "--headless", action="store_true", help="run in this terminal without a window"
+    )
+    parser.add_argument(
+        "--host",
+        default=defaults.host,
+        help="server IPv4 address or host name (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=defaults.port,
+        help="server TCP port; 0 lets the server pick one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--recv-timeout",
+        type=positive(float),
+        default=defaults.recv_timeout,
+        metavar="S",
+        help="seconds a message may take once its first byte arrived (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive(float),
+        default=defaults.idle_timeout,
+        metavar="S",
+        help="seconds to wait for the next message to begin (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--buffer-size",
+        type=positive(int),
+        default=defaults.buffer_size,
+        metavar="N",
+        help="bytes per socket read (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=positive(int),
+        default=defaults.max_message_bytes,
+        metavar="N",
+        help="refuse any message larger than this (default: %s)"
+        % ("derived from the model size" if defaults.max_message_bytes is None else "%(default)s"),
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="random seed, for repeatable runs (default: none)"
+    )
+    parser.add_argument(
+        "--window-position",
+        type=_window_position,
+        default=None,
+        metavar="LEFT,TOP",
+        help="place the window's top-left corner here, in screen pixels (default: centred)",
+    )
+    parser.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help="authenticate every message with the shared secret in this file "
+        f"(or in ${security.SECRET_ENV}); both sides need the same one "
+        "(default: none, plain pickle as in the tutorial)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much to log (default: %(default)s)",
+    )
 
 
 def server_parser() -> argparse.ArgumentParser:
     defaults = ServerConfig()
+    network, training = defaults.network, defaults.training
     parser = argparse.ArgumentParser(
-        prog="server.py", description="fedga server: owns the Keras model, averages the "
-        "clients' updates and tests the global model until it reaches the target accuracy.")
-    _common_flags(parser, defaults)
-    parser.add_argument("--round-delay", type=float, default=defaults.round_delay, metavar="S",
-                        help="pacing: hold each model reply this many seconds so training can "
-                        "be watched; keep it well under 10 for tutorial clients (default: off)")
-    parser.add_argument("--linger", type=positive(float, zero_ok=True),
-                        default=defaults.linger, metavar="S", help="once done, keep answering "
-                        "late clients 'done' until none connected for S seconds, then exit "
-                        "(default: %(default)s)")
-    parser.add_argument("--expected-clients", type=positive(int),
-                        default=defaults.expected_clients, metavar="N", help="headless: exit "
-                        "as soon as N clients were answered done, without --linger "
-                        "(default: linger)")
-    parser.add_argument("--aggregation", default=defaults.aggregation,
-                        choices=list(AGGREGATIONS),
-                        help="running-best: each update as it comes, keeping whichever of "
-                        "steps toward it, the clients' mean and the current model scores best "
-                        "on the test data; running-average: the tutorial's, each update "
-                        "averaged in; the others close a round per --min-clients updates "
-                        "(default: %(default)s)")
-    parser.add_argument("--min-clients", type=positive(int), default=defaults.min_clients,
-                        metavar="N", help="round-based: close a round once N updates arrived "
-                        "(default: %(default)s)")
-    parser.add_argument("--round-timeout", type=positive(float),
-                        default=defaults.round_timeout, metavar="S", help="round-based: close "
-                        "a round S seconds after its first update even if fewer came; keep it "
-                        "under 10 for tutorial clients (default: %(default)s)")
-    parser.add_argument("--max-clients", type=positive(int), default=defaults.max_clients,
-                        metavar="N", help="refuse connections beyond this many at once "
-                        "(default: %(default)s)")
-    parser.add_argument("--tls-cert", metavar="PATH", help="serve TLS with this certificate "
-                        "chain (PEM); needs --tls-key")
+        prog="server.py",
+        description="fedga server: owns the Keras model, averages the "
+        "clients' updates and tests the global model until it reaches the target accuracy.",
+    )
+    _common_flags(parser, network)
+    parser.add_argument(
+        "--round-delay",
+        type=float,
+        default=network.round_delay,
+        metavar="S",
+        help="pacing: hold each model reply this many seconds so training can "
+        "be watched; keep it well under 10 for tutorial clients (default: off)",
+    )
+    parser.add_argument(
+        "--linger",
+        type=positive(float, zero_ok=True),
+        default=network.linger,
+        metavar="S",
+        help="once done, keep answering "
+        "late clients 'done' until none connected for S seconds, then exit "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--expected-clients",
+        type=positive(int),
+        default=network.expected_clients,
+        metavar="N",
+        help="headless: exit "
+        "as soon as N clients were answered done, without --linger "
+        "(default: linger)",
+    )
+    parser.add_argument(
+        "--aggregation",
+        default=training.aggregation,
+        choices=list(AGGREGATIONS),
+        help="running-best: each update as it comes, keeping whichever of "
+        "steps toward it, the clients' mean and the current model scores best "
+        "on the test data; running-average: the tutorial's, each update "
+        "averaged in; the others close a round per --min-clients updates "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-clients",
+        type=positive(int),
+        default=training.min_clients,
+        metavar="N",
+        help="round-based: close a round once N updates arrived (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--round-timeout",
+        type=positive(float),
+        default=training.round_timeout,
+        metavar="S",
+        help="round-based: close "
+        "a round S seconds after its first update even if fewer came; keep it "
+        "under 10 for tutorial clients (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-clients",
+        type=positive(int),
+        default=network.max_clients,
+        metavar="N",
+        help="refuse connections beyond this many at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="PATH",
+        help="serve TLS with this certificate chain (PEM); needs --tls-key",
+    )
     parser.add_argument("--tls-key", metavar="PATH", help="the private key of --tls-cert (PEM)")
-    parser.add_argument("--checkpoint", metavar="PATH", default=defaults.checkpoint,
-                        help="after every accepted update, save the global model, round count "
-                        "and each client's last update number to this .npz file, atomically "
-                        "(default: none)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the --checkpoint file instead of a fresh model: "
-                        "rounds carry on and updates the file has counted are not counted again")
-    training_flags(parser, defaults)
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        default=training.checkpoint,
+        help="after every accepted update, save the global model, round count "
+        "and each client's last update number to this .npz file, atomically "
+        "(default: none)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the --checkpoint file instead of a fresh model: "
+        "rounds carry on and updates the file has counted are not counted again",
+    )
+    training_flags(parser, training)
     return parser
 
 
 def client_parser(name: str) -> argparse.ArgumentParser:
     defaults = ClientConfig()
     parser = argparse.ArgumentParser(
-        prog=f"{name}.py", description=f"fedga {name}: trains the server's model with a genetic "
-        "algorithm on its own data, which never leaves this machine.")
+        prog=f"{name}.py",
+        description=f"fedga {name}: trains the server's model with a genetic "
+        "algorithm on its own data, which never leaves this machine.",
+    )
     _common_flags(parser, defaults)
-    parser.add_argument("--connect-timeout", type=positive(float),
-                        default=defaults.connect_timeout, metavar="S",
-                        help="keep retrying to reach the server this long (default: %(default)s)")
-    parser.add_argument("--retries", type=positive(int, zero_ok=True), default=defaults.retries,
-                        metavar="N", help="after losing the server mid-training, reconnect up "
-                        f"to N times in a row, waiting {RETRY_FIRST_DELAY:g} s doubling to "
-                        f"{RETRY_MAX_DELAY:g} s between attempts, and resend the last unanswered "
-                        "update; 0 gives up at once (default: %(default)s, about a minute)")
-    parser.add_argument("--tls-ca", metavar="PATH", help="connect over TLS and verify the "
-                        "server's certificate and host name against this CA file (PEM)")
-    parser.add_argument("--max-params", type=positive(int), default=defaults.max_params,
-                        metavar="N", help="refuse a server's model with more parameters than "
-                        "this (default: %(default)s)")
+    parser.add_argument(
+        "--connect-timeout",
+        type=positive(float),
+        default=defaults.connect_timeout,
+        metavar="S",
+        help="keep retrying to reach the server this long (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=positive(int, zero_ok=True),
+        default=defaults.retries,
+        metavar="N",
+        help="after losing the server mid-training, reconnect up "
+        f"to N times in a row, waiting {RETRY_FIRST_DELAY:g} s doubling to "
+        f"{RETRY_MAX_DELAY:g} s between attempts, and resend the last unanswered "
+        "update; 0 gives up at once (default: %(default)s, about a minute)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="PATH",
+        help="connect over TLS and verify the "
+        "server's certificate and host name against this CA file (PEM)",
+    )
+    parser.add_argument(
+        "--max-params",
+        type=positive(int),
+        default=defaults.max_params,
+        metavar="N",
+        help="refuse a server's model with more parameters than this (default: %(default)s)",
+    )
     own = name not in CLIENT_DATA
-    parser.add_argument("--data", metavar="FILE",
-                        help="this client's own data: .npz with inputs and outputs, X.npy with "
-                        "--labels, or .csv with --label-column" + (
-                            " (required with --headless; the window can choose one)" if own
-                            else f" (default: the tutorial's {name} XOR samples)"))
+    parser.add_argument(
+        "--data",
+        metavar="FILE",
+        help="this client's own data: .npz with inputs and outputs, X.npy with "
+        "--labels, or .csv with --label-column"
+        + (
+            " (required with --headless; the window can choose one)"
+            if own
+            else f" (default: the tutorial's {name} XOR samples)"
+        ),
+    )
     parser.add_argument("--labels", metavar="FILE", help="labels .npy for --data")
-    parser.add_argument("--label-column", metavar="C",
-                        help="CSV column of --data holding the labels (name or index)")
+    parser.add_argument(
+        "--label-column",
+        metavar="C",
+        help="CSV column of --data holding the labels (name or index)",
+    )
     if own:
-        parser.add_argument("--name", default=name, help="this client's name in the server's "
-                            "log (default: %(default)s)")
+        parser.add_argument(
+            "--name",
+            default=name,
+            help="this client's name in the server's log (default: %(default)s)",
+        )
     ga_flags(parser, "override the server's setting; without one: ")
     return parser
 
@@ -187,8 +314,7 @@ def server_main(argv: list[str] | None = None) -> int:
     status = configure_logging(args.log_level, "server")
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
-    config = config_from(args, ServerConfig, **ga_settings(args),
-                          **_security_settings(parser, args))
+    config = server_config_from(args, **_security_settings(parser, args))
     try:
         if args.headless:
             return run_server_headless(config, status)
@@ -204,9 +330,8 @@ def server_main(argv: list[str] | None = None) -> int:
         if built:
             save_results(config, built[-1])
         return code
-    except (CheckpointError, DataError, ModelFileError) as exc:  # one plain sentence each
-        log.error("%s", exc)
-        return EXIT_FAILED
+    except UserError as exc:  # a bad model file, test set, checkpoint: one plain sentence
+        return exit_on_mistake(exc)
 
 
 def run_server_headless(config: ServerConfig, status: StatusLine | None = None) -> int:
@@ -239,36 +364,51 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
     else:
         data, source = None, None  # the window opens with an empty data row
     overrides = ga_settings(args)
-    config = config_from(args, ClientConfig, name=name, ga_overrides=overrides,
-                          ga=dataclasses.replace(GAConfig(), **overrides),
-                          **_security_settings(parser, args))
+    config = config_from(
+        args,
+        ClientConfig,
+        name=name,
+        ga_overrides=overrides,
+        ga=dataclasses.replace(GAConfig(), **overrides),
+        **_security_settings(parser, args),
+    )
     if args.headless:
         return run_client_headless(config, data, source, status)
     from common.gui import run_client_window  # imports Kivy: only when a window is wanted
 
-    return run_client_window(config, data, DataFile(args.data or "", args.labels or "",
-                                                    args.label_column or ""),
-                             position=args.window_position)
+    return run_client_window(
+        config,
+        data,
+        DataFile(args.data or "", args.labels or "", args.label_column or ""),
+        position=args.window_position,
+    )
 
 
-def run_client_headless(config: ClientConfig, data: Dataset, data_source: str,
-                        status: StatusLine | None = None) -> int:
+def run_client_headless(
+    config: ClientConfig, data: Dataset, data_source: str, status: StatusLine | None = None
+) -> int:
     _handle_signals()
     thread = None
     try:
         log.info("connecting to %s:%d", config.host, config.port)
         sock = connect(config.host, config.port, config.connect_timeout)
-        thread = RecvThread(config.buffer_size, config.recv_timeout, sock=sock,
-                            data=data, data_source=data_source, config=config,
-                            on_event=status and ClientStatus(status, config.name,
-                                                             config.ga.num_generations),
-                            reconnect=Reconnector(config.host, config.port, config.retries))
+        thread = RecvThread(
+            config.buffer_size,
+            config.recv_timeout,
+            sock=sock,
+            data=data,
+            data_source=data_source,
+            config=config,
+            on_event=ClientStatus(status, config.name, config.ga.num_generations)
+            if status
+            else None,
+            reconnect=Reconnector(config.host, config.port, config.retries),
+        )
         thread.start()
         while thread.is_alive():
             thread.join(timeout=1.0)
     except ConnectError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
+        return exit_on_mistake(exc)
     except KeyboardInterrupt:
         log.warning("interrupted")
         return EXIT_INTERRUPTED

@@ -6,6 +6,7 @@ an ``on_event`` callback. Given a ``Reconnector``, the thread survives a lost se
 reconnects with backoff and resends its unanswered request, numbered so that the server
 counts an update once even if it arrived before the connection broke.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from common import protocol, security
 from common.data import Dataset
 from common.errors import ConnectError, ModelRefused, UserError
 from common.events import Event, EventKind
 from common.ga import GAConfig
 from common.modelspec import DEFAULT_MAX_PARAMS
-from common.protocol import Connection, Message, ProtocolError, Subject
+from common.protocol import Connection, Message, ProtocolError
+from common.protocol.messages import (
+    ClientUpdate,
+    Done,
+    ModelRequest,
+    ServerReply,
+    echo,
+    server_reply,
+)
 from common.training import LocalTrainer
 
 log = logging.getLogger(__name__)
@@ -53,8 +64,9 @@ class ClientConfig:
     ga_overrides: dict = field(default_factory=dict)
 
 
-def connect(host: str, port: int, timeout: float,
-            stop: threading.Event | None = None) -> socket.socket:
+def connect(
+    host: str, port: int, timeout: float, stop: threading.Event | None = None
+) -> socket.socket:
     """Connect, retrying refused attempts for ``timeout`` seconds so start order does not matter."""
     deadline = time.monotonic() + timeout
     stop = stop or threading.Event()
@@ -62,25 +74,34 @@ def connect(host: str, port: int, timeout: float,
         try:
             return socket.create_connection((host, port), timeout=max(1.0, timeout))
         except socket.gaierror:
-            raise ConnectError(f"The server address {host!r} is not a known host name "
-                               "or IP address.") from None
+            raise ConnectError(
+                f"The server address {host!r} is not a known host name or IP address."
+            ) from None
         except OSError as exc:
             if time.monotonic() >= deadline or stop.is_set():
-                raise ConnectError(f"The server at {host}:{port} is unreachable "
-                                   f"({exc.strerror or exc}).") from exc
+                raise ConnectError(
+                    f"The server at {host}:{port} is unreachable ({exc.strerror or exc})."
+                ) from exc
         if stop.wait(CONNECT_RETRY_INTERVAL):
             raise ConnectError("Connecting was cancelled.")
 
 
-def open_connection(sock: socket.socket, config: ClientConfig, buffer_size: int,
-                    recv_timeout: float) -> Connection:
+def open_connection(
+    sock: socket.socket, config: ClientConfig, buffer_size: int, recv_timeout: float
+) -> Connection:
     """Wrap a connected socket with the config's TLS and secret settings."""
     if config.tls_ca:
         sock = security.client_tls_context(config.tls_ca).wrap_socket(
-            sock, server_hostname=config.host, do_handshake_on_connect=False)
-    return Connection(sock, buffer_size=buffer_size, recv_timeout=recv_timeout,
-                      idle_timeout=config.idle_timeout,
-                      max_message_bytes=config.max_message_bytes, secret=config.secret)
+            sock, server_hostname=config.host, do_handshake_on_connect=False
+        )
+    return Connection(
+        sock,
+        buffer_size=buffer_size,
+        recv_timeout=recv_timeout,
+        idle_timeout=config.idle_timeout,
+        max_message_bytes=config.max_message_bytes,
+        secret=config.secret,
+    )
 
 
 class Reconnector:
@@ -97,8 +118,9 @@ class Reconnector:
         """The server answered: the next outage gets all ``retries`` attempts again."""
         self._failed = 0
 
-    def __call__(self, stop: threading.Event,
-                 on_attempt: Callable[[int], None] | None = None) -> socket.socket:
+    def __call__(
+        self, stop: threading.Event, on_attempt: Callable[[int], None] | None = None
+    ) -> socket.socket:
         """A new connection; ConnectError once the attempts are used up or ``stop`` is set.
         ``on_attempt(n)`` is told as attempt n begins, before its wait."""
         reason = ""
@@ -113,15 +135,23 @@ class Reconnector:
                 sock = connect(self.host, self.port, 0, stop)  # timeout 0: one attempt
             except ConnectError as exc:
                 reason = str(exc)
-                log.warning("reconnect attempt %d of %d failed: %s", self._failed,
-                            self.retries, reason)
+                log.warning(
+                    "reconnect attempt %d of %d failed: %s", self._failed, self.retries, reason
+                )
                 continue
-            log.info("reconnected to %s:%d (attempt %d of %d)", self.host, self.port,
-                     self._failed, self.retries)
+            log.info(
+                "reconnected to %s:%d (attempt %d of %d)",
+                self.host,
+                self.port,
+                self._failed,
+                self.retries,
+            )
             return sock
         attempts = "attempt" if self.retries == 1 else "attempts"
-        raise ConnectError(f"Lost the server and gave up after {self.retries} reconnect "
-                           f"{attempts} (--retries). {reason}".rstrip())
+        raise ConnectError(
+            f"Lost the server and gave up after {self.retries} reconnect "
+            f"{attempts} (--retries). {reason}".rstrip()
+        )
 
 
 class RecvThread(threading.Thread):
@@ -133,11 +163,18 @@ class RecvThread(threading.Thread):
     10" in ``detail``); without it, losing the server is an error.
     """
 
-    def __init__(self, buffer_size: int = 1024, recv_timeout: float = 10.0, *,
-                 sock: socket.socket, data: Dataset, data_source: str = "the client's data",
-                 config: ClientConfig | None = None,
-                 on_event: Callable[[Event], None] | None = None,
-                 reconnect: Reconnector | None = None):
+    def __init__(
+        self,
+        buffer_size: int = 1024,
+        recv_timeout: float = 10.0,
+        *,
+        sock: socket.socket,
+        data: Dataset,
+        data_source: str = "the client's data",
+        config: ClientConfig | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        reconnect: Reconnector | None = None,
+    ):
         super().__init__(name=f"RecvThread-{(config or ClientConfig()).name}", daemon=True)
         self.config = config or ClientConfig()
         self._buffer_size, self._recv_timeout = buffer_size, recv_timeout
@@ -148,8 +185,14 @@ class RecvThread(threading.Thread):
         self.client_id = f"{self.config.name}-{secrets.token_hex(4)}"
         self._sequence = 0  # of the last model update sent
         config = self.config
-        self.trainer = LocalTrainer(data, data_source, ga=config.ga, max_params=config.max_params,
-                                    ga_overrides=config.ga_overrides, seed=config.seed)
+        self.trainer = LocalTrainer(
+            data,
+            data_source,
+            ga=config.ga,
+            max_params=config.max_params,
+            ga_overrides=config.ga_overrides,
+            seed=config.seed,
+        )
         self.outcome: str | None = None
         self.error: str | None = None
         self.final_accuracy: float | None = None
@@ -161,19 +204,19 @@ class RecvThread(threading.Thread):
         self._stop_requested.set()
         self.connection.close()
 
-    def _request(self, subject: Subject, best_vector) -> Message:
-        data = {
-            "best_model_weights_vector": best_vector,
-            "client_id": self.client_id,
-            "protocol_version": protocol.PROTOCOL_VERSION,
-        }
-        if subject is Subject.MODEL:
-            self._sequence += 1
-            data["sequence"] = self._sequence
-            data["num_samples"] = len(self.trainer.data)  # fedavg weighs updates by it
-        return self._exchange(Message(subject, data))
+    def _request(self, best_vector: np.ndarray | None) -> ServerReply:
+        """The tutorial's echo first (no weights yet), then each round's best weights."""
+        if best_vector is None:
+            return self._exchange(echo(self.client_id))
+        self._sequence += 1
+        update = ClientUpdate(
+            best_vector,
+            len(self.trainer.data),  # fedavg weighs by it
+            (self.client_id, self._sequence),
+        )
+        return self._exchange(update.to_message())
 
-    def _exchange(self, message: Message) -> Message:
+    def _exchange(self, message: Message) -> ServerReply:
         """Send ``message`` and return the reply, resending it after each reconnection."""
         while True:
             try:
@@ -187,52 +230,65 @@ class RecvThread(threading.Thread):
                 continue
             if self._reconnect is not None:
                 self._reconnect.reset()
-            return reply
+            return server_reply(reply)
 
     def _reopen(self) -> None:
         self.connection.close()
         retries = self._reconnect.retries
-        sock = self._reconnect(self._stop_requested, lambda attempt: self._on_event(
-            Event(EventKind.CONNECTING, detail=f"attempt {attempt} of {retries}")))
-        self.connection = open_connection(sock, self.config, self._buffer_size,
-                                          self._recv_timeout)
+        sock = self._reconnect(
+            self._stop_requested,
+            lambda attempt: self._on_event(
+                Event(EventKind.CONNECTING, detail=f"attempt {attempt} of {retries}")
+            ),
+        )
+        self.connection = open_connection(sock, self.config, self._buffer_size, self._recv_timeout)
         if self._stop_requested.is_set():  # stop() came too late to close this one
             self.connection.close()
         self._on_event(Event(EventKind.CONNECTED, peer=self.connection.peer))
 
-    def _train(self, message: Message):
-        data = message.data
-        server_round = data.get("round", 0)
-        self._on_event(Event(EventKind.MODEL, round=server_round, accuracy=data.get("accuracy")))
+    def _train(self, request: ModelRequest) -> np.ndarray:
+        server_round = request.round or 0
+        self._on_event(Event(EventKind.MODEL, round=server_round, accuracy=request.accuracy))
 
         def on_generation(generation: int, best_fitness: float) -> None:
-            self._on_event(Event(EventKind.GENERATION, round=server_round, generation=generation,
-                                 fitness=best_fitness))
+            self._on_event(
+                Event(
+                    EventKind.GENERATION,
+                    round=server_round,
+                    generation=generation,
+                    fitness=best_fitness,
+                )
+            )
 
-        result = self.trainer.train(data, on_generation=on_generation,
-                                    should_stop=self._stop_requested.is_set)
-        log.info("%s trained round %s: best fitness %.4g", self.config.name, server_round,
-                 result.best_fitness)
+        result = self.trainer.train(
+            request, on_generation=on_generation, should_stop=self._stop_requested.is_set
+        )
+        log.info(
+            "%s trained round %s: best fitness %.4g",
+            self.config.name,
+            server_round,
+            result.best_fitness,
+        )
         self._on_event(Event(EventKind.SENT, round=server_round, fitness=result.best_fitness))
         return result.best_vector
 
     def run(self) -> None:
         self._on_event(Event(EventKind.CONNECTED, peer=self.connection.peer))
         try:
-            subject, best_vector = Subject.ECHO, None
+            best_vector = None
             while True:
-                reply = self._request(subject, best_vector)
-                if reply.subject is Subject.DONE:
-                    self.final_accuracy = reply.data.get("accuracy")
+                reply = self._request(best_vector)
+                if isinstance(reply, Done):
+                    self.final_accuracy = reply.accuracy
                     self.outcome = "done"
-                    log.info("%s: server says done (accuracy=%s)", self.config.name,
-                             self.final_accuracy)
+                    log.info(
+                        "%s: server says done (accuracy=%s)", self.config.name, self.final_accuracy
+                    )
                     self._on_event(Event(EventKind.DONE, accuracy=self.final_accuracy))
                     return
                 best_vector = self._train(reply)
                 if self._stop_requested.is_set():
                     break
-                subject = Subject.MODEL
         except (ProtocolError, UserError) as exc:
             if not self._stop_requested.is_set():
                 self.outcome, self.error = "error", _plain_reason(exc)

@@ -1,6 +1,7 @@
 """Local data sets: the tutorial's XOR splits (one per client) and the server's test set,
 and a user's own data files (.npz, a pair of .npy files, or .csv) checked against a model.
 """
+
 from __future__ import annotations
 
 import csv
@@ -55,10 +56,11 @@ class DataFile:
     def load(self) -> Dataset:
         """The data set, reading only the field its kind of file needs; DataError if not."""
         extra = second_field(self.path)
-        return load_dataset(self.path.strip(),
-                            self.labels.strip() or None if extra == "labels" else None,
-                            self.label_column.strip() or None if extra == "label_column"
-                            else None)
+        return load_dataset(
+            self.path.strip(),
+            self.labels.strip() or None if extra == "labels" else None,
+            self.label_column.strip() or None if extra == "label_column" else None,
+        )
 
 
 def describe(dataset: Dataset) -> str:
@@ -66,19 +68,24 @@ def describe(dataset: Dataset) -> str:
     1: 41, 2: 39" (a skewed split shows in the counts)."""
     inputs, outputs = np.asarray(dataset.inputs), np.asarray(dataset.outputs)
     features = inputs.shape[1] if inputs.ndim == 2 else "x".join(map(str, inputs.shape[1:]))
-    labels = (np.argmax(outputs, axis=-1) if outputs.ndim == 2 and outputs.shape[1] > 1
-              else outputs.reshape(len(outputs), -1)[:, 0])
+    labels = (
+        np.argmax(outputs, axis=-1)
+        if outputs.ndim == 2 and outputs.shape[1] > 1
+        else outputs.reshape(len(outputs), -1)[:, 0]
+    )
     values, counts = np.unique(labels, return_counts=True)
     if len(values) > 20:
         classes = f"{len(values)} distinct labels"
     else:
-        classes = "classes " + ", ".join(f"{value:g}: {count}"
-                                         for value, count in zip(values, counts))
+        classes = "classes " + ", ".join(
+            f"{value:g}: {count}" for value, count in zip(values, counts)
+        )
     return f"{len(inputs)} samples, {features} features, {classes}"
 
 
-def load_dataset(path: str, labels_path: str | None = None,
-                 label_column: str | None = None) -> Dataset:
+def load_dataset(
+    path: str, labels_path: str | None = None, label_column: str | None = None
+) -> Dataset:
     """Read ``inputs`` and ``outputs`` from an .npz, from X.npy + Y.npy, or from a .csv whose
     ``label_column`` (a header name or a 0-based index) holds the labels."""
     file = Path(path)
@@ -90,16 +97,19 @@ def load_dataset(path: str, labels_path: str | None = None,
             with np.load(file, allow_pickle=False) as arrays:
                 missing = {"inputs", "outputs"} - set(arrays.files)
                 if missing:
-                    raise DataError(f"{path} lacks the array(s) {', '.join(sorted(missing))}; "
-                                    "it needs 'inputs' and 'outputs'.")
+                    raise DataError(
+                        f"{path} lacks the array(s) {', '.join(sorted(missing))}; "
+                        "it needs 'inputs' and 'outputs'."
+                    )
                 return Dataset(arrays["inputs"], arrays["outputs"])
         if suffix == ".npy":
             if labels_path is None:
                 raise DataError(f"{path} holds only inputs: give the labels with --labels Y.npy.")
             if not Path(labels_path).is_file():
                 raise DataError(f"The labels file {labels_path} does not exist.")
-            return Dataset(np.load(file, allow_pickle=False),
-                           np.load(labels_path, allow_pickle=False))
+            return Dataset(
+                np.load(file, allow_pickle=False), np.load(labels_path, allow_pickle=False)
+            )
         if suffix == ".csv":
             return _load_csv(file, label_column)
     except (OSError, ValueError) as exc:
@@ -109,8 +119,9 @@ def load_dataset(path: str, labels_path: str | None = None,
 
 def _load_csv(file: Path, label_column: str | None) -> Dataset:
     if label_column is None:
-        raise DataError(f"{file} is a CSV file: say which column holds the labels with "
-                        "--label-column.")
+        raise DataError(
+            f"{file} is a CSV file: say which column holds the labels with --label-column."
+        )
     with file.open(newline="") as handle:
         rows = [row for row in csv.reader(handle) if row]
     if not rows:
@@ -127,8 +138,9 @@ def _load_csv(file: Path, label_column: str | None) -> Dataset:
     try:
         table = np.array(body, dtype=np.float32)
     except ValueError:
-        raise DataError(f"{file} holds a value that is not a number, or rows of "
-                        "different lengths.") from None
+        raise DataError(
+            f"{file} holds a value that is not a number, or rows of different lengths."
+        ) from None
     if index >= table.shape[1]:
         raise DataError(f"{file} has {table.shape[1]} columns; there is no column {index}.")
     return Dataset(np.delete(table, index, axis=1), table[:, index])
@@ -147,8 +159,10 @@ def fit_to_model(dataset: Dataset, num_features: int, num_outputs: int, source: 
     one-hot encoding integer labels; raises DataError naming ``source`` and both shapes."""
     inputs, outputs = np.asarray(dataset.inputs), np.asarray(dataset.outputs)
     if inputs.ndim != 2 or inputs.shape[1] != num_features:
-        raise DataError(f"{source}: inputs have shape {inputs.shape}, but the model expects "
-                        f"(samples, {num_features}).")
+        raise DataError(
+            f"{source}: inputs have shape {inputs.shape}, but the model expects "
+            f"(samples, {num_features})."
+        )
     if inputs.dtype.kind not in "biuf" or not np.all(np.isfinite(inputs)):
         raise DataError(f"{source}: inputs must be finite numbers.")
     if len(outputs) != len(inputs):
@@ -159,11 +173,15 @@ def fit_to_model(dataset: Dataset, num_features: int, num_outputs: int, source: 
             raise DataError(f"{source}: labels are not whole class numbers.")
         labels = labels.astype(np.int64)
         if labels.min() < 0 or labels.max() >= num_outputs:
-            raise DataError(f"{source}: labels run from {labels.min()} to {labels.max()}, but "
-                            f"the model has {num_outputs} outputs (classes 0 to "
-                            f"{num_outputs - 1}).")
+            raise DataError(
+                f"{source}: labels run from {labels.min()} to {labels.max()}, but "
+                f"the model has {num_outputs} outputs (classes 0 to "
+                f"{num_outputs - 1})."
+            )
         outputs = np.eye(num_outputs, dtype=np.float32)[labels]
     elif outputs.ndim != 2 or outputs.shape[1] != num_outputs:
-        raise DataError(f"{source}: outputs have shape {outputs.shape}, but the model expects "
-                        f"(samples, {num_outputs}).")
+        raise DataError(
+            f"{source}: outputs have shape {outputs.shape}, but the model expects "
+            f"(samples, {num_outputs})."
+        )
     return Dataset(inputs.astype(np.float32), outputs.astype(np.float32))

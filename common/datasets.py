@@ -13,6 +13,7 @@ Writes, in ``--out``:
 The three parts are stratified by class; the scaler is fit on the training part alone, as
 anything learnt from data must be.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,9 @@ class Export:
     model_json: str
 
 
-def export(name: str, clients: int, seed: int, alpha: float | None = None,
-           hidden: int | None = None) -> Export:
+def export(
+    name: str, clients: int, seed: int, alpha: float | None = None, hidden: int | None = None
+) -> Export:
     """The split, standardised and one-hot encoded, with its model's JSON."""
     import sklearn.datasets
     from sklearn.model_selection import train_test_split
@@ -65,46 +67,72 @@ def export(name: str, clients: int, seed: int, alpha: float | None = None,
     bundled = DATA_SETS[name]
     inputs, labels = getattr(sklearn.datasets, bundled.loader)(return_X_y=True)
     train_x, rest_x, train_y, rest_y = train_test_split(
-        inputs, labels, train_size=SHARES[0], stratify=labels, random_state=seed)
+        inputs, labels, train_size=SHARES[0], stratify=labels, random_state=seed
+    )
     test_x, holdout_x, test_y, holdout_y = train_test_split(
-        rest_x, rest_y, train_size=SHARES[1] / (SHARES[1] + SHARES[2]), stratify=rest_y,
-        random_state=seed)
+        rest_x,
+        rest_y,
+        train_size=SHARES[1] / (SHARES[1] + SHARES[2]),
+        stratify=rest_y,
+        random_state=seed,
+    )
     scaler = StandardScaler().fit(train_x)
     classes = int(labels.max()) + 1
 
     def dataset(x: np.ndarray, y: np.ndarray) -> Dataset:
-        return Dataset(scaler.transform(x).astype(np.float32),
-                       np.eye(classes, dtype=np.float32)[y])
+        return Dataset(scaler.transform(x).astype(np.float32), np.eye(classes, dtype=np.float32)[y])
 
     train = dataset(train_x, train_y)
     parts = split_indices(train_y, clients, np.random.default_rng(seed), alpha)
-    return Export(train, [Dataset(train.inputs[p], train.outputs[p]) for p in parts],
-                  dataset(test_x, test_y), dataset(holdout_x, holdout_y),
-                  dense_chain_json(inputs.shape[1], [(hidden or bundled.hidden, "relu"),
-                                                     (classes, "softmax")]))
+    return Export(
+        train,
+        [Dataset(train.inputs[p], train.outputs[p]) for p in parts],
+        dataset(test_x, test_y),
+        dataset(holdout_x, holdout_y),
+        dense_chain_json(
+            inputs.shape[1], [(hidden or bundled.hidden, "relu"), (classes, "softmax")]
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.datasets", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m common.datasets",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", choices=sorted(DATA_SETS), help="scikit-learn's bundled set")
     parser.add_argument("--clients", type=int, required=True, help="number of client files")
     parser.add_argument("--out", required=True, help="folder for the files")
-    parser.add_argument("--dirichlet", type=float, metavar="ALPHA",
-                        help="label skew: Dirichlet concentration (default: IID split)")
-    parser.add_argument("--hidden", type=int, metavar="N", help="units of the model's hidden "
-                        "layer (default: 32 for digits, else 16)")
+    parser.add_argument(
+        "--dirichlet",
+        type=float,
+        metavar="ALPHA",
+        help="label skew: Dirichlet concentration (default: IID split)",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        metavar="N",
+        help="units of the model's hidden layer (default: 32 for digits, else 16)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.clients < 1 or (args.dirichlet is not None and args.dirichlet <= 0) or (
-            args.hidden is not None and args.hidden < 1):
+    if (
+        args.clients < 1
+        or (args.dirichlet is not None and args.dirichlet <= 0)
+        or (args.hidden is not None and args.hidden < 1)
+    ):
         parser.error("--clients and --hidden must be at least 1 and --dirichlet greater than 0")
     result = export(args.name, args.clients, args.seed, args.dirichlet, args.hidden)
     empty = [n for n, part in enumerate(result.clients, 1) if len(part) == 0]
     if empty:
-        parser.exit(2, f"{parser.prog}: client(s) {', '.join(map(str, empty))} would get no "
-                    "samples: use fewer clients or a larger --dirichlet.\n")
+        parser.exit(
+            2,
+            f"{parser.prog}: client(s) {', '.join(map(str, empty))} would get no "
+            "samples: use fewer clients or a larger --dirichlet.\n",
+        )
     out = Path(args.out)
     features, classes = result.holdout.inputs.shape[1], result.holdout.outputs.shape[1]
     write_clients(out, result.clients, classes)

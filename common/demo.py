@@ -4,6 +4,7 @@
 
 Each process prints its own tagged log lines; the demo exits 0 when all three did.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,10 +24,23 @@ def main() -> int:
     log.info("server and two clients on 127.0.0.1:%s", port)
     clients = ("client1.py", "client2.py")
     processes = {
-        script: subprocess.Popen([sys.executable, str(ROOT / script), "--headless",
-                                  "--host", "127.0.0.1", "--port", port, *extra], cwd=ROOT)
-        for script, extra in [("server.py", ["--expected-clients", str(len(clients))]),
-                              *((client, []) for client in clients)]
+        script: subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / script),
+                "--headless",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                port,
+                *extra,
+            ],
+            cwd=ROOT,
+        )
+        for script, extra in [
+            ("server.py", ["--expected-clients", str(len(clients))]),
+            *((client, []) for client in clients),
+        ]
     }
     try:
         codes = {script: process.wait() for script, process in processes.items()}

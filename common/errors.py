@@ -32,6 +32,7 @@
 The modules that raise these re-export them under their old homes (``common.data.DataError``,
 ``common.protocol.SchemaError``, ...), so either import works.
 """
+
 from __future__ import annotations
 
 

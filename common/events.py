@@ -1,4 +1,5 @@
 """What the server and client cores report to their callers (a log, a window, a test)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

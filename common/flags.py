@@ -1,5 +1,6 @@
 """The flags server.py and ``python -m common.flower`` share: what to train, until when,
 where results go, and the GA settings; and filling a config dataclass from parsed flags."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ from dataclasses import fields
 from common.app import positive
 from common.ga import REAL_DATA, GAConfig
 from common.operators import OPERATORS
-from common.server import ServerConfig
+from common.server import ServerConfig, TrainingConfig
 
 
 def config_from(args: argparse.Namespace, config_type, **extra):
@@ -18,74 +19,149 @@ def config_from(args: argparse.Namespace, config_type, **extra):
     return config_type(**(values | extra))
 
 
-def training_flags(parser: argparse.ArgumentParser, defaults: ServerConfig) -> None:
+def server_config_from(args: argparse.Namespace, **extra) -> ServerConfig:
+    """A ``ServerConfig`` from the flags named as its settings, the GA flags, and ``extra``;
+    a flag left unset keeps the default (the GA settings of ``GA_BY_MODEL``: by the model)."""
+    names = ServerConfig().settings().keys()
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return ServerConfig.of(**(given | ga_settings(args) | extra))
+
+
+def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) -> None:
     """What to train and until when, and where results go: server.py's and Flower's."""
-    parser.add_argument("--max-rounds", type=positive(int), default=defaults.max_rounds,
-                        metavar="N", help="give up (exit 2) after this many accepted updates "
-                        "(default: %(default)s)")
-    parser.add_argument("--patience", type=positive(int, zero_ok=True),
-                        default=defaults.patience, metavar="N", help="stop (exit 3) once N "
-                        "rounds passed without a better model on the test data; the best is "
-                        "what --save-model writes (default: %(default)s, never)")
-    parser.add_argument("--step-patience", type=positive(int, zero_ok=True), metavar="N",
-                        help="halve the mutation step after N rounds without a lower test "
-                        "loss, down to a tenth of --mutation-step; 0: a fixed step (default: "
-                        f"{REAL_DATA.step_patience}, or {GAConfig.step_patience} for the "
-                        "tutorial's XOR model)")
-    parser.add_argument("--num-solutions", type=positive(int), default=defaults.num_solutions,
-                        metavar="N", help="population size sent to clients (default: %(default)s)")
-    parser.add_argument("--model", metavar="FILE", help="the model to train: a .keras file or a "
-                        "Keras JSON architecture (default: the tutorial's XOR model, or for "
-                        "--test-data of other features or classes a Dense model sized to it)")
-    parser.add_argument("--test-data", metavar="FILE", help="the server's test set: .npz with "
-                        "inputs and outputs, X.npy with --test-labels, or .csv with "
-                        "--test-label-column (default: the four XOR samples)")
+    parser.add_argument(
+        "--max-rounds",
+        type=positive(int),
+        default=defaults.max_rounds,
+        metavar="N",
+        help="give up (exit 2) after this many accepted updates (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=positive(int, zero_ok=True),
+        default=defaults.patience,
+        metavar="N",
+        help="stop (exit 3) once N "
+        "rounds passed without a better model on the test data; the best is "
+        "what --save-model writes (default: %(default)s, never)",
+    )
+    parser.add_argument(
+        "--step-patience",
+        type=positive(int, zero_ok=True),
+        metavar="N",
+        help="halve the mutation step after N rounds without a lower test "
+        "loss, down to a tenth of --mutation-step; 0: a fixed step (default: "
+        f"{REAL_DATA.step_patience}, or {GAConfig.step_patience} for the "
+        "tutorial's XOR model)",
+    )
+    parser.add_argument(
+        "--num-solutions",
+        type=positive(int),
+        default=defaults.num_solutions,
+        metavar="N",
+        help="population size sent to clients (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="FILE",
+        help="the model to train: a .keras file or a "
+        "Keras JSON architecture (default: the tutorial's XOR model, or for "
+        "--test-data of other features or classes a Dense model sized to it)",
+    )
+    parser.add_argument(
+        "--test-data",
+        metavar="FILE",
+        help="the server's test set: .npz with "
+        "inputs and outputs, X.npy with --test-labels, or .csv with "
+        "--test-label-column (default: the four XOR samples)",
+    )
     parser.add_argument("--test-labels", metavar="FILE", help="labels .npy for --test-data")
-    parser.add_argument("--test-label-column", metavar="C",
-                        help="CSV column of --test-data holding the labels (name or index)")
-    parser.add_argument("--target-accuracy", type=float, default=defaults.target_accuracy,
-                        metavar="A", help="say done once the global model reaches this "
-                        "accuracy: binary for two outputs, categorical for more "
-                        "(default: %(default)s)")
-    parser.add_argument("--save-model", metavar="FILE.keras",
-                        help="save the final global model here")
-    parser.add_argument("--history", metavar="FILE.csv", help="write one row per accepted "
-                        "update: time, round, client, accuracy, loss")
-    parser.add_argument("--plot", metavar="FILE.png", help="draw accuracy and loss over rounds "
-                        "when training ends (needs --history)")
+    parser.add_argument(
+        "--test-label-column",
+        metavar="C",
+        help="CSV column of --test-data holding the labels (name or index)",
+    )
+    parser.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=defaults.target_accuracy,
+        metavar="A",
+        help="say done once the global model reaches this "
+        "accuracy: binary for two outputs, categorical for more "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--save-model", metavar="FILE.keras", help="save the final global model here"
+    )
+    parser.add_argument(
+        "--history",
+        metavar="FILE.csv",
+        help="write one row per accepted update: time, round, client, accuracy, loss",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw accuracy and loss over rounds when training ends (needs --history)",
+    )
     ga_flags(parser, "sent to clients; default: ")
 
 
 def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
     ga = GAConfig()
-    parser.add_argument("--generations", type=positive(int), metavar="N",
-                        help=f"GA generations per round at most ({default_text}"
-                        f"{ga.num_generations})")
-    parser.add_argument("--parents-mating", type=positive(int), metavar="N",
-                        help=f"GA parents mating ({default_text}{ga.num_parents_mating})")
-    parser.add_argument("--mutation-percent", type=positive(float), metavar="P",
-                        help=f"percent of genes mutated ({default_text}"
-                        f"{ga.mutation_percent_genes:g})")
+    parser.add_argument(
+        "--generations",
+        type=positive(int),
+        metavar="N",
+        help=f"GA generations per round at most ({default_text}{ga.num_generations})",
+    )
+    parser.add_argument(
+        "--parents-mating",
+        type=positive(int),
+        metavar="N",
+        help=f"GA parents mating ({default_text}{ga.num_parents_mating})",
+    )
+    parser.add_argument(
+        "--mutation-percent",
+        type=positive(float),
+        metavar="P",
+        help=f"percent of genes mutated ({default_text}{ga.mutation_percent_genes:g})",
+    )
     # SUPPRESS: absent unless given, so config_from leaves the config's default (same names)
-    parser.add_argument("--operators", choices=OPERATORS, default=argparse.SUPPRESS,
-                        help="how far mutation and the server's population spread move weights: "
-                        "Gaussian steps scaled to each layer, or the tutorial's U(-1, 1) "
-                        f"({default_text}{ga.operators})")
-    parser.add_argument("--mutation-step", type=positive(float), metavar="S",
-                        default=argparse.SUPPRESS, help="scaled operators: a step's sigma as a "
-                        f"share of its layer's weight scale ({default_text}{ga.mutation_step:g})")
-    parser.add_argument("--stop-fitness", type=positive(float, zero_ok=True), metavar="F",
-                        help="end a round's GA once a member reaches this fitness, "
-                        "1 / (loss + 1e-8); 0: run every generation (servers send "
-                        f"{ga.stop_fitness:g} for the tutorial's XOR model, else "
-                        f"{REAL_DATA.stop_fitness:g}; a server that sends none: {ga.stop_fitness:g})")
+    parser.add_argument(
+        "--operators",
+        choices=OPERATORS,
+        default=argparse.SUPPRESS,
+        help="how far mutation and the server's population spread move weights: "
+        "Gaussian steps scaled to each layer, or the tutorial's U(-1, 1) "
+        f"({default_text}{ga.operators})",
+    )
+    parser.add_argument(
+        "--mutation-step",
+        type=positive(float),
+        metavar="S",
+        default=argparse.SUPPRESS,
+        help="scaled operators: a step's sigma as a "
+        f"share of its layer's weight scale ({default_text}{ga.mutation_step:g})",
+    )
+    parser.add_argument(
+        "--stop-fitness",
+        type=positive(float, zero_ok=True),
+        metavar="F",
+        help="end a round's GA once a member reaches this fitness, "
+        "1 / (loss + 1e-8); 0: run every generation (servers send "
+        f"{ga.stop_fitness:g} for the tutorial's XOR model, else "
+        f"{REAL_DATA.stop_fitness:g}; a server that sends none: {ga.stop_fitness:g})",
+    )
 
 
 def ga_settings(args: argparse.Namespace) -> dict:
     """The GA flags given, by GAConfig field name."""
-    given = {"num_generations": args.generations, "num_parents_mating": args.parents_mating,
-             "mutation_percent_genes": args.mutation_percent,
-             "operators": getattr(args, "operators", None),
-             "mutation_step": getattr(args, "mutation_step", None),
-             "stop_fitness": args.stop_fitness}
+    given = {
+        "num_generations": args.generations,
+        "num_parents_mating": args.parents_mating,
+        "mutation_percent_genes": args.mutation_percent,
+        "operators": getattr(args, "operators", None),
+        "mutation_step": getattr(args, "mutation_step", None),
+        "stop_fitness": args.stop_fitness,
+    }
     return {key: value for key, value in given.items() if value is not None}

@@ -8,6 +8,7 @@ needed (``load_keras``): a ``.keras`` file, or a model that is not a plain Dense
 Dense chain, the tutorial's XOR model among them, is described, initialised, trained and
 evaluated with NumPy alone, on the server as on the clients.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,8 +84,9 @@ def load_model_file(path: str, seed: int | None = None) -> Network:
     except ModelRefused as exc:
         raise ModelFileError(f"The model in {path} is not one fedga trains: {exc}.") from None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise ModelFileError(f"Cannot read the model file {path}: "
-                             f"{getattr(exc, 'strerror', None) or exc}.") from None
+        raise ModelFileError(
+            f"Cannot read the model file {path}: {getattr(exc, 'strerror', None) or exc}."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,9 @@ class Network:
         return cls(model.to_json(), ForwardPass(model), weights_to_vector(model.get_weights()))
 
     @classmethod
-    def from_json(cls, model_json: str, seed: int | None = None,
-                  max_params: int = DEFAULT_MAX_PARAMS) -> Network:
+    def from_json(
+        cls, model_json: str, seed: int | None = None, max_params: int = DEFAULT_MAX_PARAMS
+    ) -> Network:
         """Raises ``ModelRefused`` for a description ``common.modelspec`` refuses."""
         forward = ForwardPass.from_json(model_json, max_params)
         if forward.model is not None:
@@ -142,7 +145,7 @@ def vector_to_weights(vector: np.ndarray, shapes: list[tuple[int, ...]]) -> list
     weights, offset = [], 0
     for shape in shapes:
         size = math.prod(shape)
-        weights.append(np.reshape(vector[offset:offset + size], shape))
+        weights.append(np.reshape(vector[offset : offset + size], shape))
         offset += size
     return weights
 
@@ -199,7 +202,9 @@ def _dense_stack(model: keras.Model) -> list[tuple[int, int, bool, str]] | None:
         if type(layer) is not keras.layers.Dense:
             return None
         activation = keras.activations.serialize(layer.activation)
-        name = activation if isinstance(activation, str) else activation.get("config", {}).get("name")
+        name = (
+            activation if isinstance(activation, str) else activation.get("config", {}).get("name")
+        )
         if name not in _ACTIVATIONS:
             return None
         layers.append((layer.kernel.shape[0], layer.units, layer.use_bias, name))
@@ -217,8 +222,12 @@ class ForwardPass:
 
     def __init__(self, model: keras.Model):
         self.model = model
-        self._describe([tuple(w.shape) for w in model.weights], model.inputs[0].shape[-1],
-                       model.outputs[0].shape[-1], _dense_stack(model))
+        self._describe(
+            [tuple(w.shape) for w in model.weights],
+            model.inputs[0].shape[-1],
+            model.outputs[0].shape[-1],
+            _dense_stack(model),
+        )
         if self._dense is not None and not self._agrees_with_keras():
             self._dense = None  # e.g. a Dense layer applied twice: the layer list misleads
         if self._dense is None:
@@ -235,13 +244,21 @@ class ForwardPass:
             return cls(model_from_json(model_json))
         forward = cls.__new__(cls)
         forward.model = None
-        shapes = [shape for fan_in, units, use_bias, _ in chain
-                  for shape in ([(fan_in, units), (units,)] if use_bias else [(fan_in, units)])]
+        shapes = [
+            shape
+            for fan_in, units, use_bias, _ in chain
+            for shape in ([(fan_in, units), (units,)] if use_bias else [(fan_in, units)])
+        ]
         forward._describe(shapes, chain[0][0], chain[-1][1], chain)
         return forward
 
-    def _describe(self, shapes: list[tuple[int, ...]], num_features: int, num_outputs: int,
-                  dense: list[tuple[int, int, bool, str]] | None) -> None:
+    def _describe(
+        self,
+        shapes: list[tuple[int, ...]],
+        num_features: int,
+        num_outputs: int,
+        dense: list[tuple[int, int, bool, str]] | None,
+    ) -> None:
         self.shapes, self.num_features, self.num_outputs = shapes, num_features, num_outputs
         self.num_params = sum(math.prod(s) for s in shapes)
         self._dense = dense
@@ -255,11 +272,11 @@ class ForwardPass:
         h = np.broadcast_to(np.asarray(inputs, dtype=np.float32), (count, *np.shape(inputs)))
         offset = 0
         for fan_in, units, use_bias, activation in self._dense:
-            kernel = vectors[:, offset:offset + fan_in * units].reshape(count, fan_in, units)
+            kernel = vectors[:, offset : offset + fan_in * units].reshape(count, fan_in, units)
             offset += fan_in * units
             h = np.matmul(h, kernel)
             if use_bias:
-                h = h + vectors[:, None, offset:offset + units]
+                h = h + vectors[:, None, offset : offset + units]
                 offset += units
             h = _ACTIVATIONS[activation](h)
         return h
@@ -268,8 +285,7 @@ class ForwardPass:
         """Run the batched path once beside Keras on the model's own weights."""
         keras = load_keras()
 
-        probe = np.random.default_rng(0).standard_normal(
-            (4, self._dense[0][0])).astype(np.float32)
+        probe = np.random.default_rng(0).standard_normal((4, self._dense[0][0])).astype(np.float32)
         expected = keras.ops.convert_to_numpy(self.model(probe, training=False))
         vector = weights_to_vector(self.model.get_weights())
         ours = self(vector[None, :], probe)[0]

@@ -5,6 +5,7 @@ allocate gigabytes. So the JSON is read as plain data first: the model and layer
 must be on an allowlist, every ``module`` must be Keras's own, the layers must form a chain
 of known widths, and the parameter count computed from the config must stay under a cap.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def _check_modules(node) -> None:
 
 
 def _width(shape) -> int:
-    if not (isinstance(shape, list) and len(shape) == 2 and isinstance(shape[1], int)
-            and shape[1] > 0):
+    if not (
+        isinstance(shape, list) and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 0
+    ):
         raise ModelRefused(f"layer input shape {shape!r} is not (batch, features)")
     return shape[1]
 
@@ -53,10 +55,26 @@ def _input_width(layer: dict, widths: dict[str, int], previous: int | None) -> i
         raise ModelRefused(f"layer {layer.get('name')!r} is not fed by one earlier layer") from None
 
 
-DENSE_CONFIG_KEYS = frozenset({  # Keras 3's Dense settings that do not change its outputs
-    "name", "trainable", "dtype", "units", "activation", "use_bias", "kernel_initializer",
-    "bias_initializer", "kernel_regularizer", "bias_regularizer", "activity_regularizer",
-    "kernel_constraint", "bias_constraint", "quantization_config", "lora_rank", "lora_alpha"})
+DENSE_CONFIG_KEYS = frozenset(
+    {  # Keras 3's Dense settings that do not change its outputs
+        "name",
+        "trainable",
+        "dtype",
+        "units",
+        "activation",
+        "use_bias",
+        "kernel_initializer",
+        "bias_initializer",
+        "kernel_regularizer",
+        "bias_regularizer",
+        "activity_regularizer",
+        "kernel_constraint",
+        "bias_constraint",
+        "quantization_config",
+        "lora_rank",
+        "lora_alpha",
+    }
+)
 
 
 def _load(model_json: str) -> dict:
@@ -81,11 +99,13 @@ def _walk(layers: list, max_params: int) -> list[tuple[dict, int, int]]:
             raise ModelRefused("model_json has a layer that is not an object")
         kind, config = layer.get("class_name"), layer.get("config", {})
         if kind not in LAYER_CLASSES:
-            raise ModelRefused(f"layer type {kind!r} is not allowed "
-                               f"(allowed: {', '.join(sorted(LAYER_CLASSES))})")
+            raise ModelRefused(
+                f"layer type {kind!r} is not allowed (allowed: {', '.join(sorted(LAYER_CLASSES))})"
+            )
         if kind == "InputLayer":
             width = widths[layer.get("name")] = _width(
-                config.get("batch_shape") or config.get("batch_input_shape"))
+                config.get("batch_shape") or config.get("batch_input_shape")
+            )
             walked.append((layer, width, width))
             continue
         fan_in = _input_width(layer, widths, width)
@@ -100,8 +120,10 @@ def _walk(layers: list, max_params: int) -> list[tuple[dict, int, int]]:
             total += fan_in * units + (units if config.get("use_bias", True) else 0)
             width = units
             if total > max_params:
-                raise ModelRefused(f"the model has more than {max_params:,} parameters, "
-                                   "more than this side accepts (--max-params)")
+                raise ModelRefused(
+                    f"the model has more than {max_params:,} parameters, "
+                    "more than this side accepts (--max-params)"
+                )
         widths[layer.get("name")] = width
         walked.append((layer, fan_in, width))
     return walked
@@ -110,13 +132,17 @@ def _walk(layers: list, max_params: int) -> list[tuple[dict, int, int]]:
 def count_params(model_json: str, max_params: int = DEFAULT_MAX_PARAMS) -> int:
     """Return the parameter count of ``model_json``, or raise ModelRefused."""
     walked = _walk(_load(model_json)["config"]["layers"], max_params)
-    return sum(fan_in * layer["config"]["units"]
-               + (layer["config"]["units"] if layer["config"].get("use_bias", True) else 0)
-               for layer, fan_in, _ in walked if layer["class_name"] == "Dense")
+    return sum(
+        fan_in * layer["config"]["units"]
+        + (layer["config"]["units"] if layer["config"].get("use_bias", True) else 0)
+        for layer, fan_in, _ in walked
+        if layer["class_name"] == "Dense"
+    )
 
 
-def dense_chain(model_json: str, max_params: int = DEFAULT_MAX_PARAMS
-                ) -> list[tuple[int, int, bool, str]] | None:
+def dense_chain(
+    model_json: str, max_params: int = DEFAULT_MAX_PARAMS
+) -> list[tuple[int, int, bool, str]] | None:
     """(fan_in, units, use_bias, activation) per layer when ``model_json`` is one InputLayer
     followed by float32 Dense layers, each fed by the one before and the last the output;
     else None. Such a model's outputs follow from this list alone, without Keras.
@@ -129,18 +155,29 @@ def dense_chain(model_json: str, max_params: int = DEFAULT_MAX_PARAMS
     chain = []
     for previous, (layer, fan_in, _) in zip(layers, walked[1:]):
         settings = layer.get("config", {})
-        if (layer.get("class_name") != "Dense" or not DENSE_CONFIG_KEYS.issuperset(settings)
-                or settings.get("quantization_config") or settings.get("lora_rank")
-                or _dtype_name(settings.get("dtype")) not in (None, "float32")):
+        if (
+            layer.get("class_name") != "Dense"
+            or not DENSE_CONFIG_KEYS.issuperset(settings)
+            or settings.get("quantization_config")
+            or settings.get("lora_rank")
+            or _dtype_name(settings.get("dtype")) not in (None, "float32")
+        ):
             return None
         nodes = layer.get("inbound_nodes")
         if spec["class_name"] == "Functional" and not _fed_by(nodes, previous.get("name")):
             return None
-        chain.append((fan_in, settings["units"], bool(settings.get("use_bias", True)),
-                      settings.get("activation", "linear")))
+        chain.append(
+            (
+                fan_in,
+                settings["units"],
+                bool(settings.get("use_bias", True)),
+                settings.get("activation", "linear"),
+            )
+        )
     if spec["class_name"] == "Functional" and (
-            _first(config.get("input_layers")) != layers[0].get("name")
-            or _first(config.get("output_layers")) != layers[-1].get("name")):
+        _first(config.get("input_layers")) != layers[0].get("name")
+        or _first(config.get("output_layers")) != layers[-1].get("name")
+    ):
         return None
     return chain
 
@@ -174,38 +211,91 @@ def dense_chain_json(num_features: int, layers: list[tuple[int, str]]) -> str:
     followed by ``Dense(units, activation)`` per ``layers`` entry, as a Functional model
     with Keras's default names and initializers. Built without Keras, so a server can send
     the tutorial's model without importing TensorFlow; tutorial peers rebuild it with Keras."""
+
     def tensor(width: int, producer: str) -> dict:
-        return {"class_name": "__keras_tensor__", "config": {
-            "shape": [None, width], "dtype": "float32", "keras_history": [producer, 0, 0]}}
+        return {
+            "class_name": "__keras_tensor__",
+            "config": {
+                "shape": [None, width],
+                "dtype": "float32",
+                "keras_history": [producer, 0, 0],
+            },
+        }
 
     def initializer(class_name: str, config: dict) -> dict:
-        return {"module": "keras.initializers", "class_name": class_name, "config": config,
-                "registered_name": None}
+        return {
+            "module": "keras.initializers",
+            "class_name": class_name,
+            "config": config,
+            "registered_name": None,
+        }
 
-    spec: list[dict] = [{"module": "keras.layers", "class_name": "InputLayer", "config": {
-        "batch_shape": [None, num_features], "dtype": "float32", "sparse": False,
-        "ragged": False, "name": "input_layer", "optional": False},
-        "registered_name": None, "name": "input_layer", "inbound_nodes": []}]
+    spec: list[dict] = [
+        {
+            "module": "keras.layers",
+            "class_name": "InputLayer",
+            "config": {
+                "batch_shape": [None, num_features],
+                "dtype": "float32",
+                "sparse": False,
+                "ragged": False,
+                "name": "input_layer",
+                "optional": False,
+            },
+            "registered_name": None,
+            "name": "input_layer",
+            "inbound_nodes": [],
+        }
+    ]
     width = num_features
     for index, (units, activation) in enumerate(layers):
         name = "dense" if index == 0 else f"dense_{index}"
-        spec.append({"module": "keras.layers", "class_name": "Dense", "config": {
-            "name": name, "trainable": True,
-            "dtype": {"module": "keras", "class_name": "DTypePolicy",
-                      "config": {"name": "float32"}, "registered_name": None},
-            "units": units, "activation": activation, "use_bias": True,
-            "kernel_initializer": initializer(
-                "GlorotUniform", {"seed": None, "input_axes": None, "output_axes": None}),
-            "bias_initializer": initializer("Zeros", {}),
-            "kernel_regularizer": None, "bias_regularizer": None, "kernel_constraint": None,
-            "bias_constraint": None, "quantization_config": None},
-            "registered_name": None, "build_config": {"input_shape": [None, width]},
-            "name": name, "inbound_nodes": [{"args": [tensor(width, spec[-1]["name"])],
-                                             "kwargs": {}}]})
+        spec.append(
+            {
+                "module": "keras.layers",
+                "class_name": "Dense",
+                "config": {
+                    "name": name,
+                    "trainable": True,
+                    "dtype": {
+                        "module": "keras",
+                        "class_name": "DTypePolicy",
+                        "config": {"name": "float32"},
+                        "registered_name": None,
+                    },
+                    "units": units,
+                    "activation": activation,
+                    "use_bias": True,
+                    "kernel_initializer": initializer(
+                        "GlorotUniform", {"seed": None, "input_axes": None, "output_axes": None}
+                    ),
+                    "bias_initializer": initializer("Zeros", {}),
+                    "kernel_regularizer": None,
+                    "bias_regularizer": None,
+                    "kernel_constraint": None,
+                    "bias_constraint": None,
+                    "quantization_config": None,
+                },
+                "registered_name": None,
+                "build_config": {"input_shape": [None, width]},
+                "name": name,
+                "inbound_nodes": [{"args": [tensor(width, spec[-1]["name"])], "kwargs": {}}],
+            }
+        )
         width = units
-    return json.dumps({
-        "module": "keras.src.models.functional", "class_name": "Functional", "config": {
-            "name": "functional", "trainable": True, "layers": spec,
-            "input_layers": ["input_layer", 0, 0], "output_layers": [spec[-1]["name"], 0, 0]},
-        "registered_name": "Functional", "build_config": {"input_shape": None},
-        "compile_config": {}})
+    return json.dumps(
+        {
+            "module": "keras.src.models.functional",
+            "class_name": "Functional",
+            "config": {
+                "name": "functional",
+                "trainable": True,
+                "layers": spec,
+                "input_layers": ["input_layer", 0, 0],
+                "output_layers": [spec[-1]["name"], 0, 0],
+            },
+            "registered_name": "Functional",
+            "build_config": {"input_shape": None},
+            "compile_config": {},
+        }
+    )

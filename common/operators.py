@@ -15,6 +15,7 @@ Two kinds, chosen by ``GAConfig.operators``:
 - ``tutorial``: PyGAD's own random mutation, and the spread U(-s, s) with
   s = max(1, mean |w|), kept for comparison and for the benchmarks' "before" rows.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,16 +36,21 @@ def step_scales(vector: np.ndarray, shapes: list[tuple[int, ...]]) -> np.ndarray
         if len(shape) >= 2:  # a kernel: its first axis is the layer's fan-in
             fan_in = shape[0]
         # A bias follows its kernel and shares its fan-in (an array before any kernel: 1).
-        values = np.asarray(vector[offset:offset + size], dtype=np.float64)
+        values = np.asarray(vector[offset : offset + size], dtype=np.float64)
         rms = float(np.sqrt(np.mean(np.square(values)))) if size else 0.0
-        scales[offset:offset + size] = max(rms, 1.0 / math.sqrt(fan_in))
+        scales[offset : offset + size] = max(rms, 1.0 / math.sqrt(fan_in))
         offset += size
     return scales
 
 
-def spread_population(vector: np.ndarray, shapes: list[tuple[int, ...]], num_solutions: int,
-                      rng: np.random.Generator, operators: str = SCALED,
-                      step: float = 0.3) -> np.ndarray:
+def spread_population(
+    vector: np.ndarray,
+    shapes: list[tuple[int, ...]],
+    num_solutions: int,
+    rng: np.random.Generator,
+    operators: str = SCALED,
+    step: float = 0.3,
+) -> np.ndarray:
     """``num_solutions`` members around ``vector``, the first being ``vector`` itself."""
     size = (num_solutions - 1, len(vector))
     if operators == TUTORIAL:
@@ -88,7 +94,8 @@ class ScaledMutation:
     def __call__(self, offspring: np.ndarray, ga) -> np.ndarray:
         if self._rng is None:
             self._rng = np.random.default_rng(
-                ga.numpy_random_generator.randint(0, 2**32, size=4, dtype=np.uint64))
+                ga.numpy_random_generator.randint(0, 2**32, size=4, dtype=np.uint64)
+            )
         rows, num_genes = offspring.shape
         starts, lengths = _strata(num_genes, int(ga.mutation_num_genes))
         # 16 random bits per gene: the choice within a run of ~20 is uniform to 1 in 3,000

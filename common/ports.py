@@ -1,5 +1,6 @@
 """Free loopback ports for the processes we start: the demo's server, a local Flower
 deployment, the tests' and benchmarks' servers."""
+
 from __future__ import annotations
 
 import socket

@@ -5,6 +5,7 @@ and, given a path (``--history``), writes each as it comes; ``plot_history`` dra
 and loss over rounds with matplotlib's Agg backend, so it needs no display. The server
 window's Save History and Save Plot write the same files from the rows kept.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,8 +32,13 @@ class History:
     def __call__(self, event: Event) -> None:
         if event.kind is not EventKind.UPDATE:
             return
-        row = (f"{time.time():.3f}", str(event.round), event.peer, f"{event.accuracy:.6f}",
-               "" if event.loss is None else f"{event.loss:.6g}")
+        row = (
+            f"{time.time():.3f}",
+            str(event.round),
+            event.peer,
+            f"{event.accuracy:.6f}",
+            "" if event.loss is None else f"{event.loss:.6g}",
+        )
         with self._lock:
             self.rows.append(row)
             if self.path is not None:
@@ -69,8 +75,13 @@ def _draw(rows: list[dict[str, str]], png: str) -> None:
 
     rounds = [int(row["round"]) for row in rows]
     figure, accuracy_axis = plt.subplots(figsize=(7, 4), dpi=100)
-    accuracy_axis.plot(rounds, [float(row["accuracy"]) for row in rows], color="tab:green",
-                       marker=".", label="global accuracy")
+    accuracy_axis.plot(
+        rounds,
+        [float(row["accuracy"]) for row in rows],
+        color="tab:green",
+        marker=".",
+        label="global accuracy",
+    )
     accuracy_axis.set_xlabel("round (accepted update)")
     accuracy_axis.set_ylabel("accuracy")
     accuracy_axis.set_ylim(0, 1.05)

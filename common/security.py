@@ -8,6 +8,7 @@ reordered (other sequence) messages are all refused. TLS encrypts and authentica
 server; the secret authenticates the clients too. Without either, the wire stays the
 tutorial's plain pickle.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,9 @@ def load_secret(secret_file: str | None) -> bytes | None:
         try:
             secret = Path(secret_file).read_bytes().strip()
         except OSError as exc:
-            raise ConfigError(f"Cannot read the secret file {secret_file}: "
-                              f"{exc.strerror}.") from None
+            raise ConfigError(
+                f"Cannot read the secret file {secret_file}: {exc.strerror}."
+            ) from None
         source = f"the secret file {secret_file}"
     elif os.environ.get(SECRET_ENV):
         secret, source = os.environ[SECRET_ENV].encode(), f"${SECRET_ENV}"
@@ -52,23 +54,31 @@ def new_nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
 
-def message_tag(secret: bytes, direction: bytes, nonces: bytes, sequence: int,
-                payload: bytes | bytearray) -> bytes:
-    mac = hmac.new(secret, direction + nonces + struct.pack(">QQ", sequence, len(payload)),
-                   hashlib.sha256)
+def message_tag(
+    secret: bytes, direction: bytes, nonces: bytes, sequence: int, payload: bytes | bytearray
+) -> bytes:
+    mac = hmac.new(
+        secret, direction + nonces + struct.pack(">QQ", sequence, len(payload)), hashlib.sha256
+    )
     mac.update(payload)
     return mac.digest()
 
 
-def check_settings(secret_file: str | None = None, *, tls_cert: str | None = None,
-                   tls_key: str | None = None, tls_ca: str | None = None) -> bytes | None:
+def check_settings(
+    secret_file: str | None = None,
+    *,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_ca: str | None = None,
+) -> bytes | None:
     """Check one side's settings before anything connects, each path None or empty for off:
     the server's certificate and key, or the client's CA; return the secret (``load_secret``).
     The flags and the windows' fields both come through here; ConfigError says what is wrong."""
     if tls_cert or tls_key:
         if not (tls_cert and tls_key):
-            raise ConfigError("The TLS certificate and the TLS key go together: give both "
-                              "or neither.")
+            raise ConfigError(
+                "The TLS certificate and the TLS key go together: give both or neither."
+            )
         server_tls_context(tls_cert, tls_key)
     if tls_ca:
         client_tls_context(tls_ca)
@@ -76,9 +86,11 @@ def check_settings(secret_file: str | None = None, *, tls_cert: str | None = Non
 
 
 # OpenSSL's reasons in words; a malformed PEM file comes with none ("[SSL] PEM lib").
-_TLS_REASONS = {None: "a file is not in PEM format",
-                "KEY_VALUES_MISMATCH": "the key does not belong to the certificate",
-                "NO_CERTIFICATE_OR_CRL_FOUND": "it holds no certificate"}
+_TLS_REASONS = {
+    None: "a file is not in PEM format",
+    "KEY_VALUES_MISMATCH": "the key does not belong to the certificate",
+    "NO_CERTIFICATE_OR_CRL_FOUND": "it holds no certificate",
+}
 
 
 def _tls_problem(exc: OSError) -> str:
@@ -94,8 +106,9 @@ def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     try:
         context.load_cert_chain(cert_file, key_file)
     except OSError as exc:  # ssl.SSLError is an OSError
-        raise ConfigError(f"Cannot use the TLS certificate {cert_file} with key {key_file}: "
-                          f"{_tls_problem(exc)}.") from None
+        raise ConfigError(
+            f"Cannot use the TLS certificate {cert_file} with key {key_file}: {_tls_problem(exc)}."
+        ) from None
     return context
 
 

@@ -4,8 +4,10 @@
 Shaped like ``socketserver``: ``serve_forever``/``shutdown``, a context manager, the real
 bound address after binding port 0. Threads report through an ``on_event`` callback.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -14,22 +16,23 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from common import checkpoint, protocol, security
-from common.aggregate import Aggregation, Update, aggregation_named
+from common.aggregate import Update, aggregation_named
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.errors import BindError
 from common.events import Event, EventKind
-from common.ga import GAConfig, loss
+from common.ga import REAL_DATA, GAConfig, loss
 from common.model import Network, accuracy as model_accuracy
 from common.operators import spread_population
 from common.protocol import Connection, Message, ProtocolError, Subject
+from common.protocol.messages import ClientUpdate, Done, ModelRequest, ServerReply
 
 log = logging.getLogger(__name__)
 
@@ -39,50 +42,139 @@ EventCallback = Callable[[Event], None]
 
 
 @dataclass
-class ServerConfig:
+class NetworkConfig:
+    """Where and how clients are served."""
+
     host: str = "localhost"
     port: int = 10000
     buffer_size: int = 1024
     recv_timeout: float = 10.0
     idle_timeout: float = 300.0
-    max_rounds: int = 1000
     max_message_bytes: int | None = None  # None: derived from the model size
-    num_solutions: int = 10
-    target_accuracy: float = 1.0
-    seed: int | None = None
-    round_delay: float = 0.0  # pacing: seconds to hold each model reply, so people can watch
-    checkpoint: str | None = None  # save the global state here after every accepted update
-    resume: bool = False  # start from the checkpoint instead of a fresh model
     max_clients: int = 128  # connections beyond this are refused with a log line
+    round_delay: float = 0.0  # pacing: seconds to hold each model reply, so people can watch
     # Headless: once done, keep answering newcomers ``done`` until none came for this long, so
     # a client started a little late still ends well instead of finding the server gone.
     linger: float = 5.0
-    patience: int = 0  # stop once this many rounds passed without a better model; 0: never
     # Headless: exit as soon as this many clients were answered ``done``, without lingering
     # (the demo knows it runs exactly two). None: linger.
     expected_clients: int | None = None
-    aggregation: str = "running-best"  # any name in common.aggregate; the tutorial's: running-average
-    min_clients: int = 2  # round-based: a round closes when this many updates arrived...
-    round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
-    secret: bytes | None = field(default=None, repr=False)  # see common.security
+
+
+@dataclass
+class SecurityConfig:
+    """Opt-in protection of the wire; see common.security."""
+
+    secret: bytes | None = field(default=None, repr=False)
     secret_file: str | None = None  # where ``secret`` came from (None: $FEDGA_SECRET or none)
     tls_cert: str | None = None
     tls_key: str | None = None
+
+
+# GA settings whose defaults depend on the model: the tutorial's XOR's (GAConfig) or, for any
+# other model, REAL_DATA's; see common.ga.
+GA_BY_MODEL = ("stop_fitness", "step_patience")
+
+
+@dataclass
+class TrainingConfig:
+    """What is trained, how updates combine, and until when."""
+
     model: str | None = None  # a .keras or Keras JSON file; None: the tutorial's XOR model
     test_data: str | None = None  # .npz, .npy (with test_labels) or .csv; None: XOR
     test_labels: str | None = None
     test_label_column: str | None = None
-    save_model: str | None = None  # results, written when training ends
-    history: str | None = None
+    num_solutions: int = 10
+    target_accuracy: float = 1.0
+    max_rounds: int = 1000
+    patience: int = 0  # stop once this many rounds passed without a better model; 0: never
+    seed: int | None = None
+    aggregation: str = (
+        "running-best"  # any name in common.aggregate; the tutorial's: running-average
+    )
+    min_clients: int = 2  # round-based: a round closes when this many updates arrived...
+    round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
+    checkpoint: str | None = None  # save the global state here after every accepted update
+    resume: bool = False  # start from the checkpoint instead of a fresh model
+    ga: GAConfig = field(default_factory=GAConfig)  # the GA settings sent to clients
+    ga_by_model: tuple[str, ...] = GA_BY_MODEL  # those of GA_BY_MODEL not set: by the model
+
+    def ga_for_model(self) -> GAConfig:
+        """``ga`` with the settings left to the model filled in: the tutorial's for its XOR
+        model (no model, no test data), else those tuned on real data."""
+        defaults = GAConfig() if self.model is None and self.test_data is None else REAL_DATA
+        return dataclasses.replace(
+            self.ga, **{name: getattr(defaults, name) for name in self.ga_by_model}
+        )
+
+
+@dataclass
+class OutputConfig:
+    """Results, written when training ends."""
+
+    save_model: str | None = None
+    history: str | None = None  # also written as training goes, one row per round
     plot: str | None = None
-    num_generations: int = GAConfig.num_generations  # the GA settings sent to clients
-    num_parents_mating: int = GAConfig.num_parents_mating
-    mutation_percent_genes: float = GAConfig.mutation_percent_genes
-    operators: str = GAConfig.operators
-    mutation_step: float = GAConfig.mutation_step
-    # None: by model, the tutorial's XOR's (GAConfig) or REAL_DATA's; see common.ga
-    stop_fitness: float | None = None
-    step_patience: int | None = None
+
+
+@dataclass
+class ServerConfig:
+    """A server's settings in groups. Flags, the window's fields and Flower's run config
+    name each setting flat (``port``, ``num_generations``): ``with_settings`` and
+    ``settings`` translate."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    outputs: OutputConfig = field(default_factory=OutputConfig)
+
+    @classmethod
+    def of(cls, **settings: Any) -> ServerConfig:
+        """The defaults with ``settings`` changed, each by its flat name."""
+        return cls().with_settings(**settings)
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting by its flat name; a GA setting left to the model is None."""
+        flat: dict[str, Any] = {}
+        for group in (self.network, self.security, self.training, self.outputs):
+            flat |= {f.name: getattr(group, f.name) for f in dataclasses.fields(group)}
+        ga, by_model = flat.pop("ga"), flat.pop("ga_by_model")
+        return flat | {
+            f.name: None if f.name in by_model else getattr(ga, f.name)
+            for f in dataclasses.fields(ga)
+        }
+
+    def with_settings(self, **settings: Any) -> ServerConfig:
+        """A copy with ``settings`` changed, each by its flat name (``TypeError`` for an
+        unknown one). A GA setting of GA_BY_MODEL given as None is left to the model."""
+        ga_names = {f.name for f in dataclasses.fields(GAConfig)}
+        ga = {name: value for name, value in settings.items() if name in ga_names}
+        training = self.training
+        if ga:
+            by_model = tuple(
+                name
+                for name in GA_BY_MODEL
+                if (ga[name] is None if name in ga else name in training.ga_by_model)
+            )
+            training = dataclasses.replace(
+                training,
+                ga_by_model=by_model,
+                ga=dataclasses.replace(
+                    training.ga, **{k: v for k, v in ga.items() if v is not None}
+                ),
+            )
+        rest = {name: value for name, value in settings.items() if name not in ga_names}
+
+        def changed(group):
+            names = {f.name for f in dataclasses.fields(group)} & rest.keys()
+            return dataclasses.replace(group, **{name: rest.pop(name) for name in names})
+
+        config = ServerConfig(
+            changed(self.network), changed(self.security), changed(training), changed(self.outputs)
+        )
+        if rest:
+            raise TypeError(f"not a server setting: {', '.join(sorted(rest))}")
+        return config
 
 
 def new_socket(family: int = socket.AF_INET) -> socket.socket:
@@ -148,10 +240,18 @@ def create_listening_socket(host: str, port: int) -> socket.socket:
 class _Entry(NamedTuple):
     """An update waiting for its round to close."""
 
-    update: Update
-    key: tuple[str, int] | None  # (client_id, sequence), if its client sent one
+    update: ClientUpdate
     client: str
-    accuracy: float | None  # its own, scored as it arrived (None: not scored, from Flower)
+    accuracy: float | None = None  # its own, scored as it arrived (None: not scored, from Flower)
+    reached_target: bool = False  # that score reached the target accuracy
+
+    def for_rule(self) -> Update:
+        return Update(
+            self.update.best_model_weights_vector,
+            self.update.num_samples or 1,
+            self.reached_target,
+            self.client,
+        )
 
 
 def _update_name(key: tuple[str, int] | None) -> str:
@@ -161,8 +261,10 @@ def _update_name(key: tuple[str, int] | None) -> str:
 class GlobalModel:
     """The server's model, its test data and the aggregation rule, behind one lock.
 
+    ``training`` says what it trains, until when (``TrainingConfig``; its ``model`` and
+    ``test_data`` files are the assembler's, ``common.app``, which passes what they hold).
     Each update is scored on the test data as it arrives; the rule (``aggregation``, a name
-    in ``common.aggregate.AGGREGATIONS`` or a rule itself) folds a round's updates into the
+    in ``common.aggregate.AGGREGATIONS``) folds a round's updates into the
     global model, which is scored and committed as one round. With the tutorial's running
     average a round is one accepted update: one that reaches the target becomes the global
     model, any other is averaged in. Once the global model reaches the target (or the rounds
@@ -174,47 +276,41 @@ class GlobalModel:
     never under the lock: a slow listener (a file per event, a window) holds up only the one
     thread delivering events, while other clients' updates and replies go on.
 
-    With ``checkpoint_path`` every accepted update is saved there before it is applied or
+    With a ``checkpoint`` path every accepted update is saved there before it is applied or
     answered; ``resume`` starts from that file (``CheckpointError`` if it cannot be read).
     """
 
-    def __init__(self, network: Network, test_data: Dataset, *, num_solutions: int = 10,
-                 target_accuracy: float = 1.0, max_rounds: int = 1000,
-                 seed: int | None = None, on_event: EventCallback | None = None,
-                 checkpoint_path: str | None = None, resume: bool = False,
-                 ga: GAConfig | None = None,
-                 aggregation: str | Aggregation = "running-best",
-                 min_clients: int = 2, round_timeout: float = 5.0,
-                 patience: int = 0):
-        self.aggregation = (aggregation_named(aggregation) if isinstance(aggregation, str)
-                            else aggregation)
+    def __init__(
+        self,
+        network: Network,
+        test_data: Dataset,
+        training: TrainingConfig | None = None,
+        *,
+        on_event: EventCallback | None = None,
+    ):
+        training = training or TrainingConfig()
+        self.aggregation = aggregation_named(training.aggregation)
         self.aggregation.bind(self._score_candidates)
-        self.min_clients, self.round_timeout = min_clients, round_timeout
+        self.min_clients, self.round_timeout = training.min_clients, training.round_timeout
         self._pending: list[_Entry] = []  # this round's updates so far
         self._round_id = 0
         self._round_deadline = 0.0
         self.network = network
         self.model_json = network.model_json
-        ga = ga or GAConfig()
-        self.ga_settings = {"num_generations": ga.num_generations,
-                            "num_parents_mating": ga.num_parents_mating,
-                            "mutation_percent_genes": ga.mutation_percent_genes,
-                            "operators": ga.operators, "mutation_step": ga.mutation_step,
-                            "stop_fitness": ga.stop_fitness}
+        self.ga = training.ga_for_model()  # its mutation_step shrinks as training converges
         self.forward = network.forward
         self.test_data = test_data
-        self.num_solutions = num_solutions
-        self.target_accuracy = target_accuracy
-        self.max_rounds = max_rounds
-        self.patience = patience
+        self.num_solutions = training.num_solutions
+        self.target_accuracy = training.target_accuracy
+        self.max_rounds = training.max_rounds
+        self.patience = training.patience
         # The step shrinks as training converges (Keras's ReduceLROnPlateau idea, on the loss
         # the server measures): a step sized for the first rounds is noise near the optimum.
-        self.step_patience = ga.step_patience
-        self._smallest_step = ga.mutation_step * MIN_STEP_SHARE
+        self._smallest_step = self.ga.mutation_step * MIN_STEP_SHARE
         self._on_event = on_event or (lambda event: None)
         self._events: deque[Event] = deque()  # made under the lock, delivered after it
         self._delivering = threading.Lock()  # held by the one thread delivering them
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(training.seed)
         self._lock = threading.Lock()
         self._round_closed = threading.Condition(self._lock)
         self.vector = network.initial_vector
@@ -225,21 +321,32 @@ class GlobalModel:
         self.finished = threading.Event()
         self.outcome: str | None = None  # "done", "gave_up", "patience" or "stopped" once finished
         self.sequences: dict[str, int] = {}  # client id -> last applied update sequence
-        self.checkpoint_path = checkpoint_path
-        if resume:
-            self._restore(checkpoint.load(checkpoint_path, self.num_params))
-        elif checkpoint_path is not None and os.path.exists(checkpoint_path):
-            log.warning("starting afresh: the first update will replace the checkpoint %s "
-                        "(--resume continues from it)", checkpoint_path)
+        self.checkpoint_path = training.checkpoint
+        if training.resume:
+            self._restore(checkpoint.load(self.checkpoint_path, self.num_params))
+        elif self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
+            log.warning(
+                "starting afresh: the first update will replace the checkpoint %s "
+                "(--resume continues from it)",
+                self.checkpoint_path,
+            )
 
     def _restore(self, saved: Checkpoint) -> None:
         self.vector, self.round, self.accuracy = saved.vector, saved.round, saved.accuracy
         self.sequences = saved.sequences
-        self.best = saved.best or Best(self.vector, self.round, self.accuracy,
-                                       self._loss(self.vector))
-        log.info("resumed from %s: round=%d accuracy=%.4f (best %.4f in round %d), last "
-                 "updates of %d clients", self.checkpoint_path, self.round, self.accuracy,
-                 self.best.accuracy, self.best.round, len(self.sequences))
+        self.best = saved.best or Best(
+            self.vector, self.round, self.accuracy, self._loss(self.vector)
+        )
+        log.info(
+            "resumed from %s: round=%d accuracy=%.4f (best %.4f in round %d), last "
+            "updates of %d clients",
+            self.checkpoint_path,
+            self.round,
+            self.accuracy,
+            self.best.accuracy,
+            self.best.round,
+            len(self.sequences),
+        )
         if self.accuracy >= self.target_accuracy:  # stopped after done, before telling everyone
             self.outcome = "done"
             self.finished.set()
@@ -264,8 +371,10 @@ class GlobalModel:
         """(reaches the target, loss) of each row of ``vectors``, in one batched pass."""
         data = self.test_data
         probabilities = self.forward(vectors, data.inputs)
-        return (model_accuracy(probabilities, data.outputs) >= self.target_accuracy,
-                loss(probabilities, data.outputs))
+        return (
+            model_accuracy(probabilities, data.outputs) >= self.target_accuracy,
+            loss(probabilities, data.outputs),
+        )
 
     def forget(self, client: str) -> None:
         """A client left: the rule no longer counts its last update (running-best's mean)."""
@@ -276,63 +385,78 @@ class GlobalModel:
         """Save the best global model as a ``.keras`` file."""
         with self._lock:  # a Keras-built forward pass shares its model with evaluation
             self.network.save(self.best.vector, path)
-            log.info("saved the best global model (round %d, accuracy=%.4f) to %s; the last, "
-                     "round %d, scored accuracy=%.4f", self.best.round, self.best.accuracy,
-                     path, self.round, self.accuracy)
+            log.info(
+                "saved the best global model (round %d, accuracy=%.4f) to %s; the last, "
+                "round %d, scored accuracy=%.4f",
+                self.best.round,
+                self.best.accuracy,
+                path,
+                self.round,
+                self.accuracy,
+            )
 
-    def _reply(self) -> Message:
+    def _reply(self) -> ServerReply:
         """Call with the lock held: ``done`` once finished, else a population around the
         current global weights with the global model itself as its first member."""
         if self.finished.is_set():
-            return Message(Subject.DONE, {"round": self.round, "accuracy": self.accuracy})
-        population = spread_population(self.vector, self.forward.shapes, self.num_solutions,
-                                       self._rng, self.ga_settings["operators"],
-                                       self.ga_settings["mutation_step"])
-        return Message(Subject.MODEL, {
-            "population_weights": population,
-            "model_json": self.model_json,
-            "num_solutions": self.num_solutions,
-            "round": self.round,
-            "accuracy": self.accuracy,
-            **self.ga_settings,
-        })
+            return Done(self.round, self.accuracy)
+        population = spread_population(
+            self.vector,
+            self.forward.shapes,
+            self.num_solutions,
+            self._rng,
+            self.ga.operators,
+            self.ga.mutation_step,
+        )
+        sent = dataclasses.asdict(self.ga)
+        del sent["step_patience"]  # the server's own
+        return ModelRequest(self.model_json, population, sent, self.round, self.accuracy)
 
-    def reply_to_echo(self) -> Message:
+    def reply_to_echo(self) -> ServerReply:
         with self._lock:
             return self._reply()
 
-    def apply_update(self, update: np.ndarray, client: str,
-                     key: tuple[str, int] | None = None, num_samples: int | None = None
-                     ) -> Message:
+    def apply_update(self, update: ClientUpdate, client: str) -> ServerReply:
         """Fold one client's best weights into the global model; return the reply to send.
 
-        ``key`` is the update's (client_id, sequence) if the client sent one: an update at or
-        below that client's last applied sequence is a resend of one already counted.
-        ``num_samples`` is its sample count if the client sent one (fedavg counts 1 if not).
-        Each update is scored on the test data (a ``scored`` event) before it counts. With a
-        round-based aggregation the call waits until its round closes: ``min_clients``
-        updates arrived, or ``round_timeout`` passed since the round's first one.
+        An update whose ``key`` (client_id, sequence) is at or below that client's last
+        applied sequence is a resend of one already counted. Each update is scored on the
+        test data (a ``scored`` event) before it counts. With a round-based aggregation the
+        call waits until its round closes: ``min_clients`` updates arrived, or
+        ``round_timeout`` passed since the round's first one.
         """
+        key = update.key
         try:
             with self._lock:
                 if key is not None and key[1] <= self.sequences.get(key[0], -1):
-                    log.info("client=%s resent update=%s, already counted: not counted again "
-                             "(round=%d)", client, _update_name(key), self.round)
+                    log.info(
+                        "client=%s resent update=%s, already counted: not counted again (round=%d)",
+                        client,
+                        _update_name(key),
+                        self.round,
+                    )
                     return self._reply()
                 if self.finished.is_set():
                     return self._reply()
-                update_accuracy = self._evaluate(update)
-                self._emit(Event(EventKind.SCORED, peer=client, round=self.round + 1,
-                                 accuracy=update_accuracy, samples=num_samples,
-                                 detail="" if key is None else key[0]))
-                entry = _Entry(Update(update, num_samples or 1,
-                                      update_accuracy >= self.target_accuracy, client),
-                               key, client, update_accuracy)
+                update_accuracy = self._evaluate(update.best_model_weights_vector)
+                self._emit(
+                    Event(
+                        EventKind.SCORED,
+                        peer=client,
+                        round=self.round + 1,
+                        accuracy=update_accuracy,
+                        samples=update.num_samples,
+                        detail="" if key is None else key[0],
+                    )
+                )
+                entry = _Entry(
+                    update, client, update_accuracy, update_accuracy >= self.target_accuracy
+                )
                 if self.aggregation.per_update:
                     self._aggregate([entry])
                     return self._reply()
                 round_id = self._round_id
-                if key is None or key not in [pending.key for pending in self._pending]:
+                if key is None or key not in [pending.update.key for pending in self._pending]:
                     self._pending.append(entry)
                 if len(self._pending) == 1:
                     self._round_deadline = time.monotonic() + self.round_timeout
@@ -348,16 +472,14 @@ class GlobalModel:
         finally:
             self._deliver_events()
 
-    def apply_round(self, pending: list[tuple[np.ndarray, int, tuple[str, int] | None, str]]
-                    ) -> Message:
-        """Aggregate a whole round gathered elsewhere, each update as (vector, num_samples,
-        key, client), as an engine that runs its own rounds (Flower) does; return the reply
-        for the next round."""
+    def apply_round(self, updates: Mapping[str, ClientUpdate]) -> ServerReply:
+        """Aggregate a whole round gathered elsewhere, each update by its client's name, as
+        an engine that runs its own rounds (Flower) does; return the reply for the next
+        round."""
         try:
             with self._lock:
                 if not self.finished.is_set():
-                    self._aggregate([_Entry(Update(vector, num_samples), key, client, None)
-                                     for vector, num_samples, key, client in pending])
+                    self._aggregate([_Entry(update, client) for client, update in updates.items()])
                 return self._reply()
         finally:
             self._deliver_events()
@@ -373,8 +495,12 @@ class GlobalModel:
             self._pending, self._round_id = [], self._round_id + 1
             self.finished.set()
             self._round_closed.notify_all()
-            log.warning("stopped by request after %d rounds; the best, round %d, scored "
-                        "accuracy=%.4f", self.round, self.best.round, self.best.accuracy)
+            log.warning(
+                "stopped by request after %d rounds; the best, round %d, scored accuracy=%.4f",
+                self.round,
+                self.best.round,
+                self.best.accuracy,
+            )
             self._emit(Event(EventKind.STOPPED, round=self.round, accuracy=self.best.accuracy))
         self._deliver_events()
 
@@ -405,19 +531,32 @@ class GlobalModel:
     def _aggregate(self, entries: list[_Entry]) -> None:
         """Call with the lock held: one round's aggregation, committed as one round."""
         rule = self.aggregation
-        vector = rule.aggregate(self.vector, [e.update for e in entries]).astype(np.float32)
+        vector = rule.aggregate(self.vector, [e.for_rule() for e in entries]).astype(np.float32)
         accuracy = self._evaluate(vector)
         if rule.per_update:
             (entry,) = entries
             detail = "update_accuracy=%.4f accuracy=%.4f update=%s" % (
-                entry.accuracy, accuracy, _update_name(entry.key))
-            self._commit(vector, accuracy, [entry.key], entry.client,
-                         f"{detail} {rule.describe()}".rstrip())
+                entry.accuracy,
+                accuracy,
+                _update_name(entry.update.key),
+            )
+            self._commit(
+                vector,
+                accuracy,
+                [entry.update.key],
+                entry.client,
+                f"{detail} {rule.describe()}".rstrip(),
+            )
             return
         clients = [e.client for e in entries]
         names = "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
-        self._commit(vector, accuracy, [e.key for e in entries], names,
-                     "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries)))
+        self._commit(
+            vector,
+            accuracy,
+            [e.update.key for e in entries],
+            names,
+            "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries)),
+        )
 
     def _adapt_step(self, loss: float) -> None:
         """Call with the lock held, after a round: halve the step the next populations are
@@ -425,49 +564,76 @@ class GlobalModel:
         if loss < self._lowest_loss[0]:
             self._lowest_loss = (loss, self.round)
             return
-        step = self.ga_settings["mutation_step"]
-        if (not self.step_patience or step <= self._smallest_step
-                or self.round - self._lowest_loss[1] < self.step_patience):
+        step, patience = self.ga.mutation_step, self.ga.step_patience
+        if (
+            not patience
+            or step <= self._smallest_step
+            or self.round - self._lowest_loss[1] < patience
+        ):
             return
-        self.ga_settings["mutation_step"] = max(self._smallest_step, step / 2)
+        self.ga = dataclasses.replace(self.ga, mutation_step=max(self._smallest_step, step / 2))
         self._lowest_loss = (self._lowest_loss[0], self.round)  # patience again from here
-        log.info("mutation step %.3g -> %.3g: no lower loss for %d rounds", step,
-                 self.ga_settings["mutation_step"], self.step_patience)
+        log.info(
+            "mutation step %.3g -> %.3g: no lower loss for %d rounds",
+            step,
+            self.ga.mutation_step,
+            patience,
+        )
 
-    def _commit(self, vector: np.ndarray, accuracy: float, keys: list, client: str,
-                detail: str) -> None:
+    def _commit(
+        self, vector: np.ndarray, accuracy: float, keys: list, client: str, detail: str
+    ) -> None:
         """Call with the lock held: make ``vector`` the global model, durably, as one round."""
         sequences = {**self.sequences, **{k[0]: k[1] for k in keys if k is not None}}
         loss = self._loss(vector)
-        best = (Best(vector, self.round + 1, accuracy, loss)
-                if self.best.beaten_by(accuracy, loss) else self.best)
+        best = (
+            Best(vector, self.round + 1, accuracy, loss)
+            if self.best.beaten_by(accuracy, loss)
+            else self.best
+        )
         if self.checkpoint_path is not None:
             # Durable before it counts: a crash either loses the update, which its client
             # then resends, or keeps it with its sequence, so the resend is recognised.
-            checkpoint.save(self.checkpoint_path,
-                            Checkpoint(vector, self.round + 1, accuracy, sequences, best))
+            checkpoint.save(
+                self.checkpoint_path, Checkpoint(vector, self.round + 1, accuracy, sequences, best)
+            )
         self.vector, self.accuracy, self.sequences, self.best = vector, accuracy, sequences, best
         self.round += 1
         log.info("round=%d client=%s %s", self.round, client, detail)
         self._adapt_step(loss)
-        self._emit(Event(EventKind.UPDATE, peer=client, round=self.round, accuracy=self.accuracy,
-                         loss=loss))
+        self._emit(
+            Event(
+                EventKind.UPDATE, peer=client, round=self.round, accuracy=self.accuracy, loss=loss
+            )
+        )
         if self.accuracy >= self.target_accuracy:
             self.outcome = "done"
-            log.info("done: accuracy=%.4f reached the target %.4f in round %d",
-                     self.accuracy, self.target_accuracy, self.round)
+            log.info(
+                "done: accuracy=%.4f reached the target %.4f in round %d",
+                self.accuracy,
+                self.target_accuracy,
+                self.round,
+            )
             self.finished.set()
             self._emit(Event(EventKind.DONE, round=self.round, accuracy=self.accuracy))
         elif self.round >= self.max_rounds:
-            log.warning("giving up: accuracy=%.4f after %d rounds (--max-rounds), target %.4f",
-                        self.accuracy, self.round, self.target_accuracy)
+            log.warning(
+                "giving up: accuracy=%.4f after %d rounds (--max-rounds), target %.4f",
+                self.accuracy,
+                self.round,
+                self.target_accuracy,
+            )
             self.outcome = "gave_up"
             self.finished.set()
             self._emit(Event(EventKind.GAVE_UP, round=self.round, accuracy=self.accuracy))
         elif self.patience and self.round - self.best.round >= self.patience:
-            log.warning("stopping: no better model for %d rounds (--patience); the best, "
-                        "round %d, scored accuracy=%.4f", self.patience, self.best.round,
-                        self.best.accuracy)
+            log.warning(
+                "stopping: no better model for %d rounds (--patience); the best, "
+                "round %d, scored accuracy=%.4f",
+                self.patience,
+                self.best.round,
+                self.best.accuracy,
+            )
             self.outcome = "patience"
             self.finished.set()
             self._emit(Event(EventKind.PATIENCE, round=self.round, accuracy=self.best.accuracy))
@@ -476,54 +642,62 @@ class GlobalModel:
 class SocketThread(threading.Thread):
     """Serves one client: receive a request, reply, until the client leaves or misbehaves."""
 
-    def __init__(self, connection: socket.socket, client_info, buffer_size: int = 1024,
-                 recv_timeout: float = 10.0, *, global_model: GlobalModel,
-                 idle_timeout: float = 300.0, max_message_bytes: int | None = None,
-                 round_delay: float = 0.0, secret: bytes | None = None,
-                 on_event: EventCallback | None = None,
-                 on_change: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        connection: socket.socket,
+        client_info,
+        buffer_size: int = 1024,
+        recv_timeout: float = 10.0,
+        *,
+        server: ListenThread,
+    ):
         super().__init__(name=f"SocketThread-{client_info[0]}:{client_info[1]}", daemon=True)
-        self.global_model = global_model
+        self.server = server  # its settings, model and listeners, as socketserver's handlers
+        self.global_model = server.global_model
+        network = server.config.network
         self.connection = Connection(
-            connection, buffer_size=buffer_size, recv_timeout=recv_timeout,
-            idle_timeout=idle_timeout, secret=secret, server_side=True,
-            max_message_bytes=max_message_bytes or protocol.default_max_message_bytes(
-                global_model.num_params, global_model.num_solutions))
+            connection,
+            buffer_size=buffer_size,
+            recv_timeout=recv_timeout,
+            idle_timeout=network.idle_timeout,
+            secret=server.config.security.secret,
+            server_side=True,
+            max_message_bytes=network.max_message_bytes
+            or protocol.default_max_message_bytes(
+                self.global_model.num_params, self.global_model.num_solutions
+            ),
+        )
         self.client_info = client_info
         self.peer = self.connection.peer
         self.answered_done = False  # this client has been told training is over
         self.closed = False
-        self.round_delay = round_delay
         self._stopping = threading.Event()
-        self._on_event = on_event or (lambda event: None)
-        self._on_change = on_change or (lambda: None)  # answered_done or liveness changed
 
-    def reply(self, message: Message) -> Message:
+    def reply(self, message: Message) -> ServerReply:
         if message.subject is Subject.ECHO:
             return self.global_model.reply_to_echo()
-        update = protocol.check_weights_vector(
-            message.data["best_model_weights_vector"], self.global_model.num_params)
-        reported = "num_samples" in message.data  # tutorial peers send no count
-        return self.global_model.apply_update(
-            update, self.peer, protocol.update_key(message.data),
-            protocol.sample_count(message.data) if reported else None)
+        update = ClientUpdate.from_data(message.data, self.global_model.num_params)
+        return self.global_model.apply_update(update, self.peer)
 
     def run(self) -> None:
-        self._on_event(Event(EventKind.CONNECTED, peer=self.peer))
+        self.server.on_event(Event(EventKind.CONNECTED, peer=self.peer))
         reason = ""
         try:
             while True:
                 message = self.connection.receive(protocol.CLIENT_TO_SERVER)
-                self._on_event(Event(EventKind.REQUEST, peer=self.peer,
-                                     detail=message.subject.value))
+                self.server.on_event(
+                    Event(EventKind.REQUEST, peer=self.peer, detail=message.subject.value)
+                )
                 response = self.reply(message)
-                if response.subject is Subject.MODEL and self._stopping.wait(self.round_delay):
+                if response.subject is Subject.MODEL and self._stopping.wait(
+                    self.server.config.network.round_delay
+                ):
                     break
-                self.connection.send(response)
+                self.connection.send(response.to_message())
                 if response.subject is Subject.DONE:
                     self.answered_done = True
-                    self._on_change()
-                    self._on_event(Event(EventKind.ANSWERED_DONE, peer=self.peer))
+                    self.server.handler_changed()
+                    self.server.on_event(Event(EventKind.ANSWERED_DONE, peer=self.peer))
         except protocol.PeerClosed:
             log.info("client %s disconnected", self.peer)
         except ProtocolError as exc:
@@ -539,8 +713,8 @@ class SocketThread(threading.Thread):
             self.connection.close()
             self.closed = True
             self.global_model.forget(self.peer)
-            self._on_event(Event(EventKind.DISCONNECTED, peer=self.peer, detail=reason))
-            self._on_change()
+            self.server.on_event(Event(EventKind.DISCONNECTED, peer=self.peer, detail=reason))
+            self.server.handler_changed()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -551,20 +725,25 @@ class ListenThread(threading.Thread):
     """Accepts connections and starts one ``SocketThread`` per client until ``shutdown()``.
 
     Pass a socket that is already listening (the window's Create/Bind/Listen steps), or
-    let it create one on ``config.host``/``config.port``.
+    let it create one on the config's ``network.host``/``network.port``.
     """
 
-    def __init__(self, global_model: GlobalModel, config: ServerConfig | None = None, *,
-                 listening_socket: socket.socket | None = None,
-                 on_event: EventCallback | None = None):
+    def __init__(
+        self,
+        global_model: GlobalModel,
+        config: ServerConfig | None = None,
+        *,
+        listening_socket: socket.socket | None = None,
+        on_event: EventCallback | None = None,
+    ):
         super().__init__(name="ListenThread", daemon=True)
         self.config = config or ServerConfig()
         self.global_model = global_model
-        self.socket = listening_socket or create_listening_socket(self.config.host, self.config.port)
+        network, tls = self.config.network, self.config.security
+        self.socket = listening_socket or create_listening_socket(network.host, network.port)
         self.server_address = self.socket.getsockname()[:2]
-        self._tls = (security.server_tls_context(self.config.tls_cert, self.config.tls_key)
-                     if self.config.tls_cert else None)
-        self._on_event = on_event or (lambda event: None)
+        self._tls = security.server_tls_context(tls.tls_cert, tls.tls_key) if tls.tls_cert else None
+        self.on_event = on_event or (lambda event: None)  # its handlers report here too
         self._handlers: list[SocketThread] = []
         self._handlers_lock = threading.Lock()
         self.peers_told_done: set[str] = set()  # every client answered ``done`` so far
@@ -595,30 +774,33 @@ class ListenThread(threading.Thread):
                 self._start_handler(connection, client_info)
 
     def _start_handler(self, connection: socket.socket, client_info) -> None:
-        config = self.config
+        network = self.config.network
         with self._handlers_lock:
             self._handlers = [h for h in self._handlers if h.is_alive()]
             serving = len(self._handlers)
-        if serving >= config.max_clients:
-            log.warning("refusing client %s:%s: already serving %d clients (--max-clients)",
-                        *client_info[:2], serving)
+        if serving >= network.max_clients:
+            log.warning(
+                "refusing client %s:%s: already serving %d clients (--max-clients)",
+                *client_info[:2],
+                serving,
+            )
             connection.close()
             return
         log.info("client %s:%s connected", *client_info[:2])
         self.last_connected = time.monotonic()
         if self._tls is not None:  # the handshake itself runs in the client's own thread
-            connection = self._tls.wrap_socket(connection, server_side=True,
-                                               do_handshake_on_connect=False)
+            connection = self._tls.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
         handler = SocketThread(
-            connection, client_info, config.buffer_size, config.recv_timeout,
-            global_model=self.global_model, idle_timeout=config.idle_timeout,
-            max_message_bytes=config.max_message_bytes, round_delay=config.round_delay,
-            secret=config.secret, on_event=self._on_event, on_change=self._notify)
+            connection, client_info, network.buffer_size, network.recv_timeout, server=self
+        )
         with self._handlers_lock:
             self._handlers.append(handler)
         handler.start()
 
-    def _notify(self) -> None:
+    def handler_changed(self) -> None:
+        """A handler's client was answered ``done`` or left."""
         with self._handlers_lock:
             self.peers_told_done.update(h.peer for h in self._handlers if h.answered_done)
         with self._changed:
@@ -632,7 +814,8 @@ class ListenThread(threading.Thread):
     def all_answered(self) -> bool:
         """Training is over and every connected client has been told ``done``."""
         return self.global_model.finished.is_set() and all(
-            h.answered_done or h.closed for h in self.handlers)
+            h.answered_done or h.closed for h in self.handlers
+        )
 
     def wait_all_answered(self, timeout: float | None = None) -> bool:
         with self._changed:

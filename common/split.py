@@ -8,6 +8,7 @@ Writes DIR/client_1.npz ... DIR/client_N.npz (arrays ``inputs`` and ``outputs``)
 out by proportions drawn from Dirichlet(ALPHA): small ALPHA (0.1) gives each client a few
 classes, large ALPHA (100) approaches IID.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,16 @@ log = logging.getLogger("fedga.split")
 def class_labels(outputs: np.ndarray) -> np.ndarray:
     """Integer class per sample, from integer labels or one-hot rows."""
     outputs = np.asarray(outputs)
-    return np.argmax(outputs, axis=1) if outputs.ndim == 2 and outputs.shape[1] > 1 \
+    return (
+        np.argmax(outputs, axis=1)
+        if outputs.ndim == 2 and outputs.shape[1] > 1
         else outputs.reshape(-1).astype(np.int64)
+    )
 
 
-def split_indices(labels: np.ndarray, clients: int, rng: np.random.Generator,
-                  alpha: float | None = None) -> list[np.ndarray]:
+def split_indices(
+    labels: np.ndarray, clients: int, rng: np.random.Generator, alpha: float | None = None
+) -> list[np.ndarray]:
     """Sample indices per client: IID when ``alpha`` is None, else Dirichlet label skew."""
     if alpha is None:
         return [np.sort(part) for part in np.array_split(rng.permutation(len(labels)), clients)]
@@ -44,16 +49,25 @@ def split_indices(labels: np.ndarray, clients: int, rng: np.random.Generator,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.split", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", help=".npz with inputs and outputs, X.npy (with --labels), "
-                        "or .csv (with --label-column)")
+    parser = argparse.ArgumentParser(
+        prog="python -m common.split",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "data",
+        help=".npz with inputs and outputs, X.npy (with --labels), or .csv (with --label-column)",
+    )
     parser.add_argument("--labels", help="labels .npy for an inputs .npy")
     parser.add_argument("--label-column", help="CSV column holding the labels (name or index)")
     parser.add_argument("--clients", type=int, required=True, help="number of client files")
     parser.add_argument("--out", required=True, help="folder for client_1.npz ... client_N.npz")
-    parser.add_argument("--dirichlet", type=float, metavar="ALPHA",
-                        help="label skew: Dirichlet concentration (default: IID split)")
+    parser.add_argument(
+        "--dirichlet",
+        type=float,
+        metavar="ALPHA",
+        help="label skew: Dirichlet concentration (default: IID split)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -62,16 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load_dataset(args.data, args.labels, args.label_column)
         labels = class_labels(data.outputs)
-        parts = split_indices(labels, args.clients, np.random.default_rng(args.seed),
-                              args.dirichlet)
+        parts = split_indices(
+            labels, args.clients, np.random.default_rng(args.seed), args.dirichlet
+        )
         empty = [number for number, part in enumerate(parts, 1) if len(part) == 0]
         if empty:
-            raise DataError(f"client(s) {', '.join(map(str, empty))} would get no samples: use "
-                            "fewer clients or a larger --dirichlet.")
+            raise DataError(
+                f"client(s) {', '.join(map(str, empty))} would get no samples: use "
+                "fewer clients or a larger --dirichlet."
+            )
     except DataError as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")
-    write_clients(Path(args.out), [Dataset(data.inputs[part], data.outputs[part])
-                                   for part in parts], int(labels.max()) + 1)
+    write_clients(
+        Path(args.out),
+        [Dataset(data.inputs[part], data.outputs[part]) for part in parts],
+        int(labels.max()) + 1,
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ On a terminal the last line shows training as it goes (round, accuracy, a genera
 and is redrawn under every log line; when the output is not a terminal nothing of this is
 written and the log lines stay plain.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,5 +68,7 @@ class ClientStatus:
             return
         filled = min(BAR_WIDTH, BAR_WIDTH * event.generation // max(1, self._generations))
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        self._line.show(f"[{self._name}] round {event.round} [{bar}] generation "
-                        f"{event.generation}  best fitness {event.fitness:.4g}")
+        self._line.show(
+            f"[{self._name}] round {event.round} [{bar}] generation "
+            f"{event.generation}  best fitness {event.fitness:.4g}"
+        )

@@ -1,10 +1,10 @@
 """A client's training step, shared by the built-in client (``RecvThread``) and the Flower
 ClientApp: check the model a server describes, fit the local data to it once, run the GA.
 
-``request`` is the data of a server's ``model`` message: ``model_json``,
-``population_weights``, ``num_solutions`` and optional GA settings, whichever transport
+``request`` is a server's ``model`` message as a ``ModelRequest``, whichever transport
 carried it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,10 +13,9 @@ from collections.abc import Callable
 import numpy as np
 
 from common.data import Dataset, fit_to_model
-from common.errors import SchemaError
 from common.ga import GAConfig, TrainingResult, one_blas_thread, train
 from common.model import ForwardPass
-from common.protocol.messages import check_ga_settings, check_population
+from common.protocol.messages import ModelRequest
 
 
 class LocalTrainer:
@@ -26,8 +25,16 @@ class LocalTrainer:
     client will not build, and ``DataError`` when the data does not fit the model.
     """
 
-    def __init__(self, data: Dataset, data_source: str, *, ga: GAConfig, max_params: int,
-                 ga_overrides: dict | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        data: Dataset,
+        data_source: str,
+        *,
+        ga: GAConfig,
+        max_params: int,
+        ga_overrides: dict | None = None,
+        seed: int | None = None,
+    ):
         self.data, self._data_source = data, data_source
         self.ga, self.ga_overrides = ga, ga_overrides or {}
         # Each round's GA gets its own seed, drawn from ``seed``: a seeded run repeats, and
@@ -39,23 +46,32 @@ class LocalTrainer:
         self._forward_passes: dict[str, ForwardPass] = {}  # by model_json: build each once
 
     def forward_for(self, model_json: str) -> ForwardPass:
-        if not isinstance(model_json, str):
-            raise SchemaError("model_json is not a string")
         if model_json not in self._forward_passes:
             forward = ForwardPass.from_json(model_json, self.max_params)  # checked first
             # The model is known only now: check the data against it before any training.
-            self.data = fit_to_model(self.data, forward.num_features, forward.num_outputs,
-                                     self._data_source)
+            self.data = fit_to_model(
+                self.data, forward.num_features, forward.num_outputs, self._data_source
+            )
             self._forward_passes[model_json] = forward
         return self._forward_passes[model_json]
 
-    def train(self, request: dict, *, on_generation: Callable[[int, float], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> TrainingResult:
-        forward = self.forward_for(request["model_json"])
-        population = check_population(
-            request["population_weights"], request["num_solutions"], forward.num_params)
-        settings = check_ga_settings(request, request["num_solutions"])
-        ga = dataclasses.replace(self.ga, **(settings | self.ga_overrides))
+    def train(
+        self,
+        request: ModelRequest,
+        *,
+        on_generation: Callable[[int, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> TrainingResult:
+        forward = self.forward_for(request.model_json)
+        request.check_columns(forward.num_params)
+        ga = dataclasses.replace(self.ga, **(dict(request.ga_settings) | self.ga_overrides))
         seed = None if self._round_seeds is None else int(self._round_seeds.integers(2**32))
-        return train(forward, population, self.data, ga, on_generation=on_generation,
-                     should_stop=should_stop, seed=seed)
+        return train(
+            forward,
+            request.population_weights,
+            self.data,
+            ga,
+            on_generation=on_generation,
+            should_stop=should_stop,
+            seed=seed,
+        )

@@ -1,4 +1,5 @@
 """Shared fixtures: a real server on an ephemeral loopback port, real clients as threads."""
+
 from __future__ import annotations
 
 import queue
@@ -58,14 +59,15 @@ class EventLog:
                 event = self.queue.get(timeout=timeout)
             except queue.Empty:
                 raise AssertionError(
-                    f"no matching event within {timeout} s; saw {self.seen}") from None
+                    f"no matching event within {timeout} s; saw {self.seen}"
+                ) from None
             self.seen.append(event)
             if predicate(event):
                 return event
 
 
 def start_server(**overrides):
-    config = ServerConfig(host="127.0.0.1", port=0, **overrides)
+    config = ServerConfig.of(host="127.0.0.1", port=0, **overrides)
     events = EventLog()
     global_model = build_global_model(config, on_event=events)  # as server.py builds it
     server = ListenThread(global_model, config, on_event=events)
@@ -100,10 +102,15 @@ def client_factory():
         config = ClientConfig(host=address[0], port=address[1], name=name, **overrides)
         events = EventLog()
         sock = connect(config.host, config.port, timeout=5)
-        thread = RecvThread(config.buffer_size, config.recv_timeout, sock=sock,
-                            data=data or CLIENT_DATA[name], config=config, on_event=events,
-                            reconnect=Reconnector(config.host, config.port, config.retries)
-                            if reconnect else None)
+        thread = RecvThread(
+            config.buffer_size,
+            config.recv_timeout,
+            sock=sock,
+            data=data or CLIENT_DATA[name],
+            config=config,
+            on_event=events,
+            reconnect=Reconnector(config.host, config.port, config.retries) if reconnect else None,
+        )
         thread.start()
         threads.append(thread)
         return thread, events
@@ -122,6 +129,7 @@ def raw_connection(address) -> socket.socket:
 def client_error_against(stub, client_factory):
     """Run ``stub(connection)`` as a one-connection server; return our client's error event."""
     with socket.create_server(("127.0.0.1", 0)) as listening:
+
         def serve():
             connection, _ = listening.accept()
             with connection:
@@ -148,14 +156,68 @@ def certificates(tmp_path_factory):
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is not installed")
     folder = tmp_path_factory.mktemp("tls")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=fedga test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=folder)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-             "-keyout", "server.key", "-out", "server.csr", cwd=folder)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fedga test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=folder,
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        cwd=folder,
+    )
     (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem",
-             cwd=folder)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-             "/CN=someone else", "-keyout", "other.key", "-out", "other.pem", cwd=folder)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+        cwd=folder,
+    )
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=someone else",
+        "-keyout",
+        "other.key",
+        "-out",
+        "other.pem",
+        cwd=folder,
+    )
     return folder

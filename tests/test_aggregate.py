@@ -1,15 +1,27 @@
 """Aggregation rules are pure functions; robust ones resist a client sending huge weights.
 Each rule is a class in one registry by name, and a new rule is one class."""
+
 import textwrap
 
 import numpy as np
 import pytest
 
 from common import aggregate
-from common.aggregate import (AGGREGATIONS, FedAvg, RunningAverage, Update, fedavg, median,
-                              model_averaging, round_based, running_candidates, trimmed_mean)
+from common.aggregate import (
+    AGGREGATIONS,
+    FedAvg,
+    RunningAverage,
+    Update,
+    fedavg,
+    median,
+    model_averaging,
+    round_based,
+    running_candidates,
+    trimmed_mean,
+)
 from common.data import XOR_TEST_DATA
 from common.model import ForwardPass, build_xor_model
+from common.protocol import ClientUpdate
 
 
 def test_model_averaging_is_the_mean_and_pure():
@@ -25,8 +37,13 @@ def test_fedavg_weights_by_sample_count():
 
 
 def test_median_and_trimmed_mean():
-    updates = [np.array([1.0]), np.array([2.0]), np.array([3.0]), np.array([100.0]),
-               np.array([-50.0])]
+    updates = [
+        np.array([1.0]),
+        np.array([2.0]),
+        np.array([3.0]),
+        np.array([100.0]),
+        np.array([-50.0]),
+    ]
     assert median(updates)[0] == 2.0
     assert trimmed_mean(updates, trim=0.2)[0] == pytest.approx(2.0)
 
@@ -37,8 +54,12 @@ def test_one_huge_update_wrecks_fedavg_but_not_median():
     good = _solving_model()  # and three honest clients near it
     honest = [good + rng.normal(0, 0.01, good.size).astype(np.float32) for _ in range(3)]
     poisoned = honest + [np.full(good.size, 1e6, np.float32)]
-    accuracy = lambda v: forward.accuracy(v.astype(np.float32), XOR_TEST_DATA.inputs,  # noqa
-                                          XOR_TEST_DATA.outputs)
+
+    def accuracy(vector):
+        return forward.accuracy(
+            vector.astype(np.float32), XOR_TEST_DATA.inputs, XOR_TEST_DATA.outputs
+        )
+
     assert accuracy(median(poisoned)) == 1.0
     assert accuracy(trimmed_mean(poisoned, trim=0.25)) == 1.0
     assert accuracy(fedavg(poisoned)) < 1.0
@@ -54,8 +75,13 @@ def _solving_model():
 
 
 def test_the_registry_holds_the_rules_by_name_the_tutorials_first():
-    assert list(AGGREGATIONS) == ["running-average", "running-best", "fedavg", "median",
-                                  "trimmed-mean"]
+    assert list(AGGREGATIONS) == [
+        "running-average",
+        "running-best",
+        "fedavg",
+        "median",
+        "trimmed-mean",
+    ]
     assert round_based() == ["fedavg", "median", "trimmed-mean"]  # what Flower can run
 
 
@@ -78,18 +104,21 @@ def test_a_new_rule_is_one_class_found_by_name_everywhere():
     from common.cli import server_parser
     from common.data import XOR_TEST_DATA
     from common.model import xor_network
-    from common.server import GlobalModel
+    from common.server import GlobalModel, TrainingConfig
 
     example = aggregate.__doc__.split("::\n")[1].split("\nand in ")[0]
     exec(textwrap.dedent(example), vars(aggregate).copy())  # registers FedAvgM
     try:
         flag = next(a for a in server_parser()._actions if a.dest == "aggregation")
         assert "fedavgm" in flag.choices and "fedavgm" in round_based()
-        model = GlobalModel(xor_network(1), XOR_TEST_DATA, aggregation="fedavgm",
-                            min_clients=1, target_accuracy=2.0)
+        model = GlobalModel(
+            xor_network(1),
+            XOR_TEST_DATA,
+            TrainingConfig(aggregation="fedavgm", min_clients=1, target_accuracy=2.0),
+        )
         start = model.vector.copy()
-        model.apply_update(start + 1, "a")  # a step of 1: velocity 1
-        model.apply_update(model.vector + 1, "a")  # another: velocity 0.9 * 1 + 1
+        model.apply_update(ClientUpdate(start + 1), "a")  # a step of 1: velocity 1
+        model.apply_update(ClientUpdate(model.vector + 1), "a")  # another: velocity 0.9 * 1 + 1
         np.testing.assert_allclose(model.vector, start + 1 + 1.9, rtol=1e-6)
         assert model.round == 2
     finally:

@@ -1,5 +1,6 @@
 """Checkpoints: the save/load round-trip, refusals of files that are not ours, and the
 server's use of them (resume, and an update resent after a crash counted once)."""
+
 from __future__ import annotations
 
 import io
@@ -13,19 +14,24 @@ from common import checkpoint, protocol
 from common.checkpoint import Checkpoint, CheckpointError
 from common.data import XOR_TEST_DATA
 from common.model import xor_network
-from common.server import GlobalModel
+from common.protocol import ClientUpdate
+from common.server import GlobalModel, TrainingConfig
 
 NUM_PARAMS = 22  # the XOR model: 2x4 + 4 + 4x2 + 2
 
 
 def _state(round_: int = 7, sequences=None) -> Checkpoint:
     vector = np.linspace(-2, 2, NUM_PARAMS, dtype=np.float32)
-    return Checkpoint(vector, round_, 0.75, {"client1-ab": 3, "client2-cd": 5}
-                      if sequences is None else sequences)
+    return Checkpoint(
+        vector, round_, 0.75, {"client1-ab": 3, "client2-cd": 5} if sequences is None else sequences
+    )
 
 
-@pytest.mark.parametrize("sequences", [{"client1-ab": 3, "client2-cd": 5}, {}],
-                         ids=["two clients", "no sequenced client"])
+@pytest.mark.parametrize(
+    "sequences",
+    [{"client1-ab": 3, "client2-cd": 5}, {}],
+    ids=["two clients", "no sequenced client"],
+)
 def test_save_then_load_round_trips(tmp_path, sequences):
     path = tmp_path / "state.npz"
     checkpoint.save(path, _state(sequences=sequences))
@@ -61,8 +67,14 @@ def test_missing_checkpoint_is_one_sentence(tmp_path):
 
 
 def _pickled_object_array(path):
-    np.savez(path, vector=np.array([object()] * NUM_PARAMS, dtype=object), round=1,
-             accuracy=0.5, client_ids=np.array([], dtype=str), sequences=np.array([], int))
+    np.savez(
+        path,
+        vector=np.array([object()] * NUM_PARAMS, dtype=object),
+        round=1,
+        accuracy=0.5,
+        client_ids=np.array([], dtype=str),
+        sequences=np.array([], int),
+    )
 
 
 def _npy(array) -> bytes:
@@ -73,16 +85,20 @@ def _npy(array) -> bytes:
 
 BAD_FILES = {
     "garbage": lambda path: path.write_bytes(b"not a zip file at all"),
-    "truncated": lambda path: (checkpoint.save(path, _state()),
-                               path.write_bytes(path.read_bytes()[:300])),
+    "truncated": lambda path: (
+        checkpoint.save(path, _state()),
+        path.write_bytes(path.read_bytes()[:300]),
+    ),
     "a pickle": lambda path: path.write_bytes(pickle.dumps({"vector": [0.0] * NUM_PARAMS})),
     "object array": _pickled_object_array,
     "an .npy array": lambda path: path.write_bytes(_npy(np.zeros(NUM_PARAMS, np.float32))),
     "missing key": lambda path: np.savez(path, vector=np.zeros(NUM_PARAMS, np.float32)),
     "another model": lambda path: checkpoint.save(
-        path, Checkpoint(np.zeros(5, np.float32), 1, 0.5, {})),
+        path, Checkpoint(np.zeros(5, np.float32), 1, 0.5, {})
+    ),
     "NaN weights": lambda path: checkpoint.save(
-        path, Checkpoint(np.full(NUM_PARAMS, np.nan, np.float32), 1, 0.5, {})),
+        path, Checkpoint(np.full(NUM_PARAMS, np.nan, np.float32), 1, 0.5, {})
+    ),
 }
 
 
@@ -99,19 +115,24 @@ def test_a_file_that_is_not_our_checkpoint_is_refused(tmp_path, name):
 
 def _global_model(path, resume=False, target_accuracy=2.0):
     # An unreachable target by default: every update counts and training goes on.
-    return GlobalModel(xor_network(1), XOR_TEST_DATA, checkpoint_path=str(path),
-                       resume=resume, target_accuracy=target_accuracy, seed=1)
+    return GlobalModel(
+        xor_network(1),
+        XOR_TEST_DATA,
+        TrainingConfig(
+            checkpoint=str(path), resume=resume, target_accuracy=target_accuracy, seed=1
+        ),
+    )
 
 
 def _update(gm, index=1):
-    return gm.reply_to_echo().data["population_weights"][index].copy()
+    return gm.reply_to_echo().population_weights[index].copy()
 
 
 def test_every_accepted_update_is_saved_and_resume_continues_from_it(tmp_path):
     path = tmp_path / "state.npz"
     gm = _global_model(path)
-    gm.apply_update(_update(gm), "peer", ("client1-ab", 1))
-    gm.apply_update(_update(gm), "peer", None)  # a plain-pickle peer: counted, not recorded
+    gm.apply_update(ClientUpdate(_update(gm), key=("client1-ab", 1)), "peer")
+    gm.apply_update(ClientUpdate(_update(gm)), "peer")  # plain-pickle: counted, not recorded
     saved = checkpoint.load(path, gm.num_params)
     np.testing.assert_array_equal(saved.vector, gm.vector)
     assert (saved.round, saved.accuracy, saved.sequences) == (2, gm.accuracy, {"client1-ab": 1})
@@ -119,7 +140,7 @@ def test_every_accepted_update_is_saved_and_resume_continues_from_it(tmp_path):
     resumed = _global_model(path, resume=True)
     np.testing.assert_array_equal(resumed.vector, gm.vector)
     assert (resumed.round, resumed.accuracy) == (2, gm.accuracy)
-    resumed.apply_update(_update(resumed), "peer", ("client2-cd", 1))
+    resumed.apply_update(ClientUpdate(_update(resumed), key=("client2-cd", 1)), "peer")
     assert resumed.round == 3
     assert checkpoint.load(path, gm.num_params).sequences == {"client1-ab": 1, "client2-cd": 1}
 
@@ -128,27 +149,27 @@ def test_an_update_resent_after_a_restart_is_not_counted_twice(tmp_path, caplog)
     path = tmp_path / "state.npz"
     gm = _global_model(path)
     update = _update(gm)
-    gm.apply_update(update, "peer", ("client1-ab", 1))
+    gm.apply_update(ClientUpdate(update, key=("client1-ab", 1)), "peer")
     # The server dies before its reply left; the restarted one gets the same update again.
     resumed = _global_model(path, resume=True)
     before = resumed.vector.copy()
-    reply = resumed.apply_update(update, "peer", ("client1-ab", 1))
+    reply = resumed.apply_update(ClientUpdate(update, key=("client1-ab", 1)), "peer")
     assert reply.subject is protocol.Subject.MODEL  # answered as usual
     assert resumed.round == 1
     np.testing.assert_array_equal(resumed.vector, before)
     assert "resent update=client1-ab#1, already counted: not counted again" in caplog.text
     # Older ones too; a newer one, another client's, and unsequenced ones all count.
-    resumed.apply_update(update, "peer", ("client1-ab", 0))
+    resumed.apply_update(ClientUpdate(update, key=("client1-ab", 0)), "peer")
     assert resumed.round == 1
     for key in (("client1-ab", 2), ("client2-cd", 1), None, None):
-        resumed.apply_update(update, "peer", key)
+        resumed.apply_update(ClientUpdate(update, key=key), "peer")
     assert resumed.round == 5
 
 
 def test_resuming_a_finished_run_answers_done(tmp_path):
     path = tmp_path / "state.npz"
     gm = _global_model(path, target_accuracy=0.0)  # the first update reaches the target
-    gm.apply_update(_update(gm), "peer", ("client1-ab", 1))
+    gm.apply_update(ClientUpdate(_update(gm), key=("client1-ab", 1)), "peer")
     resumed = _global_model(path, resume=True, target_accuracy=0.0)
     assert resumed.finished.is_set() and resumed.reached_target
     assert resumed.reply_to_echo().subject is protocol.Subject.DONE
@@ -159,14 +180,17 @@ def test_resume_without_a_file_raises_checkpoint_error(tmp_path):
         _global_model(tmp_path / "missing.npz", resume=True)
 
 
-@pytest.mark.parametrize("data,error", [
-    ({"sequence": 1}, "needs a client_id"),
-    ({"sequence": 1, "client_id": ""}, "needs a client_id"),
-    ({"sequence": 1, "client_id": "x" * 257}, "needs a client_id"),
-    ({"sequence": -1, "client_id": "c"}, "is not a count"),
-    ({"sequence": 1.5, "client_id": "c"}, "is not a count"),
-    ({"sequence": True, "client_id": "c"}, "is not a count"),
-])
+@pytest.mark.parametrize(
+    "data,error",
+    [
+        ({"sequence": 1}, "needs a client_id"),
+        ({"sequence": 1, "client_id": ""}, "needs a client_id"),
+        ({"sequence": 1, "client_id": "x" * 257}, "needs a client_id"),
+        ({"sequence": -1, "client_id": "c"}, "is not a count"),
+        ({"sequence": 1.5, "client_id": "c"}, "is not a count"),
+        ({"sequence": True, "client_id": "c"}, "is not a count"),
+    ],
+)
 def test_update_key_refuses_malformed_sequences(data, error):
     with pytest.raises(protocol.SchemaError, match=error):
         protocol.update_key(data)

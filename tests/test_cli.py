@@ -1,4 +1,5 @@
 """The headless entry points as a user runs them: separate processes, real flags, exit codes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,15 @@ class Script:
     """A running entry point whose stderr lines can be waited on."""
 
     def __init__(self, script: str, *args: str, preexec_fn=None, env=None):
-        self.process = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, preexec_fn=preexec_fn, env=env)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / script), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=preexec_fn,
+            env=env,
+        )
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         self._pump_thread = threading.Thread(target=self._pump, daemon=True)
@@ -67,14 +74,18 @@ class Script:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("order", [("server.py", "client1.py", "client2.py"),
-                                   ("client1.py", "client2.py", "server.py")],
-                         ids=["server first", "clients first"])
+@pytest.mark.parametrize(
+    "order",
+    [("server.py", "client1.py", "client2.py"), ("client1.py", "client2.py", "server.py")],
+    ids=["server first", "clients first"],
+)
 def test_headless_run_reaches_done_in_any_start_order(order):
     port = str(free_port())
     with contextlib.ExitStack() as stack:
-        scripts = [stack.enter_context(Script(name, "--headless", "--host", "127.0.0.1",
-                                              "--port", port)) for name in order]
+        scripts = [
+            stack.enter_context(Script(name, "--headless", "--host", "127.0.0.1", "--port", port))
+            for name in order
+        ]
         codes = {s.process.args[1]: s.finish(timeout=180) for s in scripts}
     outputs = "\n".join(s.output() for s in scripts)
     assert set(codes.values()) == {0}, outputs
@@ -101,9 +112,18 @@ def _ignore_sigint():
 @pytest.mark.parametrize("inherited", [None, _ignore_sigint], ids=["default", "ignored"])
 def test_ctrl_c_stops_a_waiting_client(inherited):
     listening = socket.create_server(("127.0.0.1", 0))
-    with listening, Script("client1.py", "--headless", "--host", "127.0.0.1",
-                           "--port", str(listening.getsockname()[1]),
-                           preexec_fn=inherited) as client:
+    with (
+        listening,
+        Script(
+            "client1.py",
+            "--headless",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(listening.getsockname()[1]),
+            preexec_fn=inherited,
+        ) as client,
+    ):
         client.wait_for_line("connecting to")
         connection, _ = listening.accept()
         with connection:
@@ -115,8 +135,16 @@ def test_ctrl_c_stops_a_waiting_client(inherited):
 
 @pytest.mark.slow
 def test_unreachable_server_is_one_line_and_exit_1():
-    with Script("client2.py", "--headless", "--host", "127.0.0.1", "--port", str(free_port()),
-                "--connect-timeout", "0.5") as client:
+    with Script(
+        "client2.py",
+        "--headless",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--connect-timeout",
+        "0.5",
+    ) as client:
         assert client.finish() == 1
     errors = [line for line in client.lines if " ERROR " in line]
     assert len(errors) == 1 and "is unreachable" in errors[0]
@@ -125,9 +153,12 @@ def test_unreachable_server_is_one_line_and_exit_1():
 
 @pytest.mark.slow
 def test_port_in_use_is_one_line_and_exit_1():
-    with socket.create_server(("127.0.0.1", 0)) as taken, Script(
-            "server.py", "--headless", "--host", "127.0.0.1",
-            "--port", str(taken.getsockname()[1])) as server:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as taken,
+        Script(
+            "server.py", "--headless", "--host", "127.0.0.1", "--port", str(taken.getsockname()[1])
+        ) as server,
+    ):
         assert server.finish() == 1
     assert "is already in use." in server.output()
     assert "Traceback" not in server.output()
@@ -135,13 +166,21 @@ def test_port_in_use_is_one_line_and_exit_1():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,content", [("missing.npz", None), ("broken.npz", b"garbage")])
-def test_resume_from_a_missing_or_broken_checkpoint_is_one_line_and_exit_1(tmp_path, name,
-                                                                          content):
+def test_resume_from_a_missing_or_broken_checkpoint_is_one_line_and_exit_1(tmp_path, name, content):
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
-    with Script("server.py", "--headless", "--host", "127.0.0.1", "--port", "0",
-                "--checkpoint", str(path), "--resume") as server:
+    with Script(
+        "server.py",
+        "--headless",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--checkpoint",
+        str(path),
+        "--resume",
+    ) as server:
         assert server.finish() == 1
     errors = [line for line in server.lines if " ERROR " in line]
     assert len(errors) == 1 and f"The checkpoint {path} " in errors[0]
@@ -150,8 +189,13 @@ def test_resume_from_a_missing_or_broken_checkpoint_is_one_line_and_exit_1(tmp_p
 
 @pytest.mark.slow
 def test_resume_needs_a_checkpoint_path():
-    result = subprocess.run([sys.executable, str(ROOT / "server.py"), "--headless", "--resume"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--headless", "--resume"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     assert result.returncode == 2
     assert "--resume needs --checkpoint PATH" in result.stderr
 
@@ -159,8 +203,13 @@ def test_resume_needs_a_checkpoint_path():
 @pytest.mark.slow
 def test_a_headless_client_of_ones_own_needs_its_data_file():
     """Without --data, client.py opens a window with an empty data row; headless it cannot."""
-    result = subprocess.run([sys.executable, str(ROOT / "client.py"), "--headless"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "client.py"), "--headless"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     assert result.returncode == 2
     assert "--headless needs --data FILE" in result.stderr
 
@@ -168,44 +217,89 @@ def test_a_headless_client_of_ones_own_needs_its_data_file():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["server.py", "client1.py"])
 def test_bad_port_is_a_usage_error(script):
-    result = subprocess.run([sys.executable, str(ROOT / script), "--headless", "--port", "70000"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=WAIT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), "--headless", "--port", "70000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     assert result.returncode == 2
     assert "port 70000 is outside 0-65535" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,flags", [
-    ("server.py", ["--headless", "--host", "--port", "--recv-timeout", "--idle-timeout",
-                   "--buffer-size", "--max-rounds", "--max-message-bytes", "--log-level",
-                   "--round-delay", "--num-solutions", "--seed", "--checkpoint", "--resume",
-                   "--operators", "--mutation-step"]),
-    ("client2.py", ["--headless", "--host", "--port", "--recv-timeout", "--idle-timeout",
-                    "--buffer-size", "--connect-timeout", "--generations", "--log-level",
-                    "--retries", "--operators", "--mutation-step"]),
-])
+@pytest.mark.parametrize(
+    "script,flags",
+    [
+        (
+            "server.py",
+            [
+                "--headless",
+                "--host",
+                "--port",
+                "--recv-timeout",
+                "--idle-timeout",
+                "--buffer-size",
+                "--max-rounds",
+                "--max-message-bytes",
+                "--log-level",
+                "--round-delay",
+                "--num-solutions",
+                "--seed",
+                "--checkpoint",
+                "--resume",
+                "--operators",
+                "--mutation-step",
+            ],
+        ),
+        (
+            "client2.py",
+            [
+                "--headless",
+                "--host",
+                "--port",
+                "--recv-timeout",
+                "--idle-timeout",
+                "--buffer-size",
+                "--connect-timeout",
+                "--generations",
+                "--log-level",
+                "--retries",
+                "--operators",
+                "--mutation-step",
+            ],
+        ),
+    ],
+)
 def test_help_documents_every_flag(script, flags):
-    result = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=WAIT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     assert result.returncode == 0
     for flag in flags:
         assert flag in result.stdout
 
 
-@pytest.mark.parametrize("flags,expected", [
-    ([], ("scaled", 0.3)),
-    (["--operators", "tutorial", "--mutation-step", "0.5"], ("tutorial", 0.5)),
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ([], ("scaled", 0.3)),
+        (["--operators", "tutorial", "--mutation-step", "0.5"], ("tutorial", 0.5)),
+    ],
+)
 def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
     from common.app import build_global_model
     from common.cli import server_parser
-    from common.flags import config_from, ga_settings
-    from common.server import ServerConfig
+    from common.flags import server_config_from
 
     args = server_parser().parse_args(flags)
-    global_model = build_global_model(config_from(args, ServerConfig, **ga_settings(args)))
-    settings = global_model.ga_settings
-    assert (settings["operators"], settings["mutation_step"]) == expected
-    reply = global_model.reply_to_echo().data
+    global_model = build_global_model(server_config_from(args))
+    assert (global_model.ga.operators, global_model.ga.mutation_step) == expected
+    reply = global_model.reply_to_echo().to_message().data
     assert (reply["operators"], reply["mutation_step"]) == expected

@@ -1,4 +1,5 @@
 """The client core against a tutorial-style server stub and against servers that fail."""
+
 from __future__ import annotations
 
 import socket
@@ -14,7 +15,7 @@ from common.data import XOR_TEST_DATA
 from common.ga import GAConfig
 from common.model import xor_network
 from common.protocol import Message, Subject
-from common.server import GlobalModel
+from common.server import GlobalModel, TrainingConfig
 from tests.conftest import WAIT, client_error_against
 
 
@@ -69,12 +70,12 @@ def test_stop_ends_a_waiting_client(listening, client_factory):
 def _hang_up_on_the_first_update(listening, then_listen: bool) -> list[dict]:
     """A server that answers the echo, takes the first update and dies without answering;
     if ``then_listen``, a second connection gets ``done`` for whatever it sends."""
-    model = GlobalModel(xor_network(1), XOR_TEST_DATA, seed=1).reply_to_echo()
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(seed=1)).reply_to_echo()
     received = []
     connection, _ = listening.accept()
     with connection:
         received.append(plain_recv(connection))
-        connection.sendall(protocol.encode(model))
+        connection.sendall(protocol.encode(model.to_message()))
         received.append(plain_recv(connection))
     if not then_listen:
         listening.close()  # refused from now on
@@ -86,11 +87,11 @@ def _hang_up_on_the_first_update(listening, then_listen: bool) -> list[dict]:
     return received
 
 
-def test_a_lost_server_is_reconnected_and_the_unanswered_update_resent(listening,
-                                                                       client_factory):
+def test_a_lost_server_is_reconnected_and_the_unanswered_update_resent(listening, client_factory):
     received = []
-    stub = threading.Thread(target=lambda: received.extend(
-        _hang_up_on_the_first_update(listening, then_listen=True)))
+    stub = threading.Thread(
+        target=lambda: received.extend(_hang_up_on_the_first_update(listening, then_listen=True))
+    )
     stub.start()
     client, events = client_factory(listening.getsockname(), reconnect=True, retries=3)
     client.join(WAIT)
@@ -101,8 +102,9 @@ def test_a_lost_server_is_reconnected_and_the_unanswered_update_resent(listening
     assert update["subject"] == resent["subject"] == "model"
     assert update["data"]["sequence"] == resent["data"]["sequence"] == 1
     assert update["data"]["client_id"] == resent["data"]["client_id"] == client.client_id
-    np.testing.assert_array_equal(update["data"]["best_model_weights_vector"],
-                                  resent["data"]["best_model_weights_vector"])
+    np.testing.assert_array_equal(
+        update["data"]["best_model_weights_vector"], resent["data"]["best_model_weights_vector"]
+    )
     assert [e.kind for e in events.all()].count("connected") == 2
 
 
@@ -114,11 +116,15 @@ def test_reconnecting_gives_up_after_the_retries(listening, client_factory, capl
     client.join(WAIT)
     stub.join(WAIT)
     assert client.outcome == "error"
-    assert error.detail.startswith("Lost the server and gave up after 2 reconnect attempts "
-                                   "(--retries). The server at 127.0.0.1:")
+    assert error.detail.startswith(
+        "Lost the server and gave up after 2 reconnect attempts "
+        "(--retries). The server at 127.0.0.1:"
+    )
     failures = [r.getMessage() for r in caplog.records if " failed: " in r.getMessage()]
-    assert [m.split(":")[0] for m in failures] == ["reconnect attempt 1 of 2 failed",
-                                                   "reconnect attempt 2 of 2 failed"]
+    assert [m.split(":")[0] for m in failures] == [
+        "reconnect attempt 1 of 2 failed",
+        "reconnect attempt 2 of 2 failed",
+    ]
 
 
 def test_client_ids_differ_between_runs_of_one_name(listening, client_factory):
@@ -128,24 +134,25 @@ def test_client_ids_differ_between_runs_of_one_name(listening, client_factory):
     assert first.client_id != second.client_id
 
 
-def test_ga_settings_come_from_the_server_unless_the_client_overrides(server_factory,
-                                                                     client_factory):
-    listener, _ = server_factory()
-    listener.global_model.ga_settings["num_generations"] = 3
-    listener.global_model.ga_settings["mutation_percent_genes"] = 10
-    listener.global_model.target_accuracy = 2.0  # never done: we only watch one round
+def test_ga_settings_come_from_the_server_unless_the_client_overrides(
+    server_factory, client_factory
+):
+    listener, _ = server_factory(
+        num_generations=3, mutation_percent_genes=10, target_accuracy=2.0
+    )  # never done: we only watch one round
     plain, plain_events = client_factory(listener.server_address)
     insisting, insisting_events = client_factory(
-        listener.server_address, ga_overrides={"num_generations": 2},
-        ga=GAConfig(stop_fitness=0))
+        listener.server_address, ga_overrides={"num_generations": 2}, ga=GAConfig(stop_fitness=0)
+    )
     first_round_generations = {}
     for name, events in (("plain", plain_events), ("insisting", insisting_events)):
         # A fast first client may be answered before the second connects: the second's
         # first model then comes from round 1, not 0.
         first = events.wait_for(lambda e: e.kind == "model").round
         events.wait_for(lambda e: e.kind == "sent")
-        first_round_generations[name] = [e.generation for e in events.all()
-                                         if e.kind == "generation" and e.round == first]
+        first_round_generations[name] = [
+            e.generation for e in events.all() if e.kind == "generation" and e.round == first
+        ]
     assert max(first_round_generations["plain"]) <= 3
     assert max(first_round_generations["insisting"]) == 2
 
@@ -160,6 +167,9 @@ def test_insane_ga_settings_from_a_server_are_refused():
     with pytest.raises(protocol.SchemaError, match="mutation_step"):
         protocol.check_ga_settings({"mutation_step": -0.1}, num_solutions=10)
     assert protocol.check_ga_settings({"mutation_percent_genes": 5}, 10) == {
-        "mutation_percent_genes": 5}
+        "mutation_percent_genes": 5
+    }
     assert protocol.check_ga_settings({"operators": "tutorial", "mutation_step": 0.5}, 10) == {
-        "operators": "tutorial", "mutation_step": 0.5}
+        "operators": "tutorial",
+        "mutation_step": 0.5,
+    }

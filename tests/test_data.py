@@ -1,4 +1,5 @@
 """Users' own data files: every format loads, and every mismatch is one sentence naming it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,10 +20,15 @@ def xor(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("path,labels,column", [("xor.npz", None, None),
-                                                 ("x.npy", "y.npy", None),
-                                                 ("xor.csv", None, "label"),
-                                                 ("xor.csv", None, "2")])
+@pytest.mark.parametrize(
+    "path,labels,column",
+    [
+        ("xor.npz", None, None),
+        ("x.npy", "y.npy", None),
+        ("xor.csv", None, "label"),
+        ("xor.csv", None, "2"),
+    ],
+)
 def test_every_format_loads_and_one_hot_encodes(xor, path, labels, column):
     loaded = load_dataset(str(xor / path), labels and str(xor / labels), column)
     data = fit_to_model(loaded, num_features=2, num_outputs=2, source=path)
@@ -30,16 +36,23 @@ def test_every_format_loads_and_one_hot_encodes(xor, path, labels, column):
     assert data.inputs.shape == (4, 2) and data.inputs.dtype == np.float32
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda d: load_dataset(str(d / "nope.npz")), "does not exist"),
-    (lambda d: load_dataset(str(d / "x.npy")), "give the labels with --labels"),
-    (lambda d: load_dataset(str(d / "xor.csv")), "--label-column"),
-    (lambda d: load_dataset(str(d / "xor.csv"), label_column="colour"), "no column 'colour'"),
-    (lambda d: fit_to_model(load_dataset(str(d / "xor.npz")), 3, 2, "xor.npz"),
-     r"xor.npz: inputs have shape \(4, 2\), but the model expects \(samples, 3\)"),
-    (lambda d: fit_to_model(load_dataset(str(d / "xor.npz")), 2, 1, "xor.npz"),
-     "labels run from 0 to 1, but the model has 1 outputs"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda d: load_dataset(str(d / "nope.npz")), "does not exist"),
+        (lambda d: load_dataset(str(d / "x.npy")), "give the labels with --labels"),
+        (lambda d: load_dataset(str(d / "xor.csv")), "--label-column"),
+        (lambda d: load_dataset(str(d / "xor.csv"), label_column="colour"), "no column 'colour'"),
+        (
+            lambda d: fit_to_model(load_dataset(str(d / "xor.npz")), 3, 2, "xor.npz"),
+            r"xor.npz: inputs have shape \(4, 2\), but the model expects \(samples, 3\)",
+        ),
+        (
+            lambda d: fit_to_model(load_dataset(str(d / "xor.npz")), 2, 1, "xor.npz"),
+            "labels run from 0 to 1, but the model has 1 outputs",
+        ),
+    ],
+)
 def test_mistakes_are_one_plain_sentence(xor, call, match):
     with pytest.raises(DataError, match=match):
         call(xor)
@@ -57,8 +70,12 @@ def test_dirichlet_split_skews_labels_and_keeps_every_sample():
 
 
 def test_split_command_writes_client_files(xor, tmp_path):
-    assert split_main([str(xor / "xor.npz"), "--clients", "2", "--out", str(tmp_path / "out"),
-                       "--seed", "1"]) == 0
+    assert (
+        split_main(
+            [str(xor / "xor.npz"), "--clients", "2", "--out", str(tmp_path / "out"), "--seed", "1"]
+        )
+        == 0
+    )
     parts = [np.load(tmp_path / "out" / f"client_{n}.npz") for n in (1, 2)]
     assert sum(len(p["inputs"]) for p in parts) == 4
     assert sorted(np.concatenate([class_labels(p["outputs"]) for p in parts])) == [0, 0, 1, 1]

@@ -1,4 +1,5 @@
 """The data-set export: scikit-learn's bundled sets split for a federated run."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,9 @@ def _rows(arrays) -> np.ndarray:
 @pytest.mark.parametrize("alpha", [None, 0.5])
 def test_the_clients_partition_the_training_part_standardised_on_it_alone(alpha):
     result = export("wine", clients=3, seed=2, alpha=alpha)
-    np.testing.assert_array_equal(_rows([c.inputs for c in result.clients]),
-                                  _rows([result.train.inputs]))
+    np.testing.assert_array_equal(
+        _rows([c.inputs for c in result.clients]), _rows([result.train.inputs])
+    )
     total = len(result.train) + len(result.server_test) + len(result.holdout)
     assert total == 178 and len(result.train) == pytest.approx(SHARES[0] * total, abs=1)
     np.testing.assert_allclose(result.train.inputs.mean(axis=0), 0, atol=1e-5)
@@ -36,10 +38,30 @@ def test_the_model_fits_the_features_and_classes():
 
 
 def test_the_command_writes_files_the_server_and_clients_read(tmp_path):
-    assert main(["breast-cancer", "--clients", "3", "--dirichlet", "0.5", "--out",
-                 str(tmp_path), "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "breast-cancer",
+                "--clients",
+                "3",
+                "--dirichlet",
+                "0.5",
+                "--out",
+                str(tmp_path),
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     names = sorted(path.name for path in tmp_path.iterdir())
-    assert names == ["client_1.npz", "client_2.npz", "client_3.npz", "holdout.npz",
-                     "model.json", "server_test.npz"]
+    assert names == [
+        "client_1.npz",
+        "client_2.npz",
+        "client_3.npz",
+        "holdout.npz",
+        "model.json",
+        "server_test.npz",
+    ]
     assert sum(len(load_dataset(str(tmp_path / f"client_{n}.npz"))) for n in (1, 2, 3)) == 341
     assert dense_chain((tmp_path / "model.json").read_text())[0] == (30, 16, True, "relu")

@@ -1,5 +1,6 @@
 """The error tree in common/errors.py, the old import paths of its classes, and the protocol
 package's split: code that never touches a socket does not load the socket layer."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,18 @@ OLD_HOMES = {
     "common.security": ["ConfigError"],
     "common.modelspec": ["ModelRefused"],
     "common.cli": ["Terminated"],
-    "common.protocol": ["ProtocolError", "PeerClosed", "ConnectionLost", "ReceiveTimeout",
-                        "MessageTooLarge", "DecodeError", "ForbiddenGlobal", "SchemaError",
-                        "AuthError", "TLSError"],
+    "common.protocol": [
+        "ProtocolError",
+        "PeerClosed",
+        "ConnectionLost",
+        "ReceiveTimeout",
+        "MessageTooLarge",
+        "DecodeError",
+        "ForbiddenGlobal",
+        "SchemaError",
+        "AuthError",
+        "TLSError",
+    ],
 }
 
 
@@ -40,8 +50,11 @@ def _family(cls: type) -> set[type]:
 def test_every_fedga_error_is_a_user_error_or_a_protocol_error():
     families = _family(errors.UserError) | _family(errors.ProtocolError)
     assert _family(errors.FedgaError) == families | {errors.FedgaError}
-    defined = {value for value in vars(errors).values()
-               if isinstance(value, type) and issubclass(value, BaseException)}
+    defined = {
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, BaseException)
+    }
     assert defined == families | {errors.FedgaError, errors.Terminated}
 
 
@@ -60,8 +73,14 @@ def test_the_two_config_errors_are_one():
 
 def _run(code: str) -> list[str]:
     # A fresh interpreter: this one has long since loaded socket.
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return result.stdout.split()
 
 
@@ -76,6 +95,7 @@ def test_code_that_never_touches_a_socket_does_not_load_the_socket_layer(module)
 
 def test_the_socket_layer_loads_when_a_connection_is_asked_for():
     assert _loads_socket("common.protocol.connection")
-    assert _run("import sys; from common.protocol import Connection; "
-                "print(Connection.__module__, 'socket' in sys.modules)") == [
-        "common.protocol.connection", "True"]
+    assert _run(
+        "import sys; from common.protocol import Connection; "
+        "print(Connection.__module__, 'socket' in sys.modules)"
+    ) == ["common.protocol.connection", "True"]

@@ -1,4 +1,5 @@
 """Event kinds are an enum: a mistyped kind is refused where the event is made."""
+
 import pytest
 
 from common.events import Event, EventKind

@@ -1,5 +1,6 @@
 """The batched fitness path against Keras itself: the same losses for every solution over
 random Dense models, a correct fallback for anything else, and one call per generation."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,9 @@ SOLUTIONS = 6
 def _dense(rng: np.random.Generator, activations: list[str], max_units: int):
     activation = str(rng.choice(activations))
     low = 2 if activation == "softmax" else 1  # Keras warns about a softmax over one unit
-    return keras.layers.Dense(int(rng.integers(low, max_units + 1)), activation=activation,
-                              use_bias=bool(rng.integers(2)))
+    return keras.layers.Dense(
+        int(rng.integers(low, max_units + 1)), activation=activation, use_bias=bool(rng.integers(2))
+    )
 
 
 def random_dense_model(rng: np.random.Generator) -> keras.Model:
@@ -52,11 +54,13 @@ def keras_reference(model, forward, vectors, inputs, labels):
 
 def assert_same_as_keras(model, forward, vectors, inputs, labels):
     probabilities = forward(vectors, inputs)
-    expected_probabilities, expected_losses = keras_reference(model, forward, vectors, inputs,
-                                                              labels)
+    expected_probabilities, expected_losses = keras_reference(
+        model, forward, vectors, inputs, labels
+    )
     np.testing.assert_allclose(probabilities, expected_probabilities, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(binary_crossentropy(probabilities, labels), expected_losses,
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        binary_crossentropy(probabilities, labels), expected_losses, rtol=0, atol=1e-5
+    )
 
 
 def population_and_data(model, forward, rng):
@@ -97,8 +101,11 @@ def test_a_chain_with_other_allowed_layers_from_json_is_built_by_keras():
     assert dense_chain(model.to_json()) is None
     forward = ForwardPass.from_json(model.to_json(), DEFAULT_MAX_PARAMS)
     assert forward.model is not None
-    assert_same_as_keras(forward.model, forward, *population_and_data(
-        forward.model, forward, np.random.default_rng(0)))
+    assert_same_as_keras(
+        forward.model,
+        forward,
+        *population_and_data(forward.model, forward, np.random.default_rng(0)),
+    )
 
 
 @pytest.mark.parametrize("index", [1, 2])  # a LayerNormalization; a Dense layer used twice
@@ -122,10 +129,13 @@ def test_the_activation_and_bias_choices_are_all_exercised():
 def _non_dense_models():
     inputs = keras.Input(shape=(3,))
     hidden = keras.layers.Dense(5, activation="relu")(inputs)
-    yield keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(
-        keras.layers.Dropout(0.3)(hidden)))
-    yield keras.Model(inputs, keras.layers.Dense(2, activation="sigmoid")(
-        keras.layers.LayerNormalization()(hidden)))
+    yield keras.Model(
+        inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Dropout(0.3)(hidden))
+    )
+    yield keras.Model(
+        inputs,
+        keras.layers.Dense(2, activation="sigmoid")(keras.layers.LayerNormalization()(hidden)),
+    )
     shared = keras.layers.Dense(3, activation="tanh")  # a Dense layer applied twice
     yield keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(shared(shared(inputs))))
 
@@ -137,8 +147,9 @@ def test_other_models_fall_back_with_a_note_and_stay_correct(index, caplog):
     with caplog.at_level(logging.INFO, logger="common.model"):
         forward = ForwardPass(model)
     assert "not a plain Dense stack: evaluating one solution at a time" in caplog.text
-    assert_same_as_keras(model, forward,
-                         *population_and_data(model, forward, np.random.default_rng(index)))
+    assert_same_as_keras(
+        model, forward, *population_and_data(model, forward, np.random.default_rng(index))
+    )
 
 
 def test_the_ga_scores_each_generation_in_one_batched_call():

@@ -1,5 +1,6 @@
 """Faults injected into real processes: a client killed mid-round, and a server killed
 mid-training and restarted from its checkpoint, with every update counted exactly once."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,10 @@ def test_a_client_killed_mid_round_does_not_stop_the_others():
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(Script("server.py", *address, "--round-delay", "0.2"))
         server.wait_for_line("listening on")
-        victim, *others = (stack.enter_context(Script(name, *address))
-                           for name in ("client1.py", "client1.py", "client2.py"))
+        victim, *others = (
+            stack.enter_context(Script(name, *address))
+            for name in ("client1.py", "client1.py", "client2.py")
+        )
         victim.wait_for_line("trained round")  # its update is on the way or being held
         victim.process.kill()
         assert victim.finish() == -signal.SIGKILL
@@ -79,8 +82,9 @@ def test_a_server_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
         # first update can reach accuracy 1.0); the resumed server trains to the real one.
         first = stack.enter_context(Script(*serve, "--round-delay", "2", "--target-accuracy", "2"))
         first.wait_for_line("listening on")
-        clients = [stack.enter_context(Script(name, *address))
-                   for name in ("client1.py", "client2.py")]
+        clients = [
+            stack.enter_context(Script(name, *address)) for name in ("client1.py", "client2.py")
+        ]
         # Round 2 is saved and logged; --round-delay still holds its reply for 2 s.
         first.wait_for_line("round=2 ")
         first.process.kill()

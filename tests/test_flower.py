@@ -1,5 +1,6 @@
 """The same training on Flower: a real simulation of the XOR task, and the records that carry
 our messages checked as the socket path checks them."""
+
 from __future__ import annotations
 
 import csv
@@ -16,12 +17,17 @@ import pytest
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
 from common import protocol  # noqa: E402  (after the skip: these import Flower)
-from common.flower.records import (request_content, request_from, update_content,  # noqa: E402
-                                   update_from)
+from common.flower.records import (
+    request_content,
+    request_from,
+    update_content,  # noqa: E402
+    update_from,
+)
 from common.flower import deploy  # noqa: E402
 from common.flower.deploy import DeploymentError, LocalDeployment  # noqa: E402
 from common.flower.server_app import RUN_CONFIG_KEYS, ConfigError, server_config  # noqa: E402
 from common.ga import TrainingResult  # noqa: E402
+from common.protocol import ModelRequest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each Flower test has one time limit, pytest-timeout's (pytest.ini's 120 s is the others').
@@ -63,9 +69,22 @@ def _live_members(sessions: set[int]) -> list[str]:
 def test_simulation_of_two_nodes_trains_xor_to_done_with_our_ga_and_fedavg(tmp_path):
     history = tmp_path / "history.csv"
     run = subprocess.run(
-        [sys.executable, "-m", "common.flower", "simulate", "--nodes", "2", "--seed", "3",
-         "--history", str(history)],
-        cwd=ROOT, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "common.flower",
+            "simulate",
+            "--nodes",
+            "2",
+            "--seed",
+            "3",
+            "--history",
+            str(history),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     rows = _history(history)
@@ -97,7 +116,8 @@ def test_a_deployment_here_runs_our_apps_in_flowers_processes_and_stops_them_all
 
 
 def test_a_superlink_that_cannot_serve_is_named_with_its_log_and_nothing_is_left(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     """Its port is taken: the SuperLink exits, and the deployment says so in one sentence,
     starts no SuperNode and no `flwr run`, and leaves no process running."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
@@ -106,8 +126,11 @@ def test_a_superlink_that_cannot_serve_is_named_with_its_log_and_nothing_is_left
         with pytest.raises(DeploymentError) as raised, deployment:
             pytest.fail("the deployment came up on a port that was taken")
     log_file = tmp_path / "superlink.log"
-    assert re.fullmatch(rf"The SuperLink exited with code \d+ before it came up; see "
-                        rf"{re.escape(str(log_file))}\.", str(raised.value))
+    assert re.fullmatch(
+        rf"The SuperLink exited with code \d+ before it came up; see "
+        rf"{re.escape(str(log_file))}\.",
+        str(raised.value),
+    )
     assert "address already in use" in log_file.read_text()
     assert len(deployment.processes) == 1  # the SuperLink alone
     assert _live_members({deployment.processes[0].pid}) == []
@@ -116,32 +139,35 @@ def test_a_superlink_that_cannot_serve_is_named_with_its_log_and_nothing_is_left
 def test_a_simulation_worker_loads_flowers_actor_and_our_clientapp_without_tensorflow():
     """What ``keep_tensorflow_out`` leaves each Ray worker of a simulation: Flower's actor
     module and our ClientApp import, and TensorFlow is never loaded."""
-    code = ("import sys; from common.flower import keep_tensorflow_out; keep_tensorflow_out(); "
-            "import flwr.simulation.ray_transport.ray_actor, common.flower.client_app; "
-            "print([name for name in ('tensorflow', 'keras') if sys.modules.get(name)])")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True)
+    code = (
+        "import sys; from common.flower import keep_tensorflow_out; keep_tensorflow_out(); "
+        "import flwr.simulation.ray_transport.ray_actor, common.flower.client_app; "
+        "print([name for name in ('tensorflow', 'keras') if sys.modules.get(name)])"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]", run.stdout + run.stderr
 
 
 def test_a_request_crosses_flower_records_unchanged():
     population = np.random.default_rng(0).standard_normal((10, 22)).astype(np.float32)
-    request = {"population_weights": population, "model_json": "{}", "num_solutions": 10,
-               "round": 3, "accuracy": 0.75, "num_generations": 50}
+    request = ModelRequest("{}", population, {"num_generations": 50}, round=3, accuracy=0.75)
     received = request_from(request_content(request))
-    assert received.keys() == request.keys()
-    np.testing.assert_array_equal(received["population_weights"], population)
-    assert {k: v for k, v in received.items() if k != "population_weights"} == {
-        k: v for k, v in request.items() if k != "population_weights"}
+    np.testing.assert_array_equal(received.population_weights, population)
+    assert (received.model_json, dict(received.ga_settings), received.round, received.accuracy) == (
+        "{}",
+        {"num_generations": 50},
+        3,
+        0.75,
+    )
 
 
 def test_an_update_is_checked_like_a_socket_clients():
     best = np.linspace(-1, 1, 22, dtype=np.float32)
     content = update_content(TrainingResult(best, 12.5, 7), num_samples=2)
-    vector, samples, metrics = update_from(content, num_params=22)
-    np.testing.assert_array_equal(vector, best)
-    assert samples == 2 and metrics["generations"] == 7
+    update, metrics = update_from(content, num_params=22)
+    np.testing.assert_array_equal(update.best_model_weights_vector, best)
+    assert update.num_samples == 2 and metrics["generations"] == 7
     with pytest.raises(protocol.SchemaError, match="shape"):
         update_from(content, num_params=23)
     best[4] = np.nan
@@ -150,10 +176,15 @@ def test_an_update_is_checked_like_a_socket_clients():
 
 
 def test_run_config_names_server_flags_and_refuses_others():
-    config = server_config({"target-accuracy": 0.75, "max-rounds": 30, "data": "nodes/",
-                            "aggregation": "median"})
-    assert (config.target_accuracy, config.max_rounds, config.aggregation) == (0.75, 30,
-                                                                               "median")
+    config = server_config(
+        {"target-accuracy": 0.75, "max-rounds": 30, "data": "nodes/", "aggregation": "median"}
+    )
+    training = config.training
+    assert (training.target_accuracy, training.max_rounds, training.aggregation) == (
+        0.75,
+        30,
+        "median",
+    )
     with pytest.raises(ConfigError, match="'port' is not a setting"):
         server_config({"port": 9000})
     with pytest.raises(ConfigError, match="aggregation must be one of"):

@@ -1,4 +1,5 @@
 """The GA's fitness against Keras's own loss, and training that improves on its start."""
+
 from __future__ import annotations
 
 import keras
@@ -7,10 +8,15 @@ import pytest
 
 from common.data import CLIENT_DATA, XOR_TEST_DATA
 from common.ga import GAConfig, fitness, train
-from common.model import (ForwardPass, build_xor_model, vector_to_weights, weights_to_vector,
-                          xor_network)
+from common.model import (
+    ForwardPass,
+    build_xor_model,
+    vector_to_weights,
+    weights_to_vector,
+    xor_network,
+)
 from common.modelspec import DEFAULT_MAX_PARAMS
-from common.server import GlobalModel
+from common.server import GlobalModel, TrainingConfig
 from common.training import LocalTrainer
 
 
@@ -36,8 +42,14 @@ def test_training_keeps_or_beats_the_first_member():
     population = np.vstack([start, start + rng.uniform(-1, 1, size=(9, start.size))])
     data = CLIENT_DATA["client1"]
     generations = []
-    result = train(forward, population, data, GAConfig(stop_fitness=0), seed=1,
-                   on_generation=lambda g, f: generations.append(g))
+    result = train(
+        forward,
+        population,
+        data,
+        GAConfig(stop_fitness=0),
+        seed=1,
+        on_generation=lambda g, f: generations.append(g),
+    )
     start_fitness = fitness(forward(start[None], data.inputs), data.outputs)[0]
     assert result.best_fitness >= start_fitness
     assert result.best_vector.shape == start.shape and result.best_vector.dtype == np.float32
@@ -48,7 +60,9 @@ def test_training_stops_when_asked():
     model = build_xor_model()
     forward = ForwardPass(model)
     population = np.random.default_rng(2).normal(size=(10, forward.num_params))
-    result = train(forward, population, CLIENT_DATA["client2"], GAConfig(), should_stop=lambda: True)
+    result = train(
+        forward, population, CLIENT_DATA["client2"], GAConfig(), should_stop=lambda: True
+    )
     assert result.generations == 1
 
 
@@ -58,8 +72,14 @@ def test_training_stops_once_the_local_loss_is_small():
     population = np.random.default_rng(4).normal(0, 2, size=(10, forward.num_params))
     data = CLIENT_DATA["client1"]
     best = []
-    result = train(forward, population, data, GAConfig(stop_fitness=10.0), seed=4,
-                   on_generation=lambda g, f: best.append(f))
+    result = train(
+        forward,
+        population,
+        data,
+        GAConfig(stop_fitness=10.0),
+        seed=4,
+        on_generation=lambda g, f: best.append(f),
+    )
     assert result.best_fitness >= 10.0 and best[-1] >= 10.0
     assert all(f < 10.0 for f in best[:-1])  # it went on exactly until the threshold
     assert result.generations == len(best) < GAConfig().num_generations
@@ -84,11 +104,16 @@ def test_multiclass_fitness_is_inverse_categorical_crossentropy():
 
 
 def test_a_seeded_client_draws_anew_each_round_and_repeats_as_a_whole():
-    request = GlobalModel(xor_network(1), XOR_TEST_DATA, seed=1).reply_to_echo().data
+    request = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(seed=1)).reply_to_echo()
 
     def two_rounds(seed: int) -> list[np.ndarray]:
-        trainer = LocalTrainer(CLIENT_DATA["client1"], "client1", max_params=DEFAULT_MAX_PARAMS,
-                               ga=GAConfig(num_generations=20, stop_fitness=0), seed=seed)
+        trainer = LocalTrainer(
+            CLIENT_DATA["client1"],
+            "client1",
+            max_params=DEFAULT_MAX_PARAMS,
+            ga=GAConfig(num_generations=20, stop_fitness=0),
+            seed=seed,
+        )
         return [trainer.train(request).best_vector for _ in range(2)]
 
     first, second = two_rounds(7)

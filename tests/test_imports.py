@@ -2,6 +2,7 @@
 included): only ``cli`` imports the windows, only ``flower`` imports Flower's modules, the
 windows and Flower import neither ``cli`` nor each other, and no module imports itself back
 through others."""
+
 from __future__ import annotations
 
 import ast
@@ -37,8 +38,12 @@ def imports_of(module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from the package, up level - 1
-                base = ".".join([*package.split(".")[:len(package.split(".")) - node.level + 1],
-                                 *filter(None, [node.module])])
+                base = ".".join(
+                    [
+                        *package.split(".")[: len(package.split(".")) - node.level + 1],
+                        *filter(None, [node.module]),
+                    ]
+                )
             # ``from package import name`` imports the submodule ``name`` if there is one
             names = [f"{base}.{alias.name}" for alias in node.names]
         else:
@@ -55,8 +60,11 @@ def within(module: str, package: str) -> bool:
 
 
 def importers_of(package: str) -> set[str]:
-    return {module for module, imported in GRAPH.items() if not within(module, package)
-            and any(within(name, package) for name in imported)}
+    return {
+        module
+        for module, imported in GRAPH.items()
+        if not within(module, package) and any(within(name, package) for name in imported)
+    }
 
 
 def test_the_graph_is_read():
@@ -73,12 +81,15 @@ def test_nothing_outside_flower_imports_it():
 
 
 def test_the_windows_and_flower_import_neither_cli_nor_each_other():
-    for package, others in (("common.gui", ("common.cli", "common.flower")),
-                            ("common.flower", ("common.cli", "common.gui"))):
+    for package, others in (
+        ("common.gui", ("common.cli", "common.flower")),
+        ("common.flower", ("common.cli", "common.gui")),
+    ):
         for module, imported in GRAPH.items():
             if within(module, package):
-                assert not {name for name in imported
-                            if any(within(name, other) for other in others)}, module
+                assert not {
+                    name for name in imported if any(within(name, other) for other in others)
+                }, module
 
 
 def test_no_import_cycle():
@@ -86,8 +97,9 @@ def test_no_import_cycle():
 
     def visit(module: str, path: list[str]) -> None:
         if module in path:
-            raise AssertionError("import cycle: " + " -> ".join(path[path.index(module):]
-                                                                 + [module]))
+            raise AssertionError(
+                "import cycle: " + " -> ".join(path[path.index(module) :] + [module])
+            )
         if module in done:
             return
         for imported in sorted(GRAPH[module]):

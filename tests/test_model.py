@@ -1,4 +1,5 @@
 """The model's vectors, its batched forward pass and accuracy, against Keras itself."""
+
 from __future__ import annotations
 
 import keras
@@ -6,8 +7,13 @@ import numpy as np
 import pytest
 
 from common.data import XOR_TEST_DATA
-from common.model import (ForwardPass, binary_accuracy, build_xor_model, vector_to_weights,
-                          weights_to_vector)
+from common.model import (
+    ForwardPass,
+    binary_accuracy,
+    build_xor_model,
+    vector_to_weights,
+    weights_to_vector,
+)
 
 
 def test_tutorial_model_shape():
@@ -22,8 +28,9 @@ def test_vector_round_trip_matches_kerasga_order():
     model = build_xor_model()
     vector = weights_to_vector(model.get_weights())
     np.testing.assert_allclose(vector, pygad.kerasga.model_weights_as_vector(model))
-    for ours, theirs in zip(vector_to_weights(vector, [w.shape for w in model.get_weights()]),
-                            model.get_weights()):
+    for ours, theirs in zip(
+        vector_to_weights(vector, [w.shape for w in model.get_weights()]), model.get_weights()
+    ):
         np.testing.assert_array_equal(ours, theirs)
 
 
@@ -55,4 +62,5 @@ def test_binary_accuracy_matches_keras_metric():
     metric = keras.metrics.BinaryAccuracy()
     metric.update_state(XOR_TEST_DATA.outputs, probabilities)
     assert binary_accuracy(probabilities, XOR_TEST_DATA.outputs) == pytest.approx(
-        float(metric.result()))
+        float(metric.result())
+    )

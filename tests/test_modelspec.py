@@ -1,4 +1,5 @@
 """Model descriptions are checked as plain JSON before Keras builds anything from them."""
+
 from __future__ import annotations
 
 import json
@@ -66,14 +67,17 @@ def _lying_shape(spec):
     _layer(spec, 2)["inbound_nodes"][0]["args"][0]["config"]["shape"] = [None, 2]
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (_huge_units, "more than 5,000,000 parameters"),
-    (_conv_layer, "'Conv2D' is not allowed"),
-    (_lambda_layer, "'Lambda' is not allowed"),
-    (_foreign_module, "module 'os'"),
-    (_bad_activation, "activation"),
-    (_lying_shape, "more than 5,000,000 parameters"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (_huge_units, "more than 5,000,000 parameters"),
+        (_conv_layer, "'Conv2D' is not allowed"),
+        (_lambda_layer, "'Lambda' is not allowed"),
+        (_foreign_module, "module 'os'"),
+        (_bad_activation, "activation"),
+        (_lying_shape, "more than 5,000,000 parameters"),
+    ],
+)
 def test_refusals(mutate, match):
     spec = _xor_spec()
     mutate(spec)
@@ -93,8 +97,15 @@ def test_client_refuses_a_model_it_cannot_afford(client_factory):
 
     def send_the_model(connection):
         plain_recv(connection)
-        plain_send(connection, "model", {"population_weights": np.zeros((10, 22)),
-                                         "model_json": json.dumps(spec), "num_solutions": 10})
+        plain_send(
+            connection,
+            "model",
+            {
+                "population_weights": np.zeros((10, 22)),
+                "model_json": json.dumps(spec),
+                "num_solutions": 10,
+            },
+        )
         connection.recv(1)  # until the client hangs up
 
     error = client_error_against(send_the_model, client_factory)
@@ -102,16 +113,21 @@ def test_client_refuses_a_model_it_cannot_afford(client_factory):
 
 
 def test_the_xor_model_is_a_dense_chain_without_keras():
-    assert dense_chain(build_xor_model().to_json()) == [(2, 4, True, "relu"),
-                                                       (4, 2, True, "softmax")]
+    assert dense_chain(build_xor_model().to_json()) == [
+        (2, 4, True, "relu"),
+        (4, 2, True, "softmax"),
+    ]
 
 
-@pytest.mark.parametrize("change", [
-    lambda layer: layer["config"].update(lora_rank=2),  # extra LoRA weights
-    lambda layer: layer["config"].update(dtype="mixed_float16"),
-    lambda layer: layer["config"].update(something_new=1),  # a setting we do not know
-    lambda layer: layer["inbound_nodes"][0]["kwargs"].update(training=True),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda layer: layer["config"].update(lora_rank=2),  # extra LoRA weights
+        lambda layer: layer["config"].update(dtype="mixed_float16"),
+        lambda layer: layer["config"].update(something_new=1),  # a setting we do not know
+        lambda layer: layer["inbound_nodes"][0]["kwargs"].update(training=True),
+    ],
+)
 def test_a_dense_layer_with_any_other_setting_is_left_to_keras(change):
     spec = _xor_spec()
     change(spec["config"]["layers"][2])

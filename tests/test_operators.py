@@ -1,5 +1,6 @@
 """The GA's operators (common.operators) on a real pygad.GA: which genes a mutation moves, how
 far, from which seed; and our pygad.GA subclass computes what PyGAD computes."""
+
 from __future__ import annotations
 
 import math
@@ -29,22 +30,34 @@ def layers(values: np.ndarray) -> list[np.ndarray]:
 def weights(rng: np.random.Generator) -> np.ndarray:
     """A model mid-training: a large first kernel, a second kernel below its floor (1 /
     sqrt(32)), biases at Keras's initial zero."""
-    return np.concatenate([rng.normal(0, 0.5, 64 * 32), np.zeros(32),
-                           rng.normal(0, 0.02, 32 * 10), np.zeros(10)]).astype(np.float32)
+    return np.concatenate(
+        [rng.normal(0, 0.5, 64 * 32), np.zeros(32), rng.normal(0, 0.02, 32 * 10), np.zeros(10)]
+    ).astype(np.float32)
 
 
 def real_ga(mutation, percent: float = 5, seed: int | None = 0, num_genes: int = NUM_GENES):
     """A pygad.GA as ``train`` builds one; the operators read their settings from it."""
-    return pygad.GA(num_generations=1, num_parents_mating=4, sol_per_pop=10,
-                    num_genes=num_genes, fitness_func=lambda ga, s, i: 0.0,
-                    mutation_type=mutation, mutation_percent_genes=percent, random_seed=seed,
-                    gene_type=np.float32, suppress_warnings=True)
+    return pygad.GA(
+        num_generations=1,
+        num_parents_mating=4,
+        sol_per_pop=10,
+        num_genes=num_genes,
+        fitness_func=lambda ga, s, i: 0.0,
+        mutation_type=mutation,
+        mutation_percent_genes=percent,
+        random_seed=seed,
+        gene_type=np.float32,
+        suppress_warnings=True,
+    )
 
 
-def mutate(offspring: np.ndarray, percent: float = 5, seed: int | None = 0,
-           vector: np.ndarray | None = None) -> np.ndarray:
-    mutation = ScaledMutation(step_scales(offspring[0] if vector is None else vector, SHAPES),
-                              STEP)
+def mutate(
+    offspring: np.ndarray,
+    percent: float = 5,
+    seed: int | None = 0,
+    vector: np.ndarray | None = None,
+) -> np.ndarray:
+    mutation = ScaledMutation(step_scales(offspring[0] if vector is None else vector, SHAPES), STEP)
     return mutation(offspring.copy(), real_ga(mutation, percent, seed, offspring.shape[1]))
 
 
@@ -121,8 +134,10 @@ def test_clients_as_threads_repeat_a_seeded_run_each():
 
     alone = run(11)
     results: dict[int, np.ndarray] = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, run(11 + i % 2)))
-               for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, run(11 + i % 2)))
+        for i in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -146,14 +161,26 @@ def test_our_pygad_subclass_computes_what_pygad_computes(mutation):
             scored.append(list(indices))
             return 1.0 / (1e-3 + np.mean((solutions - target) ** 2, axis=1))
 
-        operator = (ScaledMutation(step_scales(population[0], SHAPES), STEP)
-                    if mutation == "scaled" else mutation)
-        ga = cls(num_generations=15, num_parents_mating=4, initial_population=population,
-                 gene_type=np.float32, fitness_func=fitness, fitness_batch_size=10,
-                 mutation_type=operator, mutation_percent_genes=5, random_seed=3,
-                 suppress_warnings=True,
-                 on_generation=lambda ga: history.append(
-                     (ga.population.copy(), ga.last_generation_fitness.copy())))
+        operator = (
+            ScaledMutation(step_scales(population[0], SHAPES), STEP)
+            if mutation == "scaled"
+            else mutation
+        )
+        ga = cls(
+            num_generations=15,
+            num_parents_mating=4,
+            initial_population=population,
+            gene_type=np.float32,
+            fitness_func=fitness,
+            fitness_batch_size=10,
+            mutation_type=operator,
+            mutation_percent_genes=5,
+            random_seed=3,
+            suppress_warnings=True,
+            on_generation=lambda ga: history.append(
+                (ga.population.copy(), ga.last_generation_fitness.copy())
+            ),
+        )
         initial = ga.population.copy()
         ga.run()
         return initial, scored, history

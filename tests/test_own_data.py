@@ -1,4 +1,5 @@
 """A user's own data and model, as a user runs them: files, flags, processes, results."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,23 +28,72 @@ def _blobs(path, samples_per_class=40, seed=0):
 def test_own_multiclass_data_and_model_train_to_target(tmp_path):
     _blobs(tmp_path / "train.npz")
     _blobs(tmp_path / "test.npz", samples_per_class=20, seed=1)
-    assert split_main([str(tmp_path / "train.npz"), "--clients", "2", "--dirichlet", "1",
-                       "--out", str(tmp_path / "clients"), "--seed", "3"]) == 0
-    model = keras.Sequential([keras.Input(shape=(2,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(3, activation="softmax")])
+    assert (
+        split_main(
+            [
+                str(tmp_path / "train.npz"),
+                "--clients",
+                "2",
+                "--dirichlet",
+                "1",
+                "--out",
+                str(tmp_path / "clients"),
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(2,)),
+            keras.layers.Dense(8, activation="relu"),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     (tmp_path / "model.json").write_text(model.to_json())
     port = str(free_port())
     results = {name: str(tmp_path / name) for name in ("final.keras", "history.csv", "plot.png")}
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(Script(
-            "server.py", "--headless", "--host", "127.0.0.1", "--port", port,
-            "--model", str(tmp_path / "model.json"), "--test-data", str(tmp_path / "test.npz"),
-            "--target-accuracy", "0.9", "--save-model", results["final.keras"],
-            "--history", results["history.csv"], "--plot", results["plot.png"]))
-        clients = [stack.enter_context(Script(
-            "client.py", "--headless", "--host", "127.0.0.1", "--port", port, "--name",
-            f"site{n}", "--data", str(tmp_path / "clients" / f"client_{n}.npz")))
-            for n in (1, 2)]
+        server = stack.enter_context(
+            Script(
+                "server.py",
+                "--headless",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                port,
+                "--model",
+                str(tmp_path / "model.json"),
+                "--test-data",
+                str(tmp_path / "test.npz"),
+                "--target-accuracy",
+                "0.9",
+                "--save-model",
+                results["final.keras"],
+                "--history",
+                results["history.csv"],
+                "--plot",
+                results["plot.png"],
+            )
+        )
+        clients = [
+            stack.enter_context(
+                Script(
+                    "client.py",
+                    "--headless",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    port,
+                    "--name",
+                    f"site{n}",
+                    "--data",
+                    str(tmp_path / "clients" / f"client_{n}.npz"),
+                )
+            )
+            for n in (1, 2)
+        ]
         codes = [script.finish(timeout=100) for script in (server, *clients)]
     outputs = "\n".join(script.output() for script in (server, *clients))
     assert codes == [0, 0, 0], outputs
@@ -58,12 +108,25 @@ def test_own_multiclass_data_and_model_train_to_target(tmp_path):
 
 
 def test_data_that_does_not_fit_the_model_is_one_line(tmp_path):
-    np.savez(tmp_path / "wide.npz", inputs=np.zeros((4, 3), np.float32),
-             outputs=np.array([0, 1, 1, 0]))
+    np.savez(
+        tmp_path / "wide.npz", inputs=np.zeros((4, 3), np.float32), outputs=np.array([0, 1, 1, 0])
+    )
     port = str(free_port())
-    with Script("server.py", "--headless", "--host", "127.0.0.1", "--port", port) as server, \
-            Script("client.py", "--headless", "--host", "127.0.0.1", "--port", port,
-                   "--data", str(tmp_path / "wide.npz"), "--retries", "0") as client:
+    with (
+        Script("server.py", "--headless", "--host", "127.0.0.1", "--port", port) as server,
+        Script(
+            "client.py",
+            "--headless",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--data",
+            str(tmp_path / "wide.npz"),
+            "--retries",
+            "0",
+        ) as client,
+    ):
         assert client.finish() == 1
         server.process.terminate()
         server.finish()
@@ -74,10 +137,14 @@ def test_data_that_does_not_fit_the_model_is_one_line(tmp_path):
 
 
 def test_a_model_without_test_data_is_one_line(tmp_path):
-    (tmp_path / "model.json").write_text(keras.Sequential(
-        [keras.Input(shape=(2,)), keras.layers.Dense(2, activation="softmax")]).to_json())
-    with Script("server.py", "--headless", "--port", "0",
-                "--model", str(tmp_path / "model.json")) as server:
+    (tmp_path / "model.json").write_text(
+        keras.Sequential(
+            [keras.Input(shape=(2,)), keras.layers.Dense(2, activation="softmax")]
+        ).to_json()
+    )
+    with Script(
+        "server.py", "--headless", "--port", "0", "--model", str(tmp_path / "model.json")
+    ) as server:
         assert server.finish() == 1
     assert "needs its own test set: add --test-data FILE." in server.output()
     assert "Traceback" not in server.output()

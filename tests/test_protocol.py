@@ -1,4 +1,5 @@
 """Messages over a real socket pair: round-trips, plain-pickle compatibility, and refusals."""
+
 from __future__ import annotations
 
 import copyreg
@@ -13,8 +14,7 @@ import numpy as np
 import pytest
 
 from common import protocol
-from common.protocol import (CLIENT_TO_SERVER, SERVER_TO_CLIENT, Connection, Message,
-                             Subject)
+from common.protocol import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Connection, Message, Subject
 
 
 @pytest.fixture
@@ -29,13 +29,30 @@ def pair():
 VECTOR = np.linspace(-1, 1, 22, dtype=np.float32)
 MESSAGES = [
     (Message(Subject.ECHO, {"best_model_weights_vector": None}), CLIENT_TO_SERVER),
-    (Message(Subject.ECHO, {"best_model_weights_vector": VECTOR, "client_id": "c1",
-                            "protocol_version": 1}), CLIENT_TO_SERVER),
-    (Message(Subject.MODEL, {"best_model_weights_vector": VECTOR.astype(np.float64)}),
-     CLIENT_TO_SERVER),
-    (Message(Subject.MODEL, {"population_weights": np.tile(VECTOR, (10, 1)),
-                             "model_json": '{"class_name": "Functional"}', "num_solutions": 10,
-                             "round": 3, "accuracy": 0.75}), SERVER_TO_CLIENT),
+    (
+        Message(
+            Subject.ECHO,
+            {"best_model_weights_vector": VECTOR, "client_id": "c1", "protocol_version": 1},
+        ),
+        CLIENT_TO_SERVER,
+    ),
+    (
+        Message(Subject.MODEL, {"best_model_weights_vector": VECTOR.astype(np.float64)}),
+        CLIENT_TO_SERVER,
+    ),
+    (
+        Message(
+            Subject.MODEL,
+            {
+                "population_weights": np.tile(VECTOR, (10, 1)),
+                "model_json": '{"class_name": "Functional"}',
+                "num_solutions": 10,
+                "round": 3,
+                "accuracy": 0.75,
+            },
+        ),
+        SERVER_TO_CLIENT,
+    ),
     (Message(Subject.DONE, {"accuracy": 1.0}), SERVER_TO_CLIENT),
 ]
 
@@ -65,11 +82,58 @@ def test_plain_pickle_peers_read_what_we_send(message, schemas):
     assert decoded["data"].keys() == message.data.keys()
 
 
+def test_typed_messages_round_trip_through_their_wire_dicts(pair):
+    receiver, sender = pair
+    update = protocol.ClientUpdate(VECTOR, num_samples=7, key=("c1-ab", 3))
+    request = protocol.ModelRequest(
+        '{"class_name": "Functional"}',
+        np.tile(VECTOR, (10, 1)),
+        {"num_generations": 5, "operators": "tutorial"},
+        round=3,
+        accuracy=0.75,
+    )
+    done = protocol.Done(round=4, accuracy=1.0)
+    for typed in (update, request, done):
+        sender.sendall(protocol.encode(typed.to_message()))
+    received = protocol.ClientUpdate.from_data(receiver.receive(CLIENT_TO_SERVER).data, 22)
+    np.testing.assert_array_equal(received.best_model_weights_vector, VECTOR)
+    assert (received.num_samples, received.key) == (7, ("c1-ab", 3))
+    received = protocol.server_reply(receiver.receive(SERVER_TO_CLIENT))
+    np.testing.assert_array_equal(received.population_weights, request.population_weights)
+    assert (
+        received.model_json,
+        dict(received.ga_settings),
+        received.round,
+        received.accuracy,
+        received.num_solutions,
+    ) == (request.model_json, request.ga_settings, 3, 0.75, 10)
+    assert protocol.server_reply(receiver.receive(SERVER_TO_CLIENT)) == done
+
+
+def test_a_plain_peers_update_and_the_tutorials_done_become_typed_messages():
+    plain = {"best_model_weights_vector": VECTOR.astype(np.float64)}  # no count, no sequence
+    update = protocol.ClientUpdate.from_data(plain, 22)
+    assert (update.num_samples, update.key, update.best_model_weights_vector.dtype) == (
+        None,
+        None,
+        np.float32,
+    )
+    assert protocol.server_reply(Message(Subject.DONE, {})) == protocol.Done()
+    with pytest.raises(protocol.SchemaError, match="shape"):
+        protocol.ClientUpdate.from_data(plain, 23)
+    with pytest.raises(protocol.SchemaError, match="model_json"):
+        protocol.ModelRequest.from_data(
+            {"model_json": 3, "population_weights": np.ones((2, 3)), "num_solutions": 2}
+        )
+
+
 @pytest.mark.parametrize("pickle_protocol", [2, 3, 4, 5])
 def test_plain_pickle_of_every_protocol_is_read(pair, pickle_protocol):
     receiver, sender = pair
-    plain = {"subject": "model", "data": {"best_model_weights_vector": VECTOR.astype(np.float64),
-                                          "score": np.float64(0.5)}}
+    plain = {
+        "subject": "model",
+        "data": {"best_model_weights_vector": VECTOR.astype(np.float64), "score": np.float64(0.5)},
+    }
     sender.sendall(pickle.dumps(plain, protocol=pickle_protocol))
     message = receiver.receive(CLIENT_TO_SERVER)
     np.testing.assert_array_equal(message.data["best_model_weights_vector"], VECTOR)
@@ -156,14 +220,18 @@ def _send_until_closed(sock, data):
         pass  # the receiver closed on us, as intended
 
 
-@pytest.mark.parametrize("payload,error", [
-    (b"GET / HTTP/1.1\r\n\r\n", protocol.DecodeError),
-    (pickle.dumps({"subject": "hello", "data": {}}), protocol.SchemaError),
-    (pickle.dumps({"data": {"best_model_weights_vector": None}}), protocol.SchemaError),
-    (pickle.dumps(["subject", "echo"]), protocol.SchemaError),
-    (pickle.dumps({"subject": "model", "data": {}}), protocol.SchemaError),
-    (pickle.dumps({"subject": "model", "data": None}), protocol.SchemaError),
-], ids=["garbage", "wrong subject", "no subject", "not a dict", "missing key", "no data"])
+@pytest.mark.parametrize(
+    "payload,error",
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", protocol.DecodeError),
+        (pickle.dumps({"subject": "hello", "data": {}}), protocol.SchemaError),
+        (pickle.dumps({"data": {"best_model_weights_vector": None}}), protocol.SchemaError),
+        (pickle.dumps(["subject", "echo"]), protocol.SchemaError),
+        (pickle.dumps({"subject": "model", "data": {}}), protocol.SchemaError),
+        (pickle.dumps({"subject": "model", "data": None}), protocol.SchemaError),
+    ],
+    ids=["garbage", "wrong subject", "no subject", "not a dict", "missing key", "no data"],
+)
 def test_bad_messages_raise_protocol_errors(pair, payload, error):
     receiver, sender = pair
     sender.sendall(payload)
@@ -217,13 +285,16 @@ def test_trickling_peer_hits_the_whole_message_deadline():
             sender.join()
 
 
-@pytest.mark.parametrize("vector,match", [
-    (np.zeros(21), "shape"),
-    (np.zeros((22, 1)), "shape"),
-    (np.full(22, np.nan), "NaN"),
-    ([0.0] * 22, "NumPy"),
-    (np.array(["a"] * 22), "NumPy"),
-])
+@pytest.mark.parametrize(
+    "vector,match",
+    [
+        (np.zeros(21), "shape"),
+        (np.zeros((22, 1)), "shape"),
+        (np.full(22, np.nan), "NaN"),
+        ([0.0] * 22, "NumPy"),
+        (np.array(["a"] * 22), "NumPy"),
+    ],
+)
 def test_weights_vector_checks(vector, match):
     with pytest.raises(protocol.SchemaError, match=match):
         protocol.check_weights_vector(vector, 22)
@@ -241,14 +312,20 @@ def test_population_checks():
 
 @pytest.mark.parametrize("pickle_protocol", [2, 3, 4, 5])
 def test_large_arrays_decode_as_pickle_does_and_stay_shared_where_the_pickle_shares_them(
-        pair, pickle_protocol):
+    pair, pickle_protocol
+):
     receiver, sender = pair
     rng = np.random.default_rng(0)
     population = rng.standard_normal((10, 3000)).astype(np.float32)  # 120 KB: a large read
     fortran = np.asfortranarray(rng.standard_normal((100, 100)))
     swapped = rng.standard_normal(2000).astype(">f8")
-    data = {"population_weights": population, "model_json": "{}", "num_solutions": 10,
-            "round": population, "accuracy": [fortran, swapped]}  # population twice: memoized
+    data = {
+        "population_weights": population,
+        "model_json": "{}",
+        "num_solutions": 10,
+        "round": population,
+        "accuracy": [fortran, swapped],
+    }  # population twice: memoized
     payload = pickle.dumps({"subject": "model", "data": data}, protocol=pickle_protocol)
     thread = threading.Thread(target=sender.sendall, args=(payload,))  # more than a socket holds
     thread.start()
@@ -260,7 +337,9 @@ def test_large_arrays_decode_as_pickle_does_and_stay_shared_where_the_pickle_sha
     received = message.data["population_weights"]
     assert message.data["round"] is received
     assert received.flags.writeable
-    for ours, theirs in zip([received, *message.data["accuracy"]],
-                            [expected["population_weights"], *expected["accuracy"]]):
+    for ours, theirs in zip(
+        [received, *message.data["accuracy"]],
+        [expected["population_weights"], *expected["accuracy"]],
+    ):
         assert ours.dtype == theirs.dtype and ours.flags.f_contiguous == theirs.flags.f_contiguous
         np.testing.assert_array_equal(ours, theirs)

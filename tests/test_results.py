@@ -1,4 +1,5 @@
 """The history CSV and its plot, from real update events."""
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,9 @@ def test_history_rows_from_concurrent_events_and_a_plot(tmp_path):
         for number in rounds:
             history(Event("update", peer=name, round=number, accuracy=number / 20, loss=1 / number))
 
-    threads = [threading.Thread(target=client, args=(f"c{i}", range(i + 1, 21, 2)))
-               for i in range(2)]
+    threads = [
+        threading.Thread(target=client, args=(f"c{i}", range(i + 1, 21, 2))) for i in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

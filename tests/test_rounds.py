@@ -1,5 +1,6 @@
 """Round-based aggregation in the server: rounds close on --min-clients or --round-timeout,
 every waiting client gets its reply, and median resists a poisoning client where fedavg fails."""
+
 from __future__ import annotations
 
 import threading
@@ -47,8 +48,9 @@ def _poisoner(address, stop, rounds=30):
 
 @pytest.mark.slow  # about 5 s for fedavg
 @pytest.mark.parametrize("aggregation", ["fedavg", "median"])
-def test_one_poisoning_client_wrecks_fedavg_but_not_median(aggregation, server_factory,
-                                                          client_factory):
+def test_one_poisoning_client_wrecks_fedavg_but_not_median(
+    aggregation, server_factory, client_factory
+):
     listener, events = server_factory(aggregation=aggregation, min_clients=3, round_timeout=5)
     stop = threading.Event()
     poisoner = threading.Thread(target=_poisoner, args=(listener.server_address, stop))
@@ -65,8 +67,9 @@ def test_one_poisoning_client_wrecks_fedavg_but_not_median(aggregation, server_f
         # the median toward the larger honest value, so reaching 1.0 here is likely, not sure.)
         for round_ in range(1, 11):
             assert largest_weight < 100, f"round {round_}"
-            event = events.wait_for(lambda e: e.kind == "done"
-                                    or (e.kind == "update" and e.round > round_))
+            event = events.wait_for(
+                lambda e: e.kind == "done" or (e.kind == "update" and e.round > round_)
+            )
             if event.kind == "done":
                 assert event.accuracy == 1.0
                 break

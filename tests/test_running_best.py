@@ -2,6 +2,7 @@
 client's latest update, the server keeps what scores best on its test data, the current
 model included, so an update that would make it worse (an overfit or poisoned one) is left
 out, and a client that left is left out of the mean."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,8 @@ from bench.plain_peers import plain_recv, plain_send
 from common.aggregate import running_candidates
 from common.data import XOR_TEST_DATA
 from common.model import xor_network
-from common.server import GlobalModel
+from common.protocol import ClientUpdate
+from common.server import GlobalModel, TrainingConfig
 from tests.conftest import raw_connection
 from tests.test_best_model import _xor_solution
 
@@ -22,20 +24,25 @@ ALWAYS_FIRST, ALWAYS_SECOND = SOLUTION + SHIFT, SOLUTION - SHIFT
 
 
 def _global_model(**settings) -> GlobalModel:
-    return GlobalModel(xor_network(1), XOR_TEST_DATA, seed=1, **settings)
+    return GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(seed=1, **settings))
 
 
 def _reaching_target(model: GlobalModel, update, latest) -> list[str]:
     candidates = running_candidates(model.vector, update, latest)
-    return [name for name, vector in candidates.items()
-            if model.forward.accuracy(vector.astype(np.float32), XOR_TEST_DATA.inputs,
-                                      XOR_TEST_DATA.outputs) == 1.0]
+    return [
+        name
+        for name, vector in candidates.items()
+        if model.forward.accuracy(
+            vector.astype(np.float32), XOR_TEST_DATA.inputs, XOR_TEST_DATA.outputs
+        )
+        == 1.0
+    ]
 
 
 def test_an_update_that_scores_worse_leaves_the_model_as_it_was(caplog):
     model = _global_model(target_accuracy=2.0)  # out of reach: training goes on
     before = model.vector.copy()
-    model.apply_update(np.full_like(before, 1e3), "peer")  # every step toward it saturates
+    model.apply_update(ClientUpdate(np.full_like(before, 1e3)), "peer")  # every step saturates
     assert model.round == 1  # counted as a round all the same
     np.testing.assert_array_equal(model.vector, before)
     assert "took=current model" in caplog.text
@@ -43,18 +50,19 @@ def test_an_update_that_scores_worse_leaves_the_model_as_it_was(caplog):
 
 def test_an_update_that_reaches_the_target_is_taken_as_is():
     model = _global_model()
-    model.apply_update(SOLUTION, "peer")
+    model.apply_update(ClientUpdate(SOLUTION), "peer")
     assert model.reached_target
     np.testing.assert_array_equal(model.vector, SOLUTION)
 
 
 def test_the_clients_mean_is_taken_when_only_it_reaches_the_target(caplog):
     model = _global_model()
-    model.apply_update(ALWAYS_FIRST, "a")
+    model.apply_update(ClientUpdate(ALWAYS_FIRST), "a")
     assert not model.finished.is_set()
     assert _reaching_target(model, ALWAYS_SECOND, [ALWAYS_FIRST, ALWAYS_SECOND]) == [
-        "clients' mean"]
-    model.apply_update(ALWAYS_SECOND, "b")
+        "clients' mean"
+    ]
+    model.apply_update(ClientUpdate(ALWAYS_SECOND), "b")
     assert model.reached_target
     np.testing.assert_array_equal(model.vector, SOLUTION)
     assert "took=clients' mean" in caplog.text
@@ -62,10 +70,10 @@ def test_the_clients_mean_is_taken_when_only_it_reaches_the_target(caplog):
 
 def test_a_client_that_left_is_left_out_of_the_mean():
     model = _global_model()
-    model.apply_update(ALWAYS_FIRST, "a")
+    model.apply_update(ClientUpdate(ALWAYS_FIRST), "a")
     model.forget("a")
     assert _reaching_target(model, ALWAYS_SECOND, [ALWAYS_SECOND]) == []
-    model.apply_update(ALWAYS_SECOND, "b")
+    model.apply_update(ClientUpdate(ALWAYS_SECOND), "b")
     assert not model.finished.is_set()
 
 

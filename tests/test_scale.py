@@ -1,4 +1,5 @@
 """Many concurrent clients against one server: every update is counted exactly once."""
+
 from __future__ import annotations
 
 import queue
@@ -45,8 +46,10 @@ def test_concurrent_updates_are_each_counted_once_in_a_replayable_order(server_f
     initial = gm.vector.copy()
     results: queue.Queue = queue.Queue()
     start = threading.Barrier(CLIENTS)
-    threads = [threading.Thread(target=_client, args=(listener.server_address, i, start, results))
-               for i in range(CLIENTS)]
+    threads = [
+        threading.Thread(target=_client, args=(listener.server_address, i, start, results))
+        for i in range(CLIENTS)
+    ]
     for thread in threads:
         thread.start()
     replies = [results.get(timeout=WAIT) for _ in range(CLIENTS * UPDATES_EACH)]
@@ -71,6 +74,7 @@ def test_concurrent_updates_are_each_counted_once_in_a_replayable_order(server_f
 
     def departures():
         return [e for e in events.seen if e.kind == "disconnected"]
+
     events.wait_for(lambda e: len(departures()) == CLIENTS)
     assert [e.detail for e in departures()] == [""] * CLIENTS  # clean ends, no dropped client
     assert sum(e.kind == "update" for e in events.all()) == CLIENTS * UPDATES_EACH
@@ -80,8 +84,10 @@ def test_concurrent_updates_are_each_counted_once_in_a_replayable_order(server_f
 def test_many_training_clients_all_finish_and_no_update_is_lost(server_factory, client_factory):
     listener, events = server_factory(max_rounds=300)  # bounds the run even if it never converges
     names = list(CLIENT_DATA)
-    clients = [client_factory(listener.server_address, data=CLIENT_DATA[names[i % 2]],
-                              name=f"client{i}") for i in range(CLIENTS)]
+    clients = [
+        client_factory(listener.server_address, data=CLIENT_DATA[names[i % 2]], name=f"client{i}")
+        for i in range(CLIENTS)
+    ]
     for client, client_events in clients:
         client_events.wait_for(lambda e: e.kind in ("done", "error"))
         client.join(WAIT)

@@ -1,5 +1,6 @@
 """Opt-in security over real sockets: the shared-secret envelope both ways, replays, TLS, and
 the connection limit. Certificates come from the README's openssl recipe (tests/conftest.py)."""
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,7 @@ from common.data import XOR_TEST_DATA
 from tests.conftest import raw_connection
 
 SECRET = b"correct horse battery staple"
-ECHO = protocol.encode(protocol.Message(protocol.Subject.ECHO,
-                                        {"best_model_weights_vector": None}))
+ECHO = protocol.encode(protocol.Message(protocol.Subject.ECHO, {"best_model_weights_vector": None}))
 
 
 def _dropped(events, peer):
@@ -22,8 +22,9 @@ def _dropped(events, peer):
 
 def test_training_with_a_shared_secret_reaches_done(server_factory, client_factory):
     listener, events = server_factory(secret=SECRET)
-    client, client_events = client_factory(listener.server_address, data=XOR_TEST_DATA,
-                                           secret=SECRET)
+    client, client_events = client_factory(
+        listener.server_address, data=XOR_TEST_DATA, secret=SECRET
+    )
     assert client_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
 
 
@@ -60,7 +61,7 @@ class _ManualPeer:
         self.nonce = security.new_nonce()
         self.sock.sendall(security.HELLO.pack(security.MAGIC_HELLO, self.nonce))
         reply = _recv_exactly(self.sock, security.HELLO.size + 32)
-        _, server_nonce = security.HELLO.unpack(reply[:security.HELLO.size])
+        _, server_nonce = security.HELLO.unpack(reply[: security.HELLO.size])
         self.nonces = self.nonce + server_nonce
         self.peer = "%s:%d" % self.sock.getsockname()
 
@@ -78,8 +79,9 @@ def _recv_exactly(sock, n):
     return data
 
 
-@pytest.mark.parametrize("attack", ["replayed", "reflected", "reordered", "wrong secret",
-                                    "other connection"])
+@pytest.mark.parametrize(
+    "attack", ["replayed", "reflected", "reordered", "wrong secret", "other connection"]
+)
 def test_forged_and_replayed_messages_are_refused(server_factory, attack):
     listener, events = server_factory(secret=SECRET)
     peer = _ManualPeer(listener.server_address)
@@ -107,16 +109,18 @@ def test_forged_and_replayed_messages_are_refused(server_factory, attack):
 
 @pytest.fixture
 def tls_server(server_factory, certificates):
-    return server_factory(tls_cert=str(certificates / "server.pem"),
-                          tls_key=str(certificates / "server.key"))
+    return server_factory(
+        tls_cert=str(certificates / "server.pem"), tls_key=str(certificates / "server.key")
+    )
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_tls_run_reaches_done(tls_server, client_factory, certificates, host):
     listener, _ = tls_server
     port = listener.server_address[1]
-    client, events = client_factory((host, port), data=XOR_TEST_DATA,
-                                    tls_ca=str(certificates / "ca.pem"))
+    client, events = client_factory(
+        (host, port), data=XOR_TEST_DATA, tls_ca=str(certificates / "ca.pem")
+    )
     assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
 
 
@@ -126,15 +130,17 @@ def test_tls_client_refuses_a_server_it_cannot_verify(tls_server, client_factory
     assert "CERTIFICATE_VERIFY_FAILED" in events.wait_for(lambda e: e.kind == "error").detail
 
 
-def test_plain_tcp_peer_against_a_tls_server_is_refused(tls_server, client_factory, certificates,
-                                                        caplog):
+def test_plain_tcp_peer_against_a_tls_server_is_refused(
+    tls_server, client_factory, certificates, caplog
+):
     listener, events = tls_server
     with raw_connection(listener.server_address) as sock:
         peer = "%s:%d" % sock.getsockname()
         sock.sendall(ECHO)
         assert "TLS handshake failed" in _dropped(events, peer).detail
-    client, client_events = client_factory(listener.server_address, data=XOR_TEST_DATA,
-                                           tls_ca=str(certificates / "ca.pem"))
+    client, client_events = client_factory(
+        listener.server_address, data=XOR_TEST_DATA, tls_ca=str(certificates / "ca.pem")
+    )
     assert client_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
 
 
@@ -149,5 +155,6 @@ def test_connections_beyond_max_clients_are_refused(server_factory, caplog):
             assert second.recv(1) == b""  # closed by the server at once
         plain_send(first, "echo", {"best_model_weights_vector": None})
         assert plain_recv(first)["subject"] == "model"  # the first is still served
-    assert any(r.levelno == logging.WARNING and "(--max-clients)" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        r.levelno == logging.WARNING and "(--max-clients)" in r.getMessage() for r in caplog.records
+    )

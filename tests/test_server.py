@@ -1,4 +1,5 @@
 """The server core over real loopback sockets: full runs, plain peers, and hostile peers."""
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,7 @@ from common import protocol
 from common.data import XOR_TEST_DATA
 from common.model import xor_network
 from common.operators import step_scales
-from common.server import GlobalModel, ListenThread, ServerConfig
+from common.server import GA_BY_MODEL, GlobalModel, ListenThread, ServerConfig, TrainingConfig
 from tests.conftest import WAIT, raw_connection
 
 
@@ -48,26 +49,32 @@ def test_federated_run_reaches_accuracy_one(server, client_factory):
 def test_rounds_build_on_the_global_model(server_factory):
     listener, _ = server_factory(aggregation="running-average")  # always moves the model
     gm = listener.global_model
-    first = gm.reply_to_echo().data["population_weights"]
+    first = gm.reply_to_echo().population_weights
     np.testing.assert_array_equal(first[0], gm.vector)
     update = first[3].copy()
-    reply = gm.apply_update(update, "test")
+    reply = gm.apply_update(protocol.ClientUpdate(update), "test")
     assert gm.round == 1
     if reply.subject is protocol.Subject.MODEL:  # the population now starts from the new model
-        np.testing.assert_array_equal(reply.data["population_weights"][0], gm.vector)
+        np.testing.assert_array_equal(reply.population_weights[0], gm.vector)
         assert not np.array_equal(gm.vector, first[0])
 
 
 @pytest.mark.parametrize("operators", ["scaled", "tutorial"])
-def test_the_operator_settings_travel_with_each_model_and_shape_its_spread(server_factory,
-                                                                           operators):
+def test_the_operator_settings_travel_with_each_model_and_shape_its_spread(
+    server_factory, operators
+):
     listener, _ = server_factory(operators=operators, mutation_step=0.7, seed=1)
     with raw_connection(listener.server_address) as sock:
         plain_send(sock, "echo", {"best_model_weights_vector": None})
         data = plain_recv(sock)["data"]
     assert protocol.check_ga_settings(data, data["num_solutions"]) == {
-        "num_generations": 50, "num_parents_mating": 4, "mutation_percent_genes": 5,
-        "operators": operators, "mutation_step": 0.7, "stop_fitness": 10}
+        "num_generations": 50,
+        "num_parents_mating": 4,
+        "mutation_percent_genes": 5,
+        "operators": operators,
+        "mutation_step": 0.7,
+        "stop_fitness": 10,
+    }
     global_weights, members = data["population_weights"][0], data["population_weights"][1:]
     spread = members - global_weights
     if operators == "tutorial":  # U(-s, s), s = max(1, mean |w|)
@@ -140,6 +147,7 @@ def _nested(depth):
 def _send(payload):
     def behave(sock, stop):
         sock.sendall(payload)
+
     return behave
 
 
@@ -147,6 +155,7 @@ def _send_then_close(payload):
     def behave(sock, stop):
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
+
     return behave
 
 
@@ -168,20 +177,38 @@ BAD_PEERS = {
     "garbage": (_send(b"\x00\xffnot a pickle at all" * 10), "undecodable"),
     "truncated": (_send_then_close(VALID_ECHO[:20]), "middle of a message"),
     "wrong subject": (_send(pickle.dumps({"subject": "hello", "data": {}})), "unexpected subject"),
-    "no subject": (_send(pickle.dumps({"data": {"best_model_weights_vector": None}})),
-                   "no 'subject'"),
-    "wrong length": (_send(pickle.dumps({"subject": "model", "data": {
-        "best_model_weights_vector": np.zeros(5)}})), "shape"),
+    "no subject": (
+        _send(pickle.dumps({"data": {"best_model_weights_vector": None}})),
+        "no 'subject'",
+    ),
+    "wrong length": (
+        _send(
+            pickle.dumps({"subject": "model", "data": {"best_model_weights_vector": np.zeros(5)}})
+        ),
+        "shape",
+    ),
     "os.system": (_send(pickle.dumps(_Call(os.system, f"touch {MARKER}"))), "not allowed"),
-    "subprocess.Popen": (_send(pickle.dumps(_Call(subprocess.Popen, ["touch", MARKER]))),
-                         "not allowed"),
+    "subprocess.Popen": (
+        _send(pickle.dumps(_Call(subprocess.Popen, ["touch", MARKER]))),
+        "not allowed",
+    ),
     "eval": (_send(pickle.dumps(_Call(eval, f"open({MARKER!r}, 'w')"))), "not allowed"),
     "getattr": (_send(pickle.dumps(_Call(getattr, 0, "real"))), "not allowed"),
     "deeply nested": (_send(_nested(100_000)), "not a dict"),
-    "NaN vector": (_send(pickle.dumps({"subject": "model", "data": {
-        "best_model_weights_vector": np.full(22, np.nan)}})), "NaN"),
-    "list vector": (_send(pickle.dumps({"subject": "model", "data": {
-        "best_model_weights_vector": [0.0] * 22}})), "not a numeric NumPy array"),
+    "NaN vector": (
+        _send(
+            pickle.dumps(
+                {"subject": "model", "data": {"best_model_weights_vector": np.full(22, np.nan)}}
+            )
+        ),
+        "NaN",
+    ),
+    "list vector": (
+        _send(
+            pickle.dumps({"subject": "model", "data": {"best_model_weights_vector": [0.0] * 22}})
+        ),
+        "not a numeric NumPy array",
+    ),
     "huge bytes": (_send(b"\x80\x04\x8e" + struct.pack("<Q", 2**40)), "more than"),
     "silent": (_silent, "no message within"),
     "trickling": (_trickle, "not complete within"),
@@ -190,8 +217,9 @@ SHORT_DEADLINES = {"silent": {"idle_timeout": 1.0}, "trickling": {"recv_timeout"
 
 
 @pytest.mark.parametrize("name", BAD_PEERS)
-def test_bad_peer_is_dropped_while_a_good_client_trains(name, server_factory, client_factory,
-                                                        caplog):
+def test_bad_peer_is_dropped_while_a_good_client_trains(
+    name, server_factory, client_factory, caplog
+):
     behave, reason = BAD_PEERS[name]
     # Short deadlines only where they are the point: decoding a hostile message takes CPU,
     # and on a busy machine 1 s can pass before its real reason is found.
@@ -206,8 +234,10 @@ def test_bad_peer_is_dropped_while_a_good_client_trains(name, server_factory, cl
         stop.set()
         misbehave.join(WAIT)
     assert reason in dropped.detail
-    assert any(r.levelno == logging.WARNING and f"dropping client {peer}: " in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        r.levelno == logging.WARNING and f"dropping client {peer}: " in r.getMessage()
+        for r in caplog.records
+    )
     assert good_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
     assert not os.path.exists(MARKER)
     _assert_all_stopped(listener)
@@ -216,8 +246,9 @@ def test_bad_peer_is_dropped_while_a_good_client_trains(name, server_factory, cl
 def test_hundreds_of_megabytes_are_cut_at_the_budget(server_factory, client_factory):
     listener, events = server_factory()
     budget = protocol.default_max_message_bytes(22, 10)
-    huge = pickle.dumps({"subject": "model", "data": {
-        "best_model_weights_vector": np.zeros(300 * 2**20 // 8)}})  # a real 300 MB message
+    huge = pickle.dumps(
+        {"subject": "model", "data": {"best_model_weights_vector": np.zeros(300 * 2**20 // 8)}}
+    )  # a real 300 MB message
     tracemalloc.start()
     try:
         with raw_connection(listener.server_address) as bad:
@@ -256,12 +287,18 @@ def test_a_slow_listener_delays_no_other_clients_reply():
         if len(delivered) == 4:
             all_delivered.set()
 
-    model = GlobalModel(xor_network(1), XOR_TEST_DATA, target_accuracy=2.0,  # never done
-                        on_event=slow_listener)
+    model = GlobalModel(
+        xor_network(1),
+        XOR_TEST_DATA,
+        TrainingConfig(target_accuracy=2.0),  # never done
+        on_event=slow_listener,
+    )
     update = model.vector + 0.1
-    with ListenThread(model, ServerConfig(host="127.0.0.1", port=0)) as server, \
-            raw_connection(server.server_address) as a, \
-            raw_connection(server.server_address) as b:
+    with (
+        ListenThread(model, ServerConfig.of(host="127.0.0.1", port=0)) as server,
+        raw_connection(server.server_address) as a,
+        raw_connection(server.server_address) as b,
+    ):
         plain_send(a, "model", {"best_model_weights_vector": update})
         assert listening.wait(WAIT)  # a's first event is being delivered, slowly
         sent = time.monotonic()
@@ -274,3 +311,26 @@ def test_a_slow_listener_delays_no_other_clients_reply():
     kinds, rounds, peers = zip(*delivered)
     assert kinds == ("scored", "update", "scored", "update") and rounds == (1, 1, 2, 2)
     assert peers[0] == peers[1] != peers[2] == peers[3]
+
+
+def test_settings_by_flat_name_fill_their_groups_and_read_back():
+    config = ServerConfig.of(
+        port=0,
+        secret_file="secret.txt",
+        num_generations=7,
+        save_model="best.keras",
+        stop_fitness=None,
+    )
+    assert (
+        config.network.port,
+        config.security.secret_file,
+        config.training.ga.num_generations,
+        config.outputs.save_model,
+    ) == (0, "secret.txt", 7, "best.keras")
+    assert config.training.ga_by_model == GA_BY_MODEL  # None: still left to the model
+    assert (config.settings()["num_generations"], config.settings()["stop_fitness"]) == (7, None)
+    given = config.with_settings(stop_fitness=5)
+    assert given.training.ga_by_model == ("step_patience",)
+    assert given.settings()["stop_fitness"] == given.training.ga_for_model().stop_fitness == 5
+    with pytest.raises(TypeError, match="not a server setting: colour"):
+        config.with_settings(colour="blue")

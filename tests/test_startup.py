@@ -1,6 +1,7 @@
 """Start-up without TensorFlow: the server describes, initialises, evaluates and checkpoints a
 Dense chain with NumPy alone, and sends the JSON Keras itself writes for it; Keras loads only
 for a ``.keras`` file (or a model that is not a Dense chain)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,14 +28,16 @@ def _keras_chain(features: int, layers: list[tuple[int, str]]) -> keras.Model:
     inputs = keras.Input(shape=(features,), name="input_layer")
     x = inputs
     for index, (units, activation) in enumerate(layers):
-        x = keras.layers.Dense(units, activation=activation,
-                               name="dense" if index == 0 else f"dense_{index}")(x)
+        x = keras.layers.Dense(
+            units, activation=activation, name="dense" if index == 0 else f"dense_{index}"
+        )(x)
     return keras.Model(inputs=inputs, outputs=x, name="functional")
 
 
-@pytest.mark.parametrize("features, layers", [(2, [(4, "relu"), (2, "softmax")]),
-                                              (64, [(32, "tanh"), (16, "linear"),
-                                                    (10, "sigmoid")])])
+@pytest.mark.parametrize(
+    "features, layers",
+    [(2, [(4, "relu"), (2, "softmax")]), (64, [(32, "tanh"), (16, "linear"), (10, "sigmoid")])],
+)
 def test_the_json_sent_is_what_keras_writes_for_that_model(features, layers):
     ours = dense_chain_json(features, layers)
     assert ours == _keras_chain(features, layers).to_json()
@@ -67,8 +70,7 @@ def test_the_xor_network_loads_into_keras_and_computes_the_same():
 
 
 def _heavy_imports(script: Script) -> list[str]:
-    return [line.split(HEAVY_IMPORT, 1)[1].strip() for line in script.lines
-            if HEAVY_IMPORT in line]
+    return [line.split(HEAVY_IMPORT, 1)[1].strip() for line in script.lines if HEAVY_IMPORT in line]
 
 
 def _train(tmp_path, *server_flags: str) -> list[Script]:
@@ -76,10 +78,15 @@ def _train(tmp_path, *server_flags: str) -> list[Script]:
     port = str(free_port())
     flags = ("--headless", "--host", "127.0.0.1", "--port", port, "--seed", "1")
     with contextlib.ExitStack() as stack:
-        scripts = [stack.enter_context(Script("server.py", *flags, "--expected-clients", "2",
-                                              *server_flags, env=PROBED))]
-        scripts += [stack.enter_context(Script(name, *flags, env=PROBED))
-                    for name in ("client1.py", "client2.py")]
+        scripts = [
+            stack.enter_context(
+                Script("server.py", *flags, "--expected-clients", "2", *server_flags, env=PROBED)
+            )
+        ]
+        scripts += [
+            stack.enter_context(Script(name, *flags, env=PROBED))
+            for name in ("client1.py", "client2.py")
+        ]
         codes = [script.finish() for script in scripts]
     assert codes == [0, 0, 0], "\n".join(script.output() for script in scripts)
     return scripts
@@ -103,8 +110,15 @@ def test_the_tutorials_run_imports_neither_keras_nor_tensorflow(tmp_path):
 def test_a_dense_json_model_is_served_without_tensorflow(tmp_path):
     model = tmp_path / "model.json"
     model.write_text(dense_chain_json(2, [(8, "tanh"), (2, "softmax")]))
-    server, *_ = _train(tmp_path, "--model", str(model), "--test-data", _xor_test_file(tmp_path),
-                        "--target-accuracy", "0.75")
+    server, *_ = _train(
+        tmp_path,
+        "--model",
+        str(model),
+        "--test-data",
+        _xor_test_file(tmp_path),
+        "--target-accuracy",
+        "0.75",
+    )
     assert _heavy_imports(server) == []
     assert "done: accuracy=" in server.output()
 
@@ -113,9 +127,17 @@ def test_a_dense_json_model_is_served_without_tensorflow(tmp_path):
 def test_a_keras_file_loads_keras_and_the_saved_model_scores_what_the_server_said(tmp_path):
     keras_file, saved = tmp_path / "model.keras", tmp_path / "final.keras"
     _keras_chain(2, [(8, "tanh"), (2, "softmax")]).save(keras_file)
-    server, *_ = _train(tmp_path, "--model", str(keras_file), "--test-data",
-                        _xor_test_file(tmp_path), "--target-accuracy", "0.75",
-                        "--save-model", str(saved))
+    server, *_ = _train(
+        tmp_path,
+        "--model",
+        str(keras_file),
+        "--test-data",
+        _xor_test_file(tmp_path),
+        "--target-accuracy",
+        "0.75",
+        "--save-model",
+        str(saved),
+    )
     assert _heavy_imports(server) == ["keras", "tensorflow"]
     model = keras.saving.load_model(saved)
     probabilities = keras.ops.convert_to_numpy(model(XOR_TEST_DATA.inputs))

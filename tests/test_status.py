@@ -1,4 +1,5 @@
 """Headless runs on a terminal show a live status line; piped, they print plain lines only."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,12 @@ from tests.test_cli import ROOT
 def _run_on_a_terminal(args: list[str]) -> str:
     """Run a script with a pseudo-terminal as its stderr; return all it wrote there."""
     leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, str(ROOT / args[0]), *args[1:]], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=follower)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / args[0]), *args[1:]],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
     os.close(follower)
     chunks = []
 
@@ -44,23 +49,55 @@ def _run_on_a_terminal(args: list[str]) -> str:
 
 @pytest.mark.slow
 def test_terminal_gets_a_status_line_and_a_pipe_does_not():
-    server = subprocess.Popen([sys.executable, str(ROOT / "server.py"), "--headless", "--host",
-                               "127.0.0.1", "--port", "0", "--linger", "0",
-                               # rounds wait for both clients: client1 surely trains one
-                               "--aggregation", "fedavg", "--round-timeout", "60"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "server.py"),
+            "--headless",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--linger",
+            "0",
+            # rounds wait for both clients: client1 surely trains one
+            "--aggregation",
+            "fedavg",
+            "--round-timeout",
+            "60",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         port = None
         for line in server.stdout:
             if "listening on" in line:
                 port = line.split("127.0.0.1:")[1].split()[0]
                 break
-        client = threading.Thread(target=subprocess.run, kwargs=dict(
-            args=[sys.executable, str(ROOT / "client2.py"), "--headless", "--host",
-                  "127.0.0.1", "--port", port], cwd=ROOT, capture_output=True, timeout=WAIT))
+        client = threading.Thread(
+            target=subprocess.run,
+            kwargs=dict(
+                args=[
+                    sys.executable,
+                    str(ROOT / "client2.py"),
+                    "--headless",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    port,
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                timeout=WAIT,
+            ),
+        )
         client.start()
-        terminal = _run_on_a_terminal(["client1.py", "--headless", "--host", "127.0.0.1",
-                                       "--port", port])
+        terminal = _run_on_a_terminal(
+            ["client1.py", "--headless", "--host", "127.0.0.1", "--port", port]
+        )
         client.join(WAIT)
         piped = server.stdout.read()
     finally:

@@ -1,6 +1,7 @@
 """bench.startup's baseline: with this folder on ``PYTHONPATH``, Python imports this at
 start-up and every entry point loads Keras first, as they all did before the server and the
 windows learnt to do without TensorFlow."""
+
 import sys
 from pathlib import Path
 

@@ -21,8 +21,9 @@ def log_to_stderr(role: str) -> None:
     """In a process Flower started, send our INFO lines to stderr, which Flower streams
     (``flwr run --stream``, a SuperNode's log); Flower's own logger stays as it is."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s [{role}] %(levelname)s %(message)s",
-                                           "%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s [{role}] %(levelname)s %(message)s", "%H:%M:%S")
+    )
     for name in OUR_LOGGERS:
         logger = logging.getLogger(name)
         if not logger.handlers:

@@ -8,6 +8,7 @@ the tutorial's XOR samples. ``deploy`` starts a SuperLink and N SuperNodes, runs
 ``flwr run`` on this project and stops them all; their logs stay in ``--logs``. Exit codes
 as ``server.py``'s: 0 done, 1 failed, 2 gave up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,18 @@ import logging
 import os
 import sys
 
-from common.app import EXIT_DONE, EXIT_FAILED, configure_logging, exit_code, positive
+from common.app import (
+    EXIT_DONE,
+    EXIT_FAILED,
+    configure_logging,
+    exit_code,
+    exit_on_mistake,
+    positive,
+)
 from common.data import DataError
-from common.flags import config_from, ga_settings, training_flags
-from common.flower.deploy import DeploymentError, LocalDeployment
-from common.model import ModelFileError
+from common.errors import UserError
+from common.flags import server_config_from, training_flags
+from common.flower.deploy import LocalDeployment
 from common.server import ServerConfig
 
 log = logging.getLogger("fedga.flower")
@@ -30,32 +38,59 @@ def parser() -> argparse.ArgumentParser:
     from common.aggregate import round_based
     from common.flower.server_app import DEFAULTS
 
-    defaults = ServerConfig(**DEFAULTS)
-    parser = argparse.ArgumentParser(prog="python -m common.flower", description=__doc__.split(
-        "\n\n")[0].rstrip(":") + ".")
+    defaults = ServerConfig.of(**DEFAULTS).training
+    parser = argparse.ArgumentParser(
+        prog="python -m common.flower", description=__doc__.split("\n\n")[0].rstrip(":") + "."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     simulate = commands.add_parser("simulate", help="simulate N nodes in this process")
     deploy = commands.add_parser("deploy", help="a SuperLink and N SuperNodes on this machine")
-    deploy.add_argument("--logs", metavar="FOLDER", default="flower-logs", help="where the "
-                        "SuperLink's and SuperNodes' logs go (default: %(default)s)")
-    simulate.add_argument("--seed", type=int, default=None, help="random seed of the "
-                          "server's populations (default: none)")
+    deploy.add_argument(
+        "--logs",
+        metavar="FOLDER",
+        default="flower-logs",
+        help="where the SuperLink's and SuperNodes' logs go (default: %(default)s)",
+    )
+    simulate.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed of the server's populations (default: none)",
+    )
     for command in (simulate, deploy):
-        command.add_argument("--nodes", type=positive(int), default=2,
-                             help="nodes, each running the ClientApp (default: %(default)s)")
-        command.add_argument("--data", metavar="FOLDER", help="per-node data: client_1.npz "
-                             "... client_N.npz, as python -m common.split writes them "
-                             "(default: the tutorial's XOR samples, client1's and client2's "
-                             "by turns)")
-        command.add_argument("--aggregation", default=defaults.aggregation,
-                             choices=round_based(), help="how each round's answers "
-                             "combine (default: %(default)s)")
-        command.add_argument("--round-timeout", type=positive(float),
-                             default=defaults.round_timeout, metavar="S", help="wait this "
-                             "long for a round's answers (default: %(default)s)")
-        command.add_argument("--log-level", default="INFO",
-                             choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                             help="how much to log (default: %(default)s)")
+        command.add_argument(
+            "--nodes",
+            type=positive(int),
+            default=2,
+            help="nodes, each running the ClientApp (default: %(default)s)",
+        )
+        command.add_argument(
+            "--data",
+            metavar="FOLDER",
+            help="per-node data: client_1.npz "
+            "... client_N.npz, as python -m common.split writes them "
+            "(default: the tutorial's XOR samples, client1's and client2's "
+            "by turns)",
+        )
+        command.add_argument(
+            "--aggregation",
+            default=defaults.aggregation,
+            choices=round_based(),
+            help="how each round's answers combine (default: %(default)s)",
+        )
+        command.add_argument(
+            "--round-timeout",
+            type=positive(float),
+            default=defaults.round_timeout,
+            metavar="S",
+            help="wait this long for a round's answers (default: %(default)s)",
+        )
+        command.add_argument(
+            "--log-level",
+            default="INFO",
+            choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+            help="how much to log (default: %(default)s)",
+        )
         training_flags(command, defaults)
     return parser
 
@@ -89,11 +124,21 @@ def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
 
     # Ray as Flower's backend would start it (which then leaves it be, and shuts it down at
     # the end), plus a worker setup that keeps TensorFlow out of the nodes.
-    ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)},
-                          "worker_process_setup_hook": "common.flower.keep_tensorflow_out"})
-    run_simulation(server_app, make_client_app(data_folder), num_supernodes=nodes,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    ray.init(
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)},
+            "worker_process_setup_hook": "common.flower.keep_tensorflow_out",
+        },
+    )
+    run_simulation(
+        server_app,
+        make_client_app(data_folder),
+        num_supernodes=nodes,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+    )
     return exit_code(global_model) if global_model.finished.is_set() else EXIT_FAILED
 
 
@@ -124,11 +169,10 @@ def run_config(config: ServerConfig) -> dict:
 
     from common.flower.server_app import RUN_CONFIG_KEYS
 
-    settings = {}
+    settings, values = {}, config.settings()
     for key in RUN_CONFIG_KEYS:
-        value = getattr(config, key.replace("-", "_"))
-        if isinstance(value, str) and key not in ("aggregation", "operators",
-                                                  "test-label-column"):
+        value = values[key.replace("-", "_")]
+        if isinstance(value, str) and key not in ("aggregation", "operators", "test-label-column"):
             value = str(Path(value).resolve())
         settings[key] = "" if value is None else value
     return settings
@@ -136,20 +180,21 @@ def run_config(config: ServerConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("flwr") is None:
-        print("Flower is not installed: .venv/bin/pip install -r requirements-flower.txt",
-              file=sys.stderr)
+        print(
+            "Flower is not installed: .venv/bin/pip install -r requirements-flower.txt",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     args = parser().parse_args(argv)
     configure_logging(args.log_level, "flower")
     quiet_flower(args.log_level)
-    config = config_from(args, ServerConfig, **ga_settings(args), min_clients=args.nodes)
+    config = server_config_from(args, min_clients=args.nodes)
     try:
         if args.command == "deploy":
             return deploy(config, args.nodes, args.data, args.logs)
         return simulate(config, args.nodes, args.data)
-    except (DataError, DeploymentError, ModelFileError) as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
+    except UserError as exc:  # a bad data folder, model file or deployment: one sentence
+        return exit_on_mistake(exc)
 
 
 if __name__ == "__main__":

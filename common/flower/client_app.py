@@ -6,6 +6,7 @@ A node's data, like ``client.py --data``: the file in its node config (``flower-
 ``data`` folder (made by ``python -m common.split``); else the tutorial's XOR samples,
 client1's for even partitions and client2's for odd ones.
 """
+
 from __future__ import annotations
 
 import functools
@@ -50,13 +51,19 @@ def make_client_app(data_folder: str | None = None) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         log_to_stderr(f"node {context.node_id}")
         node = context.node_config
-        trainer = _trainer(str(node.get("data", "")),
-                           data_folder or str(context.run_config.get("data", "")),
-                           int(node.get("partition-id", 0)))
+        trainer = _trainer(
+            str(node.get("data", "")),
+            data_folder or str(context.run_config.get("data", "")),
+            int(node.get("partition-id", 0)),
+        )
         request = request_from(message.content)
         result = trainer.train(request)
-        log.info("node %s trained round %s: best fitness %.4g", context.node_id,
-                 request.get("round"), result.best_fitness)
+        log.info(
+            "node %s trained round %s: best fitness %.4g",
+            context.node_id,
+            request.round,
+            result.best_fitness,
+        )
         return Message(update_content(result, len(trainer.data)), reply_to=message)
 
     return app

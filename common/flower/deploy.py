@@ -8,6 +8,7 @@ answers ``GET /health`` (as Flower's own CLI checks a local SuperLink), each Sup
 logs its node ID. Only then does ``flwr run`` start: it fails at once on a SuperLink that does
 not serve yet, and Flower's strategy waits forever for nodes that never connect.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,6 @@ POLL_INTERVAL = 0.2  # seconds between readiness checks, Flower's own CLI's
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-
-
 def superlink_serves(port: int) -> bool:
     """True once the SuperLink on this loopback port answers ``GET /health`` with 200."""
     try:
@@ -56,8 +55,10 @@ def node_online(log_file: Path) -> bool:
 
 def run_config_text(settings: dict) -> str:
     """``flwr run --run-config`` syntax: key=value pairs, strings quoted as TOML."""
-    return " ".join(f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}"
-                    for key, value in settings.items())
+    return " ".join(
+        f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}"
+        for key, value in settings.items()
+    )
 
 
 class LocalDeployment:
@@ -69,17 +70,27 @@ class LocalDeployment:
         self.data_files = data_files
         self.processes: list[subprocess.Popen] = []
         self.home = self.folder / "flwr-home"
-        self.env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                        FLWR_HOME=str(self.home), PYTHONPATH=str(PROJECT),
-                        # This venv has what the app needs: no venv built per run.
-                        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+        self.env = dict(
+            os.environ,
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            FLWR_HOME=str(self.home),
+            PYTHONPATH=str(PROJECT),
+            # This venv has what the app needs: no venv built per run.
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        )
 
     def _start(self, command: list[str], log_name: str, stream=None) -> subprocess.Popen:
         """Start ``command`` in a process group of its own, its output to ``stream`` or else
         to ``log_name`` in the folder."""
         with (self.folder / log_name).open("wb") if stream is None else nullcontext(stream) as out:
-            process = subprocess.Popen(command, cwd=PROJECT, env=self.env, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                cwd=PROJECT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes.append(process)
         return process
 
@@ -88,30 +99,51 @@ class LocalDeployment:
         link = free_port()
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{link}"\ninsecure = true\n')
+            f'address = "127.0.0.1:{link}"\ninsecure = true\n'
+        )
         try:
-            superlink = self._start([str(BIN / "flower-superlink"), "--insecure", "--port",
-                                     str(link)], "superlink.log")
-            self._wait_until_ready(superlink, "The SuperLink", "superlink.log",
-                                   partial(superlink_serves, link))
+            superlink = self._start(
+                [str(BIN / "flower-superlink"), "--insecure", "--port", str(link)], "superlink.log"
+            )
+            self._wait_until_ready(
+                superlink, "The SuperLink", "superlink.log", partial(superlink_serves, link)
+            )
             for node in range(self.nodes):
-                data = (f"data='{self.data_files[node]}'" if self.data_files
-                        else f"partition-id={node} num-partitions={self.nodes}")
-                self._start([str(BIN / "flower-supernode"), "--insecure", "--superlink",
-                             f"127.0.0.1:{link}", "--port", str(free_port()),
-                             "--node-config", data], f"supernode-{node + 1}.log")
+                data = (
+                    f"data='{self.data_files[node]}'"
+                    if self.data_files
+                    else f"partition-id={node} num-partitions={self.nodes}"
+                )
+                self._start(
+                    [
+                        str(BIN / "flower-supernode"),
+                        "--insecure",
+                        "--superlink",
+                        f"127.0.0.1:{link}",
+                        "--port",
+                        str(free_port()),
+                        "--node-config",
+                        data,
+                    ],
+                    f"supernode-{node + 1}.log",
+                )
             # They start side by side; each is then checked in turn.
             for number, process in enumerate(self.processes[1:], 1):
                 log_name = f"supernode-{number}.log"
-                self._wait_until_ready(process, f"SuperNode {number}", log_name,
-                                       partial(node_online, self.folder / log_name))
+                self._wait_until_ready(
+                    process,
+                    f"SuperNode {number}",
+                    log_name,
+                    partial(node_online, self.folder / log_name),
+                )
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_until_ready(self, process: subprocess.Popen, name: str, log_name: str,
-                          ready: Callable[[], bool]) -> None:
+    def _wait_until_ready(
+        self, process: subprocess.Popen, name: str, log_name: str, ready: Callable[[], bool]
+    ) -> None:
         """Return once ``ready()``; ``DeploymentError`` if ``process`` exits first or
         ``READY_TIMEOUT`` passes."""
         deadline = time.monotonic() + READY_TIMEOUT
@@ -121,10 +153,13 @@ class LocalDeployment:
             except subprocess.TimeoutExpired:
                 if time.monotonic() < deadline:
                     continue
-                raise DeploymentError(f"{name} did not come up within {READY_TIMEOUT:g} s; "
-                                      f"see {self.folder / log_name}.") from None
-            raise DeploymentError(f"{name} exited with code {code} before it came up; see "
-                                  f"{self.folder / log_name}.")
+                raise DeploymentError(
+                    f"{name} did not come up within {READY_TIMEOUT:g} s; "
+                    f"see {self.folder / log_name}."
+                ) from None
+            raise DeploymentError(
+                f"{name} exited with code {code} before it came up; see {self.folder / log_name}."
+            )
 
     def run(self, settings: dict, timeout: float | None = None, stream=None) -> int:
         """``flwr run`` with these run-config settings; its output (the ServerApp's log) goes

@@ -12,6 +12,7 @@ as ``server.py``'s flags: model, test-data, target-accuracy, max-rounds, num-sol
 aggregation, min-clients (nodes to wait for), round-timeout (seconds to wait for the nodes'
 answers), seed, history, plot, save-model and the GA settings.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,8 @@ from common.errors import ConfigError
 from common.flower import log_to_stderr
 from common.flower.records import request_content, update_from
 from common.operators import OPERATORS
-from common.protocol import ProtocolError, Subject
+from common.protocol import ProtocolError
+from common.protocol.messages import ClientUpdate, Done
 from common.server import GlobalModel, ServerConfig
 
 log = logging.getLogger("fedga.flower")
@@ -37,11 +39,29 @@ log = logging.getLogger("fedga.flower")
 DEFAULTS = {"aggregation": "fedavg", "round_timeout": 120.0}
 # What pyproject.toml's [tool.flwr.app.config] declares for the server (Flower refuses any
 # other key in --run-config), besides ``data``, which is the nodes'.
-RUN_CONFIG_KEYS = ("target-accuracy", "max-rounds", "num-solutions", "aggregation",
-                   "min-clients", "round-timeout", "num-generations", "num-parents-mating",
-                   "mutation-percent-genes", "operators", "mutation-step", "model",
-                   "test-data", "test-labels", "test-label-column", "history", "plot",
-                   "save-model", "patience", "step-patience", "stop-fitness")
+RUN_CONFIG_KEYS = (
+    "target-accuracy",
+    "max-rounds",
+    "num-solutions",
+    "aggregation",
+    "min-clients",
+    "round-timeout",
+    "num-generations",
+    "num-parents-mating",
+    "mutation-percent-genes",
+    "operators",
+    "mutation-step",
+    "model",
+    "test-data",
+    "test-labels",
+    "test-label-column",
+    "history",
+    "plot",
+    "save-model",
+    "patience",
+    "step-patience",
+    "stop-fitness",
+)
 EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
 
 
@@ -53,15 +73,16 @@ def server_config(run_config: dict) -> ServerConfig:
         if key == "data":
             continue
         if key not in RUN_CONFIG_KEYS:
-            raise ConfigError(f"The run config key {key!r} is not a setting of the fedga "
-                              "ServerApp.")
+            raise ConfigError(
+                f"The run config key {key!r} is not a setting of the fedga ServerApp."
+            )
         # A run config has no None: an empty string stands for it.
         values[key.replace("-", "_")] = None if value == "" else value
     if values.get("aggregation", DEFAULTS["aggregation"]) not in round_based():
         raise ConfigError(f"aggregation must be one of {', '.join(round_based())} on Flower.")
     if values.get("operators", OPERATORS[0]) not in OPERATORS:
         raise ConfigError(f"operators must be one of {', '.join(OPERATORS)}.")
-    return ServerConfig(**(DEFAULTS | values))
+    return ServerConfig.of(**(DEFAULTS | values))
 
 
 class GAStrategy(Strategy):
@@ -75,59 +96,80 @@ class GAStrategy(Strategy):
 
     @property
     def done(self) -> bool:
-        return self._next.subject is Subject.DONE
+        return isinstance(self._next, Done)
 
     def summary(self) -> None:
         model = self.global_model
-        log.info("GAStrategy: %s over at least %d nodes, %d parameters, target accuracy %g",
-                 model.aggregation.name, self.min_nodes, model.num_params, model.target_accuracy)
+        log.info(
+            "GAStrategy: %s over at least %d nodes, %d parameters, target accuracy %g",
+            model.aggregation.name,
+            self.min_nodes,
+            model.num_params,
+            model.target_accuracy,
+        )
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if isinstance(self._next, Done):
+            return []  # training is over: nothing to send
         _, nodes = sample_nodes(grid, self.min_nodes, 0)  # waits for min_nodes, then all
-        content = request_content(self._next.data)
-        return [Message(content, node, MessageType.TRAIN, group_id=str(server_round))
-                for node in nodes]
+        content = request_content(self._next)
+        return [
+            Message(content, node, MessageType.TRAIN, group_id=str(server_round)) for node in nodes
+        ]
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Fold the round's usable answers in; a failed or malformed one is logged and left
         out, as the built-in server drops a bad client and carries on."""
-        pending = []
+        pending: dict[str, ClientUpdate] = {}
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                log.warning("node %s failed in round %d: %s", node, server_round,
-                            reply.error.reason)
+                log.warning(
+                    "node %s failed in round %d: %s", node, server_round, reply.error.reason
+                )
                 continue
             try:
-                vector, num_samples, metrics = update_from(reply.content,
-                                                           self.global_model.num_params)
+                update, metrics = update_from(reply.content, self.global_model.num_params)
             except ProtocolError as exc:
-                log.warning("node %s sent an unusable answer in round %d: %s", node,
-                            server_round, exc)
+                log.warning(
+                    "node %s sent an unusable answer in round %d: %s", node, server_round, exc
+                )
                 continue
-            pending.append((vector, num_samples, None, f"node{node}"))
+            pending[f"node{node}"] = update
             self.node_metrics.append({"round": server_round, "node": node, **metrics})
         if not pending:
             return None, None
-        answers = self.node_metrics[-len(pending):]
+        answers = self.node_metrics[-len(pending) :]
         generations = [int(m["generations"]) for m in answers]
         fitness = [m["best_fitness"] for m in answers]
-        log.info("round %d: %d nodes trained %d to %d generations, best fitness %.4g to %.4g",
-                 server_round, len(pending), min(generations), max(generations),
-                 min(fitness), max(fitness))
+        log.info(
+            "round %d: %d nodes trained %d to %d generations, best fitness %.4g to %.4g",
+            server_round,
+            len(pending),
+            min(generations),
+            max(generations),
+            min(fitness),
+            max(fitness),
+        )
         self._next = self.global_model.apply_round(pending)
         model = self.global_model
-        return (ArrayRecord([model.vector]),
-                MetricRecord({"accuracy": model.accuracy, "updates": len(pending)}))
+        return (
+            ArrayRecord([model.vector]),
+            MetricRecord({"accuracy": model.accuracy, "updates": len(pending)}),
+        )
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return []  # the server evaluates on its own test data
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
-                           ) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         return None
 
 
@@ -142,29 +184,28 @@ def train_until_done(grid: Grid, strategy: GAStrategy, reply_timeout: float) -> 
         server_round += 1
         replies = grid.send_and_receive(
             strategy.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid),
-            timeout=reply_timeout)
+            timeout=reply_timeout,
+        )
         arrays, _ = strategy.aggregate_train(server_round, replies)
         if arrays is not None:
             empty_rounds = 0
             continue
         empty_rounds += 1
-        log.warning("round %d: no node answered usably within %g s", server_round,
-                    reply_timeout)
+        log.warning("round %d: no node answered usably within %g s", server_round, reply_timeout)
         if empty_rounds >= EMPTY_ROUNDS_ALLOWED:
             log.error("giving up: %d rounds in a row without a usable answer", empty_rounds)
             return False
     return global_model.reached_target
 
 
-def run(grid: Grid, config: ServerConfig, global_model: GlobalModel | None = None
-        ) -> GAStrategy:
+def run(grid: Grid, config: ServerConfig, global_model: GlobalModel | None = None) -> GAStrategy:
     """Train ``global_model`` (by default the config's) on the nodes behind ``grid``; the
     results are written as ``server.py`` writes them (history, plot, saved model)."""
     from common.app import build_global_model, save_results
 
     global_model = global_model or build_global_model(config)
-    strategy = GAStrategy(global_model, min_nodes=config.min_clients)
-    train_until_done(grid, strategy, config.round_timeout)
+    strategy = GAStrategy(global_model, min_nodes=config.training.min_clients)
+    train_until_done(grid, strategy, config.training.round_timeout)
     save_results(config, global_model)
     return strategy
 

@@ -5,6 +5,7 @@
 configure Kivy before importing those modules, because Kivy reads its window size and
 position when its window module is first imported.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,9 @@ def _prepare_kivy(size: tuple[int, int], position: tuple[int, int] | None) -> No
     Config.set("input", "mouse", "mouse,disable_multitouch")
 
 
-def run_server_window(config: ServerConfig, make_global_model: Callable,
-                      position: tuple[int, int] | None = None) -> int:
+def run_server_window(
+    config: ServerConfig, make_global_model: Callable, position: tuple[int, int] | None = None
+) -> int:
     """Open the Server App window; return the exit code once it is closed."""
     _prepare_kivy(SERVER_SIZE, position)
     from common.gui.controllers import ServerController
@@ -47,8 +49,12 @@ def run_server_window(config: ServerConfig, make_global_model: Callable,
     return run_app(ServerApp(ServerController(config, make_global_model, call_soon=call_soon)))
 
 
-def run_client_window(config: ClientConfig, data: Dataset | None, data_file: DataFile,
-                      position: tuple[int, int] | None = None) -> int:
+def run_client_window(
+    config: ClientConfig,
+    data: Dataset | None,
+    data_file: DataFile,
+    position: tuple[int, int] | None = None,
+) -> int:
     """Open a Client App window ("Client App 1" for client1) with ``data``, read from
     ``data_file`` (None: its data row starts empty); return the exit code once closed."""
     _prepare_kivy(CLIENT_SIZE, position)
@@ -57,5 +63,6 @@ def run_client_window(config: ClientConfig, data: Dataset | None, data_file: Dat
     from common.gui.window import call_soon, run_app
 
     title = "Client App " + config.name.removeprefix("client")
-    return run_app(ClientApp(ClientController(config, data, data_file, call_soon=call_soon),
-                             title=title))
+    return run_app(
+        ClientApp(ClientController(config, data, data_file, call_soon=call_soon), title=title)
+    )

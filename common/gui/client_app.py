@@ -1,6 +1,7 @@
 """The Client App window: the tutorial's socket buttons, then this client's data file, the
 round being trained, the GA's progress through its generations with the best fitness so
 far, and a chart of the local loss over the generations of the current round."""
+
 from __future__ import annotations
 
 from kivy.metrics import dp
@@ -26,23 +27,38 @@ class ClientApp(TutorialApp):
 
     def build(self):
         controller = self.controller
-        root = self.tutorial_rows(("Server IPv4 Address", "Server Port Number"),
-                                  ("connect", "Connect to Server", controller.connect),
-                                  ("train", "Receive & Train Model", controller.train),
-                                  secured="connect")
-        hint = (".npz, .npy or .csv file" if controller.data is None
-                else f"empty: the tutorial's {controller.config.name} samples")
-        root.add_widget(self.file_row(
-            "data", "Data file (.npz, .npy, .csv)", hint,
-            controller.data_file.path, suffixes=DATA_SUFFIXES, on_edited=self._load,
-            seconds=(("labels", "labels", "Labels file (.npy)"),
-                     ("label_column", "label_column", "Label column (.csv)"))))
+        root = self.tutorial_rows(
+            ("Server IPv4 Address", "Server Port Number"),
+            ("connect", "Connect to Server", controller.connect),
+            ("train", "Receive & Train Model", controller.train),
+            secured="connect",
+        )
+        hint = (
+            ".npz, .npy or .csv file"
+            if controller.data is None
+            else f"empty: the tutorial's {controller.config.name} samples"
+        )
+        root.add_widget(
+            self.file_row(
+                "data",
+                "Data file (.npz, .npy, .csv)",
+                hint,
+                controller.data_file.path,
+                suffixes=DATA_SUFFIXES,
+                on_edited=self._load,
+                seconds=(
+                    ("labels", "labels", "Labels file (.npy)"),
+                    ("label_column", "label_column", "Label column (.csv)"),
+                ),
+            )
+        )
         self.data_label = wrapping_label(height=dp(22), font_size="14sp", shorten=True)
         root.add_widget(self.data_label)
         self.progress_label = wrapping_label(height=dp(28), font_size="16sp")
         root.add_widget(self.progress_label)
-        self.progress_bar = ProgressBar(max=controller.view.generations, size_hint_y=None,
-                                        height=dp(24))
+        self.progress_bar = ProgressBar(
+            max=controller.view.generations, size_hint_y=None, height=dp(24)
+        )
         root.add_widget(self.progress_bar)
         self.chart = LineChart("generation of this round")
         root.add_widget(self.chart)
@@ -53,12 +69,12 @@ class ClientApp(TutorialApp):
 
     def _load(self) -> None:
         fields = self.fields
-        self.controller.load_data(fields["data"].text, fields["labels"].text,
-                                  fields["label_column"].text)
+        self.controller.load_data(
+            fields["data"].text, fields["labels"].text, fields["label_column"].text
+        )
 
     def input_locked(self, name: str) -> bool:
-        return super().input_locked(name) or (name in DATA_NAMES and
-                                              self.controller.data_in_use)
+        return super().input_locked(name) or (name in DATA_NAMES and self.controller.data_in_use)
 
     def refresh(self) -> None:
         super().refresh()
@@ -72,5 +88,7 @@ class ClientApp(TutorialApp):
             self.progress_label.text = "Not training yet"
             return
         fitness = "-" if view.best_fitness is None else f"{view.best_fitness:.3g}"
-        self.progress_label.text = (f"Round {view.round}    generation {view.generation} of "
-                                    f"{view.generations}    best fitness {fitness}")
+        self.progress_label.text = (
+            f"Round {view.round}    generation {view.generation} of "
+            f"{view.generations}    best fitness {fitness}"
+        )

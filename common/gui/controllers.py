@@ -6,6 +6,7 @@ tests drive the same controller without a display. Core threads report through
 main thread in a window, the test's thread in a test); every attribute a window reads is
 only ever changed there.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,15 +22,21 @@ from dataclasses import dataclass, field
 from common import security
 from common.aggregate import AGGREGATIONS
 from common.app import parse_port, positive
-from common.checkpoint import CheckpointError
 from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
 from common.data import DataError, DataFile, Dataset, describe, second_field
+from common.errors import UserError
 from common.events import Event, EventKind
-from common.model import ModelFileError
 from common.operators import OPERATORS
 from common.results import History
-from common.server import (BindError, GlobalModel, ListenThread, ServerConfig, bind_socket,
-                           new_socket, start_listening)
+from common.server import (
+    BindError,
+    GlobalModel,
+    ListenThread,
+    ServerConfig,
+    bind_socket,
+    new_socket,
+    start_listening,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +58,7 @@ class SecurityField:
 class _Controller:
     """Buttons, a status line, security fields and a change callback shared by both windows."""
 
+    config: ServerConfig | ClientConfig  # each window's own, as its flags filled it
     BUTTONS: tuple[str, ...] = ()
     SECURITY: tuple[tuple[str, str], ...] = ()  # (config field, caption) of each security field
     TLS_FIELD = ""  # the one of them that turns TLS on
@@ -64,14 +72,20 @@ class _Controller:
         self.actions: dict[str, bool] = {}  # the buttons added below the tutorial's: enabled?
         self.settings_in_use = False  # the security fields' values are in use: not editable
 
+    def setting(self, name: str):
+        """A setting of the config by its flat name (a flag's, a field's)."""
+        return getattr(self.config, name)
+
     def security_fields(self) -> list[SecurityField]:
         """The security fields, filled from the config; empty means off."""
         env_secret = os.environ.get(security.SECRET_ENV)
-        hints = {"secret_file": f"empty: ${security.SECRET_ENV}" if env_secret
-                 else "empty: no secret"}
-        return [SecurityField(name, caption, hints.get(name, "empty: no TLS"),
-                              getattr(self.config, name) or "")
-                for name, caption in self.SECURITY]
+        hints = {
+            "secret_file": f"empty: ${security.SECRET_ENV}" if env_secret else "empty: no secret"
+        }
+        return [
+            SecurityField(name, caption, hints.get(name, "empty: no TLS"), self.setting(name) or "")
+            for name, caption in self.SECURITY
+        ]
 
     def _show(self, status: str, *, enable: tuple[str, ...]) -> None:
         """Set the status line and enable exactly the ``enable`` buttons."""
@@ -98,7 +112,7 @@ class _Controller:
         """The security fields' settings checked as config values (a field not in ``texts``
         keeps the config's), or None after saying why ``step`` cannot use them (its button
         stays enabled, to try again). An empty secret file means ``$FEDGA_SECRET``, if set."""
-        paths = {name: getattr(self.config, name) for name, _ in self.SECURITY}
+        paths = {name: self.setting(name) for name, _ in self.SECURITY}
         paths |= {name: text.strip() or None for name, text in texts.items()}
         try:
             secret = security.check_settings(**paths)
@@ -110,12 +124,15 @@ class _Controller:
     def _protection(self) -> str:
         """The config's protection for a status line: " (TLS, shared secret)", or "" for the
         tutorial's plain wire."""
-        config, parts = self.config, []
-        if getattr(config, self.TLS_FIELD):
+        parts = []
+        if self.setting(self.TLS_FIELD):
             parts.append("TLS")
-        if config.secret is not None:
-            parts.append("shared secret" if config.secret_file else
-                         f"shared secret from ${security.SECRET_ENV}")
+        if self.setting("secret") is not None:
+            parts.append(
+                "shared secret"
+                if self.setting("secret_file")
+                else f"shared secret from ${security.SECRET_ENV}"
+            )
         return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -123,7 +140,7 @@ class _Controller:
 class SetupField:
     """A server setting the window shows below the tutorial's column, read at Listen."""
 
-    name: str  # the ServerConfig field it fills
+    name: str  # the ServerConfig setting it fills, by its flat name
     caption: str
     text: str  # pre-filled from the config (the flags)
     choices: tuple[str, ...] = ()  # a spinner's values; empty: a text field
@@ -163,21 +180,31 @@ NUMBERS = {
     "mutation_percent_genes": ("Mutation %", positive(float)),
     "mutation_step": ("Mutation step", positive(float)),
 }
-FILES = {"model": "Model file (.keras, JSON)", "test_data": "Test data file",
-         "test_labels": "Test labels (.npy)", "test_label_column": "Label column (.csv)"}
+FILES = {
+    "model": "Model file (.keras, JSON)",
+    "test_data": "Test data file",
+    "test_labels": "Test labels (.npy)",
+    "test_label_column": "Label column (.csv)",
+}
 # Spinners: (caption, values). The registry itself, so a rule registered later is offered.
-CHOICES = {"aggregation": ("Aggregation", AGGREGATIONS),
-           "operators": ("GA operators", OPERATORS)}
-SETUP_ORDER = (*FILES, "target_accuracy", "aggregation", "min_clients", "patience",
-               "num_generations", "num_parents_mating", "mutation_percent_genes", "operators",
-               "mutation_step")
+CHOICES = {"aggregation": ("Aggregation", AGGREGATIONS), "operators": ("GA operators", OPERATORS)}
+SETUP_ORDER = (
+    *FILES,
+    "target_accuracy",
+    "aggregation",
+    "min_clients",
+    "patience",
+    "num_generations",
+    "num_parents_mating",
+    "mutation_percent_genes",
+    "operators",
+    "mutation_step",
+)
 SAVE_SUFFIXES = {"model": ".keras", "history": ".csv", "plot": ".png"}  # what each Save writes
 ENDINGS = {  # how training ended, as the summary says it (the accuracy its event carries)
     EventKind.DONE: "Training done: global accuracy {accuracy:.2f} after {round} rounds",
-    EventKind.GAVE_UP:
-        "Gave up after {round} rounds (--max-rounds): global accuracy {accuracy:.2f}",
-    EventKind.PATIENCE:
-        "Stopped after {round} rounds (--patience): best global accuracy {accuracy:.2f}",
+    EventKind.GAVE_UP: "Gave up after {round} rounds (--max-rounds): global accuracy {accuracy:.2f}",
+    EventKind.PATIENCE: "Stopped after {round} rounds (--patience): best global accuracy {accuracy:.2f}",
     EventKind.STOPPED: "Stopped after {round} rounds: best global accuracy {accuracy:.2f}",
 }
 CLIENT_ID = re.compile(r"^(.*)-[0-9a-f]{8}$")  # a fedga client's id: its name and a nonce
@@ -194,14 +221,23 @@ class ServerController(_Controller):
     built stays, to be saved, until the next.
     """
 
+    config: ServerConfig
     BUTTONS = ("create", "bind", "listen", "close")
     ACTIONS = ("stop", "save_model", "save_history", "save_plot")
-    SECURITY = (("secret_file", "Secret file"), ("tls_cert", "TLS certificate"),
-                ("tls_key", "TLS key"))
+    SECURITY = (
+        ("secret_file", "Secret file"),
+        ("tls_cert", "TLS certificate"),
+        ("tls_key", "TLS key"),
+    )
     TLS_FIELD = "tls_cert"
 
-    def __init__(self, config: ServerConfig,
-                 make_global_model: Callable[..., GlobalModel], *, call_soon: CallSoon):
+    def __init__(
+        self,
+        config: ServerConfig,
+        make_global_model: Callable[..., GlobalModel],
+        *,
+        call_soon: CallSoon,
+    ):
         super().__init__(call_soon)
         self.config = config
         self._make_global_model = make_global_model
@@ -215,10 +251,14 @@ class ServerController(_Controller):
         self.view = ServerView()
         self._update_actions()
 
+    def setting(self, name: str):
+        return self.config.settings()[name]
+
     def setup_fields(self) -> list[SetupField]:
         """The setup fields in the window's order, filled from the config."""
+
         def text(name: str) -> str:
-            value = getattr(self.config, name)
+            value = self.setting(name)
             return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
         fields = []
@@ -282,21 +322,20 @@ class ServerController(_Controller):
         listen with the security fields' texts (``secret_file``, ``tls_cert``, ``tls_key``).
         Fields not given keep the config's values."""
         security_names = {name for name, _ in self.SECURITY}
-        settings = self._security({k: v for k, v in texts.items() if k in security_names},
-                                  "listen")
+        settings = self._security({k: v for k, v in texts.items() if k in security_names}, "listen")
         if settings is None:
             return
         setup = self._setup({k: v for k, v in texts.items() if k not in security_names})
         if setup is None:
             return
-        config = dataclasses.replace(self.config, **settings, **setup)
+        config = self.config.with_settings(**settings, **setup)
         self._attempt += 1
-        attempt, history = self._attempt, History(config.history)
+        attempt, history = self._attempt, History(config.outputs.history)
 
         def work() -> None:  # off the main thread: Keras may load, a test set may be large
             try:
                 model = self._make_global_model(config, self._from_thread(attempt), history)
-            except (ModelFileError, DataError, CheckpointError) as exc:
+            except UserError as exc:  # a bad model file, test set, checkpoint: one sentence
                 self._call_soon(self._build_failed, attempt, str(exc))
                 return
             except Exception as exc:  # a bug must leave the window usable
@@ -315,8 +354,9 @@ class ServerController(_Controller):
             self.settings_in_use = False
             self._show(reason, enable=("listen", "close"))
 
-    def _built(self, attempt: int, config: ServerConfig, model: GlobalModel,
-               history: History) -> None:
+    def _built(
+        self, attempt: int, config: ServerConfig, model: GlobalModel, history: History
+    ) -> None:
         if attempt != self._attempt:
             return  # Close came first
         try:
@@ -329,26 +369,37 @@ class ServerController(_Controller):
         forward = model.forward
         self.view = ServerView(
             summary=f"Global accuracy {model.accuracy:.2f} before training",
-            model=self._describe_model(config, forward.num_features, forward.num_outputs,
-                                       model.num_params),
-            history=[(model.round, model.accuracy,
-                      model.best.loss if model.best.round == model.round else None)])
+            model=self._describe_model(
+                config, forward.num_features, forward.num_outputs, model.num_params
+            ),
+            history=[
+                (
+                    model.round,
+                    model.accuracy,
+                    model.best.loss if model.best.round == model.round else None,
+                )
+            ],
+        )
         log.info("model: %s", self.view.model)
-        self.listener = ListenThread(model, config, listening_socket=self.socket,
-                                     on_event=self._from_thread(attempt))
+        self.listener = ListenThread(
+            model, config, listening_socket=self.socket, on_event=self._from_thread(attempt)
+        )
         self.listener.start()
         host, port = self.listener.server_address
         self.view.address = f"{host}:{port}"
         self._update_actions()
-        self._show(f"Socket is Listening for Connections on {self.view.address}"
-                   f"{self._protection()}", enable=("close",))
+        self._show(
+            f"Socket is Listening for Connections on {self.view.address}{self._protection()}",
+            enable=("close",),
+        )
 
     @staticmethod
     def _describe_model(config: ServerConfig, features: int, outputs: int, params: int) -> str:
         shape = f"{features} features -> {outputs} outputs, {params:,} parameters"
-        if config.model:
-            return f"The model in {config.model}: {shape}"
-        if config.test_data and (features, outputs) != (2, 2):
+        training = config.training
+        if training.model:
+            return f"The model in {training.model}: {shape}"
+        if training.test_data and (features, outputs) != (2, 2):
             return f"No model file: a default Dense model sized to the test data ({shape})"
         return f"The tutorial's XOR model ({shape})"
 
@@ -383,8 +434,11 @@ class ServerController(_Controller):
         model, history = self.global_model, self.history
         write = {"model": model.save_model, "history": history.save, "plot": history.plot}[kind]
         best = model.best
-        what = {"model": f"the best model (round {best.round}, accuracy {best.accuracy:.4f})",
-                "history": "the history", "plot": "the plot"}[kind]
+        what = {
+            "model": f"the best model (round {best.round}, accuracy {best.accuracy:.4f})",
+            "history": "the history",
+            "plot": "the plot",
+        }[kind]
 
         def work() -> None:
             try:
@@ -413,12 +467,16 @@ class ServerController(_Controller):
         """Stop while training runs; the Save buttons once it ended, one save at a time."""
         model = self.global_model
         ended = model is not None and model.finished.is_set()
-        self.actions = {"stop": self.listener is not None and model is not None and not ended,
-                        **{name: ended and not self._saving for name in self.ACTIONS[1:]}}
+        self.actions = {
+            "stop": self.listener is not None and model is not None and not ended,
+            **{name: ended and not self._saving for name in self.ACTIONS[1:]},
+        }
 
     def _on_event(self, attempt: int, event: Event) -> None:
-        if attempt != self._attempt and event.kind not in (EventKind.DISCONNECTED,
-                                                           EventKind.ANSWERED_DONE):
+        if attempt != self._attempt and event.kind not in (
+            EventKind.DISCONNECTED,
+            EventKind.ANSWERED_DONE,
+        ):
             return  # a model Listen no longer uses (its clients' last words still count)
         view, clients = self.view, self.view.clients
         row = clients.get(event.peer)
@@ -436,8 +494,10 @@ class ServerController(_Controller):
             view.history.append((event.round, event.accuracy, event.loss))
             best = self.global_model.best
             view.best_round = best.round
-            view.summary = (f"Round {event.round}: global accuracy {event.accuracy:.2f} "
-                            f"(best {best.accuracy:.2f}, round {best.round})")
+            view.summary = (
+                f"Round {event.round}: global accuracy {event.accuracy:.2f} "
+                f"(best {best.accuracy:.2f}, round {best.round})"
+            )
             for waiting in clients.values():  # the round closed: each is answered
                 if waiting.state == "waiting":
                     waiting.state = "training"
@@ -491,12 +551,19 @@ class ClientController(_Controller):
     row is locked from Receive & Train until Close Socket.
     """
 
+    config: ClientConfig
     BUTTONS = ("create", "connect", "train", "close")
     SECURITY = (("secret_file", "Secret file"), ("tls_ca", "TLS CA file"))
     TLS_FIELD = "tls_ca"
 
-    def __init__(self, config: ClientConfig, data: Dataset | None,
-                 data_file: DataFile = DataFile(), *, call_soon: CallSoon):
+    def __init__(
+        self,
+        config: ClientConfig,
+        data: Dataset | None,
+        data_file: DataFile = DataFile(),
+        *,
+        call_soon: CallSoon,
+    ):
         super().__init__(call_soon)
         self.config = config
         self.data = data  # None until a file is loaded (client.py without --data)
@@ -504,8 +571,10 @@ class ClientController(_Controller):
         self._loaded = data_file if data is not None else None  # the file ``data`` came from
         self.data_in_use = False  # training reads ``data``: the data row is locked
         source = os.path.basename(data_file.path) or f"the tutorial's {config.name} samples"
-        self.view = ClientView(data=NO_DATA if data is None else f"{source}: {describe(data)}",
-                               generations=config.ga.num_generations)
+        self.view = ClientView(
+            data=NO_DATA if data is None else f"{source}: {describe(data)}",
+            generations=config.ga.num_generations,
+        )
         self.socket: socket.socket | None = None
         self.thread: RecvThread | None = None
         self._connector: threading.Thread | None = None
@@ -524,13 +593,15 @@ class ClientController(_Controller):
         if choice == self._loaded or self.data_in_use:
             return
         if not choice.path:
-            self._say("Choose a data file: .npz, .npy with a labels file, or .csv with a "
-                      "label column.")
+            self._say(
+                "Choose a data file: .npz, .npy with a labels file, or .csv with a label column."
+            )
             return
         needed = second_field(choice.path)
         if needed is not None and not getattr(choice, needed):  # not a mistake: not done yet
             self.view.data = f"{choice.path}: now give " + (
-                "its labels file (.npy)" if needed == "labels" else "the column of its labels")
+                "its labels file (.npy)" if needed == "labels" else "the column of its labels"
+            )
             self.on_change()
             return
         self._load_attempt += 1
@@ -593,8 +664,9 @@ class ClientController(_Controller):
             sock.close()
             return
         self.socket = sock
-        self._show(f"Successful Connection to the Server{self._protection()}",
-                   enable=("train", "close"))
+        self._show(
+            f"Successful Connection to the Server{self._protection()}", enable=("train", "close")
+        )
 
     def _connect_failed(self, attempt: int, reason: str) -> None:
         if attempt == self._attempt:
@@ -608,10 +680,15 @@ class ClientController(_Controller):
         attempt, config = self._attempt, self.config
         source = self._loaded.path if self._loaded and self._loaded.path else None
         self.thread = RecvThread(
-            config.buffer_size, config.recv_timeout, sock=self.socket, data=self.data,
-            data_source=source or f"the tutorial's {config.name} samples", config=config,
+            config.buffer_size,
+            config.recv_timeout,
+            sock=self.socket,
+            data=self.data,
+            data_source=source or f"the tutorial's {config.name} samples",
+            config=config,
             on_event=lambda event: self._call_soon(self._on_event, attempt, event),
-            reconnect=Reconnector(config.host, config.port, config.retries))
+            reconnect=Reconnector(config.host, config.port, config.retries),
+        )
         self.data_in_use = True
         self._show("Receiving the Model from the Server", enable=("close",))
         self.thread.start()
@@ -649,8 +726,10 @@ class ClientController(_Controller):
         elif event.kind is EventKind.SENT:
             # The GA may stop early once the local loss is low: the round is complete anyway.
             view.generation, view.best_fitness = view.generations, event.fitness
-            self._show(f"Sent the trained model of round {event.round}; waiting for the server",
-                       enable=("close",))
+            self._show(
+                f"Sent the trained model of round {event.round}; waiting for the server",
+                enable=("close",),
+            )
         elif event.kind is EventKind.DONE:
             accuracy = "" if event.accuracy is None else f": accuracy {event.accuracy:.2f}"
             self._show(f"Training is done{accuracy}", enable=("close",))

@@ -2,6 +2,7 @@
 the test data, the aggregation, when to stop, the GA settings) and *Training* (accuracy and
 loss per round with the best round marked, and the clients with their last update), and
 the buttons that stop training and save its results."""
+
 from __future__ import annotations
 
 import logging
@@ -15,21 +16,36 @@ from kivy.uix.tabbedpanel import TabbedPanel, TabbedPanelItem
 from common.data import DATA_SUFFIXES
 from common.gui.sizes import SERVER_MINIMUM
 from common.gui.controllers import SAVE_SUFFIXES, ServerController
-from common.gui.window import (CAPTIONED_HEIGHT, ROW_HEIGHT, LineChart, PathDialog, Series,
-                               TutorialApp, log_positions_when_drawn, loss_range,
-                               wrapping_label)
+from common.gui.window import (
+    CAPTIONED_HEIGHT,
+    ROW_HEIGHT,
+    LineChart,
+    PathDialog,
+    Series,
+    TutorialApp,
+    log_positions_when_drawn,
+    loss_range,
+    wrapping_label,
+)
 
 log = logging.getLogger(__name__)
 
 ACCURACY = (0.30, 0.80, 0.45)
 LOSS = (0.95, 0.45, 0.35)
 CLIENT_ROWS = 4  # as many as the list's height holds
-CLIENT_COLUMNS = (("Client", 0.26), ("Samples", 0.13), ("Round", 0.11), ("Accuracy", 0.14),
-                  ("State", 0.36))
+CLIENT_COLUMNS = (
+    ("Client", 0.26),
+    ("Samples", 0.13),
+    ("Round", 0.11),
+    ("Accuracy", 0.14),
+    ("State", 0.36),
+)
 MODEL_SUFFIXES = (".keras", ".json")
-SAVES = (("save_model", "Save Model", "model", "best.keras"),
-         ("save_history", "Save History", "history", "history.csv"),
-         ("save_plot", "Save Plot", "plot", "history.png"))
+SAVES = (
+    ("save_model", "Save Model", "model", "best.keras"),
+    ("save_history", "Save History", "history", "history.csv"),
+    ("save_plot", "Save Plot", "plot", "history.png"),
+)
 
 
 class ServerApp(TutorialApp):
@@ -45,10 +61,12 @@ class ServerApp(TutorialApp):
 
     def build(self):
         controller = self.controller
-        root = self.tutorial_rows(("IPv4 Address", "Port Number"),
-                                  ("bind", "Bind Socket", controller.bind),
-                                  ("listen", "Listen to Connections", controller.listen),
-                                  secured="listen")
+        root = self.tutorial_rows(
+            ("IPv4 Address", "Port Number"),
+            ("bind", "Bind Socket", controller.bind),
+            ("listen", "Listen to Connections", controller.listen),
+            secured="listen",
+        )
         self.tabs = TabbedPanel(do_default_tab=False, tab_height=dp(30), tab_width=dp(110))
         self.setup_tab = TabbedPanelItem(text="Setup", content=self.setup_panel())
         self.training_tab = TabbedPanelItem(text="Training", content=self.training_panel())
@@ -68,17 +86,40 @@ class ServerApp(TutorialApp):
         specs = {spec.name: spec for spec in self.controller.setup_fields()}
         self.setup_specs = specs
         panel = BoxLayout(orientation="vertical", padding=dp(6), spacing=dp(4))
-        panel.add_widget(self.file_row("model", specs["model"].caption, "empty: see below",
-                                       specs["model"].text, suffixes=MODEL_SUFFIXES,
-                                       on_edited=self.refresh))
-        panel.add_widget(self.file_row(
-            "test_data", specs["test_data"].caption, "empty: the four XOR samples",
-            specs["test_data"].text, suffixes=DATA_SUFFIXES, on_edited=self.refresh,
-            seconds=(("labels", "test_labels", specs["test_labels"].caption),
-                     ("label_column", "test_label_column", specs["test_label_column"].caption))))
-        for names in (("target_accuracy", "aggregation", "min_clients", "patience"),
-                      ("num_generations", "num_parents_mating", "mutation_percent_genes",
-                       "operators", "mutation_step")):
+        panel.add_widget(
+            self.file_row(
+                "model",
+                specs["model"].caption,
+                "empty: see below",
+                specs["model"].text,
+                suffixes=MODEL_SUFFIXES,
+                on_edited=self.refresh,
+            )
+        )
+        panel.add_widget(
+            self.file_row(
+                "test_data",
+                specs["test_data"].caption,
+                "empty: the four XOR samples",
+                specs["test_data"].text,
+                suffixes=DATA_SUFFIXES,
+                on_edited=self.refresh,
+                seconds=(
+                    ("labels", "test_labels", specs["test_labels"].caption),
+                    ("label_column", "test_label_column", specs["test_label_column"].caption),
+                ),
+            )
+        )
+        for names in (
+            ("target_accuracy", "aggregation", "min_clients", "patience"),
+            (
+                "num_generations",
+                "num_parents_mating",
+                "mutation_percent_genes",
+                "operators",
+                "mutation_step",
+            ),
+        ):
             row = BoxLayout(spacing=dp(6), size_hint_y=None, height=CAPTIONED_HEIGHT)
             for name in names:
                 row.add_widget(self.captioned(specs[name].caption, self.setup_input(specs[name])))
@@ -95,8 +136,10 @@ class ServerApp(TutorialApp):
         if not spec.choices:
             return self.text_field(spec.name, "", spec.text)
         spinner = Spinner(text=spec.text, values=spec.choices)
-        spinner.bind(text=lambda _spinner, text: self._chosen(spec.name, text),
-                     is_open=lambda _spinner, is_open: is_open and self._log_choices(spinner))
+        spinner.bind(
+            text=lambda _spinner, text: self._chosen(spec.name, text),
+            is_open=lambda _spinner, is_open: is_open and self._log_choices(spinner),
+        )
         self.spinners[spec.name] = self.inputs[spec.name] = spinner
         return spinner
 
@@ -120,34 +163,44 @@ class ServerApp(TutorialApp):
         if texts["model"].strip():
             return f"Listen builds the model in {texts['model'].strip()}."
         if texts["test_data"].strip():
-            return ("No model file: Listen builds a default Dense model sized to the test "
-                    "data's features and classes.")
+            return (
+                "No model file: Listen builds a default Dense model sized to the test "
+                "data's features and classes."
+            )
         return "No model file and no test data: the tutorial's XOR model and samples."
 
     def input_locked(self, name: str) -> bool:
         controller = self.controller
         if name in self.setup_specs or name.startswith("browse_"):
             return controller.settings_in_use or (
-                name in self.setup_specs and not controller.applies(name, self._texts()))
+                name in self.setup_specs and not controller.applies(name, self._texts())
+            )
         return super().input_locked(name)
 
     # ---- Training --------------------------------------------------------------------------
 
     def training_panel(self) -> BoxLayout:
         panel = BoxLayout(orientation="vertical", padding=dp(6), spacing=dp(4))
-        self.summary_label = wrapping_label(height=dp(26), font_size="15sp", bold=True,
-                                            shorten=True)
+        self.summary_label = wrapping_label(
+            height=dp(26), font_size="15sp", bold=True, shorten=True
+        )
         panel.add_widget(self.summary_label)
         self.chart = LineChart("round")
         panel.add_widget(self.chart)
-        table = GridLayout(cols=len(CLIENT_COLUMNS), size_hint_y=None,
-                           height=dp(20) * (CLIENT_ROWS + 1))
+        table = GridLayout(
+            cols=len(CLIENT_COLUMNS), size_hint_y=None, height=dp(20) * (CLIENT_ROWS + 1)
+        )
         self.cells = []
         for row in range(CLIENT_ROWS + 1):
             for caption, share in CLIENT_COLUMNS:
-                cell = wrapping_label(caption if row == 0 else "", halign="left",
-                                      font_size="13sp", bold=row == 0, shorten=True,
-                                      size_hint_x=share)
+                cell = wrapping_label(
+                    caption if row == 0 else "",
+                    halign="left",
+                    font_size="13sp",
+                    bold=row == 0,
+                    shorten=True,
+                    size_hint_x=share,
+                )
                 table.add_widget(cell)
                 if row:
                     self.cells.append(cell)
@@ -163,13 +216,21 @@ class ServerApp(TutorialApp):
         row = BoxLayout(spacing=dp(6), size_hint_y=None, height=ROW_HEIGHT)
         row.add_widget(self.button("stop", "Stop Training", self.controller.stop_training))
         for name, text, kind, default in SAVES:
-            row.add_widget(self.button(name, text, lambda kind=kind, default=default:
-                                       self._save(kind, default)))
+            row.add_widget(
+                self.button(
+                    name, text, lambda kind=kind, default=default: self._save(kind, default)
+                )
+            )
         return row
 
     def _save(self, kind: str, default: str) -> None:
-        PathDialog(f"Save the {kind} as", lambda path: self.controller.save(kind, path),
-                   suffixes=(SAVE_SUFFIXES[kind],), start=default, save=True).open()
+        PathDialog(
+            f"Save the {kind} as",
+            lambda path: self.controller.save(kind, path),
+            suffixes=(SAVE_SUFFIXES[kind],),
+            start=default,
+            save=True,
+        ).open()
 
     def refresh(self) -> None:
         super().refresh()
@@ -177,15 +238,23 @@ class ServerApp(TutorialApp):
         self.summary_label.text = view.summary
         rounds = [(r, a) for r, a, _ in view.history]
         losses = [(r, loss) for r, _, loss in view.history if loss is not None]
-        self.chart.series = [Series("accuracy", ACCURACY, rounds, 0.0, 1.0),
-                             Series("loss", LOSS, losses, *loss_range(losses))]
+        self.chart.series = [
+            Series("accuracy", ACCURACY, rounds, 0.0, 1.0),
+            Series("loss", LOSS, losses, *loss_range(losses)),
+        ]
         self.chart.marked = [] if view.best_round is None else [view.best_round, "best"]
         self.model_note.text = self._model_note()
         # The newest rows fit; older ones (long gone clients, usually) are left out.
-        rows = [(row.name, "" if row.samples is None else str(row.samples),
-                 "" if row.round is None else str(row.round),
-                 "" if row.accuracy is None else f"{row.accuracy:.2f}", row.state)
-                for row in list(view.clients.values())[-CLIENT_ROWS:]] or [("none yet",)]
+        rows: list[tuple[str, ...]] = [
+            (
+                row.name,
+                "" if row.samples is None else str(row.samples),
+                "" if row.round is None else str(row.round),
+                "" if row.accuracy is None else f"{row.accuracy:.2f}",
+                row.state,
+            )
+            for row in list(view.clients.values())[-CLIENT_ROWS:]
+        ] or [("none yet",)]
         texts = [text for row in rows for text in row]
         for index, cell in enumerate(self.cells):
             cell.text = texts[index] if index < len(texts) else ""

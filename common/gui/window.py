@@ -3,6 +3,7 @@
 
 Import only through ``common.gui.run_*``, which configures Kivy first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -88,8 +89,13 @@ class TutorialApp(App):
         # window shows something, so clicks from here on land on real buttons.
         window.unbind(on_flip=self._on_first_flip)
         log.info("ready: %s window %dx%d", self.title, window.width, window.height)
-        log_positions({name: widget for name, widget in {**self.buttons, **self.inputs}.items()
-                       if widget.get_root_window() is not None})
+        log_positions(
+            {
+                name: widget
+                for name, widget in {**self.buttons, **self.inputs}.items()
+                if widget.get_root_window() is not None
+            }
+        )
 
     def input_locked(self, name: str) -> bool:
         """Whether the input ``name`` is disabled now: security fields while in use."""
@@ -104,22 +110,35 @@ class TutorialApp(App):
             widget.disabled = self.input_locked(name)
         self.status_label.text = controller.status
 
-    def tutorial_rows(self, field_hints: tuple[str, str], address_step: tuple[str, str, Callable],
-                      next_step: tuple[str, str, Callable], *, secured: str) -> BoxLayout:
+    def tutorial_rows(
+        self,
+        field_hints: tuple[str, str],
+        address_step: tuple[str, str, Callable],
+        next_step: tuple[str, str, Callable],
+        *,
+        secured: str,
+    ) -> BoxLayout:
         """The tutorial's column: Create Socket, the address fields, the step that uses them
         (called with the fields' texts), the next step, Close Socket, the status label.
 
         The controller's security fields sit right above the step named ``secured``, which
         is called with their texts by name too."""
-        controller, config = self.controller, self.controller.config
+        controller = self.controller
         root = BoxLayout(orientation="vertical", padding=dp(10), spacing=dp(6))
         root.add_widget(self.button("create", "Create Socket", controller.create))
-        root.add_widget(self.address_fields(*field_hints, config.host, config.port))
+        root.add_widget(
+            self.address_fields(
+                *field_hints, controller.setting("host"), controller.setting("port")
+            )
+        )
         for (name, text, step), address in ((address_step, True), (next_step, False)):
             if name == secured:
                 root.add_widget(self.security_row())
-            root.add_widget(self.button(name, text, self._reading(step, address=address,
-                                                                  security=name == secured)))
+            root.add_widget(
+                self.button(
+                    name, text, self._reading(step, address=address, security=name == secured)
+                )
+            )
         root.add_widget(self.button("close", "Close Socket", controller.close))
         root.add_widget(self.status_label)
         return root
@@ -127,12 +146,13 @@ class TutorialApp(App):
     def _reading(self, step: Callable, *, address: bool, security: bool) -> Callable[[], None]:
         """``step`` called with the fields' texts as the click happens: the address fields'
         as two arguments, the security fields' by name."""
+
         def call() -> None:
             fields = self.fields
             args = (fields["host"].text, fields["port"].text) if address else ()
-            texts = ({name: self.inputs[name].text for name in self.step_inputs}
-                     if security else {})
+            texts = {name: self.inputs[name].text for name in self.step_inputs} if security else {}
             step(*args, **texts)
+
         return call
 
     def button(self, name: str, text: str, on_press) -> Button:
@@ -157,8 +177,12 @@ class TutorialApp(App):
             inputs.add_widget(self.text_field(spec.name, spec.hint, spec.text))
             self.security_names.append(spec.name)
             self.step_inputs.append(spec.name)
-        block = BoxLayout(orientation="vertical", size_hint_y=None, spacing=dp(2),
-                          height=CAPTION_HEIGHT + dp(2) + ROW_HEIGHT)
+        block = BoxLayout(
+            orientation="vertical",
+            size_hint_y=None,
+            spacing=dp(2),
+            height=CAPTION_HEIGHT + dp(2) + ROW_HEIGHT,
+        )
         block.add_widget(captions)
         block.add_widget(inputs)
         return block
@@ -175,8 +199,9 @@ class TutorialApp(App):
 
     def captioned(self, caption: str, widget: Widget, *, width: float | None = None) -> BoxLayout:
         """``widget`` under its caption, as one block of a row (of ``width``, else stretching)."""
-        block = BoxLayout(orientation="vertical", spacing=dp(2), size_hint_y=None,
-                          height=CAPTIONED_HEIGHT)
+        block = BoxLayout(
+            orientation="vertical", spacing=dp(2), size_hint_y=None, height=CAPTIONED_HEIGHT
+        )
         if width is not None:
             block.size_hint_x, block.width = None, width
         block.add_widget(caption_label(caption))
@@ -184,9 +209,17 @@ class TutorialApp(App):
         block.add_widget(widget)
         return block
 
-    def file_row(self, name: str, caption: str, hint: str, text: str, *,
-                 suffixes: Sequence[str], on_edited: Callable[[], None],
-                 seconds: Sequence[tuple[str, str, str]] = ()) -> BoxLayout:
+    def file_row(
+        self,
+        name: str,
+        caption: str,
+        hint: str,
+        text: str,
+        *,
+        suffixes: Sequence[str],
+        on_edited: Callable[[], None],
+        seconds: Sequence[tuple[str, str, str]] = (),
+    ) -> BoxLayout:
         """A file's path field with its Browse button and, beside them, the field the file
         needs by its suffix (``common.data.second_field``): each of ``seconds`` is
         (that name, field name, caption), pre-filled from ``text_of``. ``on_edited()`` runs
@@ -194,8 +227,10 @@ class TutorialApp(App):
         row = _row(CAPTIONED_HEIGHT)
         field = self.text_field(name, hint, text)
         row.add_widget(self.captioned(caption, field))
-        browse = self.browse_button(f"browse_{name}", lambda: self.open_file_dialog(
-            name, caption, field, on_edited, suffixes=suffixes))
+        browse = self.browse_button(
+            f"browse_{name}",
+            lambda: self.open_file_dialog(name, caption, field, on_edited, suffixes=suffixes),
+        )
         row.add_widget(self.captioned("", browse, width=browse.width))
         slot = BoxLayout(size_hint_x=None, width=0)
         blocks, edited = {}, [field]
@@ -222,10 +257,18 @@ class TutorialApp(App):
         """A field's text at start: subclasses fill it from their controller."""
         return ""
 
-    def open_file_dialog(self, name: str, title: str, field: TextInput,
-                         on_chosen: Callable[[], None], *, suffixes: Sequence[str]) -> None:
+    def open_file_dialog(
+        self,
+        name: str,
+        title: str,
+        field: TextInput,
+        on_chosen: Callable[[], None],
+        *,
+        suffixes: Sequence[str],
+    ) -> None:
         """The Browse dialog of ``field``: the chosen file's path goes into it, then
         ``on_chosen()``. It starts in the folder of the field's path, if any."""
+
         def choose(path: str) -> None:
             field.text = path
             log.debug("field %s chose %r", name, path)
@@ -237,8 +280,14 @@ class TutorialApp(App):
 def logged_field(name: str, hint: str, text: str) -> TextInput:
     """A one-line text field that logs its focus and, when left, its text."""
     # Kivy greys disabled text to half black, like a hint: a value in use stays readable.
-    field = TextInput(hint_text=hint, text=text, multiline=False, write_tab=False,
-                      padding=[dp(8), dp(10)], disabled_foreground_color=(0, 0, 0, 0.75))
+    field = TextInput(
+        hint_text=hint,
+        text=text,
+        multiline=False,
+        write_tab=False,
+        padding=[dp(8), dp(10)],
+        disabled_foreground_color=(0, 0, 0, 0.75),
+    )
     field.bind(focus=lambda _field, focused: _log_focus(name, field, focused))
     return field
 
@@ -254,6 +303,7 @@ def log_positions(widgets: dict[str, Widget]) -> None:
 def log_positions_when_drawn(widgets: Callable[[], dict[str, Widget]]) -> None:
     """``log_positions(widgets())`` once the next frame is on screen, when a dialog, a list
     or a tab has been laid out."""
+
     def on_flip(window) -> None:
         window.unbind(on_flip=on_flip)
         log_positions(widgets())
@@ -272,16 +322,18 @@ def _log_focus(name: str, field: TextInput, focused: bool) -> None:
 
 
 def caption_label(text: str) -> Label:
-    return wrapping_label(text, halign="left", font_size="13sp", height=CAPTION_HEIGHT,
-                          shorten=True)
+    return wrapping_label(
+        text, halign="left", font_size="13sp", height=CAPTION_HEIGHT, shorten=True
+    )
 
 
 def _row(height: float) -> BoxLayout:
     return BoxLayout(orientation="horizontal", size_hint_y=None, height=height, spacing=dp(6))
 
 
-def fitting_label(text: str, *, height: float, font_size: float,
-                  min_font_size: float = sp(11)) -> Label:
+def fitting_label(
+    text: str, *, height: float, font_size: float, min_font_size: float = sp(11)
+) -> Label:
     """A wrapping label of fixed height whose font shrinks, down to ``min_font_size``, until
     the text fits: a sentence naming two long paths would otherwise lose its ends."""
     label = Label(text=text, halign="center", size_hint_y=None, height=height)
@@ -301,8 +353,14 @@ def fitting_label(text: str, *, height: float, font_size: float,
     return label
 
 
-def wrapping_label(text: str = "", *, height: float | None = None, halign: str = "center",
-                   valign: str = "middle", **kwargs) -> Label:
+def wrapping_label(
+    text: str = "",
+    *,
+    height: float | None = None,
+    halign: str = "center",
+    valign: str = "middle",
+    **kwargs,
+) -> Label:
     """A label that wraps at its own width; fixed ``height`` unless None (then it stretches)."""
     label = Label(text=text, halign=halign, valign=valign, **kwargs)
     if height is not None:
@@ -317,17 +375,24 @@ class PathDialog(Popup):
     to write: a folder and a file name, asking before it replaces a file. ``on_choose(path)``
     gets the path once chosen; Enter in the path field chooses too."""
 
-    def __init__(self, title: str, on_choose: Callable[[str], None], *,
-                 suffixes: Sequence[str], start: str = "", save: bool = False):
+    def __init__(
+        self,
+        title: str,
+        on_choose: Callable[[str], None],
+        *,
+        suffixes: Sequence[str],
+        start: str = "",
+        save: bool = False,
+    ):
         # No fading in and out: while a dialog fades out it still takes every click.
-        super().__init__(title=title, size_hint=(0.96, 0.94), auto_dismiss=False,
-                         _anim_duration=0)
+        super().__init__(title=title, size_hint=(0.96, 0.94), auto_dismiss=False, _anim_duration=0)
         self._on_choose, self._save = on_choose, save
         folder = start if os.path.isdir(start) else os.path.dirname(os.path.abspath(start))
         suffixes = tuple(s.lower() for s in suffixes)
         self.chooser = FileChooserListView(  # where the field's file is, else here
             path=folder if start and os.path.isdir(folder) else os.getcwd(),
-            filters=[lambda _folder, name: name.lower().endswith(suffixes)])
+            filters=[lambda _folder, name: name.lower().endswith(suffixes)],
+        )
         self.chooser.bind(selection=self._selected)
         hint = "file name" if save else "a file's path; Enter chooses it"
         default = os.path.basename(start) if save else os.path.abspath(start) if start else ""
@@ -342,8 +407,13 @@ class PathDialog(Popup):
         buttons.add_widget(self.cancel_button)
         buttons.add_widget(self.choose_button)
         content = BoxLayout(orientation="vertical", spacing=dp(6))
-        content.add_widget(caption_label("File name, in the folder shown below" if save
-                                         else "Path (type it, or pick a file below)"))
+        content.add_widget(
+            caption_label(
+                "File name, in the folder shown below"
+                if save
+                else "Path (type it, or pick a file below)"
+            )
+        )
         self.path_field.size_hint_y, self.path_field.height = None, ROW_HEIGHT
         content.add_widget(self.path_field)
         content.add_widget(self.chooser)
@@ -354,14 +424,17 @@ class PathDialog(Popup):
 
     def on_open(self) -> None:
         log.info("dialog: %s", self.title)
-        log_positions_when_drawn(lambda: {"dialog_path": self.path_field,
-                                          "dialog_choose": self.choose_button,
-                                          "dialog_cancel": self.cancel_button})
+        log_positions_when_drawn(
+            lambda: {
+                "dialog_path": self.path_field,
+                "dialog_choose": self.choose_button,
+                "dialog_cancel": self.cancel_button,
+            }
+        )
 
     def _selected(self, _chooser, selection) -> None:
         if selection:
-            self.path_field.text = (os.path.basename(selection[0]) if self._save
-                                    else selection[0])
+            self.path_field.text = os.path.basename(selection[0]) if self._save else selection[0]
 
     def _path(self) -> str:
         text = self.path_field.text.strip()
@@ -390,7 +463,7 @@ class Series:
 
     caption: str
     colour: tuple[float, float, float]
-    points: list[tuple[float, float]]
+    points: Sequence[tuple[float, float]]
     low: float
     high: float
 
@@ -410,11 +483,11 @@ class LineChart(Widget):
     def __init__(self, x_caption: str, **kwargs):
         super().__init__(**kwargs)
         self.x_caption = x_caption
-        self.bind(pos=self._redraw, size=self._redraw, series=self._redraw,
-                  marked=self._redraw)
+        self.bind(pos=self._redraw, size=self._redraw, series=self._redraw, marked=self._redraw)
 
-    def _text(self, text: str, x: float, y: float, anchor_x: str, anchor_y: str,
-              colour=TEXT) -> float:
+    def _text(
+        self, text: str, x: float, y: float, anchor_x: str, anchor_y: str, colour=TEXT
+    ) -> float:
         label = CoreLabel(text=text, font_size=sp(12), color=(*colour, 1))
         label.refresh()
         width, height = label.texture.size
@@ -441,29 +514,48 @@ class LineChart(Widget):
         with self.canvas:
             for share in (0.0, 0.5, 1.0):
                 Color(*GRID)
-                Line(points=[left, bottom + height * share, left + width,
-                             bottom + height * share], width=1)
-                for series, edge, anchor in zip(self.series, (left - dp(4), left + width + dp(4)),
-                                                ("right", "left")):
+                Line(
+                    points=[left, bottom + height * share, left + width, bottom + height * share],
+                    width=1,
+                )
+                for series, edge, anchor in zip(
+                    self.series, (left - dp(4), left + width + dp(4)), ("right", "left")
+                ):
                     value = series.low + (series.high - series.low) * share
-                    self._text(f"{value:.3g}", edge, bottom + height * share, anchor, "middle",
-                               series.colour)
+                    self._text(
+                        f"{value:.3g}",
+                        edge,
+                        bottom + height * share,
+                        anchor,
+                        "middle",
+                        series.colour,
+                    )
             self._text(f"{first:g}", left, bottom - dp(3), "center", "top")
             self._text(f"{last:g}", left + width, bottom - dp(3), "center", "top")
             self._text(self.x_caption, left + width / 2, self.y, "center", "bottom")
             legend_x = left
             for series in self.series:
-                legend_x += self._text(series.caption, legend_x, self.top, "left", "top",
-                                       series.colour) + dp(16)
+                legend_x += self._text(
+                    series.caption, legend_x, self.top, "left", "top", series.colour
+                ) + dp(16)
             if self.marked:
                 x, caption = self.marked
                 Color(0.95, 0.8, 0.25)
-                Line(points=[x_of(x), bottom, x_of(x), bottom + height], width=dp(1),
-                     dash_length=dp(4), dash_offset=dp(3))
+                Line(
+                    points=[x_of(x), bottom, x_of(x), bottom + height],
+                    width=dp(1),
+                    dash_length=dp(4),
+                    dash_offset=dp(3),
+                )
                 near_right = x_of(x) > left + width * 0.8  # the caption goes left of the line
-                self._text(caption, x_of(x) + (-dp(3) if near_right else dp(3)),
-                           bottom + height - dp(2), "right" if near_right else "left", "top",
-                           (0.95, 0.8, 0.25))
+                self._text(
+                    caption,
+                    x_of(x) + (-dp(3) if near_right else dp(3)),
+                    bottom + height - dp(2),
+                    "right" if near_right else "left",
+                    "top",
+                    (0.95, 0.8, 0.25),
+                )
             for series in self.series:
                 scale = (series.high - series.low) or 1
 

@@ -9,30 +9,89 @@ Everything is importable from here as before (``from common.protocol import Conn
 ``Connection`` loads on first use, so code that never touches a socket (training, the model
 checks, the Flower records) can import this package without loading the socket layer.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from common.errors import (AuthError, ConnectionLost, DecodeError, ForbiddenGlobal,
-                           MessageTooLarge, PeerClosed, ProtocolError, ReceiveTimeout,
-                           SchemaError, TLSError)
-from common.protocol.messages import (CLIENT_MAX_MESSAGE_BYTES, CLIENT_TO_SERVER,
-                                      COMMON_OPTIONAL_KEYS, GA_SETTING_KEYS, PICKLE_PROTOCOL,
-                                      PROTOCOL_VERSION, SERVER_TO_CLIENT, Message, Schema,
-                                      Subject, check_ga_settings, check_population,
-                                      check_weights_vector, default_max_message_bytes, encode,
-                                      sample_count, update_key, validate)
+from common.errors import (
+    AuthError,
+    ConnectionLost,
+    DecodeError,
+    ForbiddenGlobal,
+    MessageTooLarge,
+    PeerClosed,
+    ProtocolError,
+    ReceiveTimeout,
+    SchemaError,
+    TLSError,
+)
+from common.protocol.messages import (
+    CLIENT_MAX_MESSAGE_BYTES,
+    CLIENT_TO_SERVER,
+    COMMON_OPTIONAL_KEYS,
+    GA_SETTING_KEYS,
+    PICKLE_PROTOCOL,
+    PROTOCOL_VERSION,
+    SERVER_TO_CLIENT,
+    ClientUpdate,
+    Done,
+    Message,
+    ModelRequest,
+    Schema,
+    ServerReply,
+    Subject,
+    check_ga_settings,
+    check_population,
+    check_weights_vector,
+    default_max_message_bytes,
+    echo,
+    encode,
+    sample_count,
+    server_reply,
+    update_key,
+    validate,
+)
 
 if TYPE_CHECKING:
     from common.protocol.connection import Connection
 
 __all__ = [
-    "CLIENT_MAX_MESSAGE_BYTES", "CLIENT_TO_SERVER", "COMMON_OPTIONAL_KEYS", "GA_SETTING_KEYS",
-    "PICKLE_PROTOCOL", "PROTOCOL_VERSION", "SERVER_TO_CLIENT", "AuthError", "Connection",
-    "ConnectionLost", "DecodeError", "ForbiddenGlobal", "Message", "MessageTooLarge",
-    "PeerClosed", "ProtocolError", "ReceiveTimeout", "Schema", "SchemaError", "Subject",
-    "TLSError", "check_ga_settings", "check_population", "check_weights_vector",
-    "default_max_message_bytes", "encode", "sample_count", "update_key", "validate",
+    "CLIENT_MAX_MESSAGE_BYTES",
+    "CLIENT_TO_SERVER",
+    "COMMON_OPTIONAL_KEYS",
+    "GA_SETTING_KEYS",
+    "PICKLE_PROTOCOL",
+    "PROTOCOL_VERSION",
+    "SERVER_TO_CLIENT",
+    "AuthError",
+    "ClientUpdate",
+    "Connection",
+    "ConnectionLost",
+    "DecodeError",
+    "Done",
+    "ForbiddenGlobal",
+    "Message",
+    "MessageTooLarge",
+    "ModelRequest",
+    "PeerClosed",
+    "ProtocolError",
+    "ReceiveTimeout",
+    "Schema",
+    "SchemaError",
+    "ServerReply",
+    "Subject",
+    "TLSError",
+    "check_ga_settings",
+    "check_population",
+    "check_weights_vector",
+    "default_max_message_bytes",
+    "echo",
+    "encode",
+    "sample_count",
+    "server_reply",
+    "update_key",
+    "validate",
 ]
 
 
@@ -40,5 +99,6 @@ def __getattr__(name: str) -> type:
     # PEP 562: the socket layer loads when Connection is first asked for, not with the package.
     if name == "Connection":
         from common.protocol.connection import Connection
+
         return Connection
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,7 @@ handshakes, and ``OSError`` translated to ``ProtocolError`` children at the sock
 A message ends at the pickle's STOP opcode (there is no framing), so a streaming unpickler
 reads one message from a persistent buffered reader; bytes past its end stay buffered.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -14,10 +15,24 @@ import ssl
 import time
 
 from common import security
-from common.errors import (AuthError, ConnectionLost, DecodeError, MessageTooLarge, PeerClosed,
-                           ProtocolError, ReceiveTimeout, TLSError)
-from common.protocol.messages import (CLIENT_MAX_MESSAGE_BYTES, Message, Schema, Subject, encode,
-                                     validate)
+from common.errors import (
+    AuthError,
+    ConnectionLost,
+    DecodeError,
+    MessageTooLarge,
+    PeerClosed,
+    ProtocolError,
+    ReceiveTimeout,
+    TLSError,
+)
+from common.protocol.messages import (
+    CLIENT_MAX_MESSAGE_BYTES,
+    Message,
+    Schema,
+    Subject,
+    encode,
+    validate,
+)
 from common.protocol.unpickler import RestrictedUnpickler
 
 
@@ -47,7 +62,8 @@ class _MessageReader:
     def _charge(self, n: int) -> None:
         if self._used + n > self._budget:
             raise MessageTooLarge(
-                f"message needs more than {self._budget} bytes (--max-message-bytes)")
+                f"message needs more than {self._budget} bytes (--max-message-bytes)"
+            )
         self._used += n
 
     def _recv_into(self, view: memoryview) -> int:
@@ -122,9 +138,17 @@ class Connection:
     the thread that first sends or receives, so a slow peer never stalls an accept loop.
     """
 
-    def __init__(self, sock: socket.socket, *, buffer_size: int = 1024, recv_timeout: float = 10.0,
-                 idle_timeout: float = 300.0, max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES,
-                 secret: bytes | None = None, server_side: bool = False):
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        buffer_size: int = 1024,
+        recv_timeout: float = 10.0,
+        idle_timeout: float = 300.0,
+        max_message_bytes: int = CLIENT_MAX_MESSAGE_BYTES,
+        secret: bytes | None = None,
+        server_side: bool = False,
+    ):
         self.sock = sock
         self.recv_timeout = recv_timeout
         self.idle_timeout = idle_timeout
@@ -151,7 +175,9 @@ class Connection:
                 self.sock.settimeout(self.recv_timeout)
                 self.sock.do_handshake()
             except (ssl.SSLError, OSError) as exc:
-                raise TLSError(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}") from exc
+                raise TLSError(
+                    f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+                ) from exc
         if self._secret:
             self._exchange_hellos()
         self._ready = True
@@ -169,9 +195,9 @@ class Connection:
             self._send_raw(security.HELLO.pack(security.MAGIC_HELLO, mine))
             theirs = self._receive_hello(security.HELLO)
             self._nonces = mine + theirs
-            proof = self._reader.read(32)
+            server_proof = self._reader.read(32)
             expected = security.message_tag(self._secret, security.TO_CLIENT, self._nonces, 0, b"")
-            if not hmac.compare_digest(proof, expected):
+            if not hmac.compare_digest(server_proof, expected):
                 raise AuthError("the server does not know our shared secret")
 
     def _receive_hello(self, hello) -> bytes:
@@ -179,15 +205,17 @@ class Connection:
         try:
             data = self._reader.read(hello.size)
         except (PeerClosed, ConnectionLost) as exc:
-            raise AuthError("peer closed the connection instead of answering the secret's "
-                            "hello: it may use no secret") from exc
+            raise AuthError(
+                "peer closed the connection instead of answering the secret's "
+                "hello: it may use no secret"
+            ) from exc
         magic, nonce = hello.unpack(data)
         if magic != security.MAGIC_HELLO:
             raise AuthError(self._mismatch(data))
         return nonce
 
     @staticmethod
-    def _mismatch(data: bytes) -> str:
+    def _mismatch(data: bytes | bytearray) -> str:
         if data[0] == security.PICKLE_PROTO_OPCODE:
             return "peer sent plain pickle but a secret is required"
         return "peer sent neither an authenticated message nor plain pickle"
@@ -201,11 +229,13 @@ class Connection:
             raise AuthError(self._mismatch(header))
         payload = self._reader.read(length)  # refused before allocating if over the budget
         direction = security.TO_SERVER if self._server_side else security.TO_CLIENT
-        expected = security.message_tag(self._secret, direction, self._nonces, self._received,
-                                        payload)
+        expected = security.message_tag(
+            self._secret, direction, self._nonces, self._received, payload
+        )
         if not hmac.compare_digest(tag, expected):
-            raise AuthError("message failed authentication: wrong secret, or replayed, "
-                            "reflected or reordered")
+            raise AuthError(
+                "message failed authentication: wrong secret, or replayed, reflected or reordered"
+            )
         self._received += 1
         return payload
 
@@ -214,6 +244,7 @@ class Connection:
         self._prepare()
         budget = self.max_message_bytes + (security.ENVELOPE.size if self._secret else 0)
         self._reader.start(budget, self.idle_timeout, self.recv_timeout)
+        source: io.BytesIO | _MessageReader
         if self._secret:
             source = io.BytesIO(self._receive_payload())
         else:

@@ -2,10 +2,13 @@
 need can be named by a pickle; nothing else is importable, and dtypes and sizes are checked
 before anything is allocated.
 """
+
 from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Callable
+from typing import IO, Any, Protocol, cast
 
 import numpy as np
 from numpy._core import multiarray as _multiarray
@@ -82,11 +85,30 @@ _SAFE_GLOBALS = {
 }
 
 
+class ByteSource(Protocol):
+    """What the unpickler reads: a large read may come as the bytearray it was received
+    into, which ``load_bytearray8`` and ``_adopt_array_data`` use in place."""
+
+    def read(self, n: int, /) -> bytes | bytearray: ...
+
+    def readline(self) -> bytes: ...
+
+
+# typeshed types the pure-Python unpickler's table for its own methods, and its file as
+# returning bytes only: ours are registered, and our reader passed, as these.
+_Handler = Callable[[pickle.Unpickler], None]
+
+
 class RestrictedUnpickler(pickle._Unpickler):
     """The pure-Python unpickler: it reads a declared length before allocating it, so our
     reader's budget check comes first (the C one allocates a BINBYTES8 length up front)."""
 
     dispatch = dict(pickle._Unpickler.dispatch)
+    stack: list[Any]  # the pure-Python unpickler's own state, which typeshed leaves out
+    memo: dict[int, Any]
+
+    def __init__(self, file: ByteSource):
+        super().__init__(cast(IO[bytes], file))
 
     def find_class(self, module, name):
         try:
@@ -101,8 +123,12 @@ class RestrictedUnpickler(pickle._Unpickler):
         state = self.stack[-1]
         inst = self.stack[-2]
         if type(inst) is np.ndarray:
-            if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple)
-                    and isinstance(state[4], (bytes, bytearray))):
+            if not (
+                isinstance(state, tuple)
+                and len(state) == 5
+                and isinstance(state[1], tuple)
+                and isinstance(state[4], (bytes, bytearray))
+            ):
                 raise DecodeError("bad ndarray state")
             if math.prod(state[1]) * _plain_dtype(state[2]).itemsize != len(state[4]):
                 raise DecodeError("array data does not match its shape")
@@ -111,8 +137,12 @@ class RestrictedUnpickler(pickle._Unpickler):
                 return
         elif isinstance(inst, np.dtype):
             # A plain dtype's state only restates its byte order; anything more is refused.
-            if not (isinstance(state, tuple) and len(state) == 8 and state[1] in "<>|="
-                    and state[2:] == (None, None, None, -1, -1, 0)):
+            if not (
+                isinstance(state, tuple)
+                and len(state) == 8
+                and state[1] in "<>|="
+                and state[2:] == (None, None, None, -1, -1, 0)
+            ):
                 raise DecodeError("bad dtype state")
         else:
             raise DecodeError(f"BUILD on {type(inst).__name__} is not allowed")
@@ -120,7 +150,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         if isinstance(inst, np.dtype):
             _plain_dtype(inst)
 
-    dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.BUILD[0]] = cast(_Handler, load_build)
 
     def _adopt_array_data(self, placeholder: np.ndarray, state: tuple) -> None:
         # A large read arrives as the bytearray it was received into. ndarray.__setstate__
@@ -141,4 +171,4 @@ class RestrictedUnpickler(pickle._Unpickler):
         data = self.read(length)  # read() checks the budget first
         self.append(data if isinstance(data, bytearray) else bytearray(data))
 
-    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+    dispatch[pickle.BYTEARRAY8[0]] = cast(_Handler, load_bytearray8)

@@ -1,5 +1,6 @@
 """The windows' state machines without a display: buttons, status texts, errors, and a whole
 federated run through the same controllers the windows drive. Real loopback sockets."""
+
 from __future__ import annotations
 
 import base64
@@ -22,8 +23,7 @@ from common.cli import server_parser
 from common.client import ClientConfig
 from common.data import CLIENT_DATA, XOR_TEST_DATA, second_field
 from common.ga import GAConfig
-from common.gui.controllers import (INITIAL_STATUS, NO_DATA, ClientController,
-                                    ServerController)
+from common.gui.controllers import INITIAL_STATUS, NO_DATA, ClientController, ServerController
 from common.model import load_keras, xor_model_json
 from common.server import ServerConfig
 
@@ -92,8 +92,11 @@ def secured(certificates, tmp_path):
     """The security fields' texts of a server and of its clients: a shared secret and TLS."""
     secret = tmp_path / "fedga.secret"
     secret.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")  # as the README does
-    server = {"secret_file": str(secret), "tls_cert": str(certificates / "server.pem"),
-              "tls_key": str(certificates / "server.key")}
+    server = {
+        "secret_file": str(secret),
+        "tls_cert": str(certificates / "server.pem"),
+        "tls_key": str(certificates / "server.key"),
+    }
     client = {"secret_file": str(secret), "tls_ca": str(certificates / "ca.pem")}
     return server, client
 
@@ -103,7 +106,7 @@ def make_server(main_thread):
     controllers = []
 
     def make(**overrides) -> ServerController:
-        config = ServerConfig(host="127.0.0.1", port=0, **overrides)
+        config = ServerConfig.of(host="127.0.0.1", port=0, **overrides)
         controller = ServerController(config, build_global_model, call_soon=main_thread.call_soon)
         controller.main_thread = main_thread  # for wait_listening
         controllers.append(controller)
@@ -120,8 +123,9 @@ def make_client(main_thread):
 
     def make(name="client1", data=None, **overrides) -> ClientController:
         config = ClientConfig(host="127.0.0.1", name=name, **overrides)
-        controller = ClientController(config, CLIENT_DATA.get(name) if data is None else data,
-                                      call_soon=main_thread.call_soon)
+        controller = ClientController(
+            config, CLIENT_DATA.get(name) if data is None else data, call_soon=main_thread.call_soon
+        )
         controllers.append(controller)
         return controller
 
@@ -154,6 +158,7 @@ def closed_port() -> int:
 
 # ---- server window -------------------------------------------------------------------------
 
+
 def test_server_steps_enable_buttons_in_the_tutorials_order(make_server, main_thread):
     server = make_server()
     assert (server.status, enabled(server)) == (INITIAL_STATUS, {"create"})
@@ -161,8 +166,10 @@ def test_server_steps_enable_buttons_in_the_tutorials_order(make_server, main_th
     server.create()
     assert (server.status, enabled(server)) == ("Socket Created", {"bind", "close"})
     server.bind("127.0.0.1", "0")
-    assert (server.status, enabled(server)) == ("Socket Bound to IPv4 & Port Number",
-                                                {"listen", "close"})
+    assert (server.status, enabled(server)) == (
+        "Socket Bound to IPv4 & Port Number",
+        {"listen", "close"},
+    )
     wait_listening(server)
     assert server.status.startswith("Socket is Listening for Connections on 127.0.0.1:")
     assert enabled(server) == {"close"}
@@ -180,11 +187,14 @@ def test_server_steps_enable_buttons_in_the_tutorials_order(make_server, main_th
     assert enabled(server) == {"bind", "close"}
 
 
-@pytest.mark.parametrize("port, reason", [
-    ("ten", "Cannot bind: 'ten' is not a port number."),
-    ("70000", "Cannot bind: port 70000 is outside 0-65535."),
-    ("", "Cannot bind: '' is not a port number."),
-])
+@pytest.mark.parametrize(
+    "port, reason",
+    [
+        ("ten", "Cannot bind: 'ten' is not a port number."),
+        ("70000", "Cannot bind: port 70000 is outside 0-65535."),
+        ("", "Cannot bind: '' is not a port number."),
+    ],
+)
 def test_server_bad_port_is_a_status_and_bind_can_be_retried(make_server, port, reason):
     server = make_server()
     server.create()
@@ -216,8 +226,8 @@ def test_server_address_of_another_machine_is_a_status(make_server):
 
 # ---- client window -------------------------------------------------------------------------
 
-def test_client_unreachable_server_is_a_status_and_connect_can_be_retried(make_client,
-                                                                          main_thread):
+
+def test_client_unreachable_server_is_a_status_and_connect_can_be_retried(make_client, main_thread):
     client = make_client(connect_timeout=0.3)
     assert (client.status, enabled(client)) == (INITIAL_STATUS, {"create"})
     client.create()
@@ -228,7 +238,8 @@ def test_client_unreachable_server_is_a_status_and_connect_can_be_retried(make_c
     assert enabled(client) == {"close"}
     main_thread.run_until(lambda: client.status != f"Connecting to 127.0.0.1:{port} ...")
     assert client.status.startswith(
-        f"Error Connecting to the Server: The server at 127.0.0.1:{port} is unreachable")
+        f"Error Connecting to the Server: The server at 127.0.0.1:{port} is unreachable"
+    )
     assert enabled(client) == {"connect", "close"}
 
 
@@ -252,8 +263,10 @@ def test_client_reports_a_server_that_goes_away_for_good(make_client, main_threa
         main_thread.run_until(lambda: enabled(client) == {"train", "close"})
         assert client.status == "Successful Connection to the Server"
         client.train()
-        assert (client.status, enabled(client)) == ("Receiving the Model from the Server",
-                                                    {"close"})
+        assert (client.status, enabled(client)) == (
+            "Receiving the Model from the Server",
+            {"close"},
+        )
         connection, _ = listener.accept()
         with connection:
             # The server leaves before sending a model: FIN first, then read what the client
@@ -264,9 +277,11 @@ def test_client_reports_a_server_that_goes_away_for_good(make_client, main_threa
                 pass
     # Nothing listens any more: the one reconnect attempt is refused.
     main_thread.run_until(lambda: client.status.startswith("Lost the server and gave up"))
-    assert client.status == (f"Lost the server and gave up after 1 reconnect attempt "
-                             f"(--retries). The server at 127.0.0.1:{port} is unreachable "
-                             "(Connection refused).")
+    assert client.status == (
+        f"Lost the server and gave up after 1 reconnect attempt "
+        f"(--retries). The server at 127.0.0.1:{port} is unreachable "
+        "(Connection refused)."
+    )
     assert "Lost the server; reconnecting (attempt 1 of 1)" in statuses
     assert enabled(client) == {"close"}
     client.close()
@@ -286,11 +301,14 @@ def test_client_close_cancels_a_pending_connect(make_client, main_thread):
 
 # ---- both, together ----------------------------------------------------------------------
 
+
 def test_federated_run_through_the_window_controllers(make_server, make_client, main_thread):
     server = make_server(seed=1)
     port = listen(server)
-    clients = [make_client(name, seed=1, ga=GAConfig(num_generations=20))
-               for name in ("client1", "client2")]
+    clients = [
+        make_client(name, seed=1, ga=GAConfig(num_generations=20))
+        for name in ("client1", "client2")
+    ]
     for client in clients:
         client.create()
         client.connect("127.0.0.1", port)
@@ -298,29 +316,43 @@ def test_federated_run_through_the_window_controllers(make_server, make_client, 
     for client in clients:
         client.train()
 
-    main_thread.run_until(lambda: server.view.summary.startswith("Training done")
-                          and all(c.status.startswith("Training is done") for c in clients))
+    main_thread.run_until(
+        lambda: (
+            server.view.summary.startswith("Training done")
+            and all(c.status.startswith("Training is done") for c in clients)
+        )
+    )
     assert server.view.history[-1][1] == 1.0
     assert server.view.summary.startswith("Training done: global accuracy 1.00 after")
     assert [client.status for client in clients] == ["Training is done: accuracy 1.00"] * 2
     for client in clients:
         assert client.view.round is not None and client.view.best_fitness is not None
         assert client.view.generation == client.view.generations == 20
-    main_thread.run_until(lambda: len(server.view.clients) == 2 and all(
-        row.state.startswith("done") for row in server.view.clients.values()))
+    main_thread.run_until(
+        lambda: (
+            len(server.view.clients) == 2
+            and all(row.state.startswith("done") for row in server.view.clients.values())
+        )
+    )
 
 
 # ---- security fields ---------------------------------------------------------------------
 
-def test_secret_and_tls_from_the_fields_train_to_done(make_server, make_client, main_thread,
-                                                      client_factory, secured):
+
+def test_secret_and_tls_from_the_fields_train_to_done(
+    make_server, make_client, main_thread, client_factory, secured
+):
     server_texts, client_texts = secured
     server = make_server(seed=1)
     assert [(f.name, f.text) for f in server.security_fields()] == [
-        ("secret_file", ""), ("tls_cert", ""), ("tls_key", "")]
+        ("secret_file", ""),
+        ("tls_cert", ""),
+        ("tls_key", ""),
+    ]
     port = listen(server, **server_texts)
-    assert server.status == (f"Socket is Listening for Connections on 127.0.0.1:{port} "
-                             "(TLS, shared secret)")
+    assert server.status == (
+        f"Socket is Listening for Connections on 127.0.0.1:{port} (TLS, shared secret)"
+    )
     assert enabled(server) == {"close"} and server.settings_in_use  # the fields are locked
 
     client = make_client(seed=1, ga=GAConfig(num_generations=20))
@@ -332,11 +364,18 @@ def test_secret_and_tls_from_the_fields_train_to_done(make_server, make_client, 
     client.train()
     # A headless client with the same settings, as its flags give them, on the same server.
     headless, events = client_factory(
-        ("127.0.0.1", int(port)), name="client2", tls_ca=client_texts["tls_ca"],
-        secret=security.load_secret(client_texts["secret_file"]))
+        ("127.0.0.1", int(port)),
+        name="client2",
+        tls_ca=client_texts["tls_ca"],
+        secret=security.load_secret(client_texts["secret_file"]),
+    )
 
-    main_thread.run_until(lambda: server.view.summary.startswith("Training done")
-                          and client.status.startswith("Training is done"))
+    main_thread.run_until(
+        lambda: (
+            server.view.summary.startswith("Training done")
+            and client.status.startswith("Training is done")
+        )
+    )
     assert client.status == "Training is done: accuracy 1.00"
     assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
     server.close()
@@ -344,7 +383,8 @@ def test_secret_and_tls_from_the_fields_train_to_done(make_server, make_client, 
 
 
 def test_the_flags_fill_the_fields_and_an_empty_secret_field_means_the_environment(
-        make_server, secured, monkeypatch):
+    make_server, secured, monkeypatch
+):
     server_texts, _ = secured
     tls = {name: server_texts[name] for name in ("tls_cert", "tls_key")}
     server = make_server(**tls)  # as --tls-cert and --tls-key fill the config
@@ -355,28 +395,46 @@ def test_the_flags_fill_the_fields_and_an_empty_secret_field_means_the_environme
     assert server.security_fields()[0].hint == "empty: $FEDGA_SECRET"
 
     port = listen(server)  # the fields as the flags filled them
-    assert server.status == (f"Socket is Listening for Connections on 127.0.0.1:{port} "
-                             "(TLS, shared secret from $FEDGA_SECRET)")
-    assert server.listener.config.secret == b"a secret of 16 bytes or more"
+    assert server.status == (
+        f"Socket is Listening for Connections on 127.0.0.1:{port} "
+        "(TLS, shared secret from $FEDGA_SECRET)"
+    )
+    assert server.listener.config.security.secret == b"a secret of 16 bytes or more"
 
 
-@pytest.mark.parametrize("mistake", ["missing secret file", "short secret",
-                                     "certificate without key", "key of another certificate"])
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        "missing secret file",
+        "short secret",
+        "certificate without key",
+        "key of another certificate",
+    ],
+)
 def test_server_security_mistakes_are_a_status_and_listen_can_be_retried(
-        make_server, certificates, tmp_path, mistake):
+    make_server, certificates, tmp_path, mistake
+):
     missing, short = tmp_path / "missing.secret", tmp_path / "short.secret"
     short.write_text("too short\n")
     cert, other_key = certificates / "server.pem", certificates / "other.key"
     texts, status = {
-        "missing secret file": ({"secret_file": str(missing)},
-                                f"Cannot read the secret file {missing}: No such file or directory."),
-        "short secret": ({"secret_file": str(short)},
-                         f"The secret in the secret file {short} is shorter than 16 bytes."),
-        "certificate without key": ({"tls_cert": str(cert)}, "The TLS certificate and the "
-                                    "TLS key go together: give both or neither."),
-        "key of another certificate": ({"tls_cert": str(cert), "tls_key": str(other_key)},
-                                       f"Cannot use the TLS certificate {cert} with key "
-                                       f"{other_key}: the key does not belong to the certificate."),
+        "missing secret file": (
+            {"secret_file": str(missing)},
+            f"Cannot read the secret file {missing}: No such file or directory.",
+        ),
+        "short secret": (
+            {"secret_file": str(short)},
+            f"The secret in the secret file {short} is shorter than 16 bytes.",
+        ),
+        "certificate without key": (
+            {"tls_cert": str(cert)},
+            "The TLS certificate and the TLS key go together: give both or neither.",
+        ),
+        "key of another certificate": (
+            {"tls_cert": str(cert), "tls_key": str(other_key)},
+            f"Cannot use the TLS certificate {cert} with key "
+            f"{other_key}: the key does not belong to the certificate.",
+        ),
     }[mistake]
     server = make_server()
     server.create()
@@ -390,8 +448,9 @@ def test_server_security_mistakes_are_a_status_and_listen_can_be_retried(
     assert not server.status.endswith(")")
 
 
-def test_client_security_mistakes_are_plain_statuses(make_server, make_client, main_thread,
-                                                     secured, certificates, tmp_path):
+def test_client_security_mistakes_are_plain_statuses(
+    make_server, make_client, main_thread, secured, certificates, tmp_path
+):
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     client = make_client()
@@ -409,13 +468,15 @@ def test_client_security_mistakes_are_plain_statuses(make_server, make_client, m
     main_thread.run_until(lambda: enabled(client) == {"train", "close"})
     client.train()
     main_thread.run_until(lambda: "TLS" in client.status and "handshake" in client.status)
-    assert client.status == ("Could not talk to the server safely: TLS handshake failed: "
-                             "CERTIFICATE_VERIFY_FAILED.")
+    assert client.status == (
+        "Could not talk to the server safely: TLS handshake failed: CERTIFICATE_VERIFY_FAILED."
+    )
     assert enabled(client) == {"close"}
     assert not any("reconnecting" in status for status in statuses)
 
 
 # ---- reconnecting ------------------------------------------------------------------------
+
 
 def _train_until_the_server_closes(server, client, main_thread, port, **texts) -> None:
     """Connect and train ``client`` until ``server`` accepted an update, then Close the server."""
@@ -427,8 +488,9 @@ def _train_until_the_server_closes(server, client, main_thread, port, **texts) -
     server.close()
 
 
-def test_client_reconnects_to_a_restarted_server_and_trains_to_done(make_server, make_client,
-                                                                    main_thread, secured):
+def test_client_reconnects_to_a_restarted_server_and_trains_to_done(
+    make_server, make_client, main_thread, secured
+):
     server_texts, client_texts = secured
     first = make_server(seed=1, target_accuracy=2.0)  # never done: it trains until closed
     port = listen(first, **server_texts)
@@ -438,8 +500,10 @@ def test_client_reconnects_to_a_restarted_server_and_trains_to_done(make_server,
     statuses = record_statuses(client)
     _train_until_the_server_closes(first, client, main_thread, port, **client_texts)
     main_thread.run_until(lambda: client.status.startswith("Lost the server; reconnecting"))
-    assert (client.status, enabled(client)) == ("Lost the server; reconnecting (attempt 1 of 10)",
-                                                {"close"})
+    assert (client.status, enabled(client)) == (
+        "Lost the server; reconnecting (attempt 1 of 10)",
+        {"close"},
+    )
 
     second = make_server(seed=1)  # a new server on the same port, with the same settings
     listen(second, port, **server_texts)
@@ -466,6 +530,7 @@ def test_close_while_reconnecting_returns_promptly(make_server, make_client, mai
 
 # ---- the client's data row ---------------------------------------------------------------
 
+
 @pytest.fixture
 def iris(tmp_path):
     """scikit-learn's iris split as the README makes it: two client files, a test set, a model."""
@@ -485,18 +550,24 @@ def test_a_client_without_data_opens_empty_and_will_not_train_without_it(make_cl
     assert client.status.startswith("Choose a data file: .npz, .npy")
 
 
-def test_the_data_row_loads_each_kind_of_file_and_says_what_it_holds(make_client, main_thread,
-                                                                     tmp_path):
+def test_the_data_row_loads_each_kind_of_file_and_says_what_it_holds(
+    make_client, main_thread, tmp_path
+):
     inputs = np.array([[0, 1], [1, 1], [1, 0], [2, 2], [3, 3]], dtype=np.float32)
     labels = np.array([0, 1, 1, 2, 1])
     with open(tmp_path / "x.NPY", "wb") as handle:  # np.save would add ".npy"
         np.save(handle, inputs)
     np.save(tmp_path / "y.npy", labels)
-    (tmp_path / "d.csv").write_text("a,b,label\n" + "".join(
-        f"{a:g},{b:g},{y}\n" for (a, b), y in zip(inputs, labels)))
+    (tmp_path / "d.csv").write_text(
+        "a,b,label\n" + "".join(f"{a:g},{b:g},{y}\n" for (a, b), y in zip(inputs, labels))
+    )
     client = make_client("client", data=None)
     assert [second_field(name) for name in ("d.npz", "x.NPY", " d.csv ", "d.txt")] == [
-        None, "labels", "label_column", None]  # which field the data row shows beside
+        None,
+        "labels",
+        "label_column",
+        None,
+    ]  # which field the data row shows beside
 
     client.load_data(str(tmp_path / "x.NPY"))  # no labels file yet: a hint, not an error
     assert client.view.data == f"{tmp_path / 'x.NPY'}: now give its labels file (.npy)"
@@ -505,24 +576,33 @@ def test_the_data_row_loads_each_kind_of_file_and_says_what_it_holds(make_client
     assert client.status == f"The labels file {tmp_path / 'none.npy'} does not exist."
     assert client.data is None
     described = "5 samples, 2 features, classes 0: 1, 1: 3, 2: 1"
-    for path, extra in (("x.NPY", {"labels": str(tmp_path / "y.npy")}),
-                        ("d.csv", {"label_column": "label"})):
+    for path, extra in (
+        ("x.NPY", {"labels": str(tmp_path / "y.npy")}),
+        ("d.csv", {"label_column": "label"}),
+    ):
         client.load_data(str(tmp_path / path), **extra)
         main_thread.run_until(lambda: client.view.data == f"{path}: {described}")
         assert client.status == INITIAL_STATUS  # the error shown before is gone
     # A field that does not apply to the file is not read: a .csv ignores a labels file.
     client.load_data(str(tmp_path / "d.csv"), labels="ignored.npy", label_column="2")
-    main_thread.run_until(lambda: main_thread.queue.empty() and client._loader is not None
-                          and not client._loader.is_alive())
+    main_thread.run_until(
+        lambda: (
+            main_thread.queue.empty()
+            and client._loader is not None
+            and not client._loader.is_alive()
+        )
+    )
     main_thread.run_pending()
     assert client.view.data == f"d.csv: {described}"
 
 
 def test_a_file_that_does_not_fit_the_model_is_a_status_and_a_corrected_one_trains(
-        make_server, make_client, main_thread, tmp_path):
+    make_server, make_client, main_thread, tmp_path
+):
     """The server trains XOR (two features); the client's first file has three."""
-    np.savez(tmp_path / "wide.npz", inputs=np.ones((4, 3), np.float32),
-             outputs=XOR_TEST_DATA.outputs)
+    np.savez(
+        tmp_path / "wide.npz", inputs=np.ones((4, 3), np.float32), outputs=XOR_TEST_DATA.outputs
+    )
     np.savez(tmp_path / "xor.npz", inputs=XOR_TEST_DATA.inputs, outputs=XOR_TEST_DATA.outputs)
     port = listen(make_server(seed=1))
     client = make_client("client", data=None, seed=1, ga=GAConfig(num_generations=20))
@@ -536,8 +616,10 @@ def test_a_file_that_does_not_fit_the_model_is_a_status_and_a_corrected_one_trai
         assert client.data_in_use  # the data row is locked while training reads it
         main_thread.run_until(lambda: outcome in client.status)
         if path == "wide.npz":
-            assert client.status == (f"{tmp_path / 'wide.npz'}: inputs have shape (4, 3), but "
-                                     "the model expects (samples, 2).")
+            assert client.status == (
+                f"{tmp_path / 'wide.npz'}: inputs have shape (4, 3), but "
+                "the model expects (samples, 2)."
+            )
             assert enabled(client) == {"close"}
             client.close()
             assert not client.data_in_use
@@ -549,6 +631,7 @@ def test_a_file_that_does_not_fit_the_model_is_a_status_and_a_corrected_one_trai
 
 # ---- the server's setup fields -------------------------------------------------------------
 
+
 def test_the_aggregation_choices_are_the_one_list_the_flag_reads(make_server):
     spinner = {f.name: f for f in make_server().setup_fields()}["aggregation"]
     flag = next(a for a in server_parser()._actions if a.dest == "aggregation")
@@ -557,15 +640,30 @@ def test_the_aggregation_choices_are_the_one_list_the_flag_reads(make_server):
 
 
 def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_server):
-    server = make_server(test_data="t.csv", test_label_column="y", target_accuracy=0.9,
-                         patience=5, num_generations=30, aggregation="fedavg")
+    server = make_server(
+        test_data="t.csv",
+        test_label_column="y",
+        target_accuracy=0.9,
+        patience=5,
+        num_generations=30,
+        aggregation="fedavg",
+    )
     texts = {f.name: f.text for f in server.setup_fields()}
-    assert texts == {"model": "", "test_data": "t.csv", "test_labels": "",
-                     "test_label_column": "y", "target_accuracy": "0.9",
-                     "aggregation": "fedavg", "min_clients": "2", "patience": "5",
-                     "num_generations": "30", "num_parents_mating": "4",
-                     "mutation_percent_genes": "5", "operators": "scaled",
-                     "mutation_step": "0.3"}
+    assert texts == {
+        "model": "",
+        "test_data": "t.csv",
+        "test_labels": "",
+        "test_label_column": "y",
+        "target_accuracy": "0.9",
+        "aggregation": "fedavg",
+        "min_clients": "2",
+        "patience": "5",
+        "num_generations": "30",
+        "num_parents_mating": "4",
+        "mutation_percent_genes": "5",
+        "operators": "scaled",
+        "mutation_step": "0.3",
+    }
     shown = {name for name in texts if server.applies(name, texts)}
     assert {"test_label_column", "min_clients"} <= shown and "test_labels" not in shown
     texts |= {"test_data": "t.NPY", "aggregation": "running-average"}
@@ -573,22 +671,33 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
     assert "test_labels" in shown and not {"test_label_column", "min_clients"} & shown
 
 
-@pytest.mark.parametrize("texts, status", [
-    ({"target_accuracy": "high"}, "Target accuracy: 'high' is not a number."),
-    ({"min_clients": "0"}, "Min clients: 0 must be greater than 0."),
-    ({"model": "missing.json", "test_data": "missing.npz"},
-     "The data file missing.npz does not exist."),
-    ({"model": "model.json"}, "The model in model.json needs its own test set: add "
-                              "--test-data FILE."),
-    ({"model": "bad.json", "test_data": "xor.npz"},
-     "The model in bad.json is not one fedga trains: model_json is not a Functional or "
-     "Sequential model."),
-    ({"model": "model.json", "test_data": "wide.npz"},
-     "wide.npz: outputs have shape (4, 5), but the model expects (samples, 2)."),
-])
-def test_a_setup_mistake_is_a_status_before_any_client_is_served(make_server, main_thread,
-                                                                 tmp_path, monkeypatch, texts,
-                                                                 status):
+@pytest.mark.parametrize(
+    "texts, status",
+    [
+        ({"target_accuracy": "high"}, "Target accuracy: 'high' is not a number."),
+        ({"min_clients": "0"}, "Min clients: 0 must be greater than 0."),
+        (
+            {"model": "missing.json", "test_data": "missing.npz"},
+            "The data file missing.npz does not exist.",
+        ),
+        (
+            {"model": "model.json"},
+            "The model in model.json needs its own test set: add --test-data FILE.",
+        ),
+        (
+            {"model": "bad.json", "test_data": "xor.npz"},
+            "The model in bad.json is not one fedga trains: model_json is not a Functional or "
+            "Sequential model.",
+        ),
+        (
+            {"model": "model.json", "test_data": "wide.npz"},
+            "wide.npz: outputs have shape (4, 5), but the model expects (samples, 2).",
+        ),
+    ],
+)
+def test_a_setup_mistake_is_a_status_before_any_client_is_served(
+    make_server, main_thread, tmp_path, monkeypatch, texts, status
+):
     monkeypatch.chdir(tmp_path)
     np.savez("xor.npz", inputs=XOR_TEST_DATA.inputs, outputs=XOR_TEST_DATA.outputs)
     np.savez("wide.npz", inputs=XOR_TEST_DATA.inputs, outputs=np.ones((4, 5), np.float32))
@@ -608,28 +717,45 @@ def test_a_setup_mistake_is_a_status_before_any_client_is_served(make_server, ma
     assert server.view.model == "The tutorial's XOR model (2 features -> 2 outputs, 22 parameters)"
 
 
-def test_a_run_on_real_data_from_the_fields_then_the_three_saves(make_server, make_client,
-                                                                  main_thread, iris, tmp_path):
+def test_a_run_on_real_data_from_the_fields_then_the_three_saves(
+    make_server, make_client, main_thread, iris, tmp_path
+):
     # Keras first, here: on a busy machine its import alone can outlast a wait below.
     keras = load_keras()
     server = make_server(seed=1)
-    port = listen(server, test_data=str(iris / "server_test.npz"), aggregation="fedavg",
-                  min_clients="2", target_accuracy="0.9", num_generations="30")
+    port = listen(
+        server,
+        test_data=str(iris / "server_test.npz"),
+        aggregation="fedavg",
+        min_clients="2",
+        target_accuracy="0.9",
+        num_generations="30",
+    )
     assert server.settings_in_use  # every field is locked while the server listens
-    assert server.view.model == ("No model file: a default Dense model sized to the test data "
-                                 "(4 features -> 3 outputs, 131 parameters)")
-    assert server.actions == {"stop": True, "save_model": False, "save_history": False,
-                              "save_plot": False}
+    assert server.view.model == (
+        "No model file: a default Dense model sized to the test data "
+        "(4 features -> 3 outputs, 131 parameters)"
+    )
+    assert server.actions == {
+        "stop": True,
+        "save_model": False,
+        "save_history": False,
+        "save_plot": False,
+    }
     clients = [make_client(f"site{n}", data=None, seed=n) for n in (1, 2)]
     for n, client in enumerate(clients, 1):
         client.load_data(str(iris / f"client_{n}.npz"))
         client.create()
         client.connect("127.0.0.1", port)
-    main_thread.run_until(lambda: all(enabled(c) == {"train", "close"} and c.data is not None
-                                      for c in clients))
+    main_thread.run_until(
+        lambda: all(enabled(c) == {"train", "close"} and c.data is not None for c in clients)
+    )
     for n, client in enumerate(clients, 1):
-        assert re.fullmatch(rf"client_{n}.npz: \d+ samples, 4 features, classes "
-                            r"0: \d+, 1: \d+, 2: \d+", client.view.data), client.view.data
+        assert re.fullmatch(
+            rf"client_{n}.npz: \d+ samples, 4 features, classes "
+            r"0: \d+, 1: \d+, 2: \d+",
+            client.view.data,
+        ), client.view.data
         client.train()
     main_thread.run_until(lambda: server.view.summary.startswith("Training done"))
     model = server.global_model
@@ -640,8 +766,12 @@ def test_a_run_on_real_data_from_the_fields_then_the_three_saves(make_server, ma
         assert row.samples == len(clients[n - 1].data)  # as the client reported it
         assert row.round == model.round and 0 <= row.accuracy <= 1  # scored in its round
     main_thread.run_until(lambda: all(row.state.startswith("done") for row in rows.values()))
-    assert server.actions == {"stop": False, "save_model": True, "save_history": True,
-                              "save_plot": True}
+    assert server.actions == {
+        "stop": False,
+        "save_model": True,
+        "save_history": True,
+        "save_plot": True,
+    }
 
     for kind, name in (("model", "best"), ("history", "history.csv"), ("plot", "history.png")):
         server.save(kind, str(tmp_path / name))
@@ -650,12 +780,16 @@ def test_a_run_on_real_data_from_the_fields_then_the_three_saves(make_server, ma
         assert server.status.startswith("Saved ") and server.actions["save_model"]
         if kind == "model":
             best = model.best
-            assert server.status == (f"Saved the best model (round {best.round}, accuracy "
-                                     f"{best.accuracy:.4f}) to {tmp_path / 'best.keras'}")
+            assert server.status == (
+                f"Saved the best model (round {best.round}, accuracy "
+                f"{best.accuracy:.4f}) to {tmp_path / 'best.keras'}"
+            )
     saved = keras.saving.load_model(tmp_path / "best.keras")  # the suffix was added
     test = np.load(iris / "server_test.npz")
-    scored = np.mean(np.argmax(saved.predict(test["inputs"], verbose=0), axis=1)
-                     == np.argmax(test["outputs"], axis=1))
+    scored = np.mean(
+        np.argmax(saved.predict(test["inputs"], verbose=0), axis=1)
+        == np.argmax(test["outputs"], axis=1)
+    )
     assert scored == pytest.approx(model.best.accuracy)
     with open(tmp_path / "history.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -663,12 +797,15 @@ def test_a_run_on_real_data_from_the_fields_then_the_three_saves(make_server, ma
     assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"
     server.save("history", str(tmp_path / "no such folder" / "h.csv"))
     main_thread.run_until(lambda: not server.status.startswith("Saving"))
-    assert server.status == (f"Cannot save the history to {tmp_path / 'no such folder' / 'h.csv'}"
-                             ": No such file or directory.")
+    assert server.status == (
+        f"Cannot save the history to {tmp_path / 'no such folder' / 'h.csv'}"
+        ": No such file or directory."
+    )
 
 
-def test_stop_training_answers_clients_done_and_keeps_the_best(make_server, make_client,
-                                                               main_thread):
+def test_stop_training_answers_clients_done_and_keeps_the_best(
+    make_server, make_client, main_thread
+):
     server = make_server(seed=1, target_accuracy=2.0)  # never done: it trains until stopped
     port = listen(server, aggregation="fedavg", min_clients="1")
     client = make_client(seed=1, ga=GAConfig(num_generations=10))
@@ -678,14 +815,23 @@ def test_stop_training_answers_clients_done_and_keeps_the_best(make_server, make
     client.train()
     main_thread.run_until(lambda: len(server.view.history) >= 3)
     server.stop_training()
-    main_thread.run_until(lambda: server.view.summary.startswith("Stopped")
-                          and client.status.startswith("Training is done"))
+    main_thread.run_until(
+        lambda: (
+            server.view.summary.startswith("Stopped")
+            and client.status.startswith("Training is done")
+        )
+    )
     model = server.global_model
     assert model.outcome == "stopped"
-    assert server.view.summary == (f"Stopped after {model.round} rounds: best global accuracy "
-                                   f"{model.best.accuracy:.2f}")
-    assert server.actions == {"stop": False, "save_model": True, "save_history": True,
-                              "save_plot": True}
+    assert server.view.summary == (
+        f"Stopped after {model.round} rounds: best global accuracy {model.best.accuracy:.2f}"
+    )
+    assert server.actions == {
+        "stop": False,
+        "save_model": True,
+        "save_history": True,
+        "save_plot": True,
+    }
     assert enabled(server) == {"close"}  # still listening: late clients are told done
 
 

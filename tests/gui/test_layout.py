@@ -1,6 +1,7 @@
 """Readable at the smallest size: each window, opened at its minimum size under Xvfb with every
 optional field showing, has no label (buttons and tab headers included) whose whole text is
 larger than the label, and no two inputs overlap; on both of the server's tabs."""
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ if which == "server":
     from common.gui.controllers import ServerController
     from common.gui.server_app import ServerApp
     # .npy test data: its labels field shows; fedavg: min clients is enabled.
-    app = ServerApp(ServerController(ServerConfig(test_data="test.npy", aggregation="fedavg"),
+    app = ServerApp(ServerController(ServerConfig.of(test_data="test.npy", aggregation="fedavg"),
                                      build_global_model, call_soon=call_soon))
 else:
     from common.gui.client_app import ClientApp
@@ -109,14 +110,27 @@ app.run()
 '''
 
 
-@pytest.mark.parametrize("which, views", [("server", ["setup", "training"]),
-                                          ("client", ["client"])])
-def test_every_label_fits_and_no_inputs_overlap_at_the_minimum_size(display, tmp_path, which,
-                                                                    views):
-    env = {**os.environ, "DISPLAY": display, "KIVY_HOME": str(tmp_path / "kivy"),
-           "KIVY_NO_ARGS": "1", "KIVY_LOG_MODE": "PYTHON"}
-    result = subprocess.run([sys.executable, "-c", CHECK, which], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=WAIT)
+@pytest.mark.parametrize(
+    "which, views", [("server", ["setup", "training"]), ("client", ["client"])]
+)
+def test_every_label_fits_and_no_inputs_overlap_at_the_minimum_size(
+    display, tmp_path, which, views
+):
+    env = {
+        **os.environ,
+        "DISPLAY": display,
+        "KIVY_HOME": str(tmp_path / "kivy"),
+        "KIVY_NO_ARGS": "1",
+        "KIVY_LOG_MODE": "PYTHON",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK, which],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [report["view"] for report in reports] == views, result.stderr[-3000:]
     for report in reports:

@@ -2,6 +2,7 @@
 is on screen (saving a ``.keras`` model when the server window closes) does not crash the
 process: TensorFlow loaded
 after Mesa's OpenGL once died with SIGSEGV (see ``common.model.load_keras``)."""
+
 from __future__ import annotations
 
 import os
@@ -13,22 +14,47 @@ import numpy as np
 from common.data import XOR_TEST_DATA
 from common.modelspec import dense_chain_json
 from common.ports import free_port
-from tests.gui.test_windows_e2e import (STOP_RESERVE, TIME_LIMIT, Window,  # noqa: F401
-                                        display, pytestmark)  # (display: a fixture)
+from tests.gui.test_windows_e2e import (  # noqa: F401  (display: a fixture)
+    STOP_RESERVE,
+    TIME_LIMIT,
+    Window,
+    display,
+    pytestmark,
+)
 from tests.test_startup import HEAVY_IMPORT, PROBED
 
 
 def test_windows_open_without_tensorflow_and_a_window_saves_with_keras(display, tmp_path):
     (tmp_path / "model.json").write_text(dense_chain_json(2, [(8, "tanh"), (2, "softmax")]))
     np.savez(tmp_path / "xor.npz", inputs=XOR_TEST_DATA.inputs, outputs=XOR_TEST_DATA.outputs)
-    env = {**PROBED, "DISPLAY": display, "KIVY_HOME": str(tmp_path / "kivy"),
-           "KIVY_NO_ARGS": "1", "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1"}  # (else a first click drops)
+    env = {
+        **PROBED,
+        "DISPLAY": display,
+        "KIVY_HOME": str(tmp_path / "kivy"),
+        "KIVY_NO_ARGS": "1",
+        "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1",
+    }  # (else a first click drops)
     deadline = time.monotonic() + TIME_LIMIT - STOP_RESERVE
     port = str(free_port())
-    server = Window("server.py", ["--model", "model.json", "--test-data", "xor.npz",
-                                  "--save-model", "final.keras", "--host", "127.0.0.1",
-                                  "--port", port], env, tmp_path / "server.log", tmp_path,
-                    deadline)
+    server = Window(
+        "server.py",
+        [
+            "--model",
+            "model.json",
+            "--test-data",
+            "xor.npz",
+            "--save-model",
+            "final.keras",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+        ],
+        env,
+        tmp_path / "server.log",
+        tmp_path,
+        deadline,
+    )
     client = Window("client1.py", [], env, tmp_path / "client1.log", tmp_path, deadline)
     try:
         server.wait_ready(("create", "bind", "listen"))

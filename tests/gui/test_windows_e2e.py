@@ -13,6 +13,7 @@ two client.py windows, every file chosen in a Browse dialog, fedavg picked in th
 trained to the target, the best model saved (and a history saved twice, the second time
 replacing the file after the dialog asked). Its screenshots go to docs/real-run-*.png.
 """
+
 from __future__ import annotations
 
 import base64
@@ -59,8 +60,11 @@ SCREEN = (1920, 1080)
 PLACES = {"server.py": (0, 0), "client1.py": (640, 0), "client2.py": (1280, 0)}
 
 pytestmark = [
-    pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (apt-get install "
-                       "xvfb xdotool imagemagick, as .ci/run does)"),
+    pytest.mark.skipif(
+        bool(MISSING),
+        reason=f"needs {', '.join(MISSING)} (apt-get install "
+        "xvfb xdotool imagemagick, as .ci/run does)",
+    ),
     pytest.mark.timeout(TIME_LIMIT),
 ]
 
@@ -71,9 +75,22 @@ def display():
     repeats (-r): on a busy machine xdotool may stall between a key's press and release."""
     read_end, write_end = os.pipe()
     xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "%dx%dx24" % SCREEN,
-         "-nolisten", "tcp", "-noreset", "-r"],
-        pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "Xvfb",
+            "-displayfd",
+            str(write_end),
+            "-screen",
+            "0",
+            "%dx%dx24" % SCREEN,
+            "-nolisten",
+            "tcp",
+            "-noreset",
+            "-r",
+        ],
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write_end)
     try:
         ready, _, _ = select.select([read_end], [], [], WAIT)
@@ -90,8 +107,16 @@ def display():
 class Window:
     """One app process: its log lines as they arrive, its X window, clicks and screenshots."""
 
-    def __init__(self, script: str, args: list[str], env: dict[str, str], log_path: Path,
-                 cwd: Path, deadline: float, place: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        script: str,
+        args: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        cwd: Path,
+        deadline: float,
+        place: tuple[int, int] | None = None,
+    ):
         self.script = script
         self.deadline = deadline  # time.monotonic() by which every wait must be over
         self.log_path = log_path
@@ -99,8 +124,12 @@ class Window:
         left, top = place or PLACES[script]
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / script), "--window-position", f"{left},{top}", *args],
-            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT)
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         self.lines: list[str] = []
         self._arrived = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -144,8 +173,10 @@ class Window:
                 remaining = self.deadline - time.monotonic()
                 if remaining <= 0 or not self._reader.is_alive():
                     tail = "\n".join(self.lines[-30:])
-                    pytest.fail(f"{self.script}: no line matching {pattern!r} in the test's "
-                                f"time (exit code {self.process.poll()}); last lines:\n{tail}")
+                    pytest.fail(
+                        f"{self.script}: no line matching {pattern!r} in the test's "
+                        f"time (exit code {self.process.poll()}); last lines:\n{tail}"
+                    )
                 self._arrived.wait(remaining)
 
     def wait_ready(self, widgets: tuple[str, ...]) -> None:
@@ -153,8 +184,9 @@ class Window:
         self.wait_for(r"ready: .* window")
         self.learn(widgets)
         while not self.wid:  # mapped by now; the X server may need a moment to list it
-            found = self.x("xdotool", "search", "--onlyvisible", "--pid",
-                           str(self.process.pid), check=False)
+            found = self.x(
+                "xdotool", "search", "--onlyvisible", "--pid", str(self.process.pid), check=False
+            )
             self.wid = found.split()[0] if found.split() else ""
             if not self.wid and time.monotonic() > self.deadline:
                 pytest.fail(f"{self.script}: no visible window")
@@ -179,8 +211,10 @@ class Window:
 
     def geometry(self) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the window on the screen."""
-        shell = dict(line.split("=", 1) for line in self.x(
-            "xdotool", "getwindowgeometry", "--shell", self.wid).splitlines())
+        shell = dict(
+            line.split("=", 1)
+            for line in self.x("xdotool", "getwindowgeometry", "--shell", self.wid).splitlines()
+        )
         left, top = int(shell["X"]), int(shell["Y"])
         return left, top, left + int(shell["WIDTH"]), top + int(shell["HEIGHT"])
 
@@ -230,8 +264,7 @@ class Window:
 
     def x(self, *command: str, check: bool = True) -> str:
         """Run an X tool on this window's display; its output."""
-        result = subprocess.run(command, capture_output=True, text=True, timeout=WAIT,
-                                env=self.env)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=WAIT, env=self.env)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed: {result.stderr.strip()}")
         return result.stdout.strip()
@@ -251,57 +284,88 @@ def security_files(tmp_path, certificates):
 
 @pytest.mark.slow
 def test_three_windows_train_the_model_when_clicked(display, tmp_path, security_files):
-    env = {**os.environ, "DISPLAY": display, "KIVY_HOME": str(tmp_path / "kivy"),
-           "KIVY_NO_ARGS": "1", "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1"}
+    env = {
+        **os.environ,
+        "DISPLAY": display,
+        "KIVY_HOME": str(tmp_path / "kivy"),
+        "KIVY_NO_ARGS": "1",
+        "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1",
+    }
     env.pop("FEDGA_SECRET", None)
     port = str(free_port())
     deadline = time.monotonic() + TIME_LIMIT - STOP_RESERVE
     # DEBUG: the windows log each field's focus and text, which type_into waits for.
     shared_flags = ["--host", "127.0.0.1", "--seed", "1", "--log-level", "DEBUG"]
     windows = {
-        "server": Window("server.py", [*shared_flags, "--port", port,
-                                       "--round-delay", ROUND_DELAY],
-                         env, tmp_path / "server.log", security_files, deadline),
+        "server": Window(
+            "server.py",
+            [*shared_flags, "--port", port, "--round-delay", ROUND_DELAY],
+            env,
+            tmp_path / "server.log",
+            security_files,
+            deadline,
+        ),
         # client1's security fields are typed in; client2 has them from its flags, but opens
         # on the default port: the test types the right one into its field.
-        "client1": Window("client1.py", [*shared_flags, "--port", port], env,
-                          tmp_path / "client1.log", security_files, deadline),
-        "client2": Window("client2.py", [*shared_flags, "--secret-file", "fedga.secret",
-                                         "--tls-ca", "ca.pem"],
-                          env, tmp_path / "client2.log", security_files, deadline),
+        "client1": Window(
+            "client1.py",
+            [*shared_flags, "--port", port],
+            env,
+            tmp_path / "client1.log",
+            security_files,
+            deadline,
+        ),
+        "client2": Window(
+            "client2.py",
+            [*shared_flags, "--secret-file", "fedga.secret", "--tls-ca", "ca.pem"],
+            env,
+            tmp_path / "client2.log",
+            security_files,
+            deadline,
+        ),
     }
     server, client1, client2 = windows.values()
     shots = tmp_path / "shots"
     shots.mkdir()
     try:
-        server.wait_ready(("create", "bind", "listen", "close", "secret_file", "tls_cert",
-                           "tls_key"))
+        server.wait_ready(
+            ("create", "bind", "listen", "close", "secret_file", "tls_cert", "tls_key")
+        )
         for client in (client1, client2):
-            client.wait_ready(("create", "connect", "train", "close", "port", "secret_file",
-                               "tls_ca"))
+            client.wait_ready(
+                ("create", "connect", "train", "close", "port", "secret_file", "tls_ca")
+            )
 
         server.click_and_wait("create", "Socket Created")
         server.click_and_wait("bind", "Socket Bound to IPv4 & Port Number")
-        for field, text in (("secret_file", "fedga.secret"), ("tls_cert", "server.pem"),
-                            ("tls_key", "server.key")):
+        for field, text in (
+            ("secret_file", "fedga.secret"),
+            ("tls_cert", "server.pem"),
+            ("tls_key", "server.key"),
+        ):
             server.type_into(field, text)
-        server.click_and_wait("listen", f"Socket is Listening for Connections on 127.0.0.1:{port}"
-                              " (TLS, shared secret)")
+        server.click_and_wait(
+            "listen",
+            f"Socket is Listening for Connections on 127.0.0.1:{port} (TLS, shared secret)",
+        )
 
         client1.type_into("secret_file", "fedga.secret")
         client1.type_into("tls_ca", "ca.pem")
         client2.type_into("port", port)
         for client in (client1, client2):
             client.click_and_wait("create", "Socket Created")
-            client.click_and_wait("connect", "Successful Connection to the Server (TLS, "
-                                  "shared secret)")
+            client.click_and_wait(
+                "connect", "Successful Connection to the Server (TLS, shared secret)"
+            )
         for client in (client1, client2):
             client.click_and_wait("train", "Receiving the Model from the Server")
 
         # A few points on the chart, clients busy; a lucky run may be done by round 2.
         server.wait_for(r"round=3 |done: accuracy")
-        during = {name: window.screenshot(shots / f"{name}-during.png")
-                  for name, window in windows.items()}
+        during = {
+            name: window.screenshot(shots / f"{name}-during.png")
+            for name, window in windows.items()
+        }
 
         server.wait_for(r"summary: Training done: global accuracy 1\.00 after \d+ rounds")
         for client in (client1, client2):
@@ -315,8 +379,11 @@ def test_three_windows_train_the_model_when_clicked(display, tmp_path, security_
     if os.environ.get("FEDGA_UPDATE_SCREENSHOTS") == "1":
         docs = ROOT / "docs"
         docs.mkdir(exist_ok=True)
-        for name, target in (("server", "server-app.png"), ("client1", "client-app-1.png"),
-                             ("client2", "client-app-2.png")):
+        for name, target in (
+            ("server", "server-app.png"),
+            ("client1", "client-app-1.png"),
+            ("client2", "client-app-2.png"),
+        ):
             shutil.copyfile(during[name], docs / target)
 
 
@@ -325,22 +392,43 @@ def iris_files(tmp_path):
     """scikit-learn's iris split for two clients (python -m common.datasets), in a folder of
     its own: the windows run there, so a typed file name is short."""
     folder = tmp_path / "iris"
-    subprocess.run([sys.executable, "-m", "common.datasets", "iris", "--clients", "2",
-                    "--out", str(folder), "--seed", "1"], cwd=ROOT, check=True,
-                   capture_output=True, timeout=WAIT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "common.datasets",
+            "iris",
+            "--clients",
+            "2",
+            "--out",
+            str(folder),
+            "--seed",
+            "1",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=WAIT,
+    )
     return folder
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(REAL_RUN_TIME_LIMIT)
-def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, tmp_path,
-                                                                      iris_files):
+def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(
+    display, tmp_path, iris_files
+):
     """No file on any command line: the server's model and test set and each client's data
     file are chosen in Browse dialogs, fedavg in the spinner; trained to the target, the
     best model is saved with Save Model and scores, loaded by Keras, what the window said;
     saving over an existing file asks first."""
-    env = {**os.environ, "DISPLAY": display, "KIVY_HOME": str(tmp_path / "kivy"),
-           "KIVY_NO_ARGS": "1", "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1"}
+    env = {
+        **os.environ,
+        "DISPLAY": display,
+        "KIVY_HOME": str(tmp_path / "kivy"),
+        "KIVY_NO_ARGS": "1",
+        "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1",
+    }
     env.pop("FEDGA_SECRET", None)
     port = str(free_port())
     deadline = time.monotonic() + REAL_RUN_TIME_LIMIT - STOP_RESERVE
@@ -348,20 +436,51 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
     folder = iris_files
     windows = {
         # Iris trains in about a second: a slower pace keeps the clients busy for the pictures.
-        "server": Window("server.py", [*flags, "--round-delay", "1"], env,
-                         tmp_path / "server.log", folder, deadline),
+        "server": Window(
+            "server.py",
+            [*flags, "--round-delay", "1"],
+            env,
+            tmp_path / "server.log",
+            folder,
+            deadline,
+        ),
         # python client.py: an empty data row, the way a person with a data file starts
-        "site1": Window("client.py", [*flags, "--name", "site1"], env, tmp_path / "site1.log",
-                        folder, deadline, place=PLACES["client1.py"]),
-        "site2": Window("client.py", [*flags, "--name", "site2"], env, tmp_path / "site2.log",
-                        folder, deadline, place=PLACES["client2.py"]),
+        "site1": Window(
+            "client.py",
+            [*flags, "--name", "site1"],
+            env,
+            tmp_path / "site1.log",
+            folder,
+            deadline,
+            place=PLACES["client1.py"],
+        ),
+        "site2": Window(
+            "client.py",
+            [*flags, "--name", "site2"],
+            env,
+            tmp_path / "site2.log",
+            folder,
+            deadline,
+            place=PLACES["client2.py"],
+        ),
     }
     server, site1, site2 = windows.values()
     shots = tmp_path / "shots"
     shots.mkdir()
     try:
-        server.wait_ready(("create", "bind", "listen", "browse_model", "browse_test_data",
-                           "target_accuracy", "aggregation", "save_model", "save_history"))
+        server.wait_ready(
+            (
+                "create",
+                "bind",
+                "listen",
+                "browse_model",
+                "browse_test_data",
+                "target_accuracy",
+                "aggregation",
+                "save_model",
+                "save_history",
+            )
+        )
         for client in (site1, site2):
             client.wait_ready(("create", "connect", "train", "browse_data"))
             client.wait_for(r"status: |ready:")  # (the data row is empty: nothing loaded)
@@ -370,15 +489,23 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
         boxes = [window.geometry() for window in windows.values()]
         for i, (left, top, right, bottom) in enumerate(boxes):
             assert right <= SCREEN[0] and bottom <= SCREEN[1], boxes
-            assert all(right <= l2 or r2 <= left or bottom <= t2 or b2 <= top
-                       for l2, t2, r2, b2 in boxes[i + 1:]), boxes
+            assert all(
+                right <= l2 or r2 <= left or bottom <= t2 or b2 <= top
+                for l2, t2, r2, b2 in boxes[i + 1 :]
+            ), boxes
 
         server.click_and_wait("create", "Socket Created")
         server.click_and_wait("bind", "Socket Bound to IPv4 & Port Number")
-        server.choose_file("browse_model", "model.json",
-                           rf"field model chose '{re.escape(str(folder / 'model.json'))}'")
-        server.choose_file("browse_test_data", "server_test.npz",
-                           rf"field test_data chose '{re.escape(str(folder / 'server_test.npz'))}'")
+        server.choose_file(
+            "browse_model",
+            "model.json",
+            rf"field model chose '{re.escape(str(folder / 'model.json'))}'",
+        )
+        server.choose_file(
+            "browse_test_data",
+            "server_test.npz",
+            rf"field test_data chose '{re.escape(str(folder / 'server_test.npz'))}'",
+        )
         server.type_into("target_accuracy", TARGET)
         since = len(server.lines)
         server.click("aggregation")
@@ -386,13 +513,19 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
         server.click("choice fedavg")
         server.wait_for(r"field aggregation chose 'fedavg'$", since)
         server.click_and_wait("listen", f"Socket is Listening for Connections on 127.0.0.1:{port}")
-        server.wait_for(rf"model: The model in {re.escape(str(folder / 'model.json'))}: 4 "
-                        r"features -> 3 outputs")
+        server.wait_for(
+            rf"model: The model in {re.escape(str(folder / 'model.json'))}: 4 "
+            r"features -> 3 outputs"
+        )
 
         for n, client in enumerate((site1, site2), 1):
             data = folder / f"client_{n}.npz"
-            client.choose_file("browse_data", data.name, rf"data: {data.name}: "
-                               r"\d+ samples, 4 features, classes 0: \d+, 1: \d+, 2: \d+$")
+            client.choose_file(
+                "browse_data",
+                data.name,
+                rf"data: {data.name}: "
+                r"\d+ samples, 4 features, classes 0: \d+, 1: \d+, 2: \d+$",
+            )
             client.click_and_wait("create", "Socket Created")
             client.click_and_wait("connect", "Successful Connection to the Server")
         for client in (site1, site2):
@@ -414,8 +547,10 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
         server.click("save_model")
         server.learn(("dialog_path",), since)
         server.type_into("dialog_path", "best.keras")
-        saved_line = (r"status: Saved the best model \(round \d+, accuracy (\S+)\) to "
-                      rf"{re.escape(str(folder / 'best.keras'))}$")
+        saved_line = (
+            r"status: Saved the best model \(round \d+, accuracy (\S+)\) to "
+            rf"{re.escape(str(folder / 'best.keras'))}$"
+        )
         saved = server.wait_for(saved_line, since)
         # The same name again: the dialog asks first, and a second click replaces the file.
         since = len(server.lines)
@@ -428,8 +563,7 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
         server.learn(("dialog_path", "dialog_choose"), since)
         server.type_into("dialog_path", "history.csv")
         server.wait_for(r"dialog: asks before replacing .*history\.csv$", since)
-        server.click_and_wait("dialog_choose", "Saved the history to "
-                              f"{folder / 'history.csv'}")
+        server.click_and_wait("dialog_choose", f"Saved the history to {folder / 'history.csv'}")
     finally:
         codes = {name: window.stop() for name, window in windows.items()}
     assert codes == {"server": 0, "site1": 0, "site2": 0}
@@ -439,11 +573,13 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(display, t
     model = keras.saving.load_model(folder / "best.keras")
     test = np.load(folder / "server_test.npz")
     predicted = np.argmax(keras.ops.convert_to_numpy(model(test["inputs"])), axis=1)
-    assert np.mean(predicted == np.argmax(test["outputs"], axis=1)) == pytest.approx(shown,
-                                                                                     abs=1e-4)
+    assert np.mean(predicted == np.argmax(test["outputs"], axis=1)) == pytest.approx(
+        shown, abs=1e-4
+    )
 
     if os.environ.get("FEDGA_UPDATE_SCREENSHOTS") == "1":
         for name in windows:
             for moment in ("during", "after"):
-                shutil.copyfile(shots / f"{name}-{moment}.png",
-                                ROOT / "docs" / f"real-run-{name}-{moment}.png")
+                shutil.copyfile(
+                    shots / f"{name}-{moment}.png", ROOT / "docs" / f"real-run-{name}-{moment}.png"
+                )

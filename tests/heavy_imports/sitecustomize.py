@@ -1,6 +1,7 @@
 """Python imports this at start-up when this folder is on ``PYTHONPATH`` (tests only). It
 prints a line on stderr the moment the process first imports Keras or TensorFlow, so a test
 sees whether a launch loads them, and when: before or after its window is on screen."""
+
 import sys
 
 _WATCHED = {"keras", "tensorflow"}
