@@ -89,9 +89,8 @@ class TrainingConfig:
     max_rounds: int = 1000
     patience: int = 0  # stop once this many rounds passed without a better model; 0: never
     seed: int | None = None
-    aggregation: str = (
-        "running-best"  # any name in common.aggregate; the tutorial's: running-average
-    )
+    # Any name in common.aggregate; the tutorial's rule is running-average.
+    aggregation: str = "running-best"
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     checkpoint: str | None = None  # save the global state here after every accepted update
