@@ -38,7 +38,6 @@ its own server resends its initial population, so it never reaches 1.0 at all.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import threading
@@ -60,12 +59,6 @@ from common.server import ListenThread, ServerConfig
 
 RUN_TIMEOUT = 60  # seconds: a run that takes this long has failed its target many times over
 PLAIN_MAX_ROUNDS = 100
-# Measured over many seeds (docs/performance.md), these rows have a tail that 20 runs cannot
-# rule out: fedavg takes over 30 rounds in 5-10% of runs (57/60 threaded, 361/400 simulated;
-# its cause is FedAvg's, the two halves' corrections cancelling), the plain pair with
-# running-best over 100 in ~2% (59/60, 196/200). A target of every run would then pass by
-# luck (fedavg about 1 bench run in 8); these shares of the runs may miss.
-FEDAVG_TAIL, PLAIN_TAIL = 0.10, 0.05
 ONE_SAMPLE_MAX_ROUNDS = 300  # bounds the bench's time: these rows take ~10 ms a round
 ONE_SAMPLE_DATA = {
     f"sample{i + 1}": Dataset(XOR_TEST_DATA.inputs[i : i + 1], XOR_TEST_DATA.outputs[i : i + 1])
@@ -346,21 +339,19 @@ def main(argv: list[str] | None = None) -> int:
         statistics.median(tutorial_times) < 1,
     )
     plain_done, plain_rounds, _, _ = stats["plain, running-best"]
-    wanted = runs - math.floor(runs * PLAIN_TAIL)
     met &= target(
         f"plain (tutorial's GA), running-best: runs done within {PLAIN_MAX_ROUNDS} rounds",
         f"{plain_done}/{runs}, slowest {max(plain_rounds)} rounds",
-        f">= {wanted}/{runs}",
-        plain_done >= wanted,
+        f"{runs}/{runs}",
+        plain_done == runs,
     )
     fedavg_rounds = stats["built-in, fedavg"][1]
     within = sum(ok and n <= 30 for ok, n, _ in results["built-in, fedavg"])
-    wanted = runs - math.floor(runs * FEDAVG_TAIL)
     met &= target(
         "built-in, fedavg: runs done within 30 rounds",
         f"{within}/{runs}",
-        f">= {wanted}/{runs}",
-        within >= wanted,
+        f"{runs}/{runs}",
+        within == runs,
     )
     met &= target(
         "built-in, fedavg: median rounds",
