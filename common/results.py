@@ -91,7 +91,10 @@ def _draw(rows: list[dict[str, str]], png: str) -> None:
         loss_axis.plot(*zip(*losses), color="tab:red", marker=".", label="global loss")
         loss_axis.set_ylabel("loss")
     accuracy_axis.set_title("fedga training")
-    figure.legend(loc="lower right", bbox_to_anchor=(1, 0), bbox_transform=accuracy_axis.transAxes)
+    # Mid-height: a converging run's accuracy ends high and its loss low, both at the right.
+    figure.legend(
+        loc="center right", bbox_to_anchor=(1, 0.5), bbox_transform=accuracy_axis.transAxes
+    )
     figure.tight_layout()
     figure.savefig(png)
     plt.close(figure)
