@@ -96,7 +96,9 @@ class TrainingConfig:
     checkpoint: str | None = None  # save the global state here after every accepted update
     resume: bool = False  # start from the checkpoint instead of a fresh model
     ga: GAConfig = field(default_factory=GAConfig)  # the GA settings sent to clients
-    ga_by_model: tuple[str, ...] = GA_BY_MODEL  # those of GA_BY_MODEL not set: by the model
+    # Those of GA_BY_MODEL left to the model, whatever ``ga`` says: none for a ``GAConfig``
+    # given here; a ServerConfig (flags, the window, Flower) leaves all that were not set.
+    ga_by_model: tuple[str, ...] = ()
 
     def ga_for_model(self) -> GAConfig:
         """``ga`` with the settings left to the model filled in: the tutorial's for its XOR
@@ -124,7 +126,9 @@ class ServerConfig:
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(ga_by_model=GA_BY_MODEL)
+    )
     outputs: OutputConfig = field(default_factory=OutputConfig)
 
     @classmethod

@@ -31,7 +31,6 @@ def test_the_step_halves_after_rounds_without_a_lower_loss_down_to_a_tenth():
             min_clients=1,
             target_accuracy=1.5,
             ga=GAConfig(mutation_step=0.4, step_patience=2),
-            ga_by_model=(),
         ),
     )
     solution = _xor_solution(0.2)  # every round below scores the same loss: no progress
@@ -59,7 +58,6 @@ def test_a_fixed_step_stays_as_set():
             min_clients=1,
             target_accuracy=1.5,
             ga=GAConfig(mutation_step=0.4),
-            ga_by_model=(),
         ),
     )
     for _ in range(6):
