@@ -18,6 +18,16 @@ from common.gui.sizes import CLIENT_SIZE, SERVER_SIZE
 from common.server import ServerConfig
 
 
+def _make_kivy_home() -> None:
+    # Kivy's import checks that its home and mods folders exist, then makes them: two
+    # windows started together on a first run race there, and the loser dies of
+    # FileExistsError. Making them first, tolerating each other, closes the race.
+    if "KIVY_NO_CONFIG" in os.environ:
+        return
+    home = os.path.expanduser(os.environ.get("KIVY_HOME", os.path.join("~", ".kivy")))
+    os.makedirs(os.path.join(home, "mods"), exist_ok=True)
+
+
 def _prepare_kivy(size: tuple[int, int], position: tuple[int, int] | None) -> None:
     # Kivy logs through the handlers and format configure_logging set up, not its own;
     # its start-up report is for --log-level DEBUG, its own debug lines (a config upgrade
@@ -25,6 +35,7 @@ def _prepare_kivy(size: tuple[int, int], position: tuple[int, int] | None) -> No
     os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")
     debugging = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
     logging.getLogger("kivy").setLevel(logging.INFO if debugging else logging.WARNING)
+    _make_kivy_home()
     from kivy.config import Config
 
     Config.set("graphics", "width", str(size[0]))
