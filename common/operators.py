@@ -71,6 +71,30 @@ def _strata(num_genes: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     return edges[:-1], np.diff(edges)
 
 
+# A noise table: Salimans et al.'s "shared noise table" (Evolution Strategies as a Scalable
+# Alternative to Reinforcement Learning, 2017). A standard normal value costs ~9 ns to draw
+# here, 0.45 ms a generation at 101,770 genes (a sixth of that model's fitness pass); a slice
+# of values drawn once per process costs nothing. Below _NOISE_TABLE_FROM values a generation,
+# drawing is cheaper than the table's 8 MiB.
+_NOISE_TABLE_SIZE = 1 << 21
+_NOISE_TABLE_FROM = 1 << 12
+
+
+@functools.cache
+def _noise_table() -> np.ndarray:
+    return np.random.default_rng(_NOISE_TABLE_SIZE).standard_normal(_NOISE_TABLE_SIZE, np.float32)
+
+
+def _standard_normal(rng: np.random.Generator, count: int) -> np.ndarray:
+    """``count`` standard normal float32 values: from ``rng``, or a slice of the table at an
+    offset drawn from ``rng``. Each value is N(0, 1) either way and a seed repeats its run;
+    which genes the values move is drawn afresh each generation."""
+    if _NOISE_TABLE_FROM <= count <= _NOISE_TABLE_SIZE // 4:
+        offset = int(rng.integers(0, _NOISE_TABLE_SIZE - count + 1))
+        return _noise_table()[offset : offset + count]
+    return rng.standard_normal(count, np.float32)
+
+
 class ScaledMutation:
     """A PyGAD mutation callable, ``(offspring, ga) -> offspring``: each offspring gets
     Gaussian steps of ``step * step_scales`` on exactly ``ga.mutation_num_genes`` distinct
@@ -104,7 +128,7 @@ class ScaledMutation:
         mutated = np.ascontiguousarray(offspring)  # PyGAD's is already: no copy
         where = (genes + num_genes * np.arange(rows)[:, None]).ravel()
         flat = mutated.reshape(-1)
-        noise = self._rng.standard_normal(where.size, np.float32)
+        noise = _standard_normal(self._rng, where.size)
         with np.errstate(over="ignore"):  # past float32's range: clipped back just below
             moved = flat[where] + self.sigma[genes.ravel()] * noise
         flat[where] = np.clip(moved, -_LARGEST, _LARGEST, out=moved)
