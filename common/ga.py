@@ -130,12 +130,12 @@ class _GA(pygad.GA):
 
     def _score(self, indices: list[int]) -> list:
         """PyGAD's ``_evaluate_fitness(self.population, indices)``, given a slice when the
-        rows are one run that fits one batch."""
+        rows are one run that fits one batch (``train``'s fitness only reads it)."""
         first = indices[0] if indices else 0
         if (
             self.parallel_processing is None
-            and self.fitness_batch_size is not None
-            and 1 < len(indices) <= self.fitness_batch_size
+            and self.fitness_batch_size not in (None, 1)  # PyGAD's test for batches
+            and 0 < len(indices) <= self.fitness_batch_size
             and indices == list(range(first, first + len(indices)))
         ):
             values = self.fitness_func(self, self.population[first : first + len(indices)], indices)

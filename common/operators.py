@@ -78,11 +78,13 @@ def _strata(num_genes: int, count: int) -> tuple[np.ndarray, np.ndarray]:
 # drawing is cheaper than the table's 8 MiB.
 _NOISE_TABLE_SIZE = 1 << 21
 _NOISE_TABLE_FROM = 1 << 12
+_NOISE_TABLE_SEED = 0  # any fixed seed: the same table in every process, so runs repeat
 
 
 @functools.cache
 def _noise_table() -> np.ndarray:
-    return np.random.default_rng(_NOISE_TABLE_SIZE).standard_normal(_NOISE_TABLE_SIZE, np.float32)
+    rng = np.random.default_rng(_NOISE_TABLE_SEED)
+    return rng.standard_normal(_NOISE_TABLE_SIZE, np.float32)
 
 
 def _standard_normal(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -108,7 +110,7 @@ class ScaledMutation:
 
     Make one per ``pygad.GA``: its generator is seeded once from that GA's own seeded
     generator (so ``random_seed`` repeats a run). The offspring are changed in place, as
-    PyGAD's own operators do; PyGAD copies them after.
+    PyGAD's own operators do (``pygad.GA`` copies them after; ``common.ga._GA`` need not).
     """
 
     def __init__(self, scales: np.ndarray, step: float):
