@@ -399,9 +399,7 @@ def run_client_headless(
             data=data,
             data_source=data_source,
             config=config,
-            on_event=ClientStatus(status, config.name, config.ga.num_generations)
-            if status
-            else None,
+            on_event=ClientStatus(status, config.name) if status else None,
             reconnect=Reconnector(config.host, config.port, config.retries),
         )
         thread.start()

@@ -248,7 +248,14 @@ class RecvThread(threading.Thread):
 
     def _train(self, request: ModelRequest) -> np.ndarray:
         server_round = request.round or 0
-        self._on_event(Event(EventKind.MODEL, round=server_round, accuracy=request.accuracy))
+        self._on_event(
+            Event(
+                EventKind.MODEL,
+                round=server_round,
+                accuracy=request.accuracy,
+                generation=self.trainer.settings_for(request).num_generations,
+            )
+        )
 
         def on_generation(generation: int, best_fitness: float) -> None:
             self._on_event(
@@ -269,7 +276,14 @@ class RecvThread(threading.Thread):
             server_round,
             result.best_fitness,
         )
-        self._on_event(Event(EventKind.SENT, round=server_round, fitness=result.best_fitness))
+        self._on_event(
+            Event(
+                EventKind.SENT,
+                round=server_round,
+                fitness=result.best_fitness,
+                generation=result.generations,
+            )
+        )
         return result.best_vector
 
     def run(self) -> None:

@@ -43,6 +43,8 @@ class Event:
     accuracy: float | None = None
     loss: float | None = None
     fitness: float | None = None
+    # a generation ended: its number; a model arrived: the most generations its round runs;
+    # the update was sent: the generations run (fewer when the GA stopped early)
     generation: int = 0
     samples: int | None = None  # a scored update's sample count, when its client sent one
     detail: str = ""

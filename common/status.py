@@ -58,12 +58,15 @@ class ServerStatus:
 
 
 class ClientStatus:
-    """Event callback: the round and a bar over its GA generations."""
+    """Event callback: the round and a bar over its GA generations (as many as the server's
+    settings for the round say, which each model message carries)."""
 
-    def __init__(self, line: StatusLine, name: str, generations: int):
-        self._line, self._name, self._generations = line, name, generations
+    def __init__(self, line: StatusLine, name: str):
+        self._line, self._name, self._generations = line, name, 0
 
     def __call__(self, event: Event) -> None:
+        if event.kind is EventKind.MODEL:
+            self._generations = event.generation
         if event.kind is not EventKind.GENERATION:
             return
         filled = min(BAR_WIDTH, BAR_WIDTH * event.generation // max(1, self._generations))

@@ -55,6 +55,10 @@ class LocalTrainer:
             self._forward_passes[model_json] = forward
         return self._forward_passes[model_json]
 
+    def settings_for(self, request: ModelRequest) -> GAConfig:
+        """The GA settings a round runs: the server's, with this client's overrides."""
+        return dataclasses.replace(self.ga, **(dict(request.ga_settings) | self.ga_overrides))
+
     def train(
         self,
         request: ModelRequest,
@@ -64,7 +68,7 @@ class LocalTrainer:
     ) -> TrainingResult:
         forward = self.forward_for(request.model_json)
         request.check_columns(forward.num_params)
-        ga = dataclasses.replace(self.ga, **(dict(request.ga_settings) | self.ga_overrides))
+        ga = self.settings_for(request)
         seed = None if self._round_seeds is None else int(self._round_seeds.integers(2**32))
         return train(
             forward,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import subprocess
@@ -10,6 +11,8 @@ import threading
 
 import pytest
 
+from common.events import Event, EventKind
+from common.status import ClientStatus, StatusLine
 from tests.conftest import WAIT
 from tests.test_cli import ROOT
 
@@ -107,3 +110,14 @@ def test_terminal_gets_a_status_line_and_a_pipe_does_not():
     assert "\r\x1b[K[client1] round " in terminal and "] generation " in terminal
     assert "server says done" in terminal  # log lines still come through
     assert "\r" not in piped and "round=" in piped
+
+
+def test_the_client_bar_fills_over_the_generations_the_server_sent():
+    # The round runs the server's num_generations (40 here), whatever the client's own were.
+    stream = io.StringIO()
+    status = ClientStatus(StatusLine(stream), "client1")
+    status(Event(EventKind.MODEL, round=3, generation=40))
+    status(Event(EventKind.GENERATION, round=3, generation=10, fitness=2.0))
+    assert stream.getvalue().endswith(
+        "[client1] round 3 [#####---------------] generation 10  best fitness 2"
+    )

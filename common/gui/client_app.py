@@ -80,7 +80,9 @@ class ClientApp(TutorialApp):
         super().refresh()
         view = self.controller.view
         self.data_label.text = view.data
-        self.progress_bar.value = view.generation
+        # A round that ended early is complete: its bar full, its label says why.
+        self.progress_bar.max = max(1, view.generations)
+        self.progress_bar.value = view.generations if view.ended_early else view.generation
         # A copy: the chart redraws when its series differ from the last ones it drew.
         losses = list(view.losses)
         self.chart.series = [Series("local loss", LOSS, losses, *loss_range(losses))]
@@ -88,7 +90,8 @@ class ClientApp(TutorialApp):
             self.progress_label.text = "Not training yet"
             return
         fitness = "-" if view.best_fitness is None else f"{view.best_fitness:.3g}"
+        early = ", ended early: local loss low" if view.ended_early else ""
         self.progress_label.text = (
             f"Round {view.round}    generation {view.generation} of "
-            f"{view.generations}    best fitness {fitness}"
+            f"{view.generations}{early}    best fitness {fitness}"
         )

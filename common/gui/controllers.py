@@ -527,7 +527,8 @@ class ClientView:
     data: str = ""  # the loaded data described in a line, or what to do without any
     round: int | None = None  # the server's round the model being trained comes from
     generation: int = 0
-    generations: int = 0  # per round
+    generations: int = 0  # the most this round runs (the server's setting)
+    ended_early: bool = False  # the round's GA stopped before them: its local loss was low
     best_fitness: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)  # this round's, by generation
 
@@ -718,14 +719,15 @@ class ClientController(_Controller):
         view = self.view
         if event.kind is EventKind.MODEL:
             view.round, view.generation, view.losses = event.round, 0, []
+            view.generations, view.ended_early = event.generation, False
             self._show(f"Training the model of round {event.round}", enable=("close",))
         elif event.kind is EventKind.GENERATION:
             view.generation, view.best_fitness = event.generation, event.fitness
             view.losses.append((event.generation, fitness_loss(event.fitness)))
             self.on_change()
         elif event.kind is EventKind.SENT:
-            # The GA may stop early once the local loss is low: the round is complete anyway.
-            view.generation, view.best_fitness = view.generations, event.fitness
+            view.generation, view.best_fitness = event.generation, event.fitness
+            view.ended_early = event.generation < view.generations
             self._show(
                 f"Sent the trained model of round {event.round}; waiting for the server",
                 enable=("close",),
