@@ -68,8 +68,8 @@ FEDAVG_MAX_ROUNDS = 2 * FEDAVG_TARGET_ROUNDS  # shows how far the tail reaches, 
 # Regression guards on measured rates, not the 20/20 and median 8 (which this code
 # meets in about 1 bench run in 2 for the plain pair, 1 in 25-70 for fedavg's 20/20, and 1
 # in 2 for its median): see docs/performance.md, "fedavg and the one-sample rows". Measured
-# threaded here: plain 93-98 of 100 seeds within 100 rounds (97.0% over 800 runs), fedavg
-# 76-89 within 30 (85.3% over 900; 76-84 in the bench's own runs), its median 7-9.5 rounds.
+# threaded here: plain 93-98 of 100 seeds within 100 rounds (97.1% over 900 runs), fedavg
+# 76-89 within 30 (85.4% over 1000; 76-86 in the bench's own runs), its median 7-9.5 rounds.
 # This code passes each share in about 99 bench runs of 100 (the plain pair at 85%, or
 # fedavg at 60%, would pass 1 in 10 or 1 in 40); the median has less room.
 PLAIN_PERCENT = 90
