@@ -18,6 +18,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from common import security
 from common.aggregate import AGGREGATIONS
@@ -170,6 +171,12 @@ class ServerView:
     address: str = ""  # where the server listens, once it does
 
 
+def by_model(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser for a setting whose default depends on the model: an empty field is None,
+    which leaves it to the model (``ServerConfig.with_settings``)."""
+    return lambda text: parse(text) if text else None
+
+
 # Setup fields by config field: (caption, parser of the text). Files are paths; "" is none.
 NUMBERS = {
     "target_accuracy": ("Target accuracy", positive(float)),
@@ -179,6 +186,8 @@ NUMBERS = {
     "num_parents_mating": ("Parents mating", positive(int)),
     "mutation_percent_genes": ("Mutation %", positive(float)),
     "mutation_step": ("Mutation step", positive(float)),
+    "step_patience": ("Step patience", by_model(positive(int, zero_ok=True))),
+    "stop_fitness": ("Stop fitness", by_model(positive(float, zero_ok=True))),
 }
 FILES = {
     "model": "Model file (.keras, JSON)",
@@ -194,11 +203,13 @@ SETUP_ORDER = (
     "aggregation",
     "min_clients",
     "patience",
+    "step_patience",
     "num_generations",
     "num_parents_mating",
     "mutation_percent_genes",
     "operators",
     "mutation_step",
+    "stop_fitness",
 )
 SAVE_SUFFIXES = {"model": ".keras", "history": ".csv", "plot": ".png"}  # what each Save writes
 ENDINGS = {  # how training ended, as the summary says it (the accuracy its event carries)

@@ -27,6 +27,7 @@ from common.gui.window import (
     loss_range,
     wrapping_label,
 )
+from common.server import GA_BY_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +112,14 @@ class ServerApp(TutorialApp):
             )
         )
         for names in (
-            ("target_accuracy", "aggregation", "min_clients", "patience"),
+            ("target_accuracy", "aggregation", "min_clients", "patience", "step_patience"),
             (
                 "num_generations",
                 "num_parents_mating",
                 "mutation_percent_genes",
                 "operators",
                 "mutation_step",
+                "stop_fitness",
             ),
         ):
             row = BoxLayout(spacing=dp(6), size_hint_y=None, height=CAPTIONED_HEIGHT)
@@ -134,7 +136,9 @@ class ServerApp(TutorialApp):
 
     def setup_input(self, spec):
         if not spec.choices:
-            return self.text_field(spec.name, "", spec.text)
+            # Empty: the model's default (the tutorial's XOR or real data: common.ga).
+            hint = "by model" if spec.name in GA_BY_MODEL else ""
+            return self.text_field(spec.name, hint, spec.text)
         spinner = Spinner(text=spec.text, values=spec.choices)
         spinner.bind(
             text=lambda _spinner, text: self._chosen(spec.name, text),

@@ -663,11 +663,13 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
         "aggregation": "fedavg",
         "min_clients": "2",
         "patience": "5",
+        "step_patience": "",  # left to the model
         "num_generations": "30",
         "num_parents_mating": "4",
         "mutation_percent_genes": "5",
         "operators": "scaled",
         "mutation_step": "0.3",
+        "stop_fitness": "",
     }
     shown = {name for name in texts if server.applies(name, texts)}
     assert {"test_label_column", "min_clients"} <= shown and "test_labels" not in shown
@@ -677,9 +679,28 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
 
 
 @pytest.mark.parametrize(
+    "texts, expected",
+    [
+        # empty: the tutorial XOR model's
+        ({"stop_fitness": "", "step_patience": ""}, {"stop_fitness": 10.0, "step_patience": 0}),
+        ({"stop_fitness": "0", "step_patience": "4"}, {"stop_fitness": 0.0, "step_patience": 4}),
+    ],
+)
+def test_the_settings_left_to_the_model_are_fields_too(make_server, main_thread, texts, expected):
+    server = make_server()
+    assert {f.name: f.text for f in server.setup_fields()}["stop_fitness"] == ""
+    server.create()
+    server.bind("127.0.0.1", "0")
+    wait_listening(server, **texts)
+    ga = server.global_model.ga
+    assert {"stop_fitness": ga.stop_fitness, "step_patience": ga.step_patience} == expected
+
+
+@pytest.mark.parametrize(
     "texts, status",
     [
         ({"target_accuracy": "high"}, "Target accuracy: 'high' is not a number."),
+        ({"stop_fitness": "-1"}, "Stop fitness: -1 must be 0 or more."),
         ({"min_clients": "0"}, "Min clients: 0 must be greater than 0."),
         (
             {"model": "missing.json", "test_data": "missing.npz"},
