@@ -37,6 +37,7 @@ from common.client import (
 )
 from common.data import CLIENT_DATA, DataError, DataFile, Dataset, load_dataset
 from common.errors import Terminated, UserError
+from common.fitness_federation import FEDERATIONS
 from common.flags import config_from, ga_flags, ga_settings, server_config_from, training_flags
 from common.ga import GAConfig
 from common.status import ClientStatus, ServerStatus, StatusLine
@@ -177,10 +178,21 @@ def server_parser() -> argparse.ArgumentParser:
         "(default: linger)",
     )
     parser.add_argument(
+        "--federation",
+        default=training.federation,
+        choices=FEDERATIONS,
+        help="what clients share. weights: the tutorial's, each client trains the "
+        "population on its data and sends its best weights, combined by --aggregation; "
+        "few, large messages. fitness: the GA runs here and each generation every "
+        "client scores its members on its data and sends only their losses, so the run "
+        "is the central GA whatever the split; many tiny messages, fedga clients only "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--aggregation",
         default=training.aggregation,
         choices=list(AGGREGATIONS),
-        help="running-best: each update as it comes, keeping whichever of "
+        help="weights mode: running-best: each update as it comes, keeping whichever of "
         "steps toward it, the clients' mean and the current model scores best "
         "on the test data; running-average: the tutorial's, each update "
         "averaged in; the others close a round per --min-clients updates "
@@ -191,7 +203,8 @@ def server_parser() -> argparse.ArgumentParser:
         type=positive(int),
         default=training.min_clients,
         metavar="N",
-        help="round-based: close a round once N updates arrived (default: %(default)s)",
+        help="round-based: close a round once N updates arrived; fitness mode: score "
+        "each generation with at least N clients (default: %(default)s)",
     )
     parser.add_argument(
         "--round-timeout",
@@ -200,7 +213,8 @@ def server_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="round-based: close "
         "a round S seconds after its first update even if fewer came; keep it "
-        "under 10 for tutorial clients (default: %(default)s)",
+        "under 10 for tutorial clients; fitness mode: leave out a client that has not "
+        "scored a generation S seconds after the first did (default: %(default)s)",
     )
     parser.add_argument(
         "--max-clients",

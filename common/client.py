@@ -23,6 +23,7 @@ from common import protocol, security
 from common.data import Dataset
 from common.errors import ConnectError, ModelRefused, UserError
 from common.events import Event, EventKind
+from common.fitness_federation import FitnessScorer
 from common.ga import GAConfig
 from common.modelspec import DEFAULT_MAX_PARAMS
 from common.protocol import Connection, Message, ProtocolError
@@ -30,6 +31,7 @@ from common.protocol.messages import (
     ClientUpdate,
     Done,
     ModelRequest,
+    ScoreRequest,
     ServerReply,
     echo,
     server_reply,
@@ -286,12 +288,28 @@ class RecvThread(threading.Thread):
         )
         return result.best_vector
 
+    def _score(self, reply: ScoreRequest) -> Done | None:
+        """Fitness mode: score the server's generations until ``done`` (None if stopped)."""
+        scorer = FitnessScorer(
+            self.trainer,
+            self._exchange,
+            client_id=self.client_id,
+            on_event=self._on_event,
+            should_stop=self._stop_requested.is_set,
+        )
+        return scorer.run(reply)
+
     def run(self) -> None:
         self._on_event(Event(EventKind.CONNECTED, peer=self.connection.peer))
         try:
             best_vector = None
             while True:
                 reply = self._request(best_vector)
+                if isinstance(reply, ScoreRequest):  # the server runs fitness mode
+                    scored = self._score(reply)
+                    if scored is None:  # stopped
+                        break
+                    reply = scored
                 if isinstance(reply, Done):
                     self.final_accuracy = reply.accuracy
                     self.outcome = "done"

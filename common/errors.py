@@ -23,6 +23,7 @@
         │   └── ForbiddenGlobal
         ├── SchemaError
         │   └── ModelRefused   a model description we do not build
+        ├── Refused            a peer that cannot take part in what the server runs
         ├── AuthError
         └── TLSError
 
@@ -112,6 +113,11 @@ class SchemaError(ProtocolError):
 
 class ModelRefused(SchemaError):
     """The model description is not one we build."""
+
+
+class Refused(ProtocolError):
+    """The peer cannot take part in what this server runs (a plain-pickle peer in fitness
+    mode, say); the message says why."""
 
 
 class AuthError(ProtocolError):

@@ -12,7 +12,8 @@ class EventKind(StrEnum):
 
     # The server's: a client came, asked (echo or model), its update was scored on the test
     # data before it counted, a round was committed, training ended (done, gave up, out of
-    # patience, stopped by request), a client was told done, a client left.
+    # patience, stopped by request), a client was told done, a client left; in fitness mode
+    # also a generation of its GA ended (``generation``), or waits for --min-clients.
     CONNECTED = "connected"
     REQUEST = "request"
     SCORED = "scored"
@@ -23,6 +24,7 @@ class EventKind(StrEnum):
     STOPPED = "stopped"
     ANSWERED_DONE = "answered_done"
     DISCONNECTED = "disconnected"
+    WAITING = "waiting"
     # The client's, besides connected, done and stopped: reconnecting, a model arrived, a GA
     # generation ended, the update was sent, training failed.
     CONNECTING = "connecting"

@@ -74,16 +74,20 @@ class TrainingResult:
     generations: int
 
 
+# Losses are summed in float64: a fitness-mode server adds clients' mean losses weighted by
+# their sample counts, and that must equal the mean over all their data to ~1e-15, not to
+# float32's ~1e-7, or a split would change which members the GA keeps.
 def binary_crossentropy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Mean BCE over the last two axes: one loss per solution."""
     p = np.clip(probabilities, EPSILON, 1 - EPSILON)
-    return -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p), axis=(-2, -1))
+    terms = labels * np.log(p) + (1 - labels) * np.log(1 - p)
+    return -np.asarray(np.mean(terms, axis=(-2, -1), dtype=np.float64))
 
 
 def categorical_crossentropy(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Mean CCE over samples: one loss per solution."""
     p = np.clip(probabilities, EPSILON, 1 - EPSILON)
-    return -np.mean(np.sum(labels * np.log(p), axis=-1), axis=-1)
+    return -np.asarray(np.mean(np.sum(labels * np.log(p), axis=-1), axis=-1, dtype=np.float64))
 
 
 def loss(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -172,6 +176,30 @@ class _GA(pygad.GA):
         self.sol_per_pop, self.num_genes = self.pop_size = initial_population.shape
         return initial_population.copy()
 
+    def _known_fitness(self) -> np.ndarray:
+        """Each member's fitness if it was scored before (the elite and the parents kept from
+        last generation: same genes, same fitness), else NaN."""
+        known = np.full(len(self.population), np.nan)
+        cached = []  # (earlier members, their indices last generation), elite first as PyGAD
+        if self.keep_elitism > 0 and self.last_generation_elitism is not None:
+            cached.append((self.last_generation_elitism, self.last_generation_elitism_indices))
+        if self.keep_parents != 0 and self.last_generation_parents is not None:
+            cached.append((self.last_generation_parents, self.last_generation_parents_indices))
+        if not cached:
+            return known
+        members = np.concatenate([rows for rows, _ in cached])
+        previous = np.concatenate([indices for _, indices in cached])
+        # A few spread-out genes rule out most pairs before a full compare; NaN equals
+        # nothing, as in PyGAD's tuples.
+        probe = np.linspace(0, self.num_genes - 1, num=min(64, self.num_genes), dtype=np.intp)
+        maybe = np.all(self.population[:, None, probe] == members[None, :, probe], axis=2)
+        for index, member in zip(*np.nonzero(maybe)):  # first match wins, as in PyGAD
+            if np.isnan(known[index]) and np.array_equal(self.population[index], members[member]):
+                known[index] = self._validate_fitness_value(
+                    self.previous_generation_fitness[previous[member]], "cached fitness"
+                )
+        return known
+
     def cal_pop_fitness(self):
         if (
             self.save_solutions
@@ -179,30 +207,77 @@ class _GA(pygad.GA):
             or not getattr(self, "_fitness_run_active", False)
         ):  # outside run(): PyGAD's
             return super().cal_pop_fitness()
-        cached = []  # (earlier members, their indices last generation), elite first as PyGAD
-        if self.keep_elitism > 0 and self.last_generation_elitism is not None:
-            cached.append((self.last_generation_elitism, self.last_generation_elitism_indices))
-        if self.keep_parents != 0 and self.last_generation_parents is not None:
-            cached.append((self.last_generation_parents, self.last_generation_parents_indices))
-        pop_fitness = [None] * len(self.population)
-        if cached:
-            members = np.concatenate([rows for rows, _ in cached])
-            previous = np.concatenate([indices for _, indices in cached])
-            # A few spread-out genes rule out most pairs before a full compare; NaN equals
-            # nothing, as in PyGAD's tuples.
-            probe = np.linspace(0, self.num_genes - 1, num=min(64, self.num_genes), dtype=np.intp)
-            maybe = np.all(self.population[:, None, probe] == members[None, :, probe], axis=2)
-            for index, member in zip(*np.nonzero(maybe)):  # first match wins, as in PyGAD
-                if pop_fitness[index] is None and np.array_equal(
-                    self.population[index], members[member]
-                ):
-                    pop_fitness[index] = self._validate_fitness_value(
-                        self.previous_generation_fitness[previous[member]], "cached fitness"
-                    )
-        missing = [index for index, value in enumerate(pop_fitness) if value is None]
-        for index, value in zip(missing, self._score(missing)):
-            pop_fitness[index] = value
-        return np.array(pop_fitness)
+        pop_fitness = self._known_fitness()
+        missing = np.flatnonzero(np.isnan(pop_fitness)).tolist()
+        pop_fitness[missing] = self._score(missing)
+        return pop_fitness
+
+
+class SharedFitnessGA(_GA):
+    """A ``_GA`` whose generations are scored elsewhere, all members at once: its
+    ``fitness_func(ga, population, known)`` gets the whole population and ``known``, the
+    fitness of the members scored before (NaN for the others), and returns every member's
+    fitness. It may change known values: a fitness-mode server does when the clients whose
+    data scored them changed, since values from two sets of data do not compare.
+    """
+
+    def cal_pop_fitness(self):
+        known = (
+            self._known_fitness()
+            if getattr(self, "_fitness_run_active", False)
+            else np.full(len(self.population), np.nan)
+        )
+        fitness = np.asarray(self.fitness_func(self, self.population, known), dtype=np.float64)
+        self.num_fitness_evaluations += int(np.count_nonzero(np.isnan(known)))
+        return fitness
+
+
+def build_ga(
+    population: np.ndarray,
+    shapes: list[tuple[int, ...]],
+    config: GAConfig,
+    fitness_func: Callable,
+    *,
+    on_generation: Callable | None = None,
+    seed: int | None = None,
+    ga_type: type[_GA] = _GA,
+) -> _GA:
+    """The GA a round runs from ``population`` (solutions x params) with ``config``: a
+    weights-mode client's, and in fitness mode the server's and each client's mirror of it,
+    which must draw the same members from the same seed."""
+    mutation: str | ScaledMutation
+    if config.operators == TUTORIAL:
+        mutation = "random"  # PyGAD's: U(-1, 1) added to the chosen genes
+    else:
+        mutation = ScaledMutation(step_scales(population[0], shapes), config.mutation_step)
+    return ga_type(
+        num_generations=config.num_generations,
+        num_parents_mating=config.num_parents_mating,
+        # float32 genes, as the model's weights: the forward pass takes them without a copy
+        initial_population=np.array(population, dtype=np.float32),
+        gene_type=np.float32,
+        fitness_func=fitness_func,
+        fitness_batch_size=len(population),
+        mutation_type=mutation,
+        mutation_percent_genes=config.mutation_percent_genes,
+        on_generation=on_generation,
+        stop_criteria=f"reach_{config.stop_fitness:g}" if config.stop_fitness else None,
+        random_seed=seed,
+        suppress_warnings=True,
+    )
+
+
+class RoundSeeds:
+    """Each round's GA seed, drawn from one run seed: a seeded run repeats, and its rounds
+    differ. One seed for every round would repeat the same random draws (which genes mutate,
+    by how much) round after round, a bias that averaging piles up. Without a run seed every
+    round's GA is seeded afresh by PyGAD."""
+
+    def __init__(self, seed: int | None):
+        self._seeds = None if seed is None else np.random.default_rng(seed)
+
+    def next(self) -> int | None:
+        return None if self._seeds is None else int(self._seeds.integers(2**32))
 
 
 def train(
@@ -227,25 +302,13 @@ def train(
             return "stop"
         return None
 
-    mutation: str | ScaledMutation
-    if config.operators == TUTORIAL:
-        mutation = "random"  # PyGAD's: U(-1, 1) added to the chosen genes
-    else:
-        mutation = ScaledMutation(step_scales(population[0], forward.shapes), config.mutation_step)
-    ga = _GA(
-        num_generations=config.num_generations,
-        num_parents_mating=config.num_parents_mating,
-        # float32 genes, as the model's weights: the forward pass takes them without a copy
-        initial_population=np.array(population, dtype=np.float32),
-        gene_type=np.float32,
-        fitness_func=batch_fitness,
-        fitness_batch_size=len(population),
-        mutation_type=mutation,
-        mutation_percent_genes=config.mutation_percent_genes,
+    ga = build_ga(
+        population,
+        forward.shapes,
+        config,
+        batch_fitness,
         on_generation=generation_done,
-        stop_criteria=f"reach_{config.stop_fitness:g}" if config.stop_fitness else None,
-        random_seed=seed,
-        suppress_warnings=True,
+        seed=seed,
     )
     ga.run()
     best, best_fitness, _ = ga.best_solution(pop_fitness=ga.last_generation_fitness)

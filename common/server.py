@@ -28,10 +28,11 @@ from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.errors import BindError
 from common.events import Event, EventKind
+from common.fitness_federation import FITNESS, WEIGHTS, FitnessFederation
 from common.ga import REAL_DATA, GAConfig, loss
 from common.model import Network, accuracy as model_accuracy
 from common.operators import spread_population
-from common.protocol import Connection, Message, ProtocolError, Subject
+from common.protocol import Connection, Message, ProtocolError, SchemaError, Subject
 from common.protocol.messages import ClientUpdate, Done, ModelRequest, ServerReply
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,11 @@ class TrainingConfig:
     max_rounds: int = 1000
     patience: int = 0  # stop once this many rounds passed without a better model; 0: never
     seed: int | None = None
-    # Any name in common.aggregate; the tutorial's rule is running-average.
+    # What clients share: "weights" (the tutorial's: each trains the population and sends its
+    # best weights) or "fitness" (common.fitness_federation: the GA runs here, clients only
+    # score its members); see FEDERATIONS.
+    federation: str = WEIGHTS
+    # Any name in common.aggregate (weights mode); the tutorial's rule is running-average.
     aggregation: str = "running-best"
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
@@ -261,6 +266,11 @@ def _update_name(key: tuple[str, int] | None) -> str:
     return "unsequenced" if key is None else "%s#%d" % key
 
 
+def _clients_label(clients: list[str]) -> str:
+    """Who made a round, for its log line and history row."""
+    return "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
+
+
 class GlobalModel:
     """The server's model, its test data and the aggregation rule, behind one lock.
 
@@ -316,6 +326,7 @@ class GlobalModel:
         self._rng = np.random.default_rng(training.seed)
         self._lock = threading.Lock()
         self._round_closed = threading.Condition(self._lock)
+        self._stop_listeners: list[Callable[[], None]] = []
         self.vector = network.initial_vector
         self.round = 0
         self.accuracy = self._evaluate(self.vector)
@@ -398,12 +409,10 @@ class GlobalModel:
                 self.accuracy,
             )
 
-    def _reply(self) -> ServerReply:
-        """Call with the lock held: ``done`` once finished, else a population around the
-        current global weights with the global model itself as its first member."""
-        if self.finished.is_set():
-            return Done(self.round, self.accuracy)
-        population = spread_population(
+    def _population(self) -> np.ndarray:
+        """Call with the lock held: a round's first population, around the current global
+        weights with the global model itself as its first member."""
+        return spread_population(
             self.vector,
             self.forward.shapes,
             self.num_solutions,
@@ -411,15 +420,55 @@ class GlobalModel:
             self.ga.operators,
             self.ga.mutation_step,
         )
+
+    def _sent_settings(self) -> dict[str, Any]:
+        """Call with the lock held: the GA settings clients run, by GAConfig field name."""
         sent = dataclasses.asdict(self.ga)
         del sent["step_patience"]  # the server's own
-        return ModelRequest(self.model_json, population, sent, self.round, self.accuracy)
+        return sent
 
-    def reply_to_echo(self) -> ServerReply:
+    def _reply(self) -> ModelRequest | Done:
+        """Call with the lock held: ``done`` once finished, else a population to train."""
+        if self.finished.is_set():
+            return Done(self.round, self.accuracy)
+        return ModelRequest(
+            self.model_json, self._population(), self._sent_settings(), self.round, self.accuracy
+        )
+
+    def fitness_round(self) -> tuple[np.ndarray, GAConfig, dict[str, Any]] | None:
+        """Fitness mode: the next round's first population, the GA settings it runs and
+        those as sent to clients; None once training ended."""
+        with self._lock:
+            if self.finished.is_set():
+                return None
+            return self._population(), self.ga, self._sent_settings()
+
+    def commit_best(self, vector: np.ndarray, clients: list[str], detail: str) -> None:
+        """Fitness mode: make a round's best member, scored on ``clients``' data, the global
+        model, as a round (unless training ended meanwhile)."""
+        try:
+            with self._lock:
+                if not self.finished.is_set():
+                    accuracy = self._evaluate(vector)
+                    self._commit(
+                        vector,
+                        accuracy,
+                        [],
+                        _clients_label(clients),
+                        f"accuracy={accuracy:.4f} {detail}",
+                    )
+        finally:
+            self._deliver_events()
+
+    def add_stop_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (without the lock) whenever ``stop`` ends training."""
+        self._stop_listeners.append(listener)
+
+    def reply_to_echo(self) -> ModelRequest | Done:
         with self._lock:
             return self._reply()
 
-    def apply_update(self, update: ClientUpdate, client: str) -> ServerReply:
+    def apply_update(self, update: ClientUpdate, client: str) -> ModelRequest | Done:
         """Fold one client's best weights into the global model; return the reply to send.
 
         An update whose ``key`` (client_id, sequence) is at or below that client's last
@@ -475,7 +524,7 @@ class GlobalModel:
         finally:
             self._deliver_events()
 
-    def apply_round(self, updates: Mapping[str, ClientUpdate]) -> ServerReply:
+    def apply_round(self, updates: Mapping[str, ClientUpdate]) -> ModelRequest | Done:
         """Aggregate a whole round gathered elsewhere, each update by its client's name, as
         an engine that runs its own rounds (Flower) does; return the reply for the next
         round."""
@@ -506,6 +555,8 @@ class GlobalModel:
             )
             self._emit(Event(EventKind.STOPPED, round=self.round, accuracy=self.best.accuracy))
         self._deliver_events()
+        for listener in self._stop_listeners:
+            listener()
 
     def _emit(self, event: Event) -> None:
         """Call with the lock held: ``event`` is delivered once the lock is released, after
@@ -551,13 +602,11 @@ class GlobalModel:
                 f"{detail} {rule.describe()}".rstrip(),
             )
             return
-        clients = [e.client for e in entries]
-        names = "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
         self._commit(
             vector,
             accuracy,
             [e.update.key for e in entries],
-            names,
+            _clients_label([e.client for e in entries]),
             "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries)),
         )
 
@@ -677,8 +726,15 @@ class SocketThread(threading.Thread):
         self._stopping = threading.Event()
 
     def reply(self, message: Message) -> ServerReply:
+        if self.server.federation is not None:
+            return self.server.federation.reply(self.peer, message)
         if message.subject is Subject.ECHO:
             return self.global_model.reply_to_echo()
+        if message.subject is not Subject.MODEL:
+            raise SchemaError(
+                f"{message.subject.value!r} messages are for fitness mode; this server "
+                "runs weights mode (--federation weights)"
+            )
         update = ClientUpdate.from_data(message.data, self.global_model.num_params)
         return self.global_model.apply_update(update, self.peer)
 
@@ -716,6 +772,8 @@ class SocketThread(threading.Thread):
             self.connection.close()
             self.closed = True
             self.global_model.forget(self.peer)
+            if self.server.federation is not None:
+                self.server.federation.leave(self.peer)
             self.server.on_event(Event(EventKind.DISCONNECTED, peer=self.peer, detail=reason))
             self.server.handler_changed()
 
@@ -753,6 +811,18 @@ class ListenThread(threading.Thread):
         self._changed = threading.Condition()
         self._stop_requested = threading.Event()
         self.last_connected = time.monotonic()  # of the latest client, or of the start
+        training = self.config.training
+        self.federation = (
+            FitnessFederation(
+                global_model,
+                min_clients=training.min_clients,
+                round_timeout=training.round_timeout,
+                seed=training.seed,
+                on_event=self.on_event,
+            )
+            if training.federation == FITNESS
+            else None
+        )
 
     def __enter__(self) -> ListenThread:
         self.start()
@@ -765,6 +835,8 @@ class ListenThread(threading.Thread):
         self.serve_forever()
 
     def serve_forever(self, poll_interval: float = 0.2) -> None:
+        if self.federation is not None:
+            self.federation.start()
         with selectors.DefaultSelector() as selector:
             selector.register(self.socket, selectors.EVENT_READ)
             while not self._stop_requested.is_set():
@@ -829,6 +901,8 @@ class ListenThread(threading.Thread):
         self._stop_requested.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
+        if self.federation is not None:
+            self.federation.shutdown(timeout)
         self.socket.close()
         for handler in self.handlers:
             handler.stop()

@@ -10,10 +10,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import numpy as np
 
 from common.data import Dataset, fit_to_model
-from common.ga import GAConfig, TrainingResult, one_blas_thread, train
+from common.ga import GAConfig, RoundSeeds, TrainingResult, one_blas_thread, train
 from common.model import ForwardPass
 from common.protocol.messages import ModelRequest
 
@@ -37,10 +36,7 @@ class LocalTrainer:
     ):
         self.data, self._data_source = data, data_source
         self.ga, self.ga_overrides = ga, ga_overrides or {}
-        # Each round's GA gets its own seed, drawn from ``seed``: a seeded run repeats, and
-        # its rounds differ. One seed for every round would repeat the same random draws
-        # (which genes mutate, by how much) round after round, a bias that averaging piles up.
-        self._round_seeds = None if seed is None else np.random.default_rng(seed)
+        self._round_seeds = RoundSeeds(seed)
         self.max_params = max_params
         one_blas_thread()
         self._forward_passes: dict[str, ForwardPass] = {}  # by model_json: build each once
@@ -69,7 +65,6 @@ class LocalTrainer:
         forward = self.forward_for(request.model_json)
         request.check_columns(forward.num_params)
         ga = self.settings_for(request)
-        seed = None if self._round_seeds is None else int(self._round_seeds.integers(2**32))
         return train(
             forward,
             request.population_weights,
@@ -77,5 +72,5 @@ class LocalTrainer:
             ga,
             on_generation=on_generation,
             should_stop=should_stop,
-            seed=seed,
+            seed=self._round_seeds.next(),
         )

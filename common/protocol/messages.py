@@ -22,7 +22,8 @@ from common.operators import OPERATORS
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: fitness mode's subjects, ``score`` and ``fitness``
+FITNESS_MODE_VERSION = 2  # the first version whose clients can score members (fitness mode)
 PICKLE_PROTOCOL = 4  # what Python 3.8-3.13 peers write by default
 CLIENT_MAX_MESSAGE_BYTES = 256 * 2**20  # a client learns the model size only from its first message
 
@@ -31,6 +32,10 @@ class Subject(str, enum.Enum):
     ECHO = "echo"
     MODEL = "model"
     DONE = "done"
+    # Fitness mode (common.fitness_federation), only with clients that announce
+    # FITNESS_MODE_VERSION: the server asks a generation's scores, a client sends its losses.
+    SCORE = "score"
+    FITNESS = "fitness"
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,23 @@ GA_SETTING_KEYS = frozenset(
     }
 )
 
+# Which generation a fitness-mode message is about: the server's round, the GA's generation
+# in it, and the attempt at scoring it (a later attempt scores every member again).
+GENERATION_KEYS = frozenset({"round", "generation", "attempt"})
+# A fitness-mode round's beginning, sent whole at its start and to a client that joins or
+# lost step: what the client needs to run the same GA as the server.
+ROUND_START_KEYS = frozenset(
+    {"population_weights", "model_json", "num_solutions", "seed", "fitness_history"}
+)
+
 CLIENT_TO_SERVER = {
     Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
     # sequence: the sender's count of its model updates, so a resent one is applied once
     Subject.MODEL: Schema(
         frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS | {"sequence", "num_samples"}
+    ),
+    Subject.FITNESS: Schema(
+        frozenset({"losses", "num_samples", "digest"}) | GENERATION_KEYS, COMMON_OPTIONAL_KEYS
     ),
 }
 SERVER_TO_CLIENT = {
@@ -70,6 +87,13 @@ SERVER_TO_CLIENT = {
         COMMON_OPTIONAL_KEYS | {"round", "accuracy"} | GA_SETTING_KEYS,
     ),
     Subject.DONE: Schema(frozenset(), COMMON_OPTIONAL_KEYS | {"round", "accuracy"}),
+    Subject.SCORE: Schema(
+        frozenset({"all_members", "digest"}) | GENERATION_KEYS,
+        COMMON_OPTIONAL_KEYS
+        | {"fitness", "members", "accuracy"}
+        | ROUND_START_KEYS
+        | GA_SETTING_KEYS,
+    ),
 }
 
 
@@ -123,36 +147,53 @@ def validate(obj, schemas: dict[Subject, Schema]) -> Message:
 
 
 def check_weights_vector(
-    vector, length: int, what: str = "best_model_weights_vector"
+    vector, length: int, what: str = "best_model_weights_vector", dtype=np.float32
 ) -> np.ndarray:
-    """Return ``vector`` as float32 if it is 1-D, real, finite and ``length`` long."""
+    """Return ``vector`` as ``dtype`` if it is 1-D, real, finite and ``length`` long."""
     if not isinstance(vector, np.ndarray) or vector.dtype.kind not in "fiu":
         raise SchemaError(f"{what} is not a numeric NumPy array")
     if vector.shape != (length,):
         raise SchemaError(f"{what} has shape {vector.shape}, expected ({length},)")
     if not np.all(np.isfinite(vector)):
         raise SchemaError(f"{what} holds NaN or infinity")
-    return vector.astype(np.float32, copy=False)
+    return vector.astype(dtype, copy=False)
 
 
-def check_population(population, num_solutions, num_params: int | None = None) -> np.ndarray:
-    """Return the server's population as a float32 (num_solutions, num_params) array; with
+def check_population(
+    population,
+    num_solutions,
+    num_params: int | None = None,
+    what: str = "population_weights",
+    dtype=np.float32,
+) -> np.ndarray:
+    """Return the server's population as a ``dtype`` (num_solutions, num_params) array; with
     ``num_params`` None (the model not yet built) any number of columns passes."""
     if not isinstance(num_solutions, int) or not 1 <= num_solutions <= 100_000:
         raise SchemaError(f"num_solutions {num_solutions!r} is not a sane count")
     try:
         population = np.asarray(population)
     except ValueError as exc:
-        raise SchemaError(f"population_weights is ragged: {exc}") from exc
+        raise SchemaError(f"{what} is ragged: {exc}") from exc
     columns = population.shape[-1] if num_params is None and population.ndim == 2 else num_params
     if population.shape != (num_solutions, columns) or population.dtype.kind not in "fiu":
         raise SchemaError(
-            f"population_weights has shape {population.shape}, expected "
+            f"{what} has shape {population.shape}, expected "
             f"({num_solutions}, {num_params or 'parameters'}) numbers"
         )
     if not np.all(np.isfinite(population)):
-        raise SchemaError("population_weights holds NaN or infinity")
-    return population.astype(np.float32, copy=False)
+        raise SchemaError(f"{what} holds NaN or infinity")
+    return population.astype(dtype, copy=False)
+
+
+def check_count(value, what: str, low: int = 0, high: int = 10**12) -> int:
+    """``value`` as an int if it is a whole number from ``low`` to ``high`` (not a bool)."""
+    if (
+        not isinstance(value, (int, np.integer))
+        or isinstance(value, bool)
+        or not low <= value <= high
+    ):
+        raise SchemaError(f"{what} {value!r} is not a count from {low} to {high}")
+    return int(value)
 
 
 def update_key(data: Mapping) -> tuple[str, int] | None:
@@ -160,24 +201,15 @@ def update_key(data: Mapping) -> tuple[str, int] | None:
     (plain-pickle peers: each of their updates counts)."""
     if "sequence" not in data:
         return None
-    client_id, sequence = data.get("client_id"), data["sequence"]
+    client_id = data.get("client_id")
     if not isinstance(client_id, str) or not 0 < len(client_id) <= 256:
         raise SchemaError("a message with a sequence needs a client_id of 1-256 characters")
-    if not isinstance(sequence, (int, np.integer)) or isinstance(sequence, bool) or sequence < 0:
-        raise SchemaError(f"sequence {sequence!r} is not a count")
-    return client_id, int(sequence)
+    return client_id, check_count(data["sequence"], "sequence", high=2**63 - 1)
 
 
 def sample_count(data: Mapping) -> int:
     """How many samples a model update was trained on, for fedavg's weights; 1 when unsent."""
-    count = data.get("num_samples", 1)
-    if (
-        not isinstance(count, (int, np.integer))
-        or isinstance(count, bool)
-        or not 1 <= count <= 10**12
-    ):
-        raise SchemaError(f"num_samples {count!r} is not a count")
-    return int(count)
+    return check_count(data.get("num_samples", 1), "num_samples", low=1)
 
 
 def check_ga_settings(data: Mapping, num_solutions: int) -> dict[str, Any]:
@@ -244,6 +276,14 @@ def echo(client_id: str | None = None) -> Message:
     return Message(Subject.ECHO, data)
 
 
+def _population_of(data: Mapping) -> np.ndarray:
+    """A server's population to train or score, checked: a model message's or a round
+    start's (both name the model in ``model_json``)."""
+    if not isinstance(data["model_json"], str):
+        raise SchemaError("model_json is not a string")
+    return check_population(data["population_weights"], data["num_solutions"])
+
+
 @dataclass(frozen=True)
 class ModelRequest:
     """A server's ``model`` message: train this population of this model.
@@ -266,10 +306,8 @@ class ModelRequest:
 
     @classmethod
     def from_data(cls, data: Mapping) -> ModelRequest:
-        if not isinstance(data["model_json"], str):
-            raise SchemaError("model_json is not a string")
-        num_solutions = data["num_solutions"]
-        population = check_population(data["population_weights"], num_solutions)
+        population = _population_of(data)
+        num_solutions = len(population)
         return cls(
             data["model_json"],
             population,
@@ -314,13 +352,187 @@ class Done:
         return Message(self.subject, {"round": self.round, "accuracy": self.accuracy})
 
 
-ServerReply = ModelRequest | Done
+def _generation_of(data: Mapping) -> tuple[int, int, int]:
+    """A fitness-mode message's (round, generation, attempt), checked."""
+    return (
+        check_count(data["round"], "round"),
+        check_count(data["generation"], "generation"),
+        check_count(data["attempt"], "attempt"),
+    )
+
+
+def _values(vector, what: str) -> np.ndarray:
+    """A 1-D array of finite numbers of any length, as float64."""
+    length = len(vector) if isinstance(vector, np.ndarray) and vector.ndim == 1 else -1
+    return check_weights_vector(vector, length, what, np.float64)
+
+
+def _digest_of(data: Mapping) -> str:
+    digest = data["digest"]
+    if not isinstance(digest, str) or not 0 < len(digest) <= 128:
+        raise SchemaError("digest is not a string of 1-128 characters")
+    return digest
+
+
+@dataclass(frozen=True)
+class RoundStart:
+    """A fitness-mode round's beginning, whole: the model, the round's first population and
+    the seed and settings of the server's GA, so that a client runs the same GA; and the
+    fitness of every generation scored so far, for a client joining mid-round to replay."""
+
+    model_json: str
+    population_weights: np.ndarray  # float32, num_solutions x parameters
+    seed: int
+    ga_settings: Mapping[str, Any]
+    fitness_history: np.ndarray  # float64, generations scored so far x num_solutions
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> RoundStart:
+        population = _population_of(data)
+        num_solutions = len(population)
+        history = np.asarray(data["fitness_history"])
+        if history.ndim != 2 or history.shape[0] > 100_000:
+            raise SchemaError(
+                f"fitness_history has shape {history.shape}, not generations x members"
+            )
+        return cls(
+            data["model_json"],
+            population,
+            check_count(data["seed"], "seed", high=2**32 - 1),
+            check_ga_settings(data, num_solutions),
+            check_population(history, len(history), num_solutions, "fitness_history", np.float64)
+            if len(history)
+            else np.empty((0, num_solutions)),
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "population_weights": self.population_weights,
+            "model_json": self.model_json,
+            "num_solutions": len(self.population_weights),
+            "seed": self.seed,
+            "fitness_history": self.fitness_history,
+            **self.ga_settings,
+        }
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """A server's ``score`` message (fitness mode): score generation ``generation`` of round
+    ``round`` on your data: every member if ``all_members``, else those not scored before.
+
+    ``digest`` names the members to score (``common.fitness_federation.digest``); ``fitness``,
+    every member's fitness in the generation the client just scored, moves its GA on to this
+    one; ``start`` is sent at a round's start and to a client that joins or lost step;
+    ``members``, the members themselves, only to a client whose GA does not draw what the
+    server's does.
+    """
+
+    subject: ClassVar[Subject] = Subject.SCORE
+    round: int
+    generation: int
+    attempt: int
+    all_members: bool
+    digest: str
+    fitness: np.ndarray | None = None
+    start: RoundStart | None = None
+    members: np.ndarray | None = None
+    accuracy: float | None = None  # the global model's, as a ``model`` message carries it
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> ScoreRequest:
+        if not isinstance(data["all_members"], bool):
+            raise SchemaError("all_members is not true or false")
+        start = None
+        if "population_weights" in data:
+            missing = ROUND_START_KEYS - data.keys()
+            if missing:
+                raise SchemaError(f"'score' message lacks {', '.join(sorted(missing))}")
+            start = RoundStart.from_data(data)
+        fitness, members = data.get("fitness"), data.get("members")
+        if fitness is not None:
+            fitness = _values(fitness, "fitness")
+        if members is not None:
+            rows = len(members) if isinstance(members, np.ndarray) and members.ndim == 2 else -1
+            members = check_population(members, rows, what="members")
+        accuracy = data.get("accuracy")
+        return cls(
+            *_generation_of(data),
+            data["all_members"],
+            _digest_of(data),
+            fitness,
+            start,
+            members,
+            float(accuracy) if isinstance(accuracy, (int, float)) else None,
+        )
+
+    def to_message(self) -> Message:
+        data: dict[str, Any] = {
+            "round": self.round,
+            "generation": self.generation,
+            "attempt": self.attempt,
+            "all_members": self.all_members,
+            "digest": self.digest,
+        }
+        if self.start is not None:
+            data |= self.start.to_data()
+        optional = {"fitness": self.fitness, "members": self.members, "accuracy": self.accuracy}
+        data |= {key: value for key, value in optional.items() if value is not None}
+        return Message(self.subject, data)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A client's ``fitness`` message (fitness mode): its mean loss of each member it scored,
+    on its own data, with its sample count and the digest of the members it scored."""
+
+    subject: ClassVar[Subject] = Subject.FITNESS
+    losses: np.ndarray  # float64, one per member scored, in the population's order
+    num_samples: int
+    digest: str
+    round: int
+    generation: int
+    attempt: int
+    client_id: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> Scores:
+        losses = _values(data["losses"], "losses")
+        if np.any(losses < 0):
+            raise SchemaError("losses holds a negative loss")
+        client_id = data.get("client_id")
+        return cls(
+            losses,
+            check_count(data["num_samples"], "num_samples", low=1),
+            _digest_of(data),
+            *_generation_of(data),
+            client_id if isinstance(client_id, str) and 0 < len(client_id) <= 256 else None,
+        )
+
+    def to_message(self) -> Message:
+        data: dict[str, Any] = {
+            "losses": self.losses,
+            "num_samples": self.num_samples,
+            "digest": self.digest,
+            "round": self.round,
+            "generation": self.generation,
+            "attempt": self.attempt,
+            "protocol_version": PROTOCOL_VERSION,
+        }
+        if self.client_id is not None:
+            data["client_id"] = self.client_id
+        return Message(self.subject, data)
+
+
+ServerReply = ModelRequest | Done | ScoreRequest
 
 
 def server_reply(message: Message) -> ServerReply:
     """The typed form of a validated message from a server; ``SchemaError`` if malformed."""
     if message.subject is Subject.DONE:
         return Done(message.data.get("round"), message.data.get("accuracy"))
+    if message.subject is Subject.SCORE:
+        return ScoreRequest.from_data(message.data)
     return ModelRequest.from_data(message.data)
 
 
