@@ -549,6 +549,7 @@ class FitnessScorer:
                 round=reply.round,
                 accuracy=reply.accuracy,
                 generation=config.num_generations,
+                detail=FITNESS,
             )
         )
 
@@ -632,6 +633,7 @@ class FitnessScorer:
                 round=reply.round,
                 fitness=float(np.max(ga.last_generation_fitness)),
                 generation=ga.generations_completed,
+                detail=FITNESS,
             )
         )
         log.info("round %d: scored %d generations", reply.round, ga.generations_completed)

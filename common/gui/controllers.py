@@ -27,6 +27,7 @@ from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, c
 from common.data import DataError, DataFile, Dataset, describe, second_field
 from common.errors import UserError
 from common.events import Event, EventKind
+from common.fitness_federation import FEDERATIONS, FITNESS
 from common.operators import OPERATORS
 from common.results import History
 from common.server import (
@@ -196,10 +197,15 @@ FILES = {
     "test_label_column": "Label column (.csv)",
 }
 # Spinners: (caption, values). The registry itself, so a rule registered later is offered.
-CHOICES = {"aggregation": ("Aggregation", AGGREGATIONS), "operators": ("GA operators", OPERATORS)}
+CHOICES = {
+    "federation": ("Federation", FEDERATIONS),
+    "aggregation": ("Aggregation", AGGREGATIONS),
+    "operators": ("GA operators", OPERATORS),
+}
 SETUP_ORDER = (
     *FILES,
     "target_accuracy",
+    "federation",
     "aggregation",
     "min_clients",
     "patience",
@@ -284,12 +290,16 @@ class ServerController(_Controller):
     @staticmethod
     def applies(name: str, texts: dict[str, str]) -> bool:
         """Whether a setup field matters given the others' texts: a labels file for .npy test
-        data, a label column for .csv, min clients for a round-based aggregation."""
+        data, a label column for .csv, the aggregation in weights mode, min clients in
+        fitness mode or for a round-based aggregation."""
         if name in ("test_labels", "test_label_column"):
             return second_field(texts.get("test_data", "")) == name.removeprefix("test_")
+        fitness_mode = texts.get("federation") == FITNESS
+        if name == "aggregation":
+            return not fitness_mode
         if name == "min_clients":
             rule = AGGREGATIONS.get(texts.get("aggregation", ""))
-            return rule is None or not rule.per_update
+            return fitness_mode or rule is None or not rule.per_update
         return True
 
     def _setup(self, texts: dict[str, str]) -> dict | None:
@@ -512,6 +522,11 @@ class ServerController(_Controller):
             for waiting in clients.values():  # the round closed: each is answered
                 if waiting.state == "waiting":
                     waiting.state = "training"
+        elif event.kind is EventKind.WAITING:
+            view.summary = (
+                f"Round {event.round}, generation {event.generation}: scored by "
+                f"{event.detail} (Min clients); waiting for more"
+            )
         elif event.kind in ENDINGS:
             view.summary = ENDINGS[event.kind].format(round=event.round, accuracy=event.accuracy)
             view.best_round = self.global_model.best.round
@@ -731,7 +746,12 @@ class ClientController(_Controller):
         if event.kind is EventKind.MODEL:
             view.round, view.generation, view.losses = event.round, 0, []
             view.generations, view.ended_early = event.generation, False
-            self._show(f"Training the model of round {event.round}", enable=("close",))
+            doing = (
+                f"Scoring the server's members in round {event.round}"
+                if event.detail == FITNESS
+                else f"Training the model of round {event.round}"
+            )
+            self._show(doing, enable=("close",))
         elif event.kind is EventKind.GENERATION:
             view.generation, view.best_fitness = event.generation, event.fitness
             view.losses.append((event.generation, fitness_loss(event.fitness)))
@@ -739,10 +759,12 @@ class ClientController(_Controller):
         elif event.kind is EventKind.SENT:
             view.generation, view.best_fitness = event.generation, event.fitness
             view.ended_early = event.generation < view.generations
-            self._show(
-                f"Sent the trained model of round {event.round}; waiting for the server",
-                enable=("close",),
+            sent = (
+                f"Scored round {event.round}, sending only losses"
+                if event.detail == FITNESS
+                else f"Sent the trained model of round {event.round}"
             )
+            self._show(f"{sent}; waiting for the server", enable=("close",))
         elif event.kind is EventKind.DONE:
             accuracy = "" if event.accuracy is None else f": accuracy {event.accuracy:.2f}"
             self._show(f"Training is done{accuracy}", enable=("close",))

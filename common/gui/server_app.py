@@ -112,7 +112,14 @@ class ServerApp(TutorialApp):
             )
         )
         for names in (
-            ("target_accuracy", "aggregation", "min_clients", "patience", "step_patience"),
+            (
+                "target_accuracy",
+                "federation",
+                "aggregation",
+                "min_clients",
+                "patience",
+                "step_patience",
+            ),
             (
                 "num_generations",
                 "num_parents_mating",

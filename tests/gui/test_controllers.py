@@ -660,6 +660,7 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
         "test_labels": "",
         "test_label_column": "y",
         "target_accuracy": "0.9",
+        "federation": "weights",
         "aggregation": "fedavg",
         "min_clients": "2",
         "patience": "5",
@@ -676,6 +677,21 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
     texts |= {"test_data": "t.NPY", "aggregation": "running-average"}
     shown = {name for name in texts if server.applies(name, texts)}
     assert "test_labels" in shown and not {"test_label_column", "min_clients"} & shown
+    texts |= {"federation": "fitness"}  # the aggregation is weights mode's; min clients not
+    shown = {name for name in texts if server.applies(name, texts)}
+    assert "min_clients" in shown and "aggregation" not in shown
+
+
+def test_the_federation_choices_are_the_flags_and_reach_the_server(make_server, main_thread):
+    server = make_server()
+    spinner = {f.name: f for f in server.setup_fields()}["federation"]
+    flag = next(a for a in server_parser()._actions if a.dest == "federation")
+    assert spinner.choices == tuple(flag.choices) == ("weights", "fitness")
+    assert spinner.text == "weights"
+    server.create()
+    server.bind("127.0.0.1", "0")
+    wait_listening(server, federation="fitness")
+    assert server.listener.federation is not None
 
 
 @pytest.mark.parametrize(
