@@ -3,8 +3,11 @@ data and share only losses. Real servers and clients on loopback, real PyGAD."""
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
+from scipy.special import softmax
 from sklearn.datasets import load_iris
 
 from bench.plain_peers import plain_recv, plain_send
@@ -13,6 +16,7 @@ from common.data import CLIENT_DATA, Dataset
 from common.fitness_federation import FITNESS, digest
 from common.ga import GAConfig, SharedFitnessGA, build_ga
 from common.model import xor_network
+from common.modelspec import dense_chain_json
 from common.protocol.messages import (
     PROTOCOL_VERSION,
     RoundStart,
@@ -361,3 +365,39 @@ def test_score_messages_round_trip():
     again = Scores.from_data(scores.to_message().data)
     assert again.client_id == "me" and again.num_samples == 5
     assert scores.to_message().data["protocol_version"] == PROTOCOL_VERSION
+
+
+def test_a_curious_server_reads_a_clients_label_mix_off_its_losses(iris, client_factory):
+    """What SECURITY.md warns of: the server chooses the members a client scores. Members
+    whose output is a constant probability vector p score the loss -sum_k pi_k log p_k, a
+    linear function of the client's label shares pi: ten of them give the shares exactly."""
+    _, _, parts = iris
+    data = parts[1]
+    classes = 3
+    model_json = dense_chain_json(4, [(16, "relu"), (classes, "softmax")])
+    num_params = 4 * 16 + 16 + 16 * classes + classes
+    constants = softmax(np.random.default_rng(0).normal(size=(10, classes)), axis=1)
+    population = np.zeros((10, num_params), np.float32)
+    population[:, -classes:] = np.log(constants)  # zero weights: the output is the bias
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        client, _ = client_factory(listening.getsockname(), data=data, name="victim")
+        connection, _ = listening.accept()
+        with connection:
+            assert plain_recv(connection)["subject"] == "echo"
+            request = ScoreRequest(
+                1,
+                0,
+                0,
+                True,
+                digest(population),
+                start=RoundStart(
+                    model_json, population, 1, {"num_generations": 1}, np.empty((0, 10))
+                ),
+            )
+            plain_send(connection, "score", request.to_message().data)
+            losses = plain_recv(connection)["data"]["losses"]
+            plain_send(connection, "done", {})
+    client.join(WAIT)
+    shares, *_ = np.linalg.lstsq(-np.log(constants), losses, rcond=None)
+    true_shares = np.bincount(data.outputs.astype(int), minlength=classes) / len(data)
+    np.testing.assert_allclose(shares, true_shares, atol=1e-5)
