@@ -186,6 +186,7 @@ class RecvThread(threading.Thread):
         # sequence numbers the server tells resent updates by.
         self.client_id = f"{self.config.name}-{secrets.token_hex(4)}"
         self._sequence = 0  # of the last model update sent
+        self._bytes_sent_before = 0  # on connections lost since, for the run's total
         config = self.config
         self.trainer = LocalTrainer(
             data,
@@ -234,7 +235,13 @@ class RecvThread(threading.Thread):
                 self._reconnect.reset()
             return server_reply(reply)
 
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this client sent the server so far, over every connection of the run."""
+        return self._bytes_sent_before + self.connection.bytes_sent
+
     def _reopen(self) -> None:
+        self._bytes_sent_before += self.connection.bytes_sent
         self.connection.close()
         retries = self._reconnect.retries
         sock = self._reconnect(
@@ -334,6 +341,7 @@ class RecvThread(threading.Thread):
             return
         finally:
             self.connection.close()
+            log.info("%s sent %d bytes to the server in all", self.config.name, self.bytes_sent)
         self.outcome = "stopped"
         self._on_event(Event(EventKind.STOPPED))
 

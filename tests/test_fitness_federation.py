@@ -71,6 +71,8 @@ def _run(server_factory, client_factory, datasets, **settings):
     for client in clients:
         client.join(WAIT)
         assert client.outcome == "done", client.error
+        # An echo, then one message a generation of under 1 KiB, whatever the model's size.
+        assert client.bytes_sent <= 1024 * (1 + ROUNDS * (GENERATIONS + 1))
     return server, events
 
 

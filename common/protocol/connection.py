@@ -159,6 +159,7 @@ class Connection:
         self._ready = not secret and not isinstance(sock, ssl.SSLSocket)
         self._nonces = b""  # client's then server's, once the hellos are exchanged
         self._sent = self._received = 0
+        self.bytes_sent = 0  # on the wire, envelopes included: what a run's traffic costs
         try:
             address = sock.getpeername()
         except OSError:
@@ -275,6 +276,7 @@ class Connection:
         try:  # settimeout too: it fails on a socket that close() has already closed
             self.sock.settimeout(self.recv_timeout + len(payload) / 2**20)  # ~1 MiB/s floor
             self.sock.sendall(payload)
+            self.bytes_sent += len(payload)
         except OSError as exc:
             raise ConnectionLost(f"could not send to {self.peer}: {exc.strerror or exc}") from exc
 
