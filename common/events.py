@@ -13,7 +13,8 @@ class EventKind(StrEnum):
     # The server's: a client came, asked (echo or model), its update was scored on the test
     # data before it counted, a round was committed, training ended (done, gave up, out of
     # patience, stopped by request), a client was told done, a client left; in fitness mode
-    # also a generation of its GA ended (``generation``), or waits for --min-clients.
+    # also a generation of its GA ended (``generation``), or waits for --min-clients, and a
+    # client's scores counted in a round for the first time (``scored``, without accuracy).
     CONNECTED = "connected"
     REQUEST = "request"
     SCORED = "scored"

@@ -113,6 +113,7 @@ class _Client:
     left_out: bool = False  # missed a generation's deadline: not waited for until it answers
     mismatched: bool = False  # its digest differed once this run
     explicit: bool = False  # it differed again: send it the members themselves
+    scored_round: int | None = None  # the last round its scores counted in
 
 
 @dataclass
@@ -139,8 +140,9 @@ class FitnessFederation:
     generation scored by the connected clients; ``reply`` answers a client's request from a
     ``SocketThread`` and ``leave`` hears that its connection ended.
 
-    ``on_event`` hears of each generation (``generation``) and of one that waits for
-    ``min_clients`` (``waiting``); it must not call back into the federation.
+    ``on_event`` hears of each generation (``generation``), of one that waits for
+    ``min_clients`` (``waiting``) and of each client's first scores in a round (``scored``,
+    with its sample count and id); it must not call back into the federation.
     """
 
     def __init__(
@@ -439,6 +441,17 @@ class FitnessFederation:
         if len(scores.losses) != len(job.members):
             raise SchemaError(
                 f"losses has {len(scores.losses)} values for {len(job.members)} members"
+            )
+        if client.scored_round != job.round:  # its first scores this round: say who it is
+            client.scored_round = job.round
+            self._on_event(
+                Event(
+                    EventKind.SCORED,
+                    peer=peer,
+                    round=job.round,
+                    samples=scores.num_samples,
+                    detail=client_id,
+                )
             )
         client.round = job.round
         if job.first_report is None:

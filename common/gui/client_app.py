@@ -85,12 +85,13 @@ class ClientApp(TutorialApp):
         self.progress_bar.value = view.generations if view.ended_early else view.generation
         # A copy: the chart redraws when its series differ from the last ones it drew.
         losses = list(view.losses)
-        self.chart.series = [Series("local loss", LOSS, losses, *loss_range(losses))]
+        caption = "the server's best loss, on all clients' data" if view.scoring else "local loss"
+        self.chart.series = [Series(caption, LOSS, losses, *loss_range(losses))]
         if view.round is None:
             self.progress_label.text = "Not training yet"
             return
         fitness = "-" if view.best_fitness is None else f"{view.best_fitness:.3g}"
-        early = ", ended early: local loss low" if view.ended_early else ""
+        early = ", ended early: loss low" if view.ended_early else ""
         self.progress_label.text = (
             f"Round {view.round}    generation {view.generation} of "
             f"{view.generations}{early}    best fitness {fitness}"

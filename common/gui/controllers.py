@@ -555,6 +555,9 @@ class ClientView:
     generation: int = 0
     generations: int = 0  # the most this round runs (the server's setting)
     ended_early: bool = False  # the round's GA stopped before them: its local loss was low
+    # Fitness mode: the generations are the server's, scored here; their losses are over
+    # every client's data (the server's fitness), not this client's alone.
+    scoring: bool = False
     best_fitness: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)  # this round's, by generation
 
@@ -746,6 +749,7 @@ class ClientController(_Controller):
         if event.kind is EventKind.MODEL:
             view.round, view.generation, view.losses = event.round, 0, []
             view.generations, view.ended_early = event.generation, False
+            view.scoring = event.detail == FITNESS
             doing = (
                 f"Scoring the server's members in round {event.round}"
                 if event.detail == FITNESS

@@ -112,14 +112,8 @@ class ServerApp(TutorialApp):
             )
         )
         for names in (
-            (
-                "target_accuracy",
-                "federation",
-                "aggregation",
-                "min_clients",
-                "patience",
-                "step_patience",
-            ),
+            ("target_accuracy", "min_clients", "patience", "step_patience"),
+            ("federation", "aggregation"),
             (
                 "num_generations",
                 "num_parents_mating",

@@ -413,15 +413,20 @@ def iris_files(tmp_path):
     return folder
 
 
+PICTURES = {"weights": "real-run", "fitness": "fitness-run"}  # docs/ names of the screenshots
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(REAL_RUN_TIME_LIMIT)
+@pytest.mark.parametrize("federation", ["weights", "fitness"])
 def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(
-    display, tmp_path, iris_files
+    display, tmp_path, iris_files, federation
 ):
     """No file on any command line: the server's model and test set and each client's data
-    file are chosen in Browse dialogs, fedavg in the spinner; trained to the target, the
-    best model is saved with Save Model and scores, loaded by Keras, what the window said;
-    saving over an existing file asks first."""
+    file are chosen in Browse dialogs, fedavg in the spinner (weights mode) or fitness mode
+    in the federation spinner; trained to the target, the best model is saved with Save
+    Model and scores, loaded by Keras, what the window said; saving over an existing file
+    asks first."""
     env = {
         **os.environ,
         "DISPLAY": display,
@@ -476,6 +481,7 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(
                 "browse_model",
                 "browse_test_data",
                 "target_accuracy",
+                "federation",
                 "aggregation",
                 "save_model",
                 "save_history",
@@ -507,11 +513,19 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(
             rf"field test_data chose '{re.escape(str(folder / 'server_test.npz'))}'",
         )
         server.type_into("target_accuracy", TARGET)
+        field, choice = (
+            ("aggregation", "fedavg")
+            if federation == "weights"
+            else (
+                "federation",
+                "fitness",
+            )
+        )
         since = len(server.lines)
-        server.click("aggregation")
-        server.learn(("choice fedavg",), since)
-        server.click("choice fedavg")
-        server.wait_for(r"field aggregation chose 'fedavg'$", since)
+        server.click(field)
+        server.learn((f"choice {choice}",), since)
+        server.click(f"choice {choice}")
+        server.wait_for(rf"field {field} chose '{choice}'$", since)
         server.click_and_wait("listen", f"Socket is Listening for Connections on 127.0.0.1:{port}")
         server.wait_for(
             rf"model: The model in {re.escape(str(folder / 'model.json'))}: 4 "
@@ -533,7 +547,10 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(
 
         # Mid-training: each client has a chart of its round (a lucky run may be done sooner).
         for client in (site1, site2):
-            client.wait_for(r"status: Training the model of round [1-9]|Training is done")
+            client.wait_for(
+                r"status: (Training the model|Scoring the server's members) in round [1-9]"
+                r"|status: Training the model of round [1-9]|Training is done"
+            )
         for name, window in reversed(windows.items()):  # the clients first: they move on
             window.screenshot(shots / f"{name}-during.png")
 
@@ -581,5 +598,6 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(
         for name in windows:
             for moment in ("during", "after"):
                 shutil.copyfile(
-                    shots / f"{name}-{moment}.png", ROOT / "docs" / f"real-run-{name}-{moment}.png"
+                    shots / f"{name}-{moment}.png",
+                    ROOT / "docs" / f"{PICTURES[federation]}-{name}-{moment}.png",
                 )
