@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +35,23 @@ log = logging.getLogger("fedga.datasets")
 SHARES = (0.60, 0.15, 0.25)  # clients' training part, server's test data, held out
 
 
+def _scikit_learn(loader: str) -> tuple[np.ndarray, np.ndarray]:
+    import sklearn.datasets
+
+    return getattr(sklearn.datasets, loader)(return_X_y=True)
+
+
 @dataclass(frozen=True)
 class Bundled:
-    loader: str  # the sklearn.datasets function
+    load: Callable[[], tuple[np.ndarray, np.ndarray]]  # inputs and integer labels
     hidden: int  # units of the default model's hidden layer
 
 
 DATA_SETS = {
-    "breast-cancer": Bundled("load_breast_cancer", 16),
-    "digits": Bundled("load_digits", 32),
-    "iris": Bundled("load_iris", 16),
-    "wine": Bundled("load_wine", 16),
+    "breast-cancer": Bundled(partial(_scikit_learn, "load_breast_cancer"), 16),
+    "digits": Bundled(partial(_scikit_learn, "load_digits"), 32),
+    "iris": Bundled(partial(_scikit_learn, "load_iris"), 16),
+    "wine": Bundled(partial(_scikit_learn, "load_wine"), 16),
 }
 
 
@@ -60,12 +68,11 @@ def export(
     name: str, clients: int, seed: int, alpha: float | None = None, hidden: int | None = None
 ) -> Export:
     """The split, standardised and one-hot encoded, with its model's JSON."""
-    import sklearn.datasets
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
     bundled = DATA_SETS[name]
-    inputs, labels = getattr(sklearn.datasets, bundled.loader)(return_X_y=True)
+    inputs, labels = bundled.load()
     train_x, rest_x, train_y, rest_y = train_test_split(
         inputs, labels, train_size=SHARES[0], stratify=labels, random_state=seed
     )
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("name", choices=sorted(DATA_SETS), help="scikit-learn's bundled set")
+    parser.add_argument("name", choices=sorted(DATA_SETS), help="the data set")
     parser.add_argument("--clients", type=int, required=True, help="number of client files")
     parser.add_argument("--out", required=True, help="folder for the files")
     parser.add_argument(
@@ -114,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         "--hidden",
         type=int,
         metavar="N",
-        help="units of the model's hidden layer (default: 32 for digits, else 16)",
+        help="units of the model's hidden layer (default: "
+        + ", ".join(f"{bundled.hidden} for {name}" for name, bundled in DATA_SETS.items())
+        + ")",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     args = parser.parse_args(argv)
