@@ -529,6 +529,11 @@ class FitnessScorer:
     def run(self, reply: ScoreRequest) -> Done | None:
         """Score the server's generations from ``reply`` on; the server's ``done`` once
         training ended, or None if stopped."""
+        if self.trainer.ga_overrides:
+            log.warning(
+                "the server runs fitness mode: its GA settings apply, not this client's %s",
+                ", ".join(sorted(self.trainer.ga_overrides)),
+            )
         answer: ServerReply = reply
         while isinstance(answer, ScoreRequest) and not self._should_stop():
             if answer.start is None:  # out of step with the server: ask for the round whole

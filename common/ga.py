@@ -270,14 +270,14 @@ def build_ga(
 class RoundSeeds:
     """Each round's GA seed, drawn from one run seed: a seeded run repeats, and its rounds
     differ. One seed for every round would repeat the same random draws (which genes mutate,
-    by how much) round after round, a bias that averaging piles up. Without a run seed every
-    round's GA is seeded afresh by PyGAD."""
+    by how much) round after round, a bias that averaging piles up. Without a run seed the
+    seeds are fresh entropy; there is always one, since fitness mode sends it to clients."""
 
     def __init__(self, seed: int | None):
-        self._seeds = None if seed is None else np.random.default_rng(seed)
+        self._seeds = np.random.default_rng(seed)
 
-    def next(self) -> int | None:
-        return None if self._seeds is None else int(self._seeds.integers(2**32))
+    def next(self) -> int:
+        return int(self._seeds.integers(2**32))
 
 
 def train(

@@ -20,8 +20,9 @@ def _dropped(events, peer):
     return events.wait_for(lambda e: e.kind == "disconnected" and e.peer == peer)
 
 
-def test_training_with_a_shared_secret_reaches_done(server_factory, client_factory):
-    listener, events = server_factory(secret=SECRET)
+@pytest.mark.parametrize("federation", ["weights", "fitness"])
+def test_training_with_a_shared_secret_reaches_done(server_factory, client_factory, federation):
+    listener, events = server_factory(secret=SECRET, federation=federation, min_clients=1)
     client, client_events = client_factory(
         listener.server_address, data=XOR_TEST_DATA, secret=SECRET
     )
