@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from common.errors import Refused, SchemaError
+from common.errors import ConnectionLost, Refused, SchemaError
 from common.events import Event, EventKind
 from common.ga import GAConfig, RoundSeeds, SharedFitnessGA, build_ga, loss
 from common.model import ForwardPass
@@ -233,7 +233,7 @@ class FitnessFederation:
             log.exception("fitness mode stopped after an internal error")
             self._stopping = True
         finally:
-            with self._changed:  # no more rounds: every waiting client is answered done
+            with self._changed:  # no more rounds: waiting clients hear done, or lose us
                 self._stopping = True
                 self._changed.notify_all()
 
@@ -465,8 +465,10 @@ class FitnessFederation:
         ``answered``, then describe it; ``done`` once training ended."""
         while True:
             job = self._job
-            if self._over():
+            if self.global_model.finished.is_set():
                 return Done(self.global_model.round, self.global_model.accuracy)
+            if self._stopping:  # shut down, or broken: not done, so the client may retry
+                raise ConnectionLost("the server stopped running fitness mode")
             if job is not None and not job.closed and job.key != answered:
                 break
             self._changed.wait()

@@ -901,11 +901,11 @@ class ListenThread(threading.Thread):
         self._stop_requested.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
-        if self.federation is not None:
-            self.federation.shutdown(timeout)
         self.socket.close()
         for handler in self.handlers:
             handler.stop()
+        if self.federation is not None:  # after: its waiting handlers find their ends closed
+            self.federation.shutdown(timeout)
         for handler in self.handlers:
             if handler.is_alive():
                 handler.join(timeout)
