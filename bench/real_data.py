@@ -1,15 +1,17 @@
-"""Beyond XOR: fedga on scikit-learn's breast cancer, wine and digits, each run as a user runs
-it, beside the references on the same split and what users pick instead (Flower's FedAvg
-with Keras ``fit``), measured side by side in one run.
+"""Beyond XOR: fedga on real data (scikit-learn's breast cancer, wine and digits, a synthetic
+set and MNIST-1D), each run as a user runs it, beside the references on the same split and
+what users pick instead (Flower's FedAvg with Keras ``fit``), measured side by side in one run.
 
     python -m bench.real_data [--data-sets digits] [--seeds 1] [--rows fedavg flower-keras]
+        [--rounds N]
 
 Per data set and split seed, ``python -m common.datasets NAME --clients 3`` splits the set
 60/15/25 (stratified, standardised on the training part): the 60% goes to 3 clients
 (Dirichlet 0.5, or IID), the 15% is the server's ``--test-data`` (what it evaluates, keeps
 its best model on and stops on), the 25% is held out: the bench scores every saved model on
-it, and the server never sees it. Rows, on the same split and network (Dense(16, relu), or
-32 for digits, then Dense(k, softmax)):
+it, and the server never sees it. Rows, on the same split and network (``common.datasets``'
+Dense(hidden, relu), then Dense(k, softmax): 16 hidden units, 32 for digits and synthetic,
+100 for MNIST-1D):
 
 - references: logistic regression, and the network trained centrally with Keras Adam
   (learning rate 0.001, batch 32) with early stopping on the server's 15% (its loss, patience
@@ -23,6 +25,35 @@ it, and the server never sees it. Rows, on the same split and network (Dense(16,
 - Flower's FedAvg with Keras ``fit`` on each node (``bench.flower_keras``), settings in the
   row's name.
 
+Two federations (issue 22), on synthetic, MNIST-1D and digits, where clients' label mixes
+differ and the hidden layer matters (``Setup.data_sets`` says which rows run where by default):
+
+- ``central``, the central GA: weights mode, ``--aggregation fedavg --min-clients 1``, one
+  ``client.py`` holding all three clients' training data (``all.npz``). Server and client get
+  the split seed as ``--seed``, as the fitness row's server does: weights mode with one client
+  seeded as the server is then the very GA fitness mode runs, bit for bit
+  (tests/test_fitness_federation.py), so the two rows differ only in how the clients'
+  data is reached, and any gap between them is a fault, not luck;
+- ``fedavg``: weights mode, 3 clients (the row above);
+- ``fedadam``: weights mode with a server optimiser and its flags (``Setup.server_flags``),
+  out of the defaults until ``--aggregation fedadam`` lands;
+- ``fitness``: ``--federation fitness --min-clients 3``: the GA on the server, clients send
+  each member's loss every generation;
+- ``flower-keras-60``: Flower's FedAvg with Keras ``fit`` at issue 22's settings (Adam 0.01,
+  batch 32, 1 local epoch) for 60 rounds (``flower-keras``, the same for 30 rounds, stays on
+  the earlier sets so their documented numbers compare);
+- ``flower-keras-tuned``: the best of a grid of learning rates x local epochs (``KERAS_GRID``),
+  chosen per split by the saved model's accuracy on the server's test data (never the held-out
+  part), its held-out accuracy reported, and the grid printed. The grid's point at issue 22's
+  settings is the ``flower-keras-60`` run itself, not run twice.
+
+The central and fitness rows run ``ROUNDS`` rounds of ``--generations`` (50) generations each:
+equal generations. Their targets: fitness within a point of the central GA (held-out, median
+of the seeds), at least Flower's FedAvg at issue 22's settings on synthetic and MNIST-1D, and
+on digits 0.95 on the server's test data within 15 s of launch; each client's bytes sent in the
+whole run (the ``sent N bytes to the server in all`` line it logs at exit) are printed beside
+weights mode's.
+
 How runs end, and why. A run must leave its best model, and its speed must be read off the
 same run: so no run stops at the target. Every run has a fixed number of rounds
 (``--max-rounds``), as Flower's ``FedAvg.start`` does, chosen past where it stops improving
@@ -35,28 +66,37 @@ saved 0.958 (docs/performance.md). ``--target-accuracy`` is above 1, so it never
 on wine's 27 test samples a first perfect score, the default target, came from models
 scoring 0.83-0.89 held out, and later ties with a lower loss were better. Stopping at the
 target instead would save a model that only just reached it, and would end the fast and the
-slow at different points of their curves. The target: the central Adam reference's held-out accuracy on the
-same split minus 2 points (digits: 0.95), read on the server's test data, the accuracy each
-run's ``--history`` records per round; launch to target is the ``time`` of the first round
-reaching it minus the launch of the run's first process. The tutorial's operators cost
-seconds a round on digits (PyGAD's per-gene mutation): their rows have a lower round cap,
-and show where fedga started, not where it could get.
+slow at different points of their curves. The target: the central Adam reference's held-out
+accuracy on the same split minus 2 points (digits: 0.95), read on the server's test data, the
+accuracy each run's ``--history`` records per round; launch to target is the ``time`` of the
+first round reaching it minus the launch of the run's first process. The tutorial's operators
+cost seconds a round on digits (PyGAD's per-gene mutation): their rows have a lower round cap,
+and show where fedga started, not where it could get. MNIST-1D keeps the 200 rounds: ~0.5-0.7
+s a round here for the central, fedavg and fitness rows (2 busy cores), so ~2.5 minutes a run.
 
 Per row: the saved model's held-out accuracy (median over the split seeds; wine's 45
 held-out samples make one sample 2 points), rounds to the target, seconds from launch to it,
-seconds per round after the first, and peak memory: the largest sum of resident memory over
+seconds per round after the first, peak memory: the largest sum of resident memory over
 all of a run's processes (server and clients, or Flower's Ray workers), sampled from /proc
-every 0.2 s. ``--save-model`` writes a ``.keras`` file, so a server imports TensorFlow once
+every 0.2 s, and the bytes a fedga client sent to the server in the whole run (the mean over
+clients). ``--save-model`` writes a ``.keras`` file, so a server imports TensorFlow once
 training ends: that, not training, sets fedga's peak. Needs requirements-flower.txt. Exit
 code 1 when a target is missed.
+
+How long: ~1 h 45 min to 2 h on 2 cores, estimated from one-seed smoke runs here: breast
+cancer and wine ~10 minutes each, digits ~35 (14 of them the earlier rows), synthetic ~18,
+MNIST-1D ~35; the new sets' Flower grid is about half of theirs (each Flower run spends ~25 s
+starting Ray and TensorFlow).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib.util
 import math
+import re
 import shutil
 import statistics
 import subprocess
@@ -72,11 +112,17 @@ from bench.common import print_header, print_table, seconds, target
 from bench.flower import PeakMemory
 from common.aggregate import AGGREGATIONS
 from common.data import Dataset, load_dataset
+from common.fitness_federation import FITNESS, WEIGHTS
 from common.ports import free_port
+from common.split import save_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-DATA_SETS = ("breast-cancer", "wine", "digits")
+# The earlier rows' sets, and the two federations' (where the hidden layer matters), digits
+# in both: each row runs by default on its own (Setup.data_sets).
+EARLIER = ("breast-cancer", "wine", "digits")
+FEDERATIONS = ("synthetic", "mnist1d", "digits")
+DATA_SETS = ("breast-cancer", "wine", "digits", "synthetic", "mnist1d")
 SEEDS = (1, 2, 3)
 CLIENTS = 3
 ALPHA = 0.5  # Dirichlet concentration of the label skew
@@ -85,10 +131,12 @@ ALPHA = 0.5  # Dirichlet concentration of the label skew
 TARGET_GAP = 0.02
 DIGITS_TARGET = 0.95
 DIGITS_SECONDS = 30.0  # launch to 0.95 on digits, for the target row
+FITNESS_SECONDS = 15.0  # the same in fitness mode
+FITNESS_GAP = 0.01  # fitness mode's held-out accuracy from the central GA's, at most
 ROUNDS = 200  # every fedga run's length: see "How runs end" above
 TUTORIAL_MAX_ROUNDS = 15  # the tutorial's operators: seconds a round on digits
-KERAS_ROUNDS = 30  # Flower's FedAvg with Keras fit: fixed rounds, FedAvg.start's way
-KERAS_FIT = {"learning-rate": 0.01, "epochs": 1, "batch-size": 32}
+KERAS_ROUNDS = 30  # the earlier Flower FedAvg row's, kept so its documented numbers compare
+ISSUE_KERAS_ROUNDS = 60  # issue 22's Flower FedAvg settings
 # Wine's test loss falls by ever less for 1000 epochs: min_delta ends that at ~400.
 ADAM = {
     "learning_rate": 0.001,
@@ -99,6 +147,28 @@ ADAM = {
 }
 NEVER = "2"  # --target-accuracy above any accuracy: only the round count stops a run
 RUN_TIMEOUT = 1800  # seconds: far beyond any run seen here
+POOLED = "all.npz"  # every client's training data in one file: the central GA's one client
+SENT = re.compile(rb"sent (\d+) bytes to the server in all")  # a headless client's last line
+
+
+@dataclass(frozen=True)
+class KerasFit:
+    """What each Flower node's Keras ``fit`` runs with, every round."""
+
+    learning_rate: float
+    epochs: int
+    batch_size: int = 32
+
+    def __str__(self) -> str:
+        return (
+            f"Adam {self.learning_rate:g}, {self.epochs} epoch{'s' if self.epochs > 1 else ''}, "
+            f"batch {self.batch_size}"
+        )
+
+
+ISSUE_FIT = KerasFit(0.01, 1)  # the earlier row's and issue 22's
+# Each point is a whole Flower run, so the grid stays small.
+KERAS_GRID = tuple(KerasFit(rate, epochs) for rate in (0.001, 0.01) for epochs in (1, 5))
 
 
 @dataclass(frozen=True)
@@ -108,9 +178,20 @@ class Setup:
     key: str  # for --rows
     name: str  # for the table
     engine: str  # "fedga", "fedga-flower" or "flower-keras"
+    data_sets: tuple[str, ...]  # where it runs when --rows is not given
     split: str = "dirichlet"  # or "iid"
-    aggregation: str = "fedavg"
+    federation: str = WEIGHTS
+    aggregation: str = "fedavg"  # weights mode's rule
+    server_flags: tuple[str, ...] = ()  # the rule's settings, say
     operators: str = "scaled"
+    pooled: bool = False  # one client holding every client's training data (POOLED)
+    rounds: int = ROUNDS  # x CLIENTS for a per-update rule
+    # flower-keras: one setting, or a grid whose best on the server's test data is the row's
+    fits: tuple[KerasFit, ...] = ()
+
+    @property
+    def clients(self) -> int:
+        return 1 if self.pooled else CLIENTS
 
     @property
     def _updates_per_round(self) -> int:
@@ -119,41 +200,103 @@ class Setup:
 
     @property
     def max_rounds(self) -> int:
-        rounds = TUTORIAL_MAX_ROUNDS if self.operators == "tutorial" else ROUNDS
-        return rounds * self._updates_per_round
+        return self.rounds * self._updates_per_round
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}, {self.rounds} rounds" if self.engine == "flower-keras" else self.name
 
 
-KERAS_NAME = (
-    "Flower FedAvg, Keras fit (Adam {learning-rate}, {epochs} epoch, batch "
-    "{batch-size}), {rounds} rounds"
-).format(**KERAS_FIT, rounds=KERAS_ROUNDS)
 SETUPS = (
-    Setup("tutorial-fedavg", "fedga, tutorial operators, fedavg", "fedga", operators="tutorial"),
+    Setup(
+        "tutorial-fedavg",
+        "fedga, tutorial operators, fedavg",
+        "fedga",
+        EARLIER,
+        operators="tutorial",
+        rounds=TUTORIAL_MAX_ROUNDS,
+    ),
     Setup(
         "tutorial-running",
         "fedga, tutorial operators, running-average (round: update)",
         "fedga",
+        EARLIER,
         aggregation="running-average",
         operators="tutorial",
+        rounds=TUTORIAL_MAX_ROUNDS,
     ),
-    Setup("fedavg", "fedga, new operators, fedavg", "fedga"),
+    Setup(
+        "central",
+        "fedga central GA: weights mode, 1 client holding all 3's data, fedavg",
+        "fedga",
+        FEDERATIONS,
+        pooled=True,
+    ),
+    Setup("fedavg", "fedga, new operators, fedavg", "fedga", EARLIER + FEDERATIONS),
+    # Out of the default rows (no data sets) and of --rows' choices until --aggregation
+    # fedadam lands (issue 22's server optimisers, another branch); then data_sets=FEDERATIONS.
+    Setup(
+        "fedadam",
+        "fedga, weights mode, fedadam (server learning rate 0.1)",
+        "fedga",
+        (),
+        aggregation="fedadam",
+        server_flags=("--server-learning-rate", "0.1"),
+    ),
+    Setup("fitness", "fedga fitness mode", "fedga", FEDERATIONS, federation=FITNESS),
     Setup(
         "running",
         "fedga, new operators, running-average (round: update)",
         "fedga",
+        EARLIER,
         aggregation="running-average",
     ),
     Setup(
         "running-best",
         "fedga, new operators, running-best (round: update)",
         "fedga",
+        EARLIER,
         aggregation="running-best",
     ),
-    Setup("fedavg-iid", "fedga, new operators, fedavg, IID", "fedga", split="iid"),
-    Setup("flower-ga", "fedga's GA on Flower simulation, new operators, fedavg", "fedga-flower"),
-    Setup("flower-keras", KERAS_NAME, "flower-keras"),
+    Setup("fedavg-iid", "fedga, new operators, fedavg, IID", "fedga", EARLIER, split="iid"),
+    Setup(
+        "flower-ga",
+        "fedga's GA on Flower simulation, new operators, fedavg",
+        "fedga-flower",
+        EARLIER,
+    ),
+    Setup(
+        "flower-keras",
+        f"Flower FedAvg, Keras fit ({ISSUE_FIT})",
+        "flower-keras",
+        EARLIER,
+        rounds=KERAS_ROUNDS,
+        fits=(ISSUE_FIT,),
+    ),
+    Setup(
+        "flower-keras-60",
+        f"Flower FedAvg, Keras fit ({ISSUE_FIT})",
+        "flower-keras",
+        FEDERATIONS,
+        rounds=ISSUE_KERAS_ROUNDS,
+        fits=(ISSUE_FIT,),
+    ),
+    Setup(
+        "flower-keras-tuned",
+        "Flower FedAvg, Keras fit, tuned on the server's test data (Adam "
+        f"{'/'.join(f'{rate:g}' for rate in sorted({f.learning_rate for f in KERAS_GRID}))} x "
+        f"{'/'.join(str(epochs) for epochs in sorted({f.epochs for f in KERAS_GRID}))} epochs, "
+        "batch 32)",
+        "flower-keras",
+        FEDERATIONS,
+        rounds=ISSUE_KERAS_ROUNDS,
+        fits=KERAS_GRID,
+    ),
 )
 TARGET_ROW, KERAS_ROW = "fedavg", "flower-keras"
+CENTRAL_ROW, FITNESS_ROW = "central", "fitness"
+ISSUE_KERAS_ROW, TUNED_KERAS_ROW = "flower-keras-60", "flower-keras-tuned"
+BEATS_KERAS = ("synthetic", "mnist1d")  # where fitness mode must match Flower's FedAvg
 
 
 class RunFailed(Exception):
@@ -169,11 +312,19 @@ class Outcome:
     per_round: float  # seconds per round after the first
     peak_mib: float
     seconds: float  # launch to the last process's exit
+    test: tuple[float, float] = (0.0, math.inf)  # the saved model's (accuracy, loss), server's
+    sent: tuple[int, ...] = ()  # bytes each fedga client sent to the server in the whole run
     failed: bool = False  # then it scores 0 and never reaches the target
 
     @classmethod
     def failure(cls) -> Outcome:
         return cls(0.0, 0, None, math.inf, math.nan, math.nan, math.nan, failed=True)
+
+    @property
+    def rank(self) -> tuple[float, float]:
+        """Higher is better: the saved model's accuracy on the server's test data, then loss
+        (the rule a server keeps its best model by)."""
+        return self.test[0], -self.test[1]
 
     def __str__(self) -> str:
         if self.failed:
@@ -183,16 +334,21 @@ class Outcome:
             if self.target_round
             else "not reached"
         )
+        sent = f", each client sent {' '.join(map(kib, self.sent))}" if self.sent else ""
         return (
-            f"held-out {self.holdout:.3f}, {self.rounds} rounds, target {when}, "
-            f"{seconds(self.per_round)} a round, peak {self.peak_mib:.0f} MiB, run "
-            f"{seconds(self.seconds)}"
+            f"held-out {self.holdout:.3f} (server's test {self.test[0]:.3f}), {self.rounds} "
+            f"rounds, target {when}, {seconds(self.per_round)} a round, peak "
+            f"{self.peak_mib:.0f} MiB, run {seconds(self.seconds)}{sent}"
         )
+
+
+def kib(count: float) -> str:
+    return f"{count / 1024:,.0f} KiB"
 
 
 @dataclass(frozen=True)
 class Split:
-    folder: Path  # client_1.npz ... client_3.npz, server_test.npz, holdout.npz, model.json
+    folder: Path  # client_1.npz ... client_3.npz, all.npz, server_test.npz, holdout.npz, model.json
     target: float
 
     def file(self, name: str) -> str:
@@ -226,6 +382,8 @@ def make_split(name: str, seed: int, split: str, folder: Path) -> None:
     )
     if run.returncode != 0:
         raise SystemExit(f"python -m common.datasets {name} failed:\n{run.stderr[-3000:]}")
+    pooled = training_part(folder)
+    save_dataset(folder / POOLED, pooled, pooled.outputs.shape[1])
 
 
 def training_part(folder: Path) -> Dataset:
@@ -279,8 +437,10 @@ def central_adam(folder: Path, seed: int) -> float:
 # ---- federated runs ---------------------------------------------------------------------
 
 
-def commands(setup: Setup, split: Split, seed: int, run: Path) -> list[list[str]]:
-    """The command lines of one run, as a user types them."""
+def commands(
+    setup: Setup, split: Split, seed: int, run: Path, fit: KerasFit | None = None
+) -> list[list[str]]:
+    """The command lines of one run, as a user types them (``fit``: a flower-keras run's)."""
     outputs = ["--history", str(run / "history.csv"), "--save-model", str(run / "best.keras")]
     model = ["--model", split.file("model.json"), "--test-data", split.file("server_test.npz")]
     if setup.engine == "flower-keras":
@@ -295,18 +455,24 @@ def commands(setup: Setup, split: Split, seed: int, run: Path) -> list[list[str]
                 "--nodes",
                 str(CLIENTS),
                 "--rounds",
-                str(KERAS_ROUNDS),
+                str(setup.rounds),
                 "--seed",
                 str(seed),
                 *outputs,
-                *(f"--{key}={value}" for key, value in KERAS_FIT.items()),
+                f"--learning-rate={fit.learning_rate}",
+                f"--epochs={fit.epochs}",
+                f"--batch-size={fit.batch_size}",
             ]
         ]
+    federation = (
+        ["--aggregation", setup.aggregation, *setup.server_flags]
+        if setup.federation == WEIGHTS
+        else ["--federation", setup.federation]
+    )
     training = [
         *model,
         *outputs,
-        "--aggregation",
-        setup.aggregation,
+        *federation,
         "--operators",
         setup.operators,
         "--target-accuracy",
@@ -331,9 +497,9 @@ def commands(setup: Setup, split: Split, seed: int, run: Path) -> list[list[str]
             ]
         ]
     address = ["--host", "127.0.0.1", "--port", str(free_port())]
-    # --expected-clients: exit once all three were told done; a late one still is (the
-    # default --linger), as with the tutorial's running average a fast client may use up
-    # the rounds before a slow one has connected.
+    # --expected-clients: exit once all were told done; a late one still is (the default
+    # --linger), as with the tutorial's running average a fast client may use up the rounds
+    # before a slow one has connected.
     server = [
         PYTHON,
         "server.py",
@@ -341,12 +507,19 @@ def commands(setup: Setup, split: Split, seed: int, run: Path) -> list[list[str]
         *address,
         *training,
         "--min-clients",
-        str(CLIENTS),
+        str(setup.clients),
         "--round-timeout",
         "60",
         "--expected-clients",
-        str(CLIENTS),
+        str(setup.clients),
     ]
+    # The central GA's client is seeded as the server, as fitness mode's server GA is: so the
+    # two runs are the same GA (tests/test_fitness_federation.py), and differ only by the wire.
+    clients = (
+        [(POOLED, "all", seed)]
+        if setup.pooled
+        else [(f"client_{n}.npz", f"client{n}", seed * 100 + n) for n in range(1, CLIENTS + 1)]
+    )
     return [server] + [
         [
             PYTHON,
@@ -354,19 +527,21 @@ def commands(setup: Setup, split: Split, seed: int, run: Path) -> list[list[str]
             "--headless",
             *address,
             "--data",
-            split.file(f"client_{n}.npz"),
+            split.file(data),
             "--name",
-            f"client{n}",
+            name,
             "--seed",
-            str(seed * 100 + n),
+            str(client_seed),
         ]
-        for n in range(1, CLIENTS + 1)
+        for data, name, client_seed in clients
     ]
 
 
-def launch(command_lines: list[list[str]], run: Path) -> tuple[float, float, float]:
+def launch(
+    command_lines: list[list[str]], run: Path
+) -> tuple[float, float, float, tuple[int, ...]]:
     """Start the processes together and wait for them all; (launch as unix time, seconds to
-    the last exit, peak MiB).
+    the last exit, peak MiB, the bytes each fedga client logged it sent).
     The server exits 0 (a perfect score) or 2 (--max-rounds), each client
     0; anything else is ``RunFailed``."""
     logs = [run / f"process{n}.log" for n in range(len(command_lines))]
@@ -389,19 +564,23 @@ def launch(command_lines: list[list[str]], run: Path) -> tuple[float, float, flo
     if codes[0] not in (0, 2) or any(codes[1:]):
         tails = "\n".join(f"--- {log}:\n{log.read_text()[-2000:]}" for log in logs)
         raise RunFailed(f"exit codes {codes}; the logs' ends:\n{tails}")
-    return launched, elapsed, peak
+    sent = (SENT.search(log.read_bytes()) for log in logs[1:])
+    return launched, elapsed, peak, tuple(int(m[1]) for m in sent if m)
 
 
-def federated(setup: Setup, split: Split, seed: int, run: Path) -> Outcome:
+def federated(
+    setup: Setup, split: Split, seed: int, run: Path, fit: KerasFit | None = None
+) -> Outcome:
     from common.model import load_model_file
 
     run.mkdir(parents=True)
-    launched, elapsed, peak_mib = launch(commands(setup, split, seed, run), run)
+    launched, elapsed, peak_mib, sent = launch(commands(setup, split, seed, run, fit), run)
     with (run / "history.csv").open() as file:
         rows = [
-            (float(r["time"]), int(r["round"]), float(r["accuracy"])) for r in csv.DictReader(file)
+            (float(r["time"]), int(r["round"]), float(r["accuracy"]), float(r["loss"] or "inf"))
+            for r in csv.DictReader(file)
         ]
-    reached = next(((t, r) for t, r, accuracy in rows if accuracy >= split.target), None)
+    reached = next(((t, r) for t, r, accuracy, _ in rows if accuracy >= split.target), None)
     saved = load_model_file(str(run / "best.keras"))
     holdout = load_dataset(split.file("holdout.npz"))
     return Outcome(
@@ -412,7 +591,45 @@ def federated(setup: Setup, split: Split, seed: int, run: Path) -> Outcome:
         per_round=(rows[-1][0] - rows[0][0]) / (len(rows) - 1) if len(rows) > 1 else math.nan,
         peak_mib=peak_mib,
         seconds=elapsed,
+        test=max(((a, loss) for _, _, a, loss in rows), key=lambda t: (t[0], -t[1])),
+        sent=sent,
     )
+
+
+def attempt(label: str, run, *args) -> Outcome:
+    """``run(*args)``, or a failed ``Outcome`` with the logs' ends printed."""
+    try:
+        return run(*args)
+    except RunFailed as exc:
+        print(f"{label}: FAILED: {exc}", flush=True)
+        return Outcome.failure()
+
+
+KerasRuns = dict[tuple[str, int, KerasFit], Outcome]  # (split, rounds, fit): one split's runs
+
+
+def keras_row(
+    setup: Setup, split: Split, seed: int, folder: Path, runs: KerasRuns, label: str
+) -> tuple[KerasFit, dict[KerasFit, Outcome]]:
+    """A flower-keras row: each of its settings' runs (from ``runs`` if another row made it
+    on this split, else run and kept there), and the one whose best model scored best on the
+    server's test data, never on the held-out part."""
+    grid = {}
+    for fit in setup.fits:
+        key = (setup.split, setup.rounds, fit)
+        if key not in runs:
+            run = folder / f"{setup.key}-{fit.learning_rate:g}-{fit.epochs}-{fit.batch_size}"
+            runs[key] = attempt(f"{label} ({fit})", federated, setup, split, seed, run, fit)
+        grid[fit] = runs[key]
+    chosen = max(grid, key=lambda fit: grid[fit].rank)
+    if len(grid) > 1:
+        print(
+            f"{label}: chose {chosen}; the grid, the server's test accuracy of each setting's "
+            "best model (held-out, not used to choose): "
+            + "; ".join(f"{fit}: {o.test[0]:.3f} ({o.holdout:.3f})" for fit, o in grid.items()),
+            flush=True,
+        )
+    return chosen, grid
 
 
 # ---- the report -------------------------------------------------------------------------
@@ -443,6 +660,7 @@ def table(
     targets: list[float],
     outcomes: dict[str, list[Outcome]],
     held_out: int,
+    setups: list[Setup],
 ) -> None:
     print(
         f"{name}, {CLIENTS} clients, Dirichlet {ALPHA} unless IID: held-out accuracy on "
@@ -451,7 +669,7 @@ def table(
         f"{' '.join(f'{t:.3f}' for t in targets)}"
     )
     rows = [
-        ["logistic regression (central)", accuracies(refs["logistic"]), "", "", "", "", ""],
+        ["logistic regression (central)", accuracies(refs["logistic"]), "", "", "", "", "", ""],
         [
             f"Keras Adam {ADAM['learning_rate']} (central, early stopping)",
             accuracies(refs["adam"]),
@@ -460,9 +678,10 @@ def table(
             "",
             "",
             "",
+            "",
         ],
     ]
-    for setup in SETUPS:
+    for setup in setups:
         if setup.key not in outcomes:
             continue
         runs = outcomes[setup.key]
@@ -470,7 +689,7 @@ def table(
         failed = len(runs) - len(finished)
         rows.append(
             [
-                setup.name + (f" ({failed} FAILED, scored 0)" if failed else ""),
+                setup.label + (f" ({failed} FAILED, scored 0)" if failed else ""),
                 accuracies([o.holdout for o in runs]),
                 reached([o.target_round or math.inf for o in runs], lambda v: f"{v:.0f}"),
                 reached([o.to_target for o in runs], seconds),
@@ -479,9 +698,12 @@ def table(
                         f"{median(o.rounds for o in finished):.0f}",
                         seconds(median(o.per_round for o in finished)),
                         f"{max(o.peak_mib for o in finished):.0f} MiB",
+                        kib(median(statistics.mean(o.sent) for o in finished))
+                        if all(o.sent for o in finished)
+                        else "",
                     ]
                     if finished
-                    else ["-", "-", "-"]
+                    else ["-", "-", "-", "-"]
                 ),
             ]
         )
@@ -494,21 +716,50 @@ def table(
             "rounds run",
             "per round",
             "peak memory",
+            "sent per client",
         ],
         rows,
     )
 
 
-def check_targets(
+def grid_table(grids: list[tuple[KerasFit, dict[KerasFit, Outcome]]]) -> None:
+    """A tuned row's grid over the split seeds: what each setting scored, which was chosen."""
+    rows = []
+    for fit in grids[0][1]:
+        runs = [grid[fit] for _, grid in grids]
+        rows.append(
+            [
+                str(fit),
+                accuracies([o.test[0] for o in runs]),
+                accuracies([o.holdout for o in runs]),
+                f"{sum(chosen == fit for chosen, _ in grids)}/{len(grids)}",
+            ]
+        )
+    print_table(
+        [
+            "Flower FedAvg, Keras fit: the grid",
+            "server's test accuracy (chooses)",
+            "held-out accuracy",
+            "chosen",
+        ],
+        rows,
+    )
+
+
+def holdouts(runs: list[Outcome]) -> list[float]:
+    return [o.holdout for o in runs]
+
+
+def earlier_targets(
     refs: dict[str, dict[str, list[float]]],
     outcomes: dict[str, dict[str, list[Outcome]]],
     held_out: dict[str, int],
 ) -> bool:
     met = True
     for name, by_setup in outcomes.items():
-        if TARGET_ROW not in by_setup:
+        if name not in EARLIER or TARGET_ROW not in by_setup:
             continue
-        ours, adam = median(o.holdout for o in by_setup[TARGET_ROW]), median(refs[name]["adam"])
+        ours, adam = median(holdouts(by_setup[TARGET_ROW])), median(refs[name]["adam"])
         gap = max(TARGET_GAP, 1 / held_out[name])
         met &= target(
             f"{name}, new operators, fedavg, Dirichlet {ALPHA}: held-out accuracy "
@@ -521,12 +772,12 @@ def check_targets(
     digits = outcomes.get("digits", {})
     if TARGET_ROW in digits:
         runs = digits[TARGET_ROW]
-        held_out, to_target = median(o.holdout for o in runs), median(o.to_target for o in runs)
+        accuracy, to_target = median(holdouts(runs)), median(o.to_target for o in runs)
         met &= target(
             "digits, new operators, fedavg: held-out accuracy",
-            f"{held_out:.3f}",
+            f"{accuracy:.3f}",
             f">= {DIGITS_TARGET}",
-            held_out >= DIGITS_TARGET,
+            accuracy >= DIGITS_TARGET,
         )
         met &= target(
             f"digits, new operators, fedavg: launch to {DIGITS_TARGET}",
@@ -536,9 +787,10 @@ def check_targets(
         )
         if KERAS_ROW in digits:
             theirs = [o.to_target for o in digits[KERAS_ROW]]
-            ours = [o.to_target for o in runs]
             # Per split, as both ran under the same load; fedga never reaching it counts as 0.
-            ratio = median(t / o if math.isfinite(o) else 0.0 for t, o in zip(theirs, ours))
+            ratio = median(
+                t / o.to_target if math.isfinite(o.to_target) else 0.0 for t, o in zip(theirs, runs)
+            )
             met &= target(
                 f"digits: launch to {DIGITS_TARGET}, Flower FedAvg with Keras fit / "
                 "fedga new operators fedavg (median of the per-split ratios)",
@@ -546,6 +798,65 @@ def check_targets(
                 ">= 1.00x",
                 ratio >= 1.0,
             )
+    return met
+
+
+def federation_targets(outcomes: dict[str, dict[str, list[Outcome]]]) -> bool:
+    """Fitness mode against the central GA it should equal, and against Flower's FedAvg."""
+    met = True
+    for name, by_setup in outcomes.items():
+        if FITNESS_ROW not in by_setup:
+            continue
+        fitness = holdouts(by_setup[FITNESS_ROW])
+        ours = median(fitness)
+        if CENTRAL_ROW in by_setup:
+            central = holdouts(by_setup[CENTRAL_ROW])
+            each = " ".join(f"{f - c:+.3f}" for f, c in zip(fitness, central))
+            met &= target(
+                f"{name}: fitness mode's held-out accuracy within {FITNESS_GAP * 100:.0f} point "
+                f"of the central GA's (fitness - central, per split seed: {each})",
+                f"{ours:.3f} (central GA {median(central):.3f}, {ours - median(central):+.3f})",
+                f"difference within +-{FITNESS_GAP:.3f}",
+                abs(ours - median(central)) <= FITNESS_GAP + 1e-9,
+            )
+        if name in BEATS_KERAS and ISSUE_KERAS_ROW in by_setup:
+            theirs = {
+                label: median(holdouts(by_setup[key]))
+                for label, key in (("FedAvg", ISSUE_KERAS_ROW), ("tuned", TUNED_KERAS_ROW))
+                if key in by_setup
+            }
+            met &= target(
+                f"{name}: fitness mode's held-out accuracy vs Flower FedAvg with Keras fit "
+                f"({ISSUE_FIT}, issue 22's rounds; the tuned row's beside it)",
+                f"{ours:.3f} ("
+                + "; ".join(f"{k} {v:.3f}: {ours - v:+.3f}" for k, v in theirs.items())
+                + ")",
+                f">= {theirs['FedAvg']:.3f}",
+                ours >= theirs["FedAvg"] - 1e-9,
+            )
+    digits = outcomes.get("digits", {})
+    if FITNESS_ROW in digits:
+        runs = digits[FITNESS_ROW]
+        to_target = median(o.to_target for o in runs)
+        weights = (
+            f" (weights mode fedavg: {reached([o.to_target for o in digits[TARGET_ROW]], seconds)})"
+            if TARGET_ROW in digits
+            else ""
+        )
+        met &= target(
+            f"digits, fitness mode: launch to {DIGITS_TARGET}",
+            (seconds(to_target) if math.isfinite(to_target) else "not reached") + weights,
+            f"< {seconds(FITNESS_SECONDS)}",
+            to_target < FITNESS_SECONDS,
+        )
+        for key in (FITNESS_ROW, TARGET_ROW):
+            if key in digits:
+                print(
+                    f"digits, {key}: bytes each client sent to the server in the whole run, "
+                    "per split seed: "
+                    + "; ".join(" ".join(map(kib, o.sent)) or "-" for o in digits[key]),
+                    flush=True,
+                )
     return met
 
 
@@ -564,9 +875,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rows",
         nargs="+",
-        choices=[s.key for s in SETUPS],
-        default=[s.key for s in SETUPS],
-        help="federated rows to run (default: all)",
+        # A row whose rule this fedga lacks (fedadam, until it lands) cannot be chosen.
+        choices=[s.key for s in SETUPS if s.aggregation in AGGREGATIONS],
+        help="federated rows to run on every data set chosen (default: each data set's own: "
+        + "; ".join(
+            f"{name}: {' '.join(s.key for s in SETUPS if name in s.data_sets)}"
+            for name in DATA_SETS
+        )
+        + ")",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help=f"every run's rounds, for a quick try (default: {ROUNDS} for fedga, "
+        f"{TUTORIAL_MAX_ROUNDS} with the tutorial's operators, {KERAS_ROUNDS} or "
+        f"{ISSUE_KERAS_ROUNDS} for Flower's FedAvg; x{CLIENTS} for per-update rules); the "
+        "targets assume the defaults",
     )
     parser.add_argument("--keep", action="store_true", help="keep the runs' files and logs")
     args = parser.parse_args(argv)
@@ -579,28 +904,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import flwr
 
+    keys = args.rows or [s.key for s in SETUPS if set(s.data_sets) & set(args.data_sets)]
+    setups = [
+        dataclasses.replace(s, rounds=args.rounds or s.rounds) for s in SETUPS if s.key in keys
+    ]
+    lengths = (
+        f"every run {args.rounds} rounds (--rounds: the targets assume the defaults"
+        if args.rounds
+        else f"fedga runs {ROUNDS} rounds ({TUTORIAL_MAX_ROUNDS} with the tutorial's operators"
+    )
     print_header(
-        f"bench.real_data: fedga on scikit-learn's data sets, {CLIENTS} clients, "
-        f"split seeds {' '.join(map(str, args.seeds))}; Flower {flwr.__version__}; "
-        f"fedga runs {ROUNDS} rounds ({TUTORIAL_MAX_ROUNDS} with the tutorial's operators; "
+        f"bench.real_data: fedga on {', '.join(args.data_sets)}, {CLIENTS} clients, "
+        f"split seeds {' '.join(map(str, args.seeds))}; Flower {flwr.__version__}; {lengths}; "
         f"x{CLIENTS} for running-average and running-best, where a round is one update)"
     )
     work = Path(tempfile.mkdtemp(prefix="fedga-bench-real-data-"))
-    setups = [s for s in SETUPS if s.key in args.rows]
     refs: dict[str, dict[str, list[float]]] = {}
     outcomes: dict[str, dict[str, list[Outcome]]] = {}
+    grids: dict[str, list[tuple[KerasFit, dict[KerasFit, Outcome]]]] = {}
     targets: dict[str, list[float]] = {}
     held_out: dict[str, int] = {}
-    failures = 0
+    made: list[Outcome] = []  # every run, once: a Keras run may serve two rows
     for name in args.data_sets:
-        refs[name], outcomes[name] = {"logistic": [], "adam": []}, {}
+        rows = [s for s in setups if args.rows or name in s.data_sets]
+        refs[name], outcomes[name], grids[name] = {"logistic": [], "adam": []}, {}, []
         targets[name] = []
         for seed in args.seeds:
-            folders = {split: work / name / f"seed{seed}" / split for split in ("dirichlet", "iid")}
-            for split in {s.split for s in setups} | {"dirichlet"}:
-                make_split(name, seed, split, folders[split])
-            refs[name]["logistic"].append(logistic_regression(folders["dirichlet"]))
-            refs[name]["adam"].append(central_adam(folders["dirichlet"], seed))
+            folder = work / name / f"seed{seed}"
+            for kind in {s.split for s in rows} | {"dirichlet"}:
+                make_split(name, seed, kind, folder / kind)
+            refs[name]["logistic"].append(logistic_regression(folder / "dirichlet"))
+            refs[name]["adam"].append(central_adam(folder / "dirichlet", seed))
             goal = DIGITS_TARGET if name == "digits" else refs[name]["adam"][-1] - TARGET_GAP
             targets[name].append(goal)
             print(
@@ -608,23 +942,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"Adam {refs[name]['adam'][-1]:.3f}, target {goal:.3f}",
                 flush=True,
             )
-            for setup in setups:
-                try:
-                    outcome = federated(
-                        setup,
-                        Split(folders[setup.split], goal),
-                        seed,
-                        work / name / f"seed{seed}" / setup.key,
-                    )
-                except RunFailed as exc:
-                    outcome, failures = Outcome.failure(), failures + 1
-                    print(f"{name} seed {seed}: {setup.name}: FAILED: {exc}", flush=True)
+            keras_runs: KerasRuns = {}
+            for setup in rows:
+                label = f"{name} seed {seed}: {setup.label}"
+                split = Split(folder / setup.split, goal)
+                if setup.engine == "flower-keras":
+                    chosen, grid = keras_row(setup, split, seed, folder, keras_runs, label)
+                    outcome = grid[chosen]
+                    if len(grid) > 1:
+                        grids[name].append((chosen, grid))
+                else:
+                    outcome = attempt(label, federated, setup, split, seed, folder / setup.key)
+                    made.append(outcome)
                 outcomes[name].setdefault(setup.key, []).append(outcome)
-                print(f"{name} seed {seed}: {setup.name}: {outcome}", flush=True)
+                print(f"{label}: {outcome}", flush=True)
+            made.extend(keras_runs.values())
         print()
-        held_out[name] = len(load_dataset(str(folders["dirichlet"] / "holdout.npz")))
-        table(name, refs[name], targets[name], outcomes[name], held_out[name])
-    met = check_targets(refs, outcomes, held_out)
+        held_out[name] = len(load_dataset(str(folder / "dirichlet" / "holdout.npz")))
+        table(name, refs[name], targets[name], outcomes[name], held_out[name], rows)
+        if grids[name]:
+            grid_table(grids[name])
+    met = earlier_targets(refs, outcomes, held_out) & federation_targets(outcomes)
+    failures = sum(o.failed for o in made)
     if failures:
         print(f"{failures} run(s) FAILED: their logs are above", flush=True)
     if args.keep:
