@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from common import checkpoint, protocol, security
-from common.aggregate import Update, aggregation_named
+from common.aggregate import SETTINGS, Aggregation, Update, aggregation_named
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.errors import BindError
@@ -91,6 +91,13 @@ class TrainingConfig:
     seed: int | None = None
     # Any name in common.aggregate; the tutorial's rule is running-average.
     aggregation: str = "running-best"
+    # The rule's settings (common.aggregate.SETTINGS), for the rules that take them; None:
+    # the rule's default (e.g. server_learning_rate: fedavgm's, fedadam's or fedyogi's).
+    server_learning_rate: float | None = None
+    server_momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     checkpoint: str | None = None  # save the global state here after every accepted update
@@ -99,6 +106,15 @@ class TrainingConfig:
     # Those of GA_BY_MODEL left to the model, whatever ``ga`` says: none for a ``GAConfig``
     # given here; a ServerConfig (flags, the window, Flower) leaves all that were not set.
     ga_by_model: tuple[str, ...] = ()
+
+    def aggregation_rule(self) -> Aggregation:
+        """A new instance of the ``aggregation`` rule with the settings given here (not
+        None); ``ConfigError``, one plain sentence, for a setting it does not take or a bad
+        value."""
+        given = {name: getattr(self, name) for name in SETTINGS}
+        return aggregation_named(
+            self.aggregation, **{name: value for name, value in given.items() if value is not None}
+        )
 
     def ga_for_model(self) -> GAConfig:
         """``ga`` with the settings left to the model filled in: the tutorial's for its XOR
@@ -292,7 +308,7 @@ class GlobalModel:
         on_event: EventCallback | None = None,
     ):
         training = training or TrainingConfig()
-        self.aggregation = aggregation_named(training.aggregation)
+        self.aggregation = training.aggregation_rule()
         self.aggregation.bind(self._score_candidates)
         self.min_clients, self.round_timeout = training.min_clients, training.round_timeout
         self._pending: list[_Entry] = []  # this round's updates so far
