@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from common import checkpoint, protocol, security
-from common.aggregate import SETTINGS, Aggregation, Update, aggregation_named
+from common.aggregate import SETTINGS, Aggregation, ServerOptimiser, Update, aggregation_named
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
-from common.errors import BindError
+from common.errors import BindError, CheckpointError
 from common.events import Event, EventKind
 from common.ga import REAL_DATA, GAConfig, loss
 from common.model import Network, accuracy as model_accuracy
@@ -353,6 +353,21 @@ class GlobalModel:
     def _restore(self, saved: Checkpoint) -> None:
         self.vector, self.round, self.accuracy = saved.vector, saved.round, saved.accuracy
         self.sequences = saved.sequences
+        rule = self.aggregation
+        if saved.rule == rule.name:
+            try:
+                rule.restore(saved.rule_state)
+            except (KeyError, ValueError):
+                raise CheckpointError(
+                    f"The checkpoint {self.checkpoint_path} has a damaged {rule.name} state."
+                ) from None
+        elif isinstance(rule, ServerOptimiser):
+            log.warning(
+                "the checkpoint %s holds no %s state (%s): its moments start afresh",
+                self.checkpoint_path,
+                rule.name,
+                f"it was saved with {saved.rule}" if saved.rule else "an older fedga saved it",
+            )
         self.best = saved.best or Best(
             self.vector, self.round, self.accuracy, self._loss(self.vector)
         )
@@ -613,8 +628,12 @@ class GlobalModel:
         if self.checkpoint_path is not None:
             # Durable before it counts: a crash either loses the update, which its client
             # then resends, or keeps it with its sequence, so the resend is recognised.
+            rule = self.aggregation
             checkpoint.save(
-                self.checkpoint_path, Checkpoint(vector, self.round + 1, accuracy, sequences, best)
+                self.checkpoint_path,
+                Checkpoint(
+                    vector, self.round + 1, accuracy, sequences, best, rule.name, rule.state()
+                ),
             )
         self.vector, self.accuracy, self.sequences, self.best = vector, accuracy, sequences, best
         self.round += 1
