@@ -584,12 +584,13 @@ class GlobalModel:
             return
         clients = [e.client for e in entries]
         names = "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
+        detail = "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries))
         self._commit(
             vector,
             accuracy,
             [e.update.key for e in entries],
             names,
-            "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries)),
+            f"{detail} {rule.describe()}".rstrip(),
         )
 
     def _adapt_step(self, loss: float) -> None:

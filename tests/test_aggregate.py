@@ -291,7 +291,7 @@ def test_a_restored_optimiser_carries_on_as_if_never_stopped(name):
 
 def test_each_optimiser_declares_its_settings_with_defaults():
     assert {name: aggregate.settings_of(name) for name in ("fedavgm", "fedadam", "fedyogi")} == {
-        "fedavgm": {"server_learning_rate": 1.0, "server_momentum": 0.9},
+        "fedavgm": {"server_learning_rate": 0.1, "server_momentum": 0.9},
         "fedadam": {"server_learning_rate": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
         "fedyogi": {"server_learning_rate": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
     }

@@ -336,7 +336,7 @@ def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--aggregation", "fedavgm"], "fedavgm (server-learning-rate=1, server-momentum=0.9)"),
+        (["--aggregation", "fedavgm"], "fedavgm (server-learning-rate=0.1, server-momentum=0.9)"),
         (
             ["--aggregation", "fedadam", "--server-learning-rate", "0.03", "--tau", "0.01"],
             "fedadam (server-learning-rate=0.03, beta1=0.9, beta2=0.99, tau=0.01)",

@@ -272,8 +272,9 @@ def test_each_server_optimiser_steps_as_flowers_own_strategy(name):
         np.testing.assert_allclose(model, arrays.to_numpy_ndarrays()[0], rtol=1e-12, atol=1e-12)
 
 
-def test_the_optimisers_defaults_are_flowers_but_fedavgms_momentum():
-    """Flower's FedAvgM defaults to no momentum, which is FedAvg; ours is Hsu et al.'s."""
+def test_the_optimisers_defaults_are_flowers_but_fedavgms():
+    """Flower's FedAvgM defaults to no momentum at a rate of 1, which is FedAvg; ours are
+    Hsu et al.'s momentum at the rate that keeps FedAvg's effective step."""
     import inspect
 
     from flwr.serverapp import strategy as flower
@@ -285,7 +286,7 @@ def test_the_optimisers_defaults_are_flowers_but_fedavgms_momentum():
         defaults = inspect.signature(theirs).parameters
         assert {k: defaults[v].default for k, v in ours.items()} == settings_of(name)
     defaults = inspect.signature(flower.FedAvgM).parameters
-    assert (
-        defaults["server_learning_rate"].default == settings_of("fedavgm")["server_learning_rate"]
-    )
-    assert defaults["server_momentum"].default == 0.0 != settings_of("fedavgm")["server_momentum"]
+    flowers = (defaults["server_learning_rate"].default, defaults["server_momentum"].default)
+    assert flowers == (1.0, 0.0)
+    rate, momentum = settings_of("fedavgm").values()
+    assert (rate, momentum) == (0.1, 0.9) and rate / (1 - momentum) == pytest.approx(1.0)

@@ -30,7 +30,7 @@ def test_fedadam_rounds_train_two_clients_to_done(server_factory, client_factory
         client_factory(listener.server_address, data=XOR_TEST_DATA)
     assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
     assert listener.wait_all_answered(WAIT)
-    assert "fedadam of 2 updates" in caplog.text
+    assert "fedadam of 2 updates mean |change|=" in caplog.text
     assert listener.global_model.aggregation.state()["rounds"] == listener.global_model.round
 
 
