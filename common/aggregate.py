@@ -154,7 +154,7 @@ class Aggregation(ABC):
         self.settings: Any = self.Settings() if settings is None else settings
 
     def __str__(self) -> str:
-        """Its name and settings, for the log: ``fedavgm (server-learning-rate=1, ...)``."""
+        """Its name and settings, for the log: ``fedavgm (server-learning-rate=0.1, ...)``."""
         settings = ", ".join(
             f"{flag_name(f.name)}={getattr(self.settings, f.name):g}" for f in fields(self.settings)
         )
@@ -390,8 +390,10 @@ class ServerOptimiser(Aggregation):
         return {"rounds": np.int64(self.rounds), **self.moments} if self.rounds else {}
 
     def restore(self, state):
-        self.rounds = int(state["rounds"])
-        self.moments = {name: np.asarray(state[name], dtype=np.float64) for name in self.MOMENTS}
+        moments = {name: np.asarray(state[name], dtype=np.float64) for name in self.MOMENTS}
+        if np.ndim(state["rounds"]) != 0 or any(m.ndim != 1 for m in moments.values()):
+            raise ValueError("a count and vectors expected")
+        self.rounds, self.moments = int(state["rounds"]), moments
 
 
 @dataclass(frozen=True)
@@ -482,8 +484,9 @@ class YogiSettings(AdaptiveSettings):
 
 @register
 class FedYogi(AdaptiveOptimiser):
-    """FedYogi: ``v = v - (1 - beta2) * change**2 * sign(v - change**2)``, so the second
-    moment grows at most additively and the step size shrinks less abruptly than Adam's."""
+    """FedYogi: ``v = v - (1 - beta2) * change**2 * sign(v - change**2)``: the second moment
+    moves toward the square by a share of the square alone, not of their difference, so when
+    the changes shrink it decays slowly and the step size grows less abruptly than Adam's."""
 
     name = "fedyogi"
     Settings = YogiSettings

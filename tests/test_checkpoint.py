@@ -272,9 +272,16 @@ def test_resume_without_the_optimisers_state_says_it_starts_afresh(tmp_path, cap
     )
 
 
-def test_an_optimisers_state_missing_a_moment_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"rounds": np.int64(1), "m": np.zeros(NUM_PARAMS)},  # no "v"
+        {"rounds": np.int64(1), "m": np.zeros(NUM_PARAMS), "v": np.float64(1.0)},  # a count
+    ],
+    ids=["a moment missing", "a moment that is a number"],
+)
+def test_an_optimisers_state_that_does_not_fit_it_is_refused(tmp_path, state):
     path = tmp_path / "state.npz"
-    state = {"rounds": np.int64(1), "m": np.zeros(NUM_PARAMS)}  # no "v"
     checkpoint.save(path, Checkpoint(_state().vector, 1, 0.5, {}, None, "fedadam", state))
     with pytest.raises(CheckpointError, match=r"state\.npz has a damaged fedadam state\.$"):
         _global_model(path, resume=True, aggregation="fedadam")
