@@ -11,33 +11,46 @@ config's check and the server window's spinner all read it.
 
 ``model_averaging`` is the tutorial's running average; the functions below it are the
 round-based rules over lists of vectors, the mean-based ones built on it as a streaming
-weighted mean. Adding a rule is one class plus its test, e.g. FedAvg with server momentum
-(Hsu et al., 2019), which keeps a velocity of its own across rounds::
+weighted mean. The server optimisers (``fedavgm``, ``fedadam``, ``fedyogi``) take the round's
+mean change as a pseudo-gradient and keep their own state across rounds.
+
+A rule's settings are a frozen dataclass of its own (``Settings``; none by default) whose
+fields are names of ``SETTINGS`` with the rule's defaults; ``aggregation_named`` checks them.
+A setting has one name and meaning everywhere: the ``TrainingConfig`` field, the flag
+(``--server-learning-rate``), the window's field and the Flower run config key. Adding a rule
+is one class plus its test, e.g. a FedAvg that steps only part of the way to the mean::
+
+    @dataclass(frozen=True)
+    class StepSettings(RuleSettings):
+        server_learning_rate: float = 0.5
 
     @register
-    class FedAvgM(Aggregation):
-        name = "fedavgm"
-
-        def __init__(self, momentum: float = 0.9):
-            self.momentum, self.velocity = momentum, 0.0
+    class FedAvgStep(Aggregation):
+        name = "fedavg-step"
+        Settings = StepSettings
 
         def aggregate(self, global_vector, updates):
-            step = FedAvg().aggregate(global_vector, updates) - global_vector
-            self.velocity = self.momentum * self.velocity + step
-            return global_vector + self.velocity
+            step = mean_change(global_vector, updates)
+            return global_vector + self.settings.server_learning_rate * step
 
 and in tests/test_aggregate.py a test of what it returns for a few updates. Registered, it is
-a choice of ``--aggregation``, of the window's spinner and (being round-based) of Flower.
+a choice of ``--aggregation``, of the window's spinner and (being round-based) of Flower. A
+setting of a new name also needs its ``TrainingConfig`` field, flag, window field and run
+config key, and its line in ``SETTINGS``.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import numpy as np
+
+from common.errors import ConfigError
 
 
 def model_averaging(
@@ -85,6 +98,49 @@ class Update:
 Scores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What a rule's setting means and the values it may take, the same in every rule."""
+
+    text: str  # what it does, for the flag's help
+    fraction: bool  # True: at least 0 and below 1; False: above 0
+
+
+# Every setting some rule takes, by its one name (flags and run config keys: dashes).
+SETTINGS = {
+    "server_learning_rate": Setting(
+        "the server's step size (eta) along the round's mean change", False
+    ),
+    "server_momentum": Setting("the share of the last velocity kept each round", True),
+    "beta1": Setting("decay of the mean change's running mean (first moment)", True),
+    "beta2": Setting("decay of its running square (second moment)", True),
+    "tau": Setting("added to the second moment's root: the smaller, the more adaptive", False),
+}
+
+
+def flag_name(setting: str) -> str:
+    """A setting as flags and Flower's run config name it: ``server-learning-rate``."""
+    return setting.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """A rule's settings, checked on creation against ``SETTINGS``; this base has none."""
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value, fraction = getattr(self, field.name), SETTINGS[field.name].fraction
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ConfigError(f"{flag_name(field.name)} must be a number, not {value!r}.")
+            value = float(value)
+            if fraction and not 0 <= value < 1:
+                raise ConfigError(
+                    f"{flag_name(field.name)} must be at least 0 and below 1, not {value:g}."
+                )
+            if not fraction and not 0 < value < math.inf:
+                raise ConfigError(f"{flag_name(field.name)} must be greater than 0, not {value:g}.")
+
+
 class Aggregation(ABC):
     """A rule that folds a round's updates into the global model; see the module's text."""
 
@@ -92,6 +148,17 @@ class Aggregation(ABC):
     # True: every update is a round of its own, folded in as it comes; False: a round
     # gathers --min-clients updates, or those that came within --round-timeout.
     per_update: ClassVar[bool] = False
+    Settings: ClassVar[type[RuleSettings]] = RuleSettings  # its settings and their defaults
+
+    def __init__(self, settings: RuleSettings | None = None):
+        self.settings: Any = self.Settings() if settings is None else settings
+
+    def __str__(self) -> str:
+        """Its name and settings, for the log: ``fedavgm (server-learning-rate=0.1, ...)``."""
+        settings = ", ".join(
+            f"{flag_name(f.name)}={getattr(self.settings, f.name):g}" for f in fields(self.settings)
+        )
+        return f"{self.name} ({settings})" if settings else self.name
 
     @abstractmethod
     def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
@@ -109,6 +176,14 @@ class Aggregation(ABC):
         """What the last ``aggregate`` chose, for the log ("" when there is nothing to say)."""
         return ""
 
+    def state(self) -> dict[str, np.ndarray]:
+        """What the rule carries from round to round, for a checkpoint ({}: nothing)."""
+        return {}
+
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:  # noqa: B027
+        """Carry on from what ``state`` returned in an earlier run of the same rule
+        (``KeyError`` or ``ValueError`` if it does not fit)."""
+
 
 AGGREGATIONS: dict[str, type[Aggregation]] = {}  # every rule a server can run, by name
 
@@ -125,11 +200,39 @@ def round_based() -> list[str]:
     return [name for name, rule in AGGREGATIONS.items() if not rule.per_update]
 
 
-def aggregation_named(name: str) -> Aggregation:
-    """A new instance of the rule ``name`` (rules may keep state across rounds)."""
+def settings_of(name: str) -> dict[str, Any]:
+    """The settings the rule ``name`` takes, with its defaults ({} for an unknown rule)."""
+    rule = AGGREGATIONS.get(name)
+    return {} if rule is None else {f.name: f.default for f in fields(rule.Settings)}
+
+
+def defaults_of(setting: str) -> dict[str, Any]:
+    """The rules that take ``setting``, by name, each with its default."""
+    return {
+        name: settings_of(name)[setting] for name in AGGREGATIONS if setting in settings_of(name)
+    }
+
+
+def listed(names: Sequence[str]) -> str:
+    """Names in a sentence: ``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def aggregation_named(name: str, **settings: float) -> Aggregation:
+    """A new instance of the rule ``name`` (rules may keep state across rounds) with
+    ``settings`` changed from its defaults; ``ConfigError``, one plain sentence, for an
+    unknown rule, a setting it does not take or a value out of bounds."""
     if name not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {name!r}")
-    return AGGREGATIONS[name]()
+        raise ConfigError(
+            f"There is no aggregation {name!r}: choose one of {', '.join(AGGREGATIONS)}."
+        )
+    unknown = sorted(settings.keys() - settings_of(name).keys())
+    if unknown:
+        users = list(defaults_of(unknown[0]))
+        users_text = f": it is for {listed(users)}" if users else ""
+        raise ConfigError(f"{name} takes no {flag_name(unknown[0])} setting{users_text}.")
+    rule = AGGREGATIONS[name]
+    return rule(rule.Settings(**settings))
 
 
 @register
@@ -176,7 +279,8 @@ class RunningBest(Aggregation):
     name = "running-best"
     per_update = True
 
-    def __init__(self) -> None:
+    def __init__(self, settings: RuleSettings | None = None):
+        super().__init__(settings)
         self.latest: dict[str, np.ndarray] = {}
         self._scores: Scores | None = None
         self._chosen = ""
@@ -236,3 +340,156 @@ class TrimmedMean(Aggregation):
 
     def aggregate(self, global_vector, updates):
         return trimmed_mean([u.vector for u in updates])
+
+
+# ---- server optimisers ------------------------------------------------------------------
+# Reddi et al., "Adaptive Federated Optimization" (ICLR 2021), Algorithm 2, and Hsu et al.,
+# 2019 (FedAvgM), with the defaults and updates of Flower 1.42's flwr.serverapp.strategy.
+
+
+def mean_change(global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
+    """The round's FedAvg mean minus the global vector: Reddi et al.'s Delta_t, the server
+    optimisers' pseudo-gradient with its sign flipped (a step along it descends)."""
+    return fedavg([u.vector for u in updates], [u.num_samples for u in updates]) - global_vector
+
+
+class ServerOptimiser(Aggregation):
+    """A round-based rule that treats the round's ``mean_change`` as a pseudo-gradient and
+    steps the global model by ``step``, keeping state (``moments``, each of the model's size,
+    and the number of rounds) across rounds. A checkpoint saves that state, so ``--resume``
+    carries on the same steps; a checkpoint from before fedga saved it (format 2), or of
+    another rule, restarts it."""
+
+    MOMENTS: ClassVar[tuple[str, ...]]  # the names of its state vectors
+
+    def __init__(self, settings: RuleSettings | None = None):
+        super().__init__(settings)
+        self.rounds = 0
+        self.moments: dict[str, np.ndarray] = {}  # none until the first round
+        self._sizes = ""  # the last round's mean change and step, for the log
+
+    @abstractmethod
+    def step(self, change: np.ndarray) -> np.ndarray:
+        """This round's move of the global vector, from its mean change; updates ``moments``
+        (``rounds`` already counts this round)."""
+
+    def aggregate(self, global_vector, updates):
+        self.rounds += 1
+        change = mean_change(global_vector, updates)
+        step = self.step(change)
+        # Their sizes, so a person can see whether the learning rate suits the updates.
+        self._sizes = (
+            f"mean |change|={np.mean(np.abs(change)):.3g} |step|={np.mean(np.abs(step)):.3g}"
+        )
+        return global_vector + step
+
+    def describe(self):
+        return self._sizes
+
+    def state(self):
+        return {"rounds": np.int64(self.rounds), **self.moments} if self.rounds else {}
+
+    def restore(self, state):
+        moments = {name: np.asarray(state[name], dtype=np.float64) for name in self.MOMENTS}
+        if np.ndim(state["rounds"]) != 0 or any(m.ndim != 1 for m in moments.values()):
+            raise ValueError("a count and vectors expected")
+        self.rounds, self.moments = int(state["rounds"]), moments
+
+
+@dataclass(frozen=True)
+class MomentumSettings(RuleSettings):
+    """Not Flower's (1 and 0: fedavg itself). Hsu et al.'s momentum 0.9, with the rate that
+    keeps the effective step, rate / (1 - momentum), at FedAvg's 1: the velocity sums the
+    changes, so a rate of 1 steps 10 times as far, and on digits it diverged (held out 0.84
+    against fedavg's 0.96; docs/performance.md)."""
+
+    server_learning_rate: float = 0.1
+    server_momentum: float = 0.9
+
+
+@register
+class FedAvgM(ServerOptimiser):
+    """FedAvg with server momentum (Hsu et al., 2019): a velocity of the rounds' mean
+    changes, ``v = momentum * v + change``, and a step of ``server_learning_rate * v``, as
+    Flower's FedAvgM (and PyTorch's SGD) does."""
+
+    name = "fedavgm"
+    Settings = MomentumSettings
+    MOMENTS = ("velocity",)
+
+    def step(self, change):
+        settings = self.settings
+        velocity = settings.server_momentum * self.moments.get("velocity", 0.0) + change
+        self.moments = {"velocity": velocity}
+        return settings.server_learning_rate * velocity
+
+
+@dataclass(frozen=True)
+class AdaptiveSettings(RuleSettings):
+    """Flower's FedAdam defaults (its FedYogi's differ only in the learning rate)."""
+
+    server_learning_rate: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+
+class AdaptiveOptimiser(ServerOptimiser):
+    """Reddi et al.'s Algorithm 2: a first moment ``m = beta1 * m + (1 - beta1) * change``, a
+    second moment ``v`` by the subclass's rule, and a step ``rate * m / (sqrt(v) + tau)``."""
+
+    MOMENTS = ("m", "v")
+
+    @abstractmethod
+    def second_moment(self, v: np.ndarray | float, square: np.ndarray) -> np.ndarray:
+        """The next second moment from the last (0 before the first round) and the mean
+        change's square."""
+
+    def rate(self) -> float:
+        """The step size this round."""
+        return self.settings.server_learning_rate
+
+    def step(self, change):
+        settings = self.settings
+        m = settings.beta1 * self.moments.get("m", 0.0) + (1 - settings.beta1) * change
+        v = self.second_moment(self.moments.get("v", 0.0), change**2)
+        self.moments = {"m": m, "v": v}
+        return self.rate() * m / (np.sqrt(v) + settings.tau)
+
+
+@register
+class FedAdam(AdaptiveOptimiser):
+    """FedAdam: ``v = beta2 * v + (1 - beta2) * change**2``, and Adam's bias correction of
+    the step size as Flower applies it."""
+
+    name = "fedadam"
+    Settings = AdaptiveSettings
+
+    def second_moment(self, v, square):
+        return self.settings.beta2 * v + (1 - self.settings.beta2) * square
+
+    def rate(self):
+        # Flower counts the exponent from 2 in the first round (its server_round + 1); kept,
+        # so the two give the same models.
+        settings, t = self.settings, self.rounds + 1
+        return (
+            settings.server_learning_rate * np.sqrt(1 - settings.beta2**t) / (1 - settings.beta1**t)
+        )
+
+
+@dataclass(frozen=True)
+class YogiSettings(AdaptiveSettings):
+    server_learning_rate: float = 0.01  # Flower's FedYogi's
+
+
+@register
+class FedYogi(AdaptiveOptimiser):
+    """FedYogi: ``v = v - (1 - beta2) * change**2 * sign(v - change**2)``: the second moment
+    moves toward the square by a share of the square alone, not of their difference, so when
+    the changes shrink it decays slowly and the step size grows less abruptly than Adam's."""
+
+    name = "fedyogi"
+    Settings = YogiSettings
+
+    def second_moment(self, v, square):
+        return v - (1 - self.settings.beta2) * square * np.sign(v - square)

@@ -172,10 +172,11 @@ def serve(config: ServerConfig, on_event=None) -> int:
     with server:
         host, port = server.server_address
         log.info(
-            "listening on %s:%d (model accuracy=%.4f before training)",
+            "listening on %s:%d (model accuracy=%.4f before training; aggregation %s)",
             host,
             port,
             global_model.accuracy,
+            global_model.aggregation,
         )
         network = config.network
         while True:

@@ -1,5 +1,6 @@
-"""The server's durable state: the global weights, round count, accuracy and the last
-applied update sequence number per client id, in one ``.npz`` file.
+"""The server's durable state: the global weights, round count, accuracy, the last applied
+update sequence number per client id, the best model, and the aggregation rule's own state
+(a server optimiser's moments), in one ``.npz`` file.
 
 ``save`` replaces the file atomically (temp file in the same directory, fsync, rename, fsync
 of the directory), so after a crash the file holds either the previous state or the new
@@ -14,13 +15,16 @@ import contextlib
 import os
 import zipfile
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from common.errors import CheckpointError
 
 
-FORMAT_VERSION = 2  # 2 added the best model; a file without a version is 1
+# 2 added the best model, 3 the rule's state; a file without a version is 1
+FORMAT_VERSION = 3
+RULE_PREFIX = "rule_"  # the rule's state arrays, each under this prefix and its own name
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class Checkpoint:
     accuracy: float
     sequences: dict[str, int] = field(default_factory=dict)  # client id -> last applied sequence
     best: Best | None = None  # None in a version 1 file: the current model is the best known
+    rule: str = ""  # the aggregation whose state ``rule_state`` is ("" before version 3)
+    rule_state: dict[str, np.ndarray] = field(default_factory=dict)  # Aggregation.state()
 
 
 def save(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
@@ -57,6 +63,9 @@ def save(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
             best = checkpoint.best or Best(
                 checkpoint.vector, checkpoint.round, checkpoint.accuracy, np.inf
             )
+            rule_state: dict[str, Any] = {
+                RULE_PREFIX + name: value for name, value in checkpoint.rule_state.items()
+            }
             np.savez(
                 file,
                 format=np.int64(FORMAT_VERSION),
@@ -69,6 +78,8 @@ def save(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
                 best_round=np.int64(best.round),
                 best_accuracy=np.float64(best.accuracy),
                 best_loss=np.float64(best.loss),
+                rule=np.str_(checkpoint.rule),
+                **rule_state,
             )
             file.flush()
             os.fsync(file.fileno())
@@ -112,6 +123,12 @@ def load(path: str | os.PathLike, num_params: int) -> Checkpoint:
                     arrays["best_loss"],
                 )
             )
+            rule = str(arrays["rule"]) if version >= 3 else ""
+            rule_state = {
+                name.removeprefix(RULE_PREFIX): arrays[name]
+                for name in arrays.files
+                if name.startswith(RULE_PREFIX)
+            }
     except FileNotFoundError:
         raise CheckpointError(f"The checkpoint {os.fspath(path)} does not exist.") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -149,10 +166,19 @@ def load(path: str | os.PathLike, num_params: int) -> Checkpoint:
         best = Best(
             best_vector.astype(np.float32), int(best_round), float(best_accuracy), float(best_loss)
         )
+    for value in rule_state.values():  # a count, or a vector of the model's size
+        if (
+            value.shape not in ((), vector.shape)
+            or value.dtype.kind not in "fi"
+            or not np.all(np.isfinite(value))
+        ):
+            raise CheckpointError(f"The checkpoint {os.fspath(path)} has a damaged {rule} state.")
     return Checkpoint(
         vector=vector.astype(np.float32),
         round=int(round_),
         accuracy=float(accuracy),
         sequences=dict(zip(ids.tolist(), sequences.tolist())),
         best=best,
+        rule=rule,
+        rule_state=rule_state,
     )

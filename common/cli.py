@@ -36,9 +36,16 @@ from common.client import (
     connect,
 )
 from common.data import CLIENT_DATA, DataError, DataFile, Dataset, load_dataset
-from common.errors import Terminated, UserError
+from common.errors import ConfigError, Terminated, UserError
 from common.fitness_federation import FEDERATIONS
-from common.flags import config_from, ga_flags, ga_settings, server_config_from, training_flags
+from common.flags import (
+    config_from,
+    ga_flags,
+    ga_settings,
+    rule_setting_flags,
+    server_config_from,
+    training_flags,
+)
 from common.ga import GAConfig
 from common.status import ClientStatus, ServerStatus, StatusLine
 from common.server import GlobalModel, ServerConfig
@@ -195,9 +202,11 @@ def server_parser() -> argparse.ArgumentParser:
         help="weights mode: running-best: each update as it comes, keeping whichever of "
         "steps toward it, the clients' mean and the current model scores best "
         "on the test data; running-average: the tutorial's, each update "
-        "averaged in; the others close a round per --min-clients updates "
-        "(default: %(default)s)",
+        "averaged in; the others close a round per --min-clients updates, and "
+        "of them the server optimisers fedavgm, fedadam and fedyogi step along "
+        "the round's mean change by the settings below (default: %(default)s)",
     )
+    rule_setting_flags(parser)
     parser.add_argument(
         "--min-clients",
         type=positive(int),
@@ -328,7 +337,10 @@ def server_main(argv: list[str] | None = None) -> int:
     status = configure_logging(args.log_level, "server")
     if args.resume and not args.checkpoint:
         parser.error("--resume needs --checkpoint PATH")
-    config = server_config_from(args, **_security_settings(parser, args))
+    try:
+        config = server_config_from(args, **_security_settings(parser, args))
+    except ConfigError as exc:  # the aggregation's settings
+        parser.error(str(exc))
     try:
         if args.headless:
             return run_server_headless(config, status)

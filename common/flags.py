@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from common.aggregate import SETTINGS, defaults_of, flag_name
 from common.app import positive
 from common.ga import REAL_DATA, GAConfig
 from common.operators import OPERATORS
@@ -21,10 +22,26 @@ def config_from(args: argparse.Namespace, config_type, **extra):
 
 def server_config_from(args: argparse.Namespace, **extra) -> ServerConfig:
     """A ``ServerConfig`` from the flags named as its settings, the GA flags, and ``extra``;
-    a flag left unset keeps the default (the GA settings of ``GA_BY_MODEL``: by the model)."""
+    a flag left unset keeps the default (the GA settings of ``GA_BY_MODEL``: by the model).
+    ``ConfigError``, one sentence, if the aggregation cannot take its settings."""
     names = ServerConfig().settings().keys()
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return ServerConfig.of(**(given | ga_settings(args) | extra))
+    config = ServerConfig.of(**(given | ga_settings(args) | extra))
+    config.training.aggregation_rule()  # checks them now, not once the model is built
+    return config
+
+
+def rule_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """The aggregation rules' settings (``common.aggregate.SETTINGS``), each named once:
+    ``--server-learning-rate`` and so on; unset, each rule's own default."""
+    for name, setting in SETTINGS.items():
+        defaults = ", ".join(f"{rule} {value:g}" for rule, value in defaults_of(name).items())
+        parser.add_argument(
+            f"--{flag_name(name)}",
+            type=positive(float, zero_ok=True),
+            metavar="X",
+            help=f"{setting.text} (default: {defaults})",
+        )
 
 
 def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) -> None:

@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from common import checkpoint, protocol, security
-from common.aggregate import Update, aggregation_named
+from common.aggregate import SETTINGS, Aggregation, ServerOptimiser, Update, aggregation_named
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
-from common.errors import BindError
+from common.errors import BindError, CheckpointError
 from common.events import Event, EventKind
 from common.fitness_federation import FITNESS, WEIGHTS, FitnessFederation
 from common.ga import REAL_DATA, GAConfig, loss
@@ -96,6 +96,13 @@ class TrainingConfig:
     federation: str = WEIGHTS
     # Any name in common.aggregate (weights mode); the tutorial's rule is running-average.
     aggregation: str = "running-best"
+    # The rule's settings (common.aggregate.SETTINGS), for the rules that take them; None:
+    # the rule's default (e.g. server_learning_rate: fedavgm's, fedadam's or fedyogi's).
+    server_learning_rate: float | None = None
+    server_momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     checkpoint: str | None = None  # save the global state here after every accepted update
@@ -104,6 +111,15 @@ class TrainingConfig:
     # Those of GA_BY_MODEL left to the model, whatever ``ga`` says: none for a ``GAConfig``
     # given here; a ServerConfig (flags, the window, Flower) leaves all that were not set.
     ga_by_model: tuple[str, ...] = ()
+
+    def aggregation_rule(self) -> Aggregation:
+        """A new instance of the ``aggregation`` rule with the settings given here (not
+        None); ``ConfigError``, one plain sentence, for a setting it does not take or a bad
+        value."""
+        given = {name: getattr(self, name) for name in SETTINGS}
+        return aggregation_named(
+            self.aggregation, **{name: value for name, value in given.items() if value is not None}
+        )
 
     def ga_for_model(self) -> GAConfig:
         """``ga`` with the settings left to the model filled in: the tutorial's for its XOR
@@ -302,7 +318,7 @@ class GlobalModel:
         on_event: EventCallback | None = None,
     ):
         training = training or TrainingConfig()
-        self.aggregation = aggregation_named(training.aggregation)
+        self.aggregation = training.aggregation_rule()
         self.aggregation.bind(self._score_candidates)
         self.min_clients, self.round_timeout = training.min_clients, training.round_timeout
         self._pending: list[_Entry] = []  # this round's updates so far
@@ -348,6 +364,21 @@ class GlobalModel:
     def _restore(self, saved: Checkpoint) -> None:
         self.vector, self.round, self.accuracy = saved.vector, saved.round, saved.accuracy
         self.sequences = saved.sequences
+        rule = self.aggregation
+        if saved.rule == rule.name:
+            try:
+                rule.restore(saved.rule_state)
+            except (KeyError, ValueError):
+                raise CheckpointError(
+                    f"The checkpoint {self.checkpoint_path} has a damaged {rule.name} state."
+                ) from None
+        elif isinstance(rule, ServerOptimiser):
+            log.warning(
+                "the checkpoint %s holds no %s state (%s): its moments start afresh",
+                self.checkpoint_path,
+                rule.name,
+                f"it was saved with {saved.rule}" if saved.rule else "an older fedga saved it",
+            )
         self.best = saved.best or Best(
             self.vector, self.round, self.accuracy, self._loss(self.vector)
         )
@@ -602,12 +633,13 @@ class GlobalModel:
                 f"{detail} {rule.describe()}".rstrip(),
             )
             return
+        detail = "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries))
         self._commit(
             vector,
             accuracy,
             [e.update.key for e in entries],
             _clients_label([e.client for e in entries]),
-            "accuracy=%.4f %s of %d updates" % (accuracy, rule.name, len(entries)),
+            f"{detail} {rule.describe()}".rstrip(),
         )
 
     def _adapt_step(self, loss: float) -> None:
@@ -646,8 +678,12 @@ class GlobalModel:
         if self.checkpoint_path is not None:
             # Durable before it counts: a crash either loses the update, which its client
             # then resends, or keeps it with its sequence, so the resend is recognised.
+            rule = self.aggregation
             checkpoint.save(
-                self.checkpoint_path, Checkpoint(vector, self.round + 1, accuracy, sequences, best)
+                self.checkpoint_path,
+                Checkpoint(
+                    vector, self.round + 1, accuracy, sequences, best, rule.name, rule.state()
+                ),
             )
         self.vector, self.accuracy, self.sequences, self.best = vector, accuracy, sequences, best
         self.round += 1

@@ -1,5 +1,7 @@
 """Aggregation rules are pure functions; robust ones resist a client sending huge weights.
-Each rule is a class in one registry by name, and a new rule is one class."""
+Each rule is a class in one registry by name, and a new rule is one class. The server
+optimisers step as their papers and Flower's strategies do, keep their state across rounds,
+and take checked settings."""
 
 import textwrap
 
@@ -9,9 +11,11 @@ import pytest
 from common import aggregate
 from common.aggregate import (
     AGGREGATIONS,
+    SETTINGS,
     FedAvg,
     RunningAverage,
     Update,
+    aggregation_named,
     fedavg,
     median,
     model_averaging,
@@ -19,6 +23,7 @@ from common.aggregate import (
     running_candidates,
     trimmed_mean,
 )
+from common.errors import ConfigError
 from common.data import XOR_TEST_DATA
 from common.model import ForwardPass, build_xor_model
 from common.protocol import ClientUpdate
@@ -81,8 +86,12 @@ def test_the_registry_holds_the_rules_by_name_the_tutorials_first():
         "fedavg",
         "median",
         "trimmed-mean",
+        "fedavgm",
+        "fedadam",
+        "fedyogi",
     ]
-    assert round_based() == ["fedavg", "median", "trimmed-mean"]  # what Flower can run
+    # What Flower can run
+    assert round_based() == ["fedavg", "median", "trimmed-mean", "fedavgm", "fedadam", "fedyogi"]
 
 
 def test_the_running_average_takes_an_update_that_reached_the_target_as_is():
@@ -100,29 +109,231 @@ def test_the_fedavg_rule_weights_by_the_updates_sample_counts():
 
 def test_a_new_rule_is_one_class_found_by_name_everywhere():
     """The module docstring's example, run as written there: registered, it is a choice of
-    the flag and of Flower, and the server runs it by name."""
+    the flag and of Flower, and the server runs it by name with its setting."""
     from common.cli import server_parser
     from common.data import XOR_TEST_DATA
     from common.model import xor_network
     from common.server import GlobalModel, TrainingConfig
 
     example = aggregate.__doc__.split("::\n")[1].split("\nand in ")[0]
-    exec(textwrap.dedent(example), vars(aggregate).copy())  # registers FedAvgM
+    exec(textwrap.dedent(example), vars(aggregate).copy())  # registers fedavg-step
     try:
         flag = next(a for a in server_parser()._actions if a.dest == "aggregation")
-        assert "fedavgm" in flag.choices and "fedavgm" in round_based()
+        assert "fedavg-step" in flag.choices and "fedavg-step" in round_based()
         model = GlobalModel(
             xor_network(1),
             XOR_TEST_DATA,
-            TrainingConfig(aggregation="fedavgm", min_clients=1, target_accuracy=2.0),
+            TrainingConfig(
+                aggregation="fedavg-step",
+                server_learning_rate=0.25,
+                min_clients=1,
+                target_accuracy=2.0,
+            ),
         )
         start = model.vector.copy()
-        model.apply_update(ClientUpdate(start + 1), "a")  # a step of 1: velocity 1
-        model.apply_update(ClientUpdate(model.vector + 1), "a")  # another: velocity 0.9 * 1 + 1
-        np.testing.assert_allclose(model.vector, start + 1 + 1.9, rtol=1e-6)
-        assert model.round == 2
+        model.apply_update(ClientUpdate(start + 1), "a")  # a quarter of the way
+        np.testing.assert_allclose(model.vector, start + 0.25, rtol=1e-6)
+        assert model.round == 1
+        assert str(model.aggregation) == "fedavg-step (server-learning-rate=0.25)"
     finally:
-        del AGGREGATIONS["fedavgm"]
+        del AGGREGATIONS["fedavg-step"]
+
+
+# ---- server optimisers ------------------------------------------------------------------------
+
+
+def _round(rule, global_vector, *updates):
+    """One round of ``rule``: each update a (vector, sample count) pair."""
+    return rule.aggregate(
+        np.asarray(global_vector, dtype=np.float64),
+        [Update(np.asarray(vector, dtype=np.float64), count) for vector, count in updates],
+    )
+
+
+def test_fedavgm_keeps_a_velocity_that_carries_on_after_the_clients_agree():
+    rule = aggregation_named("fedavgm", server_learning_rate=0.5, server_momentum=0.9)
+    # Round 1: the weighted mean of [2, 0] x1 and [2, 4] x3 is [2, 3]: velocity [2, 3].
+    first = _round(rule, [0, 0], ([2, 0], 1), ([2, 4], 3))
+    np.testing.assert_allclose(first, [1.0, 1.5])  # half the velocity
+    # Round 2: a change of [1, -1]; velocity 0.9 * [2, 3] + [1, -1] = [2.8, 1.7].
+    second = _round(rule, first, ([2.0, 0.5], 1))
+    np.testing.assert_allclose(second, [1 + 1.4, 1.5 + 0.85])
+    # Round 3: the update is the model itself, yet the velocity 0.9 * [2.8, 1.7] moves it.
+    third = _round(rule, second, (second, 5))
+    np.testing.assert_allclose(third, second + 0.5 * np.array([2.52, 1.53]))
+    np.testing.assert_allclose(rule.state()["velocity"], [2.52, 1.53])
+    assert rule.state()["rounds"] == 3
+
+
+def test_fedavgm_without_momentum_and_a_whole_step_is_fedavg():
+    rule = aggregation_named("fedavgm", server_learning_rate=1.0, server_momentum=0.0)
+    updates = [Update(np.array([1.0, 5.0]), 2), Update(np.array([4.0, -1.0]), 1)]
+    np.testing.assert_allclose(
+        rule.aggregate(np.zeros(2), updates), FedAvg().aggregate(np.zeros(2), updates)
+    )
+
+
+def test_fedadam_moments_and_bias_corrected_step_over_three_rounds():
+    eta, beta1, beta2, tau = 0.5, 0.5, 0.75, 0.25
+    rule = aggregation_named("fedadam", server_learning_rate=eta, beta1=beta1, beta2=beta2, tau=tau)
+    model, m, v = np.array([0.0]), 0.0, 0.0
+    for rounds, change in enumerate([4.0, -2.0, 1.0], start=1):
+        m = beta1 * m + (1 - beta1) * change  # 2, 0, 0.5
+        v = beta2 * v + (1 - beta2) * change**2  # 4, 4, 3.25
+        # Adam's bias correction, its exponent one ahead as in Flower (round + 1)
+        rate = eta * np.sqrt(1 - beta2 ** (rounds + 1)) / (1 - beta1 ** (rounds + 1))
+        expected = model + rate * m / (np.sqrt(v) + tau)
+        model = _round(rule, model, (model + change, 1))
+        np.testing.assert_allclose(model, expected, rtol=1e-12)
+    assert rule.state()["m"] == pytest.approx(0.5) and rule.state()["v"] == pytest.approx(3.25)
+    assert rule.state()["rounds"] == 3
+
+
+def test_fedyogi_grows_its_second_moment_additively_and_shrinks_it_by_a_step():
+    eta, beta1, beta2, tau = 0.5, 0.5, 0.75, 0.25
+    rule = aggregation_named("fedyogi", server_learning_rate=eta, beta1=beta1, beta2=beta2, tau=tau)
+    model, m = np.array([0.0]), 0.0
+    # v: 0 -> 0.25 * 16 = 4 (below the square: up by a quarter of it) -> 4 - 0.25 * 1 = 3.75
+    # (above: down by a quarter of it) -> 3.75 - 0.25 * 1 = 3.5
+    for change, v in [(4.0, 4.0), (-1.0, 3.75), (1.0, 3.5)]:
+        m = beta1 * m + (1 - beta1) * change
+        expected = model + eta * m / (np.sqrt(v) + tau)  # no bias correction, as Flower's
+        model = _round(rule, model, (model + change, 1))
+        np.testing.assert_allclose(model, expected, rtol=1e-12)
+    assert rule.state()["v"] == pytest.approx(3.5)
+
+
+def test_fedadam_moves_each_weight_by_about_eta_whatever_the_scale_of_its_change():
+    rule = aggregation_named("fedadam", tau=1e-9)
+    step = _round(rule, [0.0, 0.0], ([100.0, 0.001], 1))
+    eta = rule.settings.server_learning_rate
+    rate = eta * np.sqrt(1 - 0.99**2) / (1 - 0.9**2)  # the first round's bias correction
+    np.testing.assert_allclose(step, [rate, rate], rtol=1e-5)
+
+
+def _flowers_rounds(name, settings, rounds):
+    """What Flower 1.42's flwr.serverapp.strategy code computes, transcribed line by line
+    (FedAvgM.aggregate_train; FedOpt._compute_deltat_and_mt with FedAdam's or FedYogi's
+    aggregate_train) on one array, for each round's (global, FedAvg mean)."""
+    results, momentum_vector, m_t, v_t = [], None, None, None
+    for server_round, (current, aggregated) in enumerate(rounds, start=1):
+        if name == "fedavgm":
+            pseudo_gradient = current - aggregated
+            if momentum_vector is None:
+                momentum_vector = pseudo_gradient
+            else:
+                momentum_vector = settings["server_momentum"] * momentum_vector + pseudo_gradient
+            results.append(current - settings["server_learning_rate"] * momentum_vector)
+            continue
+        eta, beta_1, beta_2, tau = (settings[k] for k in ("eta", "beta_1", "beta_2", "tau"))
+        delta_t = aggregated - current
+        m_t = np.zeros_like(aggregated) if m_t is None else m_t
+        m_t = beta_1 * m_t + (1 - beta_1) * delta_t
+        v_t = np.zeros_like(aggregated) if v_t is None else v_t
+        if name == "fedadam":
+            v_t = beta_2 * v_t + (1 - beta_2) * (delta_t**2)
+            eta_norm = (
+                eta
+                * np.sqrt(1 - np.power(beta_2, server_round + 1.0))
+                / (1 - np.power(beta_1, server_round + 1.0))
+            )
+            results.append(current + eta_norm * m_t / (np.sqrt(v_t) + tau))
+        else:
+            v_t = v_t - (1.0 - beta_2) * (delta_t**2) * np.sign(v_t - delta_t**2)
+            results.append(current + eta * m_t / (np.sqrt(v_t) + tau))
+    return results
+
+
+@pytest.mark.parametrize(
+    "name, flowers_settings",
+    [
+        ("fedavgm", {"server_learning_rate": 0.7, "server_momentum": 0.9}),
+        ("fedadam", {"eta": 0.1, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}),
+        ("fedyogi", {"eta": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}),
+    ],
+)
+def test_each_optimiser_gives_what_flowers_strategy_computes(name, flowers_settings):
+    ours = {"eta": "server_learning_rate", "beta_1": "beta1", "beta_2": "beta2"}
+    rule = aggregation_named(
+        name, **{ours.get(key, key): value for key, value in flowers_settings.items()}
+    )
+    rng = np.random.default_rng(0)
+    current, rounds, results = rng.normal(size=20), [], []
+    for _ in range(4):
+        updates = [current + rng.normal(0, 0.5, 20) for _ in range(3)]
+        counts = [10, 30, 20]
+        rounds.append((current, fedavg(updates, counts)))
+        current = rule.aggregate(current, [Update(u, n) for u, n in zip(updates, counts)])
+        results.append(current)
+    for theirs, mine in zip(_flowers_rounds(name, flowers_settings, rounds), results):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-12)
+
+
+def _run(rule, model, rounds):
+    for updates in rounds:
+        model = rule.aggregate(model, updates)
+    return model
+
+
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi"])
+def test_a_restored_optimiser_carries_on_as_if_never_stopped(name):
+    rng = np.random.default_rng(1)
+    rounds = [[Update(rng.normal(size=6), n) for n in (1, 2)] for _ in range(3)]
+    straight = _run(aggregation_named(name), np.zeros(6), rounds)
+    stopped = aggregation_named(name)
+    model = _run(stopped, np.zeros(6), rounds[:2])
+    restarted = aggregation_named(name)
+    restarted.restore(stopped.state())
+    np.testing.assert_array_equal(_run(restarted, model, rounds[2:]), straight)
+    fresh = _run(aggregation_named(name), model, rounds[2:])  # what a lost state gives
+    assert not np.allclose(fresh, straight)
+
+
+def test_each_optimiser_declares_its_settings_with_defaults():
+    assert {name: aggregate.settings_of(name) for name in ("fedavgm", "fedadam", "fedyogi")} == {
+        "fedavgm": {"server_learning_rate": 0.1, "server_momentum": 0.9},
+        "fedadam": {"server_learning_rate": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+        "fedyogi": {"server_learning_rate": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+    }
+    assert set(SETTINGS) == {
+        setting for name in AGGREGATIONS for setting in aggregate.settings_of(name)
+    }
+
+
+@pytest.mark.parametrize(
+    "name, settings, sentence",
+    [
+        ("fedavg", {"beta1": 0.5}, "fedavg takes no beta1 setting: it is for fedadam and fedyogi."),
+        (
+            "median",
+            {"server_learning_rate": 0.5},
+            "median takes no server-learning-rate setting: it is for fedavgm, fedadam and fedyogi.",
+        ),
+        (
+            "fedadam",
+            {"server_momentum": 0.5},
+            "fedadam takes no server-momentum setting: it is for fedavgm.",
+        ),
+        (
+            "fedavgm",
+            {"server_momentum": 1.0},
+            "server-momentum must be at least 0 and below 1, not 1.",
+        ),
+        ("fedadam", {"beta2": -0.1}, "beta2 must be at least 0 and below 1, not -0.1."),
+        ("fedyogi", {"tau": 0.0}, "tau must be greater than 0, not 0."),
+        (
+            "fedadam",
+            {"server_learning_rate": float("nan")},
+            "server-learning-rate must be greater than 0, not nan.",
+        ),
+        ("fedadam", {"beta1": "0.9"}, "beta1 must be a number, not '0.9'."),
+        ("fedsgd", {}, "There is no aggregation 'fedsgd': choose one of"),
+    ],
+)
+def test_a_bad_setting_is_one_plain_sentence(name, settings, sentence):
+    with pytest.raises(ConfigError) as raised:
+        aggregation_named(name, **settings)
+    assert str(raised.value).startswith(sentence)
 
 
 def test_running_candidates_are_steps_toward_the_update_and_the_clients_mean():

@@ -1,5 +1,6 @@
 """Checkpoints: the save/load round-trip, refusals of files that are not ours, and the
-server's use of them (resume, and an update resent after a crash counted once)."""
+server's use of them (resume, and an update resent after a crash counted once; a server
+optimiser's state carried on)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,45 @@ def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temp(tmp_path):
     assert os.listdir(tmp_path) == ["state.npz"]
 
 
+def test_the_rules_state_round_trips_and_a_version_2_file_has_none(tmp_path):
+    path = tmp_path / "state.npz"
+    moments = {"m": np.linspace(-1, 1, NUM_PARAMS), "v": np.linspace(0, 1e-9, NUM_PARAMS)}
+    saved = Checkpoint(
+        _state().vector, 7, 0.75, {}, rule="fedadam", rule_state={"rounds": np.int64(7), **moments}
+    )
+    checkpoint.save(path, saved)
+    loaded = checkpoint.load(path, NUM_PARAMS)
+    assert loaded.rule == "fedadam" and set(loaded.rule_state) == {"rounds", "m", "v"}
+    assert loaded.rule_state["rounds"] == 7
+    for name, values in moments.items():  # exactly, in float64
+        np.testing.assert_array_equal(loaded.rule_state[name], values)
+    # As fedga wrote it before it saved the rule's state:
+    vector = _state().vector
+    np.savez(
+        path,
+        format=np.int64(2),
+        vector=vector,
+        round=np.int64(3),
+        accuracy=np.float64(0.5),
+        client_ids=np.array([], dtype=np.str_),
+        sequences=np.array([], dtype=np.int64),
+        best_vector=vector,
+        best_round=np.int64(2),
+        best_accuracy=np.float64(0.75),
+        best_loss=np.float64(0.1),
+    )
+    old = checkpoint.load(path, NUM_PARAMS)
+    assert (old.round, old.best.round, old.rule, old.rule_state) == (3, 2, "", {})
+
+
+def test_a_damaged_rule_state_is_refused(tmp_path):
+    path = tmp_path / "state.npz"
+    short = {"rounds": np.int64(1), "velocity": np.zeros(NUM_PARAMS - 1)}
+    checkpoint.save(path, Checkpoint(_state().vector, 1, 0.5, {}, None, "fedavgm", short))
+    with pytest.raises(CheckpointError, match=r"state\.npz has a damaged fedavgm state\.$"):
+        checkpoint.load(path, NUM_PARAMS)
+
+
 def test_missing_checkpoint_is_one_sentence(tmp_path):
     with pytest.raises(CheckpointError, match=r"^The checkpoint .*nothing\.npz does not exist\.$"):
         checkpoint.load(tmp_path / "nothing.npz", NUM_PARAMS)
@@ -113,13 +153,17 @@ def test_a_file_that_is_not_our_checkpoint_is_refused(tmp_path, name):
 # ---- the server's use: resume, and the duplicate-sequence rule ---------------------------
 
 
-def _global_model(path, resume=False, target_accuracy=2.0):
+def _global_model(path, resume=False, target_accuracy=2.0, **training):
     # An unreachable target by default: every update counts and training goes on.
     return GlobalModel(
         xor_network(1),
         XOR_TEST_DATA,
         TrainingConfig(
-            checkpoint=str(path), resume=resume, target_accuracy=target_accuracy, seed=1
+            checkpoint=str(path),
+            resume=resume,
+            target_accuracy=target_accuracy,
+            seed=1,
+            **training,
         ),
     )
 
@@ -200,3 +244,44 @@ def test_update_key_of_plain_and_sequenced_updates():
     assert protocol.update_key({"best_model_weights_vector": None}) is None
     assert protocol.update_key({"client_id": "c1"}) is None  # an id alone does not dedupe
     assert protocol.update_key({"client_id": "c1", "sequence": np.int64(4)}) == ("c1", 4)
+
+
+@pytest.mark.parametrize("aggregation", ["fedavgm", "fedadam", "fedyogi"])
+def test_resume_carries_on_a_server_optimisers_steps_exactly(tmp_path, aggregation):
+    path = tmp_path / "state.npz"
+    rounds = {"aggregation": aggregation, "min_clients": 1}
+    gm = _global_model(path, **rounds)
+    for sequence in (1, 2):
+        gm.apply_update(ClientUpdate(_update(gm), key=("client1-ab", sequence)), "peer")
+    resumed = _global_model(path, resume=True, **rounds)
+    update = ClientUpdate(_update(gm), key=("client1-ab", 3))
+    for model in (gm, resumed):
+        model.apply_update(update, "peer")
+    np.testing.assert_array_equal(resumed.vector, gm.vector)  # as if it never stopped
+    assert resumed.aggregation.state()["rounds"] == 3
+
+
+def test_resume_without_the_optimisers_state_says_it_starts_afresh(tmp_path, caplog):
+    path = tmp_path / "state.npz"
+    gm = _global_model(path, aggregation="fedavg", min_clients=1)
+    gm.apply_update(ClientUpdate(_update(gm)), "peer")
+    resumed = _global_model(path, resume=True, aggregation="fedadam", min_clients=1)
+    assert resumed.round == 1 and resumed.aggregation.state() == {}
+    assert "holds no fedadam state (it was saved with fedavg): its moments start afresh" in (
+        caplog.text
+    )
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"rounds": np.int64(1), "m": np.zeros(NUM_PARAMS)},  # no "v"
+        {"rounds": np.int64(1), "m": np.zeros(NUM_PARAMS), "v": np.float64(1.0)},  # a count
+    ],
+    ids=["a moment missing", "a moment that is a number"],
+)
+def test_an_optimisers_state_that_does_not_fit_it_is_refused(tmp_path, state):
+    path = tmp_path / "state.npz"
+    checkpoint.save(path, Checkpoint(_state().vector, 1, 0.5, {}, None, "fedadam", state))
+    with pytest.raises(CheckpointError, match=r"state\.npz has a damaged fedadam state\.$"):
+        _global_model(path, resume=True, aggregation="fedadam")

@@ -215,6 +215,29 @@ def test_a_headless_client_of_ones_own_needs_its_data_file():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags, sentence",
+    [
+        (["--beta1", "0.5"], "running-best takes no beta1 setting: it is for fedadam and fedyogi."),
+        (
+            ["--aggregation", "fedyogi", "--beta2", "1"],
+            "beta2 must be at least 0 and below 1, not 1.",
+        ),
+    ],
+)
+def test_an_aggregation_setting_that_cannot_be_used_is_a_usage_error(flags, sentence):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--headless", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"server.py: error: {sentence}"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["server.py", "client1.py"])
 def test_bad_port_is_a_usage_error(script):
     result = subprocess.run(
@@ -252,6 +275,11 @@ def test_bad_port_is_a_usage_error(script):
                 "--resume",
                 "--operators",
                 "--mutation-step",
+                "--server-learning-rate",
+                "--server-momentum",
+                "--beta1",
+                "--beta2",
+                "--tau",
             ],
         ),
         (
@@ -303,3 +331,26 @@ def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
     assert (global_model.ga.operators, global_model.ga.mutation_step) == expected
     reply = global_model.reply_to_echo().to_message().data
     assert (reply["operators"], reply["mutation_step"]) == expected
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--aggregation", "fedavgm"], "fedavgm (server-learning-rate=0.1, server-momentum=0.9)"),
+        (
+            ["--aggregation", "fedadam", "--server-learning-rate", "0.03", "--tau", "0.01"],
+            "fedadam (server-learning-rate=0.03, beta1=0.9, beta2=0.99, tau=0.01)",
+        ),
+        (
+            ["--aggregation", "fedyogi", "--beta1", "0", "--beta2", "0.5"],
+            "fedyogi (server-learning-rate=0.01, beta1=0, beta2=0.5, tau=0.001)",
+        ),
+    ],
+)
+def test_aggregation_setting_flags_reach_the_servers_rule(flags, expected):
+    from common.app import build_global_model
+    from common.cli import server_parser
+    from common.flags import server_config_from
+
+    global_model = build_global_model(server_config_from(server_parser().parse_args(flags)))
+    assert str(global_model.aggregation) == expected

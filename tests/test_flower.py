@@ -196,3 +196,97 @@ def test_pyproject_declares_every_server_setting_with_the_servers_defaults():
         declared = tomllib.load(file)["tool"]["flwr"]["app"]["config"]
     assert set(declared) - {"data"} == set(RUN_CONFIG_KEYS)
     assert server_config(declared) == server_config({})
+
+
+def test_the_aggregations_settings_come_from_the_run_config_and_are_checked():
+    config = server_config(
+        {"aggregation": "fedadam", "server-learning-rate": 0.02, "beta1": "", "tau": 0.01}
+    )
+    rule = config.training.aggregation_rule()
+    assert str(rule) == "fedadam (server-learning-rate=0.02, beta1=0.9, beta2=0.99, tau=0.01)"
+    with pytest.raises(ConfigError, match=r"^fedavg takes no tau setting: it is for fedadam"):
+        server_config({"tau": 0.01})  # Flower's default aggregation, fedavg
+    with pytest.raises(ConfigError, match=r"^server-momentum must be at least 0 and below 1"):
+        server_config({"aggregation": "fedavgm", "server-momentum": 1.5})
+
+
+def test_the_aggregation_setting_flags_of_python_m_common_flower_reach_the_run_config():
+    from common.flags import server_config_from
+    from common.flower.__main__ import parser, run_config
+
+    args = parser().parse_args(["deploy", "--aggregation", "fedyogi", "--beta2", "0.5"])
+    config = server_config_from(args, min_clients=args.nodes)
+    sent = run_config(config)
+    assert (sent["aggregation"], sent["beta2"], sent["tau"]) == ("fedyogi", 0.5, "")
+    assert server_config(sent).training == config.training  # as the ServerApp reads it
+
+
+def _reply(node: int, vector: np.ndarray, samples: int):
+    """A node's train reply as Flower's strategies read it: arrays and num-examples."""
+    from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+
+    metadata = Metadata(
+        run_id=1,
+        message_id=str(node),
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=0.0,
+        ttl=60.0,
+        message_type="train",
+    )
+    content = {"arrays": ArrayRecord([vector]), "metrics": MetricRecord({"num-examples": samples})}
+    return Message(RecordDict(content), metadata=metadata)
+
+
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi"])
+def test_each_server_optimiser_steps_as_flowers_own_strategy(name):
+    """Flower's strategy itself, given the same global model and replies for four rounds,
+    with the settings' names translated and fedavgm's momentum given (Flower's is 0)."""
+    from flwr.app import ArrayRecord
+    from flwr.serverapp import strategy as flower
+
+    from common.aggregate import Update, aggregation_named
+
+    rule = aggregation_named(name)
+    settings = rule.settings
+    theirs = {
+        "fedavgm": lambda: flower.FedAvgM(
+            server_learning_rate=settings.server_learning_rate,
+            server_momentum=settings.server_momentum,
+        ),
+        "fedadam": flower.FedAdam,
+        "fedyogi": flower.FedYogi,
+    }[name]()
+    rng = np.random.default_rng(2)
+    model = rng.normal(size=30)
+    theirs.current_arrays = ArrayRecord([model])  # what configure_train keeps
+    for server_round in range(1, 5):
+        updates = [model + rng.normal(0, 0.3, 30) for _ in range(3)]
+        if name != "fedavgm":  # FedOpt keeps what each round sent; FedAvgM its own result
+            theirs.current_arrays = {k: a.numpy() for k, a in ArrayRecord([model]).items()}
+        replies = [_reply(node, u, n) for node, (u, n) in enumerate(zip(updates, [5, 1, 3]), 1)]
+        arrays, _ = theirs.aggregate_train(server_round, replies)
+        model = rule.aggregate(model, [Update(u, n) for u, n in zip(updates, [5, 1, 3])])
+        np.testing.assert_allclose(model, arrays.to_numpy_ndarrays()[0], rtol=1e-12, atol=1e-12)
+
+
+def test_the_optimisers_defaults_are_flowers_but_fedavgms():
+    """Flower's FedAvgM defaults to no momentum at a rate of 1, which is FedAvg; ours are
+    Hsu et al.'s momentum at the rate that keeps FedAvg's effective step."""
+    import inspect
+
+    from flwr.serverapp import strategy as flower
+
+    from common.aggregate import settings_of
+
+    ours = {"server_learning_rate": "eta", "beta1": "beta_1", "beta2": "beta_2", "tau": "tau"}
+    for name, theirs in (("fedadam", flower.FedAdam), ("fedyogi", flower.FedYogi)):
+        defaults = inspect.signature(theirs).parameters
+        assert {k: defaults[v].default for k, v in ours.items()} == settings_of(name)
+    defaults = inspect.signature(flower.FedAvgM).parameters
+    flowers = (defaults["server_learning_rate"].default, defaults["server_momentum"].default)
+    assert flowers == (1.0, 0.0)
+    rate, momentum = settings_of("fedavgm").values()
+    assert (rate, momentum) == (0.1, 0.9) and rate / (1 - momentum) == pytest.approx(1.0)

@@ -22,6 +22,18 @@ def test_fedavg_rounds_train_two_clients_to_done(server_factory, client_factory,
     assert "fedavg of 2 updates" in caplog.text
 
 
+def test_fedadam_rounds_train_two_clients_to_done(server_factory, client_factory, caplog):
+    listener, events = server_factory(
+        aggregation="fedadam", server_learning_rate=0.05, min_clients=2, round_timeout=5, seed=1
+    )
+    for _ in range(2):
+        client_factory(listener.server_address, data=XOR_TEST_DATA)
+    assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+    assert listener.wait_all_answered(WAIT)
+    assert "fedadam of 2 updates mean |change|=" in caplog.text
+    assert listener.global_model.aggregation.state()["rounds"] == listener.global_model.round
+
+
 def test_a_round_closes_at_its_timeout_with_fewer_clients(server_factory, client_factory):
     listener, events = server_factory(aggregation="median", min_clients=3, round_timeout=0.3)
     client, client_events = client_factory(listener.server_address, data=XOR_TEST_DATA)

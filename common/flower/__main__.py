@@ -26,8 +26,8 @@ from common.app import (
     positive,
 )
 from common.data import DataError
-from common.errors import UserError
-from common.flags import server_config_from, training_flags
+from common.errors import ConfigError, UserError
+from common.flags import rule_setting_flags, server_config_from, training_flags
 from common.flower.deploy import LocalDeployment
 from common.server import ServerConfig
 
@@ -78,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
             choices=round_based(),
             help="how each round's answers combine (default: %(default)s)",
         )
+        rule_setting_flags(command)
         command.add_argument(
             "--round-timeout",
             type=positive(float),
@@ -185,10 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    args = parser().parse_args(argv)
+    arguments = parser()
+    args = arguments.parse_args(argv)
     configure_logging(args.log_level, "flower")
     quiet_flower(args.log_level)
-    config = server_config_from(args, min_clients=args.nodes)
+    try:
+        config = server_config_from(args, min_clients=args.nodes)
+    except ConfigError as exc:  # the aggregation's settings
+        arguments.error(str(exc))
     try:
         if args.command == "deploy":
             return deploy(config, args.nodes, args.data, args.logs)

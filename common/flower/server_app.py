@@ -9,8 +9,9 @@ weights into the global model with ``GlobalModel.apply_round``: the same aggrega
 
 Settings come from the run config (``flwr run --run-config "target-accuracy=0.9"``), named
 as ``server.py``'s flags: model, test-data, target-accuracy, max-rounds, num-solutions,
-aggregation, min-clients (nodes to wait for), round-timeout (seconds to wait for the nodes'
-answers), seed, history, plot, save-model and the GA settings.
+aggregation and its settings (server-learning-rate, server-momentum, beta1, beta2, tau; ""
+for the rule's default), min-clients (nodes to wait for), round-timeout (seconds to wait for
+the nodes' answers), seed, history, plot, save-model and the GA settings.
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ RUN_CONFIG_KEYS = (
     "max-rounds",
     "num-solutions",
     "aggregation",
+    "server-learning-rate",
+    "server-momentum",
+    "beta1",
+    "beta2",
+    "tau",
     "min-clients",
     "round-timeout",
     "num-generations",
@@ -82,7 +88,9 @@ def server_config(run_config: dict) -> ServerConfig:
         raise ConfigError(f"aggregation must be one of {', '.join(round_based())} on Flower.")
     if values.get("operators", OPERATORS[0]) not in OPERATORS:
         raise ConfigError(f"operators must be one of {', '.join(OPERATORS)}.")
-    return ServerConfig.of(**(DEFAULTS | values))
+    config = ServerConfig.of(**(DEFAULTS | values))
+    config.training.aggregation_rule()  # its settings, checked before any node is asked
+    return config
 
 
 class GAStrategy(Strategy):
@@ -102,7 +110,7 @@ class GAStrategy(Strategy):
         model = self.global_model
         log.info(
             "GAStrategy: %s over at least %d nodes, %d parameters, target accuracy %g",
-            model.aggregation.name,
+            model.aggregation,
             self.min_nodes,
             model.num_params,
             model.target_accuracy,

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import security
-from common.aggregate import AGGREGATIONS
+from common.aggregate import AGGREGATIONS, SETTINGS, settings_of
 from common.app import parse_port, positive
 from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
 from common.data import DataError, DataFile, Dataset, describe, second_field
-from common.errors import UserError
+from common.errors import ConfigError, UserError
 from common.events import Event, EventKind
 from common.fitness_federation import FEDERATIONS, FITNESS
 from common.operators import OPERATORS
@@ -172,9 +172,9 @@ class ServerView:
     address: str = ""  # where the server listens, once it does
 
 
-def by_model(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A parser for a setting whose default depends on the model: an empty field is None,
-    which leaves it to the model (``ServerConfig.with_settings``)."""
+def or_default(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser for a setting whose default depends on the model or the aggregation rule: an
+    empty field is None, which leaves it to them (``ServerConfig.with_settings``)."""
     return lambda text: parse(text) if text else None
 
 
@@ -182,13 +182,19 @@ def by_model(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 NUMBERS = {
     "target_accuracy": ("Target accuracy", positive(float)),
     "min_clients": ("Min clients", positive(int)),
+    # The rules' settings: their bounds are the rule's to check (common.aggregate.SETTINGS).
+    "server_learning_rate": ("Server learning rate", or_default(positive(float, zero_ok=True))),
+    "server_momentum": ("Server momentum", or_default(positive(float, zero_ok=True))),
+    "beta1": ("Beta1", or_default(positive(float, zero_ok=True))),
+    "beta2": ("Beta2", or_default(positive(float, zero_ok=True))),
+    "tau": ("Tau", or_default(positive(float, zero_ok=True))),
     "patience": ("Patience (0: never)", positive(int, zero_ok=True)),
     "num_generations": ("Generations", positive(int)),
     "num_parents_mating": ("Parents mating", positive(int)),
     "mutation_percent_genes": ("Mutation %", positive(float)),
     "mutation_step": ("Mutation step", positive(float)),
-    "step_patience": ("Step patience", by_model(positive(int, zero_ok=True))),
-    "stop_fitness": ("Stop fitness", by_model(positive(float, zero_ok=True))),
+    "step_patience": ("Step patience", or_default(positive(int, zero_ok=True))),
+    "stop_fitness": ("Stop fitness", or_default(positive(float, zero_ok=True))),
 }
 FILES = {
     "model": "Model file (.keras, JSON)",
@@ -207,6 +213,7 @@ SETUP_ORDER = (
     "target_accuracy",
     "federation",
     "aggregation",
+    *SETTINGS,
     "min_clients",
     "patience",
     "step_patience",
@@ -290,13 +297,16 @@ class ServerController(_Controller):
     @staticmethod
     def applies(name: str, texts: dict[str, str]) -> bool:
         """Whether a setup field matters given the others' texts: a labels file for .npy test
-        data, a label column for .csv, the aggregation in weights mode, min clients in
-        fitness mode or for a round-based aggregation."""
+        data, a label column for .csv, the aggregation and its settings in weights mode (a
+        setting for a rule that takes it), min clients in fitness mode or for a round-based
+        aggregation."""
         if name in ("test_labels", "test_label_column"):
             return second_field(texts.get("test_data", "")) == name.removeprefix("test_")
         fitness_mode = texts.get("federation") == FITNESS
         if name == "aggregation":
             return not fitness_mode
+        if name in SETTINGS:
+            return not fitness_mode and name in settings_of(texts.get("aggregation", ""))
         if name == "min_clients":
             rule = AGGREGATIONS.get(texts.get("aggregation", ""))
             return fitness_mode or rule is None or not rule.per_update
@@ -349,7 +359,15 @@ class ServerController(_Controller):
         setup = self._setup({k: v for k, v in texts.items() if k not in security_names})
         if setup is None:
             return
+        # A setting the chosen rule does not take is greyed out: not used, whatever it says.
+        taken = settings_of(setup.get("aggregation", self.setting("aggregation")))
+        setup |= {name: None for name in SETTINGS if name not in taken}
         config = self.config.with_settings(**settings, **setup)
+        try:
+            config.training.aggregation_rule()  # its settings' bounds
+        except ConfigError as exc:
+            self._show(str(exc), enable=("listen", "close"))
+            return
         self._attempt += 1
         attempt, history = self._attempt, History(config.outputs.history)
 

@@ -13,6 +13,7 @@ from kivy.uix.gridlayout import GridLayout
 from kivy.uix.spinner import Spinner
 from kivy.uix.tabbedpanel import TabbedPanel, TabbedPanelItem
 
+from common.aggregate import SETTINGS
 from common.data import DATA_SUFFIXES
 from common.gui.sizes import SERVER_MINIMUM
 from common.gui.controllers import SAVE_SUFFIXES, ServerController
@@ -114,6 +115,7 @@ class ServerApp(TutorialApp):
         for names in (
             ("target_accuracy", "min_clients", "patience", "step_patience"),
             ("federation", "aggregation"),
+            tuple(SETTINGS),  # the aggregation's, each enabled for the rules that take it
             (
                 "num_generations",
                 "num_parents_mating",
@@ -137,8 +139,15 @@ class ServerApp(TutorialApp):
 
     def setup_input(self, spec):
         if not spec.choices:
-            # Empty: the model's default (the tutorial's XOR or real data: common.ga).
-            hint = "by model" if spec.name in GA_BY_MODEL else ""
+            # Empty: the model's default (the tutorial's XOR or real data: common.ga), or the
+            # aggregation rule's.
+            hint = (
+                "by model"
+                if spec.name in GA_BY_MODEL
+                else "by rule"
+                if spec.name in SETTINGS
+                else ""
+            )
             return self.text_field(spec.name, hint, spec.text)
         spinner = Spinner(text=spec.text, values=spec.choices)
         spinner.bind(

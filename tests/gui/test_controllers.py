@@ -662,6 +662,11 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
         "target_accuracy": "0.9",
         "federation": "weights",
         "aggregation": "fedavg",
+        "server_learning_rate": "",  # the rule's own
+        "server_momentum": "",
+        "beta1": "",
+        "beta2": "",
+        "tau": "",
         "min_clients": "2",
         "patience": "5",
         "step_patience": "",  # left to the model
@@ -694,6 +699,40 @@ def test_the_federation_choices_are_the_flags_and_reach_the_server(make_server, 
     assert server.listener.federation is not None
 
 
+def test_an_aggregations_settings_show_for_the_rules_that_take_them(make_server):
+    server = make_server(aggregation="fedyogi", tau=0.01)
+    texts = {f.name: f.text for f in server.setup_fields()}
+    assert (texts["tau"], texts["beta1"]) == ("0.01", "")
+    settings = ("server_learning_rate", "server_momentum", "beta1", "beta2", "tau")
+    for aggregation, expected in [
+        ("fedavg", set()),
+        ("running-best", set()),
+        ("fedavgm", {"server_learning_rate", "server_momentum"}),
+        ("fedadam", {"server_learning_rate", "beta1", "beta2", "tau"}),
+        ("fedyogi", {"server_learning_rate", "beta1", "beta2", "tau"}),
+    ]:
+        texts["aggregation"] = aggregation
+        assert {name for name in settings if server.applies(name, texts)} == expected
+
+
+def test_the_aggregations_settings_reach_its_rule_and_greyed_ones_are_left_out(
+    make_server, main_thread
+):
+    server = make_server(aggregation="fedavgm", server_momentum=0.5)  # as flags would
+    listen(
+        server,
+        aggregation="fedadam",
+        server_learning_rate="0.05",
+        server_momentum="0.5",  # greyed out for fedadam: not used
+        beta1="",  # the rule's own
+        beta2="0.9",
+        tau="",
+        min_clients="1",
+    )
+    rule = server.global_model.aggregation
+    assert str(rule) == "fedadam (server-learning-rate=0.05, beta1=0.9, beta2=0.9, tau=0.001)"
+
+
 @pytest.mark.parametrize(
     "texts, expected",
     [
@@ -718,6 +757,11 @@ def test_the_settings_left_to_the_model_are_fields_too(make_server, main_thread,
         ({"target_accuracy": "high"}, "Target accuracy: 'high' is not a number."),
         ({"stop_fitness": "-1"}, "Stop fitness: -1 must be 0 or more."),
         ({"min_clients": "0"}, "Min clients: 0 must be greater than 0."),
+        (
+            {"aggregation": "fedavgm", "server_momentum": "-1"},
+            "Server momentum: -1 must be 0 or more.",
+        ),
+        ({"aggregation": "fedadam", "beta1": "1"}, "beta1 must be at least 0 and below 1, not 1."),
         (
             {"model": "missing.json", "test_data": "missing.npz"},
             "The data file missing.npz does not exist.",
