@@ -231,7 +231,6 @@ class FitnessFederation:
                 )
         except Exception:  # a bug must end training visibly, not leave clients waiting
             log.exception("fitness mode stopped after an internal error")
-            self._stopping = True
         finally:
             with self._changed:  # no more rounds: waiting clients hear done, or lose us
                 self._stopping = True
@@ -247,7 +246,9 @@ class FitnessFederation:
                 round=self.global_model.round + 1,
                 generation=ga.generations_completed,
                 fitness=float(np.max(ga.last_generation_fitness)),
-                detail=digest(ga.population),  # the whole population's: tests compare runs
+                # The members this generation scored: runs whose every generation scored the
+                # same members ran the same GA (tests compare runs by it).
+                detail=self._job.digest if self._job is not None else "",
             )
         )
         return None
@@ -278,9 +279,12 @@ class FitnessFederation:
                     rows, attempt = np.ones_like(rows), attempt + 1
                     continue
                 counts = np.array([count for _, count in reports.values()], dtype=np.float64)
-                losses = counts @ np.stack([losses for losses, _ in reports.values()])
+                # Shares, not counts: one client's share is exactly 1, so its losses pass
+                # unchanged and the run is bit for bit a weights-mode client's holding it all.
+                shares = counts / counts.sum()
+                losses = shares @ np.stack([losses for losses, _ in reports.values()])
                 fitness = known.copy()
-                fitness[rows] = fitness_of(losses / counts.sum())
+                fitness[rows] = fitness_of(losses)
                 self._last_scorers = scorers
                 self._histories[round_].append(fitness)
                 self._changed.notify_all()
