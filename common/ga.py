@@ -1,4 +1,6 @@
-"""Client-side training: PyGAD evolves a received population on the client's own data.
+"""The GA of a round: PyGAD evolves a population, on a client's own data (weights mode,
+``train``), or at a fitness-mode server and in each client's mirror of it, scored by the
+clients (``SharedFitnessGA``; common.fitness_federation). ``build_ga`` makes both.
 
 The whole population is scored in one batched call (``fitness_batch_size``), with the
 tutorial's fitness ``1 / (BCE + 1e-8)`` computed in NumPy on output probabilities, and
