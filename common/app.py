@@ -172,11 +172,13 @@ def serve(config: ServerConfig, on_event=None) -> int:
     with server:
         host, port = server.server_address
         log.info(
-            "listening on %s:%d (model accuracy=%.4f before training; aggregation %s)",
+            "listening on %s:%d (model accuracy=%.4f before training; %s)",
             host,
             port,
             global_model.accuracy,
-            global_model.aggregation,
+            "fitness mode"
+            if server.federation is not None
+            else f"aggregation {global_model.aggregation}",
         )
         network = config.network
         while True:
