@@ -37,7 +37,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +57,7 @@ from common.protocol.messages import (
     ScoreRequest,
     ServerReply,
     Subject,
+    client_id_of,
     echo,
 )
 from common.training import LocalTrainer
@@ -370,7 +371,7 @@ class FitnessFederation:
                     f"{FITNESS_MODE_VERSION} or later; this peer announced {version!r} "
                     "(a plain-pickle or older peer, which can only train weights)"
                 )
-            client_id = _client_id(message.data, peer)
+            client_id = client_id_of(message.data) or peer
             with self._changed:
                 self._join(client_id, peer).round = None  # it holds no round yet
                 return self._reply_when_ready(client_id, None)
@@ -504,11 +505,6 @@ class FitnessFederation:
         round_, generation, _ = answered
         history = self._histories.get(round_, [])
         return history[generation] if generation < len(history) else None
-
-
-def _client_id(data: Mapping, peer: str) -> str:
-    client_id = data.get("client_id")
-    return client_id if isinstance(client_id, str) and 0 < len(client_id) <= 256 else peer
 
 
 # ---- the client's side --------------------------------------------------------------------

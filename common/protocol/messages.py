@@ -367,6 +367,12 @@ def _values(vector, what: str) -> np.ndarray:
     return check_weights_vector(vector, length, what, np.float64)
 
 
+def client_id_of(data: Mapping) -> str | None:
+    """The ``client_id`` a message names, if it is a string of 1-256 characters."""
+    client_id = data.get("client_id")
+    return client_id if isinstance(client_id, str) and 0 < len(client_id) <= 256 else None
+
+
 def _digest_of(data: Mapping) -> str:
     digest = data["digest"]
     if not isinstance(digest, str) or not 0 < len(digest) <= 128:
@@ -500,13 +506,12 @@ class Scores:
         losses = _values(data["losses"], "losses")
         if np.any(losses < 0):
             raise SchemaError("losses holds a negative loss")
-        client_id = data.get("client_id")
         return cls(
             losses,
             check_count(data["num_samples"], "num_samples", low=1),
             _digest_of(data),
             *_generation_of(data),
-            client_id if isinstance(client_id, str) and 0 < len(client_id) <= 256 else None,
+            client_id_of(data),
         )
 
     def to_message(self) -> Message:
