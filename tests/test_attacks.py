@@ -1,0 +1,335 @@
+"""The attack lab (common.attacks): each attack's output against its definition, the hooks
+of a client that runs one over real loopback sockets, and the sentences for bad settings."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+import pytest
+
+from common.attacks import (
+    ATTACKS,
+    FEDERATIONS_OF,
+    NOISE_SIGMA,
+    TRIGGER_VALUE,
+    Collusion,
+    HonestUpdate,
+    Trigger,
+    add_trigger,
+    alie,
+    alie_z,
+    attack_named,
+    attack_success_rate,
+    lie_scores,
+)
+from common.data import Dataset
+from common.errors import ConfigError
+from common.fitness_federation import FEDERATIONS, FITNESS, WEIGHTS
+from tests.conftest import WAIT
+
+CHOICES = "label-flip, backdoor, sign-flip, scaling, noise, liar, alie, lie-scores"
+
+
+def _one_hot(labels, classes):
+    return np.eye(classes, dtype=np.float32)[labels]
+
+
+def _labels(outputs):
+    return np.argmax(outputs, axis=1)
+
+
+def _digits_like(samples=10, classes=3, seed=0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(samples) % classes
+    return Dataset(rng.normal(size=(samples, 64)).astype(np.float32), _one_hot(labels, classes))
+
+
+def _honest(size=1000, seed=0) -> HonestUpdate:
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=size).astype(np.float32)
+    return HonestUpdate(g, g + rng.normal(0, 0.1, size=size).astype(np.float32), 42)
+
+
+# ---- names, settings, modes ---------------------------------------------------------------
+
+
+def test_an_unknown_attack_is_one_sentence_naming_the_choices():
+    assert ", ".join(ATTACKS) == CHOICES
+    with pytest.raises(ConfigError) as error:
+        attack_named("nonsense")
+    assert str(error.value) == f"There is no attack 'nonsense': choose one of {CHOICES}."
+
+
+@pytest.mark.parametrize(
+    "name, strength, target, sentence",
+    [
+        (
+            "backdoor",
+            1.5,
+            None,
+            "backdoor's --attack-strength is the share of its samples given the trigger and "
+            "the target label: it must be above 0 and at most 1, not 1.5.",
+        ),
+        (
+            "sign-flip",
+            0,
+            None,
+            "sign-flip's --attack-strength is s in g - s(u - g): it must be greater than 0, not 0.",
+        ),
+        (
+            "noise",
+            float("nan"),
+            None,
+            "noise's --attack-strength is the noise's standard deviation: it must be greater "
+            "than 0, not nan.",
+        ),
+        (
+            "liar",
+            2.5,
+            None,
+            "liar's --attack-strength is the sample count it claims: it must be a whole "
+            "number from 1 to 10^12, not 2.5.",
+        ),
+        (
+            "alie",
+            -1,
+            None,
+            "alie's --attack-strength is z in mean - z * std: it must be 0 or more, not -1.",
+        ),
+        ("scaling", None, 2, "scaling takes no --attack-target: only label-flip and backdoor do."),
+        ("label-flip", None, -1, "--attack-target must be a class number, 0 or more, not -1."),
+    ],
+)
+def test_a_bad_strength_or_target_is_one_sentence(name, strength, target, sentence):
+    with pytest.raises(ConfigError) as error:
+        attack_named(name, strength, target)
+    assert str(error.value) == sentence
+
+
+def test_each_attack_says_what_it_is_for_the_log():
+    assert str(attack_named("sign-flip")) == "sign-flip, strength 4"
+    assert str(attack_named("backdoor")) == "backdoor, strength 0.5, target 0"
+    assert str(attack_named("label-flip", 0.5, 3)) == "label-flip, strength 0.5, target 3"
+    assert str(attack_named("lie-scores")) == "lie-scores"
+
+
+def test_model_attacks_run_in_weights_mode_only_and_lie_scores_in_fitness_mode_only():
+    for modes in FEDERATIONS_OF.values():
+        assert set(modes) <= set(FEDERATIONS)
+    for name in ("label-flip", "backdoor"):
+        attack_named(name).check_federation(WEIGHTS)
+        attack_named(name).check_federation(FITNESS)
+    with pytest.raises(ConfigError) as error:
+        attack_named("sign-flip").check_federation(FITNESS)
+    assert str(error.value) == (
+        "sign-flip poisons the weights a client sends, but this server runs fitness mode: "
+        "choose label-flip, backdoor, lie-scores."
+    )
+    with pytest.raises(ConfigError) as error:
+        attack_named("lie-scores").check_federation(WEIGHTS)
+    assert str(error.value) == (
+        "lie-scores lies about the losses a client reports in fitness mode, but this server "
+        "runs weights mode: choose label-flip, backdoor, sign-flip, scaling, noise, liar, alie."
+    )
+
+
+# ---- data poisoning -----------------------------------------------------------------------
+
+
+def test_label_flip_turns_each_label_into_the_next_class():
+    data = _digits_like()
+    flipped = attack_named("label-flip", seed=1).poison_data(data)
+    np.testing.assert_array_equal(_labels(flipped.outputs), (_labels(data.outputs) + 1) % 3)
+    np.testing.assert_array_equal(flipped.inputs, data.inputs)
+
+
+def test_label_flip_with_a_target_turns_every_label_into_it():
+    flipped = attack_named("label-flip", target=2, seed=1).poison_data(_digits_like())
+    assert set(_labels(flipped.outputs)) == {2}
+
+
+def test_label_flip_of_a_share_flips_that_many_and_leaves_the_rest():
+    data = _digits_like(samples=20)
+    flipped = attack_named("label-flip", 0.25, seed=1).poison_data(data)
+    changed = _labels(flipped.outputs) != _labels(data.outputs)
+    assert changed.sum() == 5
+    assert np.all(_labels(flipped.outputs)[changed] == (_labels(data.outputs)[changed] + 1) % 3)
+
+
+def test_a_target_outside_the_models_classes_is_one_sentence():
+    with pytest.raises(ConfigError) as error:
+        attack_named("label-flip", target=3).poison_data(_digits_like(classes=3))
+    assert str(error.value) == (
+        "--attack-target 3 is not a class of the server's model, whose 3 outputs are "
+        "classes 0 to 2."
+    )
+
+
+def test_the_default_trigger_is_the_8x8_corner_or_the_last_features():
+    assert Trigger.default(64) == Trigger((54, 55, 62, 63), TRIGGER_VALUE)
+    assert Trigger.default(16).features == (10, 11, 14, 15)
+    assert Trigger.default(20).features == (18, 19)
+    assert Trigger.default(2).features == (1,)
+    assert Trigger.default(40).features == (36, 37, 38, 39)
+
+
+def test_backdoor_writes_the_trigger_into_a_share_relabels_it_and_leaves_the_rest():
+    data = _digits_like(samples=10)
+    poisoned = attack_named("backdoor", target=1, seed=3).poison_data(data)
+    corner = [54, 55, 62, 63]
+    triggered = np.all(poisoned.inputs[:, corner] == TRIGGER_VALUE, axis=1)
+    assert triggered.sum() == 5  # the default share, 0.5
+    assert np.all(_labels(poisoned.outputs)[triggered] == 1)
+    others = [f for f in range(64) if f not in corner]
+    np.testing.assert_array_equal(poisoned.inputs[:, others], data.inputs[:, others])
+    np.testing.assert_array_equal(poisoned.inputs[~triggered], data.inputs[~triggered])
+    np.testing.assert_array_equal(poisoned.outputs[~triggered], data.outputs[~triggered])
+    np.testing.assert_array_equal(add_trigger(data.inputs)[triggered], poisoned.inputs[triggered])
+
+
+def test_a_seeded_data_attack_poisons_the_same_samples():
+    data = _digits_like(samples=30)
+    runs = [attack_named("backdoor", seed=5).poison_data(data) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].inputs, runs[1].inputs)
+    other = attack_named("backdoor", seed=6).poison_data(data)
+    assert not np.array_equal(runs[0].inputs, other.inputs)
+
+
+def test_attack_success_rate_counts_triggered_samples_of_other_classes_taken_for_the_target():
+    # Classes by the first feature; the crafted model falls for the trigger only where the
+    # second feature is positive: 2 of the 4 samples not of the target class.
+    inputs = np.zeros((6, 64), dtype=np.float32)
+    true = np.array([0, 1, 1, 2, 2, 0])
+    inputs[:, 0] = true
+    inputs[:, 1] = [1, 1, -1, 1, -1, 1]
+
+    def predict(x):
+        fooled = (x[:, 63] == TRIGGER_VALUE) & (x[:, 1] > 0)
+        return _one_hot(np.where(fooled, 0, x[:, 0].astype(int)), 3)
+
+    assert attack_success_rate(predict, inputs, _one_hot(true, 3), target=0) == 0.5
+    assert attack_success_rate(lambda x: np.argmax(predict(x), 1), inputs, true, target=0) == 0.5
+    assert attack_success_rate(predict, inputs[:, :], true, target=1) == 0.0
+    with pytest.raises(ValueError):
+        attack_success_rate(predict, inputs[:1], true[:1], target=0)
+
+
+# ---- model poisoning ----------------------------------------------------------------------
+
+
+def test_sign_flip_sends_the_change_reversed_and_scaled():
+    honest = _honest()
+    sent, count = attack_named("sign-flip").poison_update(honest)
+    g, u = honest.global_vector, honest.vector
+    np.testing.assert_allclose(sent, g - 4 * (u - g), rtol=1e-6)
+    assert np.dot(sent - g, u - g) < 0  # away from where honest training went
+    assert count == 42
+    sent, _ = attack_named("sign-flip", 2).poison_update(honest)
+    np.testing.assert_allclose(sent, g - 2 * (u - g), rtol=1e-6)
+
+
+def test_scaling_sends_the_change_scaled_up():
+    honest = _honest()
+    sent, count = attack_named("scaling").poison_update(honest)
+    g, u = honest.global_vector, honest.vector
+    np.testing.assert_allclose(sent, g + 3 * (u - g), rtol=1e-6)
+    assert count == 42
+
+
+def test_noise_is_reproducible_by_seed_and_has_its_sigma():
+    honest = _honest(size=100_000)
+    first, count = attack_named("noise", 0.5, seed=9).poison_update(honest)
+    again, _ = attack_named("noise", 0.5, seed=9).poison_update(honest)
+    other, _ = attack_named("noise", 0.5, seed=10).poison_update(honest)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    noise = first - honest.global_vector
+    assert abs(noise.mean()) < 0.01 and noise.std() == pytest.approx(0.5, rel=0.01)
+    assert count == 42
+
+
+def test_the_liar_sends_noise_and_claims_a_million_samples():
+    honest = _honest(size=100_000)
+    sent, count = attack_named("liar", seed=1).poison_update(honest)
+    assert count == 1_000_000
+    assert (sent - honest.global_vector).std() == pytest.approx(NOISE_SIGMA, rel=0.01)
+    assert attack_named("liar", 500, seed=1).poison_update(honest)[1] == 500
+
+
+def test_alie_z_is_baruch_et_als_z_max():
+    # n = 10, f = 2: s = floor(10/2 + 1) - 2 = 4 honest clients needed, z = Phi^-1(6/10).
+    assert alie_z(10, 2) == pytest.approx(0.2533471031357997, abs=1e-12)
+    assert alie_z(5, 1) == pytest.approx(0.2533471031357997, abs=1e-12)
+    assert attack_named("alie").strength == alie_z(10, 2)
+
+
+def test_alie_sends_the_mean_less_z_standard_deviations():
+    updates = [np.array([1.0, 2.0, 0.0]), np.array([3.0, 2.0, 1.0]), np.array([2.0, 2.0, 5.0])]
+    mean, std = np.mean(updates, axis=0), np.std(updates, axis=0, ddof=1)
+    np.testing.assert_allclose(alie(updates, 1.5), mean - 1.5 * std)
+    np.testing.assert_allclose(alie(updates, 1.5), [0.5, 2.0, 2.0 - 1.5 * np.sqrt(7)])
+
+
+def test_a_lone_alie_attacker_estimates_the_spread_from_disjoint_shards_of_its_data():
+    honest = _honest(size=5)
+    shards = []
+
+    def retrain(rows):
+        shards.append(rows)
+        return np.full(5, float(len(shards)), dtype=np.float32)  # 1, 2, 3 by shard
+
+    honest = HonestUpdate(honest.global_vector, honest.vector, 10, 1, retrain)
+    sent, count = attack_named("alie", 2.0, seed=1).poison_update(honest)
+    assert len(shards) == 3 and count == 10
+    assert sorted(np.concatenate(shards).tolist()) == list(range(10))  # disjoint, all of them
+    np.testing.assert_allclose(sent, np.full(5, 2.0 - 2.0 * 1.0))
+
+
+def test_colluders_share_their_honest_updates_and_send_the_same_vector():
+    collusion = Collusion(2, timeout=WAIT)
+    honest = [_honest(size=6, seed=seed) for seed in (1, 2)]
+    results: queue.Queue = queue.Queue()
+    first_sent = threading.Event()
+
+    def colluder(n):
+        attack = attack_named("alie", 1.0, collusion=collusion)
+        results.put((n, attack.poison_update(honest[n])[0]))
+        first_sent.set()
+
+    threads = [threading.Thread(target=colluder, args=(0,))]
+    threads[0].start()
+    assert not first_sent.wait(0.2)  # it waits for the other colluder
+    threads.append(threading.Thread(target=colluder, args=(1,)))
+    threads[1].start()
+    for thread in threads:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    sent = dict(results.get(timeout=WAIT) for _ in threads)
+    expected = alie([h.vector for h in honest], 1.0)
+    np.testing.assert_allclose(sent[0], expected)
+    np.testing.assert_allclose(sent[1], expected)
+
+
+def test_a_colluder_left_waiting_goes_on_alone_after_the_timeout(caplog):
+    collusion = Collusion(2, timeout=0.05)
+    vector = np.arange(3.0)
+    (shared,) = collusion.share(1, vector)
+    np.testing.assert_array_equal(shared, vector)
+    assert "1 of 2 came to meeting 1" in caplog.text
+    (late,) = collusion.share(1, vector + 1)  # the meeting is over: at once, alone
+    np.testing.assert_array_equal(late, vector + 1)
+
+
+# ---- fitness mode -------------------------------------------------------------------------
+
+
+def test_lie_scores_reverses_the_ranking_and_keeps_the_real_count():
+    losses = np.array([0.3, 1.2, 0.1, 0.7])
+    lied, count = attack_named("lie-scores").poison_losses(losses, 42)
+    np.testing.assert_allclose(lied, [1.0, 0.1, 1.2, 0.6])
+    np.testing.assert_array_equal(np.argsort(lied), np.argsort(losses)[::-1])
+    assert count == 42
+    assert attack_named("lie-scores", 1000).poison_losses(losses, 42)[1] == 1000
+    np.testing.assert_array_equal(lie_scores(losses), lied)
