@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from common.attacks import (
     FEDERATIONS_OF,
     NOISE_SIGMA,
     TRIGGER_VALUE,
+    AttackConfig,
     Collusion,
     HonestUpdate,
     Trigger,
@@ -24,9 +26,15 @@ from common.attacks import (
     attack_success_rate,
     lie_scores,
 )
-from common.data import Dataset
+from common.data import CLIENT_DATA, Dataset
 from common.errors import ConfigError
 from common.fitness_federation import FEDERATIONS, FITNESS, WEIGHTS
+from common.ga import GAConfig
+from common.model import xor_network
+from common.modelspec import DEFAULT_MAX_PARAMS
+from common.protocol import Subject
+from common.protocol.messages import Scores
+from common.training import LocalTrainer
 from tests.conftest import WAIT
 
 CHOICES = "label-flip, backdoor, sign-flip, scaling, noise, liar, alie, lie-scores"
@@ -216,6 +224,22 @@ def test_attack_success_rate_counts_triggered_samples_of_other_classes_taken_for
         attack_success_rate(predict, inputs[:1], true[:1], target=0)
 
 
+def test_a_data_attack_poisons_the_clients_data_once_the_model_is_known():
+    request_model = xor_network(1).model_json
+    trainer = LocalTrainer(
+        CLIENT_DATA["client1"],
+        "client1",
+        ga=GAConfig(),
+        max_params=DEFAULT_MAX_PARAMS,
+        attack=attack_named("label-flip", seed=1),
+    )
+    np.testing.assert_array_equal(trainer.data.outputs, CLIENT_DATA["client1"].outputs)
+    trainer.forward_for(request_model)
+    np.testing.assert_array_equal(trainer.data.outputs, CLIENT_DATA["client1"].outputs[:, ::-1])
+    trainer.forward_for(request_model)  # known: not flipped back
+    np.testing.assert_array_equal(trainer.data.outputs, CLIENT_DATA["client1"].outputs[:, ::-1])
+
+
 # ---- model poisoning ----------------------------------------------------------------------
 
 
@@ -333,3 +357,111 @@ def test_lie_scores_reverses_the_ranking_and_keeps_the_real_count():
     assert count == 42
     assert attack_named("lie-scores", 1000).poison_losses(losses, 42)[1] == 1000
     np.testing.assert_array_equal(lie_scores(losses), lied)
+
+
+# ---- clients that attack, over real sockets -----------------------------------------------
+
+
+def _run_to_the_end(server_events, clients) -> None:
+    server_events.wait_for(lambda e: e.kind == "gave_up")
+    for client in clients:
+        client.join(WAIT)
+        assert client.outcome == "done", client.error
+
+
+def test_a_sign_flip_client_sends_its_crafted_vector_and_fedavg_takes_it(
+    server_factory, client_factory, monkeypatch, caplog
+):
+    listener, server_events = server_factory(
+        aggregation="fedavg", min_clients=2, max_rounds=1, round_timeout=WAIT, seed=3
+    )
+    model = listener.global_model
+    received = {}  # by client id: what came over the socket, as the server decoded it
+    apply_update = model.apply_update
+
+    def recording(update, client):
+        received[update.key[0]] = update
+        return apply_update(update, client)
+
+    monkeypatch.setattr(model, "apply_update", recording)
+    trained = {}  # by trainer: the global model it got and its honest best vector
+    train = LocalTrainer.train
+
+    def spy(trainer, request, **kwargs):
+        result = train(trainer, request, **kwargs)
+        trained[id(trainer)] = (request.population_weights[0], result.best_vector)
+        return result
+
+    monkeypatch.setattr(LocalTrainer, "train", spy)
+    address = listener.server_address
+    attacker, _ = client_factory(
+        address, CLIENT_DATA["client1"], "attacker", attack=AttackConfig("sign-flip"), seed=1
+    )
+    honest, _ = client_factory(address, CLIENT_DATA["client2"], "honest", seed=2)
+    _run_to_the_end(server_events, (attacker, honest))
+    assert "attacker is attacking: sign-flip, strength 4" in caplog.text
+    g, u = trained[id(attacker.trainer)]
+    crafted = received[attacker.client_id]
+    np.testing.assert_allclose(crafted.best_model_weights_vector, g - 4 * (u - g), rtol=1e-6)
+    assert crafted.num_samples == 2  # its real count
+    honest_vector = trained[id(honest.trainer)][1]
+    np.testing.assert_array_equal(
+        received[honest.client_id].best_model_weights_vector, honest_vector
+    )
+    mean = (crafted.best_model_weights_vector + honest_vector) / 2  # 2 samples each
+    np.testing.assert_allclose(model.vector, mean, rtol=1e-5, atol=1e-6)
+
+
+def test_a_lying_client_in_fitness_mode_reports_its_losses_reflected(
+    server_factory, client_factory, monkeypatch
+):
+    listener, server_events = server_factory(
+        federation=FITNESS,
+        min_clients=2,
+        max_rounds=1,
+        num_generations=4,
+        target_accuracy=2,  # never: the run has its one round
+        round_timeout=WAIT,
+        seed=5,
+    )
+    federation = listener.federation
+    reports: dict = defaultdict(dict)  # (round, generation, attempt, digest) -> id -> scores
+    reply = federation.reply
+
+    def recording(peer, message):
+        if message.subject is Subject.FITNESS:
+            scores = Scores.from_data(message.data)
+            key = (scores.round, scores.generation, scores.attempt, scores.digest)
+            reports[key][scores.client_id] = scores
+        return reply(peer, message)
+
+    monkeypatch.setattr(federation, "reply", recording)
+    data = CLIENT_DATA["client1"]  # both score the same samples
+    address = listener.server_address
+    liar, _ = client_factory(address, data, "liar", attack=AttackConfig("lie-scores"), seed=1)
+    honest, _ = client_factory(address, data, "honest", seed=2)
+    _run_to_the_end(server_events, (liar, honest))
+    both = [r for r in reports.values() if {liar.client_id, honest.client_id} <= r.keys()]
+    assert both
+    for report in both:
+        lied, true = report[liar.client_id], report[honest.client_id]
+        np.testing.assert_allclose(lied.losses, lie_scores(true.losses), rtol=1e-12)
+        assert lied.num_samples == true.num_samples == 2
+
+
+@pytest.mark.parametrize(
+    "federation, attack, sentence",
+    [
+        (WEIGHTS, "lie-scores", "lie-scores lies about the losses a client reports"),
+        (FITNESS, "sign-flip", "sign-flip poisons the weights a client sends"),
+    ],
+)
+def test_an_attack_the_servers_mode_cannot_take_ends_the_client_in_one_sentence(
+    server_factory, client_factory, federation, attack, sentence
+):
+    listener, _ = server_factory(federation=federation)
+    client, events = client_factory(listener.server_address, attack=AttackConfig(attack))
+    error = events.wait_for(lambda e: e.kind == "error")
+    client.join(WAIT)
+    assert client.outcome == "error"
+    assert error.detail.startswith(sentence) and "\n" not in error.detail
