@@ -4,8 +4,11 @@ of a client that runs one over real loopback sockets, and the sentences for bad 
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import threading
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +29,7 @@ from common.attacks import (
     attack_success_rate,
     lie_scores,
 )
+from common.cli import client_parser
 from common.data import CLIENT_DATA, Dataset
 from common.errors import ConfigError
 from common.fitness_federation import FEDERATIONS, FITNESS, WEIGHTS
@@ -37,6 +41,7 @@ from common.protocol.messages import Scores
 from common.training import LocalTrainer
 from tests.conftest import WAIT
 
+ROOT = Path(__file__).resolve().parent.parent
 CHOICES = "label-flip, backdoor, sign-flip, scaling, noise, liar, alie, lie-scores"
 
 
@@ -465,3 +470,27 @@ def test_an_attack_the_servers_mode_cannot_take_ends_the_client_in_one_sentence(
     client.join(WAIT)
     assert client.outcome == "error"
     assert error.detail.startswith(sentence) and "\n" not in error.detail
+
+
+@pytest.mark.slow
+def test_client_py_with_an_unknown_attack_says_so_in_one_sentence():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "client.py"), "--headless", "--attack", "nonsense"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"client.py: error: There is no attack 'nonsense': choose one of {CHOICES}."
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_the_client_help_documents_the_attack_flags_and_each_strength():
+    text = client_parser("client").format_help()
+    for flag in ("--attack MODE", "--attack-strength S", "--attack-target K", "lab feature"):
+        assert flag in text
+    for name in ATTACKS:
+        assert f"{name}:" in "".join(text.split())  # argparse wraps lines at hyphens
