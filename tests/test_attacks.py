@@ -454,6 +454,43 @@ def test_a_lying_client_in_fitness_mode_reports_its_losses_reflected(
         assert lied.num_samples == true.num_samples == 2
 
 
+def test_a_lone_alie_client_trains_the_round_on_shards_of_its_data_and_sends_their_alie(
+    server_factory, client_factory, monkeypatch
+):
+    listener, server_events = server_factory(
+        aggregation="fedavg", min_clients=1, max_rounds=1, round_timeout=WAIT, seed=4
+    )
+    received = []
+    apply_update = listener.global_model.apply_update
+
+    def recording(update, client):
+        received.append(update)
+        return apply_update(update, client)
+
+    monkeypatch.setattr(listener.global_model, "apply_update", recording)
+    trained = []  # every GA run: the samples it trained on and its best vector
+    train = LocalTrainer.train
+
+    def spy(trainer, request, *, data=None, **kwargs):
+        result = train(trainer, request, data=data, **kwargs)
+        trained.append((len(trainer.data if data is None else data), result.best_vector))
+        return result
+
+    monkeypatch.setattr(LocalTrainer, "train", spy)
+    data = _digits_like(samples=6, classes=2)
+    data = Dataset(data.inputs[:, :2], data.outputs)  # the XOR model's two features
+    client, _ = client_factory(
+        listener.server_address, data, "alie", attack=AttackConfig("alie", 1.0), seed=1
+    )
+    _run_to_the_end(server_events, [client])
+    (honest, *shards) = trained
+    assert honest[0] == 6 and [size for size, _ in shards] == [2, 2, 2]
+    (update,) = received
+    expected = alie([vector for _, vector in shards], 1.0)
+    np.testing.assert_allclose(update.best_model_weights_vector, expected, rtol=1e-5, atol=1e-6)
+    assert update.num_samples == 6
+
+
 @pytest.mark.parametrize(
     "federation, attack, sentence",
     [
