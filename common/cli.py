@@ -12,6 +12,7 @@ import signal
 
 from common import security
 from common.aggregate import AGGREGATIONS
+from common.attacks import ATTACKS, AttackConfig, shown
 from common.app import (
     EXIT_DONE,
     EXIT_FAILED,
@@ -319,7 +320,56 @@ def client_parser(name: str) -> argparse.ArgumentParser:
             help="this client's name in the server's log (default: %(default)s)",
         )
     ga_flags(parser, "override the server's setting; without one: ")
+    _attack_flags(parser)
     return parser
+
+
+def _attack_flags(parser: argparse.ArgumentParser) -> None:
+    """The attack lab's flags (common.attacks); the window has no such fields."""
+    group = parser.add_argument_group(
+        "attacks",
+        "a lab feature, for experiments and teaching: this client poisons what it trains on, "
+        "sends or reports, still speaking the normal protocol (common/attacks.py documents "
+        "each attack); its random draws follow --seed",
+    )
+    group.add_argument(
+        "--attack",
+        metavar="MODE",
+        help=f"the attack: {', '.join(ATTACKS)} (default: none, an honest client)",
+    )
+    strengths = "; ".join(
+        f"{name}: {attack.strength_means} (default "
+        + ("its real count" if attack.default_strength is None else shown(attack.default_strength))
+        + ")"
+        for name, attack in ATTACKS.items()
+    )
+    group.add_argument(
+        "--attack-strength",
+        type=positive(float, zero_ok=True),
+        metavar="S",
+        help=f"how hard it attacks, by attack: {strengths}",
+    )
+    group.add_argument(
+        "--attack-target",
+        type=positive(int, zero_ok=True),
+        metavar="K",
+        help="label-flip: relabel to class K instead of each label to the next class; "
+        "backdoor: the class triggered samples are relabelled to (default: 0)",
+    )
+
+
+def _attack_config(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The attack the flags ask for, checked now (a usage error in one sentence), or None."""
+    if args.attack is None:
+        if args.attack_strength is not None or args.attack_target is not None:
+            parser.error("--attack-strength and --attack-target need --attack MODE")
+        return None
+    attack = AttackConfig(args.attack, args.attack_strength, args.attack_target)
+    try:
+        attack.build()
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return attack
 
 
 def _security_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict:
@@ -376,6 +426,7 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
     parser = client_parser(name)
     args = parser.parse_args(argv)
     name = getattr(args, "name", name)
+    attack = _attack_config(parser, args)
     status = configure_logging(args.log_level, name)
     if args.data:
         try:
@@ -396,6 +447,7 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
         name=name,
         ga_overrides=overrides,
         ga=dataclasses.replace(GAConfig(), **overrides),
+        attack=attack,
         **_security_settings(parser, args),
     )
     if args.headless:

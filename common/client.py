@@ -5,6 +5,10 @@ The data never leaves this process; only weight vectors do. Progress is reported
 an ``on_event`` callback. Given a ``Reconnector``, the thread survives a lost server: it
 reconnects with backoff and resends its unanswered request, numbered so that the server
 counts an update once even if it arrived before the connection broke.
+
+A client configured with an attack (``ClientConfig.attack``, a lab feature: common.attacks)
+poisons its data as it is fitted to the model (``LocalTrainer``), the best vector and claimed
+sample count just before ``_request`` sends them, or in fitness mode the losses it reports.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common import protocol, security
+from common.attacks import AttackConfig, Collusion, HonestUpdate
 from common.data import Dataset
 from common.errors import ConnectError, ModelRefused, UserError
 from common.events import Event, EventKind
-from common.fitness_federation import FitnessScorer
+from common.fitness_federation import FITNESS, WEIGHTS, FitnessScorer
 from common.ga import GAConfig
 from common.modelspec import DEFAULT_MAX_PARAMS
 from common.protocol import Connection, Message, ProtocolError
@@ -64,6 +69,7 @@ class ClientConfig:
     tls_ca: str | None = None  # verify the server's TLS certificate against this CA file
     # GA settings this client insists on; the rest come from the server, else from ``ga``.
     ga_overrides: dict = field(default_factory=dict)
+    attack: AttackConfig | None = None  # a lab feature (common.attacks); seeded by ``seed``
 
 
 def connect(
@@ -176,6 +182,7 @@ class RecvThread(threading.Thread):
         config: ClientConfig | None = None,
         on_event: Callable[[Event], None] | None = None,
         reconnect: Reconnector | None = None,
+        collusion: Collusion | None = None,
     ):
         super().__init__(name=f"RecvThread-{(config or ClientConfig()).name}", daemon=True)
         self.config = config or ClientConfig()
@@ -188,6 +195,11 @@ class RecvThread(threading.Thread):
         self._sequence = 0  # of the last model update sent
         self._bytes_sent_before = 0  # on connections lost since, for the run's total
         config = self.config
+        # ``collusion``: alie's colluders in this process (a bench); see common.attacks.
+        self.attack = None
+        if config.attack is not None:
+            self.attack = config.attack.build(config.seed, collusion)
+            log.warning("%s is attacking: %s", config.name, self.attack)
         self.trainer = LocalTrainer(
             data,
             data_source,
@@ -195,6 +207,7 @@ class RecvThread(threading.Thread):
             max_params=config.max_params,
             ga_overrides=config.ga_overrides,
             seed=config.seed,
+            attack=self.attack,
         )
         self.outcome: str | None = None
         self.error: str | None = None
@@ -207,16 +220,13 @@ class RecvThread(threading.Thread):
         self._stop_requested.set()
         self.connection.close()
 
-    def _request(self, best_vector: np.ndarray | None) -> ServerReply:
-        """The tutorial's echo first (no weights yet), then each round's best weights."""
-        if best_vector is None:
+    def _request(self, best: tuple[np.ndarray, int] | None) -> ServerReply:
+        """The tutorial's echo first (no weights yet), then each round's best weights with
+        the sample count fedavg weighs them by."""
+        if best is None:
             return self._exchange(echo(self.client_id))
         self._sequence += 1
-        update = ClientUpdate(
-            best_vector,
-            len(self.trainer.data),  # fedavg weighs by it
-            (self.client_id, self._sequence),
-        )
+        update = ClientUpdate(*best, (self.client_id, self._sequence))
         return self._exchange(update.to_message())
 
     def _exchange(self, message: Message) -> ServerReply:
@@ -255,7 +265,10 @@ class RecvThread(threading.Thread):
             self.connection.close()
         self._on_event(Event(EventKind.CONNECTED, peer=self.connection.peer))
 
-    def _train(self, request: ModelRequest) -> np.ndarray:
+    def _train(self, request: ModelRequest) -> tuple[np.ndarray, int]:
+        """The round's best vector and the sample count to send with it."""
+        if self.attack is not None:
+            self.attack.check_federation(WEIGHTS)
         server_round = request.round or 0
         self._on_event(
             Event(
@@ -285,6 +298,9 @@ class RecvThread(threading.Thread):
             server_round,
             result.best_fitness,
         )
+        best = (result.best_vector, len(self.trainer.data))
+        if self.attack is not None:
+            best = self._poison(request, result.best_vector)
         self._on_event(
             Event(
                 EventKind.SENT,
@@ -293,10 +309,33 @@ class RecvThread(threading.Thread):
                 generation=result.generations,
             )
         )
-        return result.best_vector
+        return best
+
+    def _poison(self, request: ModelRequest, vector: np.ndarray) -> tuple[np.ndarray, int]:
+        """The attack's vector and claimed count in place of the honest ones."""
+        data = self.trainer.data
+
+        def retrain(rows: np.ndarray) -> np.ndarray:
+            part = Dataset(data.inputs[rows], data.outputs[rows])
+            return self.trainer.train(
+                request, data=part, should_stop=self._stop_requested.is_set
+            ).best_vector
+
+        sent, claimed = self.attack.poison_update(
+            HonestUpdate(
+                request.population_weights[0],  # the global model (GlobalModel._population)
+                vector,
+                len(data),
+                self._sequence + 1,
+                retrain,
+            )
+        )
+        return np.asarray(sent, dtype=vector.dtype), claimed
 
     def _score(self, reply: ScoreRequest) -> Done | None:
         """Fitness mode: score the server's generations until ``done`` (None if stopped)."""
+        if self.attack is not None:
+            self.attack.check_federation(FITNESS)
         scorer = FitnessScorer(
             self.trainer,
             self._exchange,
@@ -309,9 +348,9 @@ class RecvThread(threading.Thread):
     def run(self) -> None:
         self._on_event(Event(EventKind.CONNECTED, peer=self.connection.peer))
         try:
-            best_vector = None
+            best = None
             while True:
-                reply = self._request(best_vector)
+                reply = self._request(best)
                 if isinstance(reply, ScoreRequest):  # the server runs fitness mode
                     scored = self._score(reply)
                     if scored is None:  # stopped
@@ -325,7 +364,7 @@ class RecvThread(threading.Thread):
                     )
                     self._on_event(Event(EventKind.DONE, accuracy=self.final_accuracy))
                     return
-                best_vector = self._train(reply)
+                best = self._train(reply)
                 if self._stop_requested.is_set():
                     break
         except (ProtocolError, UserError) as exc:

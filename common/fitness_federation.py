@@ -585,9 +585,12 @@ class FitnessScorer:
                     members = population
                 else:
                     members = population[np.isnan(known)]
+                losses, num_samples = loss(forward(members, data.inputs), data.outputs), len(data)
+                if self.trainer.attack is not None:  # a lab feature: common.attacks
+                    losses, num_samples = self.trainer.attack.poison_losses(losses, num_samples)
                 scores = Scores(
-                    loss(forward(members, data.inputs), data.outputs),
-                    len(data),
+                    losses,
+                    num_samples,
                     digest(members),
                     pending.round,
                     generation,
