@@ -35,8 +35,8 @@ is one class plus its test, e.g. a FedAvg that steps only part of the way to the
 
 and in tests/test_aggregate.py a test of what it returns for a few updates. Registered, it is
 a choice of ``--aggregation``, of the window's spinner and (being round-based) of Flower. A
-setting of a new name also needs its ``TrainingConfig`` field, flag, window field and run
-config key, and its line in ``SETTINGS``.
+setting of a new name also needs its ``TrainingConfig`` field and run config key, and its
+line in ``SETTINGS`` (its flag and window field follow from that line).
 """
 
 from __future__ import annotations
@@ -97,24 +97,54 @@ class Update:
 # The server's scoring of candidate models, stacked as rows: (reaches the target, loss) each.
 Scores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
+# The values a setting may take (Setting.bounds), as its error says them.
+POSITIVE, FRACTION, COUNT = "greater than 0", "at least 0 and below 1", "0 or more"
+
 
 @dataclass(frozen=True)
 class Setting:
     """What a rule's setting means and the values it may take, the same in every rule."""
 
     text: str  # what it does, for the flag's help
-    fraction: bool  # True: at least 0 and below 1; False: above 0
+    bounds: str = POSITIVE  # POSITIVE or FRACTION: a real number; COUNT: a whole number
+    # Not "": the setting may be None, and the rule then computes it each round as this says.
+    per_round: str = ""
+
+    @property
+    def kind(self) -> type:
+        """The type its flag's and window field's text is read as."""
+        return int if self.bounds == COUNT else float
+
+    def shown(self, value: Any) -> str:
+        """A value as the log and the flag's help say it."""
+        return self.per_round if value is None else f"{value:g}"
+
+    def check(self, name: str, value: Any) -> None:
+        """``ConfigError``, one plain sentence, unless ``value`` is one ``name`` may take."""
+        if value is None and self.per_round:
+            return
+        flag = flag_name(name)
+        whole = self.bounds == COUNT
+        if isinstance(value, bool) or not isinstance(
+            value, numbers.Integral if whole else numbers.Real
+        ):
+            raise ConfigError(f"{flag} must be a {'whole ' if whole else ''}number, not {value!r}.")
+        within = {
+            POSITIVE: lambda v: 0 < v < math.inf,
+            FRACTION: lambda v: 0 <= v < 1,
+            COUNT: lambda v: v >= 0,
+        }[self.bounds]
+        if not within(value):
+            raise ConfigError(f"{flag} must be {self.bounds}, not {value:g}.")
 
 
 # Every setting some rule takes, by its one name (flags and run config keys: dashes).
 SETTINGS = {
-    "server_learning_rate": Setting(
-        "the server's step size (eta) along the round's mean change", False
-    ),
-    "server_momentum": Setting("the share of the last velocity kept each round", True),
-    "beta1": Setting("decay of the mean change's running mean (first moment)", True),
-    "beta2": Setting("decay of its running square (second moment)", True),
-    "tau": Setting("added to the second moment's root: the smaller, the more adaptive", False),
+    "server_learning_rate": Setting("the server's step size (eta) along the round's mean change"),
+    "server_momentum": Setting("the share of the last velocity kept each round", FRACTION),
+    "beta1": Setting("decay of the mean change's running mean (first moment)", FRACTION),
+    "beta2": Setting("decay of its running square (second moment)", FRACTION),
+    "tau": Setting("added to the second moment's root: the smaller, the more adaptive"),
 }
 
 
@@ -129,16 +159,7 @@ class RuleSettings:
 
     def __post_init__(self) -> None:
         for field in fields(self):
-            value, fraction = getattr(self, field.name), SETTINGS[field.name].fraction
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ConfigError(f"{flag_name(field.name)} must be a number, not {value!r}.")
-            value = float(value)
-            if fraction and not 0 <= value < 1:
-                raise ConfigError(
-                    f"{flag_name(field.name)} must be at least 0 and below 1, not {value:g}."
-                )
-            if not fraction and not 0 < value < math.inf:
-                raise ConfigError(f"{flag_name(field.name)} must be greater than 0, not {value:g}.")
+            SETTINGS[field.name].check(field.name, getattr(self, field.name))
 
 
 class Aggregation(ABC):
@@ -156,7 +177,8 @@ class Aggregation(ABC):
     def __str__(self) -> str:
         """Its name and settings, for the log: ``fedavgm (server-learning-rate=0.1, ...)``."""
         settings = ", ".join(
-            f"{flag_name(f.name)}={getattr(self.settings, f.name):g}" for f in fields(self.settings)
+            f"{flag_name(f.name)}={SETTINGS[f.name].shown(getattr(self.settings, f.name))}"
+            for f in fields(self.settings)
         )
         return f"{self.name} ({settings})" if settings else self.name
 
@@ -218,7 +240,7 @@ def listed(names: Sequence[str]) -> str:
     return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
-def aggregation_named(name: str, **settings: float) -> Aggregation:
+def aggregation_named(name: str, **settings: Any) -> Aggregation:
     """A new instance of the rule ``name`` (rules may keep state across rounds) with
     ``settings`` changed from its defaults; ``ConfigError``, one plain sentence, for an
     unknown rule, a setting it does not take or a value out of bounds."""

@@ -327,6 +327,7 @@ def test_each_optimiser_declares_its_settings_with_defaults():
             "server-learning-rate must be greater than 0, not nan.",
         ),
         ("fedadam", {"beta1": "0.9"}, "beta1 must be a number, not '0.9'."),
+        ("fedadam", {"beta1": None}, "beta1 must be a number, not None."),
         ("fedsgd", {}, "There is no aggregation 'fedsgd': choose one of"),
     ],
 )

@@ -223,6 +223,10 @@ def test_a_headless_client_of_ones_own_needs_its_data_file():
             ["--aggregation", "fedyogi", "--beta2", "1"],
             "beta2 must be at least 0 and below 1, not 1.",
         ),
+        (
+            ["--aggregation", "fedavgm", "--server-momentum", "-1"],
+            "server-momentum must be at least 0 and below 1, not -1.",
+        ),
     ],
 )
 def test_an_aggregation_setting_that_cannot_be_used_is_a_usage_error(flags, sentence):

@@ -759,7 +759,7 @@ def test_the_settings_left_to_the_model_are_fields_too(make_server, main_thread,
         ({"min_clients": "0"}, "Min clients: 0 must be greater than 0."),
         (
             {"aggregation": "fedavgm", "server_momentum": "-1"},
-            "Server momentum: -1 must be 0 or more.",
+            "server-momentum must be at least 0 and below 1, not -1.",
         ),
         ({"aggregation": "fedadam", "beta1": "1"}, "beta1 must be at least 0 and below 1, not 1."),
         (
