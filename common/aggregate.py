@@ -45,7 +45,7 @@ import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -84,6 +84,13 @@ def trimmed_mean(updates: Sequence[np.ndarray], trim: float = 0.2) -> np.ndarray
     return fedavg(list(ordered[cut : len(updates) - cut]))
 
 
+def pairwise_distances(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """The L2 distance between every two of ``vectors``: n x n, zero on the diagonal.
+    O(n^2 d), a row at a time, so memory stays n x d."""
+    stacked = np.stack(vectors).astype(np.float64)
+    return np.stack([np.linalg.norm(stacked - row, axis=1) for row in stacked])
+
+
 @dataclass(frozen=True)
 class Update:
     """One client's best weights, as a rule sees them."""
@@ -96,6 +103,48 @@ class Update:
 
 # The server's scoring of candidate models, stacked as rows: (reaches the target, loss) each.
 Scores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+# What a rule did with an update (Verdict.action), from the least to the most suspicious.
+USED, CLIPPED, EXCLUDED = "used", "clipped", "excluded"
+ACTIONS = (USED, CLIPPED, EXCLUDED)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a rule did with one update: for the log, the history CSV and the client table."""
+
+    client: str
+    change_norm: float  # L2 norm of the update's change from the global vector
+    distance: float  # mean L2 distance to the round's other updates (nan alone)
+    krum_score: float | None  # Krum's score where the rule computed it, else None
+    action: str  # USED, CLIPPED or EXCLUDED
+    detail: str = ""  # e.g. "norm 4.1 -> 1.2", "samples 1000000 -> 1080"
+
+
+def inspect(
+    global_vector: np.ndarray, updates: Sequence[Update], distances: np.ndarray | None = None
+) -> list[Verdict]:
+    """Each update ``USED``, with its change norm and mean distance to the round's others
+    (``distances``: ``pairwise_distances`` of the updates, if the rule computed them)."""
+    global_vector = np.asarray(global_vector, dtype=np.float64)
+    n = len(updates)
+    if n > 1:
+        if distances is None:
+            distances = pairwise_distances([u.vector for u in updates])
+        means = distances.sum(axis=1) / (n - 1)
+    else:
+        means = np.full(n, math.nan)
+    return [
+        Verdict(
+            update.client,
+            float(np.linalg.norm(np.asarray(update.vector, dtype=np.float64) - global_vector)),
+            float(mean),
+            None,
+            USED,
+        )
+        for update, mean in zip(updates, means)
+    ]
+
 
 # The values a setting may take (Setting.bounds), as its error says them.
 POSITIVE, FRACTION, COUNT = "greater than 0", "at least 0 and below 1", "0 or more"
@@ -196,6 +245,16 @@ class Aggregation(ABC):
 
     def describe(self) -> str:
         """What the last ``aggregate`` chose, for the log ("" when there is nothing to say)."""
+        return ""
+
+    def verdicts(self, global_vector: np.ndarray, updates: Sequence[Update]) -> list[Verdict]:
+        """What the last ``aggregate``, given the same arguments, did with each update, in
+        their order; this base: every update ``USED`` (``inspect``)."""
+        return inspect(global_vector, updates)
+
+    def refusal(self, n: int) -> str:
+        """Why the rule cannot aggregate a round of ``n`` updates with its settings, in one
+        sentence; "" when it can."""
         return ""
 
     def state(self) -> dict[str, np.ndarray]:
@@ -315,6 +374,14 @@ class RunningBest(Aggregation):
 
     def describe(self):
         return f"took={self._chosen}"
+
+    def verdicts(self, global_vector, updates):
+        # Keeping the current model is the update left out.
+        action = EXCLUDED if self._chosen == "current model" else USED
+        return [
+            replace(v, action=action, detail=self.describe())
+            for v in inspect(global_vector, updates)
+        ]
 
     def aggregate(self, global_vector, updates):
         if self._scores is None:

@@ -1,7 +1,7 @@
 """Aggregation rules are pure functions; robust ones resist a client sending huge weights.
 Each rule is a class in one registry by name, and a new rule is one class. The server
 optimisers step as their papers and Flower's strategies do, keep their state across rounds,
-and take checked settings."""
+and take checked settings. Each rule says what it did with each update (its verdicts)."""
 
 import textwrap
 
@@ -11,12 +11,15 @@ import pytest
 from common import aggregate
 from common.aggregate import (
     AGGREGATIONS,
+    EXCLUDED,
     SETTINGS,
+    USED,
     FedAvg,
     RunningAverage,
     Update,
     aggregation_named,
     fedavg,
+    inspect,
     median,
     model_averaging,
     round_based,
@@ -347,3 +350,47 @@ def test_running_candidates_are_steps_toward_the_update_and_the_clients_mean():
     np.testing.assert_array_equal(candidates["step 0.5"], model_averaging(current, update))
     np.testing.assert_allclose(candidates["clients' mean"], [4.0, 4 / 3])
     np.testing.assert_array_equal(current, [0.0, 8.0])  # pure
+
+
+# ---- defences ---------------------------------------------------------------------------------
+
+
+def _updates(*vectors, counts=None):
+    """Updates of clients a, b, c, ... with the given vectors (and sample counts)."""
+    counts = counts or [1] * len(vectors)
+    return [
+        Update(np.asarray(v, dtype=np.float64), n, client=chr(ord("a") + i))
+        for i, (v, n) in enumerate(zip(vectors, counts))
+    ]
+
+
+def _actions(rule, global_vector, updates):
+    return [(v.action, v.detail) for v in rule.verdicts(global_vector, updates)]
+
+
+def test_inspect_gives_each_update_its_change_norm_and_mean_distance_to_the_others():
+    updates = _updates([3.0, 4.0], [0.0, 0.0], [3.0, 0.0])
+    verdicts = inspect(np.zeros(2), updates)
+    assert [v.client for v in verdicts] == ["a", "b", "c"]
+    assert [v.change_norm for v in verdicts] == [5.0, 0.0, 3.0]
+    assert [v.distance for v in verdicts] == [(5 + 4) / 2, (5 + 3) / 2, (4 + 3) / 2]
+    assert {(v.krum_score, v.action, v.detail) for v in verdicts} == {(None, USED, "")}
+    (alone,) = inspect(np.zeros(2), updates[:1])
+    assert np.isnan(alone.distance)
+    # The rules that leave every update as it is say so: the median, a fair fedavg round.
+    for name in ("median", "fedavg"):
+        rule = aggregation_named(name)
+        rule.aggregate(np.zeros(2), updates)
+        assert rule.verdicts(np.zeros(2), updates) == verdicts
+
+
+def test_running_best_excludes_an_update_when_it_keeps_the_current_model():
+    rule = aggregation_named("running-best")
+    rule.bind(lambda vectors: (np.zeros(len(vectors), bool), np.abs(vectors).sum(axis=1)))
+    current = np.zeros(2)
+    (worse,) = _updates([4.0, 4.0])  # every candidate has a higher loss than the current
+    rule.aggregate(current, [worse])
+    assert _actions(rule, current, [worse]) == [(EXCLUDED, "took=current model")]
+    (better,) = _updates([0.0, 0.0])
+    rule.aggregate(np.ones(2), [better])
+    assert _actions(rule, np.ones(2), [better]) == [(USED, "took=update")]
