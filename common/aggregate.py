@@ -91,6 +91,16 @@ def pairwise_distances(vectors: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([np.linalg.norm(stacked - row, axis=1) for row in stacked])
 
 
+CLAIM_CAP = 3  # max_claimed_samples left unset: this many times the round's median claim
+
+
+def capped_counts(counts: Sequence[float], cap: float | None = None) -> np.ndarray:
+    """Claimed sample counts, none above ``cap`` (None: ``CLAIM_CAP`` times their median),
+    so one client cannot outweigh the rest by saying so."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.minimum(counts, CLAIM_CAP * np.median(counts) if cap is None else cap)
+
+
 @dataclass(frozen=True)
 class Update:
     """One client's best weights, as a rule sees them."""
@@ -146,6 +156,12 @@ def inspect(
     ]
 
 
+def marked(verdict: Verdict, action: str, detail: str) -> Verdict:
+    """``verdict`` with ``action`` if that is the graver, and ``detail`` added to its own."""
+    graver = max(verdict.action, action, key=ACTIONS.index)
+    return replace(verdict, action=graver, detail=", ".join(filter(None, (verdict.detail, detail))))
+
+
 # The values a setting may take (Setting.bounds), as its error says them.
 POSITIVE, FRACTION, COUNT = "greater than 0", "at least 0 and below 1", "0 or more"
 
@@ -194,6 +210,10 @@ SETTINGS = {
     "beta1": Setting("decay of the mean change's running mean (first moment)", FRACTION),
     "beta2": Setting("decay of its running square (second moment)", FRACTION),
     "tau": Setting("added to the second moment's root: the smaller, the more adaptive"),
+    "max_claimed_samples": Setting(
+        "the largest sample count an update is weighed by, whatever its client claims",
+        per_round=f"{CLAIM_CAP}x the round's median claim",
+    ),
 }
 
 
@@ -401,14 +421,43 @@ class RunningBest(Aggregation):
         return vectors[best].copy()
 
 
+@dataclass(frozen=True)
+class CountSettings(RuleSettings):
+    max_claimed_samples: float | None = None  # None: CLAIM_CAP x the round's median claim
+
+
+class CountWeighted(Aggregation):
+    """A rule that weighs updates by their clients' claimed sample counts, each capped at
+    ``max_claimed_samples`` (``capped_counts``); its ``Settings`` has that field."""
+
+    _claimed = _weights = np.empty(0)  # the last round's counts, as claimed and as weighed
+
+    def weights(self, updates: Sequence[Update]) -> np.ndarray:
+        """The updates' weights this round: their capped counts (kept for ``verdicts``)."""
+        self._claimed = np.array([u.num_samples for u in updates], dtype=np.float64)
+        self._weights = capped_counts(self._claimed, self.settings.max_claimed_samples)
+        return self._weights
+
+    def verdicts(self, global_vector, updates):
+        return [
+            marked(verdict, CLIPPED, f"samples {claimed:.10g} -> {weight:.10g}")
+            if weight < claimed
+            else verdict
+            for verdict, claimed, weight in zip(
+                super().verdicts(global_vector, updates), self._claimed, self._weights, strict=True
+            )
+        ]
+
+
 @register
-class FedAvg(Aggregation):
-    """The updates' mean weighted by their clients' sample counts."""
+class FedAvg(CountWeighted):
+    """The updates' mean weighted by their clients' sample counts (capped)."""
 
     name = "fedavg"
+    Settings = CountSettings
 
     def aggregate(self, global_vector, updates):
-        return fedavg([u.vector for u in updates], [u.num_samples for u in updates])
+        return fedavg([u.vector for u in updates], self.weights(updates))
 
 
 @register
@@ -436,16 +485,20 @@ class TrimmedMean(Aggregation):
 # 2019 (FedAvgM), with the defaults and updates of Flower 1.42's flwr.serverapp.strategy.
 
 
-def mean_change(global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
-    """The round's FedAvg mean minus the global vector: Reddi et al.'s Delta_t, the server
-    optimisers' pseudo-gradient with its sign flipped (a step along it descends)."""
-    return fedavg([u.vector for u in updates], [u.num_samples for u in updates]) - global_vector
+def mean_change(
+    global_vector: np.ndarray, updates: Sequence[Update], weights: Sequence[float] | None = None
+) -> np.ndarray:
+    """The round's FedAvg mean (by ``weights``, else the claimed counts) minus the global
+    vector: Reddi et al.'s Delta_t, the server optimisers' pseudo-gradient with its sign
+    flipped (a step along it descends)."""
+    counts = [u.num_samples for u in updates] if weights is None else weights
+    return fedavg([u.vector for u in updates], counts) - global_vector
 
 
-class ServerOptimiser(Aggregation):
-    """A round-based rule that treats the round's ``mean_change`` as a pseudo-gradient and
-    steps the global model by ``step``, keeping state (``moments``, each of the model's size,
-    and the number of rounds) across rounds. A checkpoint saves that state, so ``--resume``
+class ServerOptimiser(CountWeighted):
+    """A round-based rule that treats the round's ``mean_change`` (by capped counts) as a
+    pseudo-gradient and steps the global model by ``step``, keeping state (``moments``, each
+    of the model's size, and the number of rounds) across rounds. A checkpoint saves that state, so ``--resume``
     carries on the same steps; a checkpoint from before fedga saved it (format 2), or of
     another rule, restarts it."""
 
@@ -464,7 +517,7 @@ class ServerOptimiser(Aggregation):
 
     def aggregate(self, global_vector, updates):
         self.rounds += 1
-        change = mean_change(global_vector, updates)
+        change = mean_change(global_vector, updates, self.weights(updates))
         step = self.step(change)
         # Their sizes, so a person can see whether the learning rate suits the updates.
         self._sizes = (
@@ -494,6 +547,7 @@ class MomentumSettings(RuleSettings):
 
     server_learning_rate: float = 0.1
     server_momentum: float = 0.9
+    max_claimed_samples: float | None = None
 
 
 @register
@@ -521,6 +575,7 @@ class AdaptiveSettings(RuleSettings):
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
+    max_claimed_samples: float | None = None
 
 
 class AdaptiveOptimiser(ServerOptimiser):

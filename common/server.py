@@ -103,6 +103,7 @@ class TrainingConfig:
     beta1: float | None = None
     beta2: float | None = None
     tau: float | None = None
+    max_claimed_samples: float | None = None
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     checkpoint: str | None = None  # save the global state here after every accepted update

@@ -1,7 +1,8 @@
 """Aggregation rules are pure functions; robust ones resist a client sending huge weights.
 Each rule is a class in one registry by name, and a new rule is one class. The server
 optimisers step as their papers and Flower's strategies do, keep their state across rounds,
-and take checked settings. Each rule says what it did with each update (its verdicts)."""
+and take checked settings. Claimed sample counts are capped, and each rule says what it did
+with each update (its verdicts)."""
 
 import textwrap
 
@@ -11,6 +12,7 @@ import pytest
 from common import aggregate
 from common.aggregate import (
     AGGREGATIONS,
+    CLIPPED,
     EXCLUDED,
     SETTINGS,
     USED,
@@ -18,6 +20,7 @@ from common.aggregate import (
     RunningAverage,
     Update,
     aggregation_named,
+    capped_counts,
     fedavg,
     inspect,
     median,
@@ -94,7 +97,7 @@ def test_the_registry_holds_the_rules_by_name_the_tutorials_first():
         "fedyogi",
     ]
     # What Flower can run
-    assert round_based() == ["fedavg", "median", "trimmed-mean", "fedavgm", "fedadam", "fedyogi"]
+    assert round_based() == list(AGGREGATIONS)[2:]
 
 
 def test_the_running_average_takes_an_update_that_reached_the_target_as_is():
@@ -292,11 +295,17 @@ def test_a_restored_optimiser_carries_on_as_if_never_stopped(name):
     assert not np.allclose(fresh, straight)
 
 
-def test_each_optimiser_declares_its_settings_with_defaults():
-    assert {name: aggregate.settings_of(name) for name in ("fedavgm", "fedadam", "fedyogi")} == {
-        "fedavgm": {"server_learning_rate": 0.1, "server_momentum": 0.9},
-        "fedadam": {"server_learning_rate": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
-        "fedyogi": {"server_learning_rate": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+def test_each_rule_declares_its_settings_with_defaults():
+    cap = {"max_claimed_samples": None}  # None: computed each round
+    assert {name: aggregate.settings_of(name) for name in AGGREGATIONS} == {
+        "running-average": {},
+        "running-best": {},
+        "fedavg": cap,
+        "median": {},
+        "trimmed-mean": {},
+        "fedavgm": {"server_learning_rate": 0.1, "server_momentum": 0.9, **cap},
+        "fedadam": {"server_learning_rate": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, **cap},
+        "fedyogi": {"server_learning_rate": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, **cap},
     }
     assert set(SETTINGS) == {
         setting for name in AGGREGATIONS for setting in aggregate.settings_of(name)
@@ -330,6 +339,11 @@ def test_each_optimiser_declares_its_settings_with_defaults():
             "server-learning-rate must be greater than 0, not nan.",
         ),
         ("fedadam", {"beta1": "0.9"}, "beta1 must be a number, not '0.9'."),
+        (
+            "fedavg",
+            {"max_claimed_samples": 0},
+            "max-claimed-samples must be greater than 0, not 0.",
+        ),
         ("fedadam", {"beta1": None}, "beta1 must be a number, not None."),
         ("fedsgd", {}, "There is no aggregation 'fedsgd': choose one of"),
     ],
@@ -366,6 +380,27 @@ def _updates(*vectors, counts=None):
 
 def _actions(rule, global_vector, updates):
     return [(v.action, v.detail) for v in rule.verdicts(global_vector, updates)]
+
+
+def test_a_claimed_sample_count_is_capped_at_three_times_the_rounds_median():
+    np.testing.assert_array_equal(capped_counts([360, 350, 370, 10**6]), [360, 350, 370, 1095])
+    np.testing.assert_array_equal(capped_counts([360, 350, 370, 10**6], cap=100), [100] * 4)
+    honest = [np.array([1.0]), np.array([2.0]), np.array([3.0])]
+    updates = _updates(*honest, np.array([-1000.0]), counts=[100, 100, 100, 10**6])
+    rule = aggregation_named("fedavg")
+    # The liar weighs 300, as much as the three others together.
+    assert rule.aggregate(np.zeros(1), updates)[0] == pytest.approx((600 - 300_000) / 600)
+    assert _actions(rule, np.zeros(1), updates) == [(USED, "")] * 3 + [
+        (CLIPPED, "samples 1000000 -> 300")
+    ]
+    given = aggregation_named("fedavg", max_claimed_samples=50)  # every count 50: the mean
+    assert given.aggregate(np.zeros(1), updates)[0] == pytest.approx(-994 / 4)
+    # The server optimisers weigh their mean change the same way: a whole step is fedavg's.
+    optimiser = aggregation_named("fedavgm", server_learning_rate=1.0, server_momentum=0.0)
+    np.testing.assert_allclose(
+        optimiser.aggregate(np.zeros(1), updates), rule.aggregate(np.zeros(1), updates)
+    )
+    assert _actions(optimiser, np.zeros(1), updates)[3] == (CLIPPED, "samples 1000000 -> 300")
 
 
 def test_inspect_gives_each_update_its_change_norm_and_mean_distance_to_the_others():

@@ -284,6 +284,7 @@ def test_bad_port_is_a_usage_error(script):
                 "--beta1",
                 "--beta2",
                 "--tau",
+                "--max-claimed-samples",
             ],
         ),
         (
@@ -340,14 +341,24 @@ def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--aggregation", "fedavgm"], "fedavgm (server-learning-rate=0.1, server-momentum=0.9)"),
+        (
+            ["--aggregation", "fedavgm"],
+            "fedavgm (server-learning-rate=0.1, server-momentum=0.9, "
+            "max-claimed-samples=3x the round's median claim)",
+        ),
         (
             ["--aggregation", "fedadam", "--server-learning-rate", "0.03", "--tau", "0.01"],
-            "fedadam (server-learning-rate=0.03, beta1=0.9, beta2=0.99, tau=0.01)",
+            "fedadam (server-learning-rate=0.03, beta1=0.9, beta2=0.99, tau=0.01, "
+            "max-claimed-samples=3x the round's median claim)",
         ),
         (
             ["--aggregation", "fedyogi", "--beta1", "0", "--beta2", "0.5"],
-            "fedyogi (server-learning-rate=0.01, beta1=0, beta2=0.5, tau=0.001)",
+            "fedyogi (server-learning-rate=0.01, beta1=0, beta2=0.5, tau=0.001, "
+            "max-claimed-samples=3x the round's median claim)",
+        ),
+        (
+            ["--aggregation", "fedavg", "--max-claimed-samples", "50"],
+            "fedavg (max-claimed-samples=50)",
         ),
     ],
 )

@@ -203,7 +203,10 @@ def test_the_aggregations_settings_come_from_the_run_config_and_are_checked():
         {"aggregation": "fedadam", "server-learning-rate": 0.02, "beta1": "", "tau": 0.01}
     )
     rule = config.training.aggregation_rule()
-    assert str(rule) == "fedadam (server-learning-rate=0.02, beta1=0.9, beta2=0.99, tau=0.01)"
+    assert str(rule) == (
+        "fedadam (server-learning-rate=0.02, beta1=0.9, beta2=0.99, tau=0.01, "
+        "max-claimed-samples=3x the round's median claim)"
+    )
     with pytest.raises(ConfigError, match=r"^fedavg takes no tau setting: it is for fedadam"):
         server_config({"tau": 0.01})  # Flower's default aggregation, fedavg
     with pytest.raises(ConfigError, match=r"^server-momentum must be at least 0 and below 1"):
@@ -284,9 +287,13 @@ def test_the_optimisers_defaults_are_flowers_but_fedavgms():
     ours = {"server_learning_rate": "eta", "beta1": "beta_1", "beta2": "beta_2", "tau": "tau"}
     for name, theirs in (("fedadam", flower.FedAdam), ("fedyogi", flower.FedYogi)):
         defaults = inspect.signature(theirs).parameters
-        assert {k: defaults[v].default for k, v in ours.items()} == settings_of(name)
+        assert {k: defaults[v].default for k, v in ours.items()} == {
+            k: settings_of(name)[k] for k in ours
+        }
     defaults = inspect.signature(flower.FedAvgM).parameters
     flowers = (defaults["server_learning_rate"].default, defaults["server_momentum"].default)
     assert flowers == (1.0, 0.0)
-    rate, momentum = settings_of("fedavgm").values()
+    rate, momentum = (
+        settings_of("fedavgm")[k] for k in ("server_learning_rate", "server_momentum")
+    )
     assert (rate, momentum) == (0.1, 0.9) and rate / (1 - momentum) == pytest.approx(1.0)

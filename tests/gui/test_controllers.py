@@ -17,7 +17,7 @@ import pytest
 
 import common  # noqa: F401  (the quiet TensorFlow environment first)
 from common import datasets, security
-from common.aggregate import AGGREGATIONS
+from common.aggregate import AGGREGATIONS, SETTINGS
 from common.app import build_global_model
 from common.cli import server_parser
 from common.client import ClientConfig
@@ -667,6 +667,7 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
         "beta1": "",
         "beta2": "",
         "tau": "",
+        "max_claimed_samples": "",
         "min_clients": "2",
         "patience": "5",
         "step_patience": "",  # left to the model
@@ -703,13 +704,15 @@ def test_an_aggregations_settings_show_for_the_rules_that_take_them(make_server)
     server = make_server(aggregation="fedyogi", tau=0.01)
     texts = {f.name: f.text for f in server.setup_fields()}
     assert (texts["tau"], texts["beta1"]) == ("0.01", "")
-    settings = ("server_learning_rate", "server_momentum", "beta1", "beta2", "tau")
+    settings = tuple(SETTINGS)
+    cap = "max_claimed_samples"
     for aggregation, expected in [
-        ("fedavg", set()),
+        ("fedavg", {cap}),
         ("running-best", set()),
-        ("fedavgm", {"server_learning_rate", "server_momentum"}),
-        ("fedadam", {"server_learning_rate", "beta1", "beta2", "tau"}),
-        ("fedyogi", {"server_learning_rate", "beta1", "beta2", "tau"}),
+        ("median", set()),
+        ("fedavgm", {"server_learning_rate", "server_momentum", cap}),
+        ("fedadam", {"server_learning_rate", "beta1", "beta2", "tau", cap}),
+        ("fedyogi", {"server_learning_rate", "beta1", "beta2", "tau", cap}),
     ]:
         texts["aggregation"] = aggregation
         assert {name for name in settings if server.applies(name, texts)} == expected
@@ -730,7 +733,10 @@ def test_the_aggregations_settings_reach_its_rule_and_greyed_ones_are_left_out(
         min_clients="1",
     )
     rule = server.global_model.aggregation
-    assert str(rule) == "fedadam (server-learning-rate=0.05, beta1=0.9, beta2=0.9, tau=0.001)"
+    assert str(rule) == (
+        "fedadam (server-learning-rate=0.05, beta1=0.9, beta2=0.9, tau=0.001, "
+        "max-claimed-samples=3x the round's median claim)"
+    )
 
 
 @pytest.mark.parametrize(
