@@ -77,11 +77,15 @@ def median(updates: Sequence[np.ndarray]) -> np.ndarray:
     return np.median(np.stack(updates), axis=0)
 
 
-def trimmed_mean(updates: Sequence[np.ndarray], trim: float = 0.2) -> np.ndarray:
-    """Coordinate-wise mean after dropping the ``trim`` share of highest and lowest values."""
-    ordered = np.sort(np.stack(updates), axis=0)
-    cut = int(len(updates) * trim)
-    return fedavg(list(ordered[cut : len(updates) - cut]))
+def trimmed_mean(updates: Sequence[np.ndarray], cut: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinate-wise mean after dropping the ``cut`` highest and ``cut`` lowest values of
+    each coordinate; and for each update the share of coordinates in which it was dropped."""
+    stacked = np.stack(updates)
+    order = np.argsort(stacked, axis=0, kind="stable")  # ties: the earlier update ranks lower
+    kept = np.take_along_axis(stacked, order[cut : len(updates) - cut], axis=0)
+    dropped = np.concatenate([order[:cut], order[len(updates) - cut :]]).ravel()
+    share = np.bincount(dropped, minlength=len(updates)) / stacked.shape[1]
+    return fedavg(list(kept)), share
 
 
 def pairwise_distances(vectors: Sequence[np.ndarray]) -> np.ndarray:
@@ -89,6 +93,15 @@ def pairwise_distances(vectors: Sequence[np.ndarray]) -> np.ndarray:
     O(n^2 d), a row at a time, so memory stays n x d."""
     stacked = np.stack(vectors).astype(np.float64)
     return np.stack([np.linalg.norm(stacked - row, axis=1) for row in stacked])
+
+
+def krum_scores(distances: np.ndarray, byzantine: int) -> np.ndarray:
+    """Blanchard et al.'s score of each update (from ``pairwise_distances``): the sum of the
+    squared distances to its n - F - 2 nearest neighbours, F = ``byzantine``."""
+    n = len(distances)
+    # Each row sorted starts with a 0, the update's distance to itself, or one of equal
+    # 0s if others are the same vector: dropping the first drops itself either way.
+    return np.sort(distances**2, axis=1)[:, 1 : n - byzantine - 1].sum(axis=1)
 
 
 CLAIM_CAP = 3  # max_claimed_samples left unset: this many times the round's median claim
@@ -210,6 +223,7 @@ SETTINGS = {
     "beta1": Setting("decay of the mean change's running mean (first moment)", FRACTION),
     "beta2": Setting("decay of its running square (second moment)", FRACTION),
     "tau": Setting("added to the second moment's root: the smaller, the more adaptive"),
+    "byzantine": Setting("how many attackers a round must tolerate", COUNT),
     "max_claimed_samples": Setting(
         "the largest sample count an update is weighed by, whatever its client claims",
         per_round=f"{CLAIM_CAP}x the round's median claim",
@@ -462,7 +476,12 @@ class FedAvg(CountWeighted):
 
 @register
 class Median(Aggregation):
-    """The updates' coordinate-wise median."""
+    """The updates' coordinate-wise median. Of an even number of updates it is, per
+    coordinate, the mean of the middle two values: attackers at an extreme cannot take it
+    outside the honest values' range, but they decide which two are the middle ones, a bias
+    of at most one rank per coordinate toward their side, the same every round (issue 23
+    measured it: with 1 attacker of 4, scaling left 0.613 held-out accuracy on digits;
+    trimmed-mean with F = 1 of 4 averages the same two values). Ignores sample counts."""
 
     name = "median"
 
@@ -470,14 +489,125 @@ class Median(Aggregation):
         return median([u.vector for u in updates])
 
 
+@dataclass(frozen=True)
+class ByzantineSettings(RuleSettings):
+    byzantine: int = 1
+
+
+class Tolerant(Aggregation):
+    """A round-based rule that tolerates ``byzantine`` (F) attackers among n updates when n
+    is above a bound of F (``needs``), and ignores sample counts (a count is the client's
+    word: an attacker would claim a large one)."""
+
+    Settings = ByzantineSettings
+
+    @abstractmethod
+    def needs(self) -> tuple[str, int]:
+        """The bound n must exceed: as a formula of F, and its value."""
+
+    def refusal(self, n):
+        formula, bound = self.needs()
+        if n > bound:
+            return ""
+        f = self.settings.byzantine
+        return (
+            f"{self.name} cannot tolerate {f} attacker{'s' * (f != 1)} with {n} "
+            f"update{'s' * (n != 1)}: it needs more than {formula} = {bound}."
+        )
+
+    def check(self, updates: Sequence[Update]) -> None:
+        """``ValueError`` for a round the rule cannot tolerate: never aggregate unprotected."""
+        refusal = self.refusal(len(updates))
+        if refusal:
+            raise ValueError(refusal)
+
+
+TRIM_SHARE = 0.2  # trimmed-mean trims at least this share of the values per side
+
+
+def trim_per_side(n: int, byzantine: int) -> int:
+    """How many values trimmed-mean drops from each end of each coordinate."""
+    return max(byzantine, int(TRIM_SHARE * n))
+
+
 @register
-class TrimmedMean(Aggregation):
-    """The updates' coordinate-wise mean without the highest and lowest fifth."""
+class TrimmedMean(Tolerant):
+    """The updates' coordinate-wise mean without the highest and lowest ``trim_per_side``
+    values: the fifth of them, and at least F, whatever n is. An update dropped in more
+    than half of the coordinates counts as excluded."""
 
     name = "trimmed-mean"
+    _shares = np.empty(0)  # the last round's: each update's share of coordinates dropped
+
+    def needs(self):
+        return "2F", 2 * self.settings.byzantine
 
     def aggregate(self, global_vector, updates):
-        return trimmed_mean([u.vector for u in updates])
+        self.check(updates)
+        cut = trim_per_side(len(updates), self.settings.byzantine)
+        mean, self._shares = trimmed_mean([u.vector for u in updates], cut)
+        return mean
+
+    def verdicts(self, global_vector, updates):
+        return [
+            replace(
+                verdict,
+                action=EXCLUDED if share > 0.5 else USED,
+                detail=f"trimmed in {share:.0%} of coordinates",
+            )
+            for verdict, share in zip(inspect(global_vector, updates), self._shares, strict=True)
+        ]
+
+
+@register
+class Krum(Tolerant):
+    """Krum (Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
+    Gradient Descent", NeurIPS 2017): the update with the smallest ``krum_scores``, the one
+    closest to its n - F - 2 nearest neighbours, so an update far from the honest cluster is
+    never chosen. Needs n > 2F + 2."""
+
+    name = "krum"
+    _distances = _scores = _chosen = np.empty(0)  # the last round's
+
+    def needs(self):
+        return "2F + 2", 2 * self.settings.byzantine + 2
+
+    def selected(self, n: int) -> int:
+        """How many of the best-scored updates are averaged."""
+        return 1
+
+    def aggregate(self, global_vector, updates):
+        self.check(updates)
+        vectors = [u.vector for u in updates]
+        self._distances = pairwise_distances(vectors)
+        self._scores = krum_scores(self._distances, self.settings.byzantine)
+        best = np.argsort(self._scores, kind="stable")[: self.selected(len(updates))]
+        self._chosen = np.sort(best)
+        return fedavg([vectors[i] for i in self._chosen])
+
+    def verdicts(self, global_vector, updates):
+        return [
+            replace(
+                verdict, krum_score=float(score), action=USED if i in self._chosen else EXCLUDED
+            )
+            for i, (verdict, score) in enumerate(
+                zip(inspect(global_vector, updates, self._distances), self._scores, strict=True)
+            )
+        ]
+
+
+@register
+class MultiKrum(Krum):
+    """Multi-Krum (Blanchard et al., 2017): the plain mean of the m = n - F updates with the
+    smallest Krum scores. n - F is the most updates that can still leave all F attackers
+    out, so the mean gathers as many honest updates as it can; Flower's MultiKrum takes m
+    as ``num_nodes_to_select`` (default 1, Krum) and weighs the chosen by their counts,
+    which an attacker states."""
+
+    name = "multi-krum"
+
+    def selected(self, n):
+        return n - self.settings.byzantine
 
 
 # ---- server optimisers ------------------------------------------------------------------

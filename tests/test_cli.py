@@ -227,6 +227,15 @@ def test_a_headless_client_of_ones_own_needs_its_data_file():
             ["--aggregation", "fedavgm", "--server-momentum", "-1"],
             "server-momentum must be at least 0 and below 1, not -1.",
         ),
+        (
+            ["--aggregation", "krum", "--byzantine", "2", "--min-clients", "6"],
+            "With min-clients 6, krum cannot tolerate 2 attackers with 6 updates: it needs more "
+            "than 2F + 2 = 6.",
+        ),
+        (
+            ["--aggregation", "krum", "--byzantine", "1.5"],
+            "argument --byzantine: '1.5' is not a whole number",
+        ),
     ],
 )
 def test_an_aggregation_setting_that_cannot_be_used_is_a_usage_error(flags, sentence):
@@ -284,6 +293,7 @@ def test_bad_port_is_a_usage_error(script):
                 "--beta1",
                 "--beta2",
                 "--tau",
+                "--byzantine",
                 "--max-claimed-samples",
             ],
         ),
@@ -355,6 +365,11 @@ def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
             ["--aggregation", "fedyogi", "--beta1", "0", "--beta2", "0.5"],
             "fedyogi (server-learning-rate=0.01, beta1=0, beta2=0.5, tau=0.001, "
             "max-claimed-samples=3x the round's median claim)",
+        ),
+        (["--aggregation", "krum", "--min-clients", "5"], "krum (byzantine=1)"),
+        (
+            ["--aggregation", "multi-krum", "--byzantine", "0", "--min-clients", "3"],
+            "multi-krum (byzantine=0)",
         ),
         (
             ["--aggregation", "fedavg", "--max-claimed-samples", "50"],

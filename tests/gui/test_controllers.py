@@ -667,6 +667,7 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
         "beta1": "",
         "beta2": "",
         "tau": "",
+        "byzantine": "",
         "max_claimed_samples": "",
         "min_clients": "2",
         "patience": "5",
@@ -710,6 +711,9 @@ def test_an_aggregations_settings_show_for_the_rules_that_take_them(make_server)
         ("fedavg", {cap}),
         ("running-best", set()),
         ("median", set()),
+        ("trimmed-mean", {"byzantine"}),
+        ("krum", {"byzantine"}),
+        ("multi-krum", {"byzantine"}),
         ("fedavgm", {"server_learning_rate", "server_momentum", cap}),
         ("fedadam", {"server_learning_rate", "beta1", "beta2", "tau", cap}),
         ("fedyogi", {"server_learning_rate", "beta1", "beta2", "tau", cap}),
@@ -742,6 +746,18 @@ def test_the_aggregations_settings_reach_its_rule_and_greyed_ones_are_left_out(
 @pytest.mark.parametrize(
     "texts, expected",
     [
+        ({"aggregation": "krum", "byzantine": "0", "min_clients": "3"}, "krum (byzantine=0)"),
+    ],
+)
+def test_the_defences_settings_reach_their_rule(make_server, main_thread, texts, expected):
+    server = make_server()
+    listen(server, **({"min_clients": "1"} | texts))
+    assert str(server.global_model.aggregation) == expected
+
+
+@pytest.mark.parametrize(
+    "texts, expected",
+    [
         # empty: the tutorial XOR model's
         ({"stop_fitness": "", "step_patience": ""}, {"stop_fitness": 10.0, "step_patience": 0}),
         ({"stop_fitness": "0", "step_patience": "4"}, {"stop_fitness": 0.0, "step_patience": 4}),
@@ -766,6 +782,12 @@ def test_the_settings_left_to_the_model_are_fields_too(make_server, main_thread,
         (
             {"aggregation": "fedavgm", "server_momentum": "-1"},
             "server-momentum must be at least 0 and below 1, not -1.",
+        ),
+        ({"aggregation": "krum", "byzantine": "one"}, "Byzantine: 'one' is not a whole number."),
+        (
+            {"aggregation": "krum", "byzantine": "1", "min_clients": "4"},
+            "With min-clients 4, krum cannot tolerate 1 attacker with 4 updates: it needs more "
+            "than 2F + 2 = 4.",
         ),
         ({"aggregation": "fedadam", "beta1": "1"}, "beta1 must be at least 0 and below 1, not 1."),
         (
