@@ -224,6 +224,11 @@ SETTINGS = {
     "beta2": Setting("decay of its running square (second moment)", FRACTION),
     "tau": Setting("added to the second moment's root: the smaller, the more adaptive"),
     "byzantine": Setting("how many attackers a round must tolerate", COUNT),
+    "clip_norm": Setting(
+        "the largest change from the global model an update may make; larger ones are "
+        "scaled down to it",
+        per_round="the round's median change norm",
+    ),
     "max_claimed_samples": Setting(
         "the largest sample count an update is weighed by, whatever its client claims",
         per_round=f"{CLAIM_CAP}x the round's median claim",
@@ -608,6 +613,47 @@ class MultiKrum(Krum):
 
     def selected(self, n):
         return n - self.settings.byzantine
+
+
+@dataclass(frozen=True)
+class NormSettings(RuleSettings):
+    clip_norm: float | None = None  # None: the round's median change norm
+    max_claimed_samples: float | None = None
+
+
+@register
+class NormBounded(CountWeighted):
+    """Norm-bounded FedAvg (Sun et al., "Can You Really Backdoor Federated Learning?",
+    2019): each update's change from the global model is scaled down to ``clip_norm`` if
+    longer (None: to the round's median change norm), then the changes are averaged by their
+    capped counts. An attacker's change counts for no more than an honest one's length."""
+
+    name = "norm-bounded"
+    Settings = NormSettings
+    _norms = _scales = np.empty(0)  # the last round's
+
+    def aggregate(self, global_vector, updates):
+        global_vector = np.asarray(global_vector, dtype=np.float64)
+        changes = [np.asarray(u.vector, dtype=np.float64) - global_vector for u in updates]
+        self._norms = np.array([np.linalg.norm(change) for change in changes])
+        bound = self.settings.clip_norm
+        bound = np.median(self._norms) if bound is None else bound
+        # Scaled only where longer than the bound (so never divided by a zero norm).
+        self._scales = np.divide(
+            bound, self._norms, out=np.ones_like(self._norms), where=self._norms > bound
+        )
+        clipped = [change * scale for change, scale in zip(changes, self._scales)]
+        return global_vector + fedavg(clipped, self.weights(updates))
+
+    def verdicts(self, global_vector, updates):
+        return [
+            marked(verdict, CLIPPED, f"norm {norm:.3g} -> {norm * scale:.3g}")
+            if scale < 1
+            else verdict
+            for verdict, norm, scale in zip(
+                super().verdicts(global_vector, updates), self._norms, self._scales, strict=True
+            )
+        ]
 
 
 # ---- server optimisers ------------------------------------------------------------------

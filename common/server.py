@@ -104,6 +104,7 @@ class TrainingConfig:
     beta2: float | None = None
     tau: float | None = None
     byzantine: int | None = None
+    clip_norm: float | None = None
     max_claimed_samples: float | None = None
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)

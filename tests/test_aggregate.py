@@ -98,6 +98,7 @@ def test_the_registry_holds_the_rules_by_name_the_tutorials_first():
         "trimmed-mean",
         "krum",
         "multi-krum",
+        "norm-bounded",
         "fedavgm",
         "fedadam",
         "fedyogi",
@@ -311,6 +312,7 @@ def test_each_rule_declares_its_settings_with_defaults():
         "trimmed-mean": {"byzantine": 1},
         "krum": {"byzantine": 1},
         "multi-krum": {"byzantine": 1},
+        "norm-bounded": {"clip_norm": None, **cap},
         "fedavgm": {"server_learning_rate": 0.1, "server_momentum": 0.9, **cap},
         "fedadam": {"server_learning_rate": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, **cap},
         "fedyogi": {"server_learning_rate": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, **cap},
@@ -347,6 +349,8 @@ def test_each_rule_declares_its_settings_with_defaults():
             "server-learning-rate must be greater than 0, not nan.",
         ),
         ("fedadam", {"beta1": "0.9"}, "beta1 must be a number, not '0.9'."),
+        ("norm-bounded", {"clip_norm": -1}, "clip-norm must be greater than 0, not -1."),
+        ("norm-bounded", {"clip_norm": 0.0}, "clip-norm must be greater than 0, not 0."),
         (
             "fedavg",
             {"max_claimed_samples": 0},
@@ -359,6 +363,11 @@ def test_each_rule_declares_its_settings_with_defaults():
             "median",
             {"byzantine": 1},
             "median takes no byzantine setting: it is for trimmed-mean, krum",
+        ),
+        (
+            "trimmed-mean",
+            {"clip_norm": 1.0},
+            "trimmed-mean takes no clip-norm setting: it is for norm-bounded.",
         ),
         ("fedsgd", {}, "There is no aggregation 'fedsgd': choose one of"),
     ],
@@ -468,6 +477,29 @@ def test_trimmed_mean_trims_a_fifth_when_that_is_more_and_ignores_counts():
     assert tutorial.aggregate(np.zeros(1), _updates([0.0], [1.0], [2.0], [9.0]))[0] == 3.0
 
 
+def test_norm_bounding_leaves_a_small_change_and_scales_a_large_one_to_the_bound():
+    rule = aggregation_named("norm-bounded", clip_norm=1.0)
+    start = np.array([1.0, 1.0])
+    small, large = start + [0.3, 0.4], start + [6.0, 8.0]  # changes of norm 0.5 and 10
+    np.testing.assert_allclose(rule.aggregate(start, _updates(small)), small)
+    np.testing.assert_allclose(rule.aggregate(start, _updates(large)), start + [0.6, 0.8])
+    both = _updates(small, large, counts=[1, 3])  # then weighed by their counts
+    np.testing.assert_allclose(
+        rule.aggregate(start, both), start + ([0.3, 0.4] + 3 * np.array([0.6, 0.8])) / 4
+    )
+    assert _actions(rule, start, both) == [(USED, ""), (CLIPPED, "norm 10 -> 1")]
+
+
+def test_norm_bounding_defaults_to_the_rounds_median_change_norm():
+    rule = aggregation_named("norm-bounded")
+    changes = [np.array([1.0, 0.0]), np.array([0.0, 2.0]), np.array([-10.0, 0.0])]
+    result = rule.aggregate(np.zeros(2), _updates(*changes))
+    np.testing.assert_allclose(result, (changes[0] + changes[1] + [-2.0, 0.0]) / 3)
+    assert _actions(rule, np.zeros(2), _updates(*changes))[2] == (CLIPPED, "norm 10 -> 2")
+    unchanged = _updates(np.zeros(2), np.zeros(2))  # a median of 0: nothing to scale
+    np.testing.assert_array_equal(rule.aggregate(np.zeros(2), unchanged), np.zeros(2))
+
+
 def test_a_claimed_sample_count_is_capped_at_three_times_the_rounds_median():
     np.testing.assert_array_equal(capped_counts([360, 350, 370, 10**6]), [360, 350, 370, 1095])
     np.testing.assert_array_equal(capped_counts([360, 350, 370, 10**6], cap=100), [100] * 4)
@@ -487,6 +519,16 @@ def test_a_claimed_sample_count_is_capped_at_three_times_the_rounds_median():
         optimiser.aggregate(np.zeros(1), updates), rule.aggregate(np.zeros(1), updates)
     )
     assert _actions(optimiser, np.zeros(1), updates)[3] == (CLIPPED, "samples 1000000 -> 300")
+
+
+def test_norm_bounded_caps_counts_and_clips_norms_in_one_verdict():
+    rule = aggregation_named("norm-bounded", clip_norm=1.0)
+    updates = _updates([0.5], [0.5], [0.5], [-4.0], counts=[10, 10, 10, 1000])
+    np.testing.assert_allclose(rule.aggregate(np.zeros(1), updates), [(15 - 30) / 60])
+    assert _actions(rule, np.zeros(1), updates)[3] == (
+        CLIPPED,
+        "samples 1000 -> 30, norm 4 -> 1",
+    )
 
 
 def test_inspect_gives_each_update_its_change_norm_and_mean_distance_to_the_others():
@@ -549,6 +591,7 @@ def test_running_best_excludes_an_update_when_it_keeps_the_current_model():
         ("trimmed-mean", {}, 3, ""),
         ("trimmed-mean", {"byzantine": 0}, 1, ""),
         ("median", {}, 2, ""),
+        ("norm-bounded", {}, 1, ""),
         ("fedavg", {}, 1, ""),
         ("running-best", {}, 1, ""),
     ],

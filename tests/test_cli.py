@@ -228,6 +228,10 @@ def test_a_headless_client_of_ones_own_needs_its_data_file():
             "server-momentum must be at least 0 and below 1, not -1.",
         ),
         (
+            ["--aggregation", "norm-bounded", "--clip-norm", "-1"],
+            "clip-norm must be greater than 0, not -1.",
+        ),
+        (
             ["--aggregation", "krum", "--byzantine", "2", "--min-clients", "6"],
             "With min-clients 6, krum cannot tolerate 2 attackers with 6 updates: it needs more "
             "than 2F + 2 = 6.",
@@ -294,6 +298,7 @@ def test_bad_port_is_a_usage_error(script):
                 "--beta2",
                 "--tau",
                 "--byzantine",
+                "--clip-norm",
                 "--max-claimed-samples",
             ],
         ),
@@ -370,6 +375,17 @@ def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
         (
             ["--aggregation", "multi-krum", "--byzantine", "0", "--min-clients", "3"],
             "multi-krum (byzantine=0)",
+        ),
+        (
+            [
+                "--aggregation",
+                "norm-bounded",
+                "--clip-norm",
+                "2.5",
+                "--max-claimed-samples",
+                "1000",
+            ],
+            "norm-bounded (clip-norm=2.5, max-claimed-samples=1000)",
         ),
         (
             ["--aggregation", "fedavg", "--max-claimed-samples", "50"],

@@ -211,6 +211,8 @@ def test_the_aggregations_settings_come_from_the_run_config_and_are_checked():
         server_config({"tau": 0.01})  # Flower's default aggregation, fedavg
     with pytest.raises(ConfigError, match=r"^server-momentum must be at least 0 and below 1"):
         server_config({"aggregation": "fedavgm", "server-momentum": 1.5})
+    with pytest.raises(ConfigError, match=r"^clip-norm must be greater than 0, not -1\.$"):
+        server_config({"aggregation": "norm-bounded", "clip-norm": -1})
     with pytest.raises(ConfigError, match=r"^With min-clients 2, krum cannot tolerate 1 attacker"):
         server_config({"aggregation": "krum"})  # Flower's default min-clients, 2
 
@@ -333,12 +335,13 @@ def test_krum_and_multi_krum_choose_as_flowers_multikrum(name, byzantine):
     [
         (["--aggregation", "krum", "--byzantine", "1"], "one honest update"),
         (["--aggregation", "multi-krum", "--byzantine", "1"], "the honest mean"),
+        (["--aggregation", "norm-bounded", "--clip-norm", "0.5"], "a clipped attacker"),
     ],
 )
 def test_flowers_aggregation_takes_the_round_based_defences(flags, kept):
     """``python -m common.flower``'s --aggregation and the ServerApp's run config accept each
     defence with its settings, and a Flower round goes through it: of five nodes, the one
-    sending a far vector is left out."""
+    sending a far vector is left out or clipped."""
     from common.aggregate import Update
     from common.app import build_global_model
     from common.flags import server_config_from

@@ -10,8 +10,8 @@ weights into the global model with ``GlobalModel.apply_round``: the same aggrega
 Settings come from the run config (``flwr run --run-config "target-accuracy=0.9"``), named
 as ``server.py``'s flags: model, test-data, target-accuracy, max-rounds, num-solutions,
 aggregation and its settings (server-learning-rate, server-momentum, beta1, beta2, tau,
-byzantine, max-claimed-samples; "" for the rule's default), min-clients (nodes to wait
-for), round-timeout (seconds to wait for the nodes' answers), seed, history, plot,
+byzantine, clip-norm, max-claimed-samples; "" for the rule's default), min-clients (nodes to
+wait for), round-timeout (seconds to wait for the nodes' answers), seed, history, plot,
 save-model and the GA settings.
 """
 
@@ -52,6 +52,7 @@ RUN_CONFIG_KEYS = (
     "beta2",
     "tau",
     "byzantine",
+    "clip-norm",
     "max-claimed-samples",
     "min-clients",
     "round-timeout",

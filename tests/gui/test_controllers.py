@@ -668,6 +668,7 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
         "beta2": "",
         "tau": "",
         "byzantine": "",
+        "clip_norm": "",
         "max_claimed_samples": "",
         "min_clients": "2",
         "patience": "5",
@@ -714,6 +715,7 @@ def test_an_aggregations_settings_show_for_the_rules_that_take_them(make_server)
         ("trimmed-mean", {"byzantine"}),
         ("krum", {"byzantine"}),
         ("multi-krum", {"byzantine"}),
+        ("norm-bounded", {"clip_norm", cap}),
         ("fedavgm", {"server_learning_rate", "server_momentum", cap}),
         ("fedadam", {"server_learning_rate", "beta1", "beta2", "tau", cap}),
         ("fedyogi", {"server_learning_rate", "beta1", "beta2", "tau", cap}),
@@ -746,6 +748,10 @@ def test_the_aggregations_settings_reach_its_rule_and_greyed_ones_are_left_out(
 @pytest.mark.parametrize(
     "texts, expected",
     [
+        (
+            {"aggregation": "norm-bounded", "clip_norm": "2", "max_claimed_samples": ""},
+            "norm-bounded (clip-norm=2, max-claimed-samples=3x the round's median claim)",
+        ),
         ({"aggregation": "krum", "byzantine": "0", "min_clients": "3"}, "krum (byzantine=0)"),
     ],
 )
@@ -782,6 +788,10 @@ def test_the_settings_left_to_the_model_are_fields_too(make_server, main_thread,
         (
             {"aggregation": "fedavgm", "server_momentum": "-1"},
             "server-momentum must be at least 0 and below 1, not -1.",
+        ),
+        (
+            {"aggregation": "norm-bounded", "clip_norm": "-1"},
+            "clip-norm must be greater than 0, not -1.",
         ),
         ({"aggregation": "krum", "byzantine": "one"}, "Byzantine: 'one' is not a whole number."),
         (
