@@ -14,6 +14,16 @@ round-based rules over lists of vectors, the mean-based ones built on it as a st
 weighted mean. The server optimisers (``fedavgm``, ``fedadam``, ``fedyogi``) take the round's
 mean change as a pseudo-gradient and keep their own state across rounds.
 
+The defences against poisoning (a client sending a crafted update, or claiming a huge sample
+count): ``median``; ``trimmed-mean``, ``krum`` and ``multi-krum``, each tolerating
+``byzantine`` attackers a round and ignoring sample counts (a count is the client's word);
+``norm-bounded``, FedAvg of the changes each clipped to ``clip_norm``. The rules that weigh
+by counts (``fedavg``, ``norm-bounded``, the server optimisers) cap each claim at
+``max_claimed_samples``. After ``aggregate``, ``verdicts`` says what the rule did with each
+update (``USED``, ``CLIPPED``, ``EXCLUDED``), with its change norm and distance to the others,
+for the log, the history and the window; ``refusal`` says when a round holds too few updates
+for the rule to tolerate its attackers (the server then does not aggregate it).
+
 A rule's settings are a frozen dataclass of its own (``Settings``; none by default) whose
 fields are names of ``SETTINGS`` with the rule's defaults; ``aggregation_named`` checks them.
 A setting has one name and meaning everywhere: the ``TrainingConfig`` field, the flag
