@@ -14,6 +14,16 @@ round-based rules over lists of vectors, the mean-based ones built on it as a st
 weighted mean. The server optimisers (``fedavgm``, ``fedadam``, ``fedyogi``) take the round's
 mean change as a pseudo-gradient and keep their own state across rounds.
 
+The defences against poisoning (a client sending a crafted update, or claiming a huge sample
+count): ``median``; ``trimmed-mean``, ``krum`` and ``multi-krum``, each tolerating
+``byzantine`` attackers a round and ignoring sample counts (a count is the client's word);
+``norm-bounded``, FedAvg of the changes each clipped to ``clip_norm``. The rules that weigh
+by counts (``fedavg``, ``norm-bounded``, the server optimisers) cap each claim at
+``max_claimed_samples``. After ``aggregate``, ``verdicts`` says what the rule did with each
+update (``USED``, ``CLIPPED``, ``EXCLUDED``), with its change norm and distance to the others,
+for the log, the history and the window; ``refusal`` says when a round holds too few updates
+for the rule to tolerate its attackers (the server then does not aggregate it).
+
 A rule's settings are a frozen dataclass of its own (``Settings``; none by default) whose
 fields are names of ``SETTINGS`` with the rule's defaults; ``aggregation_named`` checks them.
 A setting has one name and meaning everywhere: the ``TrainingConfig`` field, the flag
@@ -35,8 +45,8 @@ is one class plus its test, e.g. a FedAvg that steps only part of the way to the
 
 and in tests/test_aggregate.py a test of what it returns for a few updates. Registered, it is
 a choice of ``--aggregation``, of the window's spinner and (being round-based) of Flower. A
-setting of a new name also needs its ``TrainingConfig`` field, flag, window field and run
-config key, and its line in ``SETTINGS``.
+setting of a new name also needs its ``TrainingConfig`` field and run config key, and its
+line in ``SETTINGS`` (its flag and window field follow from that line).
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ import math
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -77,11 +87,41 @@ def median(updates: Sequence[np.ndarray]) -> np.ndarray:
     return np.median(np.stack(updates), axis=0)
 
 
-def trimmed_mean(updates: Sequence[np.ndarray], trim: float = 0.2) -> np.ndarray:
-    """Coordinate-wise mean after dropping the ``trim`` share of highest and lowest values."""
-    ordered = np.sort(np.stack(updates), axis=0)
-    cut = int(len(updates) * trim)
-    return fedavg(list(ordered[cut : len(updates) - cut]))
+def trimmed_mean(updates: Sequence[np.ndarray], cut: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinate-wise mean after dropping the ``cut`` highest and ``cut`` lowest values of
+    each coordinate; and for each update the share of coordinates in which it was dropped."""
+    stacked = np.stack(updates)
+    order = np.argsort(stacked, axis=0, kind="stable")  # ties: the earlier update ranks lower
+    kept = np.take_along_axis(stacked, order[cut : len(updates) - cut], axis=0)
+    dropped = np.concatenate([order[:cut], order[len(updates) - cut :]]).ravel()
+    share = np.bincount(dropped, minlength=len(updates)) / stacked.shape[1]
+    return fedavg(list(kept)), share
+
+
+def pairwise_distances(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """The L2 distance between every two of ``vectors``: n x n, zero on the diagonal.
+    O(n^2 d), a row at a time, so memory stays n x d."""
+    stacked = np.stack(vectors).astype(np.float64)
+    return np.stack([np.linalg.norm(stacked - row, axis=1) for row in stacked])
+
+
+def krum_scores(distances: np.ndarray, byzantine: int) -> np.ndarray:
+    """Blanchard et al.'s score of each update (from ``pairwise_distances``): the sum of the
+    squared distances to its n - F - 2 nearest neighbours, F = ``byzantine``."""
+    n = len(distances)
+    # Each row sorted starts with a 0, the update's distance to itself, or one of equal
+    # 0s if others are the same vector: dropping the first drops itself either way.
+    return np.sort(distances**2, axis=1)[:, 1 : n - byzantine - 1].sum(axis=1)
+
+
+CLAIM_CAP = 3  # max_claimed_samples left unset: this many times the round's median claim
+
+
+def capped_counts(counts: Sequence[float], cap: float | None = None) -> np.ndarray:
+    """Claimed sample counts, none above ``cap`` (None: ``CLAIM_CAP`` times their median),
+    so one client cannot outweigh the rest by saying so."""
+    counts = np.asarray(counts, dtype=np.float64)
+    return np.minimum(counts, CLAIM_CAP * np.median(counts) if cap is None else cap)
 
 
 @dataclass(frozen=True)
@@ -97,24 +137,112 @@ class Update:
 # The server's scoring of candidate models, stacked as rows: (reaches the target, loss) each.
 Scores = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
+# What a rule did with an update (Verdict.action), from the least to the most suspicious.
+USED, CLIPPED, EXCLUDED = "used", "clipped", "excluded"
+ACTIONS = (USED, CLIPPED, EXCLUDED)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a rule did with one update: for the log, the history CSV and the client table."""
+
+    client: str
+    change_norm: float  # L2 norm of the update's change from the global vector
+    distance: float  # mean L2 distance to the round's other updates (nan alone)
+    krum_score: float | None  # Krum's score where the rule computed it, else None
+    action: str  # USED, CLIPPED or EXCLUDED
+    detail: str = ""  # e.g. "norm 4.1 -> 1.2", "samples 1000000 -> 1080"
+
+
+def inspect(
+    global_vector: np.ndarray, updates: Sequence[Update], distances: np.ndarray | None = None
+) -> list[Verdict]:
+    """Each update ``USED``, with its change norm and mean distance to the round's others
+    (``distances``: ``pairwise_distances`` of the updates, if the rule computed them)."""
+    global_vector = np.asarray(global_vector, dtype=np.float64)
+    n = len(updates)
+    if n > 1:
+        if distances is None:
+            distances = pairwise_distances([u.vector for u in updates])
+        means = distances.sum(axis=1) / (n - 1)
+    else:
+        means = np.full(n, math.nan)
+    return [
+        Verdict(
+            update.client,
+            float(np.linalg.norm(np.asarray(update.vector, dtype=np.float64) - global_vector)),
+            float(mean),
+            None,
+            USED,
+        )
+        for update, mean in zip(updates, means)
+    ]
+
+
+def marked(verdict: Verdict, action: str, detail: str) -> Verdict:
+    """``verdict`` with ``action`` if that is the graver, and ``detail`` added to its own."""
+    graver = max(verdict.action, action, key=ACTIONS.index)
+    return replace(verdict, action=graver, detail=", ".join(filter(None, (verdict.detail, detail))))
+
+
+# The values a setting may take (Setting.bounds), as its error says them.
+POSITIVE, FRACTION, COUNT = "greater than 0", "at least 0 and below 1", "0 or more"
+
 
 @dataclass(frozen=True)
 class Setting:
     """What a rule's setting means and the values it may take, the same in every rule."""
 
     text: str  # what it does, for the flag's help
-    fraction: bool  # True: at least 0 and below 1; False: above 0
+    bounds: str = POSITIVE  # POSITIVE or FRACTION: a real number; COUNT: a whole number
+    # Not "": the setting may be None, and the rule then computes it each round as this says.
+    per_round: str = ""
+
+    @property
+    def kind(self) -> type:
+        """The type its flag's and window field's text is read as."""
+        return int if self.bounds == COUNT else float
+
+    def shown(self, value: Any) -> str:
+        """A value as the log and the flag's help say it."""
+        return self.per_round if value is None else f"{value:g}"
+
+    def check(self, name: str, value: Any) -> None:
+        """``ConfigError``, one plain sentence, unless ``value`` is one ``name`` may take."""
+        if value is None and self.per_round:
+            return
+        flag = flag_name(name)
+        whole = self.bounds == COUNT
+        if isinstance(value, bool) or not isinstance(
+            value, numbers.Integral if whole else numbers.Real
+        ):
+            raise ConfigError(f"{flag} must be a {'whole ' if whole else ''}number, not {value!r}.")
+        within = {
+            POSITIVE: lambda v: 0 < v < math.inf,
+            FRACTION: lambda v: 0 <= v < 1,
+            COUNT: lambda v: v >= 0,
+        }[self.bounds]
+        if not within(value):
+            raise ConfigError(f"{flag} must be {self.bounds}, not {value:g}.")
 
 
 # Every setting some rule takes, by its one name (flags and run config keys: dashes).
 SETTINGS = {
-    "server_learning_rate": Setting(
-        "the server's step size (eta) along the round's mean change", False
+    "server_learning_rate": Setting("the server's step size (eta) along the round's mean change"),
+    "server_momentum": Setting("the share of the last velocity kept each round", FRACTION),
+    "beta1": Setting("decay of the mean change's running mean (first moment)", FRACTION),
+    "beta2": Setting("decay of its running square (second moment)", FRACTION),
+    "tau": Setting("added to the second moment's root: the smaller, the more adaptive"),
+    "byzantine": Setting("how many attackers a round must tolerate", COUNT),
+    "clip_norm": Setting(
+        "the largest change from the global model an update may make; larger ones are "
+        "scaled down to it",
+        per_round="the round's median change norm",
     ),
-    "server_momentum": Setting("the share of the last velocity kept each round", True),
-    "beta1": Setting("decay of the mean change's running mean (first moment)", True),
-    "beta2": Setting("decay of its running square (second moment)", True),
-    "tau": Setting("added to the second moment's root: the smaller, the more adaptive", False),
+    "max_claimed_samples": Setting(
+        "the largest sample count an update is weighed by, whatever its client claims",
+        per_round=f"{CLAIM_CAP}x the round's median claim",
+    ),
 }
 
 
@@ -129,16 +257,7 @@ class RuleSettings:
 
     def __post_init__(self) -> None:
         for field in fields(self):
-            value, fraction = getattr(self, field.name), SETTINGS[field.name].fraction
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise ConfigError(f"{flag_name(field.name)} must be a number, not {value!r}.")
-            value = float(value)
-            if fraction and not 0 <= value < 1:
-                raise ConfigError(
-                    f"{flag_name(field.name)} must be at least 0 and below 1, not {value:g}."
-                )
-            if not fraction and not 0 < value < math.inf:
-                raise ConfigError(f"{flag_name(field.name)} must be greater than 0, not {value:g}.")
+            SETTINGS[field.name].check(field.name, getattr(self, field.name))
 
 
 class Aggregation(ABC):
@@ -156,7 +275,8 @@ class Aggregation(ABC):
     def __str__(self) -> str:
         """Its name and settings, for the log: ``fedavgm (server-learning-rate=0.1, ...)``."""
         settings = ", ".join(
-            f"{flag_name(f.name)}={getattr(self.settings, f.name):g}" for f in fields(self.settings)
+            f"{flag_name(f.name)}={SETTINGS[f.name].shown(getattr(self.settings, f.name))}"
+            for f in fields(self.settings)
         )
         return f"{self.name} ({settings})" if settings else self.name
 
@@ -174,6 +294,16 @@ class Aggregation(ABC):
 
     def describe(self) -> str:
         """What the last ``aggregate`` chose, for the log ("" when there is nothing to say)."""
+        return ""
+
+    def verdicts(self, global_vector: np.ndarray, updates: Sequence[Update]) -> list[Verdict]:
+        """What the last ``aggregate``, given the same arguments, did with each update, in
+        their order; this base: every update ``USED`` (``inspect``)."""
+        return inspect(global_vector, updates)
+
+    def refusal(self, n: int) -> str:
+        """Why the rule cannot aggregate a round of ``n`` updates with its settings, in one
+        sentence; "" when it can."""
         return ""
 
     def state(self) -> dict[str, np.ndarray]:
@@ -218,7 +348,7 @@ def listed(names: Sequence[str]) -> str:
     return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
-def aggregation_named(name: str, **settings: float) -> Aggregation:
+def aggregation_named(name: str, **settings: Any) -> Aggregation:
     """A new instance of the rule ``name`` (rules may keep state across rounds) with
     ``settings`` changed from its defaults; ``ConfigError``, one plain sentence, for an
     unknown rule, a setting it does not take or a value out of bounds."""
@@ -294,6 +424,14 @@ class RunningBest(Aggregation):
     def describe(self):
         return f"took={self._chosen}"
 
+    def verdicts(self, global_vector, updates):
+        # Keeping the current model is the update left out.
+        action = EXCLUDED if self._chosen == "current model" else USED
+        return [
+            replace(v, action=action, detail=self.describe())
+            for v in inspect(global_vector, updates)
+        ]
+
     def aggregate(self, global_vector, updates):
         if self._scores is None:
             raise RuntimeError("running-best chooses by the server's scores: bind() them first")
@@ -312,19 +450,53 @@ class RunningBest(Aggregation):
         return vectors[best].copy()
 
 
+@dataclass(frozen=True)
+class CountSettings(RuleSettings):
+    max_claimed_samples: float | None = None  # None: CLAIM_CAP x the round's median claim
+
+
+class CountWeighted(Aggregation):
+    """A rule that weighs updates by their clients' claimed sample counts, each capped at
+    ``max_claimed_samples`` (``capped_counts``); its ``Settings`` has that field."""
+
+    _claimed = _weights = np.empty(0)  # the last round's counts, as claimed and as weighed
+
+    def weights(self, updates: Sequence[Update]) -> np.ndarray:
+        """The updates' weights this round: their capped counts (kept for ``verdicts``)."""
+        self._claimed = np.array([u.num_samples for u in updates], dtype=np.float64)
+        self._weights = capped_counts(self._claimed, self.settings.max_claimed_samples)
+        return self._weights
+
+    def verdicts(self, global_vector, updates):
+        return [
+            marked(verdict, CLIPPED, f"samples {claimed:.10g} -> {weight:.10g}")
+            if weight < claimed
+            else verdict
+            for verdict, claimed, weight in zip(
+                super().verdicts(global_vector, updates), self._claimed, self._weights, strict=True
+            )
+        ]
+
+
 @register
-class FedAvg(Aggregation):
-    """The updates' mean weighted by their clients' sample counts."""
+class FedAvg(CountWeighted):
+    """The updates' mean weighted by their clients' sample counts (capped)."""
 
     name = "fedavg"
+    Settings = CountSettings
 
     def aggregate(self, global_vector, updates):
-        return fedavg([u.vector for u in updates], [u.num_samples for u in updates])
+        return fedavg([u.vector for u in updates], self.weights(updates))
 
 
 @register
 class Median(Aggregation):
-    """The updates' coordinate-wise median."""
+    """The updates' coordinate-wise median. Of an even number of updates it is, per
+    coordinate, the mean of the middle two values: attackers at an extreme cannot take it
+    outside the honest values' range, but they decide which two are the middle ones, a bias
+    of at most one rank per coordinate toward their side, the same every round (issue 23
+    measured it: with 1 attacker of 4, scaling left 0.613 held-out accuracy on digits;
+    trimmed-mean with F = 1 of 4 averages the same two values). Ignores sample counts."""
 
     name = "median"
 
@@ -332,14 +504,166 @@ class Median(Aggregation):
         return median([u.vector for u in updates])
 
 
+@dataclass(frozen=True)
+class ByzantineSettings(RuleSettings):
+    byzantine: int = 1
+
+
+class Tolerant(Aggregation):
+    """A round-based rule that tolerates ``byzantine`` (F) attackers among n updates when n
+    is above a bound of F (``needs``), and ignores sample counts (a count is the client's
+    word: an attacker would claim a large one)."""
+
+    Settings = ByzantineSettings
+
+    @abstractmethod
+    def needs(self) -> tuple[str, int]:
+        """The bound n must exceed: as a formula of F, and its value."""
+
+    def refusal(self, n):
+        formula, bound = self.needs()
+        if n > bound:
+            return ""
+        f = self.settings.byzantine
+        return (
+            f"{self.name} cannot tolerate {f} attacker{'s' * (f != 1)} with {n} "
+            f"update{'s' * (n != 1)}: it needs more than {formula} = {bound}."
+        )
+
+    def check(self, updates: Sequence[Update]) -> None:
+        """``ValueError`` for a round the rule cannot tolerate: never aggregate unprotected."""
+        refusal = self.refusal(len(updates))
+        if refusal:
+            raise ValueError(refusal)
+
+
+TRIM_SHARE = 0.2  # trimmed-mean trims at least this share of the values per side
+
+
+def trim_per_side(n: int, byzantine: int) -> int:
+    """How many values trimmed-mean drops from each end of each coordinate."""
+    return max(byzantine, int(TRIM_SHARE * n))
+
+
 @register
-class TrimmedMean(Aggregation):
-    """The updates' coordinate-wise mean without the highest and lowest fifth."""
+class TrimmedMean(Tolerant):
+    """The updates' coordinate-wise mean without the highest and lowest ``trim_per_side``
+    values: the fifth of them, and at least F, whatever n is. An update dropped in more
+    than half of the coordinates counts as excluded."""
 
     name = "trimmed-mean"
+    _shares = np.empty(0)  # the last round's: each update's share of coordinates dropped
+
+    def needs(self):
+        return "2F", 2 * self.settings.byzantine
 
     def aggregate(self, global_vector, updates):
-        return trimmed_mean([u.vector for u in updates])
+        self.check(updates)
+        cut = trim_per_side(len(updates), self.settings.byzantine)
+        mean, self._shares = trimmed_mean([u.vector for u in updates], cut)
+        return mean
+
+    def verdicts(self, global_vector, updates):
+        return [
+            replace(
+                verdict,
+                action=EXCLUDED if share > 0.5 else USED,
+                detail=f"trimmed in {share:.0%} of coordinates",
+            )
+            for verdict, share in zip(inspect(global_vector, updates), self._shares, strict=True)
+        ]
+
+
+@register
+class Krum(Tolerant):
+    """Krum (Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
+    Gradient Descent", NeurIPS 2017): the update with the smallest ``krum_scores``, the one
+    closest to its n - F - 2 nearest neighbours, so an update far from the honest cluster is
+    never chosen. Needs n > 2F + 2."""
+
+    name = "krum"
+    _distances = _scores = _chosen = np.empty(0)  # the last round's
+
+    def needs(self):
+        return "2F + 2", 2 * self.settings.byzantine + 2
+
+    def selected(self, n: int) -> int:
+        """How many of the best-scored updates are averaged."""
+        return 1
+
+    def aggregate(self, global_vector, updates):
+        self.check(updates)
+        vectors = [u.vector for u in updates]
+        self._distances = pairwise_distances(vectors)
+        self._scores = krum_scores(self._distances, self.settings.byzantine)
+        best = np.argsort(self._scores, kind="stable")[: self.selected(len(updates))]
+        self._chosen = np.sort(best)
+        return fedavg([vectors[i] for i in self._chosen])
+
+    def verdicts(self, global_vector, updates):
+        return [
+            replace(
+                verdict, krum_score=float(score), action=USED if i in self._chosen else EXCLUDED
+            )
+            for i, (verdict, score) in enumerate(
+                zip(inspect(global_vector, updates, self._distances), self._scores, strict=True)
+            )
+        ]
+
+
+@register
+class MultiKrum(Krum):
+    """Multi-Krum (Blanchard et al., 2017): the plain mean of the m = n - F updates with the
+    smallest Krum scores. n - F is the most updates that can still leave all F attackers
+    out, so the mean gathers as many honest updates as it can; Flower's MultiKrum takes m
+    as ``num_nodes_to_select`` (default 1, Krum) and weighs the chosen by their counts,
+    which an attacker states."""
+
+    name = "multi-krum"
+
+    def selected(self, n):
+        return n - self.settings.byzantine
+
+
+@dataclass(frozen=True)
+class NormSettings(RuleSettings):
+    clip_norm: float | None = None  # None: the round's median change norm
+    max_claimed_samples: float | None = None
+
+
+@register
+class NormBounded(CountWeighted):
+    """Norm-bounded FedAvg (Sun et al., "Can You Really Backdoor Federated Learning?",
+    2019): each update's change from the global model is scaled down to ``clip_norm`` if
+    longer (None: to the round's median change norm), then the changes are averaged by their
+    capped counts. An attacker's change counts for no more than an honest one's length."""
+
+    name = "norm-bounded"
+    Settings = NormSettings
+    _norms = _scales = np.empty(0)  # the last round's
+
+    def aggregate(self, global_vector, updates):
+        global_vector = np.asarray(global_vector, dtype=np.float64)
+        changes = [np.asarray(u.vector, dtype=np.float64) - global_vector for u in updates]
+        self._norms = np.array([np.linalg.norm(change) for change in changes])
+        bound = self.settings.clip_norm
+        bound = np.median(self._norms) if bound is None else bound
+        # Scaled only where longer than the bound (so never divided by a zero norm).
+        self._scales = np.divide(
+            bound, self._norms, out=np.ones_like(self._norms), where=self._norms > bound
+        )
+        clipped = [change * scale for change, scale in zip(changes, self._scales)]
+        return global_vector + fedavg(clipped, self.weights(updates))
+
+    def verdicts(self, global_vector, updates):
+        return [
+            marked(verdict, CLIPPED, f"norm {norm:.3g} -> {norm * scale:.3g}")
+            if scale < 1
+            else verdict
+            for verdict, norm, scale in zip(
+                super().verdicts(global_vector, updates), self._norms, self._scales, strict=True
+            )
+        ]
 
 
 # ---- server optimisers ------------------------------------------------------------------
@@ -347,16 +671,20 @@ class TrimmedMean(Aggregation):
 # 2019 (FedAvgM), with the defaults and updates of Flower 1.42's flwr.serverapp.strategy.
 
 
-def mean_change(global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
-    """The round's FedAvg mean minus the global vector: Reddi et al.'s Delta_t, the server
-    optimisers' pseudo-gradient with its sign flipped (a step along it descends)."""
-    return fedavg([u.vector for u in updates], [u.num_samples for u in updates]) - global_vector
+def mean_change(
+    global_vector: np.ndarray, updates: Sequence[Update], weights: Sequence[float] | None = None
+) -> np.ndarray:
+    """The round's FedAvg mean (by ``weights``, else the claimed counts) minus the global
+    vector: Reddi et al.'s Delta_t, the server optimisers' pseudo-gradient with its sign
+    flipped (a step along it descends)."""
+    counts = [u.num_samples for u in updates] if weights is None else weights
+    return fedavg([u.vector for u in updates], counts) - global_vector
 
 
-class ServerOptimiser(Aggregation):
-    """A round-based rule that treats the round's ``mean_change`` as a pseudo-gradient and
-    steps the global model by ``step``, keeping state (``moments``, each of the model's size,
-    and the number of rounds) across rounds. A checkpoint saves that state, so ``--resume``
+class ServerOptimiser(CountWeighted):
+    """A round-based rule that treats the round's ``mean_change`` (by capped counts) as a
+    pseudo-gradient and steps the global model by ``step``, keeping state (``moments``, each
+    of the model's size, and the number of rounds) across rounds. A checkpoint saves that state, so ``--resume``
     carries on the same steps; a checkpoint from before fedga saved it (format 2), or of
     another rule, restarts it."""
 
@@ -375,7 +703,7 @@ class ServerOptimiser(Aggregation):
 
     def aggregate(self, global_vector, updates):
         self.rounds += 1
-        change = mean_change(global_vector, updates)
+        change = mean_change(global_vector, updates, self.weights(updates))
         step = self.step(change)
         # Their sizes, so a person can see whether the learning rate suits the updates.
         self._sizes = (
@@ -405,6 +733,7 @@ class MomentumSettings(RuleSettings):
 
     server_learning_rate: float = 0.1
     server_momentum: float = 0.9
+    max_claimed_samples: float | None = None
 
 
 @register
@@ -432,6 +761,7 @@ class AdaptiveSettings(RuleSettings):
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
+    max_claimed_samples: float | None = None
 
 
 class AdaptiveOptimiser(ServerOptimiser):

@@ -46,15 +46,28 @@ def parse_port(text: str) -> int:
     return port
 
 
-def positive(kind, *, zero_ok: bool = False):
-    """A parser of a flag's or a window field's text into a ``kind`` number above 0 (or 0
-    and above); ``argparse.ArgumentTypeError`` says what is wrong in plain words."""
+def number(kind):
+    """A parser of a flag's or a window field's text into a ``kind`` number of any sign, for
+    a setting whose bounds another part checks (an aggregation rule's: common.aggregate);
+    ``argparse.ArgumentTypeError`` says what is wrong in plain words."""
 
     def parse(text: str):
         try:
-            value = kind(text)
+            return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            noun = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+
+    return parse
+
+
+def positive(kind, *, zero_ok: bool = False):
+    """A parser of a flag's or a window field's text into a ``kind`` number above 0 (or 0
+    and above); ``argparse.ArgumentTypeError`` says what is wrong in plain words."""
+    as_number = number(kind)
+
+    def parse(text: str):
+        value = as_number(text)
         if value < 0 or (value == 0 and not zero_ok):
             bound = "0 or more" if zero_ok else "greater than 0"
             raise argparse.ArgumentTypeError(f"{text} must be {bound}")

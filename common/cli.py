@@ -203,9 +203,13 @@ def server_parser() -> argparse.ArgumentParser:
         help="weights mode: running-best: each update as it comes, keeping whichever of "
         "steps toward it, the clients' mean and the current model scores best "
         "on the test data; running-average: the tutorial's, each update "
-        "averaged in; the others close a round per --min-clients updates, and "
-        "of them the server optimisers fedavgm, fedadam and fedyogi step along "
-        "the round's mean change by the settings below (default: %(default)s)",
+        "averaged in; the others close a round per --min-clients updates: fedavg "
+        "weighs them by their clients' sample counts; the defences median, "
+        "trimmed-mean, krum and multi-krum resist a minority of attackers (the last "
+        "three --byzantine of them), and norm-bounded clips each change to "
+        "--clip-norm before fedavg; the server "
+        "optimisers fedavgm, fedadam and fedyogi step along the round's mean change "
+        "by the settings below (default: %(default)s)",
     )
     rule_setting_flags(parser)
     parser.add_argument(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from common.aggregate import SETTINGS, defaults_of, flag_name
-from common.app import positive
+from common.aggregate import SETTINGS, defaults_of, flag_name, listed
+from common.app import number, positive
 from common.ga import REAL_DATA, GAConfig
 from common.operators import OPERATORS
 from common.server import ServerConfig, TrainingConfig
@@ -33,13 +33,17 @@ def server_config_from(args: argparse.Namespace, **extra) -> ServerConfig:
 
 def rule_setting_flags(parser: argparse.ArgumentParser) -> None:
     """The aggregation rules' settings (``common.aggregate.SETTINGS``), each named once:
-    ``--server-learning-rate`` and so on; unset, each rule's own default."""
+    ``--server-learning-rate`` and so on; unset, each rule's own default. The flag reads a
+    number; its bounds are the rule's to say."""
     for name, setting in SETTINGS.items():
-        defaults = ", ".join(f"{rule} {value:g}" for rule, value in defaults_of(name).items())
+        by_default: dict[str, list[str]] = {}  # the rules that take it, by default shown
+        for rule, value in defaults_of(name).items():
+            by_default.setdefault(setting.shown(value), []).append(rule)
+        defaults = "; ".join(f"{shown} for {listed(rules)}" for shown, rules in by_default.items())
         parser.add_argument(
             f"--{flag_name(name)}",
-            type=positive(float, zero_ok=True),
-            metavar="X",
+            type=number(setting.kind),
+            metavar="F" if setting.kind is int else "X",
             help=f"{setting.text} (default: {defaults})",
         )
 

@@ -26,7 +26,7 @@ from common import checkpoint, protocol, security
 from common.aggregate import SETTINGS, Aggregation, ServerOptimiser, Update, aggregation_named
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
-from common.errors import BindError, CheckpointError
+from common.errors import BindError, CheckpointError, ConfigError
 from common.events import Event, EventKind
 from common.fitness_federation import FITNESS, WEIGHTS, FitnessFederation
 from common.ga import REAL_DATA, GAConfig, loss
@@ -103,6 +103,9 @@ class TrainingConfig:
     beta1: float | None = None
     beta2: float | None = None
     tau: float | None = None
+    byzantine: int | None = None
+    clip_norm: float | None = None
+    max_claimed_samples: float | None = None
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     checkpoint: str | None = None  # save the global state here after every accepted update
@@ -114,12 +117,17 @@ class TrainingConfig:
 
     def aggregation_rule(self) -> Aggregation:
         """A new instance of the ``aggregation`` rule with the settings given here (not
-        None); ``ConfigError``, one plain sentence, for a setting it does not take or a bad
-        value."""
+        None); ``ConfigError``, one plain sentence, for a setting it does not take, a bad
+        value, or (weights mode) rounds of ``min_clients`` too few for it to tolerate its
+        ``byzantine`` attackers."""
         given = {name: getattr(self, name) for name in SETTINGS}
-        return aggregation_named(
+        rule = aggregation_named(
             self.aggregation, **{name: value for name, value in given.items() if value is not None}
         )
+        refusal = rule.refusal(self.min_clients) if self.federation == WEIGHTS else ""
+        if refusal:
+            raise ConfigError(f"With min-clients {self.min_clients}, {refusal}")
+        return rule
 
     def ga_for_model(self) -> GAConfig:
         """``ga`` with the settings left to the model filled in: the tutorial's for its XOR

@@ -1,7 +1,8 @@
 """Aggregation rules are pure functions; robust ones resist a client sending huge weights.
 Each rule is a class in one registry by name, and a new rule is one class. The server
 optimisers step as their papers and Flower's strategies do, keep their state across rounds,
-and take checked settings."""
+and take checked settings. The defences' arithmetic on crafted updates, what each rule says
+it did with each update (its verdicts), and the rounds it refuses."""
 
 import textwrap
 
@@ -11,14 +12,21 @@ import pytest
 from common import aggregate
 from common.aggregate import (
     AGGREGATIONS,
+    CLIPPED,
+    EXCLUDED,
     SETTINGS,
+    USED,
     FedAvg,
     RunningAverage,
     Update,
     aggregation_named,
+    capped_counts,
     fedavg,
+    inspect,
+    krum_scores,
     median,
     model_averaging,
+    pairwise_distances,
     round_based,
     running_candidates,
     trimmed_mean,
@@ -50,7 +58,9 @@ def test_median_and_trimmed_mean():
         np.array([-50.0]),
     ]
     assert median(updates)[0] == 2.0
-    assert trimmed_mean(updates, trim=0.2)[0] == pytest.approx(2.0)
+    mean, dropped = trimmed_mean(updates, cut=1)
+    assert mean[0] == pytest.approx(2.0)
+    np.testing.assert_array_equal(dropped, [0, 0, 0, 1, 1])  # in every coordinate: the one
 
 
 def test_one_huge_update_wrecks_fedavg_but_not_median():
@@ -66,7 +76,7 @@ def test_one_huge_update_wrecks_fedavg_but_not_median():
         )
 
     assert accuracy(median(poisoned)) == 1.0
-    assert accuracy(trimmed_mean(poisoned, trim=0.25)) == 1.0
+    assert accuracy(trimmed_mean(poisoned, cut=1)[0]) == 1.0
     assert accuracy(fedavg(poisoned)) < 1.0
 
 
@@ -86,12 +96,15 @@ def test_the_registry_holds_the_rules_by_name_the_tutorials_first():
         "fedavg",
         "median",
         "trimmed-mean",
+        "krum",
+        "multi-krum",
+        "norm-bounded",
         "fedavgm",
         "fedadam",
         "fedyogi",
     ]
     # What Flower can run
-    assert round_based() == ["fedavg", "median", "trimmed-mean", "fedavgm", "fedadam", "fedyogi"]
+    assert round_based() == list(AGGREGATIONS)[2:]
 
 
 def test_the_running_average_takes_an_update_that_reached_the_target_as_is():
@@ -289,11 +302,20 @@ def test_a_restored_optimiser_carries_on_as_if_never_stopped(name):
     assert not np.allclose(fresh, straight)
 
 
-def test_each_optimiser_declares_its_settings_with_defaults():
-    assert {name: aggregate.settings_of(name) for name in ("fedavgm", "fedadam", "fedyogi")} == {
-        "fedavgm": {"server_learning_rate": 0.1, "server_momentum": 0.9},
-        "fedadam": {"server_learning_rate": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
-        "fedyogi": {"server_learning_rate": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+def test_each_rule_declares_its_settings_with_defaults():
+    cap = {"max_claimed_samples": None}  # None: computed each round
+    assert {name: aggregate.settings_of(name) for name in AGGREGATIONS} == {
+        "running-average": {},
+        "running-best": {},
+        "fedavg": cap,
+        "median": {},
+        "trimmed-mean": {"byzantine": 1},
+        "krum": {"byzantine": 1},
+        "multi-krum": {"byzantine": 1},
+        "norm-bounded": {"clip_norm": None, **cap},
+        "fedavgm": {"server_learning_rate": 0.1, "server_momentum": 0.9, **cap},
+        "fedadam": {"server_learning_rate": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, **cap},
+        "fedyogi": {"server_learning_rate": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, **cap},
     }
     assert set(SETTINGS) == {
         setting for name in AGGREGATIONS for setting in aggregate.settings_of(name)
@@ -327,6 +349,26 @@ def test_each_optimiser_declares_its_settings_with_defaults():
             "server-learning-rate must be greater than 0, not nan.",
         ),
         ("fedadam", {"beta1": "0.9"}, "beta1 must be a number, not '0.9'."),
+        ("norm-bounded", {"clip_norm": -1}, "clip-norm must be greater than 0, not -1."),
+        ("norm-bounded", {"clip_norm": 0.0}, "clip-norm must be greater than 0, not 0."),
+        (
+            "fedavg",
+            {"max_claimed_samples": 0},
+            "max-claimed-samples must be greater than 0, not 0.",
+        ),
+        ("krum", {"byzantine": -1}, "byzantine must be 0 or more, not -1."),
+        ("krum", {"byzantine": 1.5}, "byzantine must be a whole number, not 1.5."),
+        ("fedadam", {"beta1": None}, "beta1 must be a number, not None."),
+        (
+            "median",
+            {"byzantine": 1},
+            "median takes no byzantine setting: it is for trimmed-mean, krum",
+        ),
+        (
+            "trimmed-mean",
+            {"clip_norm": 1.0},
+            "trimmed-mean takes no clip-norm setting: it is for norm-bounded.",
+        ),
         ("fedsgd", {}, "There is no aggregation 'fedsgd': choose one of"),
     ],
 )
@@ -346,3 +388,219 @@ def test_running_candidates_are_steps_toward_the_update_and_the_clients_mean():
     np.testing.assert_array_equal(candidates["step 0.5"], model_averaging(current, update))
     np.testing.assert_allclose(candidates["clients' mean"], [4.0, 4 / 3])
     np.testing.assert_array_equal(current, [0.0, 8.0])  # pure
+
+
+# ---- defences ---------------------------------------------------------------------------------
+
+
+def _updates(*vectors, counts=None):
+    """Updates of clients a, b, c, ... with the given vectors (and sample counts)."""
+    counts = counts or [1] * len(vectors)
+    return [
+        Update(np.asarray(v, dtype=np.float64), n, client=chr(ord("a") + i))
+        for i, (v, n) in enumerate(zip(vectors, counts))
+    ]
+
+
+def _actions(rule, global_vector, updates):
+    return [(v.action, v.detail) for v in rule.verdicts(global_vector, updates)]
+
+
+def test_krum_scores_sum_the_squared_distances_to_the_nearest_n_minus_f_minus_2():
+    points = [[0.0], [1.0], [2.0], [4.0], [20.0]]  # n = 5, F = 1: the 2 nearest each
+    distances = pairwise_distances(points)
+    np.testing.assert_array_equal(distances[3], [4, 3, 2, 0, 16])
+    # 0: 1 + 4; 1: 1 + 1; 2: 1 + 4; 4: 4 + 9; 20: 16**2 + 18**2
+    np.testing.assert_array_equal(krum_scores(distances, 1), [5, 2, 5, 13, 580])
+    same = pairwise_distances([[1.0], [1.0], [1.0], [9.0]])  # a twin is no nearer than itself
+    np.testing.assert_array_equal(krum_scores(same, 0), [0, 0, 0, 128 + 0])
+
+
+def test_krum_picks_from_the_honest_cluster_and_multi_krum_averages_it():
+    rng = np.random.default_rng(3)
+    honest = [np.ones(20) + rng.normal(0, 0.1, 20) for _ in range(5)]
+    # Two attackers: one far, one halfway, each alone on its side of the cluster.
+    attackers = [np.full(20, 30.0), np.full(20, -3.0)]
+    updates = _updates(*honest[:2], attackers[0], *honest[2:], attackers[1])
+    krum = aggregation_named("krum", byzantine=2)
+    chosen = krum.aggregate(np.zeros(20), updates)
+    assert any(np.array_equal(chosen, h) for h in honest)
+    verdicts = krum.verdicts(np.zeros(20), updates)
+    actions = [v.action for v in verdicts]
+    used = actions.index(USED)
+    assert actions.count(USED) == 1 and np.array_equal(chosen, updates[used].vector)
+    assert verdicts[used].krum_score == min(v.krum_score for v in verdicts)
+    assert actions[2] == actions[6] == EXCLUDED
+    multi = aggregation_named("multi-krum", byzantine=2)  # m = n - F = 5: the honest ones
+    np.testing.assert_allclose(multi.aggregate(np.zeros(20), updates), np.mean(honest, axis=0))
+    actions = [v.action for v in multi.verdicts(np.zeros(20), updates)]
+    assert actions == [USED, USED, EXCLUDED, USED, USED, USED, EXCLUDED]
+
+
+def test_multi_krum_ignores_sample_counts():
+    points = [[0.0], [1.0], [2.0], [4.0], [20.0]]
+    plain = aggregation_named("multi-krum").aggregate(np.zeros(1), _updates(*points))
+    claimed = aggregation_named("multi-krum").aggregate(
+        np.zeros(1), _updates(*points, counts=[1, 1, 1, 10**6, 1])
+    )
+    np.testing.assert_array_equal(plain, claimed)
+    np.testing.assert_allclose(plain, [7 / 4])  # the 4 best: 1 (2), 0 (5), 2 (5), 4 (13)
+
+
+def test_trimmed_mean_with_one_attacker_of_four_drops_it_in_every_coordinate():
+    honest = [np.array([1.0, 2.0, 3.0]), np.array([1.2, 2.1, 2.9]), np.array([0.9, 1.8, 3.3])]
+    attacker = np.array([100.0, -100.0, 100.0])  # at an extreme in each coordinate
+    updates = _updates(honest[0], attacker, *honest[1:])
+    rule = aggregation_named("trimmed-mean")  # byzantine 1: 1 a side though int(0.2 * 4) = 0
+    result = rule.aggregate(np.zeros(3), updates)
+    # Per coordinate the two middle values, all honest: 1.0 and 1.2; 1.8 and 2.0; 3.0 and 3.3
+    np.testing.assert_allclose(result, [1.1, 1.9, 3.15])
+    verdicts = rule.verdicts(np.zeros(3), updates)
+    assert (verdicts[1].action, verdicts[1].detail) == (EXCLUDED, "trimmed in 100% of coordinates")
+    # Each coordinate drops one honest value too, on the side away from the attacker.
+    assert [v.detail for v in verdicts] == [
+        "trimmed in 0% of coordinates",
+        "trimmed in 100% of coordinates",
+        "trimmed in 67% of coordinates",
+        "trimmed in 33% of coordinates",
+    ]
+    assert [v.action for v in verdicts] == [USED, EXCLUDED, EXCLUDED, USED]
+
+
+def test_trimmed_mean_trims_a_fifth_when_that_is_more_and_ignores_counts():
+    values = [[float(v)] for v in range(10)]  # int(0.2 * 10) = 2 a side beats F = 1
+    rule = aggregation_named("trimmed-mean")
+    assert rule.aggregate(np.zeros(1), _updates(*values))[0] == pytest.approx(4.5)
+    liar = _updates(*values, counts=[1] * 9 + [10**6])
+    assert rule.aggregate(np.zeros(1), liar)[0] == pytest.approx(4.5)
+    tutorial = aggregation_named("trimmed-mean", byzantine=0)  # the fifth alone: 0 of 4
+    assert tutorial.aggregate(np.zeros(1), _updates([0.0], [1.0], [2.0], [9.0]))[0] == 3.0
+
+
+def test_norm_bounding_leaves_a_small_change_and_scales_a_large_one_to_the_bound():
+    rule = aggregation_named("norm-bounded", clip_norm=1.0)
+    start = np.array([1.0, 1.0])
+    small, large = start + [0.3, 0.4], start + [6.0, 8.0]  # changes of norm 0.5 and 10
+    np.testing.assert_allclose(rule.aggregate(start, _updates(small)), small)
+    np.testing.assert_allclose(rule.aggregate(start, _updates(large)), start + [0.6, 0.8])
+    both = _updates(small, large, counts=[1, 3])  # then weighed by their counts
+    np.testing.assert_allclose(
+        rule.aggregate(start, both), start + ([0.3, 0.4] + 3 * np.array([0.6, 0.8])) / 4
+    )
+    assert _actions(rule, start, both) == [(USED, ""), (CLIPPED, "norm 10 -> 1")]
+
+
+def test_norm_bounding_defaults_to_the_rounds_median_change_norm():
+    rule = aggregation_named("norm-bounded")
+    changes = [np.array([1.0, 0.0]), np.array([0.0, 2.0]), np.array([-10.0, 0.0])]
+    result = rule.aggregate(np.zeros(2), _updates(*changes))
+    np.testing.assert_allclose(result, (changes[0] + changes[1] + [-2.0, 0.0]) / 3)
+    assert _actions(rule, np.zeros(2), _updates(*changes))[2] == (CLIPPED, "norm 10 -> 2")
+    unchanged = _updates(np.zeros(2), np.zeros(2))  # a median of 0: nothing to scale
+    np.testing.assert_array_equal(rule.aggregate(np.zeros(2), unchanged), np.zeros(2))
+
+
+def test_a_claimed_sample_count_is_capped_at_three_times_the_rounds_median():
+    np.testing.assert_array_equal(capped_counts([360, 350, 370, 10**6]), [360, 350, 370, 1095])
+    np.testing.assert_array_equal(capped_counts([360, 350, 370, 10**6], cap=100), [100] * 4)
+    honest = [np.array([1.0]), np.array([2.0]), np.array([3.0])]
+    updates = _updates(*honest, np.array([-1000.0]), counts=[100, 100, 100, 10**6])
+    rule = aggregation_named("fedavg")
+    # The liar weighs 300, as much as the three others together.
+    assert rule.aggregate(np.zeros(1), updates)[0] == pytest.approx((600 - 300_000) / 600)
+    assert _actions(rule, np.zeros(1), updates) == [(USED, "")] * 3 + [
+        (CLIPPED, "samples 1000000 -> 300")
+    ]
+    given = aggregation_named("fedavg", max_claimed_samples=50)  # every count 50: the mean
+    assert given.aggregate(np.zeros(1), updates)[0] == pytest.approx(-994 / 4)
+    # The server optimisers weigh their mean change the same way: a whole step is fedavg's.
+    optimiser = aggregation_named("fedavgm", server_learning_rate=1.0, server_momentum=0.0)
+    np.testing.assert_allclose(
+        optimiser.aggregate(np.zeros(1), updates), rule.aggregate(np.zeros(1), updates)
+    )
+    assert _actions(optimiser, np.zeros(1), updates)[3] == (CLIPPED, "samples 1000000 -> 300")
+
+
+def test_norm_bounded_caps_counts_and_clips_norms_in_one_verdict():
+    rule = aggregation_named("norm-bounded", clip_norm=1.0)
+    updates = _updates([0.5], [0.5], [0.5], [-4.0], counts=[10, 10, 10, 1000])
+    np.testing.assert_allclose(rule.aggregate(np.zeros(1), updates), [(15 - 30) / 60])
+    assert _actions(rule, np.zeros(1), updates)[3] == (
+        CLIPPED,
+        "samples 1000 -> 30, norm 4 -> 1",
+    )
+
+
+def test_inspect_gives_each_update_its_change_norm_and_mean_distance_to_the_others():
+    updates = _updates([3.0, 4.0], [0.0, 0.0], [3.0, 0.0])
+    verdicts = inspect(np.zeros(2), updates)
+    assert [v.client for v in verdicts] == ["a", "b", "c"]
+    assert [v.change_norm for v in verdicts] == [5.0, 0.0, 3.0]
+    assert [v.distance for v in verdicts] == [(5 + 4) / 2, (5 + 3) / 2, (4 + 3) / 2]
+    assert {(v.krum_score, v.action, v.detail) for v in verdicts} == {(None, USED, "")}
+    (alone,) = inspect(np.zeros(2), updates[:1])
+    assert np.isnan(alone.distance)
+    # The rules that leave every update as it is say so: the median, a fair fedavg round.
+    for name in ("median", "fedavg"):
+        rule = aggregation_named(name)
+        rule.aggregate(np.zeros(2), updates)
+        assert rule.verdicts(np.zeros(2), updates) == verdicts
+
+
+def test_running_best_excludes_an_update_when_it_keeps_the_current_model():
+    rule = aggregation_named("running-best")
+    rule.bind(lambda vectors: (np.zeros(len(vectors), bool), np.abs(vectors).sum(axis=1)))
+    current = np.zeros(2)
+    (worse,) = _updates([4.0, 4.0])  # every candidate has a higher loss than the current
+    rule.aggregate(current, [worse])
+    assert _actions(rule, current, [worse]) == [(EXCLUDED, "took=current model")]
+    (better,) = _updates([0.0, 0.0])
+    rule.aggregate(np.ones(2), [better])
+    assert _actions(rule, np.ones(2), [better]) == [(USED, "took=update")]
+
+
+@pytest.mark.parametrize(
+    "name, settings, n, refusal",
+    [
+        (
+            "krum",
+            {},
+            4,
+            "krum cannot tolerate 1 attacker with 4 updates: it needs more than 2F + 2 = 4.",
+        ),
+        ("krum", {}, 5, ""),
+        ("krum", {"byzantine": 0}, 3, ""),
+        (
+            "multi-krum",
+            {"byzantine": 2},
+            6,
+            "multi-krum cannot tolerate 2 attackers with 6 updates: it needs more than 2F + 2 = 6.",
+        ),
+        (
+            "trimmed-mean",
+            {},
+            2,
+            "trimmed-mean cannot tolerate 1 attacker with 2 updates: it needs more than 2F = 2.",
+        ),
+        (
+            "trimmed-mean",
+            {"byzantine": 2},
+            1,
+            "trimmed-mean cannot tolerate 2 attackers with 1 update: it needs more than 2F = 4.",
+        ),
+        ("trimmed-mean", {}, 3, ""),
+        ("trimmed-mean", {"byzantine": 0}, 1, ""),
+        ("median", {}, 2, ""),
+        ("norm-bounded", {}, 1, ""),
+        ("fedavg", {}, 1, ""),
+        ("running-best", {}, 1, ""),
+    ],
+)
+def test_a_rule_refuses_a_round_too_small_for_its_attackers_in_one_sentence(
+    name, settings, n, refusal
+):
+    rule = aggregation_named(name, **settings)
+    assert rule.refusal(n) == refusal
+    if refusal:  # and never aggregates such a round unprotected
+        with pytest.raises(ValueError, match="cannot tolerate"):
+            rule.aggregate(np.zeros(1), _updates(*[[float(i)] for i in range(n)]))

@@ -223,6 +223,23 @@ def test_a_headless_client_of_ones_own_needs_its_data_file():
             ["--aggregation", "fedyogi", "--beta2", "1"],
             "beta2 must be at least 0 and below 1, not 1.",
         ),
+        (
+            ["--aggregation", "fedavgm", "--server-momentum", "-1"],
+            "server-momentum must be at least 0 and below 1, not -1.",
+        ),
+        (
+            ["--aggregation", "norm-bounded", "--clip-norm", "-1"],
+            "clip-norm must be greater than 0, not -1.",
+        ),
+        (
+            ["--aggregation", "krum", "--byzantine", "2", "--min-clients", "6"],
+            "With min-clients 6, krum cannot tolerate 2 attackers with 6 updates: it needs more "
+            "than 2F + 2 = 6.",
+        ),
+        (
+            ["--aggregation", "krum", "--byzantine", "1.5"],
+            "argument --byzantine: '1.5' is not a whole number",
+        ),
     ],
 )
 def test_an_aggregation_setting_that_cannot_be_used_is_a_usage_error(flags, sentence):
@@ -280,6 +297,9 @@ def test_bad_port_is_a_usage_error(script):
                 "--beta1",
                 "--beta2",
                 "--tau",
+                "--byzantine",
+                "--clip-norm",
+                "--max-claimed-samples",
             ],
         ),
         (
@@ -336,14 +356,40 @@ def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--aggregation", "fedavgm"], "fedavgm (server-learning-rate=0.1, server-momentum=0.9)"),
+        (
+            ["--aggregation", "fedavgm"],
+            "fedavgm (server-learning-rate=0.1, server-momentum=0.9, "
+            "max-claimed-samples=3x the round's median claim)",
+        ),
         (
             ["--aggregation", "fedadam", "--server-learning-rate", "0.03", "--tau", "0.01"],
-            "fedadam (server-learning-rate=0.03, beta1=0.9, beta2=0.99, tau=0.01)",
+            "fedadam (server-learning-rate=0.03, beta1=0.9, beta2=0.99, tau=0.01, "
+            "max-claimed-samples=3x the round's median claim)",
         ),
         (
             ["--aggregation", "fedyogi", "--beta1", "0", "--beta2", "0.5"],
-            "fedyogi (server-learning-rate=0.01, beta1=0, beta2=0.5, tau=0.001)",
+            "fedyogi (server-learning-rate=0.01, beta1=0, beta2=0.5, tau=0.001, "
+            "max-claimed-samples=3x the round's median claim)",
+        ),
+        (["--aggregation", "krum", "--min-clients", "5"], "krum (byzantine=1)"),
+        (
+            ["--aggregation", "multi-krum", "--byzantine", "0", "--min-clients", "3"],
+            "multi-krum (byzantine=0)",
+        ),
+        (
+            [
+                "--aggregation",
+                "norm-bounded",
+                "--clip-norm",
+                "2.5",
+                "--max-claimed-samples",
+                "1000",
+            ],
+            "norm-bounded (clip-norm=2.5, max-claimed-samples=1000)",
+        ),
+        (
+            ["--aggregation", "fedavg", "--max-claimed-samples", "50"],
+            "fedavg (max-claimed-samples=50)",
         ),
     ],
 )

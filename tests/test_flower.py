@@ -203,11 +203,18 @@ def test_the_aggregations_settings_come_from_the_run_config_and_are_checked():
         {"aggregation": "fedadam", "server-learning-rate": 0.02, "beta1": "", "tau": 0.01}
     )
     rule = config.training.aggregation_rule()
-    assert str(rule) == "fedadam (server-learning-rate=0.02, beta1=0.9, beta2=0.99, tau=0.01)"
+    assert str(rule) == (
+        "fedadam (server-learning-rate=0.02, beta1=0.9, beta2=0.99, tau=0.01, "
+        "max-claimed-samples=3x the round's median claim)"
+    )
     with pytest.raises(ConfigError, match=r"^fedavg takes no tau setting: it is for fedadam"):
         server_config({"tau": 0.01})  # Flower's default aggregation, fedavg
     with pytest.raises(ConfigError, match=r"^server-momentum must be at least 0 and below 1"):
         server_config({"aggregation": "fedavgm", "server-momentum": 1.5})
+    with pytest.raises(ConfigError, match=r"^clip-norm must be greater than 0, not -1\.$"):
+        server_config({"aggregation": "norm-bounded", "clip-norm": -1})
+    with pytest.raises(ConfigError, match=r"^With min-clients 2, krum cannot tolerate 1 attacker"):
+        server_config({"aggregation": "krum"})  # Flower's default min-clients, 2
 
 
 def test_the_aggregation_setting_flags_of_python_m_common_flower_reach_the_run_config():
@@ -223,7 +230,15 @@ def test_the_aggregation_setting_flags_of_python_m_common_flower_reach_the_run_c
 
 def _reply(node: int, vector: np.ndarray, samples: int):
     """A node's train reply as Flower's strategies read it: arrays and num-examples."""
-    from flwr.app import ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+    content = {"arrays": ArrayRecord([vector]), "metrics": MetricRecord({"num-examples": samples})}
+    return _message(node, RecordDict(content))
+
+
+def _message(node: int, content):
+    """A train reply from ``node`` carrying ``content``."""
+    from flwr.app import Message, Metadata
 
     metadata = Metadata(
         run_id=1,
@@ -236,8 +251,7 @@ def _reply(node: int, vector: np.ndarray, samples: int):
         ttl=60.0,
         message_type="train",
     )
-    content = {"arrays": ArrayRecord([vector]), "metrics": MetricRecord({"num-examples": samples})}
-    return Message(RecordDict(content), metadata=metadata)
+    return Message(content, metadata=metadata)
 
 
 @pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi"])
@@ -284,9 +298,72 @@ def test_the_optimisers_defaults_are_flowers_but_fedavgms():
     ours = {"server_learning_rate": "eta", "beta1": "beta_1", "beta2": "beta_2", "tau": "tau"}
     for name, theirs in (("fedadam", flower.FedAdam), ("fedyogi", flower.FedYogi)):
         defaults = inspect.signature(theirs).parameters
-        assert {k: defaults[v].default for k, v in ours.items()} == settings_of(name)
+        assert {k: defaults[v].default for k, v in ours.items()} == {
+            k: settings_of(name)[k] for k in ours
+        }
     defaults = inspect.signature(flower.FedAvgM).parameters
     flowers = (defaults["server_learning_rate"].default, defaults["server_momentum"].default)
     assert flowers == (1.0, 0.0)
-    rate, momentum = settings_of("fedavgm").values()
+    rate, momentum = (
+        settings_of("fedavgm")[k] for k in ("server_learning_rate", "server_momentum")
+    )
     assert (rate, momentum) == (0.1, 0.9) and rate / (1 - momentum) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name, byzantine", [("krum", 1), ("multi-krum", 1), ("multi-krum", 2)])
+def test_krum_and_multi_krum_choose_as_flowers_multikrum(name, byzantine):
+    """Flower's MultiKrum, selecting 1 (Krum) or n - F updates, on replies of equal counts
+    (Flower weighs the chosen by their counts, ours ignore them)."""
+    from flwr.serverapp import strategy as flower
+
+    from common.aggregate import Update, aggregation_named
+
+    rng = np.random.default_rng(4)
+    model = rng.normal(size=30)
+    updates = [model + rng.normal(0, 0.3, 30) + (4.0 if i in (1, 5) else 0.0) for i in range(8)]
+    selected = 1 if name == "krum" else len(updates) - byzantine
+    theirs = flower.MultiKrum(num_malicious_nodes=byzantine, num_nodes_to_select=selected)
+    arrays, _ = theirs.aggregate_train(1, [_reply(i + 1, u, 1) for i, u in enumerate(updates)])
+    ours = aggregation_named(name, byzantine=byzantine).aggregate(
+        model, [Update(u, 1) for u in updates]
+    )
+    np.testing.assert_allclose(ours, arrays.to_numpy_ndarrays()[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "flags, kept",
+    [
+        (["--aggregation", "krum", "--byzantine", "1"], "one honest update"),
+        (["--aggregation", "multi-krum", "--byzantine", "1"], "the honest mean"),
+        (["--aggregation", "norm-bounded", "--clip-norm", "0.5"], "a clipped attacker"),
+    ],
+)
+def test_flowers_aggregation_takes_the_round_based_defences(flags, kept):
+    """``python -m common.flower``'s --aggregation and the ServerApp's run config accept each
+    defence with its settings, and a Flower round goes through it: of five nodes, the one
+    sending a far vector is left out or clipped."""
+    from common.aggregate import Update
+    from common.app import build_global_model
+    from common.flags import server_config_from
+    from common.flower.__main__ import parser, run_config
+    from common.flower.server_app import GAStrategy
+
+    args = parser().parse_args(["simulate", "--nodes", "5", *flags])
+    config = server_config_from(args, min_clients=args.nodes)
+    sent = run_config(config)
+    assert server_config(sent).training == config.training  # as the ServerApp reads it
+    strategy = GAStrategy(build_global_model(server_config(sent)), min_nodes=5)
+    start = strategy.global_model.vector.copy()
+    rng = np.random.default_rng(5)
+    vectors = [start + rng.normal(0, 0.05, start.size).astype(np.float32) for _ in range(4)]
+    vectors.append(start + np.float32(50))  # the attacker
+    replies = [
+        _message(node, update_content(TrainingResult(vector, 1.0, 3), num_samples=10))
+        for node, vector in enumerate(vectors, start=1)
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    rule = config.training.aggregation_rule()
+    expected = rule.aggregate(start, [Update(v, 10) for v in vectors])
+    np.testing.assert_allclose(strategy.global_model.vector, expected, rtol=1e-5, atol=1e-6)
+    assert np.linalg.norm(strategy.global_model.vector - start) < 1.0, kept

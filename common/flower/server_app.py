@@ -9,9 +9,10 @@ weights into the global model with ``GlobalModel.apply_round``: the same aggrega
 
 Settings come from the run config (``flwr run --run-config "target-accuracy=0.9"``), named
 as ``server.py``'s flags: model, test-data, target-accuracy, max-rounds, num-solutions,
-aggregation and its settings (server-learning-rate, server-momentum, beta1, beta2, tau; ""
-for the rule's default), min-clients (nodes to wait for), round-timeout (seconds to wait for
-the nodes' answers), seed, history, plot, save-model and the GA settings.
+aggregation and its settings (server-learning-rate, server-momentum, beta1, beta2, tau,
+byzantine, clip-norm, max-claimed-samples; "" for the rule's default), min-clients (nodes to
+wait for), round-timeout (seconds to wait for the nodes' answers), seed, history, plot,
+save-model and the GA settings.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ RUN_CONFIG_KEYS = (
     "beta1",
     "beta2",
     "tau",
+    "byzantine",
+    "clip-norm",
+    "max-claimed-samples",
     "min-clients",
     "round-timeout",
     "num-generations",

@@ -22,7 +22,7 @@ from typing import Any
 
 from common import security
 from common.aggregate import AGGREGATIONS, SETTINGS, settings_of
-from common.app import parse_port, positive
+from common.app import number, parse_port, positive
 from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
 from common.data import DataError, DataFile, Dataset, describe, second_field
 from common.errors import ConfigError, UserError
@@ -182,12 +182,12 @@ def or_default(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 NUMBERS = {
     "target_accuracy": ("Target accuracy", positive(float)),
     "min_clients": ("Min clients", positive(int)),
-    # The rules' settings: their bounds are the rule's to check (common.aggregate.SETTINGS).
-    "server_learning_rate": ("Server learning rate", or_default(positive(float, zero_ok=True))),
-    "server_momentum": ("Server momentum", or_default(positive(float, zero_ok=True))),
-    "beta1": ("Beta1", or_default(positive(float, zero_ok=True))),
-    "beta2": ("Beta2", or_default(positive(float, zero_ok=True))),
-    "tau": ("Tau", or_default(positive(float, zero_ok=True))),
+    # The rules' settings, captioned by their names ("Server learning rate", "Clip norm"):
+    # a number here, their bounds the rule's to check (common.aggregate.SETTINGS).
+    **{
+        name: (name.replace("_", " ").capitalize(), or_default(number(setting.kind)))
+        for name, setting in SETTINGS.items()
+    },
     "patience": ("Patience (0: never)", positive(int, zero_ok=True)),
     "num_generations": ("Generations", positive(int)),
     "num_parents_mating": ("Parents mating", positive(int)),

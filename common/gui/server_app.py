@@ -115,7 +115,9 @@ class ServerApp(TutorialApp):
         for names in (
             ("target_accuracy", "min_clients", "patience", "step_patience"),
             ("federation", "aggregation"),
-            tuple(SETTINGS),  # the aggregation's, each enabled for the rules that take it
+            # The aggregation's, each enabled for the rules that take it; five a row at most
+            # (the server optimisers', then the defences').
+            *(tuple(SETTINGS)[start : start + 5] for start in range(0, len(SETTINGS), 5)),
             (
                 "num_generations",
                 "num_parents_mating",

@@ -17,7 +17,7 @@ import pytest
 
 import common  # noqa: F401  (the quiet TensorFlow environment first)
 from common import datasets, security
-from common.aggregate import AGGREGATIONS
+from common.aggregate import AGGREGATIONS, SETTINGS
 from common.app import build_global_model
 from common.cli import server_parser
 from common.client import ClientConfig
@@ -667,6 +667,9 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
         "beta1": "",
         "beta2": "",
         "tau": "",
+        "byzantine": "",
+        "clip_norm": "",
+        "max_claimed_samples": "",
         "min_clients": "2",
         "patience": "5",
         "step_patience": "",  # left to the model
@@ -703,13 +706,19 @@ def test_an_aggregations_settings_show_for_the_rules_that_take_them(make_server)
     server = make_server(aggregation="fedyogi", tau=0.01)
     texts = {f.name: f.text for f in server.setup_fields()}
     assert (texts["tau"], texts["beta1"]) == ("0.01", "")
-    settings = ("server_learning_rate", "server_momentum", "beta1", "beta2", "tau")
+    settings = tuple(SETTINGS)
+    cap = "max_claimed_samples"
     for aggregation, expected in [
-        ("fedavg", set()),
+        ("fedavg", {cap}),
         ("running-best", set()),
-        ("fedavgm", {"server_learning_rate", "server_momentum"}),
-        ("fedadam", {"server_learning_rate", "beta1", "beta2", "tau"}),
-        ("fedyogi", {"server_learning_rate", "beta1", "beta2", "tau"}),
+        ("median", set()),
+        ("trimmed-mean", {"byzantine"}),
+        ("krum", {"byzantine"}),
+        ("multi-krum", {"byzantine"}),
+        ("norm-bounded", {"clip_norm", cap}),
+        ("fedavgm", {"server_learning_rate", "server_momentum", cap}),
+        ("fedadam", {"server_learning_rate", "beta1", "beta2", "tau", cap}),
+        ("fedyogi", {"server_learning_rate", "beta1", "beta2", "tau", cap}),
     ]:
         texts["aggregation"] = aggregation
         assert {name for name in settings if server.applies(name, texts)} == expected
@@ -730,7 +739,26 @@ def test_the_aggregations_settings_reach_its_rule_and_greyed_ones_are_left_out(
         min_clients="1",
     )
     rule = server.global_model.aggregation
-    assert str(rule) == "fedadam (server-learning-rate=0.05, beta1=0.9, beta2=0.9, tau=0.001)"
+    assert str(rule) == (
+        "fedadam (server-learning-rate=0.05, beta1=0.9, beta2=0.9, tau=0.001, "
+        "max-claimed-samples=3x the round's median claim)"
+    )
+
+
+@pytest.mark.parametrize(
+    "texts, expected",
+    [
+        (
+            {"aggregation": "norm-bounded", "clip_norm": "2", "max_claimed_samples": ""},
+            "norm-bounded (clip-norm=2, max-claimed-samples=3x the round's median claim)",
+        ),
+        ({"aggregation": "krum", "byzantine": "0", "min_clients": "3"}, "krum (byzantine=0)"),
+    ],
+)
+def test_the_defences_settings_reach_their_rule(make_server, main_thread, texts, expected):
+    server = make_server()
+    listen(server, **({"min_clients": "1"} | texts))
+    assert str(server.global_model.aggregation) == expected
 
 
 @pytest.mark.parametrize(
@@ -759,7 +787,17 @@ def test_the_settings_left_to_the_model_are_fields_too(make_server, main_thread,
         ({"min_clients": "0"}, "Min clients: 0 must be greater than 0."),
         (
             {"aggregation": "fedavgm", "server_momentum": "-1"},
-            "Server momentum: -1 must be 0 or more.",
+            "server-momentum must be at least 0 and below 1, not -1.",
+        ),
+        (
+            {"aggregation": "norm-bounded", "clip_norm": "-1"},
+            "clip-norm must be greater than 0, not -1.",
+        ),
+        ({"aggregation": "krum", "byzantine": "one"}, "Byzantine: 'one' is not a whole number."),
+        (
+            {"aggregation": "krum", "byzantine": "1", "min_clients": "4"},
+            "With min-clients 4, krum cannot tolerate 1 attacker with 4 updates: it needs more "
+            "than 2F + 2 = 4.",
         ),
         ({"aggregation": "fedadam", "beta1": "1"}, "beta1 must be at least 0 and below 1, not 1."),
         (

@@ -55,7 +55,7 @@ ROUND_DELAY = "0.2"  # seconds the server holds each model reply: training stays
 TARGET = "0.95"  # iris's server test set (23 samples): reached in a few fedavg rounds
 SCREEN = (1920, 1080)
 # Where each window opens (left, top): side by side, so none hides another's pixels (with no
-# window manager, a click lands on the topmost window). The server is 640x880, a client
+# window manager, a click lands on the topmost window). The server is 640x1000, a client
 # 640x700 (common.gui).
 PLACES = {"server.py": (0, 0), "client1.py": (640, 0), "client2.py": (1280, 0)}
 
