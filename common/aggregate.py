@@ -625,6 +625,52 @@ class MultiKrum(Krum):
         return n - self.settings.byzantine
 
 
+@register
+class Zeno(Tolerant):
+    """Zeno (Xie, Koyejo and Gupta, "Zeno: Distributed Stochastic Gradient Descent with
+    Suspicion-based Fault-tolerance", ICML 2019): each update scored on the server's own
+    test data, the F with the highest loss left out and the plain mean of the other n - F
+    taken (Zeno's score with its norm penalty rho = 0: these are models, not gradient steps,
+    and the loss alone already judges a long change). What no distance can tell from an
+    honest update of another label mix, an update trained on flipped labels or a backdoor,
+    scores worse on data the attacker never saw. So, as running-best, it trusts that data:
+    keep it clean, and apart from what you report on. Needs n > F (one honest update); an
+    honest majority keeps honest updates in the mean."""
+
+    name = "zeno"
+    _losses = _chosen = np.empty(0)  # the last round's
+
+    def __init__(self, settings: RuleSettings | None = None):
+        super().__init__(settings)
+        self._scores: Scores | None = None
+
+    def bind(self, scores):
+        self._scores = scores
+
+    def needs(self):
+        return "F", self.settings.byzantine
+
+    def aggregate(self, global_vector, updates):
+        self.check(updates)
+        if self._scores is None:
+            raise RuntimeError("zeno chooses by the server's scores: bind() them first")
+        vectors = np.stack([u.vector for u in updates]).astype(np.float32)
+        _, self._losses = self._scores(vectors)
+        kept = np.argsort(self._losses, kind="stable")[: len(updates) - self.settings.byzantine]
+        self._chosen = np.sort(kept)
+        return fedavg([updates[i].vector for i in self._chosen])
+
+    def verdicts(self, global_vector, updates):
+        return [
+            replace(
+                verdict, action=USED if i in self._chosen else EXCLUDED, detail=f"loss {loss:.3g}"
+            )
+            for i, (verdict, loss) in enumerate(
+                zip(inspect(global_vector, updates), self._losses, strict=True)
+            )
+        ]
+
+
 @dataclass(frozen=True)
 class NormSettings(RuleSettings):
     clip_norm: float | None = None  # None: the round's median change norm

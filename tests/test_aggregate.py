@@ -98,6 +98,7 @@ def test_the_registry_holds_the_rules_by_name_the_tutorials_first():
         "trimmed-mean",
         "krum",
         "multi-krum",
+        "zeno",
         "norm-bounded",
         "fedavgm",
         "fedadam",
@@ -312,6 +313,7 @@ def test_each_rule_declares_its_settings_with_defaults():
         "trimmed-mean": {"byzantine": 1},
         "krum": {"byzantine": 1},
         "multi-krum": {"byzantine": 1},
+        "zeno": {"byzantine": 1},
         "norm-bounded": {"clip_norm": None, **cap},
         "fedavgm": {"server_learning_rate": 0.1, "server_momentum": 0.9, **cap},
         "fedadam": {"server_learning_rate": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3, **cap},
@@ -435,6 +437,23 @@ def test_krum_picks_from_the_honest_cluster_and_multi_krum_averages_it():
     np.testing.assert_allclose(multi.aggregate(np.zeros(20), updates), np.mean(honest, axis=0))
     actions = [v.action for v in multi.verdicts(np.zeros(20), updates)]
     assert actions == [USED, USED, EXCLUDED, USED, USED, USED, EXCLUDED]
+
+
+def test_zeno_leaves_out_the_f_updates_the_server_scores_worst():
+    # The server's loss of a vector, for this test: its first coordinate.
+    def scores(vectors):
+        return np.zeros(len(vectors), dtype=bool), vectors[:, 0].astype(np.float64)
+
+    updates = _updates([0.5, 1.0], [3.0, 100.0], [0.1, 2.0], [0.2, 3.0], [9.0, 0.0])
+    zeno = aggregation_named("zeno", byzantine=2)
+    zeno.bind(scores)
+    np.testing.assert_allclose(zeno.aggregate(np.zeros(2), updates), [0.8 / 3, 2.0])
+    verdicts = zeno.verdicts(np.zeros(2), updates)
+    assert [v.action for v in verdicts] == [USED, EXCLUDED, USED, USED, EXCLUDED]
+    assert verdicts[4].detail == "loss 9"
+    assert zeno.refusal(2) == (
+        "zeno cannot tolerate 2 attackers with 2 updates: it needs more than F = 2."
+    )
 
 
 def test_multi_krum_ignores_sample_counts():
