@@ -37,6 +37,11 @@ best vector (``HonestUpdate``):
 - ``noise``: g + N(0, s^2) in every coordinate; s default ``NOISE_SIGMA`` = 1, about four
   times the weights' own scale in a 64-32-10 model (Glorot's bound for its first layer is
   0.25).
+- ``bounded-scaling``: a backdoor (as ``backdoor``, half its samples, target 0) sent as
+  g + (u - g) scaled to a change of norm s exactly, so that a server bounding each change's
+  norm (``norm-bounded``) does not clip it when s is just under its bound (Sun et al., 2019:
+  the attack norm bounding must be shown against, not a crude one). s default 1; a lab sets
+  it from the bound it attacks.
 - ``liar``: sends ``noise``'s vector (sigma ``NOISE_SIGMA``) and claims s samples, default
   10^6, so that fedavg weighs it above everyone.
 - ``alie`` ("a little is enough", Baruch et al., 2019): colluding attackers estimate the
@@ -73,6 +78,7 @@ from typing import ClassVar
 import numpy as np
 
 from common.data import Dataset
+from common.aggregate import listed
 from common.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -336,7 +342,7 @@ class Attack:
             if not self.takes_target:
                 raise ConfigError(
                     f"{self.name} takes no --attack-target: only "
-                    f"{' and '.join(n for n, a in ATTACKS.items() if a.takes_target)} do."
+                    f"{listed([n for n, a in ATTACKS.items() if a.takes_target])} do."
                 )
             if isinstance(target, bool) or int(target) != target or target < 0:
                 raise ConfigError(
@@ -443,8 +449,13 @@ class _DataAttack(Attack):
                 f"{num_classes} outputs are classes 0 to {num_classes - 1}."
             )
         # Its share, rounded, at least one sample.
-        chosen = min(len(data), max(1, round(self.strength * len(data))))
+        chosen = min(len(data), max(1, round(self.share * len(data))))
         return self._poison_rows(data, np.sort(self.rng.choice(len(data), chosen, replace=False)))
+
+    @property
+    def share(self) -> float:
+        """The share of its samples poisoned: its strength."""
+        return self.strength
 
     def _poison_rows(self, data: Dataset, rows: np.ndarray) -> Dataset:
         raise NotImplementedError
@@ -499,6 +510,31 @@ class Scaling(_Change):
     strength_means = "s in g + s(u - g)"
     default_strength = 3.0
     direction = 1.0
+
+
+def scaled_to_norm(global_vector: np.ndarray, update: np.ndarray, norm: float) -> np.ndarray:
+    """g + (u - g) scaled so that the change's L2 norm is ``norm`` (u itself if u = g)."""
+    change = np.asarray(update, dtype=np.float64) - global_vector
+    size = float(np.linalg.norm(change))
+    return update if size == 0 else global_vector + change * (norm / size)
+
+
+@register
+class BoundedScaling(Backdoor):
+    name = "bounded-scaling"
+    poisons = MODEL  # and its data, as a backdoor: weights mode only, as the other scalings
+    strength_means = "the norm of the change it sends"
+    default_strength = 1.0
+    bound = POSITIVE
+
+    @property
+    def share(self) -> float:
+        return Backdoor.default_strength
+
+    def poison_update(self, honest):
+        return scaled_to_norm(
+            honest.global_vector, honest.vector, self.strength
+        ), honest.num_samples
 
 
 @register

@@ -42,7 +42,7 @@ from common.training import LocalTrainer
 from tests.conftest import WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
-CHOICES = "label-flip, backdoor, sign-flip, scaling, noise, liar, alie, lie-scores"
+CHOICES = "label-flip, backdoor, sign-flip, scaling, bounded-scaling, noise, liar, alie, lie-scores"
 
 
 def _one_hot(labels, classes):
@@ -111,7 +111,12 @@ def test_an_unknown_attack_is_one_sentence_naming_the_choices():
             None,
             "alie's --attack-strength is z in mean - z * std: it must be 0 or more, not -1.",
         ),
-        ("scaling", None, 2, "scaling takes no --attack-target: only label-flip and backdoor do."),
+        (
+            "scaling",
+            None,
+            2,
+            "scaling takes no --attack-target: only label-flip, backdoor and bounded-scaling do.",
+        ),
         ("label-flip", None, -1, "--attack-target must be a class number, 0 or more, not -1."),
     ],
 )
@@ -144,7 +149,7 @@ def test_model_attacks_run_in_weights_mode_only_and_lie_scores_in_fitness_mode_o
         attack_named("lie-scores").check_federation(WEIGHTS)
     assert str(error.value) == (
         "lie-scores lies about the losses a client reports in fitness mode, but this server "
-        "runs weights mode: choose label-flip, backdoor, sign-flip, scaling, noise, liar, alie."
+        "runs weights mode: choose label-flip, backdoor, sign-flip, scaling, bounded-scaling, noise, liar, alie."
     )
 
 
@@ -531,3 +536,16 @@ def test_the_client_help_documents_the_attack_flags_and_each_strength():
         assert flag in text
     for name in ATTACKS:
         assert f"{name}:" in "".join(text.split())  # argparse wraps lines at hyphens
+
+
+def test_bounded_scaling_sends_its_backdoored_change_at_exactly_its_norm():
+    g, u = np.zeros(4), np.array([3.0, 4.0, 0.0, 0.0])  # a change of norm 5
+    attack = attack_named("bounded-scaling", 2.0)
+    sent, count = attack.poison_update(HonestUpdate(g, u, 7))
+    np.testing.assert_allclose(sent, [1.2, 1.6, 0.0, 0.0])
+    assert count == 7
+    data = Dataset(np.zeros((10, 64)), np.eye(10)[np.arange(10) % 10])
+    poisoned = attack.poison_data(data)  # half the samples get the trigger, relabelled to 0
+    triggered = poisoned.inputs[:, 63] == TRIGGER_VALUE
+    assert triggered.sum() == 5
+    assert (poisoned.outputs[triggered].argmax(axis=1) == 0).all()
