@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from common.aggregate import Verdict
 
 
 class EventKind(StrEnum):
@@ -15,6 +19,10 @@ class EventKind(StrEnum):
     # patience, stopped by request), a client was told done, a client left; in fitness mode
     # also a generation of its GA ended (``generation``), or waits for --min-clients, and a
     # client's scores counted in a round for the first time (``scored``, without accuracy).
+    # In weights mode, what the rule did with each update of a round (``judged``, before the
+    # round's ``update``, with its ``verdict``), or that an update beyond its client's share
+    # was answered without being applied (``judged``, detail ``over share``); a round closed
+    # without aggregating, too short for the rule to tolerate --byzantine (``short``).
     CONNECTED = "connected"
     REQUEST = "request"
     SCORED = "scored"
@@ -26,6 +34,8 @@ class EventKind(StrEnum):
     ANSWERED_DONE = "answered_done"
     DISCONNECTED = "disconnected"
     WAITING = "waiting"
+    JUDGED = "judged"
+    SHORT = "short"
     # The client's, besides connected, done and stopped: reconnecting, a model arrived, a GA
     # generation ended, the update was sent, training failed.
     CONNECTING = "connecting"
@@ -51,6 +61,7 @@ class Event:
     generation: int = 0
     samples: int | None = None  # a scored update's sample count, when its client sent one
     detail: str = ""
+    verdict: Verdict | None = None  # judged: what the rule did with the update
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", EventKind(self.kind))  # a mistyped kind: ValueError

@@ -28,6 +28,14 @@ Rules of a generation (``FitnessFederation``):
   from the last generation's, every member is scored again (a second attempt);
 - only clients that announce ``FITNESS_MODE_VERSION`` take part: plain-pickle peers and older
   fedga clients can only train weights, and are refused with a logged reason.
+
+A client that lies about its scores (the worst member reported best) moves the exact
+weighted sum as far as its sample count allows. With ``--byzantine F`` > 0 the scores are
+combined robustly instead (``rank_fitness``): each client's losses become ranks, and a
+member's fitness is its mean rank over the clients without the F highest and F lowest, so F
+liars move no member beyond the honest clients' ranks. That is no longer the central GA
+(a rank ignores by how much one member beats another, and sample counts are ignored as a
+liar could inflate them), so F = 0, the default in this mode, keeps the exact sum.
 """
 
 from __future__ import annotations
@@ -37,13 +45,13 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from common.errors import ConnectionLost, Refused, SchemaError
+from common.errors import ConfigError, ConnectionLost, Refused, SchemaError
 from common.events import Event, EventKind
 from common.ga import GAConfig, RoundSeeds, SharedFitnessGA, build_ga, loss
 from common.model import ForwardPass
@@ -65,6 +73,9 @@ from common.training import LocalTrainer
 log = logging.getLogger(__name__)
 
 WEIGHTS, FITNESS = "weights", "fitness"
+# The one rule setting (common.aggregate.SETTINGS) fitness mode takes: with --byzantine F > 0
+# its scores combine robustly to F liars (rank_fitness).
+FITNESS_SETTING = "byzantine"
 FEDERATIONS = (WEIGHTS, FITNESS)  # the --federation choices; weights is the tutorial's
 
 
@@ -80,6 +91,16 @@ def digest(members: np.ndarray) -> str:
 def fitness_of(losses: np.ndarray) -> np.ndarray:
     """The tutorial's fitness of a loss, as ``common.ga.fitness`` computes it."""
     return 1.0 / (losses + 1e-8)
+
+
+def rank_fitness(losses: Sequence[np.ndarray], byzantine: int) -> np.ndarray:
+    """Fitness from each client's losses of the same members, robust to ``byzantine`` liars:
+    each client's ranks (0: its lowest loss), their trimmed mean over clients per member
+    (``byzantine`` dropped at each end; needs more than 2F clients), as the number of members
+    less that mean, so higher is better and every fitness is at least 1."""
+    ranks = np.stack([np.argsort(np.argsort(row, kind="stable"), kind="stable") for row in losses])
+    kept = np.sort(ranks, axis=0)[byzantine : len(ranks) - byzantine]
+    return ranks.shape[1] - kept.mean(axis=0)
 
 
 def _unscored(known: np.ndarray) -> np.ndarray:
@@ -153,8 +174,16 @@ class FitnessFederation:
         min_clients: int,
         round_timeout: float,
         seed: int | None = None,
+        byzantine: int = 0,
         on_event: Callable[[Event], None] | None = None,
     ):
+        if byzantine and min_clients <= 2 * byzantine:
+            raise ConfigError(
+                f"Fitness mode with --byzantine {byzantine} needs --min-clients of at least "
+                f"{2 * byzantine + 1}, not {min_clients}: its scores drop {byzantine} per "
+                "side of every member's ranks."
+            )
+        self.byzantine = byzantine
         self.global_model = global_model
         self._on_event = on_event or (lambda event: None)
         self.min_clients, self.round_timeout = min_clients, round_timeout
@@ -258,7 +287,8 @@ class FitnessFederation:
         self, ga, population: np.ndarray, known: np.ndarray, round_: int
     ) -> np.ndarray:
         """The GA's fitness function: every member's fitness, scored by the clients."""
-        rows = np.isnan(known)
+        # Ranks compare the members scored together: with --byzantine all are, each time.
+        rows = np.ones_like(known, dtype=bool) if self.byzantine else np.isnan(known)
         attempt = 0
         with self._changed:
             while True:
@@ -279,17 +309,23 @@ class FitnessFederation:
                     )
                     rows, attempt = np.ones_like(rows), attempt + 1
                     continue
-                counts = np.array([count for _, count in reports.values()], dtype=np.float64)
-                # Shares, not counts: one client's share is exactly 1, so its losses pass
-                # unchanged and the run is bit for bit a weights-mode client's holding it all.
-                shares = counts / counts.sum()
-                losses = shares @ np.stack([losses for losses, _ in reports.values()])
                 fitness = known.copy()
-                fitness[rows] = fitness_of(losses)
+                fitness[rows] = self._combine(list(reports.values()))
                 self._last_scorers = scorers
                 self._histories[round_].append(fitness)
                 self._changed.notify_all()
                 return fitness
+
+    def _combine(self, reports: list[tuple[np.ndarray, int]]) -> np.ndarray:
+        """The members' fitness from the clients' (losses, sample count): of their loss over
+        all the clients' data, or with ``byzantine`` robust to that many liars."""
+        if self.byzantine:
+            return rank_fitness([losses for losses, _ in reports], self.byzantine)
+        counts = np.array([count for _, count in reports], dtype=np.float64)
+        # Shares, not counts: one client's share is exactly 1, so its losses pass unchanged
+        # and the run is bit for bit a weights-mode client's holding it all.
+        shares = counts / counts.sum()
+        return fitness_of(shares @ np.stack([losses for losses, _ in reports]))
 
     def _publish(
         self, round_: int, generation: int, attempt: int, population: np.ndarray, rows

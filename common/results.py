@@ -1,7 +1,10 @@
 """What a finished training leaves behind: one CSV row per accepted update, and a plot.
 
 ``History`` is an event callback (the server core's ``update`` events) that keeps its rows
-and, given a path (``--history``), writes each as it comes; ``plot_history`` draws accuracy
+and, given a path (``--history``), writes each as it comes. A weights-mode row also says what
+the rule did with each of the round's updates (its ``judged`` events): which clients' were
+used, clipped or excluded, and each update's change norm, distance to the round's others
+and Krum score, as ``client=value`` lists, so a suspicious client can be found in a file; ``plot_history`` draws accuracy
 and loss over rounds with matplotlib's Agg backend, so it needs no display. The server
 window's Save History and Save Plot write the same files from the rows kept.
 """
@@ -13,9 +16,20 @@ import threading
 import time
 from pathlib import Path
 
+from common.aggregate import ACTIONS, Verdict
 from common.events import Event, EventKind
 
-FIELDS = ("time", "round", "client", "accuracy", "loss")
+FIELDS = (
+    "time",
+    "round",
+    "client",
+    "accuracy",
+    "loss",
+    *ACTIONS,
+    "change_norms",
+    "distances",
+    "krum_scores",
+)
 
 
 class History:
@@ -26,20 +40,37 @@ class History:
         self.path = None if path is None else Path(path)
         self.rows: list[tuple[str, ...]] = []
         self._lock = threading.Lock()  # events arrive from every client's thread
+        # the round's verdicts, with their clients' names, until its update event
+        self._judged: list[tuple[str, Verdict]] = []
         if self.path is not None:
             self._write(self.path, "w", [FIELDS])
 
     def __call__(self, event: Event) -> None:
+        if event.kind is EventKind.JUDGED and event.verdict is not None:
+            with self._lock:
+                self._judged.append((event.detail or event.peer, event.verdict))
         if event.kind is not EventKind.UPDATE:
             return
-        row = (
-            f"{time.time():.3f}",
-            str(event.round),
-            event.peer,
-            f"{event.accuracy:.6f}",
-            "" if event.loss is None else f"{event.loss:.6g}",
-        )
         with self._lock:
+            judged, self._judged = self._judged, []
+            row = (
+                f"{time.time():.3f}",
+                str(event.round),
+                event.peer,
+                f"{event.accuracy:.6f}",
+                "" if event.loss is None else f"{event.loss:.6g}",
+                *(
+                    ";".join(
+                        name + (f": {v.detail}" if v.detail else "")
+                        for name, v in judged
+                        if v.action == action
+                    )
+                    for action in ACTIONS
+                ),
+                _values(judged, "change_norm"),
+                _values(judged, "distance"),
+                _values(judged, "krum_score"),
+            )
             self.rows.append(row)
             if self.path is not None:
                 self._write(self.path, "a", [row])
@@ -59,6 +90,14 @@ class History:
     def _write(path: Path, mode: str, rows) -> None:
         with path.open(mode, newline="") as handle:
             csv.writer(handle).writerows(rows)
+
+
+def _values(judged: list[tuple[str, Verdict]], name: str) -> str:
+    """``client=value`` for each verdict that has the value, ``;``-separated."""
+    values = ((client, getattr(verdict, name)) for client, verdict in judged)
+    return ";".join(
+        f"{client}={value:.4g}" for client, value in values if value is not None and value == value
+    )  # value == value: not NaN (the distance of a round's only update)
 
 
 def plot_history(history_csv: str, png: str) -> None:

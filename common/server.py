@@ -28,7 +28,7 @@ from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.errors import BindError, CheckpointError, ConfigError
 from common.events import Event, EventKind
-from common.fitness_federation import FITNESS, WEIGHTS, FitnessFederation
+from common.fitness_federation import FITNESS, FITNESS_SETTING, WEIGHTS, FitnessFederation
 from common.ga import REAL_DATA, GAConfig, loss
 from common.model import Network, accuracy as model_accuracy
 from common.operators import spread_population
@@ -38,6 +38,8 @@ from common.protocol.messages import ClientUpdate, Done, ModelRequest, ServerRep
 log = logging.getLogger(__name__)
 
 MIN_STEP_SHARE = 0.1  # the mutation step shrinks to this share of its starting value at most
+# What a judged event says of an update a per-update rule did not apply (GlobalModel._over_share).
+OVER_SHARE = "over share"
 
 EventCallback = Callable[[Event], None]
 
@@ -121,6 +123,8 @@ class TrainingConfig:
         value, or (weights mode) rounds of ``min_clients`` too few for it to tolerate its
         ``byzantine`` attackers."""
         given = {name: getattr(self, name) for name in SETTINGS}
+        if self.federation == FITNESS:
+            del given[FITNESS_SETTING]  # fitness mode's own: how its scores combine
         rule = aggregation_named(
             self.aggregation, **{name: value for name, value in given.items() if value is not None}
         )
@@ -359,6 +363,11 @@ class GlobalModel:
         self.finished = threading.Event()
         self.outcome: str | None = None  # "done", "gave_up", "patience" or "stopped" once finished
         self.sequences: dict[str, int] = {}  # client id -> last applied update sequence
+        # Per-update rules' fair share (_over_share): the connected clients, and when each
+        # last had an update applied (as the count of updates applied so far, and a time).
+        self._connected: set[str] = set()
+        self._last_applied: dict[str, tuple[int, float]] = {}
+        self._applied = 0
         self.checkpoint_path = training.checkpoint
         if training.resume:
             self._restore(checkpoint.load(self.checkpoint_path, self.num_params))
@@ -429,10 +438,33 @@ class GlobalModel:
             loss(probabilities, data.outputs),
         )
 
+    def join(self, client: str) -> None:
+        """A client connected: per-update rules share the rounds among the connected."""
+        with self._lock:
+            self._connected.add(client)
+
     def forget(self, client: str) -> None:
-        """A client left: the rule no longer counts its last update (running-best's mean)."""
+        """A client left: the rule no longer counts its last update (running-best's mean),
+        nor the client its share of the rounds."""
         with self._lock:
             self.aggregation.forget(client)
+            self._connected.discard(client)
+            self._last_applied.pop(client, None)
+
+    def _over_share(self, client: str) -> bool:
+        """Call with the lock held. Per-update rules give a round to every update as it
+        comes, so a client that answers at once (an attacker that does not train) would take
+        most rounds while the others train. An update is beyond its client's share when this
+        client had one applied since some other connected client last did: one in K applied,
+        K the connected clients. Never for longer than ``round_timeout`` after the client's
+        last applied update, so a silent or slow client cannot stall the others."""
+        last = self._last_applied.get(client)
+        if last is None or time.monotonic() - last[1] >= self.round_timeout:
+            return False
+        return any(
+            self._last_applied.get(other, (-1, 0.0))[0] < last[0]
+            for other in self._connected - {client}
+        )
 
     def save_model(self, path: str) -> None:
         """Save the best global model as a ``.keras`` file."""
@@ -529,6 +561,20 @@ class GlobalModel:
                     return self._reply()
                 if self.finished.is_set():
                     return self._reply()
+                if self.aggregation.per_update and self._over_share(client):
+                    # Answered at once, never held back: the tutorial's clients give up
+                    # after 10 s, and holding one would stall it, not the others.
+                    log.info(
+                        "client=%s update=%s not applied: beyond its share (one in %d "
+                        "applied, one per connected client); answered with the current model",
+                        client,
+                        _update_name(key),
+                        len(self._connected),
+                    )
+                    self._emit(
+                        Event(EventKind.JUDGED, peer=client, round=self.round, detail=OVER_SHARE)
+                    )
+                    return self._reply()
                 update_accuracy = self._evaluate(update.best_model_weights_vector)
                 self._emit(
                     Event(
@@ -616,18 +662,53 @@ class GlobalModel:
                 self._delivering.release()
 
     def _close_round(self) -> None:
-        """Call with the lock held: aggregate the round's updates once, wake its waiters."""
+        """Call with the lock held: aggregate the round's updates once, wake its waiters. A
+        round the rule cannot protect (fewer updates than ``--byzantine`` needs) is closed
+        without aggregating rather than aggregated unprotected; it does not count as a
+        round, so neither ``--max-rounds`` nor ``--patience`` runs out on it."""
         pending, self._pending, self._round_id = self._pending, [], self._round_id + 1
-        self._aggregate(pending)
+        refusal = self.aggregation.refusal(len(pending))
+        if refusal:
+            clients = _clients_label([e.client for e in pending])
+            log.warning("round %d closed short, not aggregated: %s", self.round + 1, refusal)
+            self._emit(Event(EventKind.SHORT, peer=clients, round=self.round, detail=refusal))
+        else:
+            self._aggregate(pending)
         self._round_closed.notify_all()
 
     def _aggregate(self, entries: list[_Entry]) -> None:
-        """Call with the lock held: one round's aggregation, committed as one round."""
+        """Call with the lock held: one round's aggregation, committed as one round, after
+        what the rule did with each update (its verdict) is logged and reported."""
         rule = self.aggregation
-        vector = rule.aggregate(self.vector, [e.for_rule() for e in entries]).astype(np.float32)
+        updates = [e.for_rule() for e in entries]
+        vector = rule.aggregate(self.vector, updates).astype(np.float32)
+        # A rule knows clients by connection; people by the id a fedga client sends.
+        names = {e.client: e.client if e.update.key is None else e.update.key[0] for e in entries}
+        for verdict in rule.verdicts(self.vector, updates):
+            log.info(
+                "client=%s in round %d: %s, |change|=%.4g distance=%.4g%s%s",
+                names[verdict.client],
+                self.round + 1,
+                verdict.action,
+                verdict.change_norm,
+                verdict.distance,
+                "" if verdict.krum_score is None else f" krum={verdict.krum_score:.4g}",
+                f" ({verdict.detail})" if verdict.detail else "",
+            )
+            self._emit(
+                Event(
+                    EventKind.JUDGED,
+                    peer=verdict.client,
+                    round=self.round + 1,
+                    detail=names[verdict.client],
+                    verdict=verdict,
+                )
+            )
         accuracy = self._evaluate(vector)
         if rule.per_update:
             (entry,) = entries
+            self._applied += 1
+            self._last_applied[entry.client] = (self._applied, time.monotonic())
             detail = "update_accuracy=%.4f accuracy=%.4f update=%s" % (
                 entry.accuracy,
                 accuracy,
@@ -783,6 +864,7 @@ class SocketThread(threading.Thread):
         return self.global_model.apply_update(update, self.peer)
 
     def run(self) -> None:
+        self.global_model.join(self.peer)
         self.server.on_event(Event(EventKind.CONNECTED, peer=self.peer))
         reason = ""
         try:
@@ -862,6 +944,7 @@ class ListenThread(threading.Thread):
                 min_clients=training.min_clients,
                 round_timeout=training.round_timeout,
                 seed=training.seed,
+                byzantine=training.byzantine or 0,  # the exact sum unless asked
                 on_event=self.on_event,
             )
             if training.federation == FITNESS

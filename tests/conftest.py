@@ -9,12 +9,14 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.datasets import load_iris
 
 import common  # noqa: F401  (sets the quiet TensorFlow environment first)
 from common.app import build_global_model
 from common.client import ClientConfig, Reconnector, RecvThread, connect
-from common.data import CLIENT_DATA
+from common.data import CLIENT_DATA, Dataset
 from common.server import ListenThread, ServerConfig
 
 WAIT = 60  # seconds: every wait in the tests has a bound
@@ -221,3 +223,21 @@ def certificates(tmp_path_factory):
         cwd=folder,
     )
     return folder
+
+
+def standardised_iris() -> tuple[np.ndarray, np.ndarray]:
+    """Iris shuffled (seed 0) and standardised: the first 30 samples are a server's test set."""
+    inputs, labels = load_iris(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(labels))
+    inputs, labels = inputs[order].astype(np.float32), labels[order]
+    return (inputs - inputs.mean(axis=0)) / inputs.std(axis=0), labels
+
+
+@pytest.fixture(scope="module")
+def iris_split(tmp_path_factory):
+    """Iris: the server's test file and the training samples over five clients."""
+    inputs, labels = standardised_iris()
+    folder = tmp_path_factory.mktemp("iris")
+    np.savez(folder / "test.npz", inputs=inputs[:30], outputs=labels[:30])
+    parts = np.array_split(np.arange(30, len(labels)), 5)
+    return str(folder / "test.npz"), [Dataset(inputs[rows], labels[rows]) for rows in parts]

@@ -8,7 +8,6 @@ import socket
 import numpy as np
 import pytest
 from scipy.special import softmax
-from sklearn.datasets import load_iris
 
 from bench.plain_peers import plain_recv, plain_send
 from common import checkpoint
@@ -24,7 +23,7 @@ from common.protocol.messages import (
     ScoreRequest,
     encode,
 )
-from tests.conftest import WAIT, raw_connection
+from tests.conftest import WAIT, raw_connection, standardised_iris
 
 ROUNDS = 3
 GENERATIONS = 6
@@ -34,10 +33,7 @@ GENERATIONS = 6
 def iris(tmp_path_factory):
     """Iris, standardised: the server's test file, all 120 training samples, and the same
     samples over three clients that each hold a different mix of the labels."""
-    inputs, labels = load_iris(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(labels))
-    inputs, labels = inputs[order].astype(np.float32), labels[order]
-    inputs = (inputs - inputs.mean(axis=0)) / inputs.std(axis=0)
+    inputs, labels = standardised_iris()
     folder = tmp_path_factory.mktemp("iris")
     np.savez(folder / "test.npz", inputs=inputs[:30], outputs=labels[:30])
     training = Dataset(inputs[30:], labels[30:])

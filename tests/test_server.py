@@ -284,7 +284,7 @@ def test_a_slow_listener_delays_no_other_clients_reply():
         delivered.append((event.kind, event.round, event.peer))
         listening.set()
         time.sleep(delay)  # the slowness under test, not a wait for something
-        if len(delivered) == 4:
+        if len(delivered) == 6:
             all_delivered.set()
 
     model = GlobalModel(
@@ -309,8 +309,8 @@ def test_a_slow_listener_delays_no_other_clients_reply():
         assert latency < delay / 2, f"b's reply took {latency:.2f} s beside a {delay} s listener"
         assert all_delivered.wait(WAIT) and plain_recv(a)["subject"] == "model"
     kinds, rounds, peers = zip(*delivered)
-    assert kinds == ("scored", "update", "scored", "update") and rounds == (1, 1, 2, 2)
-    assert peers[0] == peers[1] != peers[2] == peers[3]
+    assert kinds == ("scored", "judged", "update") * 2 and rounds == (1, 1, 1, 2, 2, 2)
+    assert len(set(peers[:3])) == len(set(peers[3:])) == 1 and peers[0] != peers[3]
 
 
 def test_settings_by_flat_name_fill_their_groups_and_read_back():

@@ -16,18 +16,19 @@ import os
 import re
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from common import security
-from common.aggregate import AGGREGATIONS, SETTINGS, settings_of
+from common.aggregate import AGGREGATIONS, CLIPPED, EXCLUDED, SETTINGS, settings_of
 from common.app import number, parse_port, positive
 from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
 from common.data import DataError, DataFile, Dataset, describe, second_field
 from common.errors import ConfigError, UserError
 from common.events import Event, EventKind
-from common.fitness_federation import FEDERATIONS, FITNESS
+from common.fitness_federation import FEDERATIONS, FITNESS, FITNESS_SETTING
 from common.operators import OPERATORS
 from common.results import History
 from common.server import (
@@ -42,6 +43,7 @@ from common.server import (
 
 log = logging.getLogger(__name__)
 
+SUSPICION_WINDOW = 10  # a client row's recent updates that decide whether it is suspicious
 CallSoon = Callable[..., None]  # call_soon(handler, *args): run handler(*args) on the owner thread
 
 INITIAL_STATUS = "Socket Status"  # the tutorial's label before any click
@@ -157,6 +159,20 @@ class ClientRow:
     samples: int | None = None  # as its last update reported them
     round: int | None = None  # the round its last update went into
     accuracy: float | None = None  # its last update's own accuracy on the server's test data
+    verdict: str = ""  # what the rule did with its last update: "used", "clipped 4.1 -> 1.2"
+    # what the rule did with its recent updates (an action of common.aggregate.ACTIONS each)
+    actions: deque[str] = field(default_factory=lambda: deque(maxlen=SUSPICION_WINDOW))
+
+    @property
+    def cut(self) -> int:
+        """How many of its recent updates the rule excluded or clipped."""
+        return sum(a in (CLIPPED, EXCLUDED) for a in self.actions)
+
+    @property
+    def suspicious(self) -> bool:
+        """More than half of its last updates were excluded or clipped: shown, not acted on
+        (the server never drops a client for it; the person watching decides)."""
+        return self.cut > SUSPICION_WINDOW / 2
 
 
 @dataclass
@@ -298,13 +314,15 @@ class ServerController(_Controller):
     def applies(name: str, texts: dict[str, str]) -> bool:
         """Whether a setup field matters given the others' texts: a labels file for .npy test
         data, a label column for .csv, the aggregation and its settings in weights mode (a
-        setting for a rule that takes it), min clients in fitness mode or for a round-based
-        aggregation."""
+        setting for a rule that takes it), byzantine in fitness mode too (its scores'), min
+        clients in fitness mode or for a round-based aggregation."""
         if name in ("test_labels", "test_label_column"):
             return second_field(texts.get("test_data", "")) == name.removeprefix("test_")
         fitness_mode = texts.get("federation") == FITNESS
         if name == "aggregation":
             return not fitness_mode
+        if name == FITNESS_SETTING and fitness_mode:
+            return True
         if name in SETTINGS:
             return not fitness_mode and name in settings_of(texts.get("aggregation", ""))
         if name == "min_clients":
@@ -529,6 +547,22 @@ class ServerController(_Controller):
             row.round, row.accuracy = event.round, event.accuracy
             if event.samples is not None:
                 row.samples = event.samples
+        elif row is not None and event.kind is EventKind.JUDGED:
+            verdict = event.verdict
+            if verdict is None:  # not applied: beyond its share of a per-update rule's rounds
+                row.verdict = event.detail
+            else:
+                row.verdict = f"{verdict.action} {verdict.detail}".rstrip()
+                was_suspicious = row.suspicious
+                row.actions.append(verdict.action)
+                if row.suspicious != was_suspicious:
+                    log.warning(
+                        "client %s %s: %d of its last %d updates excluded or clipped",
+                        row.name,
+                        "looks suspicious" if row.suspicious else "no longer looks suspicious",
+                        row.cut,
+                        len(row.actions),
+                    )
         elif event.kind is EventKind.UPDATE:
             view.history.append((event.round, event.accuracy, event.loss))
             best = self.global_model.best
@@ -537,9 +571,10 @@ class ServerController(_Controller):
                 f"Round {event.round}: global accuracy {event.accuracy:.2f} "
                 f"(best {best.accuracy:.2f}, round {best.round})"
             )
-            for waiting in clients.values():  # the round closed: each is answered
-                if waiting.state == "waiting":
-                    waiting.state = "training"
+            _round_answered(clients)
+        elif event.kind is EventKind.SHORT:
+            view.summary = f"Round {event.round + 1} not aggregated: {event.detail}"
+            _round_answered(clients)
         elif event.kind is EventKind.WAITING:
             view.summary = (
                 f"Round {event.round}, generation {event.generation}: scored by "
@@ -562,6 +597,23 @@ class ServerController(_Controller):
         else:
             return
         self.on_change()
+
+
+def rows_shown(rows: list[ClientRow], limit: int) -> list[ClientRow]:
+    """The rows a table of ``limit`` rows shows: the suspicious first, then the newest
+    others (older ones are long gone clients, usually), in arrival order, so none jumps."""
+    suspicious = [row for row in rows if row.suspicious][:limit]
+    room = limit - len(suspicious)
+    others = [row for row in rows if not row.suspicious][-room:] if room else []
+    chosen = {id(row) for row in suspicious + others}
+    return [row for row in rows if id(row) in chosen]
+
+
+def _round_answered(clients: dict[str, ClientRow]) -> None:
+    """The round closed: each client waiting for it was answered and trains again."""
+    for waiting in clients.values():
+        if waiting.state == "waiting":
+            waiting.state = "training"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from kivy.uix.tabbedpanel import TabbedPanel, TabbedPanelItem
 from common.aggregate import SETTINGS
 from common.data import DATA_SUFFIXES
 from common.gui.sizes import SERVER_MINIMUM
-from common.gui.controllers import SAVE_SUFFIXES, ServerController
+from common.gui.controllers import SAVE_SUFFIXES, ServerController, rows_shown
 from common.gui.window import (
     CAPTIONED_HEIGHT,
     ROW_HEIGHT,
@@ -34,14 +34,16 @@ log = logging.getLogger(__name__)
 
 ACCURACY = (0.30, 0.80, 0.45)
 LOSS = (0.95, 0.45, 0.35)
-CLIENT_ROWS = 4  # as many as the list's height holds
+CLIENT_ROWS = 6  # as many as the list's height holds
 CLIENT_COLUMNS = (
-    ("Client", 0.26),
-    ("Samples", 0.13),
-    ("Round", 0.11),
-    ("Accuracy", 0.14),
-    ("State", 0.36),
+    ("Client", 0.22),
+    ("Samples", 0.11),
+    ("Round", 0.09),
+    ("Accuracy", 0.12),
+    ("Rule did", 0.22),
+    ("State", 0.24),
 )
+SUSPICIOUS = (0.75, 0.1, 0.1, 1)  # a suspicious client's row: more than half its updates cut
 MODEL_SUFFIXES = (".keras", ".json")
 SAVES = (
     ("save_model", "Save Model", "model", "best.keras"),
@@ -221,6 +223,7 @@ class ServerApp(TutorialApp):
                 if row:
                     self.cells.append(cell)
         panel.add_widget(table)
+        self._cell_colour = tuple(self.cells[0].color)  # the theme's, for rows not suspicious
         return panel
 
     def _tab_shown(self, _tabs, tab) -> None:
@@ -260,20 +263,29 @@ class ServerApp(TutorialApp):
         ]
         self.chart.marked = [] if view.best_round is None else [view.best_round, "best"]
         self.model_note.text = self._model_note()
-        # The newest rows fit; older ones (long gone clients, usually) are left out.
+        shown = rows_shown(list(view.clients.values()), CLIENT_ROWS)
         rows: list[tuple[str, ...]] = [
             (
                 row.name,
                 "" if row.samples is None else str(row.samples),
                 "" if row.round is None else str(row.round),
                 "" if row.accuracy is None else f"{row.accuracy:.2f}",
-                row.state,
+                row.verdict,
+                f"suspicious, {row.state}" if row.suspicious else row.state,
             )
-            for row in list(view.clients.values())[-CLIENT_ROWS:]
+            for row in shown
         ] or [("none yet",)]
         texts = [text for row in rows for text in row]
+        suspicious = [row.suspicious for row in shown]
+        columns = len(CLIENT_COLUMNS)
         for index, cell in enumerate(self.cells):
             cell.text = texts[index] if index < len(texts) else ""
+            row_index = index // columns
+            cell.color = (
+                SUSPICIOUS
+                if row_index < len(suspicious) and suspicious[row_index]
+                else self._cell_colour
+            )
         listening = controller.listener is not None
         if listening and not self._training_shown:
             self.tabs.switch_to(self.training_tab)  # once per Listen: Setup stays a click away

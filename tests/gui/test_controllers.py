@@ -17,13 +17,21 @@ import pytest
 
 import common  # noqa: F401  (the quiet TensorFlow environment first)
 from common import datasets, security
-from common.aggregate import AGGREGATIONS, SETTINGS
+from common.aggregate import AGGREGATIONS, EXCLUDED, SETTINGS
 from common.app import build_global_model
 from common.cli import server_parser
-from common.client import ClientConfig
+from common.attacks import AttackConfig
+from common.client import ClientConfig, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA, second_field
 from common.ga import GAConfig
-from common.gui.controllers import INITIAL_STATUS, NO_DATA, ClientController, ServerController
+from common.gui.controllers import (
+    INITIAL_STATUS,
+    NO_DATA,
+    ClientController,
+    ClientRow,
+    ServerController,
+    rows_shown,
+)
 from common.model import load_keras, xor_model_json
 from common.server import ServerConfig
 
@@ -968,3 +976,59 @@ def test_close_then_listen_builds_the_model_anew_from_the_fields(make_server, ma
     listen(server, target_accuracy="0.75", patience="3")
     assert server.global_model is not first
     assert (server.global_model.target_accuracy, server.global_model.patience) == (0.75, 3)
+
+
+def test_the_client_table_marks_a_client_whose_updates_the_rule_cuts(
+    make_server, main_thread, iris_split, caplog
+):
+    """Multi-krum leaves out the update furthest from the others each round: an attacker's
+    every time, so its row says what the rule did and turns suspicious; the honest ones not."""
+    test_file, parts = iris_split
+    server = make_server(
+        test_data=test_file,
+        aggregation="multi-krum",
+        min_clients=5,
+        round_timeout=60.0,
+        max_rounds=8,
+        target_accuracy=2.0,
+        seed=1,
+    )
+    port = int(listen(server))
+    attacker = ClientConfig(
+        host="127.0.0.1", port=port, name="attacker", seed=5, attack=AttackConfig("noise")
+    )
+    configs = [
+        ClientConfig(host="127.0.0.1", port=port, name=f"honest{n}", seed=n) for n in (1, 2, 3, 4)
+    ]
+    threads = [
+        RecvThread(
+            config.buffer_size,
+            config.recv_timeout,
+            sock=connect("127.0.0.1", port, timeout=10),
+            data=data,
+            config=config,
+        )
+        for config, data in zip([*configs, attacker], parts)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        main_thread.run_until(lambda: server.view.summary.startswith("Gave up"))
+    finally:
+        for thread in threads:
+            thread.stop()
+            thread.join(10)
+    rows = {row.name: row for row in server.view.clients.values()}
+    assert rows["attacker"].suspicious and rows["attacker"].verdict.startswith("excluded")
+    honest = [rows[f"honest{n}"] for n in (1, 2, 3, 4)]
+    assert not any(row.suspicious for row in honest)
+    assert all(row.verdict.startswith("used") for row in honest)
+    assert "client attacker looks suspicious: 6 of its last 6 updates excluded" in caplog.text
+
+
+def test_a_full_client_table_keeps_the_suspicious_rows_and_then_the_newest():
+    rows = [ClientRow(f"c{n}") for n in range(8)]
+    for _ in range(6):
+        rows[1].actions.append(EXCLUDED)
+    assert [row.name for row in rows_shown(rows, 4)] == ["c1", "c5", "c6", "c7"]
+    assert [row.name for row in rows_shown(rows[:3], 4)] == ["c0", "c1", "c2"]

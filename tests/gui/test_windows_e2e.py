@@ -270,6 +270,19 @@ class Window:
         return result.stdout.strip()
 
 
+def window_env(display: str, tmp_path: Path) -> dict[str, str]:
+    """The apps' environment: the test's X display, a Kivy home of its own, no secret."""
+    env = {
+        **os.environ,
+        "DISPLAY": display,
+        "KIVY_HOME": str(tmp_path / "kivy"),
+        "KIVY_NO_ARGS": "1",
+        "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1",
+    }
+    env.pop("FEDGA_SECRET", None)
+    return env
+
+
 @pytest.fixture
 def security_files(tmp_path, certificates):
     """A folder holding a shared secret and the TLS files, named as in the README; the apps
@@ -284,14 +297,7 @@ def security_files(tmp_path, certificates):
 
 @pytest.mark.slow
 def test_three_windows_train_the_model_when_clicked(display, tmp_path, security_files):
-    env = {
-        **os.environ,
-        "DISPLAY": display,
-        "KIVY_HOME": str(tmp_path / "kivy"),
-        "KIVY_NO_ARGS": "1",
-        "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1",
-    }
-    env.pop("FEDGA_SECRET", None)
+    env = window_env(display, tmp_path)
     port = str(free_port())
     deadline = time.monotonic() + TIME_LIMIT - STOP_RESERVE
     # DEBUG: the windows log each field's focus and text, which type_into waits for.
@@ -427,14 +433,7 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(
     in the federation spinner; trained to the target, the best model is saved with Save
     Model and scores, loaded by Keras, what the window said; saving over an existing file
     asks first."""
-    env = {
-        **os.environ,
-        "DISPLAY": display,
-        "KIVY_HOME": str(tmp_path / "kivy"),
-        "KIVY_NO_ARGS": "1",
-        "SDL_MOUSE_FOCUS_CLICKTHROUGH": "1",
-    }
-    env.pop("FEDGA_SECRET", None)
+    env = window_env(display, tmp_path)
     port = str(free_port())
     deadline = time.monotonic() + REAL_RUN_TIME_LIMIT - STOP_RESERVE
     flags = ["--host", "127.0.0.1", "--port", port, "--seed", "1", "--log-level", "DEBUG"]
@@ -601,3 +600,83 @@ def test_a_real_data_set_chosen_trained_and_saved_through_the_windows(
                     shots / f"{name}-{moment}.png",
                     ROOT / "docs" / f"{PICTURES[federation]}-{name}-{moment}.png",
                 )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(REAL_RUN_TIME_LIMIT)
+def test_an_attacking_client_shows_as_suspicious_in_the_training_tab(display, tmp_path):
+    """The server window runs multi-krum (its settings from the flags: Create, Bind and
+    Listen are clicked) for four honest headless clients and one sending noise; the client
+    table says what the rule did with each update and marks the attacker's row, once most of
+    its updates were excluded. Its screenshot goes to docs/poisoning-run.png."""
+    folder = tmp_path / "iris"
+    subprocess.run(
+        [sys.executable, "-m", "common.datasets", "iris", "--clients", "5", "--out", str(folder)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=WAIT,
+    )
+    env = window_env(display, tmp_path)
+    port = str(free_port())
+    address = ["--host", "127.0.0.1", "--port", port]
+    deadline = time.monotonic() + REAL_RUN_TIME_LIMIT - STOP_RESERVE
+    server = Window(
+        "server.py",
+        [
+            *address,
+            "--log-level",
+            "DEBUG",
+            "--test-data",
+            "server_test.npz",
+            "--aggregation",
+            "multi-krum",
+            "--min-clients",
+            "5",
+            "--max-rounds",
+            "40",
+            "--target-accuracy",
+            "2",
+            "--round-delay",
+            ROUND_DELAY,
+        ],
+        env,
+        tmp_path / "server.log",
+        folder,
+        deadline,
+    )
+    clients = []
+    try:
+        server.wait_ready(("create", "bind", "listen"))
+        server.click_and_wait("create", "Socket Created")
+        server.click_and_wait("bind", "Socket Bound to IPv4 & Port Number")
+        server.click_and_wait("listen", f"Socket is Listening for Connections on 127.0.0.1:{port}")
+        for n in range(1, 6):
+            attack = ["--attack", "noise"] if n == 5 else []
+            name = "attacker" if n == 5 else f"honest{n}"
+            clients.append(
+                subprocess.Popen(
+                    [sys.executable, str(ROOT / "client.py"), "--headless", *address]
+                    + ["--data", f"client_{n}.npz", "--name", name, "--seed", str(n), *attack],
+                    cwd=folder,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        server.wait_for(r"client attacker looks suspicious: \d+ of its last \d+ updates excluded")
+        shot = server.screenshot(tmp_path / "poisoning-run.png")
+        server.wait_for(r"summary: Gave up after 40 rounds")
+        assert not any("honest" in line and "looks suspicious" in line for line in server.lines)
+        for client in clients:  # told done, each exits
+            client.wait(WAIT)
+    finally:
+        code = server.stop()
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+                client.wait(WAIT)
+    assert code == 0
+    assert [client.returncode for client in clients] == [0] * 5
+    if os.environ.get("FEDGA_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "poisoning-run.png")
