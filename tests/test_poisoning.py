@@ -140,3 +140,20 @@ def test_an_attacker_wrecks_fedavg_and_shows_as_excluded_by_the_recommended_rule
         assert "attacker-" in cut and "honest" not in cut, row
         assert row["used"].count("honest") >= 3, row
     assert re.search(r"client=attacker-[0-9a-f]{8} in round \d+: (excluded|clipped)", caplog.text)
+
+
+def test_a_round_too_small_for_the_rule_closes_short_and_does_not_count():
+    events: list = []
+    training = TrainingConfig(
+        seed=1, aggregation="krum", min_clients=5, round_timeout=0.2, target_accuracy=2.0
+    )
+    model = GlobalModel(xor_network(1), XOR_TEST_DATA, training, on_event=events.append)
+    before = model.vector.copy()
+    reply = model.apply_update(_update(model, 3.0), "lone")  # the round times out with 1
+    assert model.round == 0
+    np.testing.assert_array_equal(model.vector, before)
+    np.testing.assert_array_equal(reply.population_weights[0], before)
+    (short,) = [e for e in events if e.kind == "short"]
+    assert short.detail == (
+        "krum cannot tolerate 1 attacker with 1 update: it needs more than 2F + 2 = 4."
+    )
