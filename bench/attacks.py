@@ -69,7 +69,7 @@ RULES = (
     "norm-bounded",
     "running-best",
 )
-RECOMMENDED = "multi-krum"  # the README's recommendation, checked by the targets below
+RECOMMENDED = "zeno"  # the README's recommendation, checked by the targets below
 SEEDS = (1, 2, 3)
 ROUNDS = 30
 DATA = "digits"
@@ -231,7 +231,8 @@ def run(
     holdout = load_dataset(str(folder / "holdout.npz"))
     forward, best = global_model.forward, global_model.best.vector
     success = None
-    if attack in ("backdoor", "bounded-scaling"):
+    # The clean run's too: what a model does with the trigger unasked, the backdoor's baseline.
+    if attack in (CLEAN, "backdoor", "bounded-scaling"):
         success = attacks.attack_success_rate(
             lambda inputs: forward(best[None, :], inputs)[0], holdout.inputs, holdout.outputs
         )
@@ -303,6 +304,28 @@ def scenario_table(scenario: Scenario, results: Results) -> None:
     )
 
 
+UNTARGETED = ("label-flip", "sign-flip", "scaling", "noise", "liar", "alie")
+
+
+def failures_table(results: Results) -> None:
+    """Which rules fall more than KEEPS below their own clean accuracy under which attack."""
+    rows = []
+    for rule in RULES:
+        if (rule, CLEAN) not in results:
+            continue
+        clean = accuracy_of(results, rule, CLEAN)
+        failed = [
+            f"{attack} ({accuracy_of(results, rule, attack) - clean:+.3f})"
+            for attack in UNTARGETED
+            if (rule, attack) in results and accuracy_of(results, rule, attack) < clean - KEEPS
+        ]
+        rows.append([rule, f"{clean:.3f}", ", ".join(failed) or "none"])
+    print(
+        f"untargeted attacks a rule does not hold within {KEEPS * 100:.0f} points of its clean run"
+    )
+    print_table(["rule", "clean", "fails under"], rows)
+
+
 def accuracy_of(results: Results, rule: str, attack: str) -> float:
     return median([o.holdout for o in results.get((rule, attack), [])])
 
@@ -319,19 +342,13 @@ def targets(results: Results) -> bool:
             f"at least {BITE * 100:.0f} points below clean",
             attacked <= clean - BITE,
         )
-    untargeted = [a for a in ("label-flip", *BITES, "alie") if (RECOMMENDED, a) in results]
+    untargeted = [a for a in UNTARGETED if (RECOMMENDED, a) in results]
     own_clean = accuracy_of(results, RECOMMENDED, CLEAN)
     for attack in untargeted:
         attacked = accuracy_of(results, RECOMMENDED, attack)
-        failing = [
-            rule
-            for rule in RULES
-            if accuracy_of(results, rule, attack) < accuracy_of(results, rule, CLEAN) - KEEPS
-        ]
         met &= target(
             f"{RECOMMENDED} (recommended) under {attack}, 20% attackers",
-            f"{attacked:.3f} (its clean {own_clean:.3f}: {attacked - own_clean:+.3f}; rules more "
-            f"than {KEEPS * 100:.0f} points below their clean run: {', '.join(failing) or 'none'})",
+            f"{attacked:.3f} (its clean {own_clean:.3f}: {attacked - own_clean:+.3f})",
             f"within {KEEPS * 100:.0f} points of its clean accuracy",
             attacked >= own_clean - KEEPS,
         )
@@ -409,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
                             bound = BOUND_SHARE * median(outcome.change_norms)
         scenario_table(scenario, scenario_results)
         results.update(scenario_results)
+    failures_table(results)
     print(f"took {(time.perf_counter() - started) / 60:.1f} minutes\n")
     return 0 if targets(results) else 1
 
