@@ -320,6 +320,8 @@ def failures_table(results: Results) -> None:
             if (rule, attack) in results and accuracy_of(results, rule, attack) < clean - KEEPS
         ]
         rows.append([rule, f"{clean:.3f}", ", ".join(failed) or "none"])
+    if not rows:
+        return
     print(
         f"untargeted attacks a rule does not hold within {KEEPS * 100:.0f} points of its clean run"
     )

@@ -15,8 +15,9 @@ weighted mean. The server optimisers (``fedavgm``, ``fedadam``, ``fedyogi``) tak
 mean change as a pseudo-gradient and keep their own state across rounds.
 
 The defences against poisoning (a client sending a crafted update, or claiming a huge sample
-count): ``median``; ``trimmed-mean``, ``krum`` and ``multi-krum``, each tolerating
-``byzantine`` attackers a round and ignoring sample counts (a count is the client's word);
+count): ``median``; ``trimmed-mean``, ``krum``, ``multi-krum`` and ``zeno`` (which judges
+each update by the server's own test data), each tolerating ``byzantine`` attackers a round
+and ignoring sample counts (a count is the client's word);
 ``norm-bounded``, FedAvg of the changes each clipped to ``clip_norm``. The rules that weigh
 by counts (``fedavg``, ``norm-bounded``, the server optimisers) cap each claim at
 ``max_claimed_samples``. After ``aggregate``, ``verdicts`` says what the rule did with each
