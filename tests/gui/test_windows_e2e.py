@@ -665,6 +665,9 @@ def test_an_attacking_client_shows_as_suspicious_in_the_training_tab(display, tm
                 )
             )
         server.wait_for(r"client attacker looks suspicious: \d+ of its last \d+ updates excluded")
+        # A round later the window has drawn the row it marked (a frame is ~16 ms; a round
+        # is at least --round-delay).
+        server.wait_for(r"round=\d+ client=5 clients", since=len(server.lines))
         shot = server.screenshot(tmp_path / "poisoning-run.png")
         server.wait_for(r"summary: Gave up after 40 rounds")
         assert not any("honest" in line and "looks suspicious" in line for line in server.lines)
