@@ -118,11 +118,11 @@ def krum_scores(distances: np.ndarray, byzantine: int) -> np.ndarray:
 CLAIM_CAP = 3  # max_claimed_samples left unset: this many times the round's median claim
 
 
-def capped_counts(counts: Sequence[float], cap: float | None = None) -> np.ndarray:
+def capped_counts(counts: Sequence[float] | np.ndarray, cap: float | None = None) -> np.ndarray:
     """Claimed sample counts, none above ``cap`` (None: ``CLAIM_CAP`` times their median),
     so one client cannot outweigh the rest by saying so."""
-    counts = np.asarray(counts, dtype=np.float64)
-    return np.minimum(counts, CLAIM_CAP * np.median(counts) if cap is None else cap)
+    claimed = np.asarray(counts, dtype=np.float64)
+    return np.minimum(claimed, CLAIM_CAP * np.median(claimed) if cap is None else cap)
 
 
 @dataclass(frozen=True)
