@@ -41,3 +41,23 @@ different survivor lists cannot gather both shares of one client from honest cli
 covered: an active server that invents clients of its own (no PKI signs the advertised keys:
 Bonawitz's signatures and consistency round are left out).
 """
+
+from common.errors import RoundAbandoned, SecAggError, SecAggRefused
+from common.secagg import messages
+from common.secagg.client import ClientStage, SecAggClient
+from common.secagg.messages import *  # noqa: F403  (the stage messages: messages.__all__)
+from common.secagg.ring import RingSpec, error_bound
+from common.secagg.server import SecAggServer, ServerStage
+
+__all__ = [
+    "ClientStage",
+    "RingSpec",
+    "RoundAbandoned",
+    "SecAggClient",
+    "SecAggError",
+    "SecAggRefused",
+    "SecAggServer",
+    "ServerStage",
+    "error_bound",
+]
+__all__ += messages.__all__
