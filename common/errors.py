@@ -25,7 +25,13 @@
         │   └── ModelRefused   a model description we do not build
         ├── Refused            a peer that cannot take part in what the server runs
         ├── AuthError
-        └── TLSError
+        ├── TLSError
+        └── SecAggError    secure aggregation cannot go on as asked (common.secagg)
+            ├── SecAggRefused   a party refuses a message or request the protocol forbids
+            │                   now: a reveal that would unmask a client, a late or repeated
+            │                   message, a share that fails its authentication
+            └── RoundAbandoned  fewer than the threshold of clients remain: the round ends
+                                (no connection needs to), the model stays as it was
 
     Terminated (BaseException, outside the tree: no ``except Exception`` or
                 ``except FedgaError`` may swallow a SIGTERM)
@@ -126,6 +132,30 @@ class AuthError(ProtocolError):
 
 class TLSError(ProtocolError):
     """The TLS handshake failed."""
+
+
+class SecAggError(ProtocolError):
+    """Secure aggregation cannot go on as asked; the message says why."""
+
+
+class SecAggRefused(SecAggError):
+    """A party refuses a message or request the protocol forbids at this point: a reveal that
+    would unmask a client, a message late, repeated or from another round, a share that fails
+    its authentication. The round goes on without that message."""
+
+
+class RoundAbandoned(SecAggError):
+    """Fewer than ``threshold`` clients remain at ``stage``: the round cannot be unmasked and
+    ends with the model unchanged. Not a peer's fault: no connection needs to close."""
+
+    def __init__(self, stage: str, remaining: int, threshold: int) -> None:
+        super().__init__(
+            f"The secure round was abandoned at {stage}: {remaining} clients were left "
+            f"and it needs {threshold}."
+        )
+        self.stage = stage
+        self.remaining = remaining
+        self.threshold = threshold
 
 
 # ---- outside the tree -------------------------------------------------------------------
