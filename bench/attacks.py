@@ -69,7 +69,7 @@ RULES = (
     "norm-bounded",
     "running-best",
 )
-RECOMMENDED = "zeno"  # the README's recommendation, checked by the targets below
+RECOMMENDED = "multi-krum"  # the README's recommendation, checked by the targets below
 SEEDS = (1, 2, 3)
 ROUNDS = 30
 DATA = "digits"
