@@ -295,6 +295,7 @@ def test_trickling_peer_is_cut_below_the_floor_rate():
             _receive_while_dripping(receiver, right, protocol.encode(MESSAGES[1][0]), 1, 0.05)
 
 
+@pytest.mark.slow
 def test_a_slow_link_above_the_floor_gets_its_message_whole():
     """48 KiB at about 24 KiB/s take 2 s, four times --recv-timeout: each KiB that arrives
     extends the deadline by 1/8 s, so the message is received whole (the fixed deadline of
