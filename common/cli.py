@@ -81,6 +81,19 @@ def _window_position(text: str) -> tuple[int, int]:
     return left, top
 
 
+# The connection's deadlines (common.protocol.connection): setting, metavar, meaning.
+DEADLINE_FLAGS = (
+    ("recv_timeout", "S", "seconds a message may go without a byte once it began"),
+    (
+        "min_rate",
+        "KIB",
+        "cut a message arriving or leaving slower than this many KiB/s on average, after a "
+        "grace of --recv-timeout",
+    ),
+    ("idle_timeout", "S", "seconds to wait for the next message to begin"),
+)
+
+
 def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
     parser.add_argument(
         "--headless", action="store_true", help="run in this terminal without a window"
@@ -96,20 +109,14 @@ def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
         default=defaults.port,
         help="server TCP port; 0 lets the server pick one (default: %(default)s)",
     )
-    parser.add_argument(
-        "--recv-timeout",
-        type=positive(float),
-        default=defaults.recv_timeout,
-        metavar="S",
-        help="seconds a message may take once its first byte arrived (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--idle-timeout",
-        type=positive(float),
-        default=defaults.idle_timeout,
-        metavar="S",
-        help="seconds to wait for the next message to begin (default: %(default)s)",
-    )
+    for name, metavar, meaning in DEADLINE_FLAGS:
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=positive(float),
+            default=getattr(defaults, name),
+            metavar=metavar,
+            help=f"{meaning} (default: %(default)s)",
+        )
     parser.add_argument(
         "--buffer-size",
         type=positive(int),

@@ -55,8 +55,9 @@ class ClientConfig:
     host: str = "localhost"
     port: int = 10000
     buffer_size: int = 1024
-    recv_timeout: float = 10.0
+    recv_timeout: float = 10.0  # the most seconds between a message's chunks
     idle_timeout: float = 300.0
+    min_rate: float = 8.0  # KiB/s: a message slower than this on average is cut
     connect_timeout: float = 30.0
     retries: int = 10  # reconnect attempts in a row after a lost connection: ~1 minute
     max_message_bytes: int = protocol.CLIENT_MAX_MESSAGE_BYTES
@@ -107,6 +108,7 @@ def open_connection(
         buffer_size=buffer_size,
         recv_timeout=recv_timeout,
         idle_timeout=config.idle_timeout,
+        min_rate=config.min_rate,
         max_message_bytes=config.max_message_bytes,
         secret=config.secret,
     )
@@ -166,8 +168,8 @@ class RecvThread(threading.Thread):
     """Runs the tutorial's client loop over one connected socket until ``done`` or an error.
 
     Afterwards ``outcome`` is ``"done"`` or ``"error"`` (with ``error`` in plain words) or
-    ``"stopped"`` when ``stop()`` ended it. With ``reconnect``, a lost connection is reopened
-    and the unanswered request resent, each attempt a ``connecting`` event ("attempt 2 of
+    ``"stopped"`` when ``stop()`` ended it. With ``reconnect``, a lost connection (reset,
+    closed, or a read timed out) is reopened and the unanswered request resent, each attempt a ``connecting`` event ("attempt 2 of
     10" in ``detail``); without it, losing the server is an error.
     """
 
@@ -235,7 +237,14 @@ class RecvThread(threading.Thread):
             try:
                 self.connection.send(message)
                 reply = self.connection.receive(protocol.SERVER_TO_CLIENT)
-            except (protocol.PeerClosed, protocol.ConnectionLost) as exc:
+            # A read that timed out is a lost connection too: a silent link or a slow one
+            # below --min-rate looks the same from here, and a fresh connection may fare
+            # better. The resend is safe: the server counts an update once by its sequence.
+            except (
+                protocol.PeerClosed,
+                protocol.ConnectionLost,
+                protocol.ReceiveTimeout,
+            ) as exc:
                 if self._reconnect is None or self._stop_requested.is_set():
                     raise
                 log.warning("%s: lost the server (%s); reconnecting", self.config.name, exc)

@@ -98,7 +98,8 @@ class ConnectionLost(ProtocolError):
 
 
 class ReceiveTimeout(ProtocolError):
-    """No message began within the idle timeout, or one did not finish within recv-timeout."""
+    """No message began within the idle timeout, or one stalled for recv-timeout between
+    chunks, or arrived slower than min-rate on average."""
 
 
 class MessageTooLarge(ProtocolError):

@@ -51,8 +51,9 @@ class NetworkConfig:
     host: str = "localhost"
     port: int = 10000
     buffer_size: int = 1024
-    recv_timeout: float = 10.0
+    recv_timeout: float = 10.0  # the most seconds between a message's chunks
     idle_timeout: float = 300.0
+    min_rate: float = 8.0  # KiB/s: a message slower than this on average is cut
     max_message_bytes: int | None = None  # None: derived from the model size
     max_clients: int = 128  # connections beyond this are refused with a log line
     round_delay: float = 0.0  # pacing: seconds to hold each model reply, so people can watch
@@ -837,6 +838,7 @@ class SocketThread(threading.Thread):
             buffer_size=buffer_size,
             recv_timeout=recv_timeout,
             idle_timeout=network.idle_timeout,
+            min_rate=network.min_rate,
             secret=server.config.security.secret,
             server_side=True,
             max_message_bytes=network.max_message_bytes

@@ -281,6 +281,7 @@ def test_bad_port_is_a_usage_error(script):
                 "--port",
                 "--recv-timeout",
                 "--idle-timeout",
+                "--min-rate",
                 "--buffer-size",
                 "--max-rounds",
                 "--max-message-bytes",
@@ -310,6 +311,7 @@ def test_bad_port_is_a_usage_error(script):
                 "--port",
                 "--recv-timeout",
                 "--idle-timeout",
+                "--min-rate",
                 "--buffer-size",
                 "--connect-timeout",
                 "--generations",
@@ -400,3 +402,17 @@ def test_aggregation_setting_flags_reach_the_servers_rule(flags, expected):
 
     global_model = build_global_model(server_config_from(server_parser().parse_args(flags)))
     assert str(global_model.aggregation) == expected
+
+
+def test_the_deadline_flags_reach_the_server_and_client_configs():
+    from common.cli import client_parser, server_parser
+    from common.client import ClientConfig
+    from common.flags import config_from, server_config_from
+
+    flags = ["--recv-timeout", "4", "--min-rate", "2.5", "--idle-timeout", "60"]
+    network = server_config_from(server_parser().parse_args(flags)).network
+    client = config_from(client_parser("client1").parse_args(flags), ClientConfig)
+    for config in (network, client):
+        assert (config.recv_timeout, config.min_rate, config.idle_timeout) == (4, 2.5, 60)
+    defaults = server_config_from(server_parser().parse_args([])).network
+    assert defaults.min_rate == ClientConfig().min_rate == 8.0

@@ -67,23 +67,35 @@ def test_stop_ends_a_waiting_client(listening, client_factory):
     assert not client.is_alive() and client.outcome == "stopped"
 
 
-def _hang_up_on_the_first_update(listening, then_listen: bool) -> list[dict]:
-    """A server that answers the echo, takes the first update and dies without answering;
-    if ``then_listen``, a second connection gets ``done`` for whatever it sends."""
+def _take_the_first_update(connection, received: list[dict]) -> bytes:
+    """Answer the echo with a model and take the first update; return the model's bytes."""
     model = GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(seed=1)).reply_to_echo()
-    received = []
-    connection, _ = listening.accept()
-    with connection:
-        received.append(plain_recv(connection))
-        connection.sendall(protocol.encode(model.to_message()))
-        received.append(plain_recv(connection))
-    if not then_listen:
-        listening.close()  # refused from now on
-        return received
+    payload = protocol.encode(model.to_message())
+    received.append(plain_recv(connection))
+    connection.sendall(payload)
+    received.append(plain_recv(connection))
+    return payload
+
+
+def _answer_done(listening, received: list[dict]) -> None:
+    """A second connection gets ``done`` for whatever it sends."""
     connection, _ = listening.accept()
     with connection:
         received.append(plain_recv(connection))
         connection.sendall(protocol.encode(Message(Subject.DONE, {"accuracy": 1.0})))
+
+
+def _hang_up_on_the_first_update(listening, then_listen: bool) -> list[dict]:
+    """A server that answers the echo, takes the first update and dies without answering;
+    if ``then_listen``, a second connection gets ``done`` for whatever it sends."""
+    received: list[dict] = []
+    connection, _ = listening.accept()
+    with connection:
+        _take_the_first_update(connection, received)
+    if not then_listen:
+        listening.close()  # refused from now on
+        return received
+    _answer_done(listening, received)
     return received
 
 
@@ -104,6 +116,46 @@ def test_a_lost_server_is_reconnected_and_the_unanswered_update_resent(listening
     assert update["data"]["client_id"] == resent["data"]["client_id"] == client.client_id
     np.testing.assert_array_equal(
         update["data"]["best_model_weights_vector"], resent["data"]["best_model_weights_vector"]
+    )
+    assert [e.kind for e in events.all()].count("connected") == 2
+
+
+def _stall_mid_reply_to_the_first_update(listening) -> list[dict]:
+    """A server that answers the echo, takes the first update, sends the first bytes of its
+    reply and then nothing, without closing, until the client goes; a second connection
+    gets ``done`` for whatever it sends."""
+    received: list[dict] = []
+    connection, _ = listening.accept()
+    with connection:
+        payload = _take_the_first_update(connection, received)
+        connection.sendall(payload[:50])
+        connection.settimeout(WAIT)
+        while connection.recv(1024):  # until the client gives up on this connection
+            pass
+    _answer_done(listening, received)
+    return received
+
+
+def test_a_read_that_times_out_is_a_lost_connection_and_reconnected(
+    listening, client_factory, caplog
+):
+    received = []
+    stub = threading.Thread(
+        target=lambda: received.extend(_stall_mid_reply_to_the_first_update(listening))
+    )
+    stub.start()
+    client, events = client_factory(
+        listening.getsockname(), reconnect=True, retries=3, recv_timeout=0.5
+    )
+    client.join(WAIT)
+    stub.join(WAIT)
+    assert client.outcome == "done"
+    _, update, resent = received
+    assert update["data"]["sequence"] == resent["data"]["sequence"] == 1
+    assert any(
+        "lost the server (no data for 0.5 s in the middle of a message); reconnecting"
+        in r.getMessage()
+        for r in caplog.records
     )
     assert [e.kind for e in events.all()].count("connected") == 2
 

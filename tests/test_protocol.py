@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from common import protocol
+from common.protocol import connection
 from common.protocol import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Connection, Message, Subject
 
 
@@ -262,27 +263,125 @@ def test_silent_peer_hits_the_idle_timeout():
             receiver.receive(CLIENT_TO_SERVER)
 
 
-def test_trickling_peer_hits_the_whole_message_deadline():
-    left, right = socket.socketpair()
-    stop = threading.Event()
-    payload = protocol.encode(MESSAGES[1][0])
-
-    def trickle():
-        for byte in payload:  # one byte per 50 ms: each recv succeeds, the message never ends
-            if stop.wait(0.05):
-                return
-            right.sendall(bytes([byte]))
-
-    sender = threading.Thread(target=trickle)
-    with left, right:
-        receiver = Connection(left, recv_timeout=0.5, idle_timeout=5)
-        sender.start()
+def _drip(sock: socket.socket, payload: bytes, size: int, every: float, stop: threading.Event):
+    """Send ``payload`` in pieces of ``size`` bytes, one per ``every`` seconds."""
+    for at in range(0, len(payload), size):
+        if stop.wait(every):
+            return
         try:
-            with pytest.raises(protocol.ReceiveTimeout, match="not complete within"):
-                receiver.receive(CLIENT_TO_SERVER)
+            sock.sendall(payload[at : at + size])
+        except OSError:
+            return  # the receiver gave up on us, as it may
+
+
+def _receive_while_dripping(receiver, sender, payload, size, every):
+    stop = threading.Event()
+    thread = threading.Thread(target=_drip, args=(sender, payload, size, every, stop))
+    thread.start()
+    try:
+        return receiver.receive(CLIENT_TO_SERVER)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_trickling_peer_is_cut_below_the_floor_rate():
+    """One byte per 50 ms (20 B/s): each gap is well inside --recv-timeout, so only the
+    floor rate (8 KiB/s) cuts it, once the grace of --recv-timeout is spent."""
+    left, right = socket.socketpair()
+    with left, right:
+        receiver = Connection(left, recv_timeout=0.5, idle_timeout=5, min_rate=8)
+        with pytest.raises(protocol.ReceiveTimeout, match=r"slower than 8 KiB/s \(--min-rate\)"):
+            _receive_while_dripping(receiver, right, protocol.encode(MESSAGES[1][0]), 1, 0.05)
+
+
+@pytest.mark.slow
+def test_a_slow_link_above_the_floor_gets_its_message_whole():
+    """48 KiB at about 24 KiB/s take 2 s, four times --recv-timeout: each KiB that arrives
+    extends the deadline by 1/8 s, so the message is received whole (the fixed deadline of
+    before cut it at 0.5 s)."""
+    vector = np.arange(12 * 1024, dtype=np.float32)  # 48 KiB
+    message = Message(Subject.ECHO, {"best_model_weights_vector": vector})
+    left, right = socket.socketpair()
+    with left, right:
+        receiver = Connection(left, recv_timeout=0.5, idle_timeout=5, max_message_bytes=2**20)
+        received = _receive_while_dripping(receiver, right, protocol.encode(message), 3072, 0.125)
+    np.testing.assert_array_equal(received.data["best_model_weights_vector"], vector)
+
+
+def test_a_stall_in_the_middle_of_a_message_hits_the_inactivity_limit():
+    left, right = socket.socketpair()
+    with left, right:
+        receiver = Connection(left, recv_timeout=0.3, idle_timeout=5)
+        right.sendall(protocol.encode(MESSAGES[1][0])[:40])  # then nothing, and no close
+        with pytest.raises(protocol.ReceiveTimeout, match=r"no data for 0.3 s in the middle"):
+            receiver.receive(CLIENT_TO_SERVER)
+
+
+def _population_message(size: int) -> Message:
+    population = np.zeros((10, size // 40), dtype=np.float32)
+    data = {"population_weights": population, "model_json": "{}", "num_solutions": 10}
+    return Message(Subject.MODEL, data)
+
+
+def _small_buffers(*socks: socket.socket) -> None:
+    for sock in socks:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+
+
+def test_a_peer_that_reads_nothing_cuts_a_send_at_the_inactivity_limit():
+    left, right = socket.socketpair()
+    _small_buffers(left, right)
+    with left, right:
+        sender = Connection(left, recv_timeout=0.3, idle_timeout=5)
+        with pytest.raises(protocol.ConnectionLost, match=r"it took nothing for 0.3 s"):
+            sender.send(_population_message(2**20))
+        assert 0 < sender.bytes_sent < 2**20  # what the buffers took, counted
+
+
+def test_a_peer_that_reads_below_the_floor_cuts_a_send():
+    """The reader drains 16 KiB every 100 ms (160 KiB/s): never silent for --recv-timeout,
+    but below a floor of 512 KiB/s, so the send is cut once the buffers' worth is spent."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        left = socket.create_connection(listening.getsockname())
+        right, _ = listening.accept()
+    _small_buffers(left, right)
+    stop = threading.Event()
+
+    def drain():
+        right.settimeout(5)
+        while not stop.wait(0.1):
+            if not right.recv(16 * 1024):
+                return
+
+    reader = threading.Thread(target=drain)
+    with left, right:
+        sender = Connection(left, recv_timeout=0.5, idle_timeout=5, min_rate=512)
+        reader.start()
+        try:
+            with pytest.raises(protocol.ConnectionLost, match=r"slower than 512 KiB/s"):
+                sender.send(_population_message(8 * 2**20))
         finally:
             stop.set()
-            sender.join()
+            left.shutdown(socket.SHUT_RDWR)
+            reader.join()
+
+
+def test_every_connection_has_tcp_keepalive_on_both_sides(server, client_factory):
+    listener, events = server
+    client, _ = client_factory(listener.server_address)
+    events.wait_for(lambda e: e.kind == "connected")
+    (handler,) = listener.handlers
+    for sock in (handler.connection.sock, client.connection.sock):
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        for name, value in (
+            ("TCP_KEEPIDLE", connection.KEEPALIVE_IDLE),
+            ("TCP_KEEPINTVL", connection.KEEPALIVE_INTERVAL),
+            ("TCP_KEEPCNT", connection.KEEPALIVE_COUNT),
+        ):
+            if hasattr(socket, name):
+                assert sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name)) == value
 
 
 @pytest.mark.parametrize(

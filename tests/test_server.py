@@ -164,7 +164,10 @@ def _silent(sock, stop):
 
 
 def _trickle(sock, stop):
-    for byte in VALID_ECHO:  # one byte per 100 ms: a slow-loris
+    """A slowloris: one byte per 100 ms (10 B/s). No gap reaches --recv-timeout, so the
+    inactivity limit alone would serve it for ever; it is cut because it runs far below the
+    floor rate (--min-rate, 8 KiB/s) once the grace of --recv-timeout (1 s here) is spent."""
+    for byte in VALID_ECHO:
         if stop.wait(0.1):
             return
         try:
@@ -211,7 +214,7 @@ BAD_PEERS = {
     ),
     "huge bytes": (_send(b"\x80\x04\x8e" + struct.pack("<Q", 2**40)), "more than"),
     "silent": (_silent, "no message within"),
-    "trickling": (_trickle, "not complete within"),
+    "trickling": (_trickle, "slower than 8 KiB/s (--min-rate)"),
 }
 SHORT_DEADLINES = {"silent": {"idle_timeout": 1.0}, "trickling": {"recv_timeout": 1.0}}
 

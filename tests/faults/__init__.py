@@ -1,0 +1,1 @@
+"""Network faults for tests: ``proxy.FaultProxy``, a TCP proxy with Toxiproxy's toxics."""

@@ -1,0 +1,152 @@
+"""The built-in server and clients through the fault proxy (tests/faults/proxy.py): each
+toxic alone on XOR, and a slow link that the minimum-rate deadline now serves. Each run
+reaches ``done`` and every update is counted once: the server's update log and events
+against the sequence numbers each client sent."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from common.data import Dataset
+from tests.conftest import WAIT
+from tests.faults.proxy import STREAMS, FaultProxy
+
+APPLIED = re.compile(r"^round=(\d+) client=\S+ update_accuracy=\S+ accuracy=\S+ update=(\S+)")
+OVER_SHARE = re.compile(r"^client=\S+ update=(\S+) not applied: beyond its share")
+
+
+def _both_ways(proxy: FaultProxy, type: str, **attributes) -> None:
+    for stream in STREAMS:
+        proxy.add_toxic(type, stream=stream, **attributes)
+
+
+def _assert_counted_once(caplog, events, clients) -> None:
+    """No update applied twice; every update a client sent and had answered was applied or
+    logged as answered beyond its share. Only a client's last update may be neither: one
+    that reached a server already done is answered ``done`` without being applied."""
+    messages = [r.getMessage() for r in caplog.records if r.name == "common.server"]
+    applied = [(int(m[1]), m[2]) for m in map(APPLIED.match, messages) if m]
+    keys = [key for _, key in applied]
+    assert len(keys) == len(set(keys)), keys
+    assert [r for r, _ in applied] == list(range(1, len(applied) + 1))
+    assert len([e for e in events.all() if e.kind == "update"]) == len(applied)
+    answered = set(keys) | {m[1] for m in map(OVER_SHARE.match, messages) if m}
+    sent = set()
+    for client in clients:
+        assert client.outcome == "done", client.error
+        sent |= {f"{client.client_id}#{s}" for s in range(1, client._sequence + 1)}
+        for sequence in range(1, client._sequence):
+            assert f"{client.client_id}#{sequence}" in answered
+    assert set(keys) <= sent
+
+
+def _train_xor(server_factory, client_factory, caplog, setup, **server_settings):
+    """client1 and client2 through one proxy set up by ``setup``, to done; the proxy."""
+    listener, events = server_factory(**server_settings)
+    with FaultProxy(listener.server_address, seed=1) as proxy:
+        setup(proxy)
+        clients = [
+            client_factory(proxy.address, name=name, reconnect=True, retries=5)[0]
+            for name in ("client1", "client2")
+        ]
+        events.wait_for(lambda e: e.kind == "done")
+        for client in clients:
+            client.join(WAIT)
+    _assert_counted_once(caplog, events, clients)
+    return proxy
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param(lambda p: _both_ways(p, "latency", latency=30, jitter=10), id="latency"),
+        pytest.param(lambda p: _both_ways(p, "bandwidth", rate=32), id="bandwidth 32 KiB/s"),
+        pytest.param(
+            lambda p: _both_ways(p, "slicer", average_size=64, size_variation=32, delay=100),
+            id="slicer",
+            marks=pytest.mark.slow,
+        ),
+    ],
+)
+def test_xor_trains_through_a_poor_link(setup, server_factory, client_factory, caplog):
+    _train_xor(server_factory, client_factory, caplog, setup)
+
+
+def test_a_cut_in_the_middle_of_the_first_model_is_reconnected(
+    server_factory, client_factory, caplog
+):
+    def setup(proxy):  # the first reply, a model of about 2.5 KB, ends after 600 bytes
+        proxy.add_toxic("limit_data", stream="downstream", bytes=600, connections=[0])
+
+    proxy = _train_xor(server_factory, client_factory, caplog, setup)
+    first, *others = proxy.links
+    assert first.ended == "cut" and first.forwarded["downstream"] == 600
+    assert len(others) >= 2  # the other client's, and the cut one's second
+
+
+def test_resets_on_the_first_connections_are_reconnected(server_factory, client_factory, caplog):
+    def setup(proxy):  # 50 ms in: before the first reply, held 100 ms by --round-delay
+        proxy.add_toxic("reset_peer", stream="downstream", timeout=50, connections=[0, 1])
+
+    proxy = _train_xor(server_factory, client_factory, caplog, setup, round_delay=0.1)
+    assert [link.ended for link in proxy.links[:2]] == ["reset", "reset"]
+    assert len(proxy.links) >= 4
+
+
+@pytest.mark.slow
+def test_a_blackholed_client_reconnects_while_the_other_finishes(
+    server_factory, client_factory, caplog
+):
+    """After client1's first model arrived, its link swallows everything both ways and
+    closes nothing. client2 (direct) trains on; client1's read of its reply times out
+    (--idle-timeout, short here), it reconnects through the now clean proxy and resends."""
+    listener, events = server_factory()
+    with FaultProxy(listener.server_address, seed=1) as proxy:
+        silenced, silenced_events = client_factory(
+            proxy.address, name="client1", reconnect=True, retries=5, idle_timeout=2
+        )
+        silenced_events.wait_for(lambda e: e.kind == "model")  # bytes flowed both ways
+        _both_ways(proxy, "timeout", connections=[0])
+        other, _ = client_factory(listener.server_address, name="client2")
+        events.wait_for(lambda e: e.kind == "done")
+        for client in (silenced, other):
+            client.join(WAIT)
+        first, second = proxy.wait_for_links(2, WAIT)
+    _assert_counted_once(caplog, events, [silenced, other])
+    assert first.swallowed["upstream"] > 0  # client1's update went into the hole
+    assert [e.kind for e in silenced_events.all()].count("connected") == 2
+    assert any(
+        "client1: lost the server (no message within 2 s); reconnecting" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+@pytest.mark.slow
+def test_a_population_slower_than_recv_timeout_but_above_the_floor_arrives_whole(
+    server_factory, client_factory, caplog, tmp_path
+):
+    """A 1000-feature model (16,050 parameters): its population, 642 KB, takes about 2.5 s
+    at 256 KiB/s, more than twice --recv-timeout (1 s), which the fixed whole-message
+    deadline cut every time. At 256 KiB/s, far above the 8 KiB/s floor, it arrives whole."""
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((20, 1000)).astype(np.float32)
+    labels = (inputs[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "test.npz", inputs=inputs, outputs=labels)
+    listener, events = server_factory(
+        test_data=str(tmp_path / "test.npz"), max_rounds=1, num_generations=2, recv_timeout=1.0
+    )
+    with FaultProxy(listener.server_address, seed=1) as proxy:
+        proxy.add_toxic("bandwidth", stream="downstream", rate=256)
+        client, client_events = client_factory(
+            proxy.address, data=Dataset(inputs, labels), recv_timeout=1.0
+        )
+        client.join(WAIT)
+        (link,) = proxy.links
+    assert client.outcome == "done", client.error
+    model = client_events.wait_for(lambda e: e.kind == "model")
+    assert model.round == 0
+    assert link.forwarded["downstream"] > 2.2 * 256 * 1024  # over 2.2 s at that rate
+    assert [e.round for e in events.all() if e.kind == "update"] == [1]
