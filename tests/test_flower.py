@@ -24,7 +24,7 @@ from common.flower.records import (
     update_from,
 )
 from common.flower import deploy  # noqa: E402
-from common.flower.deploy import DeploymentError, LocalDeployment  # noqa: E402
+from common.flower.deploy import DeploymentError, LocalDeployment, live_members  # noqa: E402
 from common.flower.server_app import RUN_CONFIG_KEYS, ConfigError, server_config  # noqa: E402
 from common.ga import TrainingResult  # noqa: E402
 from common.protocol import ModelRequest  # noqa: E402
@@ -49,20 +49,6 @@ DEPLOYMENT_TIMEOUT = 240
 def _history(path: Path) -> list[dict]:
     with path.open() as file:
         return list(csv.DictReader(file))
-
-
-def _live_members(sessions: set[int]) -> list[str]:
-    """Processes (not zombies) left in the given sessions, as "pid name"."""
-    left = []
-    for entry in Path("/proc").iterdir():
-        try:
-            head, tail = (entry / "stat").read_text().rsplit(")", 1)
-        except (OSError, ValueError):
-            continue  # not a process, or it ended meanwhile
-        state, session = tail.split()[0], int(tail.split()[3])
-        if session in sessions and state != "Z":
-            left.append(f"{entry.name} {head.split('(', 1)[1]}")
-    return left
 
 
 @pytest.mark.timeout(SIMULATION_TIMEOUT)
@@ -112,7 +98,7 @@ def test_a_deployment_here_runs_our_apps_in_flowers_processes_and_stops_them_all
     assert 1 <= len(_history(history)) <= 2, output  # done early, or gave up after 2 rounds
     assert "2 nodes trained" in output and "fedavg of 2 updates" in output, output
     assert "[node " in (tmp_path / "supernode-1.log").read_text()  # our ClientApp's own log
-    assert _live_members(sessions) == []
+    assert live_members(sessions) == []
 
 
 def test_a_superlink_that_cannot_serve_is_named_with_its_log_and_nothing_is_left(
@@ -133,7 +119,7 @@ def test_a_superlink_that_cannot_serve_is_named_with_its_log_and_nothing_is_left
     )
     assert "address already in use" in log_file.read_text()
     assert len(deployment.processes) == 1  # the SuperLink alone
-    assert _live_members({deployment.processes[0].pid}) == []
+    assert live_members({deployment.processes[0].pid}) == []
 
 
 def test_a_simulation_worker_loads_flowers_actor_and_our_clientapp_without_tensorflow():

@@ -179,9 +179,33 @@ class LocalDeployment:
                 pass
             _signal_group(process, signal.SIGKILL)  # what SIGTERM left, children included
             process.wait()
+            _wait_group_gone(process, STOP_GRACE)
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def live_members(sessions: set[int]) -> list[str]:
+    """Processes (not zombies) left in the given sessions, as "pid name"."""
+    left = []
+    for entry in Path("/proc").iterdir():
+        try:
+            head, tail = (entry / "stat").read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue  # not a process, or it ended meanwhile
+        state, session = tail.split()[0], int(tail.split()[3])
+        if session in sessions and state != "Z":
+            left.append(f"{entry.name} {head.split('(', 1)[1]}")
+    return left
+
+
+def _wait_group_gone(process: subprocess.Popen, timeout: float) -> None:
+    """Until no live process of ``process``'s session is left: SIGKILL is delivered
+    asynchronously, and on a busy machine a child (Flower's SuperExec) can outlive its
+    leader's exit by a moment. No event says so: /proc is polled for at most ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while live_members({process.pid}) and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
