@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import statistics
 import tempfile
 import time
@@ -286,11 +287,17 @@ def cell(outcomes: list[Outcome]) -> str:
     return f"{accuracy} (ASR {median(rates):.2f})" if rates else accuracy
 
 
+def scenario_title(scenario: Scenario) -> str:
+    return (
+        f"{DATA}, {scenario.clients} clients of which {scenario.attackers} attacking, "
+        f"{scenario.federation} mode:"
+    )
+
+
 def scenario_table(scenario: Scenario, results: Results) -> None:
     print(
-        f"{DATA}, {scenario.clients} clients of which {scenario.attackers} attacking, "
-        f"{scenario.federation} mode: held-out accuracy of the saved model, median of the seeds "
-        "(ASR: the backdoor's attack success rate)"
+        f"{scenario_title(scenario)} held-out accuracy of the saved model, median of the "
+        "seeds (ASR: the backdoor's attack success rate)"
     )
     print_table(
         ["rule", *scenario.attacks],
@@ -332,31 +339,35 @@ def accuracy_of(results: Results, rule: str, attack: str) -> float:
     return median([o.holdout for o in results.get((rule, attack), [])])
 
 
-def targets(results: Results) -> bool:
-    """The issue's targets over the 5- and 10-client scenarios' results."""
+def targets(by_scenario: dict[str, Results]) -> bool:
+    """The issue's targets, each attack against the clean run of its own scenario: the lone
+    attacker's (5 clients) for the bites, the backdoor and the defences' cost, and each
+    scenario's for the recommended rule under its untargeted attacks (ALIE: 10 clients)."""
     met = True
-    clean = accuracy_of(results, "fedavg", CLEAN)
-    for attack in (a for a in BITES if ("fedavg", a) in results):
-        attacked = accuracy_of(results, "fedavg", attack)
+    lone = by_scenario.get("5", {})
+    clean = accuracy_of(lone, "fedavg", CLEAN)
+    for attack in (a for a in BITES if ("fedavg", a) in lone):
+        attacked = accuracy_of(lone, "fedavg", attack)
         met &= target(
             f"the attacks bite: fedavg under {attack}",
             f"{attacked:.3f} (clean {clean:.3f}: {attacked - clean:+.3f})",
             f"at least {BITE * 100:.0f} points below clean",
             attacked <= clean - BITE,
         )
-    untargeted = [a for a in UNTARGETED if (RECOMMENDED, a) in results]
-    own_clean = accuracy_of(results, RECOMMENDED, CLEAN)
-    for attack in untargeted:
-        attacked = accuracy_of(results, RECOMMENDED, attack)
-        met &= target(
-            f"{RECOMMENDED} (recommended) under {attack}, 20% attackers",
-            f"{attacked:.3f} (its clean {own_clean:.3f}: {attacked - own_clean:+.3f})",
-            f"within {KEEPS * 100:.0f} points of its clean accuracy",
-            attacked >= own_clean - KEEPS,
-        )
-    if (RECOMMENDED, "backdoor") in results:
-        rate = median([o.success_rate for o in results[RECOMMENDED, "backdoor"]])
-        fedavg_rate = median([o.success_rate for o in results.get(("fedavg", "backdoor"), [])])
+    for results in by_scenario.values():
+        own_clean = accuracy_of(results, RECOMMENDED, CLEAN)
+        for attack in (a for a in UNTARGETED if (RECOMMENDED, a) in results):
+            attacked = accuracy_of(results, RECOMMENDED, attack)
+            met &= target(
+                f"{RECOMMENDED} (recommended) under {attack}, 20% attackers",
+                f"{attacked:.3f} (its clean {own_clean:.3f}: {attacked - own_clean:+.3f})",
+                f"within {KEEPS * 100:.0f} points of its clean accuracy",
+                attacked >= own_clean - KEEPS,
+            )
+    own_clean = accuracy_of(lone, RECOMMENDED, CLEAN)
+    if (RECOMMENDED, "backdoor") in lone:
+        rate = median([o.success_rate for o in lone[RECOMMENDED, "backdoor"]])
+        fedavg_rate = median([o.success_rate for o in lone.get(("fedavg", "backdoor"), [])])
         met &= target(
             f"backdoor against {RECOMMENDED} (recommended)",
             f"success rate {rate:.3f} (fedavg's {fedavg_rate:.3f}), its clean accuracy "
@@ -366,15 +377,47 @@ def targets(results: Results) -> bool:
             rate <= BACKDOOR_RATE and own_clean >= clean - DEFENCE_COST,
         )
     for rule in RULES[1:]:
-        if (rule, CLEAN) in results:
-            cost = clean - accuracy_of(results, rule, CLEAN)
+        if (rule, CLEAN) in lone:
+            cost = clean - accuracy_of(lone, rule, CLEAN)
             met &= target(
                 f"{rule} without an attacker",
-                f"{accuracy_of(results, rule, CLEAN):.3f} (fedavg {clean:.3f}: {-cost:+.3f})",
+                f"{accuracy_of(lone, rule, CLEAN):.3f} (fedavg {clean:.3f}: {-cost:+.3f})",
                 f"at most {DEFENCE_COST * 100:.0f} points below fedavg",
                 cost <= DEFENCE_COST,
             )
     return met
+
+
+RUN_LINE = re.compile(
+    r"^  seed (\d+), (.+), ([\w-]+): held-out ([\d.]+)(?:, ASR ([\d.]+))?, ([\d.]+) s$"
+)
+
+
+def replayed(log: Path) -> dict[str, Results]:
+    """The runs a saved output of this bench printed, by scenario (each scenario's table
+    follows its runs), to print its tables and targets again without running them."""
+    by_scenario: dict[str, Results] = {}
+    pending: Results = {}
+    for line in log.read_text().splitlines():
+        if match := RUN_LINE.match(line):
+            seed, row, attack, holdout, rate, took = match.groups()
+            outcome = Outcome(float(holdout), rate and float(rate), float(took), [])
+            pending.setdefault((row, attack), []).append(outcome)
+        for scenario in SCENARIOS:
+            if line.startswith(scenario_title(scenario)):
+                by_scenario[scenario.key], pending = pending, {}
+    return by_scenario
+
+
+def report(by_scenario: dict[str, Results], tables: bool) -> bool:
+    """Each scenario's table (if not printed as it ended) and its rules' failures; then the
+    targets."""
+    for scenario in SCENARIOS:
+        if scenario.key in by_scenario:
+            if tables:
+                scenario_table(scenario, by_scenario[scenario.key])
+            failures_table(by_scenario[scenario.key])
+    return targets(by_scenario)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,7 +432,14 @@ def main(argv: list[str] | None = None) -> int:
         default=[s.key for s in SCENARIOS],
         choices=[s.key for s in SCENARIOS],
     )
+    parser.add_argument(
+        "--replay",
+        type=Path,
+        help="print the tables and targets of this bench's saved output again, without running",
+    )
     args = parser.parse_args(argv)
+    if args.replay:
+        return 0 if report(replayed(args.replay), tables=True) else 1
     # Each run's attacker says it attacks and each round's cut updates are logged: the
     # table says it all, so only errors from the core.
     logging.getLogger("common").setLevel(logging.ERROR)
@@ -399,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"strengths: {strengths()}\n")
     started = time.perf_counter()
-    results: Results = {}
+    by_scenario: dict[str, Results] = {}
     for scenario in (s for s in SCENARIOS if s.key in args.scenarios):
         chosen = [a for a in scenario.attacks if args.attacks is None or a in args.attacks]
         rows = [r for r in scenario.rules if args.rules is None or r[0] in args.rules]
@@ -426,11 +476,10 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         if rule == ("fedavg", None) and attack == CLEAN and outcome.change_norms:
                             bound = BOUND_SHARE * median(outcome.change_norms)
-        scenario_table(scenario, scenario_results)
-        results.update(scenario_results)
-    failures_table(results)
+        scenario_table(scenario, scenario_results)  # each as it ends
+        by_scenario[scenario.key] = scenario_results
     print(f"took {(time.perf_counter() - started) / 60:.1f} minutes\n")
-    return 0 if targets(results) else 1
+    return 0 if report(by_scenario, tables=False) else 1
 
 
 if __name__ == "__main__":
