@@ -51,6 +51,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.aggregate import trimmed_mean
 from common.errors import ConfigError, ConnectionLost, Refused, SchemaError
 from common.events import Event, EventKind
 from common.ga import GAConfig, RoundSeeds, SharedFitnessGA, build_ga, loss
@@ -98,9 +99,9 @@ def rank_fitness(losses: Sequence[np.ndarray], byzantine: int) -> np.ndarray:
     each client's ranks (0: its lowest loss), their trimmed mean over clients per member
     (``byzantine`` dropped at each end; needs more than 2F clients), as the number of members
     less that mean, so higher is better and every fitness is at least 1."""
-    ranks = np.stack([np.argsort(np.argsort(row, kind="stable"), kind="stable") for row in losses])
-    kept = np.sort(ranks, axis=0)[byzantine : len(ranks) - byzantine]
-    return ranks.shape[1] - kept.mean(axis=0)
+    ranks = [np.argsort(np.argsort(row, kind="stable"), kind="stable") for row in losses]
+    mean_rank, _ = trimmed_mean(ranks, byzantine)
+    return len(ranks[0]) - mean_rank
 
 
 def _unscored(known: np.ndarray) -> np.ndarray:
