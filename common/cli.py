@@ -212,8 +212,9 @@ def server_parser() -> argparse.ArgumentParser:
         "on the test data; running-average: the tutorial's, each update "
         "averaged in; the others close a round per --min-clients updates: fedavg "
         "weighs them by their clients' sample counts; the defences median, "
-        "trimmed-mean, krum and multi-krum resist a minority of attackers (the last "
-        "three --byzantine of them), and norm-bounded clips each change to "
+        "trimmed-mean, krum, multi-krum and zeno resist a minority of attackers (the "
+        "last four --byzantine of them; zeno by the test data), and norm-bounded clips "
+        "each change to "
         "--clip-norm before fedavg; the server "
         "optimisers fedavgm, fedadam and fedyogi step along the round's mean change "
         "by the settings below (default: %(default)s)",

@@ -169,8 +169,9 @@ class RecvThread(threading.Thread):
 
     Afterwards ``outcome`` is ``"done"`` or ``"error"`` (with ``error`` in plain words) or
     ``"stopped"`` when ``stop()`` ended it. With ``reconnect``, a lost connection (reset,
-    closed, or a read timed out) is reopened and the unanswered request resent, each attempt a ``connecting`` event ("attempt 2 of
-    10" in ``detail``); without it, losing the server is an error.
+    closed, or a read timed out) is reopened and the unanswered request resent, each
+    attempt a ``connecting`` event ("attempt 2 of 10" in ``detail``); without it, losing the
+    server is an error.
     """
 
     def __init__(
