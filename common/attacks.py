@@ -32,8 +32,12 @@ first member, which a server makes the global model itself), and ``u``, its hone
 best vector (``HonestUpdate``):
 
 - ``sign-flip``: g - s(u - g), the update's change reversed and scaled. s default 4.
-- ``scaling`` (model replacement): g + s(u - g). Its strength should be about the number of
-  clients, which a client does not know: default 3, a plain number.
+- ``scaling``: model replacement (Bagdasaryan et al., 2020): a backdoor (as ``backdoor``, half
+  its samples, target 0 or ``--attack-target``) sent as g + s(u - g), so that averaging with
+  n - 1 others leaves about the attacker's model. Its strength should be about the number of
+  clients, which a client does not know: default 3, a plain number. Model replacement of an
+  honestly trained u would replace the model with an honest one: the backdoor is what it
+  carries, and its success rate what it is measured by.
 - ``noise``: g + N(0, s^2) in every coordinate; s default ``NOISE_SIGMA`` = 1, about four
   times the weights' own scale in a 64-32-10 model (Glorot's bound for its first layer is
   0.25).
@@ -484,32 +488,16 @@ class Backdoor(_DataAttack):
         return backdoor(data, rows, self.target)
 
 
-class _Change(Attack):
-    """Sends g + direction * s(u - g): the honest change from the global model, scaled."""
-
-    poisons = MODEL
-    bound = POSITIVE
-    direction: ClassVar[float]
-
-    def poison_update(self, honest):
-        change = scaling(honest.global_vector, honest.vector, self.direction * self.strength)
-        return change, honest.num_samples
-
-
 @register
-class SignFlip(_Change):
+class SignFlip(Attack):
     name = "sign-flip"
+    poisons = MODEL
     strength_means = "s in g - s(u - g)"
     default_strength = 4.0
-    direction = -1.0
+    bound = POSITIVE
 
-
-@register
-class Scaling(_Change):
-    name = "scaling"
-    strength_means = "s in g + s(u - g)"
-    default_strength = 3.0
-    direction = 1.0
+    def poison_update(self, honest):
+        return sign_flip(honest.global_vector, honest.vector, self.strength), honest.num_samples
 
 
 def scaled_to_norm(global_vector: np.ndarray, update: np.ndarray, norm: float) -> np.ndarray:
@@ -519,22 +507,39 @@ def scaled_to_norm(global_vector: np.ndarray, update: np.ndarray, norm: float) -
     return update if size == 0 else global_vector + change * (norm / size)
 
 
-@register
-class BoundedScaling(Backdoor):
-    name = "bounded-scaling"
-    poisons = MODEL  # and its data, as a backdoor: weights mode only, as the other scalings
-    strength_means = "the norm of the change it sends"
-    default_strength = 1.0
+class _BoostedBackdoor(Backdoor):
+    """A backdoor (``backdoor``'s share of the samples) whose trained change is sent boosted
+    by ``boost(g, u, strength)``, so that it survives averaging: model replacement
+    (Bagdasaryan et al., 2020). Its strength is the boost, not the share; weights mode only,
+    as the other model poisoning."""
+
+    poisons = MODEL  # and its data, as a backdoor
     bound = POSITIVE
+    boost: ClassVar[Callable[[np.ndarray, np.ndarray, float], np.ndarray]]
 
     @property
     def share(self) -> float:
         return Backdoor.default_strength
 
     def poison_update(self, honest):
-        return scaled_to_norm(
-            honest.global_vector, honest.vector, self.strength
-        ), honest.num_samples
+        sent = type(self).boost(honest.global_vector, honest.vector, self.strength)
+        return sent, honest.num_samples
+
+
+@register
+class Scaling(_BoostedBackdoor):
+    name = "scaling"
+    strength_means = "s in g + s(u - g)"
+    default_strength = 3.0
+    boost = scaling
+
+
+@register
+class BoundedScaling(_BoostedBackdoor):
+    name = "bounded-scaling"
+    strength_means = "the norm of the change it sends"
+    default_strength = 1.0
+    boost = scaled_to_norm
 
 
 @register

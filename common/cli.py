@@ -366,7 +366,8 @@ def _attack_flags(parser: argparse.ArgumentParser) -> None:
         type=positive(int, zero_ok=True),
         metavar="K",
         help="label-flip: relabel to class K instead of each label to the next class; "
-        "backdoor: the class triggered samples are relabelled to (default: 0)",
+        "backdoor, scaling and bounded-scaling: the class triggered samples are relabelled to "
+        "(default: 0)",
     )
 
 

@@ -112,10 +112,11 @@ def test_an_unknown_attack_is_one_sentence_naming_the_choices():
             "alie's --attack-strength is z in mean - z * std: it must be 0 or more, not -1.",
         ),
         (
-            "scaling",
+            "sign-flip",
             None,
             2,
-            "scaling takes no --attack-target: only label-flip, backdoor and bounded-scaling do.",
+            "sign-flip takes no --attack-target: only label-flip, backdoor, scaling and "
+            "bounded-scaling do.",
         ),
         ("label-flip", None, -1, "--attack-target must be a class number, 0 or more, not -1."),
     ],
@@ -264,12 +265,18 @@ def test_sign_flip_sends_the_change_reversed_and_scaled():
     np.testing.assert_allclose(sent, g - 2 * (u - g), rtol=1e-6)
 
 
-def test_scaling_sends_the_change_scaled_up():
+def test_scaling_sends_its_backdoored_change_scaled_up():
     honest = _honest()
-    sent, count = attack_named("scaling").poison_update(honest)
+    attack = attack_named("scaling", target=3)
+    sent, count = attack.poison_update(honest)
     g, u = honest.global_vector, honest.vector
     np.testing.assert_allclose(sent, g + 3 * (u - g), rtol=1e-6)
     assert count == 42
+    data = Dataset(np.zeros((10, 64)), np.eye(10)[np.arange(10) % 10])
+    poisoned = attack.poison_data(data)  # what u was trained on: half of it backdoored to 3
+    triggered = poisoned.inputs[:, 63] == TRIGGER_VALUE
+    assert triggered.sum() == 5
+    assert (poisoned.outputs[triggered].argmax(axis=1) == 3).all()
 
 
 def test_noise_is_reproducible_by_seed_and_has_its_sigma():
