@@ -17,15 +17,24 @@ import pytest
 pytest.importorskip("flwr", reason="Flower is optional: pip install -r requirements-flower.txt")
 
 from common import protocol  # noqa: E402  (after the skip: these import Flower)
-from common.flower.records import (
+from common.flower.records import (  # noqa: E402
+    fit_content,
+    fit_result,
+    is_secure,
     request_content,
     request_from,
-    update_content,  # noqa: E402
+    request_from_fit,
+    update_content,
     update_from,
 )
 from common.flower import deploy  # noqa: E402
 from common.flower.deploy import DeploymentError, LocalDeployment, live_members  # noqa: E402
-from common.flower.server_app import RUN_CONFIG_KEYS, ConfigError, server_config  # noqa: E402
+from common.flower.server_app import (  # noqa: E402
+    ENGINE_KEYS,
+    RUN_CONFIG_KEYS,
+    ConfigError,
+    server_config,
+)
 from common.ga import TrainingResult  # noqa: E402
 from common.protocol import ModelRequest  # noqa: E402
 
@@ -82,6 +91,84 @@ def test_simulation_of_two_nodes_trains_xor_to_done_with_our_ga_and_fedavg(tmp_p
     trained = [line for line in output.splitlines() if "2 nodes trained" in line]
     assert len(trained) == len(rows), output
     assert "done: accuracy=1.0000 reached the target" in output
+
+
+@pytest.mark.timeout(SIMULATION_TIMEOUT)
+def test_a_secure_simulation_of_three_nodes_trains_xor_to_done_through_flowers_secaggplus(
+    tmp_path,
+):
+    """Every round's model is the sum SecAgg+ unmasked: the workflow calls the strategy's
+    aggregate_fit only after its unmask stage, with that sum in place of each node's
+    weights. Sums of masks that did not cancel would be noise, and XOR would not train."""
+    history = tmp_path / "history.csv"
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "common.flower", "simulate", "--nodes", "3"),
+            *("--secure-aggregation", "--seed", "3", "--history", str(history)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    rows = _history(history)
+    assert float(rows[-1]["accuracy"]) == 1.0
+    assert output.count("the secure sum of 3 nodes (SecAgg+)") == len(rows), output
+    assert {row["client"] for row in rows} == {"secure sum of 3 nodes"}  # no node's own
+    assert "nodes trained" not in output  # no per-node metrics reach the server
+
+
+def test_a_secure_rounds_request_and_answer_cross_flowers_legacy_layout():
+    """What SecAggPlusWorkflow sends (FitIns, the mod's config added) and what its mod masks
+    (FitRes): our request and our answer, unchanged."""
+    from flwr.app import ConfigRecord
+    from flwr.common import parameters_to_ndarrays
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+    from flwr.compat.common import recorddict_compat as compat
+
+    population = np.random.default_rng(0).standard_normal((10, 22)).astype(np.float32)
+    request = ModelRequest("{}", population, {"num_generations": 50}, round=3, accuracy=0.75)
+    content = compat.fitins_to_recorddict(fit_content(request), keep_input=True)
+    assert not is_secure(content)
+    content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord({"stage": "collect"})
+    assert is_secure(content) and not is_secure(request_content(request))
+    received = request_from_fit(content)
+    np.testing.assert_array_equal(received.population_weights, population)
+    assert (received.round, received.accuracy, dict(received.ga_settings)) == (
+        3,
+        0.75,
+        {"num_generations": 50},
+    )
+    best = population[4]
+    fit = compat.recorddict_to_fitres(fit_result(TrainingResult(best, 2.0, 50), 7), True)
+    (sent,) = parameters_to_ndarrays(fit.parameters)
+    np.testing.assert_array_equal(sent, best)
+    assert (fit.num_examples, fit.metrics) == (7, {})
+
+
+@pytest.mark.parametrize(
+    "flags, sentence",
+    [
+        (
+            ["--nodes", "2"],
+            "--secure-aggregation needs at least 3 nodes (with 2, each could subtract its own "
+            "update from the sum), not 2.",
+        ),
+        (
+            ["--nodes", "3", "--aggregation", "median"],
+            "--secure-aggregation hides each node's update, so median, which must see them, "
+            "cannot run with it: choose fedavg, fedavgm, fedadam, fedyogi.",
+        ),
+    ],
+)
+def test_a_secure_run_flower_cannot_make_is_refused_in_one_sentence(flags, sentence, capsys):
+    from common.flower.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["simulate", "--secure-aggregation", *flags])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: {sentence}")
 
 
 @pytest.mark.timeout(DEPLOYMENT_TIMEOUT)
@@ -180,7 +267,7 @@ def test_run_config_names_server_flags_and_refuses_others():
 def test_pyproject_declares_every_server_setting_with_the_servers_defaults():
     with (ROOT / "pyproject.toml").open("rb") as file:
         declared = tomllib.load(file)["tool"]["flwr"]["app"]["config"]
-    assert set(declared) - {"data"} == set(RUN_CONFIG_KEYS)
+    assert set(declared) - set(ENGINE_KEYS) == set(RUN_CONFIG_KEYS)
     assert server_config(declared) == server_config({})
 
 

@@ -73,6 +73,12 @@ def parser() -> argparse.ArgumentParser:
             "by turns)",
         )
         command.add_argument(
+            "--secure-aggregation",
+            action="store_true",
+            help="run Flower's own SecAgg+: the server sees only each round's sum (needs 3 "
+            "nodes or more, and fedavg or a server optimiser)",
+        )
+        command.add_argument(
             "--aggregation",
             default=defaults.aggregation,
             choices=round_based(),
@@ -105,7 +111,7 @@ def quiet_flower(level: str) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
+def simulate(config: ServerConfig, nodes: int, data_folder: str | None, secure: bool) -> int:
     """Run the ServerApp and ``nodes`` ClientApps on Flower's simulation engine (Ray), one
     Ray worker per core."""
     import ray
@@ -121,7 +127,7 @@ def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
 
     @server_app.main()
     def main(grid, context) -> None:
-        run(grid, config, global_model)
+        run(grid, config, global_model, secure_in=context if secure else None)
 
     # Ray as Flower's backend would start it (which then leaves it be, and shuts it down at
     # the end), plus a worker setup that keeps TensorFlow out of the nodes.
@@ -143,7 +149,9 @@ def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
     return exit_code(global_model) if global_model.finished.is_set() else EXIT_FAILED
 
 
-def deploy(config: ServerConfig, nodes: int, data_folder: str | None, logs: str) -> int:
+def deploy(
+    config: ServerConfig, nodes: int, data_folder: str | None, logs: str, secure: bool
+) -> int:
     """A SuperLink and ``nodes`` SuperNodes here; ``flwr run`` streams the ServerApp's log."""
     from pathlib import Path
 
@@ -158,7 +166,8 @@ def deploy(config: ServerConfig, nodes: int, data_folder: str | None, logs: str)
     log.info("starting a SuperLink and %d SuperNodes; their logs go to %s", nodes, folder)
     with LocalDeployment(nodes, folder, files) as deployment:
         log.info("the SuperLink serves and all %d SuperNodes are online: flwr run", nodes)
-        code = deployment.run(run_config(config), stream=sys.stderr)
+        settings = run_config(config) | {"secure-aggregation": secure}
+        code = deployment.run(settings, stream=sys.stderr)
     # flwr run tells only whether the run ended; the ServerApp's log above says how.
     return EXIT_DONE if code == 0 else EXIT_FAILED
 
@@ -192,12 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     quiet_flower(args.log_level)
     try:
         config = server_config_from(args, min_clients=args.nodes)
+        if args.secure_aggregation:
+            from common.flower.secure import check_secure
+
+            check_secure(config.training.aggregation, args.nodes)
     except ConfigError as exc:  # the aggregation's settings
         arguments.error(str(exc))
     try:
         if args.command == "deploy":
-            return deploy(config, args.nodes, args.data, args.logs)
-        return simulate(config, args.nodes, args.data)
+            return deploy(config, args.nodes, args.data, args.logs, args.secure_aggregation)
+        return simulate(config, args.nodes, args.data, args.secure_aggregation)
     except UserError as exc:  # a bad data folder, model file or deployment: one sentence
         return exit_on_mistake(exc)
 

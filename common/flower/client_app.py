@@ -18,7 +18,13 @@ from flwr.clientapp import ClientApp
 
 from common.data import CLIENT_DATA, Dataset, load_dataset
 from common.flower import log_to_stderr
-from common.flower.records import request_from, update_content
+from common.flower.records import (
+    fit_result,
+    is_secure,
+    request_from,
+    request_from_fit,
+    update_content,
+)
 from common.ga import GAConfig
 from common.modelspec import DEFAULT_MAX_PARAMS
 from common.training import LocalTrainer
@@ -43,9 +49,19 @@ def _trainer(data_file: str, data_folder: str, partition: int) -> LocalTrainer:
     return LocalTrainer(data, source, ga=GAConfig(), max_params=DEFAULT_MAX_PARAMS)
 
 
+def secure_when_asked(message: Message, context: Context, call_next) -> Message:
+    """A mod: Flower's SecAgg+ for a secure round's messages, the rest untouched, so one
+    ClientApp (the one pyproject.toml names) serves both kinds of run."""
+    from flwr.client.mod import secaggplus_mod
+
+    if is_secure(message.content):
+        return secaggplus_mod(message, context, call_next)
+    return call_next(message, context)
+
+
 def make_client_app(data_folder: str | None = None) -> ClientApp:
     """A ClientApp; ``data_folder`` (else the run config's ``data``) holds per-node files."""
-    app = ClientApp()
+    app = ClientApp(mods=[secure_when_asked])
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
@@ -56,7 +72,8 @@ def make_client_app(data_folder: str | None = None) -> ClientApp:
             data_folder or str(context.run_config.get("data", "")),
             int(node.get("partition-id", 0)),
         )
-        request = request_from(message.content)
+        secure = is_secure(message.content)
+        request = (request_from_fit if secure else request_from)(message.content)
         result = trainer.train(request)
         log.info(
             "node %s trained round %s: best fitness %.4g",
@@ -64,7 +81,8 @@ def make_client_app(data_folder: str | None = None) -> ClientApp:
             request.round,
             result.best_fitness,
         )
-        return Message(update_content(result, len(trainer.data)), reply_to=message)
+        answer = (fit_result if secure else update_content)(result, len(trainer.data))
+        return Message(answer, reply_to=message)
 
     return app
 

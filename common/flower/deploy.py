@@ -55,10 +55,15 @@ def node_online(log_file: Path) -> bool:
 
 def run_config_text(settings: dict) -> str:
     """``flwr run --run-config`` syntax: key=value pairs, strings quoted as TOML."""
-    return " ".join(
-        f'{key}="{value}"' if isinstance(value, str) else f"{key}={value}"
-        for key, value in settings.items()
-    )
+    return " ".join(f"{key}={toml_value(value)}" for key, value in settings.items())
+
+
+def toml_value(value) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 class LocalDeployment:

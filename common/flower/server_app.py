@@ -31,7 +31,7 @@ from common.flower import log_to_stderr
 from common.flower.records import request_content, update_from
 from common.operators import OPERATORS
 from common.protocol import ProtocolError
-from common.protocol.messages import ClientUpdate, Done
+from common.protocol.messages import ClientUpdate, Done, ModelRequest
 from common.server import GlobalModel, ServerConfig
 
 log = logging.getLogger("fedga.flower")
@@ -72,6 +72,9 @@ RUN_CONFIG_KEYS = (
     "step-patience",
     "stop-fitness",
 )
+# Run config keys that are not server settings: the nodes' data, and whether rounds run
+# Flower's SecAgg+ (common.flower.secure).
+ENGINE_KEYS = ("data", "secure-aggregation")
 EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
 
 
@@ -80,7 +83,7 @@ def server_config(run_config: dict) -> ServerConfig:
     nodes' and skipped); ``ConfigError`` for anything else."""
     values = {}
     for key, value in run_config.items():
-        if key == "data":
+        if key in ENGINE_KEYS:
             continue
         if key not in RUN_CONFIG_KEYS:
             raise ConfigError(
@@ -109,6 +112,16 @@ class GAStrategy(Strategy):
     @property
     def done(self) -> bool:
         return isinstance(self._next, Done)
+
+    @property
+    def next_request(self) -> ModelRequest:
+        """What the next round sends the nodes (while not ``done``)."""
+        assert isinstance(self._next, ModelRequest)
+        return self._next
+
+    def apply(self, updates: dict[str, ClientUpdate]) -> None:
+        """Fold a round's updates, by node name, into the global model."""
+        self._next = self.global_model.apply_round(updates)
 
     def summary(self) -> None:
         model = self.global_model
@@ -167,7 +180,7 @@ class GAStrategy(Strategy):
             min(fitness),
             max(fitness),
         )
-        self._next = self.global_model.apply_round(pending)
+        self.apply(pending)
         model = self.global_model
         return (
             ArrayRecord([model.vector]),
@@ -210,14 +223,25 @@ def train_until_done(grid: Grid, strategy: GAStrategy, reply_timeout: float) -> 
     return global_model.reached_target
 
 
-def run(grid: Grid, config: ServerConfig, global_model: GlobalModel | None = None) -> GAStrategy:
-    """Train ``global_model`` (by default the config's) on the nodes behind ``grid``; the
+def run(
+    grid: Grid,
+    config: ServerConfig,
+    global_model: GlobalModel | None = None,
+    secure_in: Context | None = None,
+) -> GAStrategy:
+    """Train ``global_model`` (by default the config's) on the nodes behind ``grid``, with
+    Flower's SecAgg+ when given the ServerApp's context to run it in (``secure_in``); the
     results are written as ``server.py`` writes them (history, plot, saved model)."""
     from common.app import build_global_model, save_results
 
     global_model = global_model or build_global_model(config)
     strategy = GAStrategy(global_model, min_nodes=config.training.min_clients)
-    train_until_done(grid, strategy, config.training.round_timeout)
+    if secure_in is None:
+        train_until_done(grid, strategy, config.training.round_timeout)
+    else:
+        from common.flower.secure import train_securely
+
+        train_securely(grid, strategy, secure_in, config.training.round_timeout)
     save_results(config, global_model)
     return strategy
 
@@ -228,4 +252,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     log_to_stderr("flower-server")
-    run(grid, server_config(dict(context.run_config)))
+    config = server_config(dict(context.run_config))
+    secure = context.run_config.get("secure-aggregation") is True
+    if secure:
+        from common.flower.secure import check_secure
+
+        check_secure(config.training.aggregation, config.training.min_clients)
+    run(grid, config, secure_in=context if secure else None)
