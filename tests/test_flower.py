@@ -60,29 +60,25 @@ def _history(path: Path) -> list[dict]:
         return list(csv.DictReader(file))
 
 
-@pytest.mark.timeout(SIMULATION_TIMEOUT)
-def test_simulation_of_two_nodes_trains_xor_to_done_with_our_ga_and_fedavg(tmp_path):
+def _simulate_xor(tmp_path: Path, *flags: str) -> tuple[str, list[dict]]:
+    """``python -m common.flower simulate`` with ``flags`` to XOR's end: its output and
+    history rows."""
     history = tmp_path / "history.csv"
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "common.flower",
-            "simulate",
-            "--nodes",
-            "2",
-            "--seed",
-            "3",
-            "--history",
-            str(history),
-        ],
+        [sys.executable, "-m", "common.flower", "simulate", *flags, "--seed", "3"]
+        + ["--history", str(history)],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
-    rows = _history(history)
+    return output, _history(history)
+
+
+@pytest.mark.timeout(SIMULATION_TIMEOUT)
+def test_simulation_of_two_nodes_trains_xor_to_done_with_our_ga_and_fedavg(tmp_path):
+    output, rows = _simulate_xor(tmp_path, "--nodes", "2")
     assert float(rows[-1]["accuracy"]) == 1.0  # evaluated by common.model on the test set
     assert [int(row["round"]) for row in rows] == list(range(1, len(rows) + 1))
     # Every round aggregated both nodes' answers with common.aggregate's fedavg ...
@@ -100,19 +96,7 @@ def test_a_secure_simulation_of_three_nodes_trains_xor_to_done_through_flowers_s
     """Every round's model is the sum SecAgg+ unmasked: the workflow calls the strategy's
     aggregate_fit only after its unmask stage, with that sum in place of each node's
     weights. Sums of masks that did not cancel would be noise, and XOR would not train."""
-    history = tmp_path / "history.csv"
-    run = subprocess.run(
-        [
-            *(sys.executable, "-m", "common.flower", "simulate", "--nodes", "3"),
-            *("--secure-aggregation", "--seed", "3", "--history", str(history)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output
-    rows = _history(history)
+    output, rows = _simulate_xor(tmp_path, "--nodes", "3", "--secure-aggregation")
     assert float(rows[-1]["accuracy"]) == 1.0
     assert output.count("the secure sum of 3 nodes (SecAgg+)") == len(rows), output
     assert {row["client"] for row in rows} == {"secure sum of 3 nodes"}  # no node's own
