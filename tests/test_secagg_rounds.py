@@ -197,6 +197,42 @@ def test_below_the_threshold_the_round_is_abandoned_and_training_goes_on(
     assert all(len(client.trained) == 2 for client in stayers)  # trained again after it
 
 
+def test_a_client_cut_off_after_its_masked_input_is_summed_once_and_never_resends_it(
+    server_factory, client_factory, caplog
+):
+    server, events = secure_server(server_factory)
+    clients = real_clients(client_factory, server.server_address, [f"site{n}" for n in range(4)])
+    cut, cut_events = client_factory(
+        server.server_address,
+        data=CLIENT_DATA["client1"],
+        name="cut",
+        reconnect=True,
+        thread_type=RecordingClient,
+    )
+    first = "%s:%d" % cut.connection.sock.getsockname()[:2]
+    events.wait_for(
+        lambda e: e.kind == "request" and (e.peer, e.detail) == (first, "secagg_masked")
+    )
+    before = {h.peer for h in server.handlers}
+    (handler,) = [h for h in server.handlers if h.peer == first]
+    handler.stop()  # its connection ends while the server waits for the others' inputs
+    cut_events.wait_for(lambda e: e.kind == "connecting")
+    events.wait_for(lambda e: e.kind == "gave_up")
+    assert_finished([*clients, cut])
+
+    # On its new connection it asked afresh: its masked vector went once, on the first.
+    (second,) = {e.peer for e in events.all() if e.kind == "connected"} - before
+    asked = [e.detail for e in events.all() if e.kind == "request" and e.peer == second]
+    assert asked[0] == "echo" and "secagg_masked" not in asked, asked
+    # Dropped from the round, it did not reveal; its input arrived, so it is in the sum.
+    assert "summed 5 inputs (0 dropped, 4 revealed)" in caplog.text
+    trained = [client.trained[0] for client in [*clients, cut]]
+    counts = [count for _, count in trained]
+    expected = fedavg([vector for vector, _ in trained], counts)
+    bound = error_bound(RingSpec(5), 5, sum(counts))
+    assert np.abs(server.global_model.vector - expected).max() <= bound + 1e-6
+
+
 @pytest.mark.parametrize(
     "hello",
     [
