@@ -268,6 +268,9 @@ class Aggregation(ABC):
     # True: every update is a round of its own, folded in as it comes; False: a round
     # gathers --min-clients updates, or those that came within --round-timeout.
     per_update: ClassVar[bool] = False
+    # True: ``aggregate`` needs only the round's weighted mean, so it can run on a secure
+    # round's sum (common.secure_rounds), where no update is seen on its own.
+    mean_only: ClassVar[bool] = False
     Settings: ClassVar[type[RuleSettings]] = RuleSettings  # its settings and their defaults
 
     def __init__(self, settings: RuleSettings | None = None):
@@ -484,6 +487,7 @@ class FedAvg(CountWeighted):
     """The updates' mean weighted by their clients' sample counts (capped)."""
 
     name = "fedavg"
+    mean_only = True
     Settings = CountSettings
 
     def aggregate(self, global_vector, updates):
@@ -736,6 +740,7 @@ class ServerOptimiser(CountWeighted):
     another rule, restarts it."""
 
     MOMENTS: ClassVar[tuple[str, ...]]  # the names of its state vectors
+    mean_only = True
 
     def __init__(self, settings: RuleSettings | None = None):
         super().__init__(settings)

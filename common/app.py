@@ -19,6 +19,7 @@ import numpy as np
 
 from common.data import XOR_TEST_DATA, DataError, Dataset, fit_to_model, load_dataset
 from common.errors import UserError
+from common.fitness_federation import FITNESS
 from common.model import Network, load_model_file, xor_network
 from common.modelspec import ModelRefused, dense_chain_json
 from common.results import History, plot_history
@@ -190,8 +191,9 @@ def serve(config: ServerConfig, on_event=None) -> int:
             port,
             global_model.accuracy,
             "fitness mode"
-            if server.federation is not None
-            else f"aggregation {global_model.aggregation}",
+            if config.training.federation == FITNESS
+            else f"aggregation {global_model.aggregation}"
+            + (" with secure aggregation" if global_model.secure_aggregation else ""),
         )
         network = config.network
         while True:

@@ -49,7 +49,7 @@ from common.flags import (
 )
 from common.ga import GAConfig
 from common.status import ClientStatus, ServerStatus, StatusLine
-from common.server import GlobalModel, ServerConfig
+from common.server import SECURE_DEFAULTS, GlobalModel, ServerConfig
 
 log = logging.getLogger("fedga")
 
@@ -205,7 +205,6 @@ def server_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--aggregation",
-        default=training.aggregation,
         choices=list(AGGREGATIONS),
         help="weights mode: running-best: each update as it comes, keeping whichever of "
         "steps toward it, the clients' mean and the current model scores best "
@@ -217,16 +216,34 @@ def server_parser() -> argparse.ArgumentParser:
         "each change to "
         "--clip-norm before fedavg; the server "
         "optimisers fedavgm, fedadam and fedyogi step along the round's mean change "
-        "by the settings below (default: %(default)s)",
+        f"by the settings below (default: {training.aggregation}, or "
+        f"{SECURE_DEFAULTS['aggregation']} with --secure-aggregation)",
     )
     rule_setting_flags(parser)
     parser.add_argument(
         "--min-clients",
         type=positive(int),
-        default=training.min_clients,
         metavar="N",
         help="round-based: close a round once N updates arrived; fitness mode: score "
-        "each generation with at least N clients (default: %(default)s)",
+        "each generation with at least N clients; secure aggregation: begin a secure "
+        f"round once N clients trained (default: {training.min_clients}, or "
+        f"{SECURE_DEFAULTS['min_clients']} with --secure-aggregation)",
+    )
+    parser.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="weights mode: clients send their updates masked so that the server learns "
+        "only each round's sum (Bonawitz et al., 2017); needs fedga clients, fedavg or a "
+        "server optimiser, and at least 3 clients a round; a client that drops out is "
+        "tolerated while --secagg-threshold remain",
+    )
+    parser.add_argument(
+        "--secagg-threshold",
+        type=positive(int),
+        metavar="T",
+        help="secure aggregation: the clients that must remain for a round's sum to be "
+        "unmasked, above half of each round's and at most --min-clients (default: two "
+        "thirds of each round's clients, rounded up)",
     )
     parser.add_argument(
         "--round-timeout",

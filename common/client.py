@@ -26,7 +26,7 @@ import numpy as np
 from common import protocol, security
 from common.attacks import AttackConfig, Collusion, HonestUpdate
 from common.data import Dataset
-from common.errors import ConnectError, ModelRefused, UserError
+from common.errors import ConnectError, ModelRefused, SchemaError, UserError
 from common.events import Event, EventKind
 from common.fitness_federation import FITNESS, WEIGHTS, FitnessScorer
 from common.ga import GAConfig
@@ -37,10 +37,12 @@ from common.protocol.messages import (
     Done,
     ModelRequest,
     ScoreRequest,
+    SecureMessage,
     ServerReply,
     echo,
     server_reply,
 )
+from common.secure_rounds import SecureParticipant
 from common.training import LocalTrainer
 
 log = logging.getLogger(__name__)
@@ -196,6 +198,11 @@ class RecvThread(threading.Thread):
         # sequence numbers the server tells resent updates by.
         self.client_id = f"{self.config.name}-{secrets.token_hex(4)}"
         self._sequence = 0  # of the last model update sent
+        # The global round the last model came from, if its update goes through secure rounds.
+        self._secure_round: int | None = None
+        self._secure = SecureParticipant(
+            lambda message: self._exchange(message, resend=False), client_id=self.client_id
+        )
         self._bytes_sent_before = 0  # on connections lost since, for the run's total
         config = self.config
         # ``collusion``: alie's colluders in this process (a bench); see common.attacks.
@@ -228,12 +235,16 @@ class RecvThread(threading.Thread):
         the sample count fedavg weighs them by."""
         if best is None:
             return self._exchange(echo(self.client_id))
+        if self._secure_round is not None:  # masked, in the server's secure rounds
+            return self._secure.run(self._secure_round, *best)
         self._sequence += 1
         update = ClientUpdate(*best, (self.client_id, self._sequence))
         return self._exchange(update.to_message())
 
-    def _exchange(self, message: Message) -> ServerReply:
-        """Send ``message`` and return the reply, resending it after each reconnection."""
+    def _exchange(self, message: Message, resend: bool = True) -> ServerReply:
+        """Send ``message`` and return the reply, resending it after each reconnection; or
+        without ``resend``, sending an ``echo`` instead (a secure round's message: the round
+        goes on without this client, and a masked vector sent twice could be unmasked)."""
         while True:
             try:
                 self.connection.send(message)
@@ -250,6 +261,8 @@ class RecvThread(threading.Thread):
                     raise
                 log.warning("%s: lost the server (%s); reconnecting", self.config.name, exc)
                 self._reopen()
+                if not resend:
+                    message = echo(self.client_id)
                 continue
             if self._reconnect is not None:
                 self._reconnect.reset()
@@ -280,6 +293,7 @@ class RecvThread(threading.Thread):
         if self.attack is not None:
             self.attack.check_federation(WEIGHTS)
         server_round = request.round or 0
+        self._secure_round = server_round if request.secure_aggregation else None
         self._on_event(
             Event(
                 EventKind.MODEL,
@@ -374,6 +388,8 @@ class RecvThread(threading.Thread):
                     )
                     self._on_event(Event(EventKind.DONE, accuracy=self.final_accuracy))
                     return
+                if isinstance(reply, SecureMessage):  # only ever in answer to a secure round's
+                    raise SchemaError(f"the server sent {reply.subject.value!r} out of turn")
                 best = self._train(reply)
                 if self._stop_requested.is_set():
                     break

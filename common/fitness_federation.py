@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.aggregate import trimmed_mean
+from common.driver import RoundDriver, Stoppable
 from common.errors import ConfigError, ConnectionLost, Refused, SchemaError
 from common.events import Event, EventKind
 from common.ga import GAConfig, RoundSeeds, SharedFitnessGA, build_ga, loss
@@ -113,10 +113,9 @@ def _unscored(known: np.ndarray) -> np.ndarray:
 # ---- the server's side --------------------------------------------------------------------
 
 
-class GlobalRounds(Protocol):
+class GlobalRounds(Stoppable, Protocol):
     """What the federation needs of ``common.server.GlobalModel`` (which imports this)."""
 
-    finished: threading.Event
     forward: ForwardPass
     model_json: str
     round: int
@@ -125,8 +124,6 @@ class GlobalRounds(Protocol):
     def fitness_round(self) -> tuple[np.ndarray, GAConfig, dict[str, Any]] | None: ...
 
     def commit_best(self, vector: np.ndarray, clients: list[str], detail: str) -> None: ...
-
-    def add_stop_listener(self, listener: Callable[[], None]) -> None: ...
 
 
 @dataclass
@@ -158,7 +155,7 @@ class _Job:
         return self.round, self.generation, self.attempt
 
 
-class FitnessFederation:
+class FitnessFederation(RoundDriver):
     """Runs the GA at the server, in a thread of its own (``start``/``shutdown``), with each
     generation scored by the connected clients; ``reply`` answers a client's request from a
     ``SocketThread`` and ``leave`` hears that its connection ended.
@@ -167,6 +164,8 @@ class FitnessFederation:
     ``min_clients`` (``waiting``) and of each client's first scores in a round (``scored``,
     with its sample count and id); it must not call back into the federation.
     """
+
+    what = "fitness mode"
 
     def __init__(
         self,
@@ -184,6 +183,7 @@ class FitnessFederation:
                 f"{2 * byzantine + 1}, not {min_clients}: its scores drop {byzantine} per "
                 "side of every member's ranks."
             )
+        super().__init__(global_model)
         self.byzantine = byzantine
         self.global_model = global_model
         self._on_event = on_event or (lambda event: None)
@@ -191,81 +191,53 @@ class FitnessFederation:
         # The seeds a weights-mode client with the same --seed draws: with one client and
         # fedavg, weights mode runs the very GA this runs.
         self._seeds = RoundSeeds(seed)
-        self._changed = threading.Condition()
         self._clients: dict[str, _Client] = {}  # by client id
         self._start: RoundStart | None = None  # the current round's, without its history
         self._histories: dict[int, list[np.ndarray]] = {}  # round -> each generation's fitness
         self._job: _Job | None = None  # the latest attempt published
         self._last_scorers: frozenset[str] | None = None  # whose data scored the last generation
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="FitnessFederation", daemon=True)
-        global_model.add_stop_listener(self._wake)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def shutdown(self, timeout: float = 10.0) -> None:
-        with self._changed:
-            self._stopping = True
-            self._changed.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _wake(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
-    def _over(self) -> bool:
-        return self._stopping or self.global_model.finished.is_set()
 
     # -- the GA's thread
 
-    def _run(self) -> None:
-        try:
-            while not self._over():
-                begun = self.global_model.fitness_round()
-                if begun is None:
-                    return
-                population, config, sent_settings = begun
-                round_ = self.global_model.round + 1
-                seed = self._seeds.next()
-                with self._changed:
-                    self._start = RoundStart(
-                        self.global_model.model_json,
-                        population,
-                        seed,
-                        sent_settings,
-                        np.empty((0, len(population))),
-                    )
-                    self._histories = {
-                        r: h for r, h in self._histories.items() if r == round_ - 1
-                    } | {round_: []}
-                    self._last_scorers = None
-                ga = build_ga(
+    def _rounds(self) -> None:
+        while not self._over():
+            begun = self.global_model.fitness_round()
+            if begun is None:
+                return
+            population, config, sent_settings = begun
+            round_ = self.global_model.round + 1
+            seed = self._seeds.next()
+            with self._changed:
+                self._start = RoundStart(
+                    self.global_model.model_json,
                     population,
-                    self.global_model.forward.shapes,
-                    config,
-                    lambda ga, members, known: self._score_generation(ga, members, known, round_),
-                    on_generation=self._generation_done,
-                    seed=seed,
-                    ga_type=SharedFitnessGA,
+                    seed,
+                    sent_settings,
+                    np.empty((0, len(population))),
                 )
-                ga.run()
-                if self._over():
-                    return
-                best, best_fitness, _ = ga.best_solution(pop_fitness=ga.last_generation_fitness)
-                self.global_model.commit_best(
-                    np.asarray(best, dtype=np.float32),
-                    sorted(self._last_scorers or ()),
-                    "fitness mode: best of %d generations, loss %.4g on the clients' data"
-                    % (ga.generations_completed, 1.0 / best_fitness - 1e-8),
-                )
-        except Exception:  # a bug must end training visibly, not leave clients waiting
-            log.exception("fitness mode stopped after an internal error")
-        finally:
-            with self._changed:  # no more rounds: waiting clients hear done, or lose us
-                self._stopping = True
-                self._changed.notify_all()
+                self._histories = {r: h for r, h in self._histories.items() if r == round_ - 1} | {
+                    round_: []
+                }
+                self._last_scorers = None
+            ga = build_ga(
+                population,
+                self.global_model.forward.shapes,
+                config,
+                lambda ga, members, known: self._score_generation(ga, members, known, round_),
+                on_generation=self._generation_done,
+                seed=seed,
+                ga_type=SharedFitnessGA,
+            )
+            ga.run()
+            if self._over():
+                return
+            best, best_fitness, _ = ga.best_solution(pop_fitness=ga.last_generation_fitness)
+            self.global_model.commit_best(
+                np.asarray(best, dtype=np.float32),
+                sorted(self._last_scorers or ()),
+                "fitness mode: best of %d generations, loss %.4g on the clients' data"
+                % (ga.generations_completed, 1.0 / best_fitness - 1e-8),
+            )
 
     def _generation_done(self, ga) -> str | None:
         """PyGAD's ``on_generation``: report the generation; stop once training ended."""

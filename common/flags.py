@@ -10,7 +10,7 @@ from common.aggregate import SETTINGS, defaults_of, flag_name, listed
 from common.app import number, positive
 from common.ga import REAL_DATA, GAConfig
 from common.operators import OPERATORS
-from common.server import ServerConfig, TrainingConfig
+from common.server import SECURE_DEFAULTS, ServerConfig, TrainingConfig
 
 
 def config_from(args: argparse.Namespace, config_type, **extra):
@@ -22,10 +22,13 @@ def config_from(args: argparse.Namespace, config_type, **extra):
 
 def server_config_from(args: argparse.Namespace, **extra) -> ServerConfig:
     """A ``ServerConfig`` from the flags named as its settings, the GA flags, and ``extra``;
-    a flag left unset keeps the default (the GA settings of ``GA_BY_MODEL``: by the model).
+    a flag left unset keeps the default (the GA settings of ``GA_BY_MODEL``: by the model;
+    with ``--secure-aggregation``, ``SECURE_DEFAULTS``).
     ``ConfigError``, one sentence, if the aggregation cannot take its settings."""
     names = ServerConfig().settings().keys()
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if given.get("secure_aggregation"):
+        given = SECURE_DEFAULTS | given
     config = ServerConfig.of(**(given | ga_settings(args) | extra))
     config.training.aggregation_rule()  # checks them now, not once the model is built
     return config

@@ -23,7 +23,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from common import checkpoint, protocol, security
-from common.aggregate import SETTINGS, Aggregation, ServerOptimiser, Update, aggregation_named
+from common.aggregate import (
+    AGGREGATIONS,
+    SETTINGS,
+    Aggregation,
+    ServerOptimiser,
+    Update,
+    aggregation_named,
+    flag_name,
+    listed,
+)
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.errors import BindError, CheckpointError, ConfigError
@@ -34,6 +43,8 @@ from common.model import Network, accuracy as model_accuracy
 from common.operators import spread_population
 from common.protocol import Connection, Message, ProtocolError, SchemaError, Subject
 from common.protocol.messages import ClientUpdate, Done, ModelRequest, ServerReply
+from common.secagg.messages import check_threshold
+from common.secure_rounds import SecureRounds
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +91,10 @@ class SecurityConfig:
 GA_BY_MODEL = ("stop_fitness", "step_patience")
 
 
+# What --secure-aggregation chooses, each unless given: the rule and rounds of at least 3.
+SECURE_DEFAULTS = {"aggregation": "fedavg", "min_clients": 3}
+
+
 @dataclass
 class TrainingConfig:
     """What is trained, how updates combine, and until when."""
@@ -109,6 +124,9 @@ class TrainingConfig:
     byzantine: int | None = None
     clip_norm: float | None = None
     max_claimed_samples: float | None = None
+    # Secure aggregation (common.secure_rounds): the server learns only each round's sum.
+    secure_aggregation: bool = False
+    secagg_threshold: int | None = None  # None: ceil(2n/3) of each secure round's n clients
     min_clients: int = 2  # round-based: a round closes when this many updates arrived...
     round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
     checkpoint: str | None = None  # save the global state here after every accepted update
@@ -123,6 +141,7 @@ class TrainingConfig:
         None); ``ConfigError``, one plain sentence, for a setting it does not take, a bad
         value, or (weights mode) rounds of ``min_clients`` too few for it to tolerate its
         ``byzantine`` attackers."""
+        self._check_secure_aggregation()
         given = {name: getattr(self, name) for name in SETTINGS}
         if self.federation == FITNESS:
             del given[FITNESS_SETTING]  # fitness mode's own: how its scores combine
@@ -133,6 +152,40 @@ class TrainingConfig:
         if refusal:
             raise ConfigError(f"With min-clients {self.min_clients}, {refusal}")
         return rule
+
+    def _check_secure_aggregation(self) -> None:
+        """``ConfigError``, one plain sentence, for what cannot run with secure aggregation:
+        whatever must see an update or a count on its own, and rounds too small to hide one."""
+        if not self.secure_aggregation:
+            if self.secagg_threshold is not None:
+                raise ConfigError("--secagg-threshold needs --secure-aggregation.")
+            return
+        if self.federation == FITNESS:
+            raise ConfigError(
+                "Secure aggregation masks weights updates, not fitness mode's scores, so it "
+                "cannot run with --federation fitness."
+            )
+        rule = AGGREGATIONS.get(self.aggregation)
+        if rule is not None and not rule.mean_only:
+            usable = listed([name for name, r in AGGREGATIONS.items() if r.mean_only])
+            raise ConfigError(
+                f"Secure aggregation shows the server only each round's sum, so it cannot run "
+                f"the {self.aggregation} aggregation, which must see each update: choose "
+                f"{usable.replace(' and ', ' or ')}."
+            )
+        for name in ("byzantine", "clip_norm", "max_claimed_samples"):
+            if getattr(self, name) is not None:
+                raise ConfigError(
+                    f"Secure aggregation masks each update and its sample count, so "
+                    f"--{flag_name(name)} cannot run with it."
+                )
+        if self.min_clients < 3:
+            raise ConfigError(
+                "Secure aggregation needs --min-clients of at least 3 (of two clients, each "
+                f"could read the other's update from the sum), not {self.min_clients}."
+            )
+        if self.secagg_threshold is not None:
+            check_threshold(self.secagg_threshold, self.min_clients)
 
     def ga_for_model(self) -> GAConfig:
         """``ga`` with the settings left to the model filled in: the tutorial's for its XOR
@@ -334,6 +387,7 @@ class GlobalModel:
         self.aggregation = training.aggregation_rule()
         self.aggregation.bind(self._score_candidates)
         self.min_clients, self.round_timeout = training.min_clients, training.round_timeout
+        self.secure_aggregation = training.secure_aggregation  # announced with each model
         self._pending: list[_Entry] = []  # this round's updates so far
         self._round_id = 0
         self._round_deadline = 0.0
@@ -504,7 +558,12 @@ class GlobalModel:
         if self.finished.is_set():
             return Done(self.round, self.accuracy)
         return ModelRequest(
-            self.model_json, self._population(), self._sent_settings(), self.round, self.accuracy
+            self.model_json,
+            self._population(),
+            self._sent_settings(),
+            self.round,
+            self.accuracy,
+            self.secure_aggregation,
         )
 
     def fitness_round(self) -> tuple[np.ndarray, GAConfig, dict[str, Any]] | None:
@@ -529,6 +588,28 @@ class GlobalModel:
                         _clients_label(clients),
                         f"accuracy={accuracy:.4f} {detail}",
                     )
+        finally:
+            self._deliver_events()
+
+    def apply_mean(self, mean: np.ndarray, count: float, clients: str, detail: str) -> None:
+        """Secure aggregation: fold a round's weighted mean of ``count`` samples, which is all
+        the server learns of its updates, into the global model as one round (the rule sees
+        it as one update; unless training ended meanwhile)."""
+        try:
+            with self._lock:
+                if self.finished.is_set():
+                    return
+                rule = self.aggregation
+                update = Update(mean, max(1, round(count)), client=clients)
+                vector = rule.aggregate(self.vector, [update]).astype(np.float32)
+                accuracy = self._evaluate(vector)
+                self._commit(
+                    vector,
+                    accuracy,
+                    [],
+                    clients,
+                    f"accuracy={accuracy:.4f} {rule.name} of a {detail} {rule.describe()}".rstrip(),
+                )
         finally:
             self._deliver_events()
 
@@ -950,6 +1031,14 @@ class ListenThread(threading.Thread):
                 on_event=self.on_event,
             )
             if training.federation == FITNESS
+            else SecureRounds(
+                global_model,
+                min_clients=training.min_clients,
+                round_timeout=training.round_timeout,
+                threshold=training.secagg_threshold,
+                on_event=self.on_event,
+            )
+            if training.secure_aggregation
             else None
         )
 

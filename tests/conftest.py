@@ -100,11 +100,13 @@ def server(server_factory):
 def client_factory():
     threads = []
 
-    def make(address, data=None, name="client1", reconnect=False, **overrides):
+    def make(
+        address, data=None, name="client1", reconnect=False, thread_type=RecvThread, **overrides
+    ):
         config = ClientConfig(host=address[0], port=address[1], name=name, **overrides)
         events = EventLog()
         sock = connect(config.host, config.port, timeout=5)
-        thread = RecvThread(
+        thread = thread_type(
             config.buffer_size,
             config.recv_timeout,
             sock=sock,

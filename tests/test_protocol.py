@@ -16,6 +16,7 @@ import pytest
 from common import protocol
 from common.protocol import connection
 from common.protocol import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Connection, Message, Subject
+from common.secagg import MaskedInput, RoundSetup, SecAggClient, SecAggServer
 
 
 @pytest.fixture
@@ -442,3 +443,97 @@ def test_large_arrays_decode_as_pickle_does_and_stay_shared_where_the_pickle_sha
     ):
         assert ours.dtype == theirs.dtype and ours.flags.f_contiguous == theirs.flags.f_contiguous
         np.testing.assert_array_equal(ours, theirs)
+
+
+# ---- secure rounds' messages ------------------------------------------------------------
+
+
+def _secure_round_messages() -> list:
+    """One of each secure-round message, as a real round of three clients makes them."""
+    setup = RoundSetup.create(5, [3, 7, 9], len(VECTOR))
+    clients = {c: SecAggClient(setup, c) for c in setup.clients}
+    server = SecAggServer(setup)
+    advertised = [client.advertise() for client in clients.values()]
+    for keys in advertised:
+        server.receive_keys(keys)
+    key_list = server.close_keys()
+    shares = [client.share(key_list) for client in clients.values()]
+    for sent in shares:
+        server.receive_shares(sent)
+    relayed = server.close_shares()
+    masked = clients[3].masked_input(relayed[3], VECTOR, 4)
+    for c in (7, 9):
+        server.receive_masked(clients[c].masked_input(relayed[c], VECTOR, 2))
+    server.receive_masked(masked)
+    request = server.close_masked()
+    reveal = clients[3].reveal(request)
+    return [
+        (protocol.Ready(2, "c1-ab"), CLIENT_TO_SERVER),
+        (protocol.Invitation(setup, 7), SERVER_TO_CLIENT),
+        (advertised[0], CLIENT_TO_SERVER),
+        (key_list, SERVER_TO_CLIENT),
+        (shares[0], CLIENT_TO_SERVER),
+        (relayed[9], SERVER_TO_CLIENT),
+        (masked, CLIENT_TO_SERVER),
+        (request, SERVER_TO_CLIENT),
+        (reveal, CLIENT_TO_SERVER),
+    ]
+
+
+def test_secure_round_messages_round_trip_through_the_restricted_unpickler(pair):
+    receiver, sender = pair
+    sent = _secure_round_messages()
+    for payload, _ in sent:
+        sender.sendall(protocol.encode(protocol.SecureMessage(payload).to_message()))
+    for payload, schemas in sent:
+        message = receiver.receive(schemas)
+        assert message.data["protocol_version"] == protocol.PROTOCOL_VERSION
+        received = protocol.SecureMessage.from_message(message).payload
+        if isinstance(payload, MaskedInput):
+            assert (received.round, received.sender) == (payload.round, payload.sender)
+            assert received.vector.dtype == np.uint32
+            np.testing.assert_array_equal(received.vector, payload.vector)
+        else:
+            assert received == payload
+    assert all(  # the server's reach a client as typed replies
+        protocol.server_reply(protocol.SecureMessage(p).to_message()).payload == p
+        for p, schemas in sent
+        if schemas is SERVER_TO_CLIENT
+    )
+
+
+@pytest.mark.parametrize(
+    "payload_type, key, value, match",
+    [
+        ("Invitation", "you", 8, "does not name this client"),
+        ("Invitation", "threshold", 1, "setup cannot work"),
+        ("Invitation", "bits", 16, "setup cannot work"),
+        ("Invitation", "clipping_range", "8", "clipping_range"),
+        ("Invitation", "clients", [3, True, 9], "clients"),
+        ("Invitation", "clients", list(range(1, 100_002)), "at most 100000"),
+        ("KeysAdvertised", "share_key", b"\0" * 31, "share_key is not 32 bytes"),
+        ("KeysAdvertised", "sender", 0, "sender"),
+        ("KeyList", "keys", [{"sender": 3}], "two public keys"),
+        ("SharesSent", "shares", [[7, "text"]], "shares"),
+        ("SharesSent", "shares", [[7]], "pairs"),
+        ("MaskedInput", "vector", VECTOR, "unsigned integers"),
+        ("Reveal", "self_seed_shares", {3: b"\0" * 35}, "36 bytes"),
+        ("Reveal", "mask_key_shares", [b"\0" * 36], "map of client ids"),
+    ],
+)
+def test_a_malformed_secure_round_message_is_refused(payload_type, key, value, match):
+    (payload,) = [p for p, _ in _secure_round_messages() if type(p).__name__ == payload_type]
+    message = protocol.SecureMessage(payload).to_message()
+    with pytest.raises(protocol.SchemaError, match=match):
+        protocol.SecureMessage.from_message(Message(message.subject, message.data | {key: value}))
+
+
+def test_a_model_request_says_whether_rounds_are_secure():
+    request = protocol.ModelRequest("{}", np.tile(VECTOR, (2, 1)), secure_aggregation=True)
+    data = request.to_message().data
+    assert data["secure_aggregation"] is True
+    assert protocol.ModelRequest.from_data(data).secure_aggregation
+    plain = protocol.ModelRequest("{}", np.tile(VECTOR, (2, 1))).to_message().data
+    assert "secure_aggregation" not in plain  # older clients see the message they know
+    with pytest.raises(protocol.SchemaError, match="secure_aggregation"):
+        protocol.ModelRequest.from_data(data | {"secure_aggregation": 1})

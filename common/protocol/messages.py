@@ -17,13 +17,28 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from common.errors import SchemaError
+from common.errors import ConfigError, SchemaError
 from common.operators import OPERATORS
+from common.secagg import keys as secagg_keys
+from common.secagg import shamir
+from common.secagg.messages import (
+    EncryptedShare,
+    KeyList,
+    KeysAdvertised,
+    MaskedInput,
+    Reveal,
+    RoundSetup,
+    SharesRelayed,
+    SharesSent,
+    UnmaskRequest,
+)
+from common.secagg.ring import RingSpec
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 2  # 2: fitness mode's subjects, ``score`` and ``fitness``
+PROTOCOL_VERSION = 3  # 2: fitness mode's subjects, ``score`` and ``fitness``; 3: secure rounds
 FITNESS_MODE_VERSION = 2  # the first version whose clients can score members (fitness mode)
+SECURE_AGGREGATION_VERSION = 3  # the first whose clients take part in secure rounds
 PICKLE_PROTOCOL = 4  # what Python 3.8-3.13 peers write by default
 CLIENT_MAX_MESSAGE_BYTES = 256 * 2**20  # a client learns the model size only from its first message
 
@@ -36,6 +51,17 @@ class Subject(str, enum.Enum):
     # FITNESS_MODE_VERSION: the server asks a generation's scores, a client sends its losses.
     SCORE = "score"
     FITNESS = "fitness"
+    # Secure aggregation (common.secure_rounds, wire forms in common.protocol.secure), only
+    # with clients that announce SECURE_AGGREGATION_VERSION; the stages in their order.
+    SECAGG_READY = "secagg_ready"  # client: trained, ready for a secure round
+    SECAGG_SETUP = "secagg_setup"  # server: the round's setup and the client's id in it
+    SECAGG_KEYS = "secagg_keys"  # client: its two public keys
+    SECAGG_KEY_LIST = "secagg_key_list"  # server: the keys of every client in time
+    SECAGG_SHARES = "secagg_shares"  # client: its sealed shares, one per peer
+    SECAGG_RELAYED = "secagg_relayed"  # server: the shares sealed for this client
+    SECAGG_MASKED = "secagg_masked"  # client: its masked update and count
+    SECAGG_UNMASK = "secagg_unmask"  # server: who survived and who dropped
+    SECAGG_REVEAL = "secagg_reveal"  # client: the shares that remove the masks
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,27 @@ GENERATION_KEYS = frozenset({"round", "generation", "attempt"})
 ROUND_START_KEYS = frozenset(
     {"population_weights", "model_json", "num_solutions", "seed", "fitness_history"}
 )
+# The keys of each secure-round message (common.protocol.secure), all required.
+SECURE_KEYS = {
+    Subject.SECAGG_READY: frozenset({"round"}),
+    Subject.SECAGG_SETUP: frozenset(
+        {"round", "clients", "length", "threshold", "bits", "clipping_range", "max_weight", "you"}
+    ),
+    Subject.SECAGG_KEYS: frozenset({"round", "sender", "share_key", "mask_key"}),
+    Subject.SECAGG_KEY_LIST: frozenset({"round", "keys"}),
+    Subject.SECAGG_SHARES: frozenset({"round", "sender", "shares"}),
+    Subject.SECAGG_RELAYED: frozenset({"round", "receiver", "shares"}),
+    Subject.SECAGG_MASKED: frozenset({"round", "sender", "vector"}),
+    Subject.SECAGG_UNMASK: frozenset({"round", "survivors", "dropped"}),
+    Subject.SECAGG_REVEAL: frozenset({"round", "sender", "self_seed_shares", "mask_key_shares"}),
+}
+SECURE_FROM_CLIENT = (  # the others are the server's
+    Subject.SECAGG_READY,
+    Subject.SECAGG_KEYS,
+    Subject.SECAGG_SHARES,
+    Subject.SECAGG_MASKED,
+    Subject.SECAGG_REVEAL,
+)
 
 CLIENT_TO_SERVER = {
     Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
@@ -80,11 +127,16 @@ CLIENT_TO_SERVER = {
     Subject.FITNESS: Schema(
         frozenset({"losses", "num_samples", "digest"}) | GENERATION_KEYS, COMMON_OPTIONAL_KEYS
     ),
+    **{
+        subject: Schema(SECURE_KEYS[subject], COMMON_OPTIONAL_KEYS)
+        for subject in SECURE_FROM_CLIENT
+    },
 }
 SERVER_TO_CLIENT = {
+    # secure_aggregation: true when the round's updates go through a secure round
     Subject.MODEL: Schema(
         frozenset({"population_weights", "model_json", "num_solutions"}),
-        COMMON_OPTIONAL_KEYS | {"round", "accuracy"} | GA_SETTING_KEYS,
+        COMMON_OPTIONAL_KEYS | {"round", "accuracy", "secure_aggregation"} | GA_SETTING_KEYS,
     ),
     Subject.DONE: Schema(frozenset(), COMMON_OPTIONAL_KEYS | {"round", "accuracy"}),
     Subject.SCORE: Schema(
@@ -94,6 +146,11 @@ SERVER_TO_CLIENT = {
         | ROUND_START_KEYS
         | GA_SETTING_KEYS,
     ),
+    **{
+        subject: Schema(keys, COMMON_OPTIONAL_KEYS)
+        for subject, keys in SECURE_KEYS.items()
+        if subject not in SECURE_FROM_CLIENT
+    },
 }
 
 
@@ -299,6 +356,8 @@ class ModelRequest:
     ga_settings: Mapping[str, Any] = field(default_factory=dict)
     round: int | None = None  # the server's round count and global accuracy, if sent
     accuracy: float | None = None
+    # The trained update goes through a secure round (common.secure_rounds), never in the clear.
+    secure_aggregation: bool = False
 
     @property
     def num_solutions(self) -> int:
@@ -308,12 +367,16 @@ class ModelRequest:
     def from_data(cls, data: Mapping) -> ModelRequest:
         population = _population_of(data)
         num_solutions = len(population)
+        secure = data.get("secure_aggregation", False)
+        if not isinstance(secure, bool):
+            raise SchemaError(f"secure_aggregation {secure!r} is not true or false")
         return cls(
             data["model_json"],
             population,
             check_ga_settings(data, num_solutions),
             data.get("round"),
             data.get("accuracy"),
+            secure,
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -323,6 +386,7 @@ class ModelRequest:
             "num_solutions": self.num_solutions,
             "round": self.round,
             "accuracy": self.accuracy,
+            "secure_aggregation": self.secure_aggregation or None,  # unsent when off
             **self.ga_settings,
         }
         return {key: value for key, value in data.items() if value is not None}
@@ -529,7 +593,252 @@ class Scores:
         return Message(self.subject, data)
 
 
-ServerReply = ModelRequest | Done | ScoreRequest
+# ---- secure rounds (common.secure_rounds) -----------------------------------------------
+# The stages' messages are common.secagg's dataclasses; here they become plain dicts of ints,
+# bytes, lists and one unsigned NumPy vector, so the restricted unpickler needs nothing new.
+# Decoding checks every type and bounds every list: the secagg core checks the rest (key and
+# share lengths against the round, who may send what when).
+
+MAX_SECURE_CLIENTS = 100_000  # the most client ids a secure-round message may name
+MAX_SEALED_BYTES = 1024  # a sealed share is 2 x 36 bytes plus nonce and tag
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A client's ``secagg_ready``: it trained on the global model of ``round`` and waits
+    for a secure round."""
+
+    round: int
+    client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """A server's ``secagg_setup``: the round's setup and this client's id in it."""
+
+    setup: RoundSetup
+    you: int
+
+
+SecurePayload = (
+    Ready
+    | Invitation
+    | KeysAdvertised
+    | KeyList
+    | SharesSent
+    | SharesRelayed
+    | MaskedInput
+    | UnmaskRequest
+    | Reveal
+)
+
+
+def _id(value, what: str) -> int:
+    return check_count(value, what, low=1, high=2**63 - 1)
+
+
+def _ids(value, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_SECURE_CLIENTS:
+        raise SchemaError(f"{what} is not a list of at most {MAX_SECURE_CLIENTS} client ids")
+    return tuple(_id(item, what) for item in value)
+
+
+def _pairs(value, what: str) -> list[tuple[int, bytes]]:
+    """A list of (client id, sealed share) pairs."""
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_SECURE_CLIENTS:
+        raise SchemaError(f"{what} is not a list of at most {MAX_SECURE_CLIENTS} shares")
+    pairs = []
+    for item in value:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2):
+            raise SchemaError(f"{what} holds something other than (client id, share) pairs")
+        pairs.append((_id(item[0], what), _bytes(item[1], what, MAX_SEALED_BYTES)))
+    return pairs
+
+
+def _bytes(value, what: str, most: int, exactly: bool = False) -> bytes:
+    if not isinstance(value, bytes) or len(value) > most or (exactly and len(value) != most):
+        size = f"{most}" if exactly else f"at most {most}"
+        raise SchemaError(f"{what} is not {size} bytes")
+    return value
+
+
+def _share_map(value, what: str) -> dict[int, bytes]:
+    if not isinstance(value, dict) or len(value) > MAX_SECURE_CLIENTS:
+        raise SchemaError(f"{what} is not a map of client ids to shares")
+    return {
+        _id(key, what): _bytes(share, what, shamir.SHARE_BYTES, exactly=True)
+        for key, share in value.items()
+    }
+
+
+def _keys_of(data: Mapping, round_: int) -> KeysAdvertised:
+    return KeysAdvertised(
+        round_,
+        _id(data["sender"], "sender"),
+        _bytes(data["share_key"], "share_key", secagg_keys.KEY_BYTES, exactly=True),
+        _bytes(data["mask_key"], "mask_key", secagg_keys.KEY_BYTES, exactly=True),
+    )
+
+
+def _key_data(keys: KeysAdvertised) -> dict[str, Any]:
+    return {"sender": keys.sender, "share_key": keys.share_key, "mask_key": keys.mask_key}
+
+
+def _setup_of(data: Mapping, round_: int) -> Invitation:
+    clipping = data["clipping_range"]
+    if not isinstance(clipping, (int, float)) or isinstance(clipping, bool):
+        raise SchemaError(f"clipping_range {clipping!r} is not a number")
+    clients = _ids(data["clients"], "clients")
+    try:
+        setup = RoundSetup(
+            round_,
+            clients,
+            check_count(data["length"], "length", low=1),
+            RingSpec(
+                len(clients),
+                float(clipping),
+                check_count(data["max_weight"], "max_weight", low=1),
+                check_count(data["bits"], "bits"),
+            ),
+            check_count(data["threshold"], "threshold"),
+        )
+    except (ValueError, ConfigError) as exc:
+        raise SchemaError(f"the secure round's setup cannot work: {exc}") from None
+    you = _id(data["you"], "you")
+    if you not in setup.clients:
+        raise SchemaError(f"the secure round's setup does not name this client ({you})")
+    return Invitation(setup, you)
+
+
+def _shares_of(data: Mapping, round_: int, kind: type) -> SharesSent | SharesRelayed:
+    """A client's shares for its peers (``SharesSent``: the pairs name each receiver), or the
+    shares relayed to one client (``SharesRelayed``: the pairs name each sender)."""
+    if kind is SharesSent:
+        sender = _id(data["sender"], "sender")
+        pairs = _pairs(data["shares"], "shares")
+        return SharesSent(round_, sender, tuple(EncryptedShare(sender, to, s) for to, s in pairs))
+    receiver = _id(data["receiver"], "receiver")
+    pairs = _pairs(data["shares"], "shares")
+    return SharesRelayed(
+        round_, receiver, tuple(EncryptedShare(by, receiver, s) for by, s in pairs)
+    )
+
+
+def _masked_of(data: Mapping, round_: int) -> MaskedInput:
+    vector = data["vector"]
+    if not (isinstance(vector, np.ndarray) and vector.ndim == 1 and vector.dtype.kind == "u"):
+        raise SchemaError("vector is not a 1-D array of unsigned integers")
+    return MaskedInput(round_, _id(data["sender"], "sender"), vector)
+
+
+# Per payload type: its subject, its data (without the round) and its decoder from data.
+_SECURE_WIRE: dict[type, tuple[Subject, Any, Any]] = {
+    Ready: (
+        Subject.SECAGG_READY,
+        lambda m: {} if m.client_id is None else {"client_id": m.client_id},
+        lambda data, round_: Ready(round_, client_id_of(data)),
+    ),
+    Invitation: (
+        Subject.SECAGG_SETUP,
+        lambda m: {
+            "clients": list(m.setup.clients),
+            "length": m.setup.length,
+            "threshold": m.setup.threshold,
+            "bits": m.setup.ring.bits,
+            "clipping_range": m.setup.ring.clipping_range,
+            "max_weight": m.setup.ring.max_weight,
+            "you": m.you,
+        },
+        _setup_of,
+    ),
+    KeysAdvertised: (Subject.SECAGG_KEYS, _key_data, _keys_of),
+    KeyList: (
+        Subject.SECAGG_KEY_LIST,
+        lambda m: {"keys": [_key_data(keys) for keys in m.keys]},
+        lambda data, round_: KeyList(
+            round_, tuple(_keys_of(keys, round_) for keys in _key_dicts(data["keys"]))
+        ),
+    ),
+    SharesSent: (
+        Subject.SECAGG_SHARES,
+        lambda m: {"sender": m.sender, "shares": [[s.receiver, s.sealed] for s in m.shares]},
+        lambda data, round_: _shares_of(data, round_, SharesSent),
+    ),
+    SharesRelayed: (
+        Subject.SECAGG_RELAYED,
+        lambda m: {"receiver": m.receiver, "shares": [[s.sender, s.sealed] for s in m.shares]},
+        lambda data, round_: _shares_of(data, round_, SharesRelayed),
+    ),
+    MaskedInput: (
+        Subject.SECAGG_MASKED,
+        lambda m: {"sender": m.sender, "vector": m.vector},
+        _masked_of,
+    ),
+    UnmaskRequest: (
+        Subject.SECAGG_UNMASK,
+        lambda m: {"survivors": list(m.survivors), "dropped": list(m.dropped)},
+        lambda data, round_: UnmaskRequest(
+            round_, _ids(data["survivors"], "survivors"), _ids(data["dropped"], "dropped")
+        ),
+    ),
+    Reveal: (
+        Subject.SECAGG_REVEAL,
+        lambda m: {
+            "sender": m.sender,
+            "self_seed_shares": dict(m.self_seed_shares),
+            "mask_key_shares": dict(m.mask_key_shares),
+        },
+        lambda data, round_: Reveal(
+            round_,
+            _id(data["sender"], "sender"),
+            _share_map(data["self_seed_shares"], "self_seed_shares"),
+            _share_map(data["mask_key_shares"], "mask_key_shares"),
+        ),
+    ),
+}
+_SECURE_PAYLOADS = {subject: payload for payload, (subject, _, _) in _SECURE_WIRE.items()}
+
+
+def _key_dicts(value) -> list[Mapping]:
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_SECURE_CLIENTS:
+        raise SchemaError(f"keys is not a list of at most {MAX_SECURE_CLIENTS} clients' keys")
+    for item in value:
+        if not (isinstance(item, dict) and {"sender", "share_key", "mask_key"} <= item.keys()):
+            raise SchemaError("keys holds something other than a client's two public keys")
+    return list(value)
+
+
+@dataclass(frozen=True)
+class SecureMessage:
+    """One secure-round message as the wire carries it; ``payload`` is what the core sees."""
+
+    payload: SecurePayload
+
+    @property
+    def subject(self) -> Subject:
+        return _SECURE_WIRE[type(self.payload)][0]
+
+    @property
+    def round(self) -> int:
+        """The secure round it belongs to (for ``Ready``: the global round it trained on)."""
+        payload = self.payload
+        return payload.setup.round if isinstance(payload, Invitation) else payload.round
+
+    def to_message(self) -> Message:
+        _, data_of, _ = _SECURE_WIRE[type(self.payload)]
+        data = {"round": self.round, "protocol_version": PROTOCOL_VERSION, **data_of(self.payload)}
+        return Message(self.subject, data)
+
+    @classmethod
+    def from_message(cls, message: Message) -> SecureMessage:
+        """The payload of a validated secure-round message; ``SchemaError`` if malformed."""
+        _, _, decode = _SECURE_WIRE[_SECURE_PAYLOADS[message.subject]]
+        return cls(
+            decode(message.data, check_count(message.data["round"], "round", high=2**63 - 1))
+        )
+
+
+ServerReply = ModelRequest | Done | ScoreRequest | SecureMessage
 
 
 def server_reply(message: Message) -> ServerReply:
@@ -538,6 +847,8 @@ def server_reply(message: Message) -> ServerReply:
         return Done(message.data.get("round"), message.data.get("accuracy"))
     if message.subject is Subject.SCORE:
         return ScoreRequest.from_data(message.data)
+    if message.subject in SECURE_KEYS:
+        return SecureMessage.from_message(message)
     return ModelRequest.from_data(message.data)
 
 
