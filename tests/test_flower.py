@@ -136,13 +136,14 @@ def test_a_secure_rounds_request_and_answer_cross_flowers_legacy_layout():
     [
         (
             ["--nodes", "2"],
-            "--secure-aggregation needs at least 3 nodes (with 2, each could subtract its own "
-            "update from the sum), not 2.",
+            "Secure aggregation needs --min-clients of at least 3 (of two clients, each could "
+            "read the other's update from the sum), not 2.",
         ),
         (
             ["--nodes", "3", "--aggregation", "median"],
-            "--secure-aggregation hides each node's update, so median, which must see them, "
-            "cannot run with it: choose fedavg, fedavgm, fedadam, fedyogi.",
+            "Secure aggregation shows the server only each round's sum, so it cannot run the "
+            "median aggregation, which must see each update: choose fedavg, fedavgm, fedadam "
+            "or fedyogi.",
         ),
     ],
 )

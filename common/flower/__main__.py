@@ -75,8 +75,16 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--secure-aggregation",
             action="store_true",
+            default=None,
             help="run Flower's own SecAgg+: the server sees only each round's sum (needs 3 "
             "nodes or more, and fedavg or a server optimiser)",
+        )
+        command.add_argument(
+            "--secagg-threshold",
+            type=positive(int),
+            metavar="T",
+            help="with --secure-aggregation: the nodes that must stay for a round's sum "
+            "(default: ceil(2n/3) of its n nodes)",
         )
         command.add_argument(
             "--aggregation",
@@ -111,7 +119,7 @@ def quiet_flower(level: str) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def simulate(config: ServerConfig, nodes: int, data_folder: str | None, secure: bool) -> int:
+def simulate(config: ServerConfig, nodes: int, data_folder: str | None) -> int:
     """Run the ServerApp and ``nodes`` ClientApps on Flower's simulation engine (Ray), one
     Ray worker per core."""
     import ray
@@ -127,7 +135,7 @@ def simulate(config: ServerConfig, nodes: int, data_folder: str | None, secure: 
 
     @server_app.main()
     def main(grid, context) -> None:
-        run(grid, config, global_model, secure_in=context if secure else None)
+        run(grid, context, config, global_model)
 
     # Ray as Flower's backend would start it (which then leaves it be, and shuts it down at
     # the end), plus a worker setup that keeps TensorFlow out of the nodes.
@@ -149,9 +157,7 @@ def simulate(config: ServerConfig, nodes: int, data_folder: str | None, secure: 
     return exit_code(global_model) if global_model.finished.is_set() else EXIT_FAILED
 
 
-def deploy(
-    config: ServerConfig, nodes: int, data_folder: str | None, logs: str, secure: bool
-) -> int:
+def deploy(config: ServerConfig, nodes: int, data_folder: str | None, logs: str) -> int:
     """A SuperLink and ``nodes`` SuperNodes here; ``flwr run`` streams the ServerApp's log."""
     from pathlib import Path
 
@@ -166,8 +172,7 @@ def deploy(
     log.info("starting a SuperLink and %d SuperNodes; their logs go to %s", nodes, folder)
     with LocalDeployment(nodes, folder, files) as deployment:
         log.info("the SuperLink serves and all %d SuperNodes are online: flwr run", nodes)
-        settings = run_config(config) | {"secure-aggregation": secure}
-        code = deployment.run(settings, stream=sys.stderr)
+        code = deployment.run(run_config(config), stream=sys.stderr)
     # flwr run tells only whether the run ended; the ServerApp's log above says how.
     return EXIT_DONE if code == 0 else EXIT_FAILED
 
@@ -201,16 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_flower(args.log_level)
     try:
         config = server_config_from(args, min_clients=args.nodes)
-        if args.secure_aggregation:
-            from common.flower.secure import check_secure
-
-            check_secure(config.training.aggregation, args.nodes)
     except ConfigError as exc:  # the aggregation's settings
         arguments.error(str(exc))
     try:
         if args.command == "deploy":
-            return deploy(config, args.nodes, args.data, args.logs, args.secure_aggregation)
-        return simulate(config, args.nodes, args.data, args.secure_aggregation)
+            return deploy(config, args.nodes, args.data, args.logs)
+        return simulate(config, args.nodes, args.data)
     except UserError as exc:  # a bad data folder, model file or deployment: one sentence
         return exit_on_mistake(exc)
 

@@ -34,34 +34,16 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
-from common.errors import ConfigError
-from common.flower.records import UPDATE, fit_content
-from common.protocol.messages import ClientUpdate
+from common.flower.records import fit_content
+from common.protocol.messages import check_weights_vector
 from common.secagg.messages import default_threshold
-from common.server import GlobalModel
 
 log = logging.getLogger("fedga.flower")
 
-MIN_NODES = 3  # as fedga's own secure aggregation: with 2, each learns the other's update
 # SecAgg+ weighs each node's parameters by num_examples / MAX_WEIGHT before quantising them:
 # a node with more samples overflows its clipping range. Flower's default is 1,000, below
 # MNIST-1D's ~1,000 per node; 10,000 keeps a weight of 0.1 within ~1e-4 after quantisation.
 MAX_WEIGHT = 10_000.0
-ALLOWED = ("fedavg", "fedavgm", "fedadam", "fedyogi")  # rules that need only the mean
-
-
-def check_secure(aggregation: str, nodes: int) -> None:
-    """``ConfigError``, one sentence, if Flower's SecAgg+ cannot run this way."""
-    if aggregation not in ALLOWED:
-        raise ConfigError(
-            f"--secure-aggregation hides each node's update, so {aggregation}, which must see "
-            f"them, cannot run with it: choose {', '.join(ALLOWED)}."
-        )
-    if nodes < MIN_NODES:
-        raise ConfigError(
-            f"--secure-aggregation needs at least {MIN_NODES} nodes (with 2, each could "
-            f"subtract its own update from the sum), not {nodes}."
-        )
 
 
 class SecureRound(LegacyStrategy):
@@ -91,14 +73,14 @@ class SecureRound(LegacyStrategy):
             return None, {}
         (mean,) = parameters_to_ndarrays(results[0][1].parameters)
         total = sum(fit.num_examples for _, fit in results)
-        model: GlobalModel = self.strategy.global_model
-        update = ClientUpdate.from_data(
-            {UPDATE: mean.astype(np.float32), "num_samples": total}, model.num_params
-        )
         log.info("round %d: the secure sum of %d nodes (SecAgg+)", server_round, len(results))
-        self.strategy.apply({f"secure sum of {len(results)} nodes": update})
+        self.strategy.apply_mean(
+            check_weights_vector(mean.astype(np.float32), self.strategy.global_model.num_params),
+            total,
+            f"secure sum of {len(results)} nodes",
+        )
         self.aggregated = True
-        return ndarrays_to_parameters([model.vector]), {}
+        return ndarrays_to_parameters([self.strategy.global_model.vector]), {}
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         return []  # the server evaluates on its own test data
@@ -110,10 +92,12 @@ class SecureRound(LegacyStrategy):
         return None
 
 
-def train_securely(grid: Grid, strategy, context: Context, reply_timeout: float) -> bool:
-    """``train_until_done`` with SecAgg+: one ``SecAggPlusWorkflow`` a round (threshold as
-    ours, ceil(2n/3) of the round's n nodes), until the target or giving up; True if the
-    target was reached."""
+def train_securely(
+    grid: Grid, strategy, context: Context, reply_timeout: float, threshold: int | None
+) -> bool:
+    """``train_until_done`` with SecAgg+: one ``SecAggPlusWorkflow`` a round (the threshold
+    ``--secagg-threshold``, else as ours: ceil(2n/3) of the round's n nodes), until the
+    target or giving up; True if the target was reached."""
     from common.flower.server_app import EMPTY_ROUNDS_ALLOWED
 
     round_of = SecureRound(strategy)
@@ -133,7 +117,7 @@ def train_securely(grid: Grid, strategy, context: Context, reply_timeout: float)
             legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
             workflow = SecAggPlusWorkflow(
                 num_shares=1.0,  # every node shares with every other: SecAgg, not a graph
-                reconstruction_threshold=default_threshold(nodes),
+                reconstruction_threshold=threshold or default_threshold(nodes),
                 max_weight=MAX_WEIGHT,
                 timeout=reply_timeout,
             )

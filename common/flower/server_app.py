@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import numpy as np
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
@@ -54,6 +56,8 @@ RUN_CONFIG_KEYS = (
     "byzantine",
     "clip-norm",
     "max-claimed-samples",
+    "secure-aggregation",
+    "secagg-threshold",
     "min-clients",
     "round-timeout",
     "num-generations",
@@ -72,9 +76,7 @@ RUN_CONFIG_KEYS = (
     "step-patience",
     "stop-fitness",
 )
-# Run config keys that are not server settings: the nodes' data, and whether rounds run
-# Flower's SecAgg+ (common.flower.secure).
-ENGINE_KEYS = ("data", "secure-aggregation")
+ENGINE_KEYS = ("data",)  # run config keys that are not server settings: the nodes' data
 EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
 
 
@@ -119,9 +121,10 @@ class GAStrategy(Strategy):
         assert isinstance(self._next, ModelRequest)
         return self._next
 
-    def apply(self, updates: dict[str, ClientUpdate]) -> None:
-        """Fold a round's updates, by node name, into the global model."""
-        self._next = self.global_model.apply_round(updates)
+    def apply_mean(self, mean: np.ndarray, count: float, nodes: str) -> None:
+        """Fold a secure round's weighted mean of ``count`` samples into the global model."""
+        self.global_model.apply_mean(mean, count, nodes, "secure sum (SecAgg+)")
+        self._next = self.global_model.reply_to_echo()
 
     def summary(self) -> None:
         model = self.global_model
@@ -180,7 +183,7 @@ class GAStrategy(Strategy):
             min(fitness),
             max(fitness),
         )
-        self.apply(pending)
+        self._next = self.global_model.apply_round(pending)
         model = self.global_model
         return (
             ArrayRecord([model.vector]),
@@ -224,24 +227,23 @@ def train_until_done(grid: Grid, strategy: GAStrategy, reply_timeout: float) -> 
 
 
 def run(
-    grid: Grid,
-    config: ServerConfig,
-    global_model: GlobalModel | None = None,
-    secure_in: Context | None = None,
+    grid: Grid, context: Context, config: ServerConfig, global_model: GlobalModel | None = None
 ) -> GAStrategy:
     """Train ``global_model`` (by default the config's) on the nodes behind ``grid``, with
-    Flower's SecAgg+ when given the ServerApp's context to run it in (``secure_in``); the
-    results are written as ``server.py`` writes them (history, plot, saved model)."""
+    Flower's SecAgg+ if the config asks for secure aggregation (in the ServerApp's
+    ``context``); the results are written as ``server.py`` writes them (history, plot,
+    saved model)."""
     from common.app import build_global_model, save_results
 
     global_model = global_model or build_global_model(config)
-    strategy = GAStrategy(global_model, min_nodes=config.training.min_clients)
-    if secure_in is None:
-        train_until_done(grid, strategy, config.training.round_timeout)
-    else:
+    training = config.training
+    strategy = GAStrategy(global_model, min_nodes=training.min_clients)
+    if training.secure_aggregation:
         from common.flower.secure import train_securely
 
-        train_securely(grid, strategy, secure_in, config.training.round_timeout)
+        train_securely(grid, strategy, context, training.round_timeout, training.secagg_threshold)
+    else:
+        train_until_done(grid, strategy, training.round_timeout)
     save_results(config, global_model)
     return strategy
 
@@ -252,10 +254,4 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     log_to_stderr("flower-server")
-    config = server_config(dict(context.run_config))
-    secure = context.run_config.get("secure-aggregation") is True
-    if secure:
-        from common.flower.secure import check_secure
-
-        check_secure(config.training.aggregation, config.training.min_clients)
-    run(grid, config, secure_in=context if secure else None)
+    run(grid, context, server_config(dict(context.run_config)))
