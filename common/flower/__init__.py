@@ -15,6 +15,7 @@ import logging
 import sys
 
 OUR_LOGGERS = ("fedga", "common")  # the CLI's logger and the modules' own
+EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
 
 
 def log_to_stderr(role: str) -> None:

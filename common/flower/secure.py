@@ -34,6 +34,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from common.flower import EMPTY_ROUNDS_ALLOWED
 from common.flower.records import fit_content
 from common.protocol.messages import check_weights_vector
 from common.secagg.messages import default_threshold
@@ -98,8 +99,6 @@ def train_securely(
     """``train_until_done`` with SecAgg+: one ``SecAggPlusWorkflow`` a round (the threshold
     ``--secagg-threshold``, else as ours: ceil(2n/3) of the round's n nodes), until the
     target or giving up; True if the target was reached."""
-    from common.flower.server_app import EMPTY_ROUNDS_ALLOWED
-
     round_of = SecureRound(strategy)
     legacy = LegacyContext(context, strategy=round_of, client_manager=SimpleClientManager())
     thread, stop, registered = start_update_client_manager_thread(grid, legacy.client_manager)

@@ -29,7 +29,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common.aggregate import round_based
 from common.errors import ConfigError
-from common.flower import log_to_stderr
+from common.flower import EMPTY_ROUNDS_ALLOWED, log_to_stderr
 from common.flower.records import request_content, update_from
 from common.operators import OPERATORS
 from common.protocol import ProtocolError
@@ -77,7 +77,6 @@ RUN_CONFIG_KEYS = (
     "stop-fitness",
 )
 ENGINE_KEYS = ("data",)  # run config keys that are not server settings: the nodes' data
-EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
 
 
 def server_config(run_config: dict) -> ServerConfig:
