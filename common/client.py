@@ -42,7 +42,7 @@ from common.protocol.messages import (
     echo,
     server_reply,
 )
-from common.secure_rounds import SecureParticipant
+from common.secure_rounds import SECURE, SecureParticipant
 from common.training import LocalTrainer
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,7 @@ class RecvThread(threading.Thread):
                 round=server_round,
                 accuracy=request.accuracy,
                 generation=self.trainer.settings_for(request).num_generations,
+                detail=SECURE if request.secure_aggregation else "",
             )
         )
 
@@ -331,6 +332,7 @@ class RecvThread(threading.Thread):
                 round=server_round,
                 fitness=result.best_fitness,
                 generation=result.generations,
+                detail=SECURE if request.secure_aggregation else "",
             )
         )
         return best

@@ -74,6 +74,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SMALLEST_ROUND = 3  # of two clients, each could read the other's update from the sum
+# The detail of a client's ``model`` and ``sent`` events when its update goes masked.
+SECURE = "secure aggregation"
 
 
 class GlobalRounds(Stoppable, Protocol):

@@ -93,6 +93,8 @@ GA_BY_MODEL = ("stop_fitness", "step_patience")
 
 # What --secure-aggregation chooses, each unless given: the rule and rounds of at least 3.
 SECURE_DEFAULTS = {"aggregation": "fedavg", "min_clients": 3}
+# The rule settings that need each update or count on its own: refused with it.
+SECURE_REFUSED = ("byzantine", "clip_norm", "max_claimed_samples")
 
 
 @dataclass
@@ -173,7 +175,7 @@ class TrainingConfig:
                 f"the {self.aggregation} aggregation, which must see each update: choose "
                 f"{usable.replace(' and ', ' or ')}."
             )
-        for name in ("byzantine", "clip_norm", "max_claimed_samples"):
+        for name in SECURE_REFUSED:
             if getattr(self, name) is not None:
                 raise ConfigError(
                     f"Secure aggregation masks each update and its sample count, so "

@@ -31,7 +31,10 @@ from common.events import Event, EventKind
 from common.fitness_federation import FEDERATIONS, FITNESS, FITNESS_SETTING
 from common.operators import OPERATORS
 from common.results import History
+from common.secure_rounds import SECURE
 from common.server import (
+    SECURE_DEFAULTS,
+    SECURE_REFUSED,
     BindError,
     GlobalModel,
     ListenThread,
@@ -47,6 +50,9 @@ SUSPICION_WINDOW = 10  # a client row's recent updates that decide whether it is
 CallSoon = Callable[..., None]  # call_soon(handler, *args): run handler(*args) on the owner thread
 
 INITIAL_STATUS = "Socket Status"  # the tutorial's label before any click
+SECURE_NOTE = "secure aggregation: the server sees only each round's sum"  # the Training tab's
+ON_OFF = ("off", "on")  # a switch's texts, for False and True
+MASKED = "masked"  # a client's own sample count and accuracy in secure rounds: never seen
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,36 @@ class ServerView:
     best_round: int | None = None
     clients: dict[str, ClientRow] = field(default_factory=dict)  # by peer, in arrival order
     address: str = ""  # where the server listens, once it does
+    secure: bool = False  # secure aggregation: the server sees only each round's sum
+
+    @property
+    def note(self) -> str:
+        """What the Training tab says of the mode, if anything."""
+        return SECURE_NOTE if self.secure else ""
+
+    def cells(self, row: ClientRow) -> tuple[str, ...]:
+        """A client's row as the table shows it (``CLIENT_COLUMNS``' order). With secure
+        aggregation its own sample count and accuracy are masked, so they say so, and no
+        rule ever judges its update alone: it is never marked suspicious."""
+        samples = accuracy = MASKED
+        if not self.secure:
+            samples = "" if row.samples is None else str(row.samples)
+            accuracy = "" if row.accuracy is None else f"{row.accuracy:.2f}"
+        return (
+            row.name,
+            samples,
+            "" if row.round is None else str(row.round),
+            accuracy,
+            row.verdict,
+            f"suspicious, {row.state}" if row.suspicious else row.state,
+        )
+
+
+def setup_text(value) -> str:
+    """A setting as its setup field shows it: "" for None (a default), on or off."""
+    if isinstance(value, bool):
+        return ON_OFF[value]
+    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def or_default(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -198,6 +234,7 @@ def or_default(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 NUMBERS = {
     "target_accuracy": ("Target accuracy", positive(float)),
     "min_clients": ("Min clients", positive(int)),
+    "secagg_threshold": ("Secagg threshold", or_default(positive(int))),
     # The rules' settings, captioned by their names ("Server learning rate", "Clip norm"):
     # a number here, their bounds the rule's to check (common.aggregate.SETTINGS).
     **{
@@ -224,11 +261,14 @@ CHOICES = {
     "aggregation": ("Aggregation", AGGREGATIONS),
     "operators": ("GA operators", OPERATORS),
 }
+SWITCHES = {"secure_aggregation": "Secure aggregation"}  # ON_OFF spinners of a bool setting
 SETUP_ORDER = (
     *FILES,
     "target_accuracy",
     "federation",
     "aggregation",
+    "secure_aggregation",
+    "secagg_threshold",
     *SETTINGS,
     "min_clients",
     "patience",
@@ -296,38 +336,58 @@ class ServerController(_Controller):
 
     def setup_fields(self) -> list[SetupField]:
         """The setup fields in the window's order, filled from the config."""
-
-        def text(name: str) -> str:
-            value = self.setting(name)
-            return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-
         fields = []
         for name in SETUP_ORDER:
+            text = setup_text(self.setting(name))
             if name in CHOICES:
                 caption, choices = CHOICES[name]
-                fields.append(SetupField(name, caption, text(name), tuple(choices)))
+                fields.append(SetupField(name, caption, text, tuple(choices)))
+            elif name in SWITCHES:
+                fields.append(SetupField(name, SWITCHES[name], text, ON_OFF))
             else:
-                fields.append(SetupField(name, FILES.get(name) or NUMBERS[name][0], text(name)))
+                fields.append(SetupField(name, FILES.get(name) or NUMBERS[name][0], text))
         return fields
+
+    @staticmethod
+    def follows(name: str, texts: dict[str, str]) -> dict[str, str]:
+        """The texts other setup fields take now that the field ``name`` has changed to its
+        text in ``texts``: secure aggregation turned on moves the aggregation and min
+        clients, if still at their defaults, to those --secure-aggregation chooses (turned
+        off, they stay: a plain run can use them)."""
+        if name not in SWITCHES or texts.get(name) != "on":
+            return {}
+        plain = ServerConfig().settings()
+        return {
+            other: setup_text(value)
+            for other, value in SECURE_DEFAULTS.items()
+            if texts.get(other) == setup_text(plain[other])
+        }
 
     @staticmethod
     def applies(name: str, texts: dict[str, str]) -> bool:
         """Whether a setup field matters given the others' texts: a labels file for .npy test
         data, a label column for .csv, the aggregation and its settings in weights mode (a
         setting for a rule that takes it), byzantine in fitness mode too (its scores'), min
-        clients in fitness mode or for a round-based aggregation."""
+        clients in fitness mode, for a round-based aggregation or secure aggregation; with
+        secure aggregation its threshold, and none of the settings that must see each update
+        (the config refuses an aggregation or a federation that cannot run with it)."""
         if name in ("test_labels", "test_label_column"):
             return second_field(texts.get("test_data", "")) == name.removeprefix("test_")
         fitness_mode = texts.get("federation") == FITNESS
+        secure = texts.get("secure_aggregation") == "on"
         if name == "aggregation":
             return not fitness_mode
+        if name == "secagg_threshold":
+            return secure
+        if name in SECURE_REFUSED and secure:
+            return False
         if name == FITNESS_SETTING and fitness_mode:
             return True
         if name in SETTINGS:
             return not fitness_mode and name in settings_of(texts.get("aggregation", ""))
         if name == "min_clients":
             rule = AGGREGATIONS.get(texts.get("aggregation", ""))
-            return fitness_mode or rule is None or not rule.per_update
+            return fitness_mode or secure or rule is None or not rule.per_update
         return True
 
     def _setup(self, texts: dict[str, str]) -> dict | None:
@@ -344,6 +404,8 @@ class ServerController(_Controller):
                     return None
             elif name in CHOICES:
                 values[name] = text
+            elif name in SWITCHES:
+                values[name] = text == "on"
             else:
                 values[name] = text or None
         return values
@@ -377,9 +439,13 @@ class ServerController(_Controller):
         setup = self._setup({k: v for k, v in texts.items() if k not in security_names})
         if setup is None:
             return
-        # A setting the chosen rule does not take is greyed out: not used, whatever it says.
-        taken = settings_of(setup.get("aggregation", self.setting("aggregation")))
-        setup |= {name: None for name in SETTINGS if name not in taken}
+        # A greyed-out setting (the rule does not take it, secure aggregation is off or
+        # cannot run with it) is not used, whatever it says.
+        shown = {spec.name: spec.text for spec in self.setup_fields()}
+        shown |= {name: text for name, text in texts.items() if name in shown}
+        setup |= {
+            name: None for name in (*SETTINGS, "secagg_threshold") if not self.applies(name, shown)
+        }
         config = self.config.with_settings(**settings, **setup)
         try:
             config.training.aggregation_rule()  # its settings' bounds
@@ -416,6 +482,13 @@ class ServerController(_Controller):
     ) -> None:
         if attempt != self._attempt:
             return  # Close came first
+        try:  # fitness mode's rounds refuse what they cannot run, before anyone can connect
+            listener = ListenThread(
+                model, config, listening_socket=self.socket, on_event=self._from_thread(attempt)
+            )
+        except ConfigError as exc:
+            self._build_failed(attempt, str(exc))
+            return
         try:
             start_listening(self.socket)
         except BindError as exc:
@@ -426,6 +499,7 @@ class ServerController(_Controller):
         forward = model.forward
         self.view = ServerView(
             summary=f"Global accuracy {model.accuracy:.2f} before training",
+            secure=config.training.secure_aggregation,
             model=self._describe_model(
                 config, forward.num_features, forward.num_outputs, model.num_params
             ),
@@ -438,9 +512,9 @@ class ServerController(_Controller):
             ],
         )
         log.info("model: %s", self.view.model)
-        self.listener = ListenThread(
-            model, config, listening_socket=self.socket, on_event=self._from_thread(attempt)
-        )
+        if self.view.note:
+            log.info("note: %s", self.view.note)
+        self.listener = listener
         self.listener.start()
         host, port = self.listener.server_address
         self.view.address = f"{host}:{port}"
@@ -577,7 +651,9 @@ class ServerController(_Controller):
             _round_answered(clients)
         elif event.kind is EventKind.WAITING:
             view.summary = (
-                f"Round {event.round}, generation {event.generation}: scored by "
+                f"Round {event.round}: {event.detail} ready (Min clients); waiting for more"
+                if view.secure
+                else f"Round {event.round}, generation {event.generation}: scored by "
                 f"{event.detail} (Min clients); waiting for more"
             )
         elif event.kind in ENDINGS:
@@ -820,10 +896,13 @@ class ClientController(_Controller):
             view.round, view.generation, view.losses = event.round, 0, []
             view.generations, view.ended_early = event.generation, False
             view.scoring = event.detail == FITNESS
+            masked = (
+                " (secure aggregation: its update goes masked)" if event.detail == SECURE else ""
+            )
             doing = (
                 f"Scoring the server's members in round {event.round}"
                 if event.detail == FITNESS
-                else f"Training the model of round {event.round}"
+                else f"Training the model of round {event.round}{masked}"
             )
             self._show(doing, enable=("close",))
         elif event.kind is EventKind.GENERATION:
@@ -833,11 +912,10 @@ class ClientController(_Controller):
         elif event.kind is EventKind.SENT:
             view.generation, view.best_fitness = event.generation, event.fitness
             view.ended_early = event.generation < view.generations
-            sent = (
-                f"Scored round {event.round}, sending only losses"
-                if event.detail == FITNESS
-                else f"Sent the trained model of round {event.round}"
-            )
+            sent = {
+                FITNESS: f"Scored round {event.round}, sending only losses",
+                SECURE: f"Sent round {event.round}'s update masked: the server sees only the sum",
+            }.get(event.detail, f"Sent the trained model of round {event.round}")
             self._show(f"{sent}; waiting for the server", enable=("close",))
         elif event.kind is EventKind.DONE:
             accuracy = "" if event.accuracy is None else f": accuracy {event.accuracy:.2f}"

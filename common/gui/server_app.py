@@ -116,7 +116,7 @@ class ServerApp(TutorialApp):
         )
         for names in (
             ("target_accuracy", "min_clients", "patience", "step_patience"),
-            ("federation", "aggregation"),
+            ("federation", "aggregation", "secure_aggregation", "secagg_threshold"),
             # The aggregation's, each enabled for the rules that take it; five a row at most
             # (the server optimisers', then the defences').
             *(tuple(SETTINGS)[start : start + 5] for start in range(0, len(SETTINGS), 5)),
@@ -143,13 +143,15 @@ class ServerApp(TutorialApp):
 
     def setup_input(self, spec):
         if not spec.choices:
-            # Empty: the model's default (the tutorial's XOR or real data: common.ga), or the
-            # aggregation rule's.
+            # Empty: the model's default (the tutorial's XOR or real data: common.ga), the
+            # aggregation rule's, or two thirds of each secure round's clients.
             hint = (
                 "by model"
                 if spec.name in GA_BY_MODEL
                 else "by rule"
                 if spec.name in SETTINGS
+                else "2/3 of a round"
+                if spec.name == "secagg_threshold"
                 else ""
             )
             return self.text_field(spec.name, hint, spec.text)
@@ -163,6 +165,9 @@ class ServerApp(TutorialApp):
 
     def _chosen(self, name: str, text: str) -> None:
         log.debug("field %s chose %r", name, text)
+        for other, follows in self.controller.follows(name, self._texts()).items():
+            log.debug("field %s set to %r", other, follows)
+            self.inputs[other].text = follows
         self.refresh()
 
     def _log_choices(self, spinner: Spinner) -> None:
@@ -203,6 +208,9 @@ class ServerApp(TutorialApp):
             height=dp(26), font_size="15sp", bold=True, shorten=True
         )
         panel.add_widget(self.summary_label)
+        # What the mode hides from the server; no room taken when there is nothing to say.
+        self.note_label = wrapping_label(height=0, font_size="14sp", shorten=True)
+        panel.add_widget(self.note_label)
         self.chart = LineChart("round")
         panel.add_widget(self.chart)
         table = GridLayout(
@@ -255,6 +263,8 @@ class ServerApp(TutorialApp):
         super().refresh()
         controller, view = self.controller, self.controller.view
         self.summary_label.text = view.summary
+        self.note_label.text = view.note
+        self.note_label.height = dp(20) if view.note else 0
         rounds = [(r, a) for r, a, _ in view.history]
         losses = [(r, loss) for r, _, loss in view.history if loss is not None]
         self.chart.series = [
@@ -264,17 +274,7 @@ class ServerApp(TutorialApp):
         self.chart.marked = [] if view.best_round is None else [view.best_round, "best"]
         self.model_note.text = self._model_note()
         shown = rows_shown(list(view.clients.values()), CLIENT_ROWS)
-        rows: list[tuple[str, ...]] = [
-            (
-                row.name,
-                "" if row.samples is None else str(row.samples),
-                "" if row.round is None else str(row.round),
-                "" if row.accuracy is None else f"{row.accuracy:.2f}",
-                row.verdict,
-                f"suspicious, {row.state}" if row.suspicious else row.state,
-            )
-            for row in shown
-        ] or [("none yet",)]
+        rows = [view.cells(row) for row in shown] or [("none yet",)]
         texts = [text for row in rows for text in row]
         suspicious = [row.suspicious for row in shown]
         columns = len(CLIENT_COLUMNS)

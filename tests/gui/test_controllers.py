@@ -670,6 +670,8 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
         "target_accuracy": "0.9",
         "federation": "weights",
         "aggregation": "fedavg",
+        "secure_aggregation": "off",
+        "secagg_threshold": "",  # two thirds of each secure round's clients
         "server_learning_rate": "",  # the rule's own
         "server_momentum": "",
         "beta1": "",
@@ -696,6 +698,64 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
     texts |= {"federation": "fitness"}  # the aggregation is weights mode's; min clients not
     shown = {name for name in texts if server.applies(name, texts)}
     assert "min_clients" in shown and "aggregation" not in shown
+    assert "secagg_threshold" not in shown  # secure aggregation is off
+
+
+def test_the_secure_aggregation_switch_greys_what_cannot_run_with_it(make_server):
+    server = make_server(
+        secure_aggregation=True, aggregation="fedadam", min_clients=4, secagg_threshold=3
+    )
+    fields = {f.name: f for f in server.setup_fields()}
+    assert (fields["secure_aggregation"].caption, fields["secure_aggregation"].choices) == (
+        "Secure aggregation",
+        ("off", "on"),
+    )
+    texts = {name: spec.text for name, spec in fields.items()}
+    assert (texts["secure_aggregation"], texts["secagg_threshold"]) == ("on", "3")
+    for aggregation in ("fedavg", "norm-bounded", "trimmed-mean", "running-best"):
+        texts["aggregation"] = aggregation
+        shown = {name for name in texts if server.applies(name, texts)}
+        assert {"secagg_threshold", "min_clients", "aggregation"} <= shown
+        # Updates and their counts are masked: no setting that must see them on their own.
+        assert not {"byzantine", "clip_norm", "max_claimed_samples"} & shown
+    texts |= {"secure_aggregation": "off", "aggregation": "norm-bounded"}
+    shown = {name for name in texts if server.applies(name, texts)}
+    assert {"clip_norm", "max_claimed_samples"} <= shown and "secagg_threshold" not in shown
+
+
+def test_turning_secure_aggregation_on_chooses_its_defaults_unless_given(make_server):
+    server = make_server()  # no flags: running-best and min clients 2, the plain defaults
+    texts = {f.name: f.text for f in server.setup_fields()}
+    assert server.follows("secure_aggregation", texts) == {}  # off
+    texts["secure_aggregation"] = "on"
+    assert server.follows("secure_aggregation", texts) == {
+        "aggregation": "fedavg",
+        "min_clients": "3",
+    }
+    texts |= {"aggregation": "fedyogi", "min_clients": "5"}  # chosen: kept
+    assert server.follows("secure_aggregation", texts) == {}
+    texts |= {"aggregation": "running-best"}  # each, as the flags: min clients was chosen
+    assert server.follows("secure_aggregation", texts) == {"aggregation": "fedavg"}
+    assert server.follows("aggregation", texts) == {}
+
+
+def test_secure_aggregation_from_the_fields_reaches_the_server(make_server, main_thread):
+    server = make_server(max_claimed_samples=100.0)  # as flags would: greyed, then not used
+    listen(
+        server,
+        secure_aggregation="on",
+        aggregation="fedavg",
+        min_clients="4",
+        secagg_threshold="3",
+    )
+    training = server.config.training
+    assert (training.secure_aggregation, training.secagg_threshold) == (True, 3)
+    assert training.max_claimed_samples is None
+    assert server.global_model.secure_aggregation and server.view.secure
+    assert server.view.note == "secure aggregation: the server sees only each round's sum"
+    server.close()
+    listen(server, secure_aggregation="off", secagg_threshold="3")  # greyed when off
+    assert server.config.training.secagg_threshold is None and server.view.note == ""
 
 
 def test_the_federation_choices_are_the_flags_and_reach_the_server(make_server, main_thread):
@@ -706,8 +766,8 @@ def test_the_federation_choices_are_the_flags_and_reach_the_server(make_server, 
     assert spinner.text == "weights"
     server.create()
     server.bind("127.0.0.1", "0")
-    wait_listening(server, federation="fitness")
-    assert server.listener.federation is not None
+    wait_listening(server, federation="fitness", byzantine="1", min_clients="3")
+    assert server.listener.federation.byzantine == 1  # fitness mode's, whatever the rule
 
 
 def test_an_aggregations_settings_show_for_the_rules_that_take_them(make_server):
@@ -808,6 +868,41 @@ def test_the_settings_left_to_the_model_are_fields_too(make_server, main_thread,
             "than 2F + 2 = 4.",
         ),
         ({"aggregation": "fedadam", "beta1": "1"}, "beta1 must be at least 0 and below 1, not 1."),
+        (
+            {"secure_aggregation": "on", "aggregation": "median", "min_clients": "3"},
+            "Secure aggregation shows the server only each round's sum, so it cannot run the "
+            "median aggregation, which must see each update: choose fedavg, fedavgm, fedadam "
+            "or fedyogi.",
+        ),
+        (
+            {"secure_aggregation": "on", "aggregation": "fedavg", "min_clients": "2"},
+            "Secure aggregation needs --min-clients of at least 3 (of two clients, each could "
+            "read the other's update from the sum), not 2.",
+        ),
+        (
+            {"secure_aggregation": "on", "aggregation": "fedavg", "federation": "fitness"},
+            "Secure aggregation masks weights updates, not fitness mode's scores, so it cannot "
+            "run with --federation fitness.",
+        ),
+        (
+            {"secure_aggregation": "on", "secagg_threshold": "three"},
+            "Secagg threshold: 'three' is not a whole number.",
+        ),
+        (
+            {
+                "secure_aggregation": "on",
+                "aggregation": "fedavg",
+                "min_clients": "4",
+                "secagg_threshold": "2",
+            },
+            "The secure aggregation threshold must be at least 2, above half the 4 clients "
+            "and at most 4, not 2.",
+        ),
+        (
+            {"federation": "fitness", "byzantine": "1", "min_clients": "2"},
+            "Fitness mode with --byzantine 1 needs --min-clients of at least 3, not 2: its "
+            "scores drop 1 per side of every member's ranks.",
+        ),
         (
             {"model": "missing.json", "test_data": "missing.npz"},
             "The data file missing.npz does not exist.",
@@ -1032,3 +1127,72 @@ def test_a_full_client_table_keeps_the_suspicious_rows_and_then_the_newest():
         rows[1].actions.append(EXCLUDED)
     assert [row.name for row in rows_shown(rows, 4)] == ["c1", "c5", "c6", "c7"]
     assert [row.name for row in rows_shown(rows[:3], 4)] == ["c0", "c1", "c2"]
+
+
+def test_a_secure_run_through_the_window_controllers_shows_only_the_rounds_sums(
+    make_server, make_client, main_thread
+):
+    """XOR with the secure aggregation switch turned on (its defaults follow: fedavg, min
+    clients 3): two clients first, for whom the round waits, then a third. The Training tab
+    says what the server sees; the client table that each client's own count and accuracy
+    are masked, marking no one; each client that its update goes masked."""
+    server = make_server(seed=1, round_timeout=2.0)
+    texts = {f.name: f.text for f in server.setup_fields()} | {"secure_aggregation": "on"}
+    port = listen(server, **(texts | server.follows("secure_aggregation", texts)))
+    assert (server.config.training.aggregation, server.config.training.min_clients) == (
+        "fedavg",
+        3,
+    )
+    assert server.view.note == "secure aggregation: the server sees only each round's sum"
+    summaries: list[str] = []
+    server.on_change = lambda: summaries.append(server.view.summary)
+    clients = [
+        make_client("client1", seed=1),
+        make_client("client2", seed=2),
+        make_client("client3", data=CLIENT_DATA["client1"], seed=3),
+    ]
+    statuses = [record_statuses(client) for client in clients]
+    for client in clients[:2]:
+        client.create()
+        client.connect("127.0.0.1", port)
+    main_thread.run_until(lambda: all(enabled(c) == {"train", "close"} for c in clients[:2]))
+    for client in clients[:2]:
+        client.train()
+    main_thread.run_until(lambda: server.view.summary.endswith("waiting for more"))
+    assert server.view.summary == "Round 1: 2 of 3 clients ready (Min clients); waiting for more"
+    clients[2].create()
+    clients[2].connect("127.0.0.1", port)
+    main_thread.run_until(lambda: enabled(clients[2]) == {"train", "close"})
+    clients[2].train()
+
+    main_thread.run_until(
+        lambda: (
+            server.view.summary.startswith("Training done")
+            and all(c.status.startswith("Training is done") for c in clients)
+        )
+    )
+    assert server.view.summary.startswith("Training done: global accuracy 1.00 after")
+    assert any(summary.startswith("Round 1: global accuracy") for summary in summaries)
+    rows = list(server.view.clients.values())
+    assert len(rows) == 3
+    for row in rows:
+        name, samples, _, accuracy, verdict, state = server.view.cells(row)
+        assert (samples, accuracy, verdict) == ("masked", "masked", "")
+        assert not row.suspicious and "suspicious" not in state
+    for shown in statuses:
+        assert any(
+            re.fullmatch(
+                r"Training the model of round \d+ \(secure aggregation: its update goes masked\)",
+                status,
+            )
+            for status in shown
+        ), shown
+        assert any(
+            re.fullmatch(
+                r"Sent round \d+'s update masked: the server sees only the sum; waiting for "
+                r"the server",
+                status,
+            )
+            for status in shown
+        ), shown
+        assert shown[-1] == "Training is done: accuracy 1.00"

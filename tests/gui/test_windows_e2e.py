@@ -12,6 +12,9 @@ The second scenario is a run on real data with no file on any command line: serv
 two client.py windows, every file chosen in a Browse dialog, fedavg picked in the spinner,
 trained to the target, the best model saved (and a history saved twice, the second time
 replacing the file after the dialog asked). Its screenshots go to docs/real-run-*.png.
+
+Two more: a poisoning run's Training tab (docs/poisoning-run.png), and a secure aggregation
+run switched on in the Setup tab (docs/secure-aggregation-run.png).
 """
 
 from __future__ import annotations
@@ -683,3 +686,92 @@ def test_an_attacking_client_shows_as_suspicious_in_the_training_tab(display, tm
     assert [client.returncode for client in clients] == [0] * 5
     if os.environ.get("FEDGA_UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "poisoning-run.png")
+
+
+@pytest.mark.slow
+def test_a_secure_run_shows_that_the_server_sees_only_each_rounds_sum(display, tmp_path):
+    """Secure aggregation switched on in the Setup tab's spinner (its defaults follow: fedavg,
+    min clients 3), then three XOR clients: the tutorial's two windows and a headless third.
+    The Training tab says what the server sees, its client table that each client's own
+    count and accuracy are masked; each client window that its update goes masked; trained
+    to accuracy 1.00. A screenshot of the server and Client App 1 mid-run goes to
+    docs/secure-aggregation-run.png."""
+    env = window_env(display, tmp_path)
+    port = str(free_port())
+    deadline = time.monotonic() + TIME_LIMIT - STOP_RESERVE
+    address = ["--host", "127.0.0.1", "--port", port]
+    flags = [*address, "--seed", "1", "--log-level", "DEBUG"]
+    windows = {
+        "server": Window(
+            "server.py",
+            [*flags, "--round-delay", ROUND_DELAY],
+            env,
+            tmp_path / "server.log",
+            tmp_path,
+            deadline,
+        ),
+        "client1": Window("client1.py", flags, env, tmp_path / "client1.log", tmp_path, deadline),
+        "client2": Window("client2.py", flags, env, tmp_path / "client2.log", tmp_path, deadline),
+    }
+    server, client1, client2 = windows.values()
+    third = None
+    try:
+        server.wait_ready(("create", "bind", "listen", "secure_aggregation"))
+        for client in (client1, client2):
+            client.wait_ready(("create", "connect", "train"))
+        server.click_and_wait("create", "Socket Created")
+        server.click_and_wait("bind", "Socket Bound to IPv4 & Port Number")
+        since = len(server.lines)
+        server.click("secure_aggregation")
+        server.learn(("choice on",), since)
+        server.click("choice on")
+        server.wait_for(r"field secure_aggregation chose 'on'$", since)
+        # The switch brings --secure-aggregation's defaults to the fields left at theirs.
+        server.wait_for(r"field aggregation chose 'fedavg'$", since)
+        server.wait_for(r"field min_clients set to '3'$", since)
+        server.click_and_wait("listen", f"Socket is Listening for Connections on 127.0.0.1:{port}")
+        server.wait_for(r"note: secure aggregation: the server sees only each round's sum$")
+
+        for client in (client1, client2):
+            client.click_and_wait("create", "Socket Created")
+            client.click_and_wait("connect", "Successful Connection to the Server")
+            client.click_and_wait("train", "Receiving the Model from the Server")
+        third = subprocess.Popen(
+            [sys.executable, str(ROOT / "client1.py"), "--headless", *address, "--seed", "3"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for client in (client1, client2):
+            client.wait_for(
+                r"status: Training the model of round \d+ "
+                r"\(secure aggregation: its update goes masked\)$"
+            )
+            client.wait_for(
+                r"status: Sent round \d+'s update masked: the server sees only the sum; "
+                r"waiting for the server$"
+            )
+        server.wait_for(r"round=\d+ client=.*fedavg of a secure sum of 3 updates")
+        # A few points on the chart, the clients busy; a lucky run may be done sooner.
+        server.wait_for(r"round=8 |done: accuracy")
+        shot = tmp_path / "secure-aggregation-run.png"
+        # The server window and Client App 1 beside it, from the screen.
+        server.x("timeout", "20", "import", "-window", "root", "-crop", "1280x1000+0+0", str(shot))
+        assert int(server.x("identify", "-format", "%k", str(shot))) > 50
+
+        server.wait_for(r"summary: Training done: global accuracy 1\.00 after \d+ rounds")
+        for client in (client1, client2):
+            client.wait_for(r"status: Training is done: accuracy 1\.00")
+        assert third.wait(WAIT) == 0
+        # No client's update is judged on its own: no verdicts, no one suspicious.
+        judged = re.compile(r"client=\S+ in round \d+: |looks suspicious")
+        assert not any(judged.search(line) for line in server.lines)
+    finally:
+        codes = {name: window.stop() for name, window in windows.items()}
+        if third is not None and third.poll() is None:
+            third.kill()
+            third.wait(WAIT)
+    assert codes == {"server": 0, "client1": 0, "client2": 0}
+    if os.environ.get("FEDGA_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "secure-aggregation-run.png")
