@@ -151,7 +151,10 @@ ADAM = {
     "max_epochs": 1000,
 }
 NEVER = "2"  # --target-accuracy above any accuracy: only the round count stops a run
-RUN_TIMEOUT = 1800  # seconds: far beyond any run seen here
+RUN_TIMEOUT = 1800  # seconds: far beyond any step seen here (a split, a 200-round run)
+# A run's limit grows with its rounds: 400 tuned MNIST-1D rounds of the central GA took
+# 7 s each beside other work, 47 minutes.
+SECONDS_PER_ROUND_ALLOWED = 20
 POOLED = "all.npz"  # every client's training data in one file: the central GA's one client
 SENT = re.compile(rb"sent (\d+) bytes to the server in all")  # a headless client's last line
 
@@ -574,12 +577,12 @@ def commands(
 
 
 def launch(
-    command_lines: list[list[str]], run: Path
+    command_lines: list[list[str]], run: Path, timeout: float
 ) -> tuple[float, float, float, tuple[int, ...]]:
     """Start the processes together and wait for them all; (launch as unix time, seconds to
     the last exit, peak MiB, the bytes each fedga client logged it sent).
     The server exits 0 (a perfect score) or 2 (--max-rounds), each client
-    0; anything else is ``RunFailed``."""
+    0; anything else, or not ending within ``timeout`` seconds, is ``RunFailed``."""
     logs = [run / f"process{n}.log" for n in range(len(command_lines))]
     launched = time.time()
     processes = [
@@ -590,8 +593,10 @@ def launch(
     ]
     memory = PeakMemory(lambda: [p.pid for p in processes])
     try:
-        codes = [p.wait(RUN_TIMEOUT) for p in processes]
+        codes = [p.wait(max(1.0, launched + timeout - time.time())) for p in processes]
         elapsed = time.time() - launched
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"not finished within {timeout:.0f} s: see {run}") from None
     finally:
         peak = memory.stop()
         for process in processes:
@@ -610,7 +615,8 @@ def federated(
     from common.model import load_model_file
 
     run.mkdir(parents=True)
-    launched, elapsed, peak_mib, sent = launch(commands(setup, split, seed, run, fit), run)
+    timeout = max(RUN_TIMEOUT, setup.max_rounds * SECONDS_PER_ROUND_ALLOWED)
+    launched, elapsed, peak_mib, sent = launch(commands(setup, split, seed, run, fit), run, timeout)
     with (run / "history.csv").open() as file:
         rows = [
             (float(r["time"]), int(r["round"]), float(r["accuracy"]), float(r["loss"] or "inf"))
