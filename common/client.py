@@ -31,13 +31,14 @@ from common.events import Event, EventKind
 from common.fitness_federation import FITNESS, WEIGHTS, FitnessScorer
 from common.ga import GAConfig
 from common.modelspec import DEFAULT_MAX_PARAMS
-from common.protocol import Connection, Message, ProtocolError
+from common.protocol import Connection, Message, ProtocolError, Subject
 from common.protocol.messages import (
     ClientUpdate,
     Done,
     ModelRequest,
     ScoreRequest,
     ServerReply,
+    Waiting,
     echo,
     server_reply,
 )
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 CONNECT_RETRY_INTERVAL = 0.5  # seconds between attempts while the server is not up yet
 RETRY_FIRST_DELAY = 0.5  # seconds before the first reconnect attempt after a lost connection
 RETRY_MAX_DELAY = 8.0  # the wait doubles after each failed attempt, up to this
+# A server that promised a ``waiting`` notice every S seconds while a reply is held and then
+# said nothing for this many times S is taken for lost: the link is silent, not the server busy.
+NOTICE_MISSES = 3
 
 
 @dataclass
@@ -196,6 +200,9 @@ class RecvThread(threading.Thread):
         # sequence numbers the server tells resent updates by.
         self.client_id = f"{self.config.name}-{secrets.token_hex(4)}"
         self._sequence = 0  # of the last model update sent
+        # How long a reply may keep us waiting without a word: the server's promise of
+        # notices (NOTICE_MISSES of its intervals) once it made one, else --idle-timeout.
+        self._patience = self.config.idle_timeout
         self._bytes_sent_before = 0  # on connections lost since, for the run's total
         config = self.config
         # ``collusion``: alie's colluders in this process (a bench); see common.attacks.
@@ -237,7 +244,7 @@ class RecvThread(threading.Thread):
         while True:
             try:
                 self.connection.send(message)
-                reply = self.connection.receive(protocol.SERVER_TO_CLIENT)
+                reply = self._receive_reply()
             # A read that timed out is a lost connection too: a silent link or a slow one
             # below --min-rate looks the same from here, and a fresh connection may fare
             # better. The resend is safe: the server counts an update once by its sequence.
@@ -253,7 +260,24 @@ class RecvThread(threading.Thread):
                 continue
             if self._reconnect is not None:
                 self._reconnect.reset()
-            return server_reply(reply)
+            typed = server_reply(reply)
+            if isinstance(typed, ModelRequest) and typed.notice_interval is not None:
+                self._patience = min(
+                    self.config.idle_timeout, NOTICE_MISSES * typed.notice_interval
+                )
+            return typed
+
+    def _receive_reply(self) -> Message:
+        """The server's reply, after any ``waiting`` notices, each logged and reported. A
+        silence longer than ``_patience`` is a ``ReceiveTimeout``."""
+        while True:
+            self.connection.idle_timeout = self._patience  # each notice starts it again
+            message = self.connection.receive(protocol.SERVER_TO_CLIENT)
+            if message.subject is not Subject.WAITING:
+                return message
+            notice = Waiting.from_data(message.data)
+            log.info("%s: %s", self.config.name, notice.describe())
+            self._on_event(Event(EventKind.WAITING, round=notice.round, detail=notice.describe()))
 
     @property
     def bytes_sent(self) -> int:

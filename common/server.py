@@ -33,7 +33,14 @@ from common.ga import REAL_DATA, GAConfig, loss
 from common.model import Network, accuracy as model_accuracy
 from common.operators import spread_population
 from common.protocol import Connection, Message, ProtocolError, SchemaError, Subject
-from common.protocol.messages import ClientUpdate, Done, ModelRequest, ServerReply
+from common.protocol.messages import (
+    WAITING_VERSION,
+    ClientUpdate,
+    Done,
+    ModelRequest,
+    ServerReply,
+    Waiting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,9 @@ class NetworkConfig:
     max_message_bytes: int | None = None  # None: derived from the model size
     max_clients: int = 128  # connections beyond this are refused with a log line
     round_delay: float = 0.0  # pacing: seconds to hold each model reply, so people can watch
+    # While a reply is held (a round gathering updates, or round_delay), our clients hear a
+    # ``waiting`` notice this often; one that hears nothing for a few is cut off and reconnects.
+    notice_interval: float = 5.0
     # Headless: once done, keep answering newcomers ``done`` until none came for this long, so
     # a client started a little late still ends well instead of finding the server gone.
     linger: float = 5.0
@@ -540,14 +550,21 @@ class GlobalModel:
         with self._lock:
             return self._reply()
 
-    def apply_update(self, update: ClientUpdate, client: str) -> ModelRequest | Done:
+    def apply_update(
+        self,
+        update: ClientUpdate,
+        client: str,
+        notify: Callable[[Waiting], None] | None = None,
+        every: float = 5.0,
+    ) -> ModelRequest | Done:
         """Fold one client's best weights into the global model; return the reply to send.
 
         An update whose ``key`` (client_id, sequence) is at or below that client's last
         applied sequence is a resend of one already counted. Each update is scored on the
         test data (a ``scored`` event) before it counts. With a round-based aggregation the
         call waits until its round closes: ``min_clients`` updates arrived, or
-        ``round_timeout`` passed since the round's first one.
+        ``round_timeout`` passed since the round's first one; meanwhile ``notify`` (if given)
+        is told what the round waits for every ``every`` seconds, without the lock.
         """
         key = update.key
         try:
@@ -599,16 +616,30 @@ class GlobalModel:
                 if len(self._pending) == 1:
                     self._round_deadline = time.monotonic() + self.round_timeout
             self._deliver_events()  # the ``scored`` event, before waiting for the round
-            with self._lock:  # meanwhile another update or stop() may have closed it
-                while self._round_id == round_id:
-                    remaining = self._round_deadline - time.monotonic()
-                    if len(self._pending) >= self.min_clients or remaining <= 0:
-                        self._close_round()
-                    else:
-                        self._round_closed.wait(remaining)
-                return self._reply()
+            while True:
+                notice_at = None if notify is None else time.monotonic() + every
+                with self._lock:  # meanwhile another update or stop() may have closed it
+                    notice = self._await_round(round_id, notice_at)
+                    if notice is None:
+                        return self._reply()
+                notify(notice)
         finally:
             self._deliver_events()
+
+    def _await_round(self, round_id: int, notice_at: float | None) -> Waiting | None:
+        """Call with the lock held: wait until round ``round_id`` closed, closing it once it
+        has ``min_clients`` updates or its deadline passed, and return None; or until
+        ``notice_at`` (a time.monotonic()) and return what the round still waits for."""
+        while self._round_id == round_id:
+            now = time.monotonic()
+            remaining = self._round_deadline - now
+            if len(self._pending) >= self.min_clients or remaining <= 0:
+                self._close_round()
+            elif notice_at is not None and now >= notice_at:
+                return Waiting(self.round + 1, self.min_clients - len(self._pending), remaining)
+            else:
+                self._round_closed.wait(remaining if notice_at is None else notice_at - now)
+        return None
 
     def apply_round(self, updates: Mapping[str, ClientUpdate]) -> ModelRequest | Done:
         """Aggregate a whole round gathered elsewhere, each update by its client's name, as
@@ -863,7 +894,32 @@ class SocketThread(threading.Thread):
                 "runs weights mode (--federation weights)"
             )
         update = ClientUpdate.from_data(message.data, self.global_model.num_params)
-        return self.global_model.apply_update(update, self.peer)
+        return self.global_model.apply_update(
+            update, self.peer, self._notifier(message), self.server.config.network.notice_interval
+        )
+
+    def _notifier(self, message: Message) -> Callable[[Waiting], None] | None:
+        """How to tell this client why its reply is held, if it can hear it: only clients
+        announcing WAITING_VERSION know ``waiting``; a plain-pickle peer would take it for
+        its reply."""
+        version = message.data.get("protocol_version")
+        if not isinstance(version, int) or version < WAITING_VERSION:
+            return None
+        return lambda notice: self.connection.send(notice.to_message())
+
+    def _hold(self, reply: ModelRequest, notify: Callable[[Waiting], None] | None) -> bool:
+        """--round-delay: hold ``reply`` that long, with notices as a round's wait has; True
+        if stop() came meanwhile."""
+        network = self.server.config.network
+        end = time.monotonic() + network.round_delay
+        while (remaining := end - time.monotonic()) > 0:
+            if self._stopping.wait(
+                remaining if notify is None else min(remaining, network.notice_interval)
+            ):
+                return True
+            if notify is not None and end > time.monotonic():
+                notify(Waiting(reply.round or 0, 0, end - time.monotonic()))
+        return False
 
     def run(self) -> None:
         self.global_model.join(self.peer)
@@ -876,10 +932,14 @@ class SocketThread(threading.Thread):
                     Event(EventKind.REQUEST, peer=self.peer, detail=message.subject.value)
                 )
                 response = self.reply(message)
-                if response.subject is Subject.MODEL and self._stopping.wait(
-                    self.server.config.network.round_delay
-                ):
-                    break
+                notify = self._notifier(message)
+                if isinstance(response, ModelRequest):
+                    if notify is not None:  # the promise the client's patience is sized by
+                        response = dataclasses.replace(
+                            response, notice_interval=self.server.config.network.notice_interval
+                        )
+                    if self._hold(response, notify):
+                        break
                 self.connection.send(response.to_message())
                 if response.subject is Subject.DONE:
                     self.answered_done = True

@@ -101,12 +101,13 @@ def test_a_blackholed_client_reconnects_while_the_other_finishes(
     server_factory, client_factory, caplog
 ):
     """After client1's first model arrived, its link swallows everything both ways and
-    closes nothing. client2 (direct) trains on; client1's read of its reply times out
-    (--idle-timeout, short here), it reconnects through the now clean proxy and resends."""
-    listener, events = server_factory()
+    closes nothing. client2 (direct) trains on; client1 hears nothing for three of the
+    intervals the server promised notices at, takes the link for lost, reconnects through
+    the now clean proxy and resends."""
+    listener, events = server_factory(notice_interval=0.5)
     with FaultProxy(listener.server_address, seed=1) as proxy:
         silenced, silenced_events = client_factory(
-            proxy.address, name="client1", reconnect=True, retries=5, idle_timeout=2
+            proxy.address, name="client1", reconnect=True, retries=5
         )
         silenced_events.wait_for(lambda e: e.kind == "model")  # bytes flowed both ways
         _both_ways(proxy, "timeout", connections=[0])
@@ -119,9 +120,46 @@ def test_a_blackholed_client_reconnects_while_the_other_finishes(
     assert first.swallowed["upstream"] > 0  # client1's update went into the hole
     assert [e.kind for e in silenced_events.all()].count("connected") == 2
     assert any(
-        "client1: lost the server (no message within 2 s); reconnecting" in r.getMessage()
+        "client1: lost the server (no message within 1.5 s); reconnecting" in r.getMessage()
         for r in caplog.records
     )
+
+
+@pytest.mark.slow
+def test_a_client_blackholed_in_a_round_reconnects_and_the_round_closes_with_it(
+    server_factory, client_factory, caplog
+):
+    """fedavg rounds of both clients, which wait up to 60 s for each other. client1's link
+    swallows everything after its first model: its update never arrives, and client2 waits
+    in round 1, hearing why every 0.3 s. client1 hears nothing for 0.9 s, reconnects and
+    resends; round 1 closes with both updates, and the run goes on to done."""
+    listener, events = server_factory(
+        aggregation="fedavg", min_clients=2, round_timeout=60, notice_interval=0.3
+    )
+    with FaultProxy(listener.server_address, seed=1) as proxy:
+        silenced, silenced_events = client_factory(
+            proxy.address, name="client1", reconnect=True, retries=5
+        )
+        silenced_events.wait_for(lambda e: e.kind == "model")
+        _both_ways(proxy, "timeout", connections=[0])
+        other, other_events = client_factory(listener.server_address, name="client2")
+        waiting = other_events.wait_for(lambda e: e.kind == "waiting")
+        events.wait_for(lambda e: e.kind == "done")
+        for client in (silenced, other):
+            client.join(WAIT)
+        first = proxy.links[0]
+    assert (silenced.outcome, other.outcome) == ("done", "done"), (silenced.error, other.error)
+    assert first.swallowed["upstream"] > 0  # client1's update went into the hole
+    assert (waiting.round, waiting.detail) == (
+        1,
+        "round 1: waiting for 1 more client (at most 60 s)",
+    )
+    assert any(
+        "client1: lost the server (no message within 0.9 s); reconnecting" in r.getMessage()
+        for r in caplog.records
+    )
+    updates = [e for e in events.all() if e.kind == "update"]
+    assert updates[0].round == 1 and updates[0].peer.count("+") == 1  # both updates in round 1
 
 
 @pytest.mark.slow

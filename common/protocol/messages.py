@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ from common.operators import OPERATORS
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 2  # 2: fitness mode's subjects, ``score`` and ``fitness``
+PROTOCOL_VERSION = 3  # 2: fitness mode's subjects, ``score`` and ``fitness``; 3: ``waiting``
 FITNESS_MODE_VERSION = 2  # the first version whose clients can score members (fitness mode)
+WAITING_VERSION = 3  # the first version whose clients hear ``waiting`` notices
 PICKLE_PROTOCOL = 4  # what Python 3.8-3.13 peers write by default
 CLIENT_MAX_MESSAGE_BYTES = 256 * 2**20  # a client learns the model size only from its first message
 
@@ -36,6 +38,9 @@ class Subject(str, enum.Enum):
     # FITNESS_MODE_VERSION: the server asks a generation's scores, a client sends its losses.
     SCORE = "score"
     FITNESS = "fitness"
+    # Only to clients that announce WAITING_VERSION, every ``notice_interval`` seconds while
+    # their reply is held (a round gathering updates, or --round-delay): a sign of life.
+    WAITING = "waiting"
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,11 @@ CLIENT_TO_SERVER = {
 SERVER_TO_CLIENT = {
     Subject.MODEL: Schema(
         frozenset({"population_weights", "model_json", "num_solutions"}),
-        COMMON_OPTIONAL_KEYS | {"round", "accuracy"} | GA_SETTING_KEYS,
+        # notice_interval: the server's promise of a ``waiting`` notice at least this often
+        # while the client's next reply is held; only to clients announcing WAITING_VERSION.
+        COMMON_OPTIONAL_KEYS | {"round", "accuracy", "notice_interval"} | GA_SETTING_KEYS,
     ),
+    Subject.WAITING: Schema(frozenset({"round", "missing", "closes_in"}), COMMON_OPTIONAL_KEYS),
     Subject.DONE: Schema(frozenset(), COMMON_OPTIONAL_KEYS | {"round", "accuracy"}),
     Subject.SCORE: Schema(
         frozenset({"all_members", "digest"}) | GENERATION_KEYS,
@@ -299,6 +307,7 @@ class ModelRequest:
     ga_settings: Mapping[str, Any] = field(default_factory=dict)
     round: int | None = None  # the server's round count and global accuracy, if sent
     accuracy: float | None = None
+    notice_interval: float | None = None  # seconds; None: the server sends no notices
 
     @property
     def num_solutions(self) -> int:
@@ -308,12 +317,14 @@ class ModelRequest:
     def from_data(cls, data: Mapping) -> ModelRequest:
         population = _population_of(data)
         num_solutions = len(population)
+        interval = data.get("notice_interval")
         return cls(
             data["model_json"],
             population,
             check_ga_settings(data, num_solutions),
             data.get("round"),
             data.get("accuracy"),
+            None if interval is None else _seconds(interval, "notice_interval", low=0.01),
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -323,6 +334,7 @@ class ModelRequest:
             "num_solutions": self.num_solutions,
             "round": self.round,
             "accuracy": self.accuracy,
+            "notice_interval": self.notice_interval,
             **self.ga_settings,
         }
         return {key: value for key, value in data.items() if value is not None}
@@ -350,6 +362,53 @@ class Done:
 
     def to_message(self) -> Message:
         return Message(self.subject, {"round": self.round, "accuracy": self.accuracy})
+
+
+def _seconds(value, what: str, low: float = 0.0) -> float:
+    """``value`` as seconds if it is a number from ``low`` to a day (not a bool)."""
+    if (
+        not isinstance(value, (int, float, np.integer, np.floating))
+        or isinstance(value, bool)
+        or not low <= value <= 86_400
+    ):
+        raise SchemaError(f"{what} {value!r} is not a number of seconds from {low:g} to 86400")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A server's ``waiting``: the reply to the client's last request is held, while round
+    ``round`` awaits ``missing`` more updates, or (``missing`` 0) by --round-delay, for
+    ``closes_in`` seconds at most."""
+
+    subject: ClassVar[Subject] = Subject.WAITING
+    round: int
+    missing: int
+    closes_in: float
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> Waiting:
+        return cls(
+            check_count(data["round"], "round"),
+            check_count(data["missing"], "missing"),
+            _seconds(data["closes_in"], "closes_in"),
+        )
+
+    def to_message(self) -> Message:
+        return Message(
+            self.subject,
+            {"round": self.round, "missing": self.missing, "closes_in": self.closes_in},
+        )
+
+    def describe(self) -> str:
+        """What a client logs and its window shows."""
+        seconds = math.ceil(self.closes_in)
+        if not self.missing:
+            return f"round {self.round}: the reply is held {seconds} s more (pacing)"
+        clients = "client" if self.missing == 1 else "clients"
+        return (
+            f"round {self.round}: waiting for {self.missing} more {clients} (at most {seconds} s)"
+        )
 
 
 def _generation_of(data: Mapping) -> tuple[int, int, int]:
