@@ -200,6 +200,7 @@ class RecvThread(threading.Thread):
         # sequence numbers the server tells resent updates by.
         self.client_id = f"{self.config.name}-{secrets.token_hex(4)}"
         self._sequence = 0  # of the last model update sent
+        self._trained_round: int | None = None  # the server's round in the model last trained
         # How long a reply may keep us waiting without a word: the server's promise of
         # notices (NOTICE_MISSES of its intervals) once it made one, else --idle-timeout.
         self._patience = self.config.idle_timeout
@@ -236,7 +237,7 @@ class RecvThread(threading.Thread):
         if best is None:
             return self._exchange(echo(self.client_id))
         self._sequence += 1
-        update = ClientUpdate(*best, (self.client_id, self._sequence))
+        update = ClientUpdate(*best, (self.client_id, self._sequence), self._trained_round)
         return self._exchange(update.to_message())
 
     def _exchange(self, message: Message) -> ServerReply:
@@ -304,6 +305,7 @@ class RecvThread(threading.Thread):
         if self.attack is not None:
             self.attack.check_federation(WEIGHTS)
         server_round = request.round or 0
+        self._trained_round = request.round
         self._on_event(
             Event(
                 EventKind.MODEL,

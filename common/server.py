@@ -305,6 +305,12 @@ def _update_name(key: tuple[str, int] | None) -> str:
     return "unsequenced" if key is None else "%s#%d" % key
 
 
+def _not_applied(client: str, key: tuple[str, int] | None, reason: str) -> None:
+    """The line that accounts for an update answered without being applied: with the lines
+    of the updates applied, every answered update is in the log once (none lost)."""
+    log.info("client=%s update=%s not applied: %s", client, _update_name(key), reason)
+
+
 def _clients_label(clients: list[str]) -> str:
     """Who made a round, for its log line and history row."""
     return "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
@@ -345,6 +351,7 @@ class GlobalModel:
         self.aggregation.bind(self._score_candidates)
         self.min_clients, self.round_timeout = training.min_clients, training.round_timeout
         self._pending: list[_Entry] = []  # this round's updates so far
+        self._gone: set[str] = set()  # clients that left while this round gathered
         self._round_id = 0
         self._round_deadline = 0.0
         self.network = network
@@ -458,6 +465,8 @@ class GlobalModel:
         """A client left: the rule no longer counts its last update (running-best's mean),
         nor the client its share of the rounds."""
         with self._lock:
+            if self._pending:  # counted as gone in the round's line, unless its update came
+                self._gone.add(client)
             self.aggregation.forget(client)
             self._connected.discard(client)
             self._last_applied.pop(client, None)
@@ -578,19 +587,29 @@ class GlobalModel:
                     )
                     return self._reply()
                 if self.finished.is_set():
+                    _not_applied(client, key, f"training ended ({self.outcome})")
                     return self._reply()
                 if self.aggregation.per_update and self._over_share(client):
                     # Answered at once, never held back: the tutorial's clients give up
                     # after 10 s, and holding one would stall it, not the others.
-                    log.info(
-                        "client=%s update=%s not applied: beyond its share (one in %d "
-                        "applied, one per connected client); answered with the current model",
+                    _not_applied(
                         client,
-                        _update_name(key),
-                        len(self._connected),
+                        key,
+                        f"beyond its share (one in {len(self._connected)} applied, one per "
+                        "connected client); answered with the current model",
                     )
                     self._emit(
                         Event(EventKind.JUDGED, peer=client, round=self.round, detail=OVER_SHARE)
+                    )
+                    return self._reply()
+                if not self.aggregation.per_update and update.round not in (None, self.round):
+                    # Its round closed without it (or it is from another run): a round
+                    # averages updates of one global model, so it trains the current one.
+                    _not_applied(
+                        client,
+                        key,
+                        f"trained for round {update.round + 1}, but round {self.round + 1} "
+                        "is gathering; answered with the current model",
                     )
                     return self._reply()
                 update_accuracy = self._evaluate(update.best_model_weights_vector)
@@ -615,6 +634,7 @@ class GlobalModel:
                     self._pending.append(entry)
                 if len(self._pending) == 1:
                     self._round_deadline = time.monotonic() + self.round_timeout
+                    self._gone = set()
             self._deliver_events()  # the ``scored`` event, before waiting for the round
             while True:
                 notice_at = None if notify is None else time.monotonic() + every
@@ -634,7 +654,7 @@ class GlobalModel:
             now = time.monotonic()
             remaining = self._round_deadline - now
             if len(self._pending) >= self.min_clients or remaining <= 0:
-                self._close_round()
+                self._close_round(timed_out=len(self._pending) < self.min_clients)
             elif notice_at is not None and now >= notice_at:
                 return Waiting(self.round + 1, self.min_clients - len(self._pending), remaining)
             else:
@@ -661,6 +681,8 @@ class GlobalModel:
             if self.finished.is_set():
                 return
             self.outcome = "stopped"
+            for entry in self._pending:
+                _not_applied(entry.client, entry.update.key, "training was stopped")
             self._pending, self._round_id = [], self._round_id + 1
             self.finished.set()
             self._round_closed.notify_all()
@@ -693,16 +715,29 @@ class GlobalModel:
             finally:
                 self._delivering.release()
 
-    def _close_round(self) -> None:
-        """Call with the lock held: aggregate the round's updates once, wake its waiters. A
+    def _close_round(self, timed_out: bool) -> None:
+        """Call with the lock held: aggregate the round's updates once, wake its waiters,
+        after a line that says what it got ("round 12: 2 of 3 updates, 1 client gone"). A
         round the rule cannot protect (fewer updates than ``--byzantine`` needs) is closed
         without aggregating rather than aggregated unprotected; it does not count as a
         round, so neither ``--max-rounds`` nor ``--patience`` runs out on it."""
         pending, self._pending, self._round_id = self._pending, [], self._round_id + 1
+        gone = len(self._gone - {e.client for e in pending})
+        log.info(
+            "round %d: %d of %d updates%s%s; updates=%s",
+            self.round + 1,
+            len(pending),
+            self.min_clients,
+            f", {gone} client{'s' if gone > 1 else ''} gone" if gone else "",
+            f", closed at --round-timeout ({self.round_timeout:g} s)" if timed_out else "",
+            ",".join(_update_name(e.update.key) for e in pending),
+        )
         refusal = self.aggregation.refusal(len(pending))
         if refusal:
             clients = _clients_label([e.client for e in pending])
             log.warning("round %d closed short, not aggregated: %s", self.round + 1, refusal)
+            for entry in pending:
+                _not_applied(entry.client, entry.update.key, f"its round closed short: {refusal}")
             self._emit(Event(EventKind.SHORT, peer=clients, round=self.round, detail=refusal))
         else:
             self._aggregate(pending)

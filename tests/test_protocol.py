@@ -86,7 +86,7 @@ def test_plain_pickle_peers_read_what_we_send(message, schemas):
 
 def test_typed_messages_round_trip_through_their_wire_dicts(pair):
     receiver, sender = pair
-    update = protocol.ClientUpdate(VECTOR, num_samples=7, key=("c1-ab", 3))
+    update = protocol.ClientUpdate(VECTOR, num_samples=7, key=("c1-ab", 3), round=4)
     request = protocol.ModelRequest(
         '{"class_name": "Functional"}',
         np.tile(VECTOR, (10, 1)),
@@ -101,7 +101,7 @@ def test_typed_messages_round_trip_through_their_wire_dicts(pair):
         sender.sendall(protocol.encode(typed.to_message()))
     received = protocol.ClientUpdate.from_data(receiver.receive(CLIENT_TO_SERVER).data, 22)
     np.testing.assert_array_equal(received.best_model_weights_vector, VECTOR)
-    assert (received.num_samples, received.key) == (7, ("c1-ab", 3))
+    assert (received.num_samples, received.key, received.round) == (7, ("c1-ab", 3), 4)
     received = protocol.server_reply(receiver.receive(SERVER_TO_CLIENT))
     np.testing.assert_array_equal(received.population_weights, request.population_weights)
     assert (

@@ -127,3 +127,45 @@ def test_only_clients_announcing_the_version_hear_that_their_round_waits(server_
     closing = [n.closes_in for n in notices]
     assert closing == sorted(closing, reverse=True) and 0 < closing[-1] < closing[0] <= 1.5
     assert events.wait_for(lambda e: e.kind == "update").round == 1
+
+
+def _announcing_peer(address, client_id: str) -> Connection:
+    """A raw peer speaking our protocol version, past its echo: the model is in."""
+    connection = Connection(raw_connection(address), idle_timeout=WAIT)
+    connection.send(protocol.echo(client_id))
+    assert connection.receive(SERVER_TO_CLIENT).subject is Subject.MODEL
+    return connection
+
+
+def _send_update(connection: Connection, client_id: str, sequence: int, trained: int) -> None:
+    update = protocol.ClientUpdate(np.zeros(22, np.float32), 1, (client_id, sequence), trained)
+    connection.send(update.to_message())
+
+
+def test_a_rounds_line_says_what_it_got_and_a_stale_update_is_refused(server_factory, caplog):
+    listener, events = server_factory(aggregation="fedavg", min_clients=3, round_timeout=1.5)
+    a, b, c = (_announcing_peer(listener.server_address, name) for name in "abc")
+    try:
+        _send_update(a, "a", 1, trained=0)
+        events.wait_for(lambda e: e.kind == "scored")  # round 1 is open
+        c.close()  # gone without an update
+        events.wait_for(lambda e: e.kind == "disconnected")
+        _send_update(b, "b", 1, trained=0)
+        for peer in (a, b):
+            assert protocol.server_reply(peer.receive(SERVER_TO_CLIENT)).round == 1
+        assert (
+            "round 1: 2 of 3 updates, 1 client gone, closed at --round-timeout (1.5 s); "
+            "updates=a#1,b#1" in caplog.messages
+        )
+        # Trained on round 0's model, but round 1 closed: it is not averaged into round 2.
+        _send_update(a, "a", 2, trained=0)
+        assert protocol.server_reply(a.receive(SERVER_TO_CLIENT)).round == 1
+    finally:
+        for peer in (a, b, c):
+            peer.close()
+    refusal = [m for m in caplog.messages if "update=a#2 not applied" in m]
+    assert len(refusal) == 1 and refusal[0].endswith(
+        "not applied: trained for round 1, but round 2 is gathering; answered with the "
+        "current model"
+    )
+    assert [e.round for e in events.all() if e.kind == "update"] == [1]

@@ -78,9 +78,12 @@ ROUND_START_KEYS = frozenset(
 
 CLIENT_TO_SERVER = {
     Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
-    # sequence: the sender's count of its model updates, so a resent one is applied once
+    # sequence: the sender's count of its model updates, so a resent one is applied once;
+    # round: the server's round count in the model it trained, so that a round-based rule
+    # applies it only to the round it was trained for
     Subject.MODEL: Schema(
-        frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS | {"sequence", "num_samples"}
+        frozenset({"best_model_weights_vector"}),
+        COMMON_OPTIONAL_KEYS | {"sequence", "num_samples", "round"},
     ),
     Subject.FITNESS: Schema(
         frozenset({"losses", "num_samples", "digest"}) | GENERATION_KEYS, COMMON_OPTIONAL_KEYS
@@ -255,13 +258,15 @@ class ClientUpdate:
     best_model_weights_vector: np.ndarray
     num_samples: int | None = None  # None: not sent (tutorial peers); fedavg counts 1
     key: tuple[str, int] | None = None  # (client_id, sequence), if the client sent one
+    round: int | None = None  # the server's round count in the model trained, if sent
 
     @classmethod
     def from_data(cls, data: Mapping, num_params: int) -> ClientUpdate:
         """The update in a ``model`` message's data; ``SchemaError`` if it is malformed."""
         vector = check_weights_vector(data["best_model_weights_vector"], num_params)
         num_samples = sample_count(data) if "num_samples" in data else None
-        return cls(vector, num_samples, update_key(data))
+        trained = check_count(data["round"], "round") if "round" in data else None
+        return cls(vector, num_samples, update_key(data), trained)
 
     def to_message(self) -> Message:
         data: dict[str, Any] = {
@@ -272,6 +277,8 @@ class ClientUpdate:
             data["client_id"], data["sequence"] = self.key
         if self.num_samples is not None:
             data["num_samples"] = self.num_samples
+        if self.round is not None:
+            data["round"] = self.round
         return Message(self.subject, data)
 
 
