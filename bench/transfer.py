@@ -70,9 +70,10 @@ def model_message(size: int) -> bytes:
     )
 
 
-def _transfer(payload: bytes, receive) -> float:
-    """Seconds from the first ``sendall`` call to the receiver holding the whole message."""
-    receiver, sender = loopback_pair()
+def _transfer(payload: bytes, receive, pair=loopback_pair) -> float:
+    """Seconds from the first ``sendall`` call to the receiver holding the whole message,
+    over a (receiver, sender) ``pair`` of connected sockets."""
+    receiver, sender = pair()
     go = threading.Event()
 
     def send():
@@ -121,22 +122,16 @@ def population_message() -> bytes:
 
 def through_a_slow_link(payload: bytes, kbit: float) -> float:
     """Seconds ``Connection.receive`` (the default deadlines) takes for ``payload`` sent
-    through the proxy at ``kbit`` kbit/s, from the connection on."""
+    through the proxy at ``kbit`` kbit/s."""
     with socket.create_server(("127.0.0.1", 0)) as listening:
         with FaultProxy(listening.getsockname()) as proxy:
             proxy.add_toxic("bandwidth", stream="downstream", rate=kbit * KBIT / 1024)
-            start = time.perf_counter()
-            receiver = socket.create_connection(proxy.address)
-            sender, _ = listening.accept()
-            thread = threading.Thread(target=sender.sendall, args=(payload,), daemon=True)
-            thread.start()
-            try:
-                our_receive(receiver, len(payload))
-                return time.perf_counter() - start
-            finally:
-                receiver.close()
-                sender.close()
-                thread.join(10)
+
+            def through_proxy() -> tuple[socket.socket, socket.socket]:
+                receiver = socket.create_connection(proxy.address)
+                return receiver, listening.accept()[0]
+
+            return _transfer(payload, our_receive, through_proxy)
 
 
 def train_over_a_slow_link(kbit: float) -> tuple[bool, float, str]:
