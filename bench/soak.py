@@ -134,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("common").setLevel(logging.ERROR)  # the clients' reconnect warnings
     print_header(f"bench.soak: {args.minutes:g} minutes, {args.clients} clients, faults")
+    with tempfile.TemporaryDirectory(prefix="fedga-soak-") as folder:
+        return soak(args, Path(folder))
+
+
+def soak(args: argparse.Namespace, folder: Path) -> int:
+    """The run, its files in ``folder``; the exit code."""
     data = export("digits", args.clients, args.seed)
-    folder = Path(tempfile.mkdtemp(prefix="fedga-soak-"))
     (folder / "model.json").write_text(data.model_json)
     np.savez(folder / "test.npz", inputs=data.server_test.inputs, outputs=data.server_test.outputs)
     port = free_port()
