@@ -1,7 +1,8 @@
 """Receiving one message of 1, 10 and 100 MB: our Connection versus raw loopback and the
-tutorial's loop.
+tutorial's loop; and over slow links, a 784-128-10 model's population and a client training
+that model.
 
-    python -m bench.transfer [--sizes 1 10 100] [--repeats 5] [--cap 3]
+    python -m bench.transfer [--sizes 1 10 100] [--repeats 5] [--cap 3] [--slow-links 1000 256]
 
 Each message is a ``model`` reply (a float32 population, the model JSON, the count), sent
 with one ``sendall`` over a fresh 127.0.0.1 TCP connection while the receiver times:
@@ -9,26 +10,44 @@ with one ``sendall`` over a fresh 127.0.0.1 TCP connection while the receiver ti
 - ours: ``Connection.receive`` with the default 1024-byte buffer size, validation included;
 - tutorial: 1024-byte chunks, ``pickle.loads`` retried on the whole buffer (capped).
 Raw and ours take turns, so their ratio is measured under the same load.
+
+Slow links go through the test suite's fault proxy (tests/faults/proxy.py) with its
+``bandwidth`` toxic at each ``--slow-links`` rate (kbit/s; none: skip them, about 3 minutes
+at the defaults): the population of a 784-128-10 Dense model (101,770 parameters, 10 members,
+4.07 MB) received by ``Connection.receive`` with the default deadlines, against size / rate;
+then, at the first rate both ways, our client trains that model for one round with a server.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import socket
 import statistics
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 from bench.common import interleaved, loopback_pair, paired_ratio, print_header, print_table, target
 from bench.plain_peers import DidNotFinish, plain_recv
 from common import protocol
+from common.app import build_global_model
+from common.client import ClientConfig, RecvThread, connect
+from common.data import Dataset
 from common.model import build_xor_model
+from common.modelspec import dense_chain_json
 from common.protocol import Connection, Message, Subject
+from common.server import ListenThread, ServerConfig
+from tests.faults.proxy import STREAMS, FaultProxy
 
 MB = 10**6
 NUM_SOLUTIONS = 10
+MNIST_LAYERS = (784, [(128, "relu"), (10, "softmax")])  # 101,770 parameters
+KBIT = 1000 / 8  # bytes per second in a kbit/s
 
 
 def model_message(size: int) -> bytes:
@@ -51,9 +70,10 @@ def model_message(size: int) -> bytes:
     )
 
 
-def _transfer(payload: bytes, receive) -> float:
-    """Seconds from the first ``sendall`` call to the receiver holding the whole message."""
-    receiver, sender = loopback_pair()
+def _transfer(payload: bytes, receive, pair=loopback_pair) -> float:
+    """Seconds from the first ``sendall`` call to the receiver holding the whole message,
+    over a (receiver, sender) ``pair`` of connected sockets."""
+    receiver, sender = pair()
     go = threading.Event()
 
     def send():
@@ -92,6 +112,103 @@ def our_receive(sock, size: int) -> None:
     assert message.subject is Subject.MODEL
 
 
+def population_message() -> bytes:
+    """A server's ``model`` reply for the 784-128-10 model, as it sends it."""
+    model_json = dense_chain_json(*MNIST_LAYERS)
+    population = np.random.default_rng(0).standard_normal((NUM_SOLUTIONS, 101_770), np.float32)
+    request = protocol.ModelRequest(model_json, population, round=0, accuracy=0.1)
+    return protocol.encode(request.to_message())
+
+
+def through_a_slow_link(payload: bytes, kbit: float) -> float:
+    """Seconds ``Connection.receive`` (the default deadlines) takes for ``payload`` sent
+    through the proxy at ``kbit`` kbit/s."""
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        with FaultProxy(listening.getsockname()) as proxy:
+            proxy.add_toxic("bandwidth", stream="downstream", rate=kbit * KBIT / 1024)
+
+            def through_proxy() -> tuple[socket.socket, socket.socket]:
+                receiver = socket.create_connection(proxy.address)
+                return receiver, listening.accept()[0]
+
+            return _transfer(payload, our_receive, through_proxy)
+
+
+def train_over_a_slow_link(kbit: float) -> tuple[bool, float, str]:
+    """A server with the 784-128-10 model (one round, two generations) and our client
+    through the proxy at ``kbit`` kbit/s both ways: (the round applied the client's update,
+    seconds, what the client said)."""
+    rng = np.random.default_rng(0)
+    inputs = rng.random((300, 784), np.float32)
+    labels = rng.integers(0, 10, 300)
+    with tempfile.TemporaryDirectory() as folder:
+        model, test = Path(folder, "model.json"), Path(folder, "test.npz")
+        model.write_text(dense_chain_json(*MNIST_LAYERS))
+        np.savez(test, inputs=inputs[:100], outputs=labels[:100])
+        config = ServerConfig.of(
+            host="127.0.0.1",
+            port=0,
+            model=str(model),
+            test_data=str(test),
+            max_rounds=1,
+            num_generations=2,
+            seed=0,
+        )
+        rounds: list[int] = []
+        global_model = build_global_model(
+            config, lambda e: rounds.append(e.round) if e.kind == "update" else None
+        )
+    server = ListenThread(global_model, config)
+    with server, FaultProxy(server.server_address) as proxy:
+        for stream in STREAMS:
+            proxy.add_toxic("bandwidth", stream=stream, rate=kbit * KBIT / 1024)
+        start = time.perf_counter()
+        client = RecvThread(
+            sock=connect(*proxy.address, timeout=10),
+            data=Dataset(inputs[100:], labels[100:]),
+            config=ClientConfig(host=proxy.address[0], port=proxy.address[1], name="slow"),
+        )
+        client.start()
+        client.join(600)
+        client.stop()
+        seconds = time.perf_counter() - start
+    said = client.error or f"outcome {client.outcome}"
+    return client.outcome == "done" and rounds == [1], seconds, said
+
+
+def slow_links(rates: list[float]) -> bool:
+    """The slow-link rows and targets; True if every target was met."""
+    payload = population_message()
+    rows, met = [], True
+    for kbit in rates:
+        expected = len(payload) / (kbit * KBIT)
+        try:
+            took = through_a_slow_link(payload, kbit)
+            received = f"{took:.1f} s"
+        except protocol.ProtocolError as exc:
+            took, received = float("inf"), f"cut: {exc}"
+        rows.append(
+            [f"{kbit:g} kbit/s", f"{len(payload) / MB:.2f} MB", f"{expected:.1f} s", received]
+        )
+        met &= target(
+            f"784-128-10 population at {kbit:g} kbit/s received whole within 10% of size / rate",
+            received,
+            f"{expected * 0.9:.1f}-{expected * 1.1:.1f} s",
+            abs(took - expected) <= 0.1 * expected,
+        )
+    print_table(["link", "population", "size / rate", "received by ours"], rows)
+    trained, seconds, said = train_over_a_slow_link(rates[0])
+    print(
+        f"a client at {rates[0]:g} kbit/s both ways, 784-128-10, one round: {said} in {seconds:.0f} s"
+    )
+    return met & target(
+        f"a client on a {rates[0]:g} kbit/s link trains the 784-128-10 model",
+        "its update applied in round 1" if trained else f"no round ({said})",
+        "its update applied in round 1",
+        trained,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100], help="MB")
@@ -101,7 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cap", type=float, default=3.0, help="seconds the tutorial's loop may take per message"
     )
+    parser.add_argument(
+        "--slow-links",
+        type=float,
+        nargs="*",
+        default=[1000, 256],
+        metavar="KBIT",
+        help="link rates in kbit/s for the slow-link rows; none skips them (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    logging.getLogger("common").setLevel(logging.ERROR)  # the slow links' server and client
     print_header("bench.transfer: receiving one message, MB/s (median of interleaved runs)")
 
     rows, ratios, tutorial_speedup = [], {}, {}
@@ -154,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             ">= 50x",
             tutorial_speedup[1] >= 50,
         )
+    if args.slow_links:
+        met &= slow_links(args.slow_links)
     return 0 if met else 1
 
 

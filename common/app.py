@@ -18,12 +18,12 @@ import time
 import numpy as np
 
 from common.data import XOR_TEST_DATA, DataError, Dataset, fit_to_model, load_dataset
-from common.errors import UserError
+from common.errors import Terminated, UserError
 from common.fitness_federation import FITNESS
 from common.model import Network, load_model_file, xor_network
 from common.modelspec import ModelRefused, dense_chain_json
 from common.results import History, plot_history
-from common.server import BindError, GlobalModel, ListenThread, ServerConfig
+from common.server import BindError, GlobalModel, ListenThread, NetworkConfig, ServerConfig
 from common.status import StatusLine
 
 log = logging.getLogger(__name__)
@@ -166,24 +166,39 @@ def _both(first, second):
 
 
 def save_results(config: ServerConfig, global_model: GlobalModel) -> None:
-    """What the config asks to keep once training ended: the best model, the plot."""
+    """What the config asks to keep once training ended: the best model, the plot. A file
+    that cannot be written is one logged sentence; the other is still written."""
     outputs = config.outputs
+
+    def plot(path: str) -> None:
+        plot_history(outputs.history, path)
+        log.info("drew the history to %s", path)
+
+    writes = []
     if outputs.save_model:
-        global_model.save_model(outputs.save_model)
+        writes.append(("the model", outputs.save_model, global_model.save_model))
     if outputs.plot and outputs.history:
-        plot_history(outputs.history, outputs.plot)
-        log.info("drew the history to %s", outputs.plot)
+        writes.append(("the plot", outputs.plot, plot))
+    for what, path, write in writes:
+        try:
+            write(path)
+        except OSError as exc:
+            log.error("Cannot save %s to %s: %s.", what, path, exc.strerror or exc)
 
 
 def serve(config: ServerConfig, on_event=None) -> int:
     """A headless server: build the global model, serve until training ended and every
-    client was answered, save the results; return the exit code."""
+    client was answered, save the results; return the exit code. Ctrl-C or SIGTERM (as
+    ``KeyboardInterrupt`` or ``Terminated``) stops training as Stop Training does and saves
+    the results before it propagates."""
     global_model = build_global_model(config, on_event)
     try:
         server = ListenThread(global_model, config, on_event=on_event)
     except BindError as exc:
         return exit_on_mistake(exc)
-    with server:
+    stopped = None
+    server.start()
+    try:
         host, port = server.server_address
         log.info(
             "listening on %s:%d (model accuracy=%.4f before training; %s)",
@@ -195,19 +210,31 @@ def serve(config: ServerConfig, on_event=None) -> int:
             else f"aggregation {global_model.aggregation}"
             + (" with secure aggregation" if global_model.secure_aggregation else ""),
         )
-        network = config.network
-        while True:
-            if server.wait_all_answered(timeout=1.0):
-                if network.expected_clients and (
-                    len(server.peers_told_done) >= network.expected_clients
-                ):
-                    break
-                quiet_for = time.monotonic() - server.last_connected
-                if quiet_for >= network.linger:
-                    break
-                time.sleep(min(1.0, network.linger - quiet_for))  # a late client may yet come
-    save_results(config, global_model)
+        _serve_until_answered(server, config.network)
+    except (KeyboardInterrupt, Terminated):
+        stopped = time.monotonic()
+        global_model.stop()  # first: it wakes the handlers a round holds, then all hear done
+        raise
+    finally:
+        server.shutdown()
+        save_results(config, global_model)
+        if stopped is not None:
+            log.info("saved the results in %.1f s after the stop", time.monotonic() - stopped)
     return exit_code(global_model)
+
+
+def _serve_until_answered(server: ListenThread, network: NetworkConfig) -> None:
+    """Until training ended and every client was answered; then linger for late ones."""
+    while True:
+        if server.wait_all_answered(timeout=1.0):
+            if network.expected_clients and (
+                len(server.peers_told_done) >= network.expected_clients
+            ):
+                return
+            quiet_for = time.monotonic() - server.last_connected
+            if quiet_for >= network.linger:
+                return
+            time.sleep(min(1.0, network.linger - quiet_for))  # a late client may yet come
 
 
 def exit_code(global_model: GlobalModel) -> int:

@@ -2,16 +2,14 @@
 update sequence number per client id, the best model, and the aggregation rule's own state
 (a server optimiser's moments), in one ``.npz`` file.
 
-``save`` replaces the file atomically (temp file in the same directory, fsync, rename, fsync
-of the directory), so after a crash the file holds either the previous state or the new
-one, never half of either. The temp file has a fixed name, ``PATH.tmp``: one left by a crash
+``save`` replaces the file atomically (``common.atomic``), so after a crash the file holds
+either the previous state or the new one, never half of either; a temp file left by a crash
 in the middle of a save is overwritten and renamed away by the next save. ``load`` reads
 with ``allow_pickle=False``: a checkpoint is plain arrays, and a tampered one cannot run code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from common.atomic import replacing
 from common.errors import CheckpointError
 
 
@@ -55,45 +54,28 @@ class Checkpoint:
 
 def save(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` to ``path`` atomically and durably."""
-    path = os.path.abspath(path)
-    temp = f"{path}.tmp"
     ids = list(checkpoint.sequences)
-    try:
-        with open(temp, "wb") as file:
-            best = checkpoint.best or Best(
-                checkpoint.vector, checkpoint.round, checkpoint.accuracy, np.inf
-            )
-            rule_state: dict[str, Any] = {
-                RULE_PREFIX + name: value for name, value in checkpoint.rule_state.items()
-            }
-            np.savez(
-                file,
-                format=np.int64(FORMAT_VERSION),
-                vector=checkpoint.vector,
-                round=np.int64(checkpoint.round),
-                accuracy=np.float64(checkpoint.accuracy),
-                client_ids=np.array(ids, dtype=np.str_),
-                sequences=np.array([checkpoint.sequences[i] for i in ids], dtype=np.int64),
-                best_vector=best.vector,
-                best_round=np.int64(best.round),
-                best_accuracy=np.float64(best.accuracy),
-                best_loss=np.float64(best.loss),
-                rule=np.str_(checkpoint.rule),
-                **rule_state,
-            )
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    # The rename is durable only once the directory entry itself is on disk.
-    dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    best = checkpoint.best or Best(checkpoint.vector, checkpoint.round, checkpoint.accuracy, np.inf)
+    rule_state: dict[str, Any] = {
+        RULE_PREFIX + name: value for name, value in checkpoint.rule_state.items()
+    }
+    # A file object: given a name, np.savez would append ".npz" to one without it.
+    with replacing(path) as temp, open(temp, "wb") as file:
+        np.savez(
+            file,
+            format=np.int64(FORMAT_VERSION),
+            vector=checkpoint.vector,
+            round=np.int64(checkpoint.round),
+            accuracy=np.float64(checkpoint.accuracy),
+            client_ids=np.array(ids, dtype=np.str_),
+            sequences=np.array([checkpoint.sequences[i] for i in ids], dtype=np.int64),
+            best_vector=best.vector,
+            best_round=np.int64(best.round),
+            best_accuracy=np.float64(best.accuracy),
+            best_loss=np.float64(best.loss),
+            rule=np.str_(checkpoint.rule),
+            **rule_state,
+        )
 
 
 def load(path: str | os.PathLike, num_params: int) -> Checkpoint:

@@ -28,6 +28,7 @@ from common.app import (
     serve,
 )
 from common.client import (
+    NOTICE_MISSES,
     RETRY_FIRST_DELAY,
     RETRY_MAX_DELAY,
     ClientConfig,
@@ -254,6 +255,15 @@ def server_parser() -> argparse.ArgumentParser:
         "a round S seconds after its first update even if fewer came; keep it "
         "under 10 for tutorial clients; fitness mode: leave out a client that has not "
         "scored a generation S seconds after the first did (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--notice-interval",
+        type=positive(float),
+        default=network.notice_interval,
+        metavar="S",
+        help="while a client's reply is held (a round waiting for others, --round-delay), "
+        f"tell it so every S seconds; fedga clients take {NOTICE_MISSES} silent intervals "
+        "for a lost link and reconnect; tutorial clients are told nothing (default: %(default)s)",
     )
     parser.add_argument(
         "--max-clients",

@@ -31,7 +31,7 @@ from common.events import Event, EventKind
 from common.fitness_federation import FITNESS, WEIGHTS, FitnessScorer
 from common.ga import GAConfig
 from common.modelspec import DEFAULT_MAX_PARAMS
-from common.protocol import Connection, Message, ProtocolError
+from common.protocol import Connection, Message, ProtocolError, Subject
 from common.protocol.messages import (
     ClientUpdate,
     Done,
@@ -39,6 +39,7 @@ from common.protocol.messages import (
     ScoreRequest,
     SecureMessage,
     ServerReply,
+    Waiting,
     echo,
     server_reply,
 )
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 CONNECT_RETRY_INTERVAL = 0.5  # seconds between attempts while the server is not up yet
 RETRY_FIRST_DELAY = 0.5  # seconds before the first reconnect attempt after a lost connection
 RETRY_MAX_DELAY = 8.0  # the wait doubles after each failed attempt, up to this
+# A server that promised a ``waiting`` notice every S seconds while a reply is held and then
+# said nothing for this many times S is taken for lost: the link is silent, not the server busy.
+NOTICE_MISSES = 3
 
 
 @dataclass
@@ -203,6 +207,10 @@ class RecvThread(threading.Thread):
         self._secure = SecureParticipant(
             lambda message: self._exchange(message, resend=False), client_id=self.client_id
         )
+        self._trained_round: int | None = None  # the server's round in the model last trained
+        # How long a reply may keep us waiting without a word: the server's promise of
+        # notices (NOTICE_MISSES of its intervals) once it made one, else --idle-timeout.
+        self._patience = self.config.idle_timeout
         self._bytes_sent_before = 0  # on connections lost since, for the run's total
         config = self.config
         # ``collusion``: alie's colluders in this process (a bench); see common.attacks.
@@ -238,7 +246,7 @@ class RecvThread(threading.Thread):
         if self._secure_round is not None:  # masked, in the server's secure rounds
             return self._secure.run(self._secure_round, *best)
         self._sequence += 1
-        update = ClientUpdate(*best, (self.client_id, self._sequence))
+        update = ClientUpdate(*best, (self.client_id, self._sequence), self._trained_round)
         return self._exchange(update.to_message())
 
     def _exchange(self, message: Message, resend: bool = True) -> ServerReply:
@@ -248,7 +256,7 @@ class RecvThread(threading.Thread):
         while True:
             try:
                 self.connection.send(message)
-                reply = self.connection.receive(protocol.SERVER_TO_CLIENT)
+                reply = self._receive_reply()
             # A read that timed out is a lost connection too: a silent link or a slow one
             # below --min-rate looks the same from here, and a fresh connection may fare
             # better. The resend is safe: the server counts an update once by its sequence.
@@ -266,7 +274,24 @@ class RecvThread(threading.Thread):
                 continue
             if self._reconnect is not None:
                 self._reconnect.reset()
-            return server_reply(reply)
+            typed = server_reply(reply)
+            if isinstance(typed, ModelRequest) and typed.notice_interval is not None:
+                self._patience = min(
+                    self.config.idle_timeout, NOTICE_MISSES * typed.notice_interval
+                )
+            return typed
+
+    def _receive_reply(self) -> Message:
+        """The server's reply, after any ``waiting`` notices, each logged and reported. A
+        silence longer than ``_patience`` is a ``ReceiveTimeout``."""
+        while True:
+            self.connection.idle_timeout = self._patience  # each notice starts it again
+            message = self.connection.receive(protocol.SERVER_TO_CLIENT)
+            if message.subject is not Subject.WAITING:
+                return message
+            notice = Waiting.from_data(message.data)
+            log.info("%s: %s", self.config.name, notice.describe())
+            self._on_event(Event(EventKind.WAITING, round=notice.round, detail=notice.describe()))
 
     @property
     def bytes_sent(self) -> int:
@@ -294,6 +319,7 @@ class RecvThread(threading.Thread):
             self.attack.check_federation(WEIGHTS)
         server_round = request.round or 0
         self._secure_round = server_round if request.secure_aggregation else None
+        self._trained_round = request.round
         self._on_event(
             Event(
                 EventKind.MODEL,

@@ -37,7 +37,8 @@ class EventKind(StrEnum):
     JUDGED = "judged"
     SHORT = "short"
     # The client's, besides connected, done and stopped: reconnecting, a model arrived, a GA
-    # generation ended, the update was sent, training failed.
+    # generation ended, the update was sent, the server said why its reply waits
+    # (``waiting``, its words in ``detail``), training failed.
     CONNECTING = "connecting"
     MODEL = "model"
     GENERATION = "generation"

@@ -6,15 +6,19 @@ for Dense stacks is also the order of ``pygad.kerasga``, so tutorial peers read 
 Keras, and TensorFlow under it (seconds to import, half a gigabyte), loads only where it is
 needed (``load_keras``): a ``.keras`` file, or a model that is not a plain Dense chain. A
 Dense chain, the tutorial's XOR model among them, is described, initialised, trained and
-evaluated with NumPy alone, on the server as on the clients.
+evaluated with NumPy alone, on the server as on the clients, and saved without Keras.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import io
+import json
 import logging
 import math
 import os
 import sys
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +27,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common.atomic import replacing
 from common.errors import ModelFileError
-from common.modelspec import DEFAULT_MAX_PARAMS, dense_chain_json
+from common.modelspec import DEFAULT_MAX_PARAMS, dense_chain, dense_chain_json
 
 if TYPE_CHECKING:
     import keras
@@ -113,10 +118,45 @@ class Network:
         return cls(model_json, forward, glorot_vector(forward.shapes, seed))
 
     def save(self, vector: np.ndarray, path: str) -> None:
-        """Write the model with these weights as a ``.keras`` file (this needs Keras)."""
-        model = self.forward.model or model_from_json(self.model_json)
-        model.set_weights(vector_to_weights(vector, self.forward.shapes))
-        model.save(path)
+        """Write the model with these weights as a ``.keras`` file, atomically. A Dense chain
+        held without Keras is written as Keras writes it, without importing TensorFlow (which
+        takes seconds, up to 15 on a busy machine: longer than a stopped container waits)."""
+        weights = vector_to_weights(vector, self.forward.shapes)
+        with replacing(path) as temp:
+            if self.forward.model is None:
+                write_dense_keras(self.model_json, weights, temp)
+            else:
+                self.forward.model.set_weights(weights)
+                self.forward.model.save(temp)
+
+
+def write_dense_keras(model_json: str, weights: list[np.ndarray], path: str) -> None:
+    """A ``.keras`` archive of a Dense chain (``common.modelspec.dense_chain``) with these
+    weights, laid out as Keras 3 writes one: its JSON as ``config.json``, and the kernel and
+    bias of the K-th Dense layer as ``vars/0`` and ``1`` under ``layers/dense_K`` (``dense``
+    for the first) of ``model.weights.h5``: Keras files weights by class and order, not by the
+    layer's name, which it keeps as an attribute."""
+    import h5py  # Keras's own dependency; it imports in a moment
+
+    layers = json.loads(model_json)["config"]["layers"]
+    names = [layer["config"]["name"] for layer in layers if layer["class_name"] == "Dense"]
+    weights_file = io.BytesIO()
+    with h5py.File(weights_file, "w") as store:
+        remaining = iter(weights)
+        for index, (name, (_, _, use_bias, _)) in enumerate(zip(names, dense_chain(model_json))):
+            group = store.create_group(f"layers/dense{f'_{index}' if index else ''}/vars")
+            group.attrs["name"] = name
+            group["0"] = next(remaining)
+            if use_bias:
+                group["1"] = next(remaining)
+    metadata = {
+        "keras_version": importlib.metadata.version("keras"),
+        "date_saved": time.strftime("%Y-%m-%d@%H:%M:%S"),
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", json.dumps(metadata))
+        archive.writestr("config.json", model_json)
+        archive.writestr("model.weights.h5", weights_file.getvalue())
 
 
 def xor_network(seed: int | None = None) -> Network:

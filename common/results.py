@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from common.aggregate import ACTIONS, Verdict
+from common.atomic import replacing
 from common.events import Event, EventKind
 
 FIELDS = (
@@ -135,5 +136,6 @@ def _draw(rows: list[dict[str, str]], png: str) -> None:
         loc="center right", bbox_to_anchor=(1, 0.5), bbox_transform=accuracy_axis.transAxes
     )
     figure.tight_layout()
-    figure.savefig(png)
+    with replacing(png) as temp:
+        figure.savefig(temp)
     plt.close(figure)

@@ -42,7 +42,14 @@ from common.ga import REAL_DATA, GAConfig, loss
 from common.model import Network, accuracy as model_accuracy
 from common.operators import spread_population
 from common.protocol import Connection, Message, ProtocolError, SchemaError, Subject
-from common.protocol.messages import ClientUpdate, Done, ModelRequest, ServerReply
+from common.protocol.messages import (
+    WAITING_VERSION,
+    ClientUpdate,
+    Done,
+    ModelRequest,
+    ServerReply,
+    Waiting,
+)
 from common.secagg.messages import check_threshold
 from common.secure_rounds import SecureRounds
 
@@ -68,6 +75,9 @@ class NetworkConfig:
     max_message_bytes: int | None = None  # None: derived from the model size
     max_clients: int = 128  # connections beyond this are refused with a log line
     round_delay: float = 0.0  # pacing: seconds to hold each model reply, so people can watch
+    # While a reply is held (a round gathering updates, or round_delay), our clients hear a
+    # ``waiting`` notice this often; one that hears nothing for a few is cut off and reconnects.
+    notice_interval: float = 5.0
     # Headless: once done, keep answering newcomers ``done`` until none came for this long, so
     # a client started a little late still ends well instead of finding the server gone.
     linger: float = 5.0
@@ -350,6 +360,12 @@ def _update_name(key: tuple[str, int] | None) -> str:
     return "unsequenced" if key is None else "%s#%d" % key
 
 
+def _not_applied(client: str, key: tuple[str, int] | None, reason: str) -> None:
+    """The line that accounts for an update answered without being applied: with the lines
+    of the updates applied, every answered update is in the log once (none lost)."""
+    log.info("client=%s update=%s not applied: %s", client, _update_name(key), reason)
+
+
 def _clients_label(clients: list[str]) -> str:
     """Who made a round, for its log line and history row."""
     return "+".join(clients) if len(clients) <= 3 else f"{len(clients)} clients"
@@ -391,6 +407,7 @@ class GlobalModel:
         self.min_clients, self.round_timeout = training.min_clients, training.round_timeout
         self.secure_aggregation = training.secure_aggregation  # announced with each model
         self._pending: list[_Entry] = []  # this round's updates so far
+        self._gone: set[str] = set()  # clients that left while this round gathered
         self._round_id = 0
         self._round_deadline = 0.0
         self.network = network
@@ -504,6 +521,8 @@ class GlobalModel:
         """A client left: the rule no longer counts its last update (running-best's mean),
         nor the client its share of the rounds."""
         with self._lock:
+            if self._pending:  # counted as gone in the round's line, unless its update came
+                self._gone.add(client)
             self.aggregation.forget(client)
             self._connected.discard(client)
             self._last_applied.pop(client, None)
@@ -623,14 +642,21 @@ class GlobalModel:
         with self._lock:
             return self._reply()
 
-    def apply_update(self, update: ClientUpdate, client: str) -> ModelRequest | Done:
+    def apply_update(
+        self,
+        update: ClientUpdate,
+        client: str,
+        notify: Callable[[Waiting], None] | None = None,
+        every: float = 5.0,
+    ) -> ModelRequest | Done:
         """Fold one client's best weights into the global model; return the reply to send.
 
         An update whose ``key`` (client_id, sequence) is at or below that client's last
         applied sequence is a resend of one already counted. Each update is scored on the
         test data (a ``scored`` event) before it counts. With a round-based aggregation the
         call waits until its round closes: ``min_clients`` updates arrived, or
-        ``round_timeout`` passed since the round's first one.
+        ``round_timeout`` passed since the round's first one; meanwhile ``notify`` (if given)
+        is told what the round waits for every ``every`` seconds, without the lock.
         """
         key = update.key
         try:
@@ -644,19 +670,29 @@ class GlobalModel:
                     )
                     return self._reply()
                 if self.finished.is_set():
+                    _not_applied(client, key, f"training ended ({self.outcome})")
                     return self._reply()
                 if self.aggregation.per_update and self._over_share(client):
                     # Answered at once, never held back: the tutorial's clients give up
                     # after 10 s, and holding one would stall it, not the others.
-                    log.info(
-                        "client=%s update=%s not applied: beyond its share (one in %d "
-                        "applied, one per connected client); answered with the current model",
+                    _not_applied(
                         client,
-                        _update_name(key),
-                        len(self._connected),
+                        key,
+                        f"beyond its share (one in {len(self._connected)} applied, one per "
+                        "connected client); answered with the current model",
                     )
                     self._emit(
                         Event(EventKind.JUDGED, peer=client, round=self.round, detail=OVER_SHARE)
+                    )
+                    return self._reply()
+                if not self.aggregation.per_update and update.round not in (None, self.round):
+                    # Its round closed without it (or it is from another run): a round
+                    # averages updates of one global model, so it trains the current one.
+                    _not_applied(
+                        client,
+                        key,
+                        f"trained for round {update.round + 1}, but round {self.round + 1} "
+                        "is gathering; answered with the current model",
                     )
                     return self._reply()
                 update_accuracy = self._evaluate(update.best_model_weights_vector)
@@ -681,17 +717,32 @@ class GlobalModel:
                     self._pending.append(entry)
                 if len(self._pending) == 1:
                     self._round_deadline = time.monotonic() + self.round_timeout
+                    self._gone = set()
             self._deliver_events()  # the ``scored`` event, before waiting for the round
-            with self._lock:  # meanwhile another update or stop() may have closed it
-                while self._round_id == round_id:
-                    remaining = self._round_deadline - time.monotonic()
-                    if len(self._pending) >= self.min_clients or remaining <= 0:
-                        self._close_round()
-                    else:
-                        self._round_closed.wait(remaining)
-                return self._reply()
+            while True:
+                notice_at = None if notify is None else time.monotonic() + every
+                with self._lock:  # meanwhile another update or stop() may have closed it
+                    notice = self._await_round(round_id, notice_at)
+                    if notice is None:
+                        return self._reply()
+                notify(notice)
         finally:
             self._deliver_events()
+
+    def _await_round(self, round_id: int, notice_at: float | None) -> Waiting | None:
+        """Call with the lock held: wait until round ``round_id`` closed, closing it once it
+        has ``min_clients`` updates or its deadline passed, and return None; or until
+        ``notice_at`` (a time.monotonic()) and return what the round still waits for."""
+        while self._round_id == round_id:
+            now = time.monotonic()
+            remaining = self._round_deadline - now
+            if len(self._pending) >= self.min_clients or remaining <= 0:
+                self._close_round(timed_out=len(self._pending) < self.min_clients)
+            elif notice_at is not None and now >= notice_at:
+                return Waiting(self.round + 1, self.min_clients - len(self._pending), remaining)
+            else:
+                self._round_closed.wait(remaining if notice_at is None else notice_at - now)
+        return None
 
     def apply_round(self, updates: Mapping[str, ClientUpdate]) -> ModelRequest | Done:
         """Aggregate a whole round gathered elsewhere, each update by its client's name, as
@@ -713,6 +764,8 @@ class GlobalModel:
             if self.finished.is_set():
                 return
             self.outcome = "stopped"
+            for entry in self._pending:
+                _not_applied(entry.client, entry.update.key, "training was stopped")
             self._pending, self._round_id = [], self._round_id + 1
             self.finished.set()
             self._round_closed.notify_all()
@@ -745,16 +798,29 @@ class GlobalModel:
             finally:
                 self._delivering.release()
 
-    def _close_round(self) -> None:
-        """Call with the lock held: aggregate the round's updates once, wake its waiters. A
+    def _close_round(self, timed_out: bool) -> None:
+        """Call with the lock held: aggregate the round's updates once, wake its waiters,
+        after a line that says what it got ("round 12: 2 of 3 updates, 1 client gone"). A
         round the rule cannot protect (fewer updates than ``--byzantine`` needs) is closed
         without aggregating rather than aggregated unprotected; it does not count as a
         round, so neither ``--max-rounds`` nor ``--patience`` runs out on it."""
         pending, self._pending, self._round_id = self._pending, [], self._round_id + 1
+        gone = len(self._gone - {e.client for e in pending})
+        log.info(
+            "round %d: %d of %d updates%s%s; updates=%s",
+            self.round + 1,
+            len(pending),
+            self.min_clients,
+            f", {gone} client{'s' if gone > 1 else ''} gone" if gone else "",
+            f", closed at --round-timeout ({self.round_timeout:g} s)" if timed_out else "",
+            ",".join(_update_name(e.update.key) for e in pending),
+        )
         refusal = self.aggregation.refusal(len(pending))
         if refusal:
             clients = _clients_label([e.client for e in pending])
             log.warning("round %d closed short, not aggregated: %s", self.round + 1, refusal)
+            for entry in pending:
+                _not_applied(entry.client, entry.update.key, f"its round closed short: {refusal}")
             self._emit(Event(EventKind.SHORT, peer=clients, round=self.round, detail=refusal))
         else:
             self._aggregate(pending)
@@ -946,7 +1012,32 @@ class SocketThread(threading.Thread):
                 "runs weights mode (--federation weights)"
             )
         update = ClientUpdate.from_data(message.data, self.global_model.num_params)
-        return self.global_model.apply_update(update, self.peer)
+        return self.global_model.apply_update(
+            update, self.peer, self._notifier(message), self.server.config.network.notice_interval
+        )
+
+    def _notifier(self, message: Message) -> Callable[[Waiting], None] | None:
+        """How to tell this client why its reply is held, if it can hear it: only clients
+        announcing WAITING_VERSION know ``waiting``; a plain-pickle peer would take it for
+        its reply."""
+        version = message.data.get("protocol_version")
+        if not isinstance(version, int) or version < WAITING_VERSION:
+            return None
+        return lambda notice: self.connection.send(notice.to_message())
+
+    def _hold(self, reply: ModelRequest, notify: Callable[[Waiting], None] | None) -> bool:
+        """--round-delay: hold ``reply`` that long, with notices as a round's wait has; True
+        if stop() came meanwhile."""
+        network = self.server.config.network
+        end = time.monotonic() + network.round_delay
+        while (remaining := end - time.monotonic()) > 0:
+            if self._stopping.wait(
+                remaining if notify is None else min(remaining, network.notice_interval)
+            ):
+                return True
+            if notify is not None and end > time.monotonic():
+                notify(Waiting(reply.round or 0, 0, end - time.monotonic()))
+        return False
 
     def run(self) -> None:
         self.global_model.join(self.peer)
@@ -959,10 +1050,16 @@ class SocketThread(threading.Thread):
                     Event(EventKind.REQUEST, peer=self.peer, detail=message.subject.value)
                 )
                 response = self.reply(message)
-                if response.subject is Subject.MODEL and self._stopping.wait(
-                    self.server.config.network.round_delay
-                ):
-                    break
+                # Notices come only from weights mode's rounds (not yet from fitness mode's
+                # generations or secure rounds' stages): only there is the promise kept.
+                notify = self._notifier(message) if self.server.federation is None else None
+                if isinstance(response, ModelRequest):
+                    if notify is not None:  # the promise the client's patience is sized by
+                        response = dataclasses.replace(
+                            response, notice_interval=self.server.config.network.notice_interval
+                        )
+                    if self._hold(response, notify):
+                        break
                 self.connection.send(response.to_message())
                 if response.subject is Subject.DONE:
                     self.answered_done = True

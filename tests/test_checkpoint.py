@@ -7,11 +7,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from common import checkpoint, protocol
+from common import atomic, checkpoint, protocol
 from common.checkpoint import Checkpoint, CheckpointError
 from common.data import XOR_TEST_DATA
 from common.model import xor_network
@@ -46,7 +47,7 @@ def test_save_then_load_round_trips(tmp_path, sequences):
 def test_save_replaces_the_previous_state_and_a_crashed_saves_leftover(tmp_path):
     path = tmp_path / "state.npz"
     checkpoint.save(path, _state(round_=1))
-    (tmp_path / "state.npz.tmp").write_bytes(b"half a checkpoint")  # a save killed midway
+    Path(atomic.temp_name(path)).write_bytes(b"half a checkpoint")  # a save killed midway
     checkpoint.save(path, _state(round_=2))
     assert checkpoint.load(path, NUM_PARAMS).round == 2
     assert os.listdir(tmp_path) == ["state.npz"]

@@ -1,5 +1,6 @@
-"""Faults injected into real processes: a client killed mid-round, and a server killed
-mid-training and restarted from its checkpoint, with every update counted exactly once."""
+"""Faults injected into real processes: a client killed mid-round, a server killed
+mid-training and restarted from its checkpoint, with every update counted exactly once, and
+a server stopped by a signal, which saves its results first."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ import pytest
 
 from common import checkpoint
 from common.checkpoint import CheckpointError
+from common.data import XOR_TEST_DATA
+from common.model import load_model_file
 from common.ports import free_port
 from tests.test_cli import Script
+from tests.test_startup import PROBED
 
 pytestmark = pytest.mark.slow  # each test starts, kills and restarts processes
 
@@ -121,3 +125,54 @@ def test_a_server_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
     assert (final.round, final.accuracy) == (after[-1][0], 1.0)
     assert os.listdir(tmp_path) == ["state.npz"]
     assert "Traceback" not in outputs
+
+
+SAVED = re.compile(r"saved the best global model \(round (\d+), accuracy=(\S+)\)")
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"]
+)
+def test_a_stopped_server_saves_its_model_and_plot_first(tmp_path, signum, code):
+    model, history, plot = tmp_path / "best.keras", tmp_path / "history.csv", tmp_path / "plot.png"
+    address = ["--headless", "--host", "127.0.0.1", "--port", str(free_port())]
+    outputs = ["--save-model", str(model), "--history", str(history), "--plot", str(plot)]
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(
+            Script(
+                "server.py",
+                *address,
+                *outputs,
+                "--target-accuracy",
+                "2",  # out of reach: only the signal ends this training
+                "--aggregation",
+                "running-average",
+                env=PROBED,  # says if it imports Keras, which could take longer than allowed
+            )
+        )
+        server.wait_for_line("listening on")
+        stack.enter_context(Script("client1.py", *address))
+        server.wait_for_line("round=3 ")
+        server.process.send_signal(signum)
+        assert server.finish() == code, server.output()
+    output = server.output()
+    assert "Traceback" not in output
+    assert "stopped by request after" in output
+    assert f"drew the history to {plot}" in output
+    assert "saved the results in " in output
+    assert "heavy import" not in output  # the .keras file was written without Keras
+    rounds = _rounds(server)
+    assert [r for r, _ in rounds] == list(range(1, len(rounds) + 1))
+    (best_round, best_accuracy), *_ = (
+        (int(m[1]), float(m[2])) for m in map(SAVED.search, server.lines) if m
+    )
+    assert best_round <= len(rounds)  # the initial model (round 0) may be the best
+
+    # Whole files, and no temporary one left: the model scores what the log says.
+    assert sorted(os.listdir(tmp_path)) == ["best.keras", "history.csv", "plot.png"]
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    saved = load_model_file(str(model))
+    accuracy = saved.forward.accuracy(
+        saved.initial_vector, XOR_TEST_DATA.inputs, XOR_TEST_DATA.outputs
+    )
+    assert accuracy == pytest.approx(best_accuracy, abs=1e-4)

@@ -56,6 +56,7 @@ MESSAGES = [
         SERVER_TO_CLIENT,
     ),
     (Message(Subject.DONE, {"accuracy": 1.0}), SERVER_TO_CLIENT),
+    (Message(Subject.WAITING, {"round": 12, "missing": 2, "closes_in": 4.5}), SERVER_TO_CLIENT),
 ]
 
 
@@ -86,20 +87,22 @@ def test_plain_pickle_peers_read_what_we_send(message, schemas):
 
 def test_typed_messages_round_trip_through_their_wire_dicts(pair):
     receiver, sender = pair
-    update = protocol.ClientUpdate(VECTOR, num_samples=7, key=("c1-ab", 3))
+    update = protocol.ClientUpdate(VECTOR, num_samples=7, key=("c1-ab", 3), round=4)
     request = protocol.ModelRequest(
         '{"class_name": "Functional"}',
         np.tile(VECTOR, (10, 1)),
         {"num_generations": 5, "operators": "tutorial"},
         round=3,
         accuracy=0.75,
+        notice_interval=2.5,
     )
     done = protocol.Done(round=4, accuracy=1.0)
-    for typed in (update, request, done):
+    waiting = protocol.Waiting(round=12, missing=2, closes_in=4.5)
+    for typed in (update, request, done, waiting):
         sender.sendall(protocol.encode(typed.to_message()))
     received = protocol.ClientUpdate.from_data(receiver.receive(CLIENT_TO_SERVER).data, 22)
     np.testing.assert_array_equal(received.best_model_weights_vector, VECTOR)
-    assert (received.num_samples, received.key) == (7, ("c1-ab", 3))
+    assert (received.num_samples, received.key, received.round) == (7, ("c1-ab", 3), 4)
     received = protocol.server_reply(receiver.receive(SERVER_TO_CLIENT))
     np.testing.assert_array_equal(received.population_weights, request.population_weights)
     assert (
@@ -108,8 +111,25 @@ def test_typed_messages_round_trip_through_their_wire_dicts(pair):
         received.round,
         received.accuracy,
         received.num_solutions,
-    ) == (request.model_json, request.ga_settings, 3, 0.75, 10)
+        received.notice_interval,
+    ) == (request.model_json, request.ga_settings, 3, 0.75, 10, 2.5)
     assert protocol.server_reply(receiver.receive(SERVER_TO_CLIENT)) == done
+    assert protocol.Waiting.from_data(receiver.receive(SERVER_TO_CLIENT).data) == waiting
+    assert waiting.describe() == "round 12: waiting for 2 more clients (at most 5 s)"
+
+
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        ({"round": 1, "missing": -1, "closes_in": 1.0}, "missing -1 is not a count"),
+        ({"round": 1, "missing": 1, "closes_in": float("nan")}, "closes_in nan is not a number"),
+        ({"round": True, "missing": 1, "closes_in": 1.0}, "round True is not a count"),
+        ({"round": 1, "missing": 1, "closes_in": "soon"}, "closes_in 'soon' is not a number"),
+    ],
+)
+def test_a_bad_waiting_notice_is_refused_in_one_sentence(data, match):
+    with pytest.raises(protocol.SchemaError, match=match):
+        protocol.Waiting.from_data(data)
 
 
 def test_a_plain_peers_update_and_the_tutorials_done_become_typed_messages():

@@ -1,5 +1,6 @@
 """Round-based aggregation in the server: rounds close on --min-clients or --round-timeout,
-every waiting client gets its reply, and median resists a poisoning client where fedavg fails."""
+every waiting client gets its reply (and, if it announced the protocol version, notices while
+it waits), and median resists a poisoning client where fedavg fails."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import numpy as np
 import pytest
 
 from bench.plain_peers import plain_recv, plain_send
+from common import protocol
 from common.data import XOR_TEST_DATA
+from common.protocol import SERVER_TO_CLIENT, Connection, Message, Subject
+from common.protocol.messages import WAITING_VERSION
 from tests.conftest import WAIT, raw_connection
 
 
@@ -89,3 +93,79 @@ def test_one_poisoning_client_wrecks_fedavg_but_not_median(
     stop.set()
     listener.shutdown()
     poisoner.join(WAIT)
+
+
+def test_only_clients_announcing_the_version_hear_that_their_round_waits(server_factory):
+    """A round of --min-clients 3 gets two updates and closes at its timeout: the client that
+    announced WAITING_VERSION hears notices every --notice-interval meanwhile, the plain
+    pickle peer (the tutorial's client) only its reply."""
+    listener, events = server_factory(
+        aggregation="fedavg", min_clients=3, round_timeout=1.5, notice_interval=0.2
+    )
+    vector = {"best_model_weights_vector": np.zeros(22)}
+    announced = {"protocol_version": WAITING_VERSION, "client_id": "ours-1"}
+    with (
+        raw_connection(listener.server_address) as plain,
+        raw_connection(listener.server_address) as ours,
+    ):
+        plain_send(plain, "echo", {"best_model_weights_vector": None})
+        assert "notice_interval" not in plain_recv(plain)["data"]
+        connection = Connection(ours, idle_timeout=WAIT)
+        connection.send(Message(Subject.ECHO, {**vector, **announced}))
+        first = protocol.server_reply(connection.receive(SERVER_TO_CLIENT))
+        assert first.notice_interval == 0.2  # the promise the client's patience is sized by
+
+        plain_send(plain, "model", vector)
+        connection.send(Message(Subject.MODEL, {**vector, **announced, "sequence": 1}))
+        assert plain_recv(plain)["subject"] == "model"  # after the round closed, nothing before
+        notices = []
+        while (message := connection.receive(SERVER_TO_CLIENT)).subject is Subject.WAITING:
+            notices.append(protocol.Waiting.from_data(message.data))
+        assert message.subject is Subject.MODEL
+    assert len(notices) >= 3  # 1.5 s of waiting, one every 0.2 s (fewer on a busy machine)
+    assert {(n.round, n.missing) for n in notices} == {(1, 1)}
+    closing = [n.closes_in for n in notices]
+    assert closing == sorted(closing, reverse=True) and 0 < closing[-1] < closing[0] <= 1.5
+    assert events.wait_for(lambda e: e.kind == "update").round == 1
+
+
+def _announcing_peer(address, client_id: str) -> Connection:
+    """A raw peer speaking our protocol version, past its echo: the model is in."""
+    connection = Connection(raw_connection(address), idle_timeout=WAIT)
+    connection.send(protocol.echo(client_id))
+    assert connection.receive(SERVER_TO_CLIENT).subject is Subject.MODEL
+    return connection
+
+
+def _send_update(connection: Connection, client_id: str, sequence: int, trained: int) -> None:
+    update = protocol.ClientUpdate(np.zeros(22, np.float32), 1, (client_id, sequence), trained)
+    connection.send(update.to_message())
+
+
+def test_a_rounds_line_says_what_it_got_and_a_stale_update_is_refused(server_factory, caplog):
+    listener, events = server_factory(aggregation="fedavg", min_clients=3, round_timeout=1.5)
+    a, b, c = (_announcing_peer(listener.server_address, name) for name in "abc")
+    try:
+        _send_update(a, "a", 1, trained=0)
+        events.wait_for(lambda e: e.kind == "scored")  # round 1 is open
+        c.close()  # gone without an update
+        events.wait_for(lambda e: e.kind == "disconnected")
+        _send_update(b, "b", 1, trained=0)
+        for peer in (a, b):
+            assert protocol.server_reply(peer.receive(SERVER_TO_CLIENT)).round == 1
+        assert (
+            "round 1: 2 of 3 updates, 1 client gone, closed at --round-timeout (1.5 s); "
+            "updates=a#1,b#1" in caplog.messages
+        )
+        # Trained on round 0's model, but round 1 closed: it is not averaged into round 2.
+        _send_update(a, "a", 2, trained=0)
+        assert protocol.server_reply(a.receive(SERVER_TO_CLIENT)).round == 1
+    finally:
+        for peer in (a, b, c):
+            peer.close()
+    refusal = [m for m in caplog.messages if "update=a#2 not applied" in m]
+    assert len(refusal) == 1 and refusal[0].endswith(
+        "not applied: trained for round 1, but round 2 is gathering; answered with the "
+        "current model"
+    )
+    assert [e.round for e in events.all() if e.kind == "update"] == [1]

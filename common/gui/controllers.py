@@ -917,6 +917,8 @@ class ClientController(_Controller):
                 SECURE: f"Sent round {event.round}'s update masked: the server sees only the sum",
             }.get(event.detail, f"Sent the trained model of round {event.round}")
             self._show(f"{sent}; waiting for the server", enable=("close",))
+        elif event.kind is EventKind.WAITING:  # "round 12: waiting for 2 more clients ..."
+            self._show(event.detail.capitalize(), enable=("close",))
         elif event.kind is EventKind.DONE:
             accuracy = "" if event.accuracy is None else f": accuracy {event.accuracy:.2f}"
             self._show(f"Training is done{accuracy}", enable=("close",))

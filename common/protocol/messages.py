@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,9 +37,10 @@ from common.secagg.ring import RingSpec
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 3  # 2: fitness mode's subjects, ``score`` and ``fitness``; 3: secure rounds
+PROTOCOL_VERSION = 3  # 2: fitness mode's ``score`` and ``fitness``; 3: secure rounds, ``waiting``
 FITNESS_MODE_VERSION = 2  # the first version whose clients can score members (fitness mode)
 SECURE_AGGREGATION_VERSION = 3  # the first whose clients take part in secure rounds
+WAITING_VERSION = 3  # the first version whose clients hear ``waiting`` notices
 PICKLE_PROTOCOL = 4  # what Python 3.8-3.13 peers write by default
 CLIENT_MAX_MESSAGE_BYTES = 256 * 2**20  # a client learns the model size only from its first message
 
@@ -62,6 +64,9 @@ class Subject(str, enum.Enum):
     SECAGG_MASKED = "secagg_masked"  # client: its masked update and count
     SECAGG_UNMASK = "secagg_unmask"  # server: who survived and who dropped
     SECAGG_REVEAL = "secagg_reveal"  # client: the shares that remove the masks
+    # Only to clients that announce WAITING_VERSION, every ``notice_interval`` seconds while
+    # their reply is held (a round gathering updates, or --round-delay): a sign of life.
+    WAITING = "waiting"
 
 
 @dataclass(frozen=True)
@@ -120,9 +125,12 @@ SECURE_FROM_CLIENT = (  # the others are the server's
 
 CLIENT_TO_SERVER = {
     Subject.ECHO: Schema(frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS),
-    # sequence: the sender's count of its model updates, so a resent one is applied once
+    # sequence: the sender's count of its model updates, so a resent one is applied once;
+    # round: the server's round count in the model it trained, so that a round-based rule
+    # applies it only to the round it was trained for
     Subject.MODEL: Schema(
-        frozenset({"best_model_weights_vector"}), COMMON_OPTIONAL_KEYS | {"sequence", "num_samples"}
+        frozenset({"best_model_weights_vector"}),
+        COMMON_OPTIONAL_KEYS | {"sequence", "num_samples", "round"},
     ),
     Subject.FITNESS: Schema(
         frozenset({"losses", "num_samples", "digest"}) | GENERATION_KEYS, COMMON_OPTIONAL_KEYS
@@ -136,8 +144,13 @@ SERVER_TO_CLIENT = {
     # secure_aggregation: true when the round's updates go through a secure round
     Subject.MODEL: Schema(
         frozenset({"population_weights", "model_json", "num_solutions"}),
-        COMMON_OPTIONAL_KEYS | {"round", "accuracy", "secure_aggregation"} | GA_SETTING_KEYS,
+        # notice_interval: the server's promise of a ``waiting`` notice at least this often
+        # while the client's next reply is held; only to clients announcing WAITING_VERSION.
+        COMMON_OPTIONAL_KEYS
+        | {"round", "accuracy", "secure_aggregation", "notice_interval"}
+        | GA_SETTING_KEYS,
     ),
+    Subject.WAITING: Schema(frozenset({"round", "missing", "closes_in"}), COMMON_OPTIONAL_KEYS),
     Subject.DONE: Schema(frozenset(), COMMON_OPTIONAL_KEYS | {"round", "accuracy"}),
     Subject.SCORE: Schema(
         frozenset({"all_members", "digest"}) | GENERATION_KEYS,
@@ -304,13 +317,15 @@ class ClientUpdate:
     best_model_weights_vector: np.ndarray
     num_samples: int | None = None  # None: not sent (tutorial peers); fedavg counts 1
     key: tuple[str, int] | None = None  # (client_id, sequence), if the client sent one
+    round: int | None = None  # the server's round count in the model trained, if sent
 
     @classmethod
     def from_data(cls, data: Mapping, num_params: int) -> ClientUpdate:
         """The update in a ``model`` message's data; ``SchemaError`` if it is malformed."""
         vector = check_weights_vector(data["best_model_weights_vector"], num_params)
         num_samples = sample_count(data) if "num_samples" in data else None
-        return cls(vector, num_samples, update_key(data))
+        trained = check_count(data["round"], "round") if "round" in data else None
+        return cls(vector, num_samples, update_key(data), trained)
 
     def to_message(self) -> Message:
         data: dict[str, Any] = {
@@ -321,6 +336,8 @@ class ClientUpdate:
             data["client_id"], data["sequence"] = self.key
         if self.num_samples is not None:
             data["num_samples"] = self.num_samples
+        if self.round is not None:
+            data["round"] = self.round
         return Message(self.subject, data)
 
 
@@ -358,6 +375,7 @@ class ModelRequest:
     accuracy: float | None = None
     # The trained update goes through a secure round (common.secure_rounds), never in the clear.
     secure_aggregation: bool = False
+    notice_interval: float | None = None  # seconds; None: the server sends no notices
 
     @property
     def num_solutions(self) -> int:
@@ -370,6 +388,7 @@ class ModelRequest:
         secure = data.get("secure_aggregation", False)
         if not isinstance(secure, bool):
             raise SchemaError(f"secure_aggregation {secure!r} is not true or false")
+        interval = data.get("notice_interval")
         return cls(
             data["model_json"],
             population,
@@ -377,6 +396,7 @@ class ModelRequest:
             data.get("round"),
             data.get("accuracy"),
             secure,
+            None if interval is None else _seconds(interval, "notice_interval", low=0.01),
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -387,6 +407,7 @@ class ModelRequest:
             "round": self.round,
             "accuracy": self.accuracy,
             "secure_aggregation": self.secure_aggregation or None,  # unsent when off
+            "notice_interval": self.notice_interval,
             **self.ga_settings,
         }
         return {key: value for key, value in data.items() if value is not None}
@@ -414,6 +435,53 @@ class Done:
 
     def to_message(self) -> Message:
         return Message(self.subject, {"round": self.round, "accuracy": self.accuracy})
+
+
+def _seconds(value, what: str, low: float = 0.0) -> float:
+    """``value`` as seconds if it is a number from ``low`` to a day (not a bool)."""
+    if (
+        not isinstance(value, (int, float, np.integer, np.floating))
+        or isinstance(value, bool)
+        or not low <= value <= 86_400
+    ):
+        raise SchemaError(f"{what} {value!r} is not a number of seconds from {low:g} to 86400")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A server's ``waiting``: the reply to the client's last request is held, while round
+    ``round`` awaits ``missing`` more updates, or (``missing`` 0) by --round-delay, for
+    ``closes_in`` seconds at most."""
+
+    subject: ClassVar[Subject] = Subject.WAITING
+    round: int
+    missing: int
+    closes_in: float
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> Waiting:
+        return cls(
+            check_count(data["round"], "round"),
+            check_count(data["missing"], "missing"),
+            _seconds(data["closes_in"], "closes_in"),
+        )
+
+    def to_message(self) -> Message:
+        return Message(
+            self.subject,
+            {"round": self.round, "missing": self.missing, "closes_in": self.closes_in},
+        )
+
+    def describe(self) -> str:
+        """What a client logs and its window shows."""
+        seconds = math.ceil(self.closes_in)
+        if not self.missing:
+            return f"round {self.round}: the reply is held {seconds} s more (pacing)"
+        clients = "client" if self.missing == 1 else "clients"
+        return (
+            f"round {self.round}: waiting for {self.missing} more {clients} (at most {seconds} s)"
+        )
 
 
 def _generation_of(data: Mapping) -> tuple[int, int, int]:

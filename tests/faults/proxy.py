@@ -285,6 +285,10 @@ class FaultProxy:
         workers = [asyncio.create_task(part) for part in parts]
         try:
             await run.done.wait()
+        except asyncio.CancelledError:
+            # The proxy is closing: this link ends as any other. Left cancelled, the task
+            # would be reported by asyncio's stream callback as an error with a traceback.
+            pass
         finally:
             for worker in workers:
                 worker.cancel()

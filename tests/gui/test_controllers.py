@@ -349,6 +349,23 @@ def test_federated_run_through_the_window_controllers(make_server, make_client, 
     )
 
 
+def test_a_client_window_says_why_its_round_waits(make_server, make_client, main_thread):
+    server = make_server(
+        seed=1, aggregation="fedavg", min_clients=2, round_timeout=60, notice_interval=0.2
+    )
+    port = listen(server)
+    client = make_client(seed=1)
+    client.create()
+    client.connect("127.0.0.1", port)
+    main_thread.run_until(lambda: enabled(client) == {"train", "close"})
+    client.train()
+    main_thread.run_until(lambda: client.status.startswith("Round 1: waiting"))
+    assert re.fullmatch(r"Round 1: waiting for 1 more client \(at most \d+ s\)", client.status)
+    assert enabled(client) == {"close"}
+    server.stop_training()  # the round is dropped and the client told done
+    main_thread.run_until(lambda: client.status.startswith("Training is done"))
+
+
 # ---- security fields ---------------------------------------------------------------------
 
 
