@@ -36,8 +36,9 @@ key and the round complete with the other 9 updates. End to end: digits, 3 clien
 defaults, ``--e2e-rounds`` rounds with and without ``--secure-aggregation``, per split seed,
 the saved model scored on the held-out quarter the server never sees.
 
-How long: see docs/performance.md (about 16 minutes at the defaults on 2 cores beside another
-benchmark; the 30-client rounds spend most of theirs in the server's pure-Python Shamir).
+How long: 9 minutes at the defaults on 2 cores beside another benchmark (docs/performance.md),
+two thirds of it the six end-to-end runs (~1 minute each); a secure round of 30 clients takes
+seconds, most of them the server's pure-Python Shamir combines.
 """
 
 from __future__ import annotations
