@@ -839,7 +839,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.rounds < 2:
+        cli.error("--rounds must be at least 2: the first round also connects, and is not timed")
     # Clients log their training and the secure rounds their stages: the tables say it all.
     logging.getLogger("common").setLevel(logging.ERROR)
     print_header(
