@@ -20,7 +20,7 @@ def test_the_smallest_configuration_meets_the_targets_it_can_hold(tmp_path, caps
     assert secagg.check_sum(results)
     assert secagg.check_upload(results)
     assert secagg.check_killed(results)
-    assert secagg.check_leakage(results)
+    assert secagg.check_leakage(results)  # 20 vectors: by chance, 1 run in ~800 fails
     # After 2 rounds on a shared machine, these two say only that they run.
     for check in (secagg.check_round_time, secagg.check_end_to_end):
         assert check(results) in (True, False)
