@@ -11,7 +11,6 @@ evaluated with NumPy alone, on the server as on the clients, and saved without K
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import json
 import logging
@@ -136,6 +135,10 @@ def write_dense_keras(model_json: str, weights: list[np.ndarray], path: str) -> 
     bias of the K-th Dense layer as ``vars/0`` and ``1`` under ``layers/dense_K`` (``dense``
     for the first) of ``model.weights.h5``: Keras files weights by class and order, not by the
     layer's name, which it keeps as an attribute."""
+    # Here, not at the top: importlib.metadata pulls in email and with it socket, which code
+    # that never touches one does not load (tests/test_errors.py).
+    import importlib.metadata
+
     import h5py  # Keras's own dependency; it imports in a moment
 
     layers = json.loads(model_json)["config"]["layers"]

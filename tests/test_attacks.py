@@ -396,9 +396,9 @@ def test_a_sign_flip_client_sends_its_crafted_vector_and_fedavg_takes_it(
     received = {}  # by client id: what came over the socket, as the server decoded it
     apply_update = model.apply_update
 
-    def recording(update, client):
+    def recording(update, client, *waiting):
         received[update.key[0]] = update
-        return apply_update(update, client)
+        return apply_update(update, client, *waiting)
 
     monkeypatch.setattr(model, "apply_update", recording)
     trained = {}  # by trainer: the global model it got and its honest best vector
@@ -475,9 +475,9 @@ def test_a_lone_alie_client_trains_the_round_on_shards_of_its_data_and_sends_the
     received = []
     apply_update = listener.global_model.apply_update
 
-    def recording(update, client):
+    def recording(update, client, *waiting):
         received.append(update)
-        return apply_update(update, client)
+        return apply_update(update, client, *waiting)
 
     monkeypatch.setattr(listener.global_model, "apply_update", recording)
     trained = []  # every GA run: the samples it trained on and its best vector
