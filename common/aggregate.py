@@ -278,9 +278,15 @@ class Aggregation(ABC):
 
     def __str__(self) -> str:
         """Its name and settings, for the log: ``fedavgm (server-learning-rate=0.1, ...)``."""
+        return self.shown()
+
+    def shown(self, without: Sequence[str] = ()) -> str:
+        """``str(self)`` without the settings named in ``without`` (those that do nothing in
+        a mode, such as a claim cap on a secure round's one summed count)."""
         settings = ", ".join(
             f"{flag_name(f.name)}={SETTINGS[f.name].shown(getattr(self.settings, f.name))}"
             for f in fields(self.settings)
+            if f.name not in without
         )
         return f"{self.name} ({settings})" if settings else self.name
 

@@ -23,7 +23,14 @@ from common.fitness_federation import FITNESS
 from common.model import Network, load_model_file, xor_network
 from common.modelspec import ModelRefused, dense_chain_json
 from common.results import History, plot_history
-from common.server import BindError, GlobalModel, ListenThread, NetworkConfig, ServerConfig
+from common.server import (
+    SECURE_REFUSED,
+    BindError,
+    GlobalModel,
+    ListenThread,
+    NetworkConfig,
+    ServerConfig,
+)
 from common.status import StatusLine
 
 log = logging.getLogger(__name__)
@@ -207,8 +214,10 @@ def serve(config: ServerConfig, on_event=None) -> int:
             global_model.accuracy,
             "fitness mode"
             if config.training.federation == FITNESS
-            else f"aggregation {global_model.aggregation}"
-            + (" with secure aggregation" if global_model.secure_aggregation else ""),
+            else f"aggregation {global_model.aggregation.shown(SECURE_REFUSED)} with secure "
+            "aggregation"
+            if global_model.secure_aggregation
+            else f"aggregation {global_model.aggregation}",
         )
         _serve_until_answered(server, config.network)
     except (KeyboardInterrupt, Terminated):

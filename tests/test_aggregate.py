@@ -623,3 +623,16 @@ def test_a_rule_refuses_a_round_too_small_for_its_attackers_in_one_sentence(
     if refusal:  # and never aggregates such a round unprotected
         with pytest.raises(ValueError, match="cannot tolerate"):
             rule.aggregate(np.zeros(1), _updates(*[[float(i)] for i in range(n)]))
+
+
+def test_a_rule_is_shown_without_the_settings_a_mode_makes_idle():
+    """A secure server's start-up line: the claim cap does nothing to one summed count."""
+    from common.server import SECURE_REFUSED
+
+    assert str(aggregation_named("fedavg")) == (
+        "fedavg (max-claimed-samples=3x the round's median claim)"
+    )
+    assert aggregation_named("fedavg").shown(SECURE_REFUSED) == "fedavg"
+    assert aggregation_named("fedadam", tau=0.01).shown(SECURE_REFUSED) == (
+        "fedadam (server-learning-rate=0.1, beta1=0.9, beta2=0.99, tau=0.01)"
+    )
