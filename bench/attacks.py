@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from bench.common import print_header, print_table, target
+from bench.common import print_header, print_table, run_to_the_end, target
 from bench.real_data import make_split
 from common import attacks
 from common.app import build_global_model
@@ -238,12 +238,7 @@ def run(
                     collusion=collusion if attacking else None,
                 )
             )
-        for client in clients:
-            client.start()
-        if not global_model.finished.wait(RUN_TIMEOUT):
-            raise RuntimeError(f"{aggregation} under {attack} did not finish in {RUN_TIMEOUT} s")
-        for client in clients:
-            client.join(RUN_TIMEOUT)
+        run_to_the_end(clients, global_model.finished, RUN_TIMEOUT, f"{aggregation} under {attack}")
     elapsed = time.perf_counter() - started
     holdout = load_dataset(str(folder / "holdout.npz"))
     forward, best = global_model.forward, global_model.best.vector

@@ -138,3 +138,15 @@ def tutorial_fitness(
     model.set_weights(pygad.kerasga.model_weights_as_matrix(model=model, weights_vector=solution))
     predictions = model.predict(inputs, verbose=0)
     return 1.0 / (keras_loss(outputs, predictions) + 1e-8)
+
+
+def run_to_the_end(clients: Sequence, finished, timeout: float, what: str) -> None:
+    """Start in-process client threads, wait for the global model's ``finished`` event, then
+    for the clients to end; ``RuntimeError`` naming ``what`` if training outlives
+    ``timeout`` seconds."""
+    for client in clients:
+        client.start()
+    if not finished.wait(timeout):
+        raise RuntimeError(f"{what} did not finish in {timeout} s")
+    for client in clients:
+        client.join(timeout)

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import paired_ratio, print_header, print_table, seconds, target
+from bench.common import paired_ratio, print_header, print_table, run_to_the_end, seconds, target
 from bench.real_data import make_split
 from common.aggregate import fedavg
 from common.app import build_global_model
@@ -320,12 +320,7 @@ def run(
                     kill_before=kill_before if last else None,
                 )
             )
-        for client in clients:
-            client.start()
-        if not global_model.finished.wait(RUN_TIMEOUT):
-            raise RuntimeError(f"{workload.label} did not finish in {RUN_TIMEOUT} s")
-        for client in clients:
-            client.join(RUN_TIMEOUT)
+        run_to_the_end(clients, global_model.finished, RUN_TIMEOUT, workload.label)
     failed = [f"{c.config.name}: {c.error}" for c in clients if c.outcome == "error"]
     if failed:
         raise RuntimeError(f"{workload.label}: {'; '.join(failed)}")
