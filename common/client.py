@@ -36,8 +36,10 @@ from common.protocol.messages import (
     ClientUpdate,
     Done,
     ModelRequest,
+    Rekey,
     ScoreRequest,
     SecureMessage,
+    UnmaskScores,
     ServerReply,
     Waiting,
     echo,
@@ -384,7 +386,7 @@ class RecvThread(threading.Thread):
         )
         return np.asarray(sent, dtype=vector.dtype), claimed
 
-    def _score(self, reply: ScoreRequest) -> Done | None:
+    def _score(self, reply: ScoreRequest | Rekey) -> Done | None:
         """Fitness mode: score the server's generations until ``done`` (None if stopped)."""
         if self.attack is not None:
             self.attack.check_federation(FITNESS)
@@ -403,7 +405,7 @@ class RecvThread(threading.Thread):
             best = None
             while True:
                 reply = self._request(best)
-                if isinstance(reply, ScoreRequest):  # the server runs fitness mode
+                if isinstance(reply, (ScoreRequest, Rekey)):  # the server runs fitness mode
                     scored = self._score(reply)
                     if scored is None:  # stopped
                         break
@@ -416,7 +418,7 @@ class RecvThread(threading.Thread):
                     )
                     self._on_event(Event(EventKind.DONE, accuracy=self.final_accuracy))
                     return
-                if isinstance(reply, SecureMessage):  # only ever in answer to a secure round's
+                if isinstance(reply, (SecureMessage, UnmaskScores)):  # only in answer to a stage
                     raise SchemaError(f"the server sent {reply.subject.value!r} out of turn")
                 best = self._train(reply)
                 if self._stop_requested.is_set():

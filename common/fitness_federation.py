@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,23 +53,32 @@ import numpy as np
 
 from common.aggregate import trimmed_mean
 from common.driver import RoundDriver, Stoppable
-from common.errors import ConfigError, ConnectionLost, Refused, SchemaError
+from common.errors import ConfigError, ConnectionLost, Refused, SchemaError, SecAggRefused
 from common.events import Event, EventKind
-from common.ga import GAConfig, RoundSeeds, SharedFitnessGA, build_ga, loss
+from common.ga import EPSILON, GAConfig, RoundSeeds, SharedFitnessGA, build_ga, loss
 from common.model import ForwardPass
 from common.protocol.messages import (
     FITNESS_MODE_VERSION,
+    MASKED_SCORES_VERSION,
     Done,
+    MaskedScores,
+    MaskKey,
     Message,
     ModelRequest,
+    Rekey,
+    Roster,
     RoundStart,
     Scores,
     ScoreRequest,
+    ScoresReveal,
     ServerReply,
     Subject,
+    UnmaskScores,
     client_id_of,
     echo,
 )
+from common.secagg import ring
+from common.secagg.scores import SMALLEST_ROSTER, ScoreMasker, Scoring, score_ring, unmask_sum
 from common.training import LocalTrainer
 
 log = logging.getLogger(__name__)
@@ -78,6 +88,9 @@ WEIGHTS, FITNESS = "weights", "fitness"
 # its scores combine robustly to F liars (rank_fitness).
 FITNESS_SETTING = "byzantine"
 FEDERATIONS = (WEIGHTS, FITNESS)  # the --federation choices; weights is the tutorial's
+# No loss exceeds this (probabilities are clipped to [EPSILON, 1 - EPSILON]): the clipping
+# range of masked scores, so an honest client's loss is never clipped.
+LARGEST_LOSS = -math.log(EPSILON)
 
 
 def digest(members: np.ndarray) -> str:
@@ -134,6 +147,26 @@ class _Client:
     mismatched: bool = False  # its digest differed once this run
     explicit: bool = False  # it differed again: send it the members themselves
     scored_round: int | None = None  # the last round its scores counted in
+    answered: tuple[int, int, int] | None = None  # the last scoring its scores counted in
+    epoch: int | None = None  # masked: the roster whose keys it was sent
+
+
+# A scoring's stages: in the clear one; masked (secure aggregation) the roster's keys when
+# its clients changed, then the masked scores, then the self-mask seeds that unmask their sum.
+SCORES, KEYS, MASKED, SEEDS = "scores", "keys", "masked scores", "self-mask seeds"
+
+
+@dataclass
+class _Stage:
+    """One exchange of a scoring: what each client sent in it, and when the first came."""
+
+    name: str
+    answers: dict[str, Any] = field(default_factory=dict)  # by client id
+    first: float | None = None
+
+
+class _ScoreAgain(Exception):
+    """A masked scoring lacks a client of its roster: nothing of it can be unmasked."""
 
 
 @dataclass
@@ -146,13 +179,24 @@ class _Job:
     all_members: bool
     members: np.ndarray  # the rows to score, in the population's order
     digest: str
-    reports: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)  # id -> losses, n
-    first_report: float | None = None
+    stage: _Stage = field(default_factory=lambda: _Stage(SCORES))
+    roster: Roster | None = None  # masked: whose scores are summed, under which keys
+    masked: dict[str, np.ndarray] = field(default_factory=dict)  # their vectors, once all in
+    withdrawn: set[str] = field(default_factory=set)  # asked afresh mid-scoring: not waited for
     closed: bool = False
 
     @property
     def key(self) -> tuple[int, int, int]:
         return self.round, self.generation, self.attempt
+
+    @property
+    def scoring(self) -> Scoring:
+        assert self.roster is not None
+        return Scoring(self.roster.epoch, *self.key)
+
+    @property
+    def roster_names(self) -> frozenset[str]:
+        return frozenset(name for name, _ in self.roster.keys) if self.roster else frozenset()
 
 
 class FitnessFederation(RoundDriver):
@@ -175,8 +219,14 @@ class FitnessFederation(RoundDriver):
         round_timeout: float,
         seed: int | None = None,
         byzantine: int = 0,
+        secure: bool = False,
         on_event: Callable[[Event], None] | None = None,
     ):
+        if secure and min_clients < SMALLEST_ROSTER:
+            raise ConfigError(
+                f"Masked scores need --min-clients of at least {SMALLEST_ROSTER}, not "
+                f"{min_clients}: of two clients, each could read the other's losses."
+            )
         if byzantine and min_clients <= 2 * byzantine:
             raise ConfigError(
                 f"Fitness mode with --byzantine {byzantine} needs --min-clients of at least "
@@ -184,7 +234,7 @@ class FitnessFederation(RoundDriver):
                 "side of every member's ranks."
             )
         super().__init__(global_model)
-        self.byzantine = byzantine
+        self.byzantine, self.secure = byzantine, secure
         self.global_model = global_model
         self._on_event = on_event or (lambda event: None)
         self.min_clients, self.round_timeout = min_clients, round_timeout
@@ -196,6 +246,9 @@ class FitnessFederation(RoundDriver):
         self._histories: dict[int, list[np.ndarray]] = {}  # round -> each generation's fitness
         self._job: _Job | None = None  # the latest attempt published
         self._last_scorers: frozenset[str] | None = None  # whose data scored the last generation
+        # Masked scores: the roster whose keys the clients mask under, while its clients stay.
+        self._roster: Roster | None = None
+        self._epoch = 0  # the latest roster's number
 
     # -- the GA's thread
 
@@ -266,28 +319,128 @@ class FitnessFederation(RoundDriver):
         with self._changed:
             while True:
                 job = self._publish(round_, ga.generations_completed, attempt, population, rows)
-                reports = self._collect(job)
-                if reports is None:
+                try:
+                    scored = self._masked_scoring(job) if self.secure else self._scoring(job)
+                except _ScoreAgain:
+                    attempt += 1
+                    continue
+                if scored is None:
                     return _unscored(known)
-                scorers = frozenset(reports)
+                scorers, values = scored
                 if not rows.all() and scorers != self._last_scorers:
                     log.info(
-                        "round=%d generation=%d: scored by %s, the last by %s: every member "
-                        "is scored again, so that all its fitness values come from one set "
-                        "of clients' data",
+                        "round=%d generation=%d: scored by %s, the last by %s: %s",
                         round_,
                         job.generation,
                         ", ".join(sorted(scorers)),
                         ", ".join(sorted(self._last_scorers or ())),
+                        "the members carried over keep their fitness (masked scores: the "
+                        "sums of two sets of clients for one member differ by the changed "
+                        "clients' losses)"
+                        if self.secure
+                        else "every member is scored again, so that all its fitness values "
+                        "come from one set of clients' data",
                     )
-                    rows, attempt = np.ones_like(rows), attempt + 1
-                    continue
+                    if not self.secure:
+                        rows, attempt = np.ones_like(rows), attempt + 1
+                        continue
                 fitness = known.copy()
-                fitness[rows] = self._combine(list(reports.values()))
+                fitness[rows] = values
                 self._last_scorers = scorers
                 self._histories[round_].append(fitness)
                 self._changed.notify_all()
                 return fitness
+
+    def _scoring(self, job: _Job) -> tuple[frozenset[str], np.ndarray] | None:
+        """Call with ``_changed`` held: ``job`` scored in the clear, and by whom; None once
+        training ended."""
+        reports = self._collect(job)
+        if reports is None:
+            return None
+        job.closed = True
+        return frozenset(reports), self._combine(list(reports.values()))
+
+    def _masked_scoring(self, job: _Job) -> tuple[frozenset[str], np.ndarray] | None:
+        """Call with ``_changed`` held: ``job`` scored masked (``common.secagg.scores``): under
+        the roster's keys (new ones if its clients changed), every roster client's masked
+        losses, then their self-mask seeds, and the fitness of the unmasked sum. None once
+        training ended; ``_ScoreAgain`` if a roster client went missing at either step."""
+        job.roster = self._roster_for(job)
+        if job.roster is None:
+            return None
+        names = job.roster_names
+        masked = self._next_stage(job, MASKED, names)
+        if masked is None:
+            return None
+        job.masked = masked
+        seeds = self._next_stage(job, SEEDS, names)
+        if seeds is None:
+            return None
+        job.closed = True
+        spec = score_ring(len(names), job.roster.loss_range)
+        order = sorted(names)
+        sums, count = unmask_sum(
+            spec, [job.masked[name] for name in order], [seeds[name] for name in order], job.scoring
+        )
+        log.debug(
+            "round=%d generation=%d: masked scores of %d clients unmasked, within %.2g",
+            job.round,
+            job.generation,
+            len(names),
+            ring.error_bound(spec, len(names), count),
+        )
+        return names, fitness_of(sums / count)
+
+    def _next_stage(self, job: _Job, name: str, roster: frozenset[str]) -> dict[str, Any] | None:
+        """Call with ``_changed`` held: open stage ``name`` of ``job`` and collect it from
+        every client of ``roster``; None once training ended. Short of one, the roster is
+        done with (``_ScoreAgain``): new keys, then the generation scored again."""
+        job.stage = _Stage(name)
+        self._changed.notify_all()
+        answers = self._collect(job, roster)
+        if answers is None:
+            return None
+        if set(answers) != roster:
+            self._roster = None
+            log.info(
+                "round=%d generation=%d: %s of %s missing: nothing of this attempt is "
+                "unmasked; new keys among the clients still here, then it is scored again",
+                job.round,
+                job.generation,
+                name,
+                ", ".join(sorted(roster - set(answers))),
+            )
+            raise _ScoreAgain
+        return answers
+
+    def _roster_for(self, job: _Job) -> Roster | None:
+        """Call with ``_changed`` held: the roster to mask ``job`` under: the last one while
+        its clients are the ones here, else one of fresh keys (``keys`` stage); None once
+        training ended."""
+        here = frozenset(self._here(job))
+        if self._roster is not None and here == frozenset(n for n, _ in self._roster.keys):
+            return self._roster
+        self._epoch += 1
+        self._roster = None
+        job.stage = _Stage(KEYS)
+        self._changed.notify_all()
+        keys = self._collect(job)
+        if keys is None:
+            return None
+        self._roster = Roster(self._epoch, tuple(sorted(keys.items())), LARGEST_LOSS)
+        log.info(
+            "round=%d generation=%d: scores masked from now on under roster %d: %s",
+            job.round,
+            job.generation,
+            self._epoch,
+            ", ".join(sorted(keys)),
+        )
+        return self._roster
+
+    def _here(self, job: _Job) -> set[str]:
+        """Call with ``_changed`` held: the clients ``job`` waits for (not left out, not
+        withdrawn)."""
+        return {cid for cid, client in self._clients.items() if not client.left_out} - job.withdrawn
 
     def _combine(self, reports: list[tuple[np.ndarray, int]]) -> np.ndarray:
         """The members' fitness from the clients' (losses, sample count): of their loss over
@@ -311,41 +464,48 @@ class FitnessFederation(RoundDriver):
         self._changed.notify_all()
         return self._job
 
-    def _collect(self, job: _Job) -> dict[str, tuple[np.ndarray, int]] | None:
-        """Call with ``_changed`` held: wait until every client not left out answered ``job``,
-        or ``round_timeout`` passed since the first answer; at least ``min_clients`` answers
-        either way. None if training ended meanwhile."""
+    def _collect(self, job: _Job, roster: frozenset[str] | None = None) -> dict[str, Any] | None:
+        """Call with ``_changed`` held: wait for the answers to ``job``'s stage and return
+        them; None if training ended meanwhile.
+
+        Without a ``roster`` (scores in the clear, or keys): until every client here
+        answered, or ``round_timeout`` passed since the first answer; at least
+        ``min_clients`` answers either way. With one: until every client of it answered,
+        or one is gone, or ``round_timeout`` passed since the first answer."""
+        stage = job.stage
         said_waiting = False
         while not self._over():
-            expected = {cid for cid, client in self._clients.items() if not client.left_out}
-            answered = set(job.reports)
-            missing = expected - answered
-            enough = len(answered) >= self.min_clients
+            here = self._here(job)
+            answered = set(stage.answers)
+            missing = (here if roster is None else roster) - answered
+            enough = len(answered) >= self.min_clients or roster is not None
             timeout = None
-            if enough and not missing:
+            if (enough and not missing) or (roster is not None and missing - here):
                 break
-            if job.first_report is not None:
-                timeout = job.first_report + self.round_timeout - time.monotonic()
+            if stage.first is not None:
+                timeout = stage.first + self.round_timeout - time.monotonic()
                 if timeout <= 0 and enough:
                     for cid in missing:
                         self._clients[cid].left_out = True
                     log.warning(
-                        "round=%d generation=%d: no scores from %s within %g s "
-                        "(--round-timeout): scored without their data",
+                        "round=%d generation=%d: no %s from %s within %g s (--round-timeout)%s",
                         job.round,
                         job.generation,
+                        stage.name,
                         ", ".join(sorted(missing)),
                         self.round_timeout,
+                        ": scored without their data" if roster is None else "",
                     )
                     break
             if timeout is not None and timeout <= 0:
                 timeout = None  # too few answers: wait for more, however long
             if not said_waiting and not missing:
                 log.info(
-                    "round=%d generation=%d: scored by %d of --min-clients %d clients so far; "
+                    "round=%d generation=%d: %s from %d of --min-clients %d clients so far; "
                     "waiting for more",
                     job.round,
                     job.generation,
+                    stage.name,
                     len(answered),
                     self.min_clients,
                 )
@@ -361,38 +521,59 @@ class FitnessFederation(RoundDriver):
             self._changed.wait(timeout)
         else:
             return None
-        job.closed = True
         self._changed.notify_all()
-        return dict(job.reports)
+        return dict(stage.answers)
 
     # -- the clients' threads
 
     def reply(self, peer: str, message: Message) -> ServerReply:
-        """The reply to a client's request, once there is one: a ``score`` request, or
-        ``done``. ``Refused`` for a peer that cannot take part; ``SchemaError`` for a
-        malformed request."""
+        """The reply to a client's request, once there is one: a ``score`` request (masked:
+        or the stages around it), or ``done``. ``Refused`` for a peer that cannot take part;
+        ``SchemaError`` for a malformed request."""
         if message.subject is Subject.ECHO:
-            version = message.data.get("protocol_version")
-            if not isinstance(version, int) or version < FITNESS_MODE_VERSION:
-                raise Refused(
-                    "this server runs fitness mode (--federation fitness), where clients "
-                    f"score members and send losses, which needs protocol_version "
-                    f"{FITNESS_MODE_VERSION} or later; this peer announced {version!r} "
-                    "(a plain-pickle or older peer, which can only train weights)"
-                )
+            self._check_version(message)
             client_id = client_id_of(message.data) or peer
             with self._changed:
-                self._join(client_id, peer).round = None  # it holds no round yet
+                client = self._join(client_id, peer)
+                client.round = client.epoch = None  # it holds no round yet, nor roster
+                self._withdraw(client_id)
                 return self._reply_when_ready(client_id, None)
-        if message.subject is Subject.FITNESS:
+        take = _MASKED_TAKES.get(message.subject) if self.secure else None
+        if take is not None:
+            answer = _MASKED_ANSWERS[message.subject].from_data(message.data)
+            client_id = answer.client_id or peer
+            with self._changed:
+                return take(self, client_id, peer, answer)
+        if message.subject is Subject.FITNESS and not self.secure:
             scores = Scores.from_data(message.data)
             client_id = scores.client_id or peer
             with self._changed:
                 return self._take(client_id, peer, scores)
         raise Refused(
-            "this server runs fitness mode (--federation fitness): it takes clients' "
-            f"losses, not {message.subject.value!r} messages with weights"
+            f"this server runs fitness mode (--federation fitness){self._masked}: it does not "
+            f"take {message.subject.value!r} messages"
         )
+
+    @property
+    def _masked(self) -> str:
+        return " with masked scores (--secure-aggregation)" if self.secure else ""
+
+    def _check_version(self, message: Message) -> None:
+        """``Refused`` for a peer whose protocol cannot take part."""
+        needed = MASKED_SCORES_VERSION if self.secure else FITNESS_MODE_VERSION
+        version = message.data.get("protocol_version")
+        if not isinstance(version, int) or version < needed:
+            raise Refused(
+                f"this server runs fitness mode (--federation fitness){self._masked}, where "
+                f"clients score members and send {'masked ' if self.secure else ''}losses, "
+                f"which needs protocol_version {needed} or later; this peer announced "
+                f"{version!r} (a plain-pickle or older peer"
+                + (
+                    ", which would send its losses in the clear)"
+                    if self.secure
+                    else ", which can only train weights)"
+                )
+            )
 
     def leave(self, peer: str) -> None:
         """A connection ended: its client is no longer waited for."""
@@ -401,7 +582,7 @@ class FitnessFederation(RoundDriver):
                 if client.peer == peer:
                     del self._clients[client_id]
                     job = self._job
-                    if job is not None and not job.closed and client_id not in job.reports:
+                    if job is not None and not job.closed and client_id not in job.stage.answers:
                         log.info(
                             "client %s left: round=%d generation=%d goes on without its data",
                             client_id,
@@ -419,74 +600,166 @@ class FitnessFederation(RoundDriver):
         self._changed.notify_all()
         return client
 
+    def _withdraw(self, client_id: str) -> None:
+        """Call with ``_changed`` held: a client that asks afresh mid-scoring takes no more
+        part in a masked scoring's roster (it would not mask the same scoring twice)."""
+        job = self._job
+        if job is not None and not job.closed and client_id in job.roster_names:
+            if job.stage.name in (MASKED, SEEDS) and client_id not in job.stage.answers:
+                job.withdrawn.add(client_id)
+                self._changed.notify_all()
+
+    def _open(
+        self, client_id: str, peer: str, stage: str, what: str, fits: Callable[[_Job], bool]
+    ) -> _Job | None:
+        """Call with ``_changed`` held: the open job whose ``stage`` a client's answer
+        ``fits``, or None (logged) if that is over: the client is then sent the round whole.
+        An answer sent again (after a reconnect) replaces the first: it is the same."""
+        client = self._join(client_id, peer)
+        job = self._job
+        if job is not None and not job.closed and job.stage.name == stage and fits(job):
+            return job
+        log.info("client %s sent %s, which is over: sending it the round whole", client_id, what)
+        client.round = None
+        return None
+
     def _take(self, client_id: str, peer: str, scores: Scores) -> ServerReply:
         """Call with ``_changed`` held: count a client's losses if they answer the open job."""
         # A client that reconnected resends its last request on the new connection: its GA
         # is still in step, so its losses count.
-        client = self._join(client_id, peer)
-        job = self._job
-        if (
-            job is None
-            or job.closed
-            or (scores.round, scores.generation, scores.attempt) != job.key
-        ):
-            log.info(
-                "client %s scored round=%d generation=%d attempt=%d, which is over: sending "
-                "it the round whole",
-                client_id,
-                scores.round,
-                scores.generation,
-                scores.attempt,
-            )
-            client.round = None
+        key = scores.round, scores.generation, scores.attempt
+        what = "the scores of round=%d generation=%d attempt=%d" % key
+        job = self._open(client_id, peer, SCORES, what, lambda job: job.key == key)
+        if job is None:
             return self._reply_when_ready(client_id, None)
-        if scores.digest != job.digest:
-            client.explicit, client.mismatched = client.mismatched, True
-            log.warning(
-                "client %s scored other members than the server's in round=%d "
-                "generation=%d: sending it %s",
-                client_id,
-                job.round,
-                job.generation,
-                "the members themselves from now on" if client.explicit else "the round whole",
-            )
-            client.round = None
+        if not self._same_members(client_id, job, scores.digest):
             return self._reply_when_ready(client_id, None)
         if len(scores.losses) != len(job.members):
             raise SchemaError(
                 f"losses has {len(scores.losses)} values for {len(job.members)} members"
             )
-        if client.scored_round != job.round:  # its first scores this round: say who it is
-            client.scored_round = job.round
+        self._answered(client_id, peer, job, (scores.losses, scores.num_samples))
+        return self._reply_when_ready(client_id, job.key)
+
+    def _take_key(self, client_id: str, peer: str, key: MaskKey) -> ServerReply:
+        """Call with ``_changed`` held: a client's mask key for the roster being made."""
+        what = f"a key for roster {key.epoch}"
+        job = self._open(client_id, peer, KEYS, what, lambda job: key.epoch == self._epoch)
+        if job is not None:
+            if key.key in {k for cid, k in job.stage.answers.items() if cid != client_id}:
+                raise SchemaError("the mask key is another client's")
+            self._answered(client_id, peer, job, key.key)
+        return self._reply_when_ready(client_id, self._clients[client_id].answered)
+
+    def _take_masked(self, client_id: str, peer: str, masked: MaskedScores) -> ServerReply:
+        """Call with ``_changed`` held: a roster client's masked losses of the open job."""
+        job = self._open(
+            client_id, peer, MASKED, "masked scores", lambda job: masked.scoring == job.scoring
+        )
+        if job is not None and self._same_members(client_id, job, masked.digest):
+            if masked.vector.shape != (len(job.members) + 1,):
+                raise SchemaError(
+                    f"vector has {len(masked.vector)} values for {len(job.members)} members "
+                    "and a count"
+                )
+            self._answered(client_id, peer, job, masked.vector)
+        return self._reply_when_ready(client_id, self._clients[client_id].answered)
+
+    def _take_seed(self, client_id: str, peer: str, reveal: ScoresReveal) -> ServerReply:
+        """Call with ``_changed`` held: a roster client's self-mask seed of the open job."""
+        job = self._open(
+            client_id, peer, SEEDS, "a self-mask seed", lambda job: reveal.scoring == job.scoring
+        )
+        if job is None:
+            return self._reply_when_ready(client_id, None)
+        self._answered(client_id, peer, job, reveal.self_seed)
+        self._clients[client_id].answered = job.key
+        return self._reply_when_ready(client_id, job.key)
+
+    def _same_members(self, client_id: str, job: _Job, scored: str) -> bool:
+        """Call with ``_changed`` held: whether a client scored ``job``'s members; if not
+        (logged), it is sent the round whole, or from the second time the members."""
+        if scored == job.digest:
+            return True
+        client = self._clients[client_id]
+        client.explicit, client.mismatched = client.mismatched, True
+        log.warning(
+            "client %s scored other members than the server's in round=%d generation=%d: "
+            "sending it %s",
+            client_id,
+            job.round,
+            job.generation,
+            "the members themselves from now on" if client.explicit else "the round whole",
+        )
+        client.round = None
+        job.withdrawn.add(client_id)  # masked: its vector is missing from this roster's sum
+        self._changed.notify_all()
+        return False
+
+    def _answered(self, client_id: str, peer: str, job: _Job, answer: Any) -> None:
+        """Call with ``_changed`` held: count a client's answer to ``job``'s stage."""
+        client = self._clients[client_id]
+        if job.stage.name in (SCORES, MASKED) and client.scored_round != job.round:
+            client.scored_round = job.round  # its first scores this round: say who it is
             self._on_event(
                 Event(
                     EventKind.SCORED,
                     peer=peer,
                     round=job.round,
-                    samples=scores.num_samples,
+                    samples=answer[1] if job.stage.name == SCORES else None,
                     detail=client_id,
                 )
             )
-        client.round = job.round
-        if job.first_report is None:
-            job.first_report = time.monotonic()
-        job.reports[client_id] = (scores.losses, scores.num_samples)
+        if job.stage.name in (SCORES, MASKED):
+            client.round = job.round
+        if job.stage.first is None:
+            job.stage.first = time.monotonic()
+        job.stage.answers[client_id] = answer
+        if job.stage.name == SCORES:
+            client.answered = job.key
         self._changed.notify_all()
-        return self._reply_when_ready(client_id, job.key)
 
     def _reply_when_ready(self, client_id: str, answered: tuple[int, int, int] | None):
-        """Call with ``_changed`` held: wait for an open job other than the one the client
-        ``answered``, then describe it; ``done`` once training ended."""
+        """Call with ``_changed`` held: wait until there is something to ask the client
+        (``_ask``), then ask it; ``done`` once training ended. ``answered``: the scoring whose
+        fitness the client awaits."""
         while True:
-            job = self._job
             if self.global_model.finished.is_set():
                 return Done(self.global_model.round, self.global_model.accuracy)
             if self._stopping:  # shut down, or broken: not done, so the client may retry
                 raise ConnectionLost("the server stopped running fitness mode")
-            if job is not None and not job.closed and job.key != answered:
-                break
+            client = self._clients.get(client_id) or _Client("")
+            ask = self._ask(client_id, client, answered)
+            if ask is not None:
+                return ask
             self._changed.wait()
-        client = self._clients.get(client_id) or _Client("")
+
+    def _ask(
+        self, client_id: str, client: _Client, answered: tuple[int, int, int] | None
+    ) -> ServerReply | None:
+        """Call with ``_changed`` held: what the open job asks of this client now, if
+        anything: in the clear, to score it (unless it just did); masked, its key for a new
+        roster, its masked scores, or its self-mask seed once every roster client's are in."""
+        job = self._job
+        if job is None or job.closed:
+            return None
+        if not self.secure:
+            return None if job.key == answered else self._score_request(job, client, answered)
+        if client_id in job.stage.answers or client_id in job.withdrawn:
+            return None
+        if job.stage.name == KEYS:
+            return None if client.left_out else Rekey(self._epoch)
+        if client_id not in job.roster_names:
+            return None  # it joined after the roster was made: in the next one
+        if job.stage.name == MASKED:
+            return self._score_request(job, client, answered)
+        return UnmaskScores(job.scoring) if job.stage.name == SEEDS else None
+
+    def _score_request(
+        self, job: _Job, client: _Client, answered: tuple[int, int, int] | None
+    ) -> ScoreRequest:
+        """Call with ``_changed`` held: ask ``client`` to score ``job``, with the fitness of
+        the scoring it ``answered`` and, if it does not hold this round, the round whole."""
         start = None
         if client.round != job.round and self._start is not None:
             history = self._histories[job.round][: job.generation]
@@ -497,6 +770,11 @@ class FitnessFederation(RoundDriver):
                 else self._start.fitness_history,
             )
             client.round = job.round
+        roster = job.roster
+        if roster is not None:  # its keys once per roster: from then on, its epoch names it
+            if client.epoch == roster.epoch:
+                roster = dataclasses.replace(roster, keys=())
+            client.epoch = roster.epoch
         return ScoreRequest(
             job.round,
             job.generation,
@@ -507,6 +785,7 @@ class FitnessFederation(RoundDriver):
             start=start,
             members=job.members if client.explicit else None,
             accuracy=self.global_model.accuracy,
+            roster=roster,
         )
 
     def _fitness(self, answered: tuple[int, int, int]) -> np.ndarray | None:
@@ -514,6 +793,19 @@ class FitnessFederation(RoundDriver):
         round_, generation, _ = answered
         history = self._histories.get(round_, [])
         return history[generation] if generation < len(history) else None
+
+
+# How a server with masked scores takes each of a client's answers.
+_MASKED_TAKES: dict[Subject, Callable[..., ServerReply]] = {
+    Subject.FITNESS_KEY: FitnessFederation._take_key,
+    Subject.FITNESS_MASKED: FitnessFederation._take_masked,
+    Subject.FITNESS_REVEAL: FitnessFederation._take_seed,
+}
+_MASKED_ANSWERS: dict[Subject, Any] = {
+    Subject.FITNESS_KEY: MaskKey,
+    Subject.FITNESS_MASKED: MaskedScores,
+    Subject.FITNESS_REVEAL: ScoresReveal,
+}
 
 
 # ---- the client's side --------------------------------------------------------------------
@@ -536,8 +828,9 @@ class FitnessScorer:
     ):
         self.trainer, self._exchange = trainer, exchange
         self.client_id, self._on_event, self._should_stop = client_id, on_event, should_stop
+        self._masker: ScoreMasker | None = None  # masked scores: under the latest roster's keys
 
-    def run(self, reply: ScoreRequest) -> Done | None:
+    def run(self, reply: ScoreRequest | Rekey) -> Done | None:
         """Score the server's generations from ``reply`` on; the server's ``done`` once
         training ended, or None if stopped."""
         if self.trainer.ga_overrides:
@@ -545,15 +838,69 @@ class FitnessScorer:
                 "the server runs fitness mode: its GA settings apply, not this client's %s",
                 ", ".join(sorted(self.trainer.ga_overrides)),
             )
-        answer: ServerReply = reply
+        answer = self._settle(reply)
         while isinstance(answer, ScoreRequest) and not self._should_stop():
             if answer.start is None:  # out of step with the server: ask for the round whole
-                answer = self._exchange(echo(self.client_id))
+                answer = self._send(echo(self.client_id))
             else:
                 answer = self._round(answer, answer.start)
         if isinstance(answer, ModelRequest):
             raise SchemaError("the server switched from fitness mode to weights mid-run")
         return answer if isinstance(answer, Done) else None
+
+    def _send(self, message: Message, masked: Scoring | None = None) -> ServerReply:
+        """Send ``message`` (``masked``: this client's masked scores of that scoring) and
+        return the server's reply, once it is not a step of masking: a new roster's key, or
+        (after masked scores) the self-mask seed, which this client gives."""
+        return self._settle(self._exchange(message), masked)
+
+    def _settle(self, reply: ServerReply, masked: Scoring | None = None) -> ServerReply:
+        while isinstance(reply, (Rekey, UnmaskScores)):
+            if isinstance(reply, Rekey):
+                self._masker = ScoreMasker(reply.epoch, self.client_id)
+                answer: Message = MaskKey(
+                    reply.epoch, self._masker.public_key, self.client_id
+                ).to_message()
+            else:
+                if masked is None or self._masker is None:
+                    raise SchemaError("the server asked for a self-mask seed out of turn")
+                seed, masked = self._masker.reveal(reply.scoring), None
+                answer = ScoresReveal(reply.scoring, seed, self.client_id).to_message()
+            reply = self._exchange(answer)
+        return reply
+
+    def _send_scores(
+        self, request: ScoreRequest, losses: np.ndarray, num_samples: int, scored: str
+    ) -> ServerReply:
+        """This client's ``losses`` of the members named ``scored``, in the clear or masked
+        as ``request`` asks; the server's reply. A masking this client refuses (logged)
+        takes it out of that scoring: it asks afresh."""
+        scoring, roster = request.scoring, request.roster
+        if scoring is None or roster is None:
+            scores = Scores(
+                losses,
+                num_samples,
+                scored,
+                request.round,
+                request.generation,
+                request.attempt,
+                self.client_id,
+            )
+            return self._send(scores.to_message())
+        try:
+            if self._masker is None:
+                raise SecAggRefused(
+                    f"Client {self.client_id} has no key for roster {roster.epoch}."
+                )
+            self._masker.join(roster.epoch, roster.keys, roster.loss_range)
+            vector = self._masker.mask(scoring, losses, num_samples)
+            return self._send(
+                MaskedScores(scoring, scored, vector, self.client_id).to_message(), scoring
+            )
+        except SecAggRefused as exc:
+            log.warning("%s", exc)
+            self._masker = None
+            return self._send(echo(self.client_id))
 
     def _round(self, reply: ScoreRequest, start: RoundStart) -> ServerReply:
         """Run the server's GA for one round from ``start``, scoring the generations it asks
@@ -597,16 +944,7 @@ class FitnessScorer:
                 losses, num_samples = loss(forward(members, data.inputs), data.outputs), len(data)
                 if self.trainer.attack is not None:  # a lab feature: common.attacks
                     losses, num_samples = self.trainer.attack.poison_losses(losses, num_samples)
-                scores = Scores(
-                    losses,
-                    num_samples,
-                    digest(members),
-                    pending.round,
-                    generation,
-                    pending.attempt,
-                    self.client_id,
-                )
-                answer = self._exchange(scores.to_message())
+                answer = self._send_scores(pending, losses, num_samples, digest(members))
                 if not isinstance(answer, ScoreRequest) or (
                     answer.fitness is None and answer.start is not None
                 ):

@@ -172,13 +172,14 @@ class TrainingConfig:
             if self.secagg_threshold is not None:
                 raise ConfigError("--secagg-threshold needs --secure-aggregation.")
             return
-        if self.federation == FITNESS:
-            raise ConfigError(
-                "Secure aggregation masks weights updates, not fitness mode's scores, so it "
-                "cannot run with --federation fitness."
-            )
         rule = AGGREGATIONS.get(self.aggregation)
-        if rule is not None and not rule.mean_only:
+        if self.federation == FITNESS:  # its scores are masked (common.secagg.scores)
+            if self.secagg_threshold is not None:
+                raise ConfigError(
+                    "--secagg-threshold is for weights mode's secure rounds: fitness mode "
+                    "masks each generation's scores among all the clients there."
+                )
+        elif rule is not None and not rule.mean_only:
             usable = listed([name for name, r in AGGREGATIONS.items() if r.mean_only])
             raise ConfigError(
                 f"Secure aggregation shows the server only each round's sum, so it cannot run "
@@ -188,7 +189,7 @@ class TrainingConfig:
         for name in SECURE_REFUSED:
             if getattr(self, name) is not None:
                 raise ConfigError(
-                    f"Secure aggregation masks each update and its sample count, so "
+                    f"Secure aggregation masks what each client sends and its sample count, so "
                     f"--{flag_name(name)} cannot run with it."
                 )
         if self.min_clients < 3:
@@ -1127,6 +1128,7 @@ class ListenThread(threading.Thread):
                 round_timeout=training.round_timeout,
                 seed=training.seed,
                 byzantine=training.byzantine or 0,  # the exact sum unless asked
+                secure=training.secure_aggregation,
                 on_event=self.on_event,
             )
             if training.federation == FITNESS

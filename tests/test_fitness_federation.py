@@ -230,15 +230,15 @@ def test_stale_or_mismatched_scores_get_the_round_whole_then_the_members(server_
         assert digest(explicit["members"]) == explicit["digest"]
 
 
-def test_a_client_leaving_mid_generation_leaves_the_others_going(
-    server_factory, client_factory, caplog
-):
+def leave_mid_generation(server_factory, client_factory, caplog, stayers, **settings):
+    """Clients holding ``stayers``' data and one more that leaves in its third generation:
+    the others must finish; the server's log lines."""
     server, events = server_factory(
-        federation=FITNESS, min_clients=2, num_generations=30, stop_fitness=0, seed=5
+        federation=FITNESS, num_generations=30, stop_fitness=0, seed=5, **settings
     )
-    stayers = [
-        client_factory(server.server_address, data=CLIENT_DATA[name], name=name)[0]
-        for name in ("client1", "client2")
+    staying = [
+        client_factory(server.server_address, data=CLIENT_DATA[name], name=f"{name}-{n}")[0]
+        for n, name in enumerate(stayers)
     ]
     leaver, leaver_events = client_factory(
         server.server_address, data=CLIENT_DATA["client2"], name="leaver"
@@ -246,10 +246,18 @@ def test_a_client_leaving_mid_generation_leaves_the_others_going(
     leaver_events.wait_for(lambda e: e.kind == "generation" and e.generation >= 2)
     leaver.stop()
     assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
-    for client in stayers:
+    for client in staying:
         client.join(WAIT)
         assert client.outcome == "done", client.error
-    said = [r.getMessage() for r in caplog.records if r.name == "common.fitness_federation"]
+    return leaver, [r.getMessage() for r in caplog.records if r.name == "common.fitness_federation"]
+
+
+def test_a_client_leaving_mid_generation_leaves_the_others_going(
+    server_factory, client_factory, caplog
+):
+    leaver, said = leave_mid_generation(
+        server_factory, client_factory, caplog, ["client1", "client2"], min_clients=2
+    )
     # The log says whose data went missing: in the generation it left, or in the next one.
     assert any(
         leaver.client_id in line and ("left:" in line or "the last by" in line) for line in said

@@ -298,7 +298,7 @@ def test_secure_aggregation_chooses_fedavg_and_3_clients_unless_given():
         (["--clip-norm", "1"], "--clip-norm cannot run with it"),
         (["--max-claimed-samples", "100"], "--max-claimed-samples cannot run with it"),
         (["--min-clients", "2"], "at least 3"),
-        (["--federation", "fitness"], "--federation fitness"),
+        (["--federation", "fitness", "--secagg-threshold", "2"], "fitness mode masks"),
         (["--secagg-threshold", "2", "--min-clients", "4"], "above half the 4 clients"),
     ],
 )

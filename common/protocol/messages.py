@@ -34,13 +34,16 @@ from common.secagg.messages import (
     UnmaskRequest,
 )
 from common.secagg.ring import RingSpec
+from common.secagg.scores import Scoring
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 3  # 2: fitness mode's ``score`` and ``fitness``; 3: secure rounds, ``waiting``
+# 2: fitness mode's ``score`` and ``fitness``; 3: secure rounds, ``waiting``; 4: masked scores
+PROTOCOL_VERSION = 4
 FITNESS_MODE_VERSION = 2  # the first version whose clients can score members (fitness mode)
 SECURE_AGGREGATION_VERSION = 3  # the first whose clients take part in secure rounds
 WAITING_VERSION = 3  # the first version whose clients hear ``waiting`` notices
+MASKED_SCORES_VERSION = 4  # the first whose clients mask their scores (fitness mode, secure)
 PICKLE_PROTOCOL = 4  # what Python 3.8-3.13 peers write by default
 CLIENT_MAX_MESSAGE_BYTES = 256 * 2**20  # a client learns the model size only from its first message
 
@@ -64,6 +67,13 @@ class Subject(str, enum.Enum):
     SECAGG_MASKED = "secagg_masked"  # client: its masked update and count
     SECAGG_UNMASK = "secagg_unmask"  # server: who survived and who dropped
     SECAGG_REVEAL = "secagg_reveal"  # client: the shares that remove the masks
+    # Fitness mode with secure aggregation (common.secagg.scores), only with clients that
+    # announce MASKED_SCORES_VERSION.
+    FITNESS_REKEY = "fitness_rekey"  # server: make a mask key for a new roster
+    FITNESS_KEY = "fitness_key"  # client: its mask key's public half
+    FITNESS_MASKED = "fitness_masked"  # client: its losses and count, masked
+    FITNESS_UNMASK = "fitness_unmask"  # server: every roster client's vector is in
+    FITNESS_REVEAL = "fitness_reveal"  # client: the self-mask seed of that vector
     # Only to clients that announce WAITING_VERSION, every ``notice_interval`` seconds while
     # their reply is held (a round gathering updates, or --round-delay): a sign of life.
     WAITING = "waiting"
@@ -101,6 +111,8 @@ GENERATION_KEYS = frozenset({"round", "generation", "attempt"})
 ROUND_START_KEYS = frozenset(
     {"population_weights", "model_json", "num_solutions", "seed", "fitness_history"}
 )
+# Which roster's keys a masked score message is under (common.secagg.scores).
+SCORING_KEYS = GENERATION_KEYS | {"epoch"}
 # The keys of each secure-round message (common.protocol.secure), all required.
 SECURE_KEYS = {
     Subject.SECAGG_READY: frozenset({"round"}),
@@ -135,6 +147,9 @@ CLIENT_TO_SERVER = {
     Subject.FITNESS: Schema(
         frozenset({"losses", "num_samples", "digest"}) | GENERATION_KEYS, COMMON_OPTIONAL_KEYS
     ),
+    Subject.FITNESS_KEY: Schema(frozenset({"epoch", "mask_key"}), COMMON_OPTIONAL_KEYS),
+    Subject.FITNESS_MASKED: Schema(SCORING_KEYS | {"digest", "vector"}, COMMON_OPTIONAL_KEYS),
+    Subject.FITNESS_REVEAL: Schema(SCORING_KEYS | {"self_seed"}, COMMON_OPTIONAL_KEYS),
     **{
         subject: Schema(SECURE_KEYS[subject], COMMON_OPTIONAL_KEYS)
         for subject in SECURE_FROM_CLIENT
@@ -152,13 +167,16 @@ SERVER_TO_CLIENT = {
     ),
     Subject.WAITING: Schema(frozenset({"round", "missing", "closes_in"}), COMMON_OPTIONAL_KEYS),
     Subject.DONE: Schema(frozenset(), COMMON_OPTIONAL_KEYS | {"round", "accuracy"}),
+    # epoch, roster, loss_range: with secure aggregation, mask the scores under this roster
     Subject.SCORE: Schema(
         frozenset({"all_members", "digest"}) | GENERATION_KEYS,
         COMMON_OPTIONAL_KEYS
-        | {"fitness", "members", "accuracy"}
+        | {"fitness", "members", "accuracy", "epoch", "roster", "loss_range"}
         | ROUND_START_KEYS
         | GA_SETTING_KEYS,
     ),
+    Subject.FITNESS_REKEY: Schema(frozenset({"epoch"}), COMMON_OPTIONAL_KEYS),
+    Subject.FITNESS_UNMASK: Schema(SCORING_KEYS, COMMON_OPTIONAL_KEYS),
     **{
         subject: Schema(keys, COMMON_OPTIONAL_KEYS)
         for subject, keys in SECURE_KEYS.items()
@@ -576,6 +594,14 @@ class ScoreRequest:
     start: RoundStart | None = None
     members: np.ndarray | None = None
     accuracy: float | None = None  # the global model's, as a ``model`` message carries it
+    roster: Roster | None = None  # with secure aggregation: mask the losses under it
+
+    @property
+    def scoring(self) -> Scoring | None:
+        """What this request's masked answer is (None: answer in the clear)."""
+        if self.roster is None:
+            return None
+        return Scoring(self.roster.epoch, self.round, self.generation, self.attempt)
 
     @classmethod
     def from_data(cls, data: Mapping) -> ScoreRequest:
@@ -602,6 +628,7 @@ class ScoreRequest:
             start,
             members,
             float(accuracy) if isinstance(accuracy, (int, float)) else None,
+            Roster.from_data(data) if "epoch" in data else None,
         )
 
     def to_message(self) -> Message:
@@ -616,6 +643,8 @@ class ScoreRequest:
             data |= self.start.to_data()
         optional = {"fitness": self.fitness, "members": self.members, "accuracy": self.accuracy}
         data |= {key: value for key, value in optional.items() if value is not None}
+        if self.roster is not None:
+            data |= self.roster.to_data()
         return Message(self.subject, data)
 
 
@@ -659,6 +688,160 @@ class Scores:
         if self.client_id is not None:
             data["client_id"] = self.client_id
         return Message(self.subject, data)
+
+
+# ---- masked scores (fitness mode with secure aggregation: common.secagg.scores) ----------
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The clients whose scores are summed, each with its mask key's public half, under
+    ``epoch`` (a new one after every change of clients), and the largest loss (the ring's
+    clipping range). ``keys`` is empty when the client was sent them before, under this
+    ``epoch``: they go once per roster, not with every generation."""
+
+    epoch: int
+    keys: tuple[tuple[str, bytes], ...]
+    loss_range: float
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> Roster:
+        keys, loss_range = data.get("roster", []), data.get("loss_range")
+        if not isinstance(keys, (list, tuple)) or len(keys) > MAX_SECURE_CLIENTS:
+            raise SchemaError(f"roster is not a list of at most {MAX_SECURE_CLIENTS} clients")
+        pairs = []
+        for item in keys:
+            if not (isinstance(item, (list, tuple)) and len(item) == 2):
+                raise SchemaError("roster holds something other than (client id, key) pairs")
+            name = client_id_of({"client_id": item[0]})
+            if name is None:
+                raise SchemaError("roster names a client by something other than its id")
+            pairs.append((name, _bytes(item[1], "roster", secagg_keys.KEY_BYTES, exactly=True)))
+        if not isinstance(loss_range, (int, float)) or not 0 < loss_range <= 1e6:
+            raise SchemaError(f"loss_range {loss_range!r} is not a number from 0 to 1e6")
+        return cls(_epoch_of(data), tuple(pairs), float(loss_range))
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"epoch": self.epoch, "loss_range": self.loss_range}
+        if self.keys:
+            data["roster"] = [list(pair) for pair in self.keys]
+        return data
+
+
+def _epoch_of(data: Mapping) -> int:
+    return check_count(data["epoch"], "epoch", high=2**63 - 1)
+
+
+def _scoring_of(data: Mapping) -> Scoring:
+    return Scoring(_epoch_of(data), *_generation_of(data))
+
+
+def _scoring_data(scoring: Scoring) -> dict[str, int]:
+    return {
+        "epoch": scoring.epoch,
+        "round": scoring.round,
+        "generation": scoring.generation,
+        "attempt": scoring.attempt,
+    }
+
+
+def _from_client(data: dict[str, Any], client_id: str | None) -> dict[str, Any]:
+    """A client's message data: with its protocol version, and its id if it has one."""
+    data["protocol_version"] = PROTOCOL_VERSION
+    if client_id is not None:
+        data["client_id"] = client_id
+    return data
+
+
+@dataclass(frozen=True)
+class Rekey:
+    """A server's ``fitness_rekey``: make a mask key for the roster ``epoch``."""
+
+    subject: ClassVar[Subject] = Subject.FITNESS_REKEY
+    epoch: int
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> Rekey:
+        return cls(_epoch_of(data))
+
+    def to_message(self) -> Message:
+        return Message(self.subject, {"epoch": self.epoch})
+
+
+@dataclass(frozen=True)
+class MaskKey:
+    """A client's ``fitness_key``: its mask key's public half for the roster ``epoch``."""
+
+    subject: ClassVar[Subject] = Subject.FITNESS_KEY
+    epoch: int
+    key: bytes
+    client_id: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> MaskKey:
+        key = _bytes(data["mask_key"], "mask_key", secagg_keys.KEY_BYTES, exactly=True)
+        return cls(_epoch_of(data), key, client_id_of(data))
+
+    def to_message(self) -> Message:
+        data = {"epoch": self.epoch, "mask_key": self.key}
+        return Message(self.subject, _from_client(data, self.client_id))
+
+
+@dataclass(frozen=True)
+class MaskedScores:
+    """A client's ``fitness_masked``: its losses of the members named by ``digest`` and its
+    sample count, quantised and masked (``common.secagg.scores``) for ``scoring``."""
+
+    subject: ClassVar[Subject] = Subject.FITNESS_MASKED
+    scoring: Scoring
+    digest: str
+    vector: np.ndarray  # uint64, one per member scored, then the count
+    client_id: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> MaskedScores:
+        vector = data["vector"]
+        if not (isinstance(vector, np.ndarray) and vector.ndim == 1 and vector.dtype == np.uint64):
+            raise SchemaError("vector is not a 1-D array of 64-bit unsigned integers")
+        return cls(_scoring_of(data), _digest_of(data), vector, client_id_of(data))
+
+    def to_message(self) -> Message:
+        data = _scoring_data(self.scoring) | {"digest": self.digest, "vector": self.vector}
+        return Message(self.subject, _from_client(data, self.client_id))
+
+
+@dataclass(frozen=True)
+class UnmaskScores:
+    """A server's ``fitness_unmask``: every roster client's vector for ``scoring`` is in."""
+
+    subject: ClassVar[Subject] = Subject.FITNESS_UNMASK
+    scoring: Scoring
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> UnmaskScores:
+        return cls(_scoring_of(data))
+
+    def to_message(self) -> Message:
+        return Message(self.subject, _scoring_data(self.scoring))
+
+
+@dataclass(frozen=True)
+class ScoresReveal:
+    """A client's ``fitness_reveal``: the self-mask seed of its vector for ``scoring``."""
+
+    subject: ClassVar[Subject] = Subject.FITNESS_REVEAL
+    scoring: Scoring
+    self_seed: bytes
+    client_id: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> ScoresReveal:
+        seed = _bytes(data["self_seed"], "self_seed", secagg_keys.KEY_BYTES, exactly=True)
+        return cls(_scoring_of(data), seed, client_id_of(data))
+
+    def to_message(self) -> Message:
+        data = _scoring_data(self.scoring) | {"self_seed": self.self_seed}
+        return Message(self.subject, _from_client(data, self.client_id))
 
 
 # ---- secure rounds (common.secure_rounds) -----------------------------------------------
@@ -906,7 +1089,7 @@ class SecureMessage:
         )
 
 
-ServerReply = ModelRequest | Done | ScoreRequest | SecureMessage
+ServerReply = ModelRequest | Done | ScoreRequest | SecureMessage | Rekey | UnmaskScores
 
 
 def server_reply(message: Message) -> ServerReply:
@@ -915,6 +1098,10 @@ def server_reply(message: Message) -> ServerReply:
         return Done(message.data.get("round"), message.data.get("accuracy"))
     if message.subject is Subject.SCORE:
         return ScoreRequest.from_data(message.data)
+    if message.subject is Subject.FITNESS_REKEY:
+        return Rekey.from_data(message.data)
+    if message.subject is Subject.FITNESS_UNMASK:
+        return UnmaskScores.from_data(message.data)
     if message.subject in SECURE_KEYS:
         return SecureMessage.from_message(message)
     return ModelRequest.from_data(message.data)

@@ -41,14 +41,23 @@ def expand(seed: bytes, length: int, dtype: type[np.unsignedinteger], context: b
     return np.frombuffer(stream, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
 
 
-def self_mask(seed: bytes, length: int, dtype: type[np.unsignedinteger], round: int) -> np.ndarray:
+# What a mask is for: a secure round's number, or a name for one masking under the same keys
+# (fitness mode masks every generation's scores under one set of keys: common.secagg.scores).
+Context = int | str
+
+
+def self_mask(
+    seed: bytes, length: int, dtype: type[np.unsignedinteger], round: Context
+) -> np.ndarray:
     """A client's self mask for ``round``."""
-    return expand(seed, length, dtype, b"self, round %d" % round)
+    return expand(seed, length, dtype, b"self, round " + str(round).encode())
 
 
-def pair_mask(seed: bytes, length: int, dtype: type[np.unsignedinteger], round: int) -> np.ndarray:
+def pair_mask(
+    seed: bytes, length: int, dtype: type[np.unsignedinteger], round: Context
+) -> np.ndarray:
     """The pairwise mask two clients derive from their shared seed for ``round``."""
-    return expand(seed, length, dtype, b"pair, round %d" % round)
+    return expand(seed, length, dtype, b"pair, round " + str(round).encode())
 
 
 def pair_sign(owner: int, peer: int) -> int:
@@ -67,7 +76,7 @@ def masked(
     owner: int,
     self_seed: bytes,
     pair_seeds: Mapping[int, bytes],
-    round: int,
+    round: Context,
 ) -> np.ndarray:
     """A client's masked input: ``quantised`` plus its self mask plus, for each peer, its
     pairwise mask signed by ``pair_sign``."""
