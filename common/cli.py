@@ -236,13 +236,14 @@ def server_parser() -> argparse.ArgumentParser:
         help="weights mode: clients send their updates masked so that the server learns "
         "only each round's sum (Bonawitz et al., 2017); needs fedga clients, fedavg or a "
         "server optimiser, and at least 3 clients a round; a client that drops out is "
-        "tolerated while --secagg-threshold remain",
+        "tolerated while --secagg-threshold remain. Fitness mode: each generation's scores "
+        "go masked, and the server learns only their sum over the clients",
     )
     parser.add_argument(
         "--secagg-threshold",
         type=positive(int),
         metavar="T",
-        help="secure aggregation: the clients that must remain for a round's sum to be "
+        help="weights mode's secure aggregation: the clients that must remain for a round's sum to be "
         "unmasked, above half of each round's and at most --min-clients (default: two "
         "thirds of each round's clients, rounded up)",
     )

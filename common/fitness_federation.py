@@ -88,6 +88,7 @@ WEIGHTS, FITNESS = "weights", "fitness"
 # its scores combine robustly to F liars (rank_fitness).
 FITNESS_SETTING = "byzantine"
 FEDERATIONS = (WEIGHTS, FITNESS)  # the --federation choices; weights is the tutorial's
+SCORES_MASKED = "fitness, masked"  # a client's ``model`` event's detail when its scores are
 # No loss exceeds this (probabilities are clipped to [EPSILON, 1 - EPSILON]): the clipping
 # range of masked scores, so an honest client's loss is never clipped.
 LARGEST_LOSS = -math.log(EPSILON)
@@ -925,7 +926,7 @@ class FitnessScorer:
                 round=reply.round,
                 accuracy=reply.accuracy,
                 generation=config.num_generations,
-                detail=FITNESS,
+                detail=FITNESS if reply.roster is None else SCORES_MASKED,
             )
         )
 

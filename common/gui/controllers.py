@@ -28,7 +28,7 @@ from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, c
 from common.data import DataError, DataFile, Dataset, describe, second_field
 from common.errors import ConfigError, UserError
 from common.events import Event, EventKind
-from common.fitness_federation import FEDERATIONS, FITNESS, FITNESS_SETTING
+from common.fitness_federation import FEDERATIONS, FITNESS, FITNESS_SETTING, SCORES_MASKED
 from common.operators import OPERATORS
 from common.results import History
 from common.secure_rounds import SECURE
@@ -50,8 +50,17 @@ SUSPICION_WINDOW = 10  # a client row's recent updates that decide whether it is
 CallSoon = Callable[..., None]  # call_soon(handler, *args): run handler(*args) on the owner thread
 
 INITIAL_STATUS = "Socket Status"  # the tutorial's label before any click
-SECURE_NOTE = "secure aggregation: the server sees only each round's sum"  # the Training tab's
+# What the Training tab says of secure aggregation, by federation.
+SECURE_NOTES = {
+    False: "secure aggregation: the server sees only each round's sum",
+    True: "secure aggregation: the server sees only each generation's summed scores",
+}
 ON_OFF = ("off", "on")  # a switch's texts, for False and True
+# What a client's window adds when what it sends goes masked (by its ``model`` event's detail).
+CLIENT_MASKED = {
+    SECURE: " (secure aggregation: its update goes masked)",
+    SCORES_MASKED: " (secure aggregation: its scores go masked)",
+}
 MASKED = "masked"  # a client's own sample count and accuracy in secure rounds: never seen
 
 
@@ -193,11 +202,12 @@ class ServerView:
     clients: dict[str, ClientRow] = field(default_factory=dict)  # by peer, in arrival order
     address: str = ""  # where the server listens, once it does
     secure: bool = False  # secure aggregation: the server sees only each round's sum
+    fitness: bool = False  # fitness mode: clients send scores, not weights
 
     @property
     def note(self) -> str:
         """What the Training tab says of the mode, if anything."""
-        return SECURE_NOTE if self.secure else ""
+        return SECURE_NOTES[self.fitness] if self.secure else ""
 
     def cells(self, row: ClientRow) -> tuple[str, ...]:
         """A client's row as the table shows it (``CLIENT_COLUMNS``' order). With secure
@@ -377,8 +387,8 @@ class ServerController(_Controller):
         secure = texts.get("secure_aggregation") == "on"
         if name == "aggregation":
             return not fitness_mode
-        if name == "secagg_threshold":
-            return secure
+        if name == "secagg_threshold":  # fitness mode masks among all clients, no threshold
+            return secure and not fitness_mode
         if name in SECURE_REFUSED and secure:
             return False
         if name == FITNESS_SETTING and fitness_mode:
@@ -500,6 +510,7 @@ class ServerController(_Controller):
         self.view = ServerView(
             summary=f"Global accuracy {model.accuracy:.2f} before training",
             secure=config.training.secure_aggregation,
+            fitness=config.training.federation == FITNESS,
             model=self._describe_model(
                 config, forward.num_features, forward.num_outputs, model.num_params
             ),
@@ -652,7 +663,7 @@ class ServerController(_Controller):
         elif event.kind is EventKind.WAITING:
             view.summary = (
                 f"Round {event.round}: {event.detail} ready (Min clients); waiting for more"
-                if view.secure
+                if view.secure and not view.fitness  # a secure round's, not a generation's
                 else f"Round {event.round}, generation {event.generation}: scored by "
                 f"{event.detail} (Min clients); waiting for more"
             )
@@ -895,15 +906,12 @@ class ClientController(_Controller):
         if event.kind is EventKind.MODEL:
             view.round, view.generation, view.losses = event.round, 0, []
             view.generations, view.ended_early = event.generation, False
-            view.scoring = event.detail == FITNESS
-            masked = (
-                " (secure aggregation: its update goes masked)" if event.detail == SECURE else ""
-            )
+            view.scoring = event.detail in (FITNESS, SCORES_MASKED)
             doing = (
                 f"Scoring the server's members in round {event.round}"
-                if event.detail == FITNESS
-                else f"Training the model of round {event.round}{masked}"
-            )
+                if view.scoring
+                else f"Training the model of round {event.round}"
+            ) + CLIENT_MASKED.get(event.detail, "")
             self._show(doing, enable=("close",))
         elif event.kind is EventKind.GENERATION:
             view.generation, view.best_fitness = event.generation, event.fitness

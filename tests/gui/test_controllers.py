@@ -897,11 +897,6 @@ def test_the_settings_left_to_the_model_are_fields_too(make_server, main_thread,
             "read the other's update from the sum), not 2.",
         ),
         (
-            {"secure_aggregation": "on", "aggregation": "fedavg", "federation": "fitness"},
-            "Secure aggregation masks weights updates, not fitness mode's scores, so it cannot "
-            "run with --federation fitness.",
-        ),
-        (
             {"secure_aggregation": "on", "secagg_threshold": "three"},
             "Secagg threshold: 'three' is not a whole number.",
         ),
