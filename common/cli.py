@@ -262,8 +262,8 @@ def server_parser() -> argparse.ArgumentParser:
         type=positive(float),
         default=network.notice_interval,
         metavar="S",
-        help="while weights mode holds a client's reply (a round waiting for others, "
-        "--round-delay; not yet fitness generations or secure stages), "
+        help="while the server holds a client's reply (a round, a fitness-mode generation "
+        "or a secure round's stage waiting for others; --round-delay), "
         f"tell it so every S seconds; fedga clients take {NOTICE_MISSES} silent intervals "
         "for a lost link and reconnect; tutorial clients are told nothing (default: %(default)s)",
     )

@@ -277,7 +277,7 @@ class RecvThread(threading.Thread):
             if self._reconnect is not None:
                 self._reconnect.reset()
             typed = server_reply(reply)
-            if isinstance(typed, ModelRequest) and typed.notice_interval is not None:
+            if isinstance(typed, (ModelRequest, ScoreRequest)) and typed.notice_interval:
                 self._patience = min(
                     self.config.idle_timeout, NOTICE_MISSES * typed.notice_interval
                 )

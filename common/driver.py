@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from common.protocol.messages import Waiting
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
+Notify = Callable[[Waiting], None]  # sends a client a ``waiting`` notice
 
 
 class Stoppable(Protocol):
@@ -50,6 +55,31 @@ class RoundDriver(ABC):
 
     def _over(self) -> bool:
         return self._stopping or self._finished.is_set()
+
+    def _answer(
+        self,
+        ready: Callable[[], R | None],
+        waiting: Callable[[], Waiting],
+        notify: Notify | None,
+        every: float,
+    ) -> R:
+        """A client's reply, once ``ready`` (called with ``_changed`` held) gives one;
+        meanwhile, every ``every`` seconds, ``notify`` (if given) hears what it waits for
+        (``waiting``, called with it held too), sent without it: a slow link must not hold
+        up the others."""
+        while True:
+            with self._changed:
+                due = time.monotonic() + every
+                while (reply := ready()) is None:
+                    remaining = None if notify is None else due - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        notice = waiting()
+                        break
+                    self._changed.wait(remaining)
+                else:
+                    return reply
+            assert notify is not None
+            notify(notice)
 
     @abstractmethod
     def _rounds(self) -> None:

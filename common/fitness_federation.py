@@ -52,7 +52,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.aggregate import trimmed_mean
-from common.driver import RoundDriver, Stoppable
+from common.driver import Notify, RoundDriver, Stoppable
 from common.errors import ConfigError, ConnectionLost, Refused, SchemaError, SecAggRefused
 from common.events import Event, EventKind
 from common.ga import EPSILON, GAConfig, RoundSeeds, SharedFitnessGA, build_ga, loss
@@ -74,6 +74,7 @@ from common.protocol.messages import (
     ServerReply,
     Subject,
     UnmaskScores,
+    Waiting,
     client_id_of,
     echo,
 )
@@ -527,10 +528,15 @@ class FitnessFederation(RoundDriver):
 
     # -- the clients' threads
 
-    def reply(self, peer: str, message: Message) -> ServerReply:
+    def reply(
+        self, peer: str, message: Message, notify: Notify | None = None, every: float = 5.0
+    ) -> ServerReply:
         """The reply to a client's request, once there is one: a ``score`` request (masked:
-        or the stages around it), or ``done``. ``Refused`` for a peer that cannot take part;
-        ``SchemaError`` for a malformed request."""
+        or the stages around it), or ``done``; meanwhile ``notify`` (if given) hears what
+        the generation waits for every ``every`` seconds. ``Refused`` for a peer that
+        cannot take part; ``SchemaError`` for a malformed request."""
+        answered: tuple[int, int, int] | None = None  # the scoring whose fitness it awaits
+        take = _MASKED_TAKES.get(message.subject) if self.secure else None
         if message.subject is Subject.ECHO:
             self._check_version(message)
             client_id = client_id_of(message.data) or peer
@@ -538,22 +544,22 @@ class FitnessFederation(RoundDriver):
                 client = self._join(client_id, peer)
                 client.round = client.epoch = None  # it holds no round yet, nor roster
                 self._withdraw(client_id)
-                return self._reply_when_ready(client_id, None)
-        take = _MASKED_TAKES.get(message.subject) if self.secure else None
-        if take is not None:
+        elif take is not None:
             answer = _MASKED_ANSWERS[message.subject].from_data(message.data)
             client_id = answer.client_id or peer
             with self._changed:
-                return take(self, client_id, peer, answer)
-        if message.subject is Subject.FITNESS and not self.secure:
+                answered = take(self, client_id, peer, answer)
+        elif message.subject is Subject.FITNESS and not self.secure:
             scores = Scores.from_data(message.data)
             client_id = scores.client_id or peer
             with self._changed:
-                return self._take(client_id, peer, scores)
-        raise Refused(
-            f"this server runs fitness mode (--federation fitness){self._masked}: it does not "
-            f"take {message.subject.value!r} messages"
-        )
+                answered = self._take(client_id, peer, scores)
+        else:
+            raise Refused(
+                f"this server runs fitness mode (--federation fitness){self._masked}: it does "
+                f"not take {message.subject.value!r} messages"
+            )
+        return self._answer(lambda: self._ready(client_id, answered), self._waiting, notify, every)
 
     @property
     def _masked(self) -> str:
@@ -624,25 +630,26 @@ class FitnessFederation(RoundDriver):
         client.round = None
         return None
 
-    def _take(self, client_id: str, peer: str, scores: Scores) -> ServerReply:
-        """Call with ``_changed`` held: count a client's losses if they answer the open job."""
+    def _take(self, client_id: str, peer: str, scores: Scores) -> tuple[int, int, int] | None:
+        """Call with ``_changed`` held: count a client's losses if they answer the open job;
+        the scoring whose fitness it then awaits (``_take_*`` too)."""
         # A client that reconnected resends its last request on the new connection: its GA
         # is still in step, so its losses count.
         key = scores.round, scores.generation, scores.attempt
         what = "the scores of round=%d generation=%d attempt=%d" % key
         job = self._open(client_id, peer, SCORES, what, lambda job: job.key == key)
         if job is None:
-            return self._reply_when_ready(client_id, None)
+            return None
         if not self._same_members(client_id, job, scores.digest):
-            return self._reply_when_ready(client_id, None)
+            return None
         if len(scores.losses) != len(job.members):
             raise SchemaError(
                 f"losses has {len(scores.losses)} values for {len(job.members)} members"
             )
         self._answered(client_id, peer, job, (scores.losses, scores.num_samples))
-        return self._reply_when_ready(client_id, job.key)
+        return job.key
 
-    def _take_key(self, client_id: str, peer: str, key: MaskKey) -> ServerReply:
+    def _take_key(self, client_id: str, peer: str, key: MaskKey) -> tuple[int, int, int] | None:
         """Call with ``_changed`` held: a client's mask key for the roster being made."""
         what = f"a key for roster {key.epoch}"
         job = self._open(client_id, peer, KEYS, what, lambda job: key.epoch == self._epoch)
@@ -650,9 +657,11 @@ class FitnessFederation(RoundDriver):
             if key.key in {k for cid, k in job.stage.answers.items() if cid != client_id}:
                 raise SchemaError("the mask key is another client's")
             self._answered(client_id, peer, job, key.key)
-        return self._reply_when_ready(client_id, self._clients[client_id].answered)
+        return self._clients[client_id].answered
 
-    def _take_masked(self, client_id: str, peer: str, masked: MaskedScores) -> ServerReply:
+    def _take_masked(
+        self, client_id: str, peer: str, masked: MaskedScores
+    ) -> tuple[int, int, int] | None:
         """Call with ``_changed`` held: a roster client's masked losses of the open job."""
         job = self._open(
             client_id, peer, MASKED, "masked scores", lambda job: masked.scoring == job.scoring
@@ -664,18 +673,20 @@ class FitnessFederation(RoundDriver):
                     "and a count"
                 )
             self._answered(client_id, peer, job, masked.vector)
-        return self._reply_when_ready(client_id, self._clients[client_id].answered)
+        return self._clients[client_id].answered
 
-    def _take_seed(self, client_id: str, peer: str, reveal: ScoresReveal) -> ServerReply:
+    def _take_seed(
+        self, client_id: str, peer: str, reveal: ScoresReveal
+    ) -> tuple[int, int, int] | None:
         """Call with ``_changed`` held: a roster client's self-mask seed of the open job."""
         job = self._open(
             client_id, peer, SEEDS, "a self-mask seed", lambda job: reveal.scoring == job.scoring
         )
         if job is None:
-            return self._reply_when_ready(client_id, None)
+            return None
         self._answered(client_id, peer, job, reveal.self_seed)
         self._clients[client_id].answered = job.key
-        return self._reply_when_ready(client_id, job.key)
+        return job.key
 
     def _same_members(self, client_id: str, job: _Job, scored: str) -> bool:
         """Call with ``_changed`` held: whether a client scored ``job``'s members; if not
@@ -720,20 +731,32 @@ class FitnessFederation(RoundDriver):
             client.answered = job.key
         self._changed.notify_all()
 
-    def _reply_when_ready(self, client_id: str, answered: tuple[int, int, int] | None):
-        """Call with ``_changed`` held: wait until there is something to ask the client
-        (``_ask``), then ask it; ``done`` once training ended. ``answered``: the scoring whose
-        fitness the client awaits."""
-        while True:
-            if self.global_model.finished.is_set():
-                return Done(self.global_model.round, self.global_model.accuracy)
-            if self._stopping:  # shut down, or broken: not done, so the client may retry
-                raise ConnectionLost("the server stopped running fitness mode")
-            client = self._clients.get(client_id) or _Client("")
-            ask = self._ask(client_id, client, answered)
-            if ask is not None:
-                return ask
-            self._changed.wait()
+    def _ready(self, client_id: str, answered: tuple[int, int, int] | None) -> ServerReply | None:
+        """Call with ``_changed`` held: what to send the client now (``_ask``), or None to
+        wait; ``done`` once training ended. ``answered``: the scoring whose fitness the
+        client awaits."""
+        if self.global_model.finished.is_set():
+            return Done(self.global_model.round, self.global_model.accuracy)
+        if self._stopping:  # shut down, or broken: not done, so the client may retry
+            raise ConnectionLost("the server stopped running fitness mode")
+        return self._ask(client_id, self._clients.get(client_id) or _Client(""), answered)
+
+    def _waiting(self) -> Waiting:
+        """Call with ``_changed`` held: what a waiting client is told it waits for."""
+        job = self._job
+        if job is None or job.closed:
+            return Waiting(self.global_model.round + 1, 0, 0.0, "the next generation")
+        answered = set(job.stage.answers)
+        if job.stage.name in (MASKED, SEEDS):
+            missing = len(job.roster_names - answered)
+        else:
+            missing = max(len(self._here(job) - answered), self.min_clients - len(answered))
+        closes_in = 0.0
+        if job.stage.first is not None:  # a stage closes --round-timeout after its first answer
+            closes_in = max(0.0, job.stage.first + self.round_timeout - time.monotonic())
+        return Waiting(
+            job.round, missing, closes_in, f"generation {job.generation}, {job.stage.name}"
+        )
 
     def _ask(
         self, client_id: str, client: _Client, answered: tuple[int, int, int] | None
@@ -797,7 +820,7 @@ class FitnessFederation(RoundDriver):
 
 
 # How a server with masked scores takes each of a client's answers.
-_MASKED_TAKES: dict[Subject, Callable[..., ServerReply]] = {
+_MASKED_TAKES: dict[Subject, Callable[..., tuple[int, int, int] | None]] = {
     Subject.FITNESS_KEY: FitnessFederation._take_key,
     Subject.FITNESS_MASKED: FitnessFederation._take_masked,
     Subject.FITNESS_REVEAL: FitnessFederation._take_seed,

@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from common.driver import RoundDriver, Stoppable
+from common.driver import Notify, RoundDriver, Stoppable
 from common.errors import (
     ConnectionLost,
     Refused,
@@ -65,6 +65,7 @@ from common.protocol.messages import (
     SharesSent,
     Subject,
     UnmaskRequest,
+    Waiting,
     client_id_of,
     echo,
 )
@@ -130,6 +131,8 @@ class SecureRounds(RoundDriver):
         self._next_id = 1
         self._attempt = 0  # the last secure round's number (abandoned ones count)
         self._secagg: SecAggServer | None = None  # the round running, if any
+        self._first_ready: float | None = None  # when the first client waiting became ready
+        self._stage_deadline = 0.0  # when the running round's open stage closes
 
     # -- the rounds' thread
 
@@ -150,7 +153,7 @@ class SecureRounds(RoundDriver):
             while not self._over():
                 ready = [member for member in self._members.values() if member.ready]
                 now = time.monotonic()
-                first = (first or now) if ready else None
+                first = self._first_ready = (first or now) if ready else None
                 late = first is not None and now - first >= self.round_timeout
                 if len(ready) >= self.min_clients or (late and len(ready) >= smallest):
                     return ready
@@ -251,8 +254,8 @@ class SecureRounds(RoundDriver):
     def _stage(self, server: SecAggServer, close: Callable[[], T]) -> T | None:
         """Wait for the open stage's answers (every client still in, or ``round_timeout``),
         then close it: what to send on, or None once training ended."""
-        deadline = time.monotonic() + self.round_timeout
         with self._changed:
+            deadline = self._stage_deadline = time.monotonic() + self.round_timeout
             while server.pending and not self._over():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -274,9 +277,12 @@ class SecureRounds(RoundDriver):
 
     # -- the clients' threads
 
-    def reply(self, peer: str, message: Message) -> ServerReply:
-        """The reply to a client's request, once there is one. ``Refused`` for a peer that
-        cannot take part; ``SchemaError`` for a malformed request."""
+    def reply(
+        self, peer: str, message: Message, notify: Notify | None = None, every: float = 5.0
+    ) -> ServerReply:
+        """The reply to a client's request, once there is one; meanwhile ``notify`` (if
+        given) hears what the round waits for every ``every`` seconds. ``Refused`` for a
+        peer that cannot take part; ``SchemaError`` for a malformed request."""
         if message.subject is Subject.MODEL:
             raise Refused(
                 "this server runs secure aggregation: updates reach it masked, in secure "
@@ -303,7 +309,12 @@ class SecureRounds(RoundDriver):
                 self._changed.notify_all()
             else:
                 self._receive(member, payload)
-            return self._await_reply(member)
+            member.waiting = True  # from now on a round that ends publishes it a reply
+        try:
+            return self._answer(lambda: self._reply_for(member), self._waiting, notify, every)
+        finally:
+            with self._changed:
+                member.waiting = False
 
     def _join(self, peer: str, message: Message) -> _Member:
         """Call with ``_changed`` held: a new connection's first message."""
@@ -335,20 +346,36 @@ class SecureRounds(RoundDriver):
             return
         self._changed.notify_all()
 
-    def _await_reply(self, member: _Member) -> ServerReply:
-        """Call with ``_changed`` held: wait for the reply published for ``member``."""
-        member.waiting = True
-        try:
-            while member.reply is None:
-                if self.global_model.finished.is_set():
-                    return Done(self.global_model.round, self.global_model.accuracy)
-                if self._stopping:  # shut down, or broken: not done, so the client may retry
-                    raise ConnectionLost("the server stopped running secure aggregation")
-                self._changed.wait()
-            reply, member.reply = member.reply, None
-            return reply
-        finally:
-            member.waiting = False
+    def _reply_for(self, member: _Member) -> ServerReply | None:
+        """Call with ``_changed`` held: the reply published for ``member``, if any yet."""
+        if self.global_model.finished.is_set():
+            return Done(self.global_model.round, self.global_model.accuracy)
+        if self._stopping:  # shut down, or broken: not done, so the client may retry
+            raise ConnectionLost("the server stopped running secure aggregation")
+        reply, member.reply = member.reply, None
+        return reply
+
+    def _waiting(self) -> Waiting:
+        """Call with ``_changed`` held: what a waiting client is told it waits for."""
+        server, now = self._secagg, time.monotonic()
+        round_ = self.global_model.round + 1
+        if server is None:
+            ready = sum(member.ready for member in self._members.values())
+            closes_in = 0.0  # a round begins --round-timeout after the first is ready
+            if self._first_ready is not None:
+                closes_in = max(self._first_ready + self.round_timeout - now, 0.0)
+            return Waiting(
+                round_,
+                max(self.min_clients - ready, 0),
+                closes_in,
+                "clients ready for a secure round",
+            )
+        return Waiting(
+            round_,
+            len(server.pending),
+            max(self._stage_deadline - now, 0.0),
+            f"secure round {server.setup.round}, {server.stage.value}",
+        )
 
     def _leave_round(self, member: _Member) -> None:
         """Call with ``_changed`` held: ``member`` takes no further part in a running round."""

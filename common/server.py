@@ -47,6 +47,7 @@ from common.protocol.messages import (
     ClientUpdate,
     Done,
     ModelRequest,
+    ScoreRequest,
     ServerReply,
     Waiting,
 )
@@ -1003,8 +1004,9 @@ class SocketThread(threading.Thread):
         self._stopping = threading.Event()
 
     def reply(self, message: Message) -> ServerReply:
+        every = self.server.config.network.notice_interval
         if self.server.federation is not None:
-            return self.server.federation.reply(self.peer, message)
+            return self.server.federation.reply(self.peer, message, self._notifier(message), every)
         if message.subject is Subject.ECHO:
             return self.global_model.reply_to_echo()
         if message.subject is not Subject.MODEL:
@@ -1013,9 +1015,7 @@ class SocketThread(threading.Thread):
                 "runs weights mode (--federation weights)"
             )
         update = ClientUpdate.from_data(message.data, self.global_model.num_params)
-        return self.global_model.apply_update(
-            update, self.peer, self._notifier(message), self.server.config.network.notice_interval
-        )
+        return self.global_model.apply_update(update, self.peer, self._notifier(message), every)
 
     def _notifier(self, message: Message) -> Callable[[Waiting], None] | None:
         """How to tell this client why its reply is held, if it can hear it: only clients
@@ -1051,16 +1051,14 @@ class SocketThread(threading.Thread):
                     Event(EventKind.REQUEST, peer=self.peer, detail=message.subject.value)
                 )
                 response = self.reply(message)
-                # Notices come only from weights mode's rounds (not yet from fitness mode's
-                # generations or secure rounds' stages): only there is the promise kept.
-                notify = self._notifier(message) if self.server.federation is None else None
-                if isinstance(response, ModelRequest):
-                    if notify is not None:  # the promise the client's patience is sized by
-                        response = dataclasses.replace(
-                            response, notice_interval=self.server.config.network.notice_interval
-                        )
-                    if self._hold(response, notify):
-                        break
+                notify = self._notifier(message)
+                if isinstance(response, (ModelRequest, ScoreRequest)) and notify is not None:
+                    # The promise the client's patience is sized by: every wait sends notices.
+                    response = dataclasses.replace(
+                        response, notice_interval=self.server.config.network.notice_interval
+                    )
+                if isinstance(response, ModelRequest) and self._hold(response, notify):
+                    break
                 self.connection.send(response.to_message())
                 if response.subject is Subject.DONE:
                     self.answered_done = True

@@ -445,12 +445,12 @@ def test_a_lying_client_in_fitness_mode_reports_its_losses_reflected(
     reports: dict = defaultdict(dict)  # (round, generation, attempt, digest) -> id -> scores
     reply = federation.reply
 
-    def recording(peer, message):
+    def recording(peer, message, *waiting):
         if message.subject is Subject.FITNESS:
             scores = Scores.from_data(message.data)
             key = (scores.round, scores.generation, scores.attempt, scores.digest)
             reports[key][scores.client_id] = scores
-        return reply(peer, message)
+        return reply(peer, message, *waiting)
 
     monkeypatch.setattr(federation, "reply", recording)
     data = CLIENT_DATA["client1"]  # both score the same samples

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.data import Dataset
+from common.data import CLIENT_DATA, Dataset
 from tests.conftest import WAIT
 from tests.faults.ledger import Ledger, ledger
 from tests.faults.proxy import STREAMS, FaultProxy
@@ -221,3 +221,47 @@ def test_a_population_slower_than_recv_timeout_but_above_the_floor_arrives_whole
     assert model.round == 0
     assert link.forwarded["downstream"] > 2.2 * 256 * 1024  # over 2.2 s at that rate
     assert [e.round for e in events.all() if e.kind == "update"] == [1]
+
+
+@pytest.mark.parametrize(
+    "settings, says",
+    [
+        (
+            {"federation": "fitness", "min_clients": 2},
+            "round 1, generation 0, scores: waiting for 1 more client",
+        ),
+        (
+            {"federation": "fitness", "secure_aggregation": True, "min_clients": 3},
+            "round 1, generation 0, keys: waiting for 2 more clients",
+        ),
+        (
+            {"secure_aggregation": True, "aggregation": "fedavg", "min_clients": 3},
+            "round 1, clients ready for a secure round: waiting for 2 more clients",
+        ),
+    ],
+    ids=["fitness", "fitness-masked", "secure-rounds"],
+)
+def test_a_client_waiting_on_a_generation_or_a_secure_stage_hears_why_and_stays(
+    server_factory, client_factory, caplog, settings, says
+):
+    """Notices in fitness mode's generations and secure aggregation's stages too: a client
+    alone waits for the others, told why every 0.2 s, and does not take the silence for a
+    lost link (its patience is 0.6 s); once the others come, all finish."""
+    listener, events = server_factory(notice_interval=0.2, round_timeout=60, **settings)
+    first, first_events = client_factory(
+        listener.server_address, data=CLIENT_DATA["client1"], name="first", reconnect=True
+    )
+    notices = iter(range(10))  # ten notices, 2 s: over three times its patience
+    waiting = first_events.wait_for(
+        lambda e: e.kind == "waiting" and says in e.detail and next(notices) == 9
+    )
+    others = [
+        client_factory(listener.server_address, data=CLIENT_DATA[name], name=f"{name}-{n}")[0]
+        for n, name in enumerate(["client2", "client1"][: settings["min_clients"] - 1])
+    ]
+    events.wait_for(lambda e: e.kind == "done")
+    for client in (first, *others):
+        client.join(WAIT)
+        assert client.outcome == "done", client.error
+    assert waiting.detail.startswith(says)
+    assert not any("lost the server" in r.getMessage() for r in caplog.records)

@@ -165,13 +165,16 @@ SERVER_TO_CLIENT = {
         | {"round", "accuracy", "secure_aggregation", "notice_interval"}
         | GA_SETTING_KEYS,
     ),
-    Subject.WAITING: Schema(frozenset({"round", "missing", "closes_in"}), COMMON_OPTIONAL_KEYS),
+    # stage: what is gathered when it is not weights updates (fitness mode, secure rounds)
+    Subject.WAITING: Schema(
+        frozenset({"round", "missing", "closes_in"}), COMMON_OPTIONAL_KEYS | {"stage"}
+    ),
     Subject.DONE: Schema(frozenset(), COMMON_OPTIONAL_KEYS | {"round", "accuracy"}),
     # epoch, roster, loss_range: with secure aggregation, mask the scores under this roster
     Subject.SCORE: Schema(
         frozenset({"all_members", "digest"}) | GENERATION_KEYS,
         COMMON_OPTIONAL_KEYS
-        | {"fitness", "members", "accuracy", "epoch", "roster", "loss_range"}
+        | {"fitness", "members", "accuracy", "epoch", "roster", "loss_range", "notice_interval"}
         | ROUND_START_KEYS
         | GA_SETTING_KEYS,
     ),
@@ -406,7 +409,6 @@ class ModelRequest:
         secure = data.get("secure_aggregation", False)
         if not isinstance(secure, bool):
             raise SchemaError(f"secure_aggregation {secure!r} is not true or false")
-        interval = data.get("notice_interval")
         return cls(
             data["model_json"],
             population,
@@ -414,7 +416,7 @@ class ModelRequest:
             data.get("round"),
             data.get("accuracy"),
             secure,
-            None if interval is None else _seconds(interval, "notice_interval", low=0.01),
+            _notice_interval_of(data),
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -469,37 +471,52 @@ def _seconds(value, what: str, low: float = 0.0) -> float:
 @dataclass(frozen=True)
 class Waiting:
     """A server's ``waiting``: the reply to the client's last request is held, while round
-    ``round`` awaits ``missing`` more updates, or (``missing`` 0) by --round-delay, for
-    ``closes_in`` seconds at most."""
+    ``round`` awaits ``missing`` more clients, or (``missing`` 0) by --round-delay, for
+    ``closes_in`` seconds at most (0: until enough come); ``stage`` names what a round
+    gathers when it is not updates (a generation's scores, a secure round's stage)."""
 
     subject: ClassVar[Subject] = Subject.WAITING
     round: int
     missing: int
     closes_in: float
+    stage: str = ""
 
     @classmethod
     def from_data(cls, data: Mapping) -> Waiting:
+        stage = data.get("stage", "")
         return cls(
             check_count(data["round"], "round"),
             check_count(data["missing"], "missing"),
             _seconds(data["closes_in"], "closes_in"),
+            stage[:200] if isinstance(stage, str) else "",
         )
 
     def to_message(self) -> Message:
-        return Message(
-            self.subject,
-            {"round": self.round, "missing": self.missing, "closes_in": self.closes_in},
-        )
+        data: dict[str, Any] = {
+            "round": self.round,
+            "missing": self.missing,
+            "closes_in": self.closes_in,
+        }
+        if self.stage:
+            data["stage"] = self.stage
+        return Message(self.subject, data)
 
     def describe(self) -> str:
         """What a client logs and its window shows."""
         seconds = math.ceil(self.closes_in)
+        where = f"round {self.round}" + (f", {self.stage}" if self.stage else "")
         if not self.missing:
-            return f"round {self.round}: the reply is held {seconds} s more (pacing)"
+            held = f"the reply is held {seconds} s more (pacing)" if seconds else "waiting"
+            return f"{where}: {held}"
         clients = "client" if self.missing == 1 else "clients"
-        return (
-            f"round {self.round}: waiting for {self.missing} more {clients} (at most {seconds} s)"
-        )
+        limit = f" (at most {seconds} s)" if seconds else ""
+        return f"{where}: waiting for {self.missing} more {clients}{limit}"
+
+
+def _notice_interval_of(data: Mapping) -> float | None:
+    """The server's promise of a ``waiting`` notice at least this often, if it made one."""
+    interval = data.get("notice_interval")
+    return None if interval is None else _seconds(interval, "notice_interval", low=0.01)
 
 
 def _generation_of(data: Mapping) -> tuple[int, int, int]:
@@ -595,6 +612,7 @@ class ScoreRequest:
     members: np.ndarray | None = None
     accuracy: float | None = None  # the global model's, as a ``model`` message carries it
     roster: Roster | None = None  # with secure aggregation: mask the losses under it
+    notice_interval: float | None = None  # as a ``model`` message's
 
     @property
     def scoring(self) -> Scoring | None:
@@ -629,6 +647,7 @@ class ScoreRequest:
             members,
             float(accuracy) if isinstance(accuracy, (int, float)) else None,
             Roster.from_data(data) if "epoch" in data else None,
+            _notice_interval_of(data),
         )
 
     def to_message(self) -> Message:
@@ -641,7 +660,12 @@ class ScoreRequest:
         }
         if self.start is not None:
             data |= self.start.to_data()
-        optional = {"fitness": self.fitness, "members": self.members, "accuracy": self.accuracy}
+        optional = {
+            "fitness": self.fitness,
+            "members": self.members,
+            "accuracy": self.accuracy,
+            "notice_interval": self.notice_interval,
+        }
         data |= {key: value for key, value in optional.items() if value is not None}
         if self.roster is not None:
             data |= self.roster.to_data()
