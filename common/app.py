@@ -19,6 +19,7 @@ import numpy as np
 
 from common.data import XOR_TEST_DATA, DataError, Dataset, fit_to_model, load_dataset
 from common.errors import Terminated, UserError
+from common.events import Outcome
 from common.fitness_federation import FITNESS
 from common.model import Network, load_model_file, xor_network
 from common.modelspec import ModelRefused, dense_chain_json
@@ -39,6 +40,14 @@ EXIT_DONE, EXIT_FAILED, EXIT_GAVE_UP = 0, 1, 2
 EXIT_PATIENCE = 3  # stopped: no better model for --patience rounds
 EXIT_USAGE = 2  # argparse's own code for a bad command line
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+# How a training that ended ends the server's process. A headless server stopped by a
+# signal exits 130 or 143 instead.
+EXIT_CODES = {
+    Outcome.DONE: EXIT_DONE,
+    Outcome.GAVE_UP: EXIT_GAVE_UP,
+    Outcome.PATIENCE: EXIT_PATIENCE,
+    Outcome.STOPPED: EXIT_FAILED,
+}
 
 DEFAULT_HIDDEN_UNITS = 16  # of the Dense model sized to a test set when no model is given
 
@@ -254,5 +263,4 @@ def exit_code(global_model: GlobalModel) -> int:
             global_model.accuracy,
             global_model.round,
         )
-        return EXIT_DONE
-    return EXIT_PATIENCE if global_model.outcome == "patience" else EXIT_GAVE_UP
+    return EXIT_CODES[global_model.outcome]

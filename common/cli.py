@@ -32,6 +32,7 @@ from common.client import (
     RETRY_FIRST_DELAY,
     RETRY_MAX_DELAY,
     ClientConfig,
+    ClientOutcome,
     ConnectError,
     Reconnector,
     RecvThread,
@@ -537,4 +538,4 @@ def run_client_headless(
         if thread is not None:
             thread.stop()
             thread.join()
-    return EXIT_DONE if thread.outcome == "done" else EXIT_FAILED
+    return EXIT_DONE if thread.outcome is ClientOutcome.DONE else EXIT_FAILED

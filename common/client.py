@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
@@ -172,14 +173,21 @@ class Reconnector:
         )
 
 
+class ClientOutcome(StrEnum):
+    """How a ``RecvThread``'s loop ended."""
+
+    DONE = "done"  # the server said done
+    ERROR = "error"  # lost or refused the server, or a bug: ``error`` says it in plain words
+    STOPPED = "stopped"  # ``stop()`` ended it (Close Socket, Ctrl-C, SIGTERM)
+
+
 class RecvThread(threading.Thread):
     """Runs the tutorial's client loop over one connected socket until ``done`` or an error.
 
-    Afterwards ``outcome`` is ``"done"`` or ``"error"`` (with ``error`` in plain words) or
-    ``"stopped"`` when ``stop()`` ended it. With ``reconnect``, a lost connection (reset,
-    closed, or a read timed out) is reopened and the unanswered request resent, each
-    attempt a ``connecting`` event ("attempt 2 of 10" in ``detail``); without it, losing the
-    server is an error.
+    Afterwards ``outcome`` (a ``ClientOutcome``) says how it ended. With ``reconnect``, a
+    lost connection (reset, closed, or a read timed out) is reopened and the unanswered
+    request resent, each attempt a ``connecting`` event ("attempt 2 of 10" in ``detail``);
+    without it, losing the server is an error.
     """
 
     def __init__(
@@ -229,7 +237,7 @@ class RecvThread(threading.Thread):
             seed=config.seed,
             attack=self.attack,
         )
-        self.outcome: str | None = None
+        self.outcome: ClientOutcome | None = None
         self.error: str | None = None
         self.final_accuracy: float | None = None
         self._on_event = on_event or (lambda event: None)
@@ -412,7 +420,7 @@ class RecvThread(threading.Thread):
                     reply = scored
                 if isinstance(reply, Done):
                     self.final_accuracy = reply.accuracy
-                    self.outcome = "done"
+                    self.outcome = ClientOutcome.DONE
                     log.info(
                         "%s: server says done (accuracy=%s)", self.config.name, self.final_accuracy
                     )
@@ -425,19 +433,19 @@ class RecvThread(threading.Thread):
                     break
         except (ProtocolError, UserError) as exc:
             if not self._stop_requested.is_set():
-                self.outcome, self.error = "error", _plain_reason(exc)
+                self.outcome, self.error = ClientOutcome.ERROR, _plain_reason(exc)
                 log.error("%s: %s", self.config.name, self.error)
                 self._on_event(Event(EventKind.ERROR, detail=self.error))
                 return
         except Exception as exc:  # report a bug as a failure, not a dead thread
-            self.outcome, self.error = "error", f"internal error: {exc!r}"
+            self.outcome, self.error = ClientOutcome.ERROR, f"internal error: {exc!r}"
             log.exception("%s stopped after an internal error", self.config.name)
             self._on_event(Event(EventKind.ERROR, detail=self.error))
             return
         finally:
             self.connection.close()
             log.info("%s sent %d bytes to the server in all", self.config.name, self.bytes_sent)
-        self.outcome = "stopped"
+        self.outcome = ClientOutcome.STOPPED
         self._on_event(Event(EventKind.STOPPED))
 
 

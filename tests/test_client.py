@@ -10,7 +10,7 @@ import pytest
 
 from bench.plain_peers import plain_recv, plain_server
 from common import protocol
-from common.client import ConnectError, connect
+from common.client import ClientOutcome, ConnectError, connect
 from common.data import XOR_TEST_DATA
 from common.ga import GAConfig
 from common.model import xor_network
@@ -33,7 +33,7 @@ def test_our_client_trains_against_a_plain_pickle_server(listening, client_facto
     client, events = client_factory(listening.getsockname())
     client.join(WAIT)
     stub.join(WAIT)
-    assert client.outcome == "done"
+    assert client.outcome is ClientOutcome.DONE
     assert [m["subject"] for m in received] == ["echo", "model", "model", "model"]
     assert received[0]["data"]["best_model_weights_vector"] is None
     for message in received[1:]:

@@ -17,7 +17,9 @@ import pytest
 
 from bench.plain_peers import plain_client, plain_recv, plain_send
 from common import protocol
+from common.client import ClientOutcome
 from common.data import XOR_TEST_DATA
+from common.events import Outcome
 from common.model import xor_network
 from common.operators import step_scales
 from common.server import GA_BY_MODEL, GlobalModel, ListenThread, ServerConfig, TrainingConfig
@@ -39,7 +41,7 @@ def test_federated_run_reaches_accuracy_one(server, client_factory):
     for client, client_events in ((client1, events1), (client2, events2)):
         assert client_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
         client.join(WAIT)
-        assert client.outcome == "done"
+        assert client.outcome is ClientOutcome.DONE
     assert listener.wait_all_answered(WAIT)
     assert listener.global_model.reached_target
     assert listener.global_model.accuracy == 1.0
@@ -117,7 +119,8 @@ def test_max_rounds_gives_up_and_answers_done(server_factory, client_factory):
     client, _ = client_factory(listener.server_address, name="client1")
     assert events.wait_for(lambda e: e.kind == "gave_up").round == 2
     client.join(WAIT)
-    assert client.outcome == "done"
+    assert client.outcome is ClientOutcome.DONE
+    assert listener.global_model.outcome is Outcome.GAVE_UP
     assert not listener.global_model.reached_target
 
 
