@@ -5,7 +5,8 @@ when training ends, a headless server run, and the exit codes and text parsers t
 None of ``cli``, ``gui`` and ``flower`` imports another; each imports this.
 
 Exit codes: 0 done, 1 a failure explained in one line, 2 gave up (--max-rounds) or bad
-usage, 3 stopped by --patience, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+usage, 3 stopped by --patience, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). A
+client exits with the code of the outcome its server sent with ``done`` (``EXIT_CODES``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ EXIT_DONE, EXIT_FAILED, EXIT_GAVE_UP = 0, 1, 2
 EXIT_PATIENCE = 3  # stopped: no better model for --patience rounds
 EXIT_USAGE = 2  # argparse's own code for a bad command line
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
-# How a training that ended ends the server's process. A headless server stopped by a
-# signal exits 130 or 143 instead.
+# How a training that ended ends its processes, the server's and (told with done) each
+# client's. A headless server stopped by a signal exits 130 or 143 instead; to its clients,
+# as to any stopped server, training ended early: a failure.
 EXIT_CODES = {
     Outcome.DONE: EXIT_DONE,
     Outcome.GAVE_UP: EXIT_GAVE_UP,

@@ -7,7 +7,10 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from common.protocol.messages import Done
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +21,8 @@ class Stoppable(Protocol):
     finished: threading.Event
 
     def add_stop_listener(self, listener: Callable[[], None]) -> None: ...
+
+    def done(self) -> Done: ...  # the answer to every request once training ended
 
 
 class RoundDriver(ABC):

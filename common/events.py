@@ -11,9 +11,9 @@ if TYPE_CHECKING:
 
 
 class Outcome(StrEnum):
-    """How a run's training ended: the server's ``GlobalModel.outcome`` and its process's
-    exit code (``common.app.EXIT_CODES``). Members equal their strings, as they stood in
-    logs before they had names."""
+    """How a run's training ended: the server's ``GlobalModel.outcome``, told to its clients
+    with ``done``, and its process's exit code (``common.app.EXIT_CODES``). Members equal
+    their strings, as they stood in logs and on the wire before they had names."""
 
     DONE = "done"  # the global model reached --target-accuracy
     GAVE_UP = "gave_up"  # --max-rounds rounds ran without reaching it
@@ -49,7 +49,8 @@ class EventKind(StrEnum):
     WAITING = "waiting"
     JUDGED = "judged"
     SHORT = "short"
-    # The client's, besides connected, done and stopped: reconnecting, a model arrived, a GA
+    # The client's, besides connected, done (how the server said training ended, in words,
+    # in ``detail``) and stopped (by ``stop()``): reconnecting, a model arrived, a GA
     # generation ended, the update was sent, the server said why its reply waits
     # (``waiting``, its words in ``detail``), training failed.
     CONNECTING = "connecting"

@@ -726,7 +726,7 @@ class FitnessFederation(RoundDriver):
         fitness the client awaits."""
         while True:
             if self.global_model.finished.is_set():
-                return Done(self.global_model.round, self.global_model.accuracy)
+                return self.global_model.done()
             if self._stopping:  # shut down, or broken: not done, so the client may retry
                 raise ConnectionLost("the server stopped running fitness mode")
             client = self._clients.get(client_id) or _Client("")

@@ -341,7 +341,7 @@ class SecureRounds(RoundDriver):
         try:
             while member.reply is None:
                 if self.global_model.finished.is_set():
-                    return Done(self.global_model.round, self.global_model.accuracy)
+                    return self.global_model.done()
                 if self._stopping:  # shut down, or broken: not done, so the client may retry
                     raise ConnectionLost("the server stopped running secure aggregation")
                 self._changed.wait()

@@ -492,6 +492,11 @@ class GlobalModel:
     def reached_target(self) -> bool:
         return self.outcome is Outcome.DONE
 
+    def done(self) -> Done:
+        """Once training ended, what every request is answered: the last round, its
+        accuracy and how training ended."""
+        return Done(self.round, self.accuracy, self.outcome)
+
     @property
     def num_params(self) -> int:
         return self.forward.num_params
@@ -578,7 +583,7 @@ class GlobalModel:
     def _reply(self) -> ModelRequest | Done:
         """Call with the lock held: ``done`` once finished, else a population to train."""
         if self.finished.is_set():
-            return Done(self.round, self.accuracy)
+            return self.done()
         return ModelRequest(
             self.model_json,
             self._population(),

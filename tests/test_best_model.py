@@ -107,8 +107,9 @@ def test_patience_ends_a_headless_run_with_its_own_exit_code():
         Script("client2.py", *flags) as client2,
     ):
         codes = [script.finish() for script in (server, client1, client2)]
-    assert codes == [3, 0, 0], server.output()
+    assert codes == [3, 3, 3], server.output()  # its clients heard how training ended
     assert "stopping: no better model for 3 rounds (--patience)" in server.output()
+    assert "the server stopped: no better model for its patience rounds" in client1.output()
 
 
 def test_score_reports_a_saved_models_accuracy_on_other_data(tmp_path, capsys):

@@ -942,9 +942,8 @@ class ClientController(_Controller):
             self._show(f"{sent}; waiting for the server", enable=("close",))
         elif event.kind is EventKind.WAITING:  # "round 12: waiting for 2 more clients ..."
             self._show(event.detail.capitalize(), enable=("close",))
-        elif event.kind is EventKind.DONE:
-            accuracy = "" if event.accuracy is None else f": accuracy {event.accuracy:.2f}"
-            self._show(f"Training is done{accuracy}", enable=("close",))
+        elif event.kind is EventKind.DONE:  # "training is done: accuracy 1.00", or why not
+            self._show(event.detail.capitalize(), enable=("close",))
         elif event.kind is EventKind.CONNECTING:  # lost the server: this is the next attempt
             self._reconnecting = True
             self._show(f"Lost the server; reconnecting ({event.detail})", enable=("close",))

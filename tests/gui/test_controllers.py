@@ -378,8 +378,10 @@ def test_a_client_window_says_why_its_round_waits(make_server, make_client, main
     main_thread.run_until(lambda: client.status.startswith("Round 1: waiting"))
     assert re.fullmatch(r"Round 1: waiting for 1 more client \(at most \d+ s\)", client.status)
     assert enabled(client) == {"close"}
-    server.stop_training()  # the round is dropped and the client told done
-    main_thread.run_until(lambda: client.status.startswith("Training is done"))
+    server.stop_training()  # the round is dropped and the client told done, and why
+    main_thread.run_until(
+        lambda: client.status.startswith("The server's training was stopped by request")
+    )
 
 
 # ---- security fields ---------------------------------------------------------------------
@@ -1073,7 +1075,7 @@ def test_stop_training_answers_clients_done_and_keeps_the_best(
     main_thread.run_until(
         lambda: (
             server.view.summary.startswith("Stopped")
-            and client.status.startswith("Training is done")
+            and client.status.startswith("The server's training was stopped")
         )
     )
     model = server.global_model
@@ -1081,7 +1083,10 @@ def test_stop_training_answers_clients_done_and_keeps_the_best(
     assert server.view.summary == (
         f"Stopped after {model.round} rounds: best global accuracy {model.best.accuracy:.2f}"
     )
-
+    # the client says how training ended, not that it is done
+    assert client.status == (
+        f"The server's training was stopped by request: accuracy {model.accuracy:.2f}"
+    )
     assert server.actions == {
         "stop": False,
         "save_model": True,
