@@ -577,8 +577,9 @@ def launch(
 ) -> tuple[float, float, float, tuple[int, ...]]:
     """Start the processes together and wait for them all; (launch as unix time, seconds to
     the last exit, peak MiB, the bytes each fedga client logged it sent).
-    The server exits 0 (a perfect score) or 2 (--max-rounds), each client
-    0; anything else, or not ending within ``timeout`` seconds, is ``RunFailed``."""
+    The server exits 0 (a perfect score) or 2 (--max-rounds), each client as its server
+    (the outcome its ``done`` says); anything else, or not ending within ``timeout``
+    seconds, is ``RunFailed``."""
     logs = [run / f"process{n}.log" for n in range(len(command_lines))]
     launched = time.time()
     processes = [
@@ -598,7 +599,7 @@ def launch(
         for process in processes:
             if process.poll() is None:
                 process.kill()
-    if codes[0] not in (0, 2) or any(codes[1:]):
+    if codes[0] not in (0, 2) or any(code != codes[0] for code in codes[1:]):
         tails = "\n".join(f"--- {log}:\n{log.read_text()[-2000:]}" for log in logs)
         raise RunFailed(f"exit codes {codes}; the logs' ends:\n{tails}")
     sent = (SENT.search(log.read_bytes()) for log in logs[1:])

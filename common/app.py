@@ -5,7 +5,8 @@ when training ends, a headless server run, and the exit codes and text parsers t
 None of ``cli``, ``gui`` and ``flower`` imports another; each imports this.
 
 Exit codes: 0 done, 1 a failure explained in one line, 2 gave up (--max-rounds) or bad
-usage, 3 stopped by --patience, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+usage, 3 stopped by --patience, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). A
+client exits with the code of the outcome its server sent with ``done`` (``EXIT_CODES``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from common.data import XOR_TEST_DATA, DataError, Dataset, fit_to_model, load_dataset
 from common.errors import Terminated, UserError
+from common.events import Outcome
 from common.fitness_federation import FITNESS
 from common.model import Network, load_model_file, xor_network
 from common.modelspec import ModelRefused, dense_chain_json
@@ -39,6 +41,15 @@ EXIT_DONE, EXIT_FAILED, EXIT_GAVE_UP = 0, 1, 2
 EXIT_PATIENCE = 3  # stopped: no better model for --patience rounds
 EXIT_USAGE = 2  # argparse's own code for a bad command line
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+# How a training that ended ends its processes, the server's and (told with done) each
+# client's. A headless server stopped by a signal exits 130 or 143 instead; to its clients,
+# as to any stopped server, training ended early: a failure.
+EXIT_CODES = {
+    Outcome.DONE: EXIT_DONE,
+    Outcome.GAVE_UP: EXIT_GAVE_UP,
+    Outcome.PATIENCE: EXIT_PATIENCE,
+    Outcome.STOPPED: EXIT_FAILED,
+}
 
 DEFAULT_HIDDEN_UNITS = 16  # of the Dense model sized to a test set when no model is given
 
@@ -254,5 +265,4 @@ def exit_code(global_model: GlobalModel) -> int:
             global_model.accuracy,
             global_model.round,
         )
-        return EXIT_DONE
-    return EXIT_PATIENCE if global_model.outcome == "patience" else EXIT_GAVE_UP
+    return EXIT_CODES[global_model.outcome]

@@ -14,7 +14,7 @@ from common import security
 from common.aggregate import AGGREGATIONS
 from common.attacks import ATTACKS, AttackConfig, shown
 from common.app import (
-    EXIT_DONE,
+    EXIT_CODES,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -537,4 +537,7 @@ def run_client_headless(
         if thread is not None:
             thread.stop()
             thread.join()
-    return EXIT_DONE if thread.outcome == "done" else EXIT_FAILED
+    if thread.server_outcome is None:  # never told done: an error, or stopped
+        return EXIT_FAILED
+    # Done is not success: the server may have given up or been stopped; it said which.
+    return EXIT_CODES[thread.server_outcome]

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from common import protocol, security
 from common.attacks import AttackConfig, Collusion, HonestUpdate
 from common.data import Dataset
 from common.errors import ConnectError, ModelRefused, SchemaError, UserError
-from common.events import Event, EventKind
+from common.events import Event, EventKind, Outcome
 from common.fitness_federation import FITNESS, WEIGHTS, FitnessScorer
 from common.ga import GAConfig
 from common.modelspec import DEFAULT_MAX_PARAMS
@@ -172,12 +173,20 @@ class Reconnector:
         )
 
 
+class ClientOutcome(StrEnum):
+    """How a ``RecvThread``'s loop ended."""
+
+    DONE = "done"  # the server said done; its ``server_outcome`` says how training ended
+    ERROR = "error"  # lost or refused the server, or a bug: ``error`` says it in plain words
+    STOPPED = "stopped"  # ``stop()`` ended it (Close Socket, Ctrl-C, SIGTERM)
+
+
 class RecvThread(threading.Thread):
     """Runs the tutorial's client loop over one connected socket until ``done`` or an error.
 
-    Afterwards ``outcome`` is ``"done"`` or ``"error"`` (with ``error`` in plain words) or
-    ``"stopped"`` when ``stop()`` ended it. With ``reconnect``, a lost connection (reset,
-    closed, or a read timed out) is reopened and the unanswered request resent, each
+    Afterwards ``outcome`` (a ``ClientOutcome``) says how it ended, and after ``done`` the
+    server's ``server_outcome`` how training ended. With ``reconnect``, a lost connection
+    (reset, closed, or a read timed out) is reopened and the unanswered request resent, each
     attempt a ``connecting`` event ("attempt 2 of 10" in ``detail``); without it, losing the
     server is an error.
     """
@@ -229,7 +238,8 @@ class RecvThread(threading.Thread):
             seed=config.seed,
             attack=self.attack,
         )
-        self.outcome: str | None = None
+        self.outcome: ClientOutcome | None = None
+        self.server_outcome: Outcome | None = None  # what the server's done said
         self.error: str | None = None
         self.final_accuracy: float | None = None
         self._on_event = on_event or (lambda event: None)
@@ -411,12 +421,7 @@ class RecvThread(threading.Thread):
                         break
                     reply = scored
                 if isinstance(reply, Done):
-                    self.final_accuracy = reply.accuracy
-                    self.outcome = "done"
-                    log.info(
-                        "%s: server says done (accuracy=%s)", self.config.name, self.final_accuracy
-                    )
-                    self._on_event(Event(EventKind.DONE, accuracy=self.final_accuracy))
+                    self._done(reply)
                     return
                 if isinstance(reply, (SecureMessage, UnmaskScores)):  # only in answer to a stage
                     raise SchemaError(f"the server sent {reply.subject.value!r} out of turn")
@@ -425,20 +430,31 @@ class RecvThread(threading.Thread):
                     break
         except (ProtocolError, UserError) as exc:
             if not self._stop_requested.is_set():
-                self.outcome, self.error = "error", _plain_reason(exc)
+                self.outcome, self.error = ClientOutcome.ERROR, _plain_reason(exc)
                 log.error("%s: %s", self.config.name, self.error)
                 self._on_event(Event(EventKind.ERROR, detail=self.error))
                 return
         except Exception as exc:  # report a bug as a failure, not a dead thread
-            self.outcome, self.error = "error", f"internal error: {exc!r}"
+            self.outcome, self.error = ClientOutcome.ERROR, f"internal error: {exc!r}"
             log.exception("%s stopped after an internal error", self.config.name)
             self._on_event(Event(EventKind.ERROR, detail=self.error))
             return
         finally:
             self.connection.close()
             log.info("%s sent %d bytes to the server in all", self.config.name, self.bytes_sent)
-        self.outcome = "stopped"
+        self.outcome = ClientOutcome.STOPPED
         self._on_event(Event(EventKind.STOPPED))
+
+    def _done(self, reply: Done) -> None:
+        """The server said done: say how training ended (a warning unless it reached its
+        target), and report it (the sentence in ``detail``)."""
+        self.final_accuracy, self.server_outcome = reply.accuracy, reply.outcome
+        self.outcome = ClientOutcome.DONE
+        if reply.outcome is Outcome.DONE:
+            log.info("%s: server says done (accuracy=%s)", self.config.name, reply.accuracy)
+        else:
+            log.warning("%s: %s", self.config.name, reply.describe())
+        self._on_event(Event(EventKind.DONE, accuracy=reply.accuracy, detail=reply.describe()))
 
 
 def _plain_reason(exc: ProtocolError | UserError) -> str:

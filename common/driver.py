@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from common.protocol.messages import Waiting
+from common.protocol.messages import Done, Waiting
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -23,6 +23,8 @@ class Stoppable(Protocol):
     finished: threading.Event
 
     def add_stop_listener(self, listener: Callable[[], None]) -> None: ...
+
+    def done(self) -> Done: ...  # the answer to every request once training ended
 
 
 class RoundDriver(ABC):

@@ -10,6 +10,17 @@ if TYPE_CHECKING:
     from common.aggregate import Verdict
 
 
+class Outcome(StrEnum):
+    """How a run's training ended: the server's ``GlobalModel.outcome``, told to its clients
+    with ``done``, and its process's exit code (``common.app.EXIT_CODES``). Members equal
+    their strings, as they stood in logs and on the wire before they had names."""
+
+    DONE = "done"  # the global model reached --target-accuracy
+    GAVE_UP = "gave_up"  # --max-rounds rounds ran without reaching it
+    PATIENCE = "patience"  # --patience rounds passed without a better model
+    STOPPED = "stopped"  # a person stopped it: Stop Training, Ctrl-C or SIGTERM
+
+
 class EventKind(StrEnum):
     """What happened. Members equal their names' strings, so logs and tests may print or
     compare those; an Event of any other kind is refused (ValueError)."""
@@ -27,16 +38,19 @@ class EventKind(StrEnum):
     REQUEST = "request"
     SCORED = "scored"
     UPDATE = "update"
-    DONE = "done"
-    GAVE_UP = "gave_up"
-    PATIENCE = "patience"
-    STOPPED = "stopped"
+    # The endings are the Outcome members by value, declared there once:
+    # ``EventKind(outcome)`` is the kind of an ending's event.
+    DONE = Outcome.DONE.value
+    GAVE_UP = Outcome.GAVE_UP.value
+    PATIENCE = Outcome.PATIENCE.value
+    STOPPED = Outcome.STOPPED.value
     ANSWERED_DONE = "answered_done"
     DISCONNECTED = "disconnected"
     WAITING = "waiting"
     JUDGED = "judged"
     SHORT = "short"
-    # The client's, besides connected, done and stopped: reconnecting, a model arrived, a GA
+    # The client's, besides connected, done (how the server said training ended, in words,
+    # in ``detail``) and stopped (by ``stop()``): reconnecting, a model arrived, a GA
     # generation ended, the update was sent, the server said why its reply waits
     # (``waiting``, its words in ``detail``), training failed.
     CONNECTING = "connecting"

@@ -736,7 +736,7 @@ class FitnessFederation(RoundDriver):
         wait; ``done`` once training ended. ``answered``: the scoring whose fitness the
         client awaits."""
         if self.global_model.finished.is_set():
-            return Done(self.global_model.round, self.global_model.accuracy)
+            return self.global_model.done()
         if self._stopping:  # shut down, or broken: not done, so the client may retry
             raise ConnectionLost("the server stopped running fitness mode")
         return self._ask(client_id, self._clients.get(client_id) or _Client(""), answered)

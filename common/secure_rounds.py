@@ -349,7 +349,7 @@ class SecureRounds(RoundDriver):
     def _reply_for(self, member: _Member) -> ServerReply | None:
         """Call with ``_changed`` held: the reply published for ``member``, if any yet."""
         if self.global_model.finished.is_set():
-            return Done(self.global_model.round, self.global_model.accuracy)
+            return self.global_model.done()
         if self._stopping:  # shut down, or broken: not done, so the client may retry
             raise ConnectionLost("the server stopped running secure aggregation")
         reply, member.reply = member.reply, None

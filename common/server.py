@@ -36,7 +36,7 @@ from common.aggregate import (
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.errors import BindError, CheckpointError, ConfigError
-from common.events import Event, EventKind
+from common.events import Event, EventKind, Outcome
 from common.fitness_federation import FITNESS, FITNESS_SETTING, WEIGHTS, FitnessFederation
 from common.ga import REAL_DATA, GAConfig, loss
 from common.model import Network, accuracy as model_accuracy
@@ -437,7 +437,7 @@ class GlobalModel:
         self.best = Best(self.vector, 0, self.accuracy, self._loss(self.vector))
         self._lowest_loss = (self.best.loss, 0)  # and its round: when the step last helped
         self.finished = threading.Event()
-        self.outcome: str | None = None  # "done", "gave_up", "patience" or "stopped" once finished
+        self.outcome: Outcome | None = None  # how training ended, once finished
         self.sequences: dict[str, int] = {}  # client id -> last applied update sequence
         # Per-update rules' fair share (_over_share): the connected clients, and when each
         # last had an update applied (as the count of updates applied so far, and a time).
@@ -486,12 +486,17 @@ class GlobalModel:
             len(self.sequences),
         )
         if self.accuracy >= self.target_accuracy:  # stopped after done, before telling everyone
-            self.outcome = "done"
+            self.outcome = Outcome.DONE
             self.finished.set()
 
     @property
     def reached_target(self) -> bool:
-        return self.outcome == "done"
+        return self.outcome is Outcome.DONE
+
+    def done(self) -> Done:
+        """Once training ended, what every request is answered: the last round, its
+        accuracy and how training ended."""
+        return Done(self.round, self.accuracy, self.outcome)
 
     @property
     def num_params(self) -> int:
@@ -579,7 +584,7 @@ class GlobalModel:
     def _reply(self) -> ModelRequest | Done:
         """Call with the lock held: ``done`` once finished, else a population to train."""
         if self.finished.is_set():
-            return Done(self.round, self.accuracy)
+            return self.done()
         return ModelRequest(
             self.model_json,
             self._population(),
@@ -765,7 +770,7 @@ class GlobalModel:
         with self._lock:
             if self.finished.is_set():
                 return
-            self.outcome = "stopped"
+            self.outcome = Outcome.STOPPED
             for entry in self._pending:
                 _not_applied(entry.client, entry.update.key, "training was stopped")
             self._pending, self._round_id = [], self._round_id + 1
@@ -936,7 +941,7 @@ class GlobalModel:
             )
         )
         if self.accuracy >= self.target_accuracy:
-            self.outcome = "done"
+            self.outcome = Outcome.DONE
             log.info(
                 "done: accuracy=%.4f reached the target %.4f in round %d",
                 self.accuracy,
@@ -952,7 +957,7 @@ class GlobalModel:
                 self.round,
                 self.target_accuracy,
             )
-            self.outcome = "gave_up"
+            self.outcome = Outcome.GAVE_UP
             self.finished.set()
             self._emit(Event(EventKind.GAVE_UP, round=self.round, accuracy=self.accuracy))
         elif self.patience and self.round - self.best.round >= self.patience:
@@ -963,7 +968,7 @@ class GlobalModel:
                 self.best.round,
                 self.best.accuracy,
             )
-            self.outcome = "patience"
+            self.outcome = Outcome.PATIENCE
             self.finished.set()
             self._emit(Event(EventKind.PATIENCE, round=self.round, accuracy=self.best.accuracy))
 

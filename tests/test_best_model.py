@@ -11,6 +11,7 @@ import pytest
 
 from common import checkpoint
 from common.data import XOR_TEST_DATA
+from common.events import Outcome
 from common.model import weights_to_vector, xor_network
 from common.ports import free_port
 from common.protocol import ClientUpdate
@@ -47,7 +48,7 @@ def test_the_best_model_not_the_last_is_kept_checkpointed_and_saved(tmp_path):
     model.apply_round({"a": ClientUpdate(weaker)})  # as accurate, higher loss: not better
     assert model.accuracy == 1.0 and model.best.round == 1 and not model.finished.is_set()
     model.apply_round({"a": ClientUpdate(np.zeros_like(good))})  # 2 rounds without a better one
-    assert model.finished.is_set() and model.outcome == "patience" and model.round == 3
+    assert model.finished.is_set() and model.outcome is Outcome.PATIENCE and model.round == 3
     assert model.reply_to_echo().subject.value == "done"
 
     saved = checkpoint.load(path, model.num_params)
@@ -106,8 +107,9 @@ def test_patience_ends_a_headless_run_with_its_own_exit_code():
         Script("client2.py", *flags) as client2,
     ):
         codes = [script.finish() for script in (server, client1, client2)]
-    assert codes == [3, 0, 0], server.output()
+    assert codes == [3, 3, 3], server.output()  # its clients heard how training ended
     assert "stopping: no better model for 3 rounds (--patience)" in server.output()
+    assert "the server stopped: no better model for its patience rounds" in client1.output()
 
 
 def test_score_reports_a_saved_models_accuracy_on_other_data(tmp_path, capsys):
@@ -157,7 +159,7 @@ def test_stop_answers_a_waiting_round_done_and_keeps_the_best():
     model.stop()
     waiting.join(10)
     assert not waiting.is_alive() and replies[0].subject.value == "done"
-    assert (model.outcome, model.round, model.best.round) == ("stopped", 1, 1)
+    assert (model.outcome, model.round, model.best.round) == (Outcome.STOPPED, 1, 1)
     assert events[-1].kind == "stopped" and events[-1].accuracy == 1.0
     model.stop()  # twice is harmless
     assert [e.kind for e in events].count("stopped") == 1

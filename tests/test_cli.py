@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from common.app import EXIT_CODES
+from common.events import Outcome
 from common.ports import free_port
 from tests.conftest import WAIT
 
@@ -91,6 +93,29 @@ def test_headless_run_reaches_done_in_any_start_order(order):
     assert set(codes.values()) == {0}, outputs
     assert "finished: accuracy=1.0000" in outputs
     assert outputs.count("server says done (accuracy=1.0)") == 2
+
+
+@pytest.mark.slow
+def test_a_client_whose_server_gave_up_says_so_and_exits_with_its_code():
+    port = str(free_port())
+    flags = ("--headless", "--host", "127.0.0.1", "--port", port)
+    with (
+        Script(
+            "server.py",
+            *flags,
+            "--max-rounds",
+            "2",
+            "--target-accuracy",
+            "1.5",  # impossible: the rounds run out
+            "--expected-clients",
+            "1",
+        ) as server,
+        Script("client1.py", *flags) as client,
+    ):
+        codes = [server.finish(timeout=180), client.finish(timeout=180)]
+    assert codes == [EXIT_CODES[Outcome.GAVE_UP]] * 2 == [2, 2], client.output()
+    assert "the server gave up after its round limit: accuracy" in client.output()
+    assert "server says done" not in client.output()
 
 
 @pytest.mark.slow

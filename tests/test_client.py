@@ -10,8 +10,9 @@ import pytest
 
 from bench.plain_peers import plain_recv, plain_server
 from common import protocol
-from common.client import ConnectError, connect
+from common.client import ClientOutcome, ConnectError, connect
 from common.data import XOR_TEST_DATA
+from common.events import Outcome
 from common.ga import GAConfig
 from common.model import xor_network
 from common.protocol import Message, Subject
@@ -33,7 +34,9 @@ def test_our_client_trains_against_a_plain_pickle_server(listening, client_facto
     client, events = client_factory(listening.getsockname())
     client.join(WAIT)
     stub.join(WAIT)
-    assert client.outcome == "done"
+    # its done has no data: training is done, as the tutorial's server means it
+    assert (client.outcome, client.server_outcome) == (ClientOutcome.DONE, Outcome.DONE)
+    assert events.wait_for(lambda e: e.kind == "done").detail == "training is done"
     assert [m["subject"] for m in received] == ["echo", "model", "model", "model"]
     assert received[0]["data"]["best_model_weights_vector"] is None
     for message in received[1:]:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from common import protocol
+from common.events import Outcome
 from common.protocol import connection
 from common.protocol import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Connection, Message, Subject
 from common.secagg import MaskedInput, RoundSetup, SecAggClient, SecAggServer
@@ -96,7 +97,7 @@ def test_typed_messages_round_trip_through_their_wire_dicts(pair):
         accuracy=0.75,
         notice_interval=2.5,
     )
-    done = protocol.Done(round=4, accuracy=1.0)
+    done = protocol.Done(round=4, accuracy=0.5, outcome=Outcome.GAVE_UP)
     waiting = protocol.Waiting(round=12, missing=2, closes_in=4.5)
     for typed in (update, request, done, waiting):
         sender.sendall(protocol.encode(typed.to_message()))
@@ -114,6 +115,7 @@ def test_typed_messages_round_trip_through_their_wire_dicts(pair):
         received.notice_interval,
     ) == (request.model_json, request.ga_settings, 3, 0.75, 10, 2.5)
     assert protocol.server_reply(receiver.receive(SERVER_TO_CLIENT)) == done
+    assert done.describe() == "the server gave up after its round limit: accuracy 0.50"
     assert protocol.Waiting.from_data(receiver.receive(SERVER_TO_CLIENT).data) == waiting
     assert waiting.describe() == "round 12: waiting for 2 more clients (at most 5 s)"
 
@@ -132,6 +134,12 @@ def test_a_bad_waiting_notice_is_refused_in_one_sentence(data, match):
         protocol.Waiting.from_data(data)
 
 
+@pytest.mark.parametrize("outcome", ["won", 3, ["done"]])
+def test_a_done_of_no_known_outcome_is_refused_in_one_sentence(outcome):
+    with pytest.raises(protocol.SchemaError, match="is none of 'done', 'gave_up'"):
+        protocol.server_reply(Message(Subject.DONE, {"outcome": outcome}))
+
+
 def test_a_plain_peers_update_and_the_tutorials_done_become_typed_messages():
     plain = {"best_model_weights_vector": VECTOR.astype(np.float64)}  # no count, no sequence
     update = protocol.ClientUpdate.from_data(plain, 22)
@@ -140,7 +148,7 @@ def test_a_plain_peers_update_and_the_tutorials_done_become_typed_messages():
         None,
         np.float32,
     )
-    assert protocol.server_reply(Message(Subject.DONE, {})) == protocol.Done()
+    assert protocol.server_reply(Message(Subject.DONE, {})) == protocol.Done(outcome=Outcome.DONE)
     with pytest.raises(protocol.SchemaError, match="shape"):
         protocol.ClientUpdate.from_data(plain, 23)
     with pytest.raises(protocol.SchemaError, match="model_json"):

@@ -17,7 +17,9 @@ import pytest
 
 from bench.plain_peers import plain_client, plain_recv, plain_send
 from common import protocol
+from common.client import ClientOutcome
 from common.data import XOR_TEST_DATA
+from common.events import Outcome
 from common.model import xor_network
 from common.operators import step_scales
 from common.server import GA_BY_MODEL, GlobalModel, ListenThread, ServerConfig, TrainingConfig
@@ -37,9 +39,10 @@ def test_federated_run_reaches_accuracy_one(server, client_factory):
     done = events.wait_for(lambda e: e.kind == "done")
     assert done.accuracy == 1.0
     for client, client_events in ((client1, events1), (client2, events2)):
-        assert client_events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
+        heard = client_events.wait_for(lambda e: e.kind == "done")
+        assert (heard.accuracy, heard.detail) == (1.0, "training is done: accuracy 1.00")
         client.join(WAIT)
-        assert client.outcome == "done"
+        assert (client.outcome, client.server_outcome) == (ClientOutcome.DONE, Outcome.DONE)
     assert listener.wait_all_answered(WAIT)
     assert listener.global_model.reached_target
     assert listener.global_model.accuracy == 1.0
@@ -111,14 +114,33 @@ def test_done_is_only_a_reply_and_every_request_gets_one(server):
     assert listener.wait_all_answered(WAIT)
 
 
-def test_max_rounds_gives_up_and_answers_done(server_factory, client_factory):
+def test_max_rounds_gives_up_and_answers_done_saying_so(server_factory, client_factory, caplog):
     listener, events = server_factory(max_rounds=2)
     listener.global_model.target_accuracy = 2.0  # unreachable
-    client, _ = client_factory(listener.server_address, name="client1")
+    client, client_events = client_factory(listener.server_address, name="client1")
     assert events.wait_for(lambda e: e.kind == "gave_up").round == 2
     client.join(WAIT)
-    assert client.outcome == "done"
+    assert (client.outcome, client.server_outcome) == (ClientOutcome.DONE, Outcome.GAVE_UP)
+    assert listener.global_model.outcome is Outcome.GAVE_UP
     assert not listener.global_model.reached_target
+    heard = client_events.wait_for(lambda e: e.kind == "done")
+    said = f"the server gave up after its round limit: accuracy {heard.accuracy:.2f}"
+    assert heard.detail == said
+    assert any(
+        r.levelname == "WARNING" and r.getMessage() == f"client1: {said}" for r in caplog.records
+    )
+
+
+def test_a_plain_client_takes_done_with_its_outcome(server_factory):
+    listener, _ = server_factory(max_rounds=1)
+    listener.global_model.target_accuracy = 2.0  # unreachable: the first update gives up
+    with raw_connection(listener.server_address) as sock:
+        plain_send(sock, "echo", {"best_model_weights_vector": None})
+        best = plain_recv(sock)["data"]["population_weights"][0]
+        plain_send(sock, "model", {"best_model_weights_vector": best})
+        done = plain_recv(sock)  # as the tutorial's client reads it: plain pickle, no classes
+    assert done["subject"] == "done"
+    assert done["data"]["outcome"] == "gave_up" and type(done["data"]["outcome"]) is str
 
 
 # ---- hostile and broken peers -----------------------------------------------------------

@@ -19,6 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from common import security
@@ -165,18 +166,35 @@ class SetupField:
     choices: tuple[str, ...] = ()  # a spinner's values; empty: a text field
 
 
+class RowState(StrEnum):
+    """Where a client in the server window's list is, as its last column says."""
+
+    CONNECTED = "connected"  # has asked nothing yet
+    TRAINING = "training"  # was sent the model (or a round closed): trains it
+    WAITING = "waiting"  # sent its update: the reply waits for the round to close
+    DONE = "done"  # was told training is over
+    DISCONNECTED = "disconnected"  # left, or was dropped (``reason``), before or after done
+    DONE_DISCONNECTED = "done, disconnected"  # left after it was told done
+
+
 @dataclass
 class ClientRow:
     """One client in the server window's list."""
 
     name: str  # from its client id once an update names it, else its address
-    state: str = "connected"  # training, waiting, done, disconnected (with a reason if dropped)
+    state: RowState = RowState.CONNECTED
+    reason: str = ""  # why the server dropped it, if it did
     samples: int | None = None  # as its last update reported them
     round: int | None = None  # the round its last update went into
     accuracy: float | None = None  # its last update's own accuracy on the server's test data
     verdict: str = ""  # what the rule did with its last update: "used", "clipped 4.1 -> 1.2"
     # what the rule did with its recent updates (an action of common.aggregate.ACTIONS each)
     actions: deque[str] = field(default_factory=lambda: deque(maxlen=SUSPICION_WINDOW))
+
+    @property
+    def shown_state(self) -> str:
+        """Its state as the table shows it, with the reason it was dropped."""
+        return f"{self.state}: {self.reason}" if self.reason else self.state
 
     @property
     def cut(self) -> int:
@@ -223,7 +241,7 @@ class ServerView:
             "" if row.round is None else str(row.round),
             accuracy,
             row.verdict,
-            f"suspicious, {row.state}" if row.suspicious else row.state,
+            f"suspicious, {row.shown_state}" if row.suspicious else row.shown_state,
         )
 
 
@@ -625,7 +643,7 @@ class ServerController(_Controller):
         if event.kind is EventKind.CONNECTED:
             clients[event.peer] = ClientRow(event.peer)
         elif row is not None and event.kind is EventKind.REQUEST:
-            row.state = "training" if event.detail == "echo" else "waiting"
+            row.state = RowState.TRAINING if event.detail == "echo" else RowState.WAITING
         elif row is not None and event.kind is EventKind.SCORED:
             named = CLIENT_ID.match(event.detail)
             row.name = named[1] if named else event.detail or row.name
@@ -673,14 +691,11 @@ class ServerController(_Controller):
             log.info("summary: %s", view.summary)
             self._update_actions()
         elif row is not None and event.kind is EventKind.ANSWERED_DONE:
-            row.state = "done"
+            row.state = RowState.DONE
         elif row is not None and event.kind is EventKind.DISCONNECTED:
-            if event.detail:
-                row.state = f"disconnected: {event.detail}"
-            elif row.state == "done":
-                row.state = "done, disconnected"
-            else:
-                row.state = "disconnected"
+            told_done = row.state is RowState.DONE and not event.detail
+            row.state = RowState.DONE_DISCONNECTED if told_done else RowState.DISCONNECTED
+            row.reason = event.detail
         else:
             return
         self.on_change()
@@ -699,8 +714,8 @@ def rows_shown(rows: list[ClientRow], limit: int) -> list[ClientRow]:
 def _round_answered(clients: dict[str, ClientRow]) -> None:
     """The round closed: each client waiting for it was answered and trains again."""
     for waiting in clients.values():
-        if waiting.state == "waiting":
-            waiting.state = "training"
+        if waiting.state is RowState.WAITING:
+            waiting.state = RowState.TRAINING
 
 
 @dataclass
@@ -927,9 +942,8 @@ class ClientController(_Controller):
             self._show(f"{sent}; waiting for the server", enable=("close",))
         elif event.kind is EventKind.WAITING:  # "round 12: waiting for 2 more clients ..."
             self._show(event.detail.capitalize(), enable=("close",))
-        elif event.kind is EventKind.DONE:
-            accuracy = "" if event.accuracy is None else f": accuracy {event.accuracy:.2f}"
-            self._show(f"Training is done{accuracy}", enable=("close",))
+        elif event.kind is EventKind.DONE:  # "training is done: accuracy 1.00", or why not
+            self._show(event.detail.capitalize(), enable=("close",))
         elif event.kind is EventKind.CONNECTING:  # lost the server: this is the next attempt
             self._reconnecting = True
             self._show(f"Lost the server; reconnecting ({event.detail})", enable=("close",))

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from common.errors import ConfigError, SchemaError
+from common.events import Outcome
 from common.operators import OPERATORS
 from common.secagg import keys as secagg_keys
 from common.secagg import shamir
@@ -169,7 +170,8 @@ SERVER_TO_CLIENT = {
     Subject.WAITING: Schema(
         frozenset({"round", "missing", "closes_in"}), COMMON_OPTIONAL_KEYS | {"stage"}
     ),
-    Subject.DONE: Schema(frozenset(), COMMON_OPTIONAL_KEYS | {"round", "accuracy"}),
+    # outcome: how training ended (common.events.Outcome), absent from the tutorial's server
+    Subject.DONE: Schema(frozenset(), COMMON_OPTIONAL_KEYS | {"round", "accuracy", "outcome"}),
     # epoch, roster, loss_range: with secure aggregation, mask the scores under this roster
     Subject.SCORE: Schema(
         frozenset({"all_members", "digest"}) | GENERATION_KEYS,
@@ -445,16 +447,47 @@ class ModelRequest:
             )
 
 
+# What a client says of each outcome the server sends with ``done``.
+_HEARD = {
+    Outcome.DONE: "training is done",
+    Outcome.GAVE_UP: "the server gave up after its round limit",
+    Outcome.PATIENCE: "the server stopped: no better model for its patience rounds",
+    Outcome.STOPPED: "the server's training was stopped by request",
+}
+
+
 @dataclass(frozen=True)
 class Done:
-    """A server's ``done``: training is over (with the last round and accuracy, if sent)."""
+    """A server's ``done``: training is over (with the last round and accuracy, if sent),
+    and how it ended; a server that does not say (the tutorial's) reached its target."""
 
     subject: ClassVar[Subject] = Subject.DONE
     round: int | None = None
     accuracy: float | None = None
+    outcome: Outcome = Outcome.DONE
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> Done:
+        """The typed ``done``; an ``outcome`` absent or None is done (the tutorial's server
+        sends no data), one that names no ``Outcome`` is a ``SchemaError``."""
+        outcome = data.get("outcome")
+        try:
+            outcome = Outcome.DONE if outcome is None else Outcome(outcome)
+        except ValueError:
+            known = ", ".join(repr(str(member)) for member in Outcome)
+            raise SchemaError(f"outcome {outcome!r} is none of {known}") from None
+        return cls(data.get("round"), data.get("accuracy"), outcome)
 
     def to_message(self) -> Message:
-        return Message(self.subject, {"round": self.round, "accuracy": self.accuracy})
+        # The outcome as a plain str: a pickled enum would name a class of ours, which a
+        # restricted unpickler (ours, or a peer's) refuses to load.
+        data = {"round": self.round, "accuracy": self.accuracy, "outcome": self.outcome.value}
+        return Message(self.subject, data)
+
+    def describe(self) -> str:
+        """What a client logs and its window shows."""
+        accuracy = "" if self.accuracy is None else f": accuracy {self.accuracy:.2f}"
+        return _HEARD[self.outcome] + accuracy
 
 
 def _seconds(value, what: str, low: float = 0.0) -> float:
@@ -1119,7 +1152,7 @@ ServerReply = ModelRequest | Done | ScoreRequest | SecureMessage | Rekey | Unmas
 def server_reply(message: Message) -> ServerReply:
     """The typed form of a validated message from a server; ``SchemaError`` if malformed."""
     if message.subject is Subject.DONE:
-        return Done(message.data.get("round"), message.data.get("accuracy"))
+        return Done.from_data(message.data)
     if message.subject is Subject.SCORE:
         return ScoreRequest.from_data(message.data)
     if message.subject is Subject.FITNESS_REKEY:

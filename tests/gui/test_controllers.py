@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import os
+import pickle
 import queue
 import re
 import socket
@@ -21,14 +22,16 @@ from common.aggregate import AGGREGATIONS, EXCLUDED, SETTINGS
 from common.app import build_global_model
 from common.cli import server_parser
 from common.attacks import AttackConfig
-from common.client import ClientConfig, RecvThread, connect
+from common.client import ClientConfig, ClientOutcome, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA, second_field
+from common.events import Outcome
 from common.ga import GAConfig
 from common.gui.controllers import (
     INITIAL_STATUS,
     NO_DATA,
     ClientController,
     ClientRow,
+    RowState,
     ServerController,
     rows_shown,
 )
@@ -193,6 +196,19 @@ def test_server_steps_enable_buttons_in_the_tutorials_order(make_server, main_th
 
     server.create()  # the tutorial lets the steps start over
     assert enabled(server) == {"bind", "close"}
+
+
+def test_a_dropped_clients_row_says_why(make_server, main_thread):
+    server = make_server()
+    port = int(listen(server))
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as client:
+        peer = "%s:%d" % client.getsockname()[:2]
+        client.sendall(pickle.dumps([1]))  # not the tutorial's dict: the server drops it
+        assert client.recv(1) == b""
+    main_thread.run_until(lambda: client_state(server, peer) == RowState.DISCONNECTED)
+    row = server.view.clients[peer]
+    assert row.reason == "message is a list, not a dict"
+    assert server.view.cells(row)[-1] == "disconnected: message is a list, not a dict"
 
 
 @pytest.mark.parametrize(
@@ -362,8 +378,10 @@ def test_a_client_window_says_why_its_round_waits(make_server, make_client, main
     main_thread.run_until(lambda: client.status.startswith("Round 1: waiting"))
     assert re.fullmatch(r"Round 1: waiting for 1 more client \(at most \d+ s\)", client.status)
     assert enabled(client) == {"close"}
-    server.stop_training()  # the round is dropped and the client told done
-    main_thread.run_until(lambda: client.status.startswith("Training is done"))
+    server.stop_training()  # the round is dropped and the client told done, and why
+    main_thread.run_until(
+        lambda: client.status.startswith("The server's training was stopped by request")
+    )
 
 
 # ---- security fields ---------------------------------------------------------------------
@@ -553,7 +571,7 @@ def test_close_while_reconnecting_returns_promptly(make_server, make_client, mai
     client.close()
     client.thread.join(WAIT)
     assert time.monotonic() - started < 0.5
-    assert client.thread.outcome == "stopped"
+    assert client.thread.outcome is ClientOutcome.STOPPED
     main_thread.run_pending()  # what the thread reported last changes nothing
     assert (client.status, enabled(client)) == ("Socket Closed", {"create"})
 
@@ -1057,13 +1075,17 @@ def test_stop_training_answers_clients_done_and_keeps_the_best(
     main_thread.run_until(
         lambda: (
             server.view.summary.startswith("Stopped")
-            and client.status.startswith("Training is done")
+            and client.status.startswith("The server's training was stopped")
         )
     )
     model = server.global_model
-    assert model.outcome == "stopped"
+    assert model.outcome is Outcome.STOPPED
     assert server.view.summary == (
         f"Stopped after {model.round} rounds: best global accuracy {model.best.accuracy:.2f}"
+    )
+    # the client says how training ended, not that it is done
+    assert client.status == (
+        f"The server's training was stopped by request: accuracy {model.accuracy:.2f}"
     )
     assert server.actions == {
         "stop": False,
