@@ -98,7 +98,6 @@ starting Ray and TensorFlow). The tuned rows add ~8 minutes on synthetic and ~55
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import importlib.util
 import math
@@ -109,21 +108,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import print_header, print_table, seconds, target
-from bench.flower import PeakMemory
+from bench.common import (
+    PYTHON,
+    ROOT,
+    RUN_TIMEOUT,
+    Finished,
+    print_header,
+    print_table,
+    read_history,
+    run_processes,
+    seconds,
+    seconds_per_round,
+    target,
+)
 from common.aggregate import AGGREGATIONS
 from common.data import Dataset, load_dataset
 from common.fitness_federation import FITNESS, WEIGHTS
 from common.ports import free_port
 from common.split import save_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
 # The earlier rows' sets, and the two federations' (where the hidden layer matters), digits
 # in both: each row runs by default on its own (Setup.data_sets).
 EARLIER = ("breast-cancer", "wine", "digits")
@@ -152,7 +160,6 @@ ADAM = {
     "max_epochs": 1000,
 }
 NEVER = "2"  # --target-accuracy above any accuracy: only the round count stops a run
-RUN_TIMEOUT = 1800  # seconds: far beyond any step seen here (a split, a 200-round run)
 # A run's limit grows with its rounds: 400 tuned MNIST-1D rounds of the central GA took
 # 7 s each beside other work, 47 minutes.
 SECONDS_PER_ROUND_ALLOWED = 20
@@ -574,35 +581,22 @@ def commands(
 
 def launch(
     command_lines: list[list[str]], run: Path, timeout: float
-) -> tuple[float, float, float, tuple[int, ...]]:
-    """Start the processes together and wait for them all; (launch as unix time, seconds to
-    the last exit, peak MiB, the bytes each fedga client logged it sent).
-    The server exits 0 (a perfect score) or 2 (--max-rounds), each client
-    0; anything else, or not ending within ``timeout`` seconds, is ``RunFailed``."""
+) -> tuple[Finished, tuple[int, ...]]:
+    """Start the processes together and wait for them all (``bench.common.run_processes``);
+    also the bytes each fedga client logged it sent. The server exits 0 (a perfect score) or
+    2 (--max-rounds), each client 0; anything else, or not ending within ``timeout``
+    seconds, is ``RunFailed``."""
     logs = [run / f"process{n}.log" for n in range(len(command_lines))]
-    launched = time.time()
-    processes = [
-        subprocess.Popen(
-            line, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        for line, log in zip(command_lines, logs)
-    ]
-    memory = PeakMemory(lambda: [p.pid for p in processes])
     try:
-        codes = [p.wait(max(1.0, launched + timeout - time.time())) for p in processes]
-        elapsed = time.time() - launched
+        finished = run_processes(command_lines, logs, timeout)
     except subprocess.TimeoutExpired:
         raise RunFailed(f"not finished within {timeout:.0f} s: see {run}") from None
-    finally:
-        peak = memory.stop()
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+    codes = finished.codes
     if codes[0] not in (0, 2) or any(codes[1:]):
         tails = "\n".join(f"--- {log}:\n{log.read_text()[-2000:]}" for log in logs)
-        raise RunFailed(f"exit codes {codes}; the logs' ends:\n{tails}")
+        raise RunFailed(f"exit codes {list(codes)}; the logs' ends:\n{tails}")
     sent = (SENT.search(log.read_bytes()) for log in logs[1:])
-    return launched, elapsed, peak, tuple(int(m[1]) for m in sent if m)
+    return finished, tuple(int(m[1]) for m in sent if m)
 
 
 def federated(
@@ -612,24 +606,20 @@ def federated(
 
     run.mkdir(parents=True)
     timeout = max(RUN_TIMEOUT, setup.max_rounds * SECONDS_PER_ROUND_ALLOWED)
-    launched, elapsed, peak_mib, sent = launch(commands(setup, split, seed, run, fit), run, timeout)
-    with (run / "history.csv").open() as file:
-        rows = [
-            (float(r["time"]), int(r["round"]), float(r["accuracy"]), float(r["loss"] or "inf"))
-            for r in csv.DictReader(file)
-        ]
-    reached = next(((t, r) for t, r, accuracy, _ in rows if accuracy >= split.target), None)
+    finished, sent = launch(commands(setup, split, seed, run, fit), run, timeout)
+    rows = read_history(run / "history.csv")
+    reached = next((row for row in rows if row.accuracy >= split.target), None)
     saved = load_model_file(str(run / "best.keras"))
     holdout = load_dataset(split.file("holdout.npz"))
     return Outcome(
         holdout=saved.forward.accuracy(saved.initial_vector, holdout.inputs, holdout.outputs),
-        rounds=rows[-1][1],
-        target_round=reached and reached[1],
-        to_target=reached[0] - launched if reached else math.inf,
-        per_round=(rows[-1][0] - rows[0][0]) / (len(rows) - 1) if len(rows) > 1 else math.nan,
-        peak_mib=peak_mib,
-        seconds=elapsed,
-        test=max(((a, loss) for _, _, a, loss in rows), key=lambda t: (t[0], -t[1])),
+        rounds=rows[-1].round,
+        target_round=reached and reached.round,
+        to_target=reached.time - finished.launched if reached else math.inf,
+        per_round=seconds_per_round(rows),
+        peak_mib=finished.peak_mib,
+        seconds=finished.seconds,
+        test=max(((r.accuracy, r.loss) for r in rows), key=lambda t: (t[0], -t[1])),
         sent=sent,
     )
 
@@ -911,7 +901,84 @@ def federation_targets(
     return met
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Results:
+    """What a run of the bench recorded, by data set: plain data, for the targets."""
+
+    refs: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # name -> ref -> seeds
+    outcomes: dict[str, dict[str, list[Outcome]]] = field(default_factory=dict)  # -> row -> seeds
+    grids: dict[str, list[tuple[KerasFit, dict[KerasFit, Outcome]]]] = field(default_factory=dict)
+    targets: dict[str, list[float]] = field(default_factory=dict)  # per seed, server's test data
+    held_out: dict[str, int] = field(default_factory=dict)  # samples
+    failures: int = 0  # runs that failed (a Keras run serving two rows counts once)
+
+
+def check_targets(results: Results) -> bool:
+    """Every TARGET line of the recorded results; True when all are met."""
+    earlier = earlier_targets(results.refs, results.outcomes, results.held_out)
+    return earlier & federation_targets(results.outcomes, results.held_out)
+
+
+def report(results: Results, name: str, setups: list[Setup]) -> None:
+    """A data set's tables, printed as its runs end."""
+    table(
+        name,
+        results.refs[name],
+        results.targets[name],
+        results.outcomes[name],
+        results.held_out[name],
+        setups,
+    )
+    if results.grids[name]:
+        grid_table(results.grids[name])
+
+
+def collect(args: argparse.Namespace, setups: list[Setup], work: Path) -> Results:
+    """Every run, each printed as it ends, and each data set's tables once its runs are in."""
+    results = Results()
+    made: list[Outcome] = []  # every run, once: a Keras run may serve two rows
+    for name in args.data_sets:
+        rows = [s for s in setups if args.rows or name in s.data_sets]
+        refs = results.refs[name] = {"logistic": [], "adam": []}
+        outcomes: dict[str, list[Outcome]] = results.outcomes.setdefault(name, {})
+        grids = results.grids[name] = []
+        targets = results.targets[name] = []
+        for seed in args.seeds:
+            folder = work / name / f"seed{seed}"
+            for kind in {s.split for s in rows} | {"dirichlet"}:
+                make_split(name, seed, kind, folder / kind)
+            refs["logistic"].append(logistic_regression(folder / "dirichlet"))
+            refs["adam"].append(central_adam(folder / "dirichlet", seed))
+            goal = DIGITS_TARGET if name == "digits" else refs["adam"][-1] - TARGET_GAP
+            targets.append(goal)
+            print(
+                f"{name} seed {seed}: logistic regression {refs['logistic'][-1]:.3f}, "
+                f"Adam {refs['adam'][-1]:.3f}, target {goal:.3f}",
+                flush=True,
+            )
+            keras_runs: KerasRuns = {}
+            for setup in rows:
+                label = f"{name} seed {seed}: {setup.label}"
+                split = Split(folder / setup.split, goal)
+                if setup.engine == "flower-keras":
+                    chosen, grid = keras_row(setup, split, seed, folder, keras_runs, label)
+                    outcome = grid[chosen]
+                    if len(grid) > 1:
+                        grids.append((chosen, grid))
+                else:
+                    outcome = attempt(label, federated, setup, split, seed, folder / setup.key)
+                    made.append(outcome)
+                outcomes.setdefault(setup.key, []).append(outcome)
+                print(f"{label}: {outcome}", flush=True)
+            made.extend(keras_runs.values())
+        print()
+        results.held_out[name] = len(load_dataset(str(folder / "dirichlet" / "holdout.npz")))
+        report(results, name, rows)
+    results.failures = sum(o.failed for o in made)
+    return results
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.real_data", description=__doc__.split("\n\n")[0]
     )
@@ -944,7 +1011,11 @@ def main(argv: list[str] | None = None) -> int:
         "targets assume the defaults",
     )
     parser.add_argument("--keep", action="store_true", help="keep the runs' files and logs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     started = time.perf_counter()
     if importlib.util.find_spec("flwr") is None:
         print(
@@ -969,59 +1040,16 @@ def main(argv: list[str] | None = None) -> int:
         f"x{CLIENTS} for running-average and running-best, where a round is one update)"
     )
     work = Path(tempfile.mkdtemp(prefix="fedga-bench-real-data-"))
-    refs: dict[str, dict[str, list[float]]] = {}
-    outcomes: dict[str, dict[str, list[Outcome]]] = {}
-    grids: dict[str, list[tuple[KerasFit, dict[KerasFit, Outcome]]]] = {}
-    targets: dict[str, list[float]] = {}
-    held_out: dict[str, int] = {}
-    made: list[Outcome] = []  # every run, once: a Keras run may serve two rows
-    for name in args.data_sets:
-        rows = [s for s in setups if args.rows or name in s.data_sets]
-        refs[name], outcomes[name], grids[name] = {"logistic": [], "adam": []}, {}, []
-        targets[name] = []
-        for seed in args.seeds:
-            folder = work / name / f"seed{seed}"
-            for kind in {s.split for s in rows} | {"dirichlet"}:
-                make_split(name, seed, kind, folder / kind)
-            refs[name]["logistic"].append(logistic_regression(folder / "dirichlet"))
-            refs[name]["adam"].append(central_adam(folder / "dirichlet", seed))
-            goal = DIGITS_TARGET if name == "digits" else refs[name]["adam"][-1] - TARGET_GAP
-            targets[name].append(goal)
-            print(
-                f"{name} seed {seed}: logistic regression {refs[name]['logistic'][-1]:.3f}, "
-                f"Adam {refs[name]['adam'][-1]:.3f}, target {goal:.3f}",
-                flush=True,
-            )
-            keras_runs: KerasRuns = {}
-            for setup in rows:
-                label = f"{name} seed {seed}: {setup.label}"
-                split = Split(folder / setup.split, goal)
-                if setup.engine == "flower-keras":
-                    chosen, grid = keras_row(setup, split, seed, folder, keras_runs, label)
-                    outcome = grid[chosen]
-                    if len(grid) > 1:
-                        grids[name].append((chosen, grid))
-                else:
-                    outcome = attempt(label, federated, setup, split, seed, folder / setup.key)
-                    made.append(outcome)
-                outcomes[name].setdefault(setup.key, []).append(outcome)
-                print(f"{label}: {outcome}", flush=True)
-            made.extend(keras_runs.values())
-        print()
-        held_out[name] = len(load_dataset(str(folder / "dirichlet" / "holdout.npz")))
-        table(name, refs[name], targets[name], outcomes[name], held_out[name], rows)
-        if grids[name]:
-            grid_table(grids[name])
-    met = earlier_targets(refs, outcomes, held_out) & federation_targets(outcomes, held_out)
-    failures = sum(o.failed for o in made)
-    if failures:
-        print(f"{failures} run(s) FAILED: their logs are above", flush=True)
+    results = collect(args, setups, work)
+    met = check_targets(results)
+    if results.failures:
+        print(f"{results.failures} run(s) FAILED: their logs are above", flush=True)
     if args.keep:
         print(f"files and logs: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
     print(f"bench.real_data took {seconds(time.perf_counter() - started)}", flush=True)
-    return 0 if met and not failures else 1
+    return 0 if met and not results.failures else 1
 
 
 if __name__ == "__main__":
