@@ -37,9 +37,8 @@ untargeted attack; its success rate under the backdoor and scaling at most 10% w
 accuracy within 2 points of fedavg's clean run; no defence costs more than 2 points without
 an attacker, but Krum (``SELECTS_ONE``: its cost is printed with the reason instead).
 
-How long: 252 runs, 58 minutes on 2 cores at the defaults (another benchmark beside it for
-its first half): ~8-14 s a round-based run, ~20-37 s a running-best one. ``--replay FILE``
-prints a saved output's tables and targets again without running anything.
+How long: 252 runs, about an hour on 2 cores at the defaults (docs/performance.md).
+``--replay FILE`` prints a saved output's tables and targets again without running anything.
 """
 
 from __future__ import annotations

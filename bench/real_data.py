@@ -63,21 +63,19 @@ How runs end, and why. A run must leave its best model, and its speed must be re
 same run: so no run stops at the target. Every run has a fixed number of rounds
 (``--max-rounds``), as Flower's ``FedAvg.start`` does, chosen past where it stops improving
 here, and the saved model is the best (highest accuracy on the server's test data, ties:
-lower loss). Not ``--patience``: on digits the GA's held-out accuracy still rises for ~175
-rounds (0.944 mean at round 50, 0.953 at 100, 0.959 at 175, 24 recorded runs) while the
-server's 269 test samples (one is 0.37 points) barely see it, so 15 rounds without a better
-model ended runs at ~50 rounds (0.940 held out), 30 at ~110 (0.946), and 200 fixed rounds
-saved 0.958 (docs/performance.md). ``--target-accuracy`` is above 1, so it never ends a run:
-on wine's 27 test samples a first perfect score, the default target, came from models
-scoring 0.83-0.89 held out, and later ties with a lower loss were better. Stopping at the
+lower loss). Not ``--patience``: on digits the GA's held-out accuracy still rises long after
+the server's few test samples stop seeing it, so patience ended runs early and saved worse
+models than a fixed count (docs/performance.md, "Digits: longer runs"). ``--target-accuracy``
+is above 1, so it never ends a run: on wine's few test samples a first perfect score, the
+default target, came from models that scored lower held out than later ties with a lower
+loss (docs/performance.md, "Numbers the benches rest on"). Stopping at the
 target instead would save a model that only just reached it, and would end the fast and the
 slow at different points of their curves. The target: the central Adam reference's held-out
 accuracy on the same split minus 2 points (digits: 0.95), read on the server's test data, the
 accuracy each run's ``--history`` records per round; launch to target is the ``time`` of the
 first round reaching it minus the launch of the run's first process. The tutorial's operators
 cost seconds a round on digits (PyGAD's per-gene mutation): their rows have a lower round cap,
-and show where fedga started, not where it could get. MNIST-1D keeps the 200 rounds: ~0.5-0.7
-s a round here for the central, fedavg and fitness rows (2 busy cores), so ~2.5 minutes a run.
+and show where fedga started, not where it could get. MNIST-1D keeps the 200 rounds.
 
 Per row: the saved model's held-out accuracy (median over the split seeds; wine's 45
 held-out samples make one sample 2 points), rounds to the target, seconds from launch to it,
@@ -88,11 +86,9 @@ clients). ``--save-model`` writes a ``.keras`` file, so a server imports TensorF
 training ends: that, not training, sets fedga's peak. Needs requirements-flower.txt. Exit
 code 1 when a target is missed.
 
-How long: ~1 h 45 min to 2 h on 2 cores, estimated from one-seed smoke runs here: breast
-cancer and wine ~10 minutes each, digits ~35 (14 of them the earlier rows), synthetic ~18,
-MNIST-1D ~35; the new sets' Flower grid is about half of theirs (each Flower run spends ~25 s
-starting Ray and TensorFlow). The tuned rows add ~8 minutes on synthetic and ~55 on MNIST-1D
-(a tuned run there is ~9 minutes): ~3 h in all.
+How long: about 3 hours on 2 cores at the defaults; docs/performance.md ("Numbers the
+benches rest on") has it by data set. ``--data-sets``, ``--seeds``, ``--rows`` and
+``--rounds`` make a quick try.
 """
 
 from __future__ import annotations
@@ -160,8 +156,7 @@ ADAM = {
     "max_epochs": 1000,
 }
 NEVER = "2"  # --target-accuracy above any accuracy: only the round count stops a run
-# A run's limit grows with its rounds: 400 tuned MNIST-1D rounds of the central GA took
-# 7 s each beside other work, 47 minutes.
+# A run's limit grows with its rounds (the slowest rounds seen: docs/performance.md).
 SECONDS_PER_ROUND_ALLOWED = 20
 POOLED = "all.npz"  # every client's training data in one file: the central GA's one client
 SENT = re.compile(rb"sent (\d+) bytes to the server in all")  # a headless client's last line
@@ -225,10 +220,8 @@ class Setup:
 
 BEATS_KERAS = ("synthetic", "mnist1d")  # where fitness mode must match Flower's FedAvg
 # The GA of the central-tuned and fitness-tuned rows (one GA, so the two compare at equal
-# generations): 30 members, 1% of genes mutated. On MNIST-1D, split seed 1, 200 rounds of the
-# central GA: 0.554 held out against the defaults' 0.520 (10 members, 5%); 30 members at 5%
-# 0.540, 10 at 1% 0.510, 10 at 20% 0.483, mutation step 0.1 0.519 and 0.6 0.464, 2 parents
-# mating 0.517. A round costs ~4x the defaults' (3x the members to score, each everywhere).
+# generations): 30 members, 1% of genes mutated, the best of a search on MNIST-1D
+# (docs/performance.md, "Numbers the benches rest on").
 GA_TUNED = ("--num-solutions", "30", "--mutation-percent", "1")
 
 SETUPS = (
@@ -258,7 +251,7 @@ SETUPS = (
     ),
     Setup("fedavg", "fedga, new operators, fedavg", "fedga", EARLIER + FEDERATIONS),
     # The best server optimiser on digits (docs/performance.md, "server optimisers"): fedadam
-    # at eta 0.03 (0.958 held out over 8 runs, fedavg 0.954; momentum did not help).
+    # at eta 0.03.
     Setup(
         "fedadam",
         "fedga, weights mode, fedadam (server learning rate 0.03)",
