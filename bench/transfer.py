@@ -50,9 +50,9 @@ MB = 10**6
 NUM_SOLUTIONS = 10
 MNIST_LAYERS = (784, [(128, "relu"), (10, "softmax")])  # 101,770 parameters
 KBIT = 1000 / 8  # bytes per second in a kbit/s
-TUTORIAL_SPEEDUP = (
-    10  # ours over the tutorial's loop at 1 MB, turn by turn (set from the spread in docs)
-)
+# Ours over the tutorial's loop at 1 MB, turn by turn: set under the spread measured
+# (docs/performance.md, Transfer).
+TUTORIAL_SPEEDUP = 10
 
 
 def model_message(size: int) -> bytes:
