@@ -37,9 +37,8 @@ untargeted attack; its success rate under the backdoor and scaling at most 10% w
 accuracy within 2 points of fedavg's clean run; no defence costs more than 2 points without
 an attacker, but Krum (``SELECTS_ONE``: its cost is printed with the reason instead).
 
-How long: 252 runs, 58 minutes on 2 cores at the defaults (another benchmark beside it for
-its first half): ~8-14 s a round-based run, ~20-37 s a running-best one. ``--replay FILE``
-prints a saved output's tables and targets again without running anything.
+How long: 252 runs, about an hour on 2 cores at the defaults (docs/performance.md).
+``--replay FILE`` prints a saved output's tables and targets again without running anything.
 """
 
 from __future__ import annotations
@@ -478,6 +477,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"strengths: {strengths()}\n")
     started = time.perf_counter()
+    by_scenario = collect(args)
+    print(f"took {(time.perf_counter() - started) / 60:.1f} minutes\n")
+    return 0 if report(by_scenario, tables=False) else 1
+
+
+def collect(args: argparse.Namespace) -> dict[str, Results]:
+    """Every run, by scenario, each printed as it ends and each scenario's table once its
+    runs are in."""
     by_scenario: dict[str, Results] = {}
     for scenario in (s for s in SCENARIOS if s.key in args.scenarios):
         chosen = [a for a in scenario.attacks if args.attacks is None or a in args.attacks]
@@ -507,8 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                             bound = BOUND_SHARE * median(outcome.change_norms)
         scenario_table(scenario, scenario_results)  # each as it ends
         by_scenario[scenario.key] = scenario_results
-    print(f"took {(time.perf_counter() - started) / 60:.1f} minutes\n")
-    return 0 if report(by_scenario, tables=False) else 1
+    return by_scenario
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""What every benchmark shares: tables, TARGET lines, interleaved timing, loopback sockets,
-the machine's description, and the tutorial's baselines reimplemented for comparison.
+"""What every benchmark shares: where the project and its Python are, tables, TARGET lines,
+interleaved timing, processes launched together with their peak memory, the per-round times
+of a ``--history`` CSV, loopback sockets, the machine's description, and the tutorial's
+baselines reimplemented for comparison. (A private X display is ``bench.display``'s.)
 
 The baselines are written here from the tutorial's description, not copied: a fitness that
 loads one solution into the Keras model and calls ``model.predict`` on it. The tutorial's
@@ -8,14 +10,21 @@ receive loop and client are ``bench.plain_peers``'s, shared with the tests.
 
 from __future__ import annotations
 
+import csv
+import math
 import os
 import platform
 import resource
 import socket
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +33,10 @@ if TYPE_CHECKING:
     import keras
 
 from common.model import is_multiclass
+
+ROOT = Path(__file__).resolve().parents[1]  # the project: every command runs from here
+PYTHON = sys.executable
+RUN_TIMEOUT = 1800.0  # seconds: one run of processes, far beyond any seen here
 
 # ---- output -----------------------------------------------------------------------------
 
@@ -99,6 +112,124 @@ def interleaved(functions: dict[str, Callable[[], object]], repeats: int) -> dic
 def paired_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
     """Median of the per-turn ratios: each pair ran back to back under the same load."""
     return statistics.median(s / f for s, f in zip(slow, fast))
+
+
+# ---- processes --------------------------------------------------------------------------
+
+
+class PeakMemory:
+    """The largest sum of resident set sizes over the process groups ``sessions()`` names,
+    sampled from /proc every 0.2 s until ``stop()``."""
+
+    def __init__(self, sessions: Callable[[], Sequence[int]]):
+        self._sessions, self.peak_mib = sessions, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _rss_mib(self) -> float:
+        sessions, total = set(self._sessions()), 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) in sessions:  # stat field 6: the session id
+                    total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended meanwhile
+        return total / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak_mib = max(self.peak_mib, self._rss_mib())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mib
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Processes run together to their ends."""
+
+    launched: float  # unix time, just before the first started
+    seconds: float  # launch to the last exit
+    peak_mib: float  # the largest sum of their resident memory (PeakMemory)
+    codes: tuple[int, ...]  # exit codes, in the commands' order
+
+
+def run_processes(
+    command_lines: Sequence[Sequence[str]],
+    logs: Sequence[Path],
+    timeout: float = RUN_TIMEOUT,
+    env: dict[str, str] | None = None,
+) -> Finished:
+    """Start the commands together from ``ROOT``, each in a session of its own (so
+    ``PeakMemory`` counts its children) with its output in its log, and wait for them all.
+    Past ``timeout`` seconds the ones left are killed and ``subprocess.TimeoutExpired`` raised."""
+    launched = time.time()
+    processes = [
+        subprocess.Popen(
+            line,
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        for line, log in zip(command_lines, logs)
+    ]
+    memory = PeakMemory(lambda: [p.pid for p in processes])
+    try:
+        codes = tuple(p.wait(max(1.0, launched + timeout - time.time())) for p in processes)
+        elapsed = time.time() - launched
+    finally:
+        peak = memory.stop()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return Finished(launched, elapsed, peak, codes)
+
+
+# ---- a run's history --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One row of a ``--history`` CSV (``common.results.FIELDS``), the columns benches read."""
+
+    time: float  # unix time of the round's update
+    round: int
+    accuracy: float  # on the server's test data
+    loss: float  # inf where the row has none
+
+
+def read_history(path: Path) -> list[HistoryRow]:
+    """The rows of a ``--history`` CSV; none if the run never wrote it."""
+    try:
+        with path.open(newline="") as file:
+            return [
+                HistoryRow(
+                    float(r["time"]),
+                    int(r["round"]),
+                    float(r["accuracy"]),
+                    float(r["loss"] or "inf"),
+                )
+                for r in csv.DictReader(file)
+            ]
+    except FileNotFoundError:
+        return []
+
+
+def seconds_per_round(rows: Sequence[HistoryRow]) -> float:
+    """Seconds between rounds after the first (the first also connects); NaN with fewer than
+    two rounds."""
+    if len(rows) < 2:
+        return math.nan
+    return (rows[-1].time - rows[0].time) / (len(rows) - 1)
 
 
 # ---- sockets ----------------------------------------------------------------------------

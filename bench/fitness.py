@@ -30,6 +30,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -243,64 +244,47 @@ def times(ratio: float) -> str:
     return f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="turns of every path")
-    parser.add_argument(
-        "--generations",
-        type=int,
-        default=20,
-        help="generations per timed GA run (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    one_blas_thread()  # the batched path runs as in a client (common.training)
-    print_header("bench.fitness: seconds per solution's fitness (median of interleaved turns)")
+Timings = dict[str, dict[str, list[float]]]  # model -> path -> seconds, one per turn
 
-    results, differences = {}, {}
+
+@dataclass
+class Results:
+    """What a run recorded: plain numbers, for the tables and the targets."""
+
+    per_solution: Timings  # each fitness path's seconds per solution
+    differences: dict[str, dict[str, float]]  # model -> path -> largest loss difference
+    generations: Timings  # a generation's seconds per path, and the batched fitness pass's
+
+    def ratios(self, timings: Timings, baseline: str) -> dict[tuple[str, str], float]:
+        """Each path's median turn-by-turn ratio to ``baseline``'s, by (model, path)."""
+        return {
+            (name, label): paired_ratio(values, by_path[baseline])
+            for name, by_path in timings.items()
+            for label, values in by_path.items()
+        }
+
+
+CHECKS = [
+    ("XOR batched vs model.predict", ("XOR 2-4-2", "tutorial model.predict"), 1000),
+    ("XOR batched vs pygad.kerasga.predict", ("XOR 2-4-2", "pygad.kerasga.predict"), 100),
+    ("784-128-10 batched vs pygad.kerasga.predict", ("784-128-10", "pygad.kerasga.predict"), 3),
+]
+
+
+def collect(args: argparse.Namespace) -> Results:
+    per_solution, differences = {}, {}
     for name, model, data, batched_calls, spread in [
         ("XOR 2-4-2", build_xor_model(), XOR_TEST_DATA, 300, 1.0),
         ("784-128-10", ten_class_model(784, 128), ten_class_data(100, 784, False), 5, 0.01),
     ]:
-        results[name], differences[name] = compare(
+        per_solution[name], differences[name] = compare(
             name, model, data, args.repeats, batched_calls, spread
         )
-    print()
-    rows, ratios = [], {}
-    for name, per_solution in results.items():
-        fast = per_solution[BATCHED]
-        for label, values in per_solution.items():
-            ratios[name, label] = paired_ratio(values, fast)
-            rows.append(
-                [name, label, seconds(statistics.median(values)), times(ratios[name, label])]
-            )
-    print_table(["model", "path", "per solution", "batched is faster by"], rows)
-
-    checks = [
-        ("XOR batched vs model.predict", ("XOR 2-4-2", "tutorial model.predict"), 1000),
-        ("XOR batched vs pygad.kerasga.predict", ("XOR 2-4-2", "pygad.kerasga.predict"), 100),
-        ("784-128-10 batched vs pygad.kerasga.predict", ("784-128-10", "pygad.kerasga.predict"), 3),
-    ]
-    met = True
-    for name, by_path in differences.items():  # the ratios below compare one computation only
-        path, worst = max(by_path.items(), key=lambda item: item[1])
-        met &= target(
-            f"{name} loss of every path vs batched",
-            f"{worst:.1e} ({path})",
-            f"<= {LOSS_TOLERANCE:.0e}",
-            worst <= LOSS_TOLERANCE,
-        )
-    for label, key, wanted in checks:
-        met &= target(label, times(ratios[key]), f">= {wanted}x", ratios[key] >= wanted)
-    met = generation_table(args) and met
-    return 0 if met else 1
-
-
-def generation_table(args: argparse.Namespace) -> bool:
     print(
         "\none GA generation beside the batched fitness pass (median of interleaved turns)",
         flush=True,
     )
-    results = {
+    generations = {
         "digits 64-32-10": generation_costs(
             "digits 64-32-10",
             ten_class_model(64, 32),
@@ -318,17 +302,41 @@ def generation_table(args: argparse.Namespace) -> bool:
             3,
         ),
     }
-    print()
-    rows, ratios = [], {}
-    for name, costs in results.items():
-        for label, values in costs.items():
-            ratios[name, label] = paired_ratio(values, costs[FITNESS_PASS])
-            rows.append(
+    return Results(per_solution, differences, generations)
+
+
+def report(results: Results) -> None:
+    for timings, baseline, headers in (
+        (results.per_solution, BATCHED, ["model", "path", "per solution", "batched is faster by"]),
+        (results.generations, FITNESS_PASS, ["model", "path", "per generation", "x fitness pass"]),
+    ):
+        ratios = results.ratios(timings, baseline)
+        print()
+        print_table(
+            headers,
+            [
                 [name, label, seconds(statistics.median(values)), times(ratios[name, label])]
-            )
-    print_table(["model", "path", "per generation", "x fitness pass"], rows)
+                for name, by_path in timings.items()
+                for label, values in by_path.items()
+            ],
+        )
+
+
+def check_targets(results: Results) -> bool:
     met = True
-    for name in results:
+    for name, by_path in results.differences.items():  # the ratios compare one computation only
+        path, worst = max(by_path.items(), key=lambda item: item[1])
+        met &= target(
+            f"{name} loss of every path vs batched",
+            f"{worst:.1e} ({path})",
+            f"<= {LOSS_TOLERANCE:.0e}",
+            worst <= LOSS_TOLERANCE,
+        )
+    ratios = results.ratios(results.per_solution, BATCHED)
+    for label, key, wanted in CHECKS:
+        met &= target(label, times(ratios[key]), f">= {wanted}x", ratios[key] >= wanted)
+    ratios = results.ratios(results.generations, FITNESS_PASS)
+    for name in results.generations:
         ratio = ratios[name, SCALED_OPERATORS]
         met &= target(
             f"{name} generation (scaled operators) vs batched fitness pass",
@@ -337,6 +345,18 @@ def generation_table(args: argparse.Namespace) -> bool:
             ratio <= GENERATION_TARGET,
         )
     return met
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="turns of every path")
+    parser.add_argument("--generations", type=int, default=20, help="per timed GA run")
+    args = parser.parse_args(argv)
+    one_blas_thread()  # the batched path runs as in a client (common.training)
+    print_header("bench.fitness: seconds per solution's fitness (median of interleaved turns)")
+    results = collect(args)
+    report(results)
+    return 0 if check_targets(results) else 1
 
 
 if __name__ == "__main__":

@@ -21,56 +21,28 @@ requirements-flower.txt.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import (
+    PYTHON,
+    RUN_TIMEOUT,
+    Finished,
+    PeakMemory,
+    machine,
+    print_table,
+    read_history,
+    run_processes,
+    seconds_per_round,
+)
 from common.flower.deploy import PROJECT, LocalDeployment
 from common.ports import free_port
-
-PYTHON = sys.executable
-
-RUN_TIMEOUT = 1800  # seconds: far beyond any run seen here
-
-
-class PeakMemory:
-    """The largest sum of resident set sizes over the process groups ``sessions()`` names,
-    sampled every 0.2 s until ``stop()``."""
-
-    def __init__(self, sessions):
-        self._sessions, self.peak_mib = sessions, 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _rss_mib(self) -> float:
-        sessions, total = set(self._sessions()), 0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[3]) in sessions:  # stat field 6: the session id
-                    total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24: rss
-            except (OSError, IndexError, ValueError):
-                continue  # the process ended meanwhile
-        return total / 2**20
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.2):
-            self.peak_mib = max(self.peak_mib, self._rss_mib())
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak_mib
 
 
 @dataclass
@@ -82,117 +54,88 @@ class Run:
     peak_mib: float
 
 
-def _run(history: Path, started: float, peak_mib: float) -> Run:
-    elapsed = time.perf_counter() - started
-    launched = time.time() - elapsed
-    try:
-        with history.open() as file:
-            rows = list(csv.DictReader(file))
-    except OSError:
-        rows = []
-    times = [float(row["time"]) for row in rows]
-    done = bool(rows) and float(rows[-1]["accuracy"]) >= 1.0
+def _run(history: Path, launched: float, seconds: float, peak_mib: float) -> Run:
+    """A run's figures from its ``--history``, launched at unix time ``launched``."""
+    rows = read_history(history)
+    done = bool(rows) and rows[-1].accuracy >= 1.0
     return Run(
-        elapsed,
-        int(rows[-1]["round"]) if done else None,
-        times[0] - launched if times else float("nan"),
-        (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else float("nan"),
+        seconds,
+        rows[-1].round if done else None,
+        rows[0].time - launched if rows else float("nan"),
+        seconds_per_round(rows),
         peak_mib,
     )
 
 
-def _processes(commands: list[tuple[list[str], Path]]) -> list[subprocess.Popen]:
-    env = dict(os.environ, PYTHONPATH=str(PROJECT))
-    return [
-        subprocess.Popen(
-            command,
-            cwd=PROJECT,
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        for command, log in commands
-    ]
+def _processes(history: Path, commands: list[tuple[list[str], Path]]) -> Run:
+    """The commands run together (with this project on ``PYTHONPATH``, as Ray's workers
+    need), and the run's figures."""
+    lines, logs = zip(*commands)
+    finished: Finished = run_processes(
+        lines, logs, RUN_TIMEOUT, dict(os.environ, PYTHONPATH=str(PROJECT))
+    )
+    return _run(history, finished.launched, finished.seconds, finished.peak_mib)
 
 
 def builtin(work: Path, aggregation: str, max_rounds: int) -> Run:
     history, port = work / f"builtin-{aggregation}.csv", str(free_port())
-    started = time.perf_counter()
-    processes = _processes(
-        [
-            (
-                [
-                    PYTHON,
-                    "server.py",
-                    "--headless",
-                    "--port",
-                    port,
-                    "--linger",
-                    "0",
-                    "--aggregation",
-                    aggregation,
-                    "--max-rounds",
-                    str(max_rounds),
-                    "--history",
-                    str(history),
-                ],
-                work / f"builtin-{aggregation}.log",
-            )
-        ]
+    server = [
+        PYTHON,
+        "server.py",
+        "--headless",
+        "--port",
+        port,
+        "--linger",
+        "0",
+        "--aggregation",
+        aggregation,
+        "--max-rounds",
+        str(max_rounds),
+        "--history",
+        str(history),
+    ]
+    return _processes(
+        history,
+        [(server, work / f"builtin-{aggregation}.log")]
         + [
             ([PYTHON, f"{name}.py", "--headless", "--port", port], work / f"builtin-{name}.log")
             for name in ("client1", "client2")
-        ]
+        ],
     )
-    memory = PeakMemory(lambda: [p.pid for p in processes])
-    for process in processes:
-        process.wait(RUN_TIMEOUT)
-    return _run(history, started, memory.stop())
 
 
 def simulation(work: Path, nodes: int, max_rounds: int) -> Run:
     history = work / f"sim{nodes}.csv"
-    started = time.perf_counter()
-    processes = _processes(
-        [
-            (
-                [
-                    PYTHON,
-                    "-m",
-                    "common.flower",
-                    "simulate",
-                    "--nodes",
-                    str(nodes),
-                    "--max-rounds",
-                    str(max_rounds),
-                    "--history",
-                    str(history),
-                ],
-                work / f"sim{nodes}.log",
-            )
-        ]
-    )
-    memory = PeakMemory(lambda: [p.pid for p in processes])
-    processes[0].wait(RUN_TIMEOUT)
-    return _run(history, started, memory.stop())
+    command = [
+        PYTHON,
+        "-m",
+        "common.flower",
+        "simulate",
+        "--nodes",
+        str(nodes),
+        "--max-rounds",
+        str(max_rounds),
+        "--history",
+        str(history),
+    ]
+    return _processes(history, [(command, work / f"sim{nodes}.log")])
 
 
 def deployment(work: Path, nodes: int, max_rounds: int) -> Run:
     """Started, run and stopped by ``common.flower.deploy``, as ``deploy`` does."""
     history, folder = work / f"deploy{nodes}.csv", work / f"deploy{nodes}"
     folder.mkdir()
-    started = time.perf_counter()
+    launched = time.time()
     with LocalDeployment(nodes, folder) as deployment:
         memory = PeakMemory(lambda: [p.pid for p in deployment.processes])
         deployment.run(
             {"min-clients": nodes, "max-rounds": max_rounds, "history": str(history)}, RUN_TIMEOUT
         )
         peak = memory.stop()
-    return _run(history, started, peak)
+    return _run(history, launched, time.time() - launched, peak)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.flower", description=__doc__.split("\n\n")[0]
     )
@@ -208,18 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sim-nodes", type=int, nargs="*", default=[2, 50])
     parser.add_argument("--deploy-nodes", type=int, nargs="*", default=[2, 10])
     parser.add_argument("--keep", action="store_true", help="keep the logs' folder")
-    args = parser.parse_args(argv)
-    import flwr
-    import ray
+    return parser
 
-    from bench.common import machine, print_table
 
-    print(
-        f"bench.flower: launch to done on XOR, {args.runs} runs each\n{machine()}, "
-        f"Flower {flwr.__version__}, Ray {ray.__version__}\n",
-        flush=True,
-    )
-    work = Path(tempfile.mkdtemp(prefix="fedga-bench-flower-"))
+def collect(args: argparse.Namespace, work: Path) -> dict[str, list[Run]]:
+    """Every setup's ``--runs`` runs, by the setup's name, each printed as it ends."""
     cap = args.max_rounds
     setups = [("built-in, fedavg rounds, 2 clients", lambda w: builtin(w, "fedavg", cap))]
     setups += [
@@ -230,16 +166,23 @@ def main(argv: list[str] | None = None) -> int:
         (f"Flower deployment, {n} nodes", lambda w, n=n: deployment(w, n, cap))
         for n in args.deploy_nodes
     ]
-    rows = []
+    results: dict[str, list[Run]] = {}
     for name, setup in setups:
-        runs = []
+        runs = results[name] = []
         for index in range(args.runs):
-            folder = work / f"{len(rows)}-{index}"
+            folder = work / f"{len(results) - 1}-{index}"
             folder.mkdir()
             runs.append(setup(folder))
             print(f"{name}, run {index + 1}: {runs[-1]}", flush=True)
+    return results
+
+
+def report(results: dict[str, list[Run]], cap: int) -> None:
+    """The table: a comparison, with no targets."""
+    median = statistics.median
+    rows = []
+    for name, runs in results.items():
         done = [run for run in runs if run.rounds is not None]
-        median = statistics.median
         rows.append(
             (
                 name,
@@ -264,6 +207,20 @@ def main(argv: list[str] | None = None) -> int:
         ],
         rows,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    import flwr
+    import ray
+
+    print(
+        f"bench.flower: launch to done on XOR, {args.runs} runs each\n{machine()}, "
+        f"Flower {flwr.__version__}, Ray {ray.__version__}\n",
+        flush=True,
+    )
+    work = Path(tempfile.mkdtemp(prefix="fedga-bench-flower-"))
+    report(collect(args, work), args.max_rounds)
     if args.keep:
         print(f"logs: {work}", flush=True)
     else:

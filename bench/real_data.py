@@ -63,21 +63,19 @@ How runs end, and why. A run must leave its best model, and its speed must be re
 same run: so no run stops at the target. Every run has a fixed number of rounds
 (``--max-rounds``), as Flower's ``FedAvg.start`` does, chosen past where it stops improving
 here, and the saved model is the best (highest accuracy on the server's test data, ties:
-lower loss). Not ``--patience``: on digits the GA's held-out accuracy still rises for ~175
-rounds (0.944 mean at round 50, 0.953 at 100, 0.959 at 175, 24 recorded runs) while the
-server's 269 test samples (one is 0.37 points) barely see it, so 15 rounds without a better
-model ended runs at ~50 rounds (0.940 held out), 30 at ~110 (0.946), and 200 fixed rounds
-saved 0.958 (docs/performance.md). ``--target-accuracy`` is above 1, so it never ends a run:
-on wine's 27 test samples a first perfect score, the default target, came from models
-scoring 0.83-0.89 held out, and later ties with a lower loss were better. Stopping at the
+lower loss). Not ``--patience``: on digits the GA's held-out accuracy still rises long after
+the server's few test samples stop seeing it, so patience ended runs early and saved worse
+models than a fixed count (docs/performance.md, "Digits: longer runs"). ``--target-accuracy``
+is above 1, so it never ends a run: on wine's few test samples a first perfect score, the
+default target, came from models that scored lower held out than later ties with a lower
+loss (docs/performance.md, "Numbers the benches rest on"). Stopping at the
 target instead would save a model that only just reached it, and would end the fast and the
 slow at different points of their curves. The target: the central Adam reference's held-out
 accuracy on the same split minus 2 points (digits: 0.95), read on the server's test data, the
 accuracy each run's ``--history`` records per round; launch to target is the ``time`` of the
 first round reaching it minus the launch of the run's first process. The tutorial's operators
 cost seconds a round on digits (PyGAD's per-gene mutation): their rows have a lower round cap,
-and show where fedga started, not where it could get. MNIST-1D keeps the 200 rounds: ~0.5-0.7
-s a round here for the central, fedavg and fitness rows (2 busy cores), so ~2.5 minutes a run.
+and show where fedga started, not where it could get. MNIST-1D keeps the 200 rounds.
 
 Per row: the saved model's held-out accuracy (median over the split seeds; wine's 45
 held-out samples make one sample 2 points), rounds to the target, seconds from launch to it,
@@ -88,17 +86,14 @@ clients). ``--save-model`` writes a ``.keras`` file, so a server imports TensorF
 training ends: that, not training, sets fedga's peak. Needs requirements-flower.txt. Exit
 code 1 when a target is missed.
 
-How long: ~1 h 45 min to 2 h on 2 cores, estimated from one-seed smoke runs here: breast
-cancer and wine ~10 minutes each, digits ~35 (14 of them the earlier rows), synthetic ~18,
-MNIST-1D ~35; the new sets' Flower grid is about half of theirs (each Flower run spends ~25 s
-starting Ray and TensorFlow). The tuned rows add ~8 minutes on synthetic and ~55 on MNIST-1D
-(a tuned run there is ~9 minutes): ~3 h in all.
+How long: about 3 hours on 2 cores at the defaults; docs/performance.md ("Numbers the
+benches rest on") has it by data set. ``--data-sets``, ``--seeds``, ``--rows`` and
+``--rounds`` make a quick try.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import importlib.util
 import math
@@ -109,21 +104,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import print_header, print_table, seconds, target
-from bench.flower import PeakMemory
+from bench.common import (
+    PYTHON,
+    ROOT,
+    RUN_TIMEOUT,
+    Finished,
+    print_header,
+    print_table,
+    read_history,
+    run_processes,
+    seconds,
+    seconds_per_round,
+    target,
+)
 from common.aggregate import AGGREGATIONS
 from common.data import Dataset, load_dataset
 from common.fitness_federation import FITNESS, WEIGHTS
 from common.ports import free_port
 from common.split import save_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
 # The earlier rows' sets, and the two federations' (where the hidden layer matters), digits
 # in both: each row runs by default on its own (Setup.data_sets).
 EARLIER = ("breast-cancer", "wine", "digits")
@@ -152,9 +156,7 @@ ADAM = {
     "max_epochs": 1000,
 }
 NEVER = "2"  # --target-accuracy above any accuracy: only the round count stops a run
-RUN_TIMEOUT = 1800  # seconds: far beyond any step seen here (a split, a 200-round run)
-# A run's limit grows with its rounds: 400 tuned MNIST-1D rounds of the central GA took
-# 7 s each beside other work, 47 minutes.
+# A run's limit grows with its rounds (the slowest rounds seen: docs/performance.md).
 SECONDS_PER_ROUND_ALLOWED = 20
 POOLED = "all.npz"  # every client's training data in one file: the central GA's one client
 SENT = re.compile(rb"sent (\d+) bytes to the server in all")  # a headless client's last line
@@ -218,10 +220,8 @@ class Setup:
 
 BEATS_KERAS = ("synthetic", "mnist1d")  # where fitness mode must match Flower's FedAvg
 # The GA of the central-tuned and fitness-tuned rows (one GA, so the two compare at equal
-# generations): 30 members, 1% of genes mutated. On MNIST-1D, split seed 1, 200 rounds of the
-# central GA: 0.554 held out against the defaults' 0.520 (10 members, 5%); 30 members at 5%
-# 0.540, 10 at 1% 0.510, 10 at 20% 0.483, mutation step 0.1 0.519 and 0.6 0.464, 2 parents
-# mating 0.517. A round costs ~4x the defaults' (3x the members to score, each everywhere).
+# generations): 30 members, 1% of genes mutated, the best of a search on MNIST-1D
+# (docs/performance.md, "Numbers the benches rest on").
 GA_TUNED = ("--num-solutions", "30", "--mutation-percent", "1")
 
 SETUPS = (
@@ -251,7 +251,7 @@ SETUPS = (
     ),
     Setup("fedavg", "fedga, new operators, fedavg", "fedga", EARLIER + FEDERATIONS),
     # The best server optimiser on digits (docs/performance.md, "server optimisers"): fedadam
-    # at eta 0.03 (0.958 held out over 8 runs, fedavg 0.954; momentum did not help).
+    # at eta 0.03.
     Setup(
         "fedadam",
         "fedga, weights mode, fedadam (server learning rate 0.03)",
@@ -574,36 +574,23 @@ def commands(
 
 def launch(
     command_lines: list[list[str]], run: Path, timeout: float
-) -> tuple[float, float, float, tuple[int, ...]]:
-    """Start the processes together and wait for them all; (launch as unix time, seconds to
-    the last exit, peak MiB, the bytes each fedga client logged it sent).
-    The server exits 0 (a perfect score) or 2 (--max-rounds), each client as its server
-    (the outcome its ``done`` says); anything else, or not ending within ``timeout``
+) -> tuple[Finished, tuple[int, ...]]:
+    """Start the processes together and wait for them all (``bench.common.run_processes``);
+    also the bytes each fedga client logged it sent. The server exits 0 (a perfect score) or
+    2 (--max-rounds), each client as its server (the outcome its ``done`` says); anything
+    else, or not ending within ``timeout``
     seconds, is ``RunFailed``."""
     logs = [run / f"process{n}.log" for n in range(len(command_lines))]
-    launched = time.time()
-    processes = [
-        subprocess.Popen(
-            line, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        for line, log in zip(command_lines, logs)
-    ]
-    memory = PeakMemory(lambda: [p.pid for p in processes])
     try:
-        codes = [p.wait(max(1.0, launched + timeout - time.time())) for p in processes]
-        elapsed = time.time() - launched
+        finished = run_processes(command_lines, logs, timeout)
     except subprocess.TimeoutExpired:
         raise RunFailed(f"not finished within {timeout:.0f} s: see {run}") from None
-    finally:
-        peak = memory.stop()
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
+    codes = finished.codes
     if codes[0] not in (0, 2) or any(code != codes[0] for code in codes[1:]):
         tails = "\n".join(f"--- {log}:\n{log.read_text()[-2000:]}" for log in logs)
-        raise RunFailed(f"exit codes {codes}; the logs' ends:\n{tails}")
+        raise RunFailed(f"exit codes {list(codes)}; the logs' ends:\n{tails}")
     sent = (SENT.search(log.read_bytes()) for log in logs[1:])
-    return launched, elapsed, peak, tuple(int(m[1]) for m in sent if m)
+    return finished, tuple(int(m[1]) for m in sent if m)
 
 
 def federated(
@@ -613,24 +600,20 @@ def federated(
 
     run.mkdir(parents=True)
     timeout = max(RUN_TIMEOUT, setup.max_rounds * SECONDS_PER_ROUND_ALLOWED)
-    launched, elapsed, peak_mib, sent = launch(commands(setup, split, seed, run, fit), run, timeout)
-    with (run / "history.csv").open() as file:
-        rows = [
-            (float(r["time"]), int(r["round"]), float(r["accuracy"]), float(r["loss"] or "inf"))
-            for r in csv.DictReader(file)
-        ]
-    reached = next(((t, r) for t, r, accuracy, _ in rows if accuracy >= split.target), None)
+    finished, sent = launch(commands(setup, split, seed, run, fit), run, timeout)
+    rows = read_history(run / "history.csv")
+    reached = next((row for row in rows if row.accuracy >= split.target), None)
     saved = load_model_file(str(run / "best.keras"))
     holdout = load_dataset(split.file("holdout.npz"))
     return Outcome(
         holdout=saved.forward.accuracy(saved.initial_vector, holdout.inputs, holdout.outputs),
-        rounds=rows[-1][1],
-        target_round=reached and reached[1],
-        to_target=reached[0] - launched if reached else math.inf,
-        per_round=(rows[-1][0] - rows[0][0]) / (len(rows) - 1) if len(rows) > 1 else math.nan,
-        peak_mib=peak_mib,
-        seconds=elapsed,
-        test=max(((a, loss) for _, _, a, loss in rows), key=lambda t: (t[0], -t[1])),
+        rounds=rows[-1].round,
+        target_round=reached and reached.round,
+        to_target=reached.time - finished.launched if reached else math.inf,
+        per_round=seconds_per_round(rows),
+        peak_mib=finished.peak_mib,
+        seconds=finished.seconds,
+        test=max(((r.accuracy, r.loss) for r in rows), key=lambda t: (t[0], -t[1])),
         sent=sent,
     )
 
@@ -912,7 +895,84 @@ def federation_targets(
     return met
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Results:
+    """What a run of the bench recorded, by data set: plain data, for the targets."""
+
+    refs: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # name -> ref -> seeds
+    outcomes: dict[str, dict[str, list[Outcome]]] = field(default_factory=dict)  # -> row -> seeds
+    grids: dict[str, list[tuple[KerasFit, dict[KerasFit, Outcome]]]] = field(default_factory=dict)
+    targets: dict[str, list[float]] = field(default_factory=dict)  # per seed, server's test data
+    held_out: dict[str, int] = field(default_factory=dict)  # samples
+    failures: int = 0  # runs that failed (a Keras run serving two rows counts once)
+
+
+def check_targets(results: Results) -> bool:
+    """Every TARGET line of the recorded results; True when all are met."""
+    earlier = earlier_targets(results.refs, results.outcomes, results.held_out)
+    return earlier & federation_targets(results.outcomes, results.held_out)
+
+
+def report(results: Results, name: str, setups: list[Setup]) -> None:
+    """A data set's tables, printed as its runs end."""
+    table(
+        name,
+        results.refs[name],
+        results.targets[name],
+        results.outcomes[name],
+        results.held_out[name],
+        setups,
+    )
+    if results.grids[name]:
+        grid_table(results.grids[name])
+
+
+def collect(args: argparse.Namespace, setups: list[Setup], work: Path) -> Results:
+    """Every run, each printed as it ends, and each data set's tables once its runs are in."""
+    results = Results()
+    made: list[Outcome] = []  # every run, once: a Keras run may serve two rows
+    for name in args.data_sets:
+        rows = [s for s in setups if args.rows or name in s.data_sets]
+        refs = results.refs[name] = {"logistic": [], "adam": []}
+        outcomes: dict[str, list[Outcome]] = results.outcomes.setdefault(name, {})
+        grids = results.grids[name] = []
+        targets = results.targets[name] = []
+        for seed in args.seeds:
+            folder = work / name / f"seed{seed}"
+            for kind in {s.split for s in rows} | {"dirichlet"}:
+                make_split(name, seed, kind, folder / kind)
+            refs["logistic"].append(logistic_regression(folder / "dirichlet"))
+            refs["adam"].append(central_adam(folder / "dirichlet", seed))
+            goal = DIGITS_TARGET if name == "digits" else refs["adam"][-1] - TARGET_GAP
+            targets.append(goal)
+            print(
+                f"{name} seed {seed}: logistic regression {refs['logistic'][-1]:.3f}, "
+                f"Adam {refs['adam'][-1]:.3f}, target {goal:.3f}",
+                flush=True,
+            )
+            keras_runs: KerasRuns = {}
+            for setup in rows:
+                label = f"{name} seed {seed}: {setup.label}"
+                split = Split(folder / setup.split, goal)
+                if setup.engine == "flower-keras":
+                    chosen, grid = keras_row(setup, split, seed, folder, keras_runs, label)
+                    outcome = grid[chosen]
+                    if len(grid) > 1:
+                        grids.append((chosen, grid))
+                else:
+                    outcome = attempt(label, federated, setup, split, seed, folder / setup.key)
+                    made.append(outcome)
+                outcomes.setdefault(setup.key, []).append(outcome)
+                print(f"{label}: {outcome}", flush=True)
+            made.extend(keras_runs.values())
+        print()
+        results.held_out[name] = len(load_dataset(str(folder / "dirichlet" / "holdout.npz")))
+        report(results, name, rows)
+    results.failures = sum(o.failed for o in made)
+    return results
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.real_data", description=__doc__.split("\n\n")[0]
     )
@@ -945,7 +1005,11 @@ def main(argv: list[str] | None = None) -> int:
         "targets assume the defaults",
     )
     parser.add_argument("--keep", action="store_true", help="keep the runs' files and logs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     started = time.perf_counter()
     if importlib.util.find_spec("flwr") is None:
         print(
@@ -970,59 +1034,16 @@ def main(argv: list[str] | None = None) -> int:
         f"x{CLIENTS} for running-average and running-best, where a round is one update)"
     )
     work = Path(tempfile.mkdtemp(prefix="fedga-bench-real-data-"))
-    refs: dict[str, dict[str, list[float]]] = {}
-    outcomes: dict[str, dict[str, list[Outcome]]] = {}
-    grids: dict[str, list[tuple[KerasFit, dict[KerasFit, Outcome]]]] = {}
-    targets: dict[str, list[float]] = {}
-    held_out: dict[str, int] = {}
-    made: list[Outcome] = []  # every run, once: a Keras run may serve two rows
-    for name in args.data_sets:
-        rows = [s for s in setups if args.rows or name in s.data_sets]
-        refs[name], outcomes[name], grids[name] = {"logistic": [], "adam": []}, {}, []
-        targets[name] = []
-        for seed in args.seeds:
-            folder = work / name / f"seed{seed}"
-            for kind in {s.split for s in rows} | {"dirichlet"}:
-                make_split(name, seed, kind, folder / kind)
-            refs[name]["logistic"].append(logistic_regression(folder / "dirichlet"))
-            refs[name]["adam"].append(central_adam(folder / "dirichlet", seed))
-            goal = DIGITS_TARGET if name == "digits" else refs[name]["adam"][-1] - TARGET_GAP
-            targets[name].append(goal)
-            print(
-                f"{name} seed {seed}: logistic regression {refs[name]['logistic'][-1]:.3f}, "
-                f"Adam {refs[name]['adam'][-1]:.3f}, target {goal:.3f}",
-                flush=True,
-            )
-            keras_runs: KerasRuns = {}
-            for setup in rows:
-                label = f"{name} seed {seed}: {setup.label}"
-                split = Split(folder / setup.split, goal)
-                if setup.engine == "flower-keras":
-                    chosen, grid = keras_row(setup, split, seed, folder, keras_runs, label)
-                    outcome = grid[chosen]
-                    if len(grid) > 1:
-                        grids[name].append((chosen, grid))
-                else:
-                    outcome = attempt(label, federated, setup, split, seed, folder / setup.key)
-                    made.append(outcome)
-                outcomes[name].setdefault(setup.key, []).append(outcome)
-                print(f"{label}: {outcome}", flush=True)
-            made.extend(keras_runs.values())
-        print()
-        held_out[name] = len(load_dataset(str(folder / "dirichlet" / "holdout.npz")))
-        table(name, refs[name], targets[name], outcomes[name], held_out[name], rows)
-        if grids[name]:
-            grid_table(grids[name])
-    met = earlier_targets(refs, outcomes, held_out) & federation_targets(outcomes, held_out)
-    failures = sum(o.failed for o in made)
-    if failures:
-        print(f"{failures} run(s) FAILED: their logs are above", flush=True)
+    results = collect(args, setups, work)
+    met = check_targets(results)
+    if results.failures:
+        print(f"{results.failures} run(s) FAILED: their logs are above", flush=True)
     if args.keep:
         print(f"files and logs: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
     print(f"bench.real_data took {seconds(time.perf_counter() - started)}", flush=True)
-    return 0 if met and not failures else 1
+    return 0 if met and not results.failures else 1
 
 
 if __name__ == "__main__":

@@ -27,9 +27,17 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 
-
-from bench.common import peak_rss_mib, percentile, print_header, print_table, seconds, target
+from bench.common import (
+    PYTHON,
+    peak_rss_mib,
+    percentile,
+    print_header,
+    print_table,
+    seconds,
+    target,
+)
 from common.client import ClientConfig, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA
 from common.model import xor_network
@@ -107,42 +115,58 @@ class ClientRecord:
         return sum(kind == "sent" for _, kind in self.events)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.serve:
-        return serve(args.clients, args.seed)
-    print_header(f"bench.scale: one server process, {args.clients} client threads over loopback")
+@dataclass(frozen=True)
+class Results:
+    """What a run recorded: plain numbers, for the report and the targets."""
 
+    clients: int  # started
+    done: int  # clients that ended ``done``
+    client_errors: list[str]
+    sent: int  # updates the clients sent
+    senders: int  # clients that sent any
+    echo: list[float]  # first-reply latencies
+    update: list[float]  # update-reply latencies
+    seconds: float  # first connect to all done
+    stats: dict  # the server process's (``serve``)
+
+    @property
+    def rounds(self) -> int:
+        return self.stats.get("rounds", -1)
+
+    @property
+    def over_share(self) -> int:
+        return self.stats.get("over_share", 0)
+
+    @property
+    def expected_rounds(self) -> int:
+        """Every update sent but each sender's last (answered done once the model froze, less
+        the one that froze it) and those answered uncounted, beyond their client's share."""
+        return self.sent - self.senders + 1 - self.over_share if self.senders else 0
+
+    @property
+    def errors(self) -> int:
+        return len(self.client_errors) + len(self.stats.get("errors", ["server did not report"]))
+
+
+def run(clients: int, seed: int) -> Results:
+    """The server process and ``clients`` client threads, to the end."""
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.scale",
-            "--serve",
-            "--clients",
-            str(args.clients),
-            "--seed",
-            str(args.seed),
-        ],
+        [PYTHON, "-m", "bench.scale", "--serve", "--clients", str(clients), "--seed", str(seed)],
         stdout=subprocess.PIPE,
         text=True,
     )
+    threads = []
     try:
         port = int(server.stdout.readline().split()[1])
         names = list(CLIENT_DATA)
-        records = [ClientRecord() for _ in range(args.clients)]
-        clients = []
+        records = [ClientRecord() for _ in range(clients)]
         started = time.perf_counter()
         for index, record in enumerate(records):
             name = names[index % len(names)]
             config = ClientConfig(
-                host="127.0.0.1", port=port, name=f"{name}-{index}", seed=args.seed * 1000 + index
+                host="127.0.0.1", port=port, name=f"{name}-{index}", seed=seed * 1000 + index
             )
-            clients.append(
+            threads.append(
                 RecvThread(
                     config.buffer_size,
                     config.recv_timeout,
@@ -152,87 +176,107 @@ def main(argv: list[str] | None = None) -> int:
                     on_event=record,
                 )
             )
-        for client in clients:
-            client.start()
+        for thread in threads:
+            thread.start()
         deadline = started + TIMEOUT
-        for client in clients:
-            client.join(max(0.0, deadline - time.perf_counter()))
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.perf_counter()))
         elapsed = time.perf_counter() - started
         stats = json.loads(server.stdout.readline() or "{}")
     finally:
-        for client in clients:
-            client.stop()
+        for thread in threads:
+            thread.stop()
         server.wait(30)
-
-    outcomes = Counter(client.outcome for client in clients)
-    client_errors = [f"{c.config.name}: {c.error}" for c in clients if c.outcome != "done"]
     echo, update = [], []
     for record in records:
         e, u = record.latencies()
         echo += e
         update += u
-    sent = sum(record.updates_sent() for record in records)
-    senders = sum(record.updates_sent() > 0 for record in records)
-    rounds = stats.get("rounds", -1)
-    # Counted: every update sent but each sender's last (answered done once the model froze,
-    # less the one that froze it) and those answered uncounted, beyond their client's share.
-    over_share = stats.get("over_share", 0)
-    expected_rounds = sent - senders + 1 - over_share if senders else 0
-    errors = len(client_errors) + len(stats.get("errors", ["server did not report"]))
+    return Results(
+        clients,
+        sum(thread.outcome == "done" for thread in threads),
+        [f"{t.config.name}: {t.error}" for t in threads if t.outcome != "done"],
+        sum(record.updates_sent() for record in records),
+        sum(record.updates_sent() > 0 for record in records),
+        echo,
+        update,
+        elapsed,
+        stats,
+    )
 
+
+def report(results: Results) -> None:
+    r, stats = results, results.stats
     print_table(
         ["measure", "value"],
         [
-            ["clients done / errors", f"{outcomes['done']} / {errors}"],
-            ["final accuracy (rounds)", f"{stats.get('accuracy', 0):.2f} ({rounds})"],
-            ["updates sent by clients", sent],
+            ["clients done / errors", f"{r.done} / {r.errors}"],
+            ["final accuracy (rounds)", f"{stats.get('accuracy', 0):.2f} ({r.rounds})"],
+            ["updates sent by clients", r.sent],
             ["updates received by the server", stats.get("model_requests")],
             [
                 "updates counted in the global model",
-                f"{rounds} (update events: {stats.get('update_events')})",
+                f"{r.rounds} (update events: {stats.get('update_events')})",
             ],
-            ["updates answered uncounted, beyond their client's share", over_share],
+            ["updates answered uncounted, beyond their client's share", r.over_share],
             [
                 "updates answered done after the freeze",
-                f"{sent - rounds - over_share} (expected {max(0, senders - 1)})",
+                f"{r.sent - r.rounds - r.over_share} (expected {max(0, r.senders - 1)})",
             ],
-            ["wall time, first connect to all done", f"{elapsed:.1f} s"],
+            ["wall time, first connect to all done", f"{r.seconds:.1f} s"],
             [
                 "updates per second (counted / received)",
-                f"{rounds / elapsed:.1f} / {(stats.get('model_requests') or 0) / elapsed:.1f}",
+                f"{r.rounds / r.seconds:.1f} / "
+                f"{(stats.get('model_requests') or 0) / r.seconds:.1f}",
             ],
             [
                 "first reply, with building the model, p50 / p99",
-                f"{seconds(percentile(echo or [0], 50))} / {seconds(percentile(echo or [0], 99))}",
+                f"{seconds(percentile(r.echo or [0], 50))} / "
+                f"{seconds(percentile(r.echo or [0], 99))}",
             ],
             [
                 "update reply latency p50 / p99",
-                f"{seconds(percentile(update or [0], 50))} / "
-                f"{seconds(percentile(update or [0], 99))}",
+                f"{seconds(percentile(r.update or [0], 50))} / "
+                f"{seconds(percentile(r.update or [0], 99))}",
             ],
             ["server peak RSS", f"{stats.get('peak_rss_mib', 0):.0f} MiB"],
             ["client process peak RSS", f"{peak_rss_mib():.0f} MiB"],
         ],
     )
-    for error in (client_errors + stats.get("errors", []))[:10]:
+    for error in (r.client_errors + stats.get("errors", []))[:10]:
         print(f"error: {error}")
 
+
+def check_targets(results: Results) -> bool:
+    r, stats = results, results.stats
     met = target(
-        "clients done",
-        f"{outcomes['done']}/{args.clients}",
-        f"{args.clients}/{args.clients}",
-        outcomes["done"] == args.clients,
+        "clients done", f"{r.done}/{r.clients}", f"{r.clients}/{r.clients}", r.done == r.clients
     )
-    met &= target("errors", str(errors), "0", errors == 0)
-    lost = sent - (stats.get("model_requests") or 0)
+    met &= target("errors", str(r.errors), "0", r.errors == 0)
+    lost = r.sent - (stats.get("model_requests") or 0)
     met &= target("lost updates (sent but not received)", str(lost), "0", lost == 0)
     met &= target(
         "updates counted exactly once",
-        f"{rounds} counted, {stats.get('update_events')} update events, {expected_rounds} expected",
+        f"{r.rounds} counted, {stats.get('update_events')} update events, "
+        f"{r.expected_rounds} expected",
         "all three equal",
-        rounds == expected_rounds == stats.get("update_events"),
+        r.rounds == r.expected_rounds == stats.get("update_events"),
     )
-    return 0 if met else 1
+    return met
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return serve(args.clients, args.seed)
+    print_header(f"bench.scale: one server process, {args.clients} client threads over loopback")
+    results = run(args.clients, args.seed)
+    report(results)
+    return 0 if check_targets(results) else 1
 
 
 if __name__ == "__main__":

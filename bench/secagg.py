@@ -426,7 +426,7 @@ class Setting:
 
 @dataclass
 class Results:
-    turns: dict[Setting, list[Measured]] = field(default_factory=dict)  # plain, secure, ...
+    turns: dict[Setting, list[Measured]] = field(default_factory=dict)  # both modes, by turn
     killed: Measured | None = None
     killed_of: int = 0
     ends: list[EndToEnd] = field(default_factory=list)
@@ -471,8 +471,10 @@ def collect(args: argparse.Namespace, folder: Path) -> Results:
         return workloads[model, clients]
 
     for row in rows:
-        for _ in range(row.repeats):
-            for secure in (False, True):
+        for turn in range(row.repeats):
+            # Each turn a plain and a secure run, first one then the other, so that load
+            # drifting within a turn falls on both alike; the ratio is the turns' median.
+            for secure in (False, True) if turn % 2 == 0 else (True, False):
                 started = time.perf_counter()
                 measured, _ = run(
                     workload(row.model, row.clients),

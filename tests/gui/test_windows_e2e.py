@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.display import xvfb
 from common.model import load_keras
 from common.ports import free_port
 
@@ -74,37 +75,9 @@ pytestmark = [
 
 @pytest.fixture
 def display():
-    """A private Xvfb; -displayfd reports its display number once it accepts clients. No key
-    repeats (-r): on a busy machine xdotool may stall between a key's press and release."""
-    read_end, write_end = os.pipe()
-    xvfb = subprocess.Popen(
-        [
-            "Xvfb",
-            "-displayfd",
-            str(write_end),
-            "-screen",
-            "0",
-            "%dx%dx24" % SCREEN,
-            "-nolisten",
-            "tcp",
-            "-noreset",
-            "-r",
-        ],
-        pass_fds=(write_end,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], WAIT)
-        number = os.read(read_end, 64).decode().strip() if ready else ""
-        if not number:
-            pytest.fail("Xvfb did not report a display number")
-        yield f":{number}"
-    finally:
-        os.close(read_end)
-        xvfb.terminate()
-        xvfb.wait(WAIT)
+    """A private Xvfb (``bench.display``), as wide as the three windows side by side."""
+    with xvfb(SCREEN, WAIT) as number:
+        yield number
 
 
 class Window:
