@@ -188,3 +188,30 @@ def test_history_rows_and_seconds_per_round(tmp_path):
     assert seconds_per_round(rows) == 1.5
     assert read_history(tmp_path / "never-written.csv") == []
     assert math.isnan(seconds_per_round(rows[:1]))
+
+
+def test_real_data_fitness_against_flower_within_one_standard_error(capsys):
+    """MNIST-1D's held-out set (1,251 samples) cannot tell 0.554 from 0.568 (SE 1.4 points):
+    met; 0.53 is more than one SE below: missed. A Flower row's score is its median run."""
+
+    def outcome(holdout: float) -> real_data.Outcome:
+        return real_data.Outcome(holdout, 60, 10, 12.0, 0.5, 300.0, 100.0)
+
+    assert real_data.median_run([outcome(0.587), outcome(0.559), outcome(0.568)]).holdout == 0.568
+
+    def results(fitness: float) -> real_data.Results:
+        return real_data.Results(
+            refs={},
+            outcomes={
+                "mnist1d": {
+                    "fitness-tuned": [outcome(fitness)],
+                    real_data.ISSUE_KERAS_ROW: [outcome(0.568)],
+                }
+            },
+            held_out={"mnist1d": 1251},
+        )
+
+    assert real_data.check_targets(results(0.554))
+    assert "target >= 0.568 - 0.014 = 0.554, met" in capsys.readouterr().out
+    assert not real_data.check_targets(results(0.530))
+    assert len(missed(capsys)) == 1
