@@ -34,7 +34,9 @@ A kill run: 10 digits clients, one killed (its connection closed, as a killed pr
 just before its masked input, after its shares went out: the survivors must rebuild its mask
 key and the round complete with the other 9 updates. End to end: digits, 3 clients, the GA's
 defaults, ``--e2e-rounds`` rounds with and without ``--secure-aggregation``, per split seed,
-the saved model scored on the held-out quarter the server never sees.
+the saved model scored on the held-out quarter the server never sees. Fitness mode, digits, at
+each number of clients from 3: ``FITNESS_ROUNDS`` rounds of the GA's default generations in
+the clear and with masked scores, each generation's time and bytes each way.
 
 How long: 9 minutes at the defaults on 2 cores beside another benchmark (docs/performance.md),
 two thirds of it the six end-to-end runs (~1 minute each); a secure round of 30 clients takes
@@ -82,6 +84,8 @@ E2E_ROUNDS = 100
 E2E_CLIENTS = 3
 PIXEL_SAMPLES = 50  # a 784-128-10 client's, and the server's test data
 ROUND_RATIO = 1.5
+FITNESS_ROUNDS = 2  # fitness mode's rows: rounds of the GA's default generations
+FITNESS_BYTES = 1024  # masked scores: what a client sends per generation
 UPLOAD_RATIO = 2.1
 ACCURACY_GAP = 0.01
 CHANCE = math.erfc(4 / math.sqrt(2))  # P(|r| >= 4/sqrt(d)) for an unrelated vector
@@ -383,6 +387,64 @@ def end_to_end(workload: Workload, seed: int, secure: bool, rounds: int) -> EndT
     )
 
 
+@dataclass(frozen=True)
+class FitnessCost:
+    """A fitness-mode run of digits clients: per generation, in the clear or masked."""
+
+    clients: int
+    secure: bool
+    seconds: float  # the run's wall time per generation
+    sent: float  # bytes a client sends per generation (its whole run's, echo and keys too)
+    received: float  # bytes the server sends a client per generation
+
+
+def fitness_cost(workload: Workload, secure: bool, rounds: int) -> FitnessCost:
+    """``rounds`` rounds of fitness mode at the GA's defaults, every client scoring every
+    generation (``--min-clients`` all of them); its traffic and time per generation."""
+    config = ServerConfig.of(
+        host="127.0.0.1",
+        port=0,
+        model=str(workload.folder / "model.json"),
+        test_data=str(workload.folder / "server_test.npz"),
+        target_accuracy=2.0,  # out of reach: every run has its rounds
+        max_rounds=rounds,
+        min_clients=workload.clients,
+        round_timeout=RUN_TIMEOUT,
+        federation="fitness",
+        secure_aggregation=secure,
+        seed=SPLIT_SEED,
+    )
+    generations: list[Event] = []
+
+    def on_event(event: Event) -> None:
+        if event.kind == EventKind.GENERATION:
+            generations.append(event)
+
+    global_model = build_global_model(config, on_event=on_event)
+    started = time.perf_counter()
+    with ListenThread(global_model, config, on_event=on_event) as server:
+        port = server.server_address[1]
+        clients = [
+            RecvThread(
+                sock=connect("127.0.0.1", port, timeout=10),
+                data=load_dataset(str(workload.folder / f"client_{index + 1}.npz")),
+                config=ClientConfig(host="127.0.0.1", port=port, name=f"client{index + 1}"),
+            )
+            for index in range(workload.clients)
+        ]
+        run_to_the_end(clients, global_model.finished, RUN_TIMEOUT, f"fitness, {workload.label}")
+        received = sum(handler.connection.bytes_sent for handler in server.handlers)
+    elapsed = time.perf_counter() - started
+    count = len(generations)
+    return FitnessCost(
+        workload.clients,
+        secure,
+        elapsed / count,
+        statistics.mean(client.bytes_sent for client in clients) / count,
+        received / workload.clients / count,
+    )
+
+
 def membership_auc(forward, vector: np.ndarray, members: Dataset, outsiders: Dataset) -> float:
     """Yeom et al.'s loss-threshold attack (2018): the AUC of telling ``members`` (trained on)
     from ``outsiders`` by the model's loss on each sample, a lower loss meaning a member.
@@ -433,6 +495,7 @@ class Results:
     shamir: dict[int, tuple[float, float]] = field(default_factory=dict)  # by clients
     timed: Setting | None = None  # where the round-time target is measured
     uploaded: Setting | None = None  # where the upload target is
+    fitness: list[FitnessCost] = field(default_factory=list)
 
     def of(self, setting: Setting, secure: bool) -> list[Measured]:
         return [m for m in self.turns[setting] if m.secure == secure]
@@ -510,6 +573,17 @@ def collect(args: argparse.Namespace, folder: Path) -> Results:
                     f"{end.seconds:.1f} s",
                     flush=True,
                 )
+        for clients in args.clients:
+            if clients >= 3:  # masked scores need a roster of 3
+                for secure in (False, True):
+                    cost = fitness_cost(workload("digits", clients), secure, FITNESS_ROUNDS)
+                    results.fitness.append(cost)
+                    print(
+                        f"  fitness mode, digits, {clients} clients, "
+                        f"{'masked' if secure else 'in the clear'}: a generation "
+                        f"{seconds(cost.seconds)}, {nbytes(cost.sent)} sent",
+                        flush=True,
+                    )
     for clients in sorted({row.clients for row in rows}):
         results.shamir[clients] = shamir_seconds(clients)
     return results
@@ -684,6 +758,49 @@ def end_to_end_table(results: Results) -> None:
     )
 
 
+def fitness_table(results: Results) -> None:
+    rows = []
+    for cost in results.fitness:
+        clear = next(c for c in results.fitness if c.clients == cost.clients and not c.secure)
+        rows.append(
+            [
+                f"digits, {cost.clients} clients, {'masked' if cost.secure else 'in the clear'}",
+                seconds(cost.seconds),
+                f"{cost.seconds / clear.seconds:.2f}x",
+                nbytes(cost.sent),
+                nbytes(cost.received),
+            ]
+        )
+    print_table(
+        [
+            f"fitness mode, {FITNESS_ROUNDS} rounds of {DEFAULT_GENERATIONS} generations",
+            "per generation",
+            "vs in the clear",
+            "a client sends",
+            "it receives (the rounds' populations too)",
+        ],
+        rows,
+    )
+
+
+def check_fitness(results: Results) -> bool:
+    """Masked scores keep what a client sends under 1 KiB a generation, at every size (what
+    it receives holds each round's population, whole, in both modes)."""
+    masked = [cost for cost in results.fitness if cost.secure]
+    if not masked:
+        return True
+    largest = max(masked, key=lambda cost: cost.sent)
+    clear = next(c for c in results.fitness if c.clients == largest.clients and not c.secure)
+    return target(
+        f"fitness mode, masked scores, digits, {largest.clients} clients: bytes a client sends "
+        "per generation (keys and echo included)",
+        f"{nbytes(largest.sent)} ({nbytes(largest.sent - clear.sent)} more than in the clear; "
+        f"it receives {nbytes(largest.received - clear.received)} more)",
+        f"<= {nbytes(FITNESS_BYTES)}",
+        largest.sent <= FITNESS_BYTES,
+    )
+
+
 def check_sum(results: Results) -> bool:
     ends = [end.measured for end in results.ends if end.secure]
     differences = [d for m in secure_runs(results) + ends for d in m.differences]
@@ -809,8 +926,11 @@ def report(results: Results) -> bool:
     sum_table(results)
     if results.ends:
         end_to_end_table(results)
+    if results.fitness:
+        fitness_table(results)
     print_membership(results)
     checks = (
+        check_fitness,
         check_sum,
         check_upload,
         check_round_time,
