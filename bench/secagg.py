@@ -264,6 +264,23 @@ def prepare(model: str, clients: int, folder: Path, seed: int = SPLIT_SEED) -> W
     return Workload(model, clients, folder)
 
 
+def server_config(workload: Workload, rounds: int, **settings) -> ServerConfig:
+    """A server of ``workload``'s model and test data for exactly ``rounds`` rounds, each
+    waiting for every client (``--min-clients`` all, every stage or generation waiting for
+    each client still connected); ``settings`` as ``ServerConfig.of`` takes them."""
+    return ServerConfig.of(
+        host="127.0.0.1",
+        port=0,
+        model=str(workload.folder / "model.json"),
+        test_data=str(workload.folder / "server_test.npz"),
+        target_accuracy=2.0,  # out of reach: every run has its rounds
+        max_rounds=rounds,
+        min_clients=workload.clients,
+        round_timeout=RUN_TIMEOUT,
+        **settings,
+    )
+
+
 def run(
     workload: Workload,
     secure: bool,
@@ -275,15 +292,9 @@ def run(
     """One federated run in this process (``generations``: None for the GA's default), and
     its server's model; with ``kill_before``, the last client is killed before it sends a
     message of that subject."""
-    config = ServerConfig.of(
-        host="127.0.0.1",
-        port=0,
-        model=str(workload.folder / "model.json"),
-        test_data=str(workload.folder / "server_test.npz"),
-        target_accuracy=2.0,  # out of reach: every run has its rounds
-        max_rounds=rounds,
-        min_clients=workload.clients,
-        round_timeout=RUN_TIMEOUT,  # every stage waits for every client still connected
+    config = server_config(
+        workload,
+        rounds,
         aggregation="fedavg",
         secure_aggregation=secure,
         num_generations=generations,
@@ -401,18 +412,8 @@ class FitnessCost:
 def fitness_cost(workload: Workload, secure: bool, rounds: int) -> FitnessCost:
     """``rounds`` rounds of fitness mode at the GA's defaults, every client scoring every
     generation (``--min-clients`` all of them); its traffic and time per generation."""
-    config = ServerConfig.of(
-        host="127.0.0.1",
-        port=0,
-        model=str(workload.folder / "model.json"),
-        test_data=str(workload.folder / "server_test.npz"),
-        target_accuracy=2.0,  # out of reach: every run has its rounds
-        max_rounds=rounds,
-        min_clients=workload.clients,
-        round_timeout=RUN_TIMEOUT,
-        federation="fitness",
-        secure_aggregation=secure,
-        seed=SPLIT_SEED,
+    config = server_config(
+        workload, rounds, federation="fitness", secure_aggregation=secure, seed=SPLIT_SEED
     )
     generations: list[Event] = []
 
