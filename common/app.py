@@ -19,20 +19,15 @@ import time
 import numpy as np
 
 from common.data import XOR_TEST_DATA, DataError, Dataset, fit_to_model, load_dataset
-from common.errors import Terminated, UserError
+from common.errors import BindError, Terminated, UserError
 from common.events import Outcome
 from common.fitness_federation import FITNESS
+from common.global_model import GlobalModel
 from common.model import Network, load_model_file, xor_network
 from common.modelspec import ModelRefused, dense_chain_json
 from common.results import History, plot_history
-from common.server import (
-    SECURE_REFUSED,
-    BindError,
-    GlobalModel,
-    ListenThread,
-    NetworkConfig,
-    ServerConfig,
-)
+from common.server import ListenThread
+from common.server_config import SECURE_REFUSED, NetworkConfig, ServerConfig
 from common.status import StatusLine
 
 log = logging.getLogger(__name__)

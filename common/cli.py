@@ -49,8 +49,9 @@ from common.flags import (
     training_flags,
 )
 from common.ga import GAConfig
+from common.global_model import GlobalModel
+from common.server_config import SECURE_DEFAULTS, ServerConfig
 from common.status import ClientStatus, ServerStatus, StatusLine
-from common.server import SECURE_DEFAULTS, GlobalModel, ServerConfig
 
 log = logging.getLogger("fedga")
 

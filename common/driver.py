@@ -18,7 +18,7 @@ Notify = Callable[[Waiting], None]  # sends a client a ``waiting`` notice
 
 
 class Stoppable(Protocol):
-    """What a driver needs of ``common.server.GlobalModel`` to end with training."""
+    """What a driver needs of ``common.global_model.GlobalModel`` to end with training."""
 
     finished: threading.Event
 

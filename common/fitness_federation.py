@@ -129,7 +129,8 @@ def _unscored(known: np.ndarray) -> np.ndarray:
 
 
 class GlobalRounds(Stoppable, Protocol):
-    """What the federation needs of ``common.server.GlobalModel`` (which imports this)."""
+    """What the federation needs of ``common.global_model.GlobalModel`` (a Protocol:
+    ``common.server`` imports this module)."""
 
     forward: ForwardPass
     model_json: str

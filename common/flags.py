@@ -10,7 +10,7 @@ from common.aggregate import SETTINGS, defaults_of, flag_name, listed
 from common.app import number, positive
 from common.ga import REAL_DATA, GAConfig
 from common.operators import OPERATORS
-from common.server import SECURE_DEFAULTS, ServerConfig, TrainingConfig
+from common.server_config import SECURE_DEFAULTS, ServerConfig, TrainingConfig
 
 
 def config_from(args: argparse.Namespace, config_type, **extra):

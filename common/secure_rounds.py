@@ -80,7 +80,8 @@ SECURE = "secure aggregation"
 
 
 class GlobalRounds(Stoppable, Protocol):
-    """What secure rounds need of ``common.server.GlobalModel`` (which imports this)."""
+    """What secure rounds need of ``common.global_model.GlobalModel`` (a Protocol:
+    ``common.server`` imports this module)."""
 
     round: int
     accuracy: float

@@ -17,7 +17,8 @@ import common  # noqa: F401  (sets the quiet TensorFlow environment first)
 from common.app import build_global_model
 from common.client import ClientConfig, Reconnector, RecvThread, connect
 from common.data import CLIENT_DATA, Dataset
-from common.server import ListenThread, ServerConfig
+from common.server import ListenThread
+from common.server_config import ServerConfig
 
 WAIT = 60  # seconds: every wait in the tests has a bound
 TESTS = Path(__file__).resolve().parent

@@ -126,8 +126,9 @@ def test_a_new_rule_is_one_class_found_by_name_everywhere():
     the flag and of Flower, and the server runs it by name with its setting."""
     from common.cli import server_parser
     from common.data import XOR_TEST_DATA
+    from common.global_model import GlobalModel
     from common.model import xor_network
-    from common.server import GlobalModel, TrainingConfig
+    from common.server_config import TrainingConfig
 
     example = aggregate.__doc__.split("::\n")[1].split("\nand in ")[0]
     exec(textwrap.dedent(example), vars(aggregate).copy())  # registers fedavg-step
@@ -627,7 +628,7 @@ def test_a_rule_refuses_a_round_too_small_for_its_attackers_in_one_sentence(
 
 def test_a_rule_is_shown_without_the_settings_a_mode_makes_idle():
     """A secure server's start-up line: the claim cap does nothing to one summed count."""
-    from common.server import SECURE_REFUSED
+    from common.server_config import SECURE_REFUSED
 
     assert str(aggregation_named("fedavg")) == (
         "fedavg (max-claimed-samples=3x the round's median claim)"

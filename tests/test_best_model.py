@@ -12,11 +12,12 @@ import pytest
 from common import checkpoint
 from common.data import XOR_TEST_DATA
 from common.events import Outcome
+from common.global_model import GlobalModel
 from common.model import weights_to_vector, xor_network
 from common.ports import free_port
 from common.protocol import ClientUpdate
 from common.score import main as score_main
-from common.server import GlobalModel, TrainingConfig
+from common.server_config import TrainingConfig
 from tests.test_cli import Script
 
 

@@ -15,9 +15,10 @@ import pytest
 from common import atomic, checkpoint, protocol
 from common.checkpoint import Checkpoint, CheckpointError
 from common.data import XOR_TEST_DATA
+from common.global_model import GlobalModel
 from common.model import xor_network
 from common.protocol import ClientUpdate
-from common.server import GlobalModel, TrainingConfig
+from common.server_config import TrainingConfig
 
 NUM_PARAMS = 22  # the XOR model: 2x4 + 4 + 4x2 + 2
 

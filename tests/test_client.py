@@ -14,9 +14,10 @@ from common.client import ClientOutcome, ConnectError, connect
 from common.data import XOR_TEST_DATA
 from common.events import Outcome
 from common.ga import GAConfig
+from common.global_model import GlobalModel
 from common.model import xor_network
 from common.protocol import Message, Subject
-from common.server import GlobalModel, TrainingConfig
+from common.server_config import TrainingConfig
 from tests.conftest import WAIT, client_error_against
 
 

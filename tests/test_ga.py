@@ -15,8 +15,9 @@ from common.model import (
     weights_to_vector,
     xor_network,
 )
+from common.global_model import GlobalModel
 from common.modelspec import DEFAULT_MAX_PARAMS
-from common.server import GlobalModel, TrainingConfig
+from common.server_config import TrainingConfig
 from common.training import LocalTrainer
 
 

@@ -26,7 +26,7 @@ def _assert_counted_once(caplog, events, clients, client_events=()) -> Ledger:
     numbered 1, 2, ... with one ``update`` event each (tests/faults/ledger.py)."""
     for client in clients:
         assert client.outcome == "done", client.error
-    lines = [r.getMessage() for r in caplog.records if r.name == "common.server"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "common.global_model"]
     book = ledger(lines, clients, client_events)
     assert book.applied and book.lost == set() and book.duplicated == set()
     assert book.misplaced == {} and book.phantom == set()

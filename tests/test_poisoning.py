@@ -16,9 +16,10 @@ from common.attacks import AttackConfig
 from common.data import XOR_TEST_DATA
 from common.errors import ConfigError
 from common.fitness_federation import FitnessFederation, rank_fitness
+from common.global_model import OVER_SHARE, GlobalModel
 from common.model import xor_network
 from common.protocol import ClientUpdate
-from common.server import OVER_SHARE, GlobalModel, TrainingConfig
+from common.server_config import TrainingConfig
 
 
 def _per_update_model(events: list, round_timeout: float = 600.0) -> GlobalModel:
@@ -124,7 +125,7 @@ def _attacked_run(server_factory, client_factory, iris_split, rule, history, cap
 def test_an_attacker_wrecks_fedavg_and_shows_as_excluded_by_the_recommended_rule(
     server_factory, client_factory, iris_split, tmp_path, caplog
 ):
-    caplog.set_level(logging.INFO, logger="common.server")
+    caplog.set_level(logging.INFO, logger="common.global_model")
     wrecked, _ = _attacked_run(
         server_factory, client_factory, iris_split, "fedavg", tmp_path / "fedavg.csv", caplog
     )

@@ -10,9 +10,10 @@ import numpy as np
 from bench.plain_peers import plain_recv, plain_send
 from common.aggregate import running_candidates
 from common.data import XOR_TEST_DATA
+from common.global_model import GlobalModel
 from common.model import xor_network
 from common.protocol import ClientUpdate
-from common.server import GlobalModel, TrainingConfig
+from common.server_config import TrainingConfig
 from tests.conftest import raw_connection
 from tests.test_best_model import _xor_solution
 

@@ -13,8 +13,8 @@ import pytest
 from common import protocol
 from common.aggregate import model_averaging
 from common.data import CLIENT_DATA
+from common.global_model import OVER_SHARE
 from common.protocol import Connection, Message, Subject
-from common.server import OVER_SHARE
 from tests.conftest import WAIT, raw_connection
 
 CLIENTS = 20

@@ -20,10 +20,30 @@ from common import protocol
 from common.client import ClientOutcome
 from common.data import XOR_TEST_DATA
 from common.events import Outcome
+from common.global_model import GlobalModel
 from common.model import xor_network
 from common.operators import step_scales
-from common.server import GA_BY_MODEL, GlobalModel, ListenThread, ServerConfig, TrainingConfig
+from common.server import ListenThread
+from common.server_config import GA_BY_MODEL, ServerConfig, TrainingConfig
 from tests.conftest import WAIT, raw_connection
+
+
+def test_the_moved_names_are_still_importable_from_common_server():
+    """The tutorial's ``from common.server import GlobalModel``, and every name callers
+    imported from there before the configuration and the model had modules of their own."""
+    import common.global_model
+    import common.server
+    import common.server_config
+
+    for home, names in (
+        (common.server_config, ["GA_BY_MODEL", "SECURE_DEFAULTS", "SECURE_REFUSED"]),
+        (common.server_config, ["NetworkConfig", "SecurityConfig", "TrainingConfig"]),
+        (common.server_config, ["OutputConfig", "ServerConfig"]),
+        (common.global_model, ["GlobalModel", "OVER_SHARE"]),
+    ):
+        for name in names:
+            assert getattr(common.server, name) is getattr(home, name), name
+            assert name in common.server.__all__, name
 
 
 def _assert_all_stopped(server):

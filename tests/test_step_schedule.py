@@ -9,9 +9,10 @@ import pytest
 from common import datasets
 from common.data import XOR_TEST_DATA, load_dataset
 from common.ga import REAL_DATA, GAConfig
+from common.global_model import GlobalModel
 from common.model import xor_network
 from common.protocol import ClientUpdate
-from common.server import GlobalModel, ServerConfig, TrainingConfig
+from common.server_config import ServerConfig, TrainingConfig
 from tests.conftest import WAIT
 from tests.test_best_model import _xor_solution
 

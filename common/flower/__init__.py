@@ -2,7 +2,7 @@
 
 Optional: install ``requirements-flower.txt``; the core and the windows never import this.
 The ClientApp trains with ``common.training`` (our GA on the node's own data); the ServerApp's
-strategy drives ``common.server.GlobalModel``, so aggregation (``common.aggregate``),
+strategy drives ``common.global_model.GlobalModel``, so aggregation (``common.aggregate``),
 evaluation (``common.model``), the target accuracy and ``--max-rounds`` are the built-in
 server's own. Flower carries the same message data as our protocol, in records
 (``records``).

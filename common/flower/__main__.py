@@ -29,7 +29,7 @@ from common.data import DataError
 from common.errors import ConfigError, UserError
 from common.flags import rule_setting_flags, server_config_from, training_flags
 from common.flower.deploy import LocalDeployment
-from common.server import ServerConfig
+from common.server_config import ServerConfig
 
 log = logging.getLogger("fedga.flower")
 

@@ -31,10 +31,11 @@ from common.aggregate import round_based
 from common.errors import ConfigError
 from common.flower import EMPTY_ROUNDS_ALLOWED, log_to_stderr
 from common.flower.records import request_content, update_from
+from common.global_model import GlobalModel
 from common.operators import OPERATORS
 from common.protocol import ProtocolError
 from common.protocol.messages import ClientUpdate, Done, ModelRequest
-from common.server import GlobalModel, ServerConfig
+from common.server_config import ServerConfig
 
 log = logging.getLogger("fedga.flower")
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from common.client import ClientConfig
 from common.data import DataFile, Dataset
 from common.gui.sizes import CLIENT_SIZE, SERVER_SIZE
-from common.server import ServerConfig
+from common.server_config import ServerConfig
 
 
 def _make_kivy_home() -> None:

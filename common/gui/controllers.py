@@ -27,23 +27,15 @@ from common.aggregate import AGGREGATIONS, CLIPPED, EXCLUDED, SETTINGS, settings
 from common.app import number, parse_port, positive
 from common.client import ClientConfig, ConnectError, Reconnector, RecvThread, connect
 from common.data import DataError, DataFile, Dataset, describe, second_field
-from common.errors import ConfigError, UserError
+from common.errors import BindError, ConfigError, UserError
 from common.events import Event, EventKind
 from common.fitness_federation import FEDERATIONS, FITNESS, FITNESS_SETTING, SCORES_MASKED
+from common.global_model import GlobalModel
 from common.operators import OPERATORS
 from common.results import History
 from common.secure_rounds import SECURE
-from common.server import (
-    SECURE_DEFAULTS,
-    SECURE_REFUSED,
-    BindError,
-    GlobalModel,
-    ListenThread,
-    ServerConfig,
-    bind_socket,
-    new_socket,
-    start_listening,
-)
+from common.server import ListenThread, bind_socket, new_socket, start_listening
+from common.server_config import SECURE_DEFAULTS, SECURE_REFUSED, ServerConfig
 
 log = logging.getLogger(__name__)
 

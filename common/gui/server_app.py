@@ -28,7 +28,7 @@ from common.gui.window import (
     loss_range,
     wrapping_label,
 )
-from common.server import GA_BY_MODEL
+from common.server_config import GA_BY_MODEL
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """What became of every update, read from the server's log against what each client sent:
 the one definition of a lost update that the fault tests count by.
 
-From the server's log lines (``common.server``): an update is *applied* when a round names
-it (a per-update rule's ``round=N client=... update=K``, a round-based rule's ``round N: ...
-updates=K,K``), and *refused* when a ``client=... update=K not applied: REASON`` line names it
-(a round closed short names its updates in both). From the clients: an update is *answered*
+From the server's log lines (``common.global_model``): an update is *applied* when a round
+names it (a per-update rule's ``round=N client=... update=K``, a round-based rule's ``round N:
+... updates=K,K``), and *refused* when a ``client=... update=K not applied: REASON`` line names
+it (a round closed short names its updates in both). From the clients: an update is *answered*
 when its client got a reply to it, which is every update it sent but its last, and the last
 too once the server said done. An update is **lost** when it was answered but neither applied
 nor refused, and **duplicated** when applied more than once. With each client's ``sent``

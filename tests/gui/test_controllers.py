@@ -20,8 +20,8 @@ import common  # noqa: F401  (the quiet TensorFlow environment first)
 from common import datasets, security
 from common.aggregate import AGGREGATIONS, EXCLUDED, SETTINGS
 from common.app import build_global_model
-from common.cli import server_parser
 from common.attacks import AttackConfig
+from common.cli import server_parser
 from common.client import ClientConfig, ClientOutcome, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA, second_field
 from common.events import Outcome
@@ -36,7 +36,7 @@ from common.gui.controllers import (
     rows_shown,
 )
 from common.model import load_keras, xor_model_json
-from common.server import ServerConfig
+from common.server_config import ServerConfig
 
 WAIT = 30  # seconds: every wait has a bound
 

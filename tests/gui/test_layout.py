@@ -35,7 +35,7 @@ from common.app import build_global_model
 from common.client import ClientConfig
 from common.data import DataFile
 from common.gui.window import call_soon
-from common.server import ServerConfig
+from common.server_config import ServerConfig
 
 if which == "server":
     from common.gui.controllers import ServerController

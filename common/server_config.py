@@ -1,0 +1,242 @@
+"""A server's settings as dataclasses with the tutorial's defaults, in the groups
+``socketserver`` would keep apart: where and how clients are served (``NetworkConfig``), the
+wire's protection (``SecurityConfig``), what is trained and until when (``TrainingConfig``),
+where results go (``OutputConfig``); ``ServerConfig`` holds the four and translates the flat
+setting names flags, the window and Flower's run config use. No sockets, no model here."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.aggregate import (
+    AGGREGATIONS,
+    SETTINGS,
+    Aggregation,
+    aggregation_named,
+    flag_name,
+    listed,
+)
+from common.errors import ConfigError
+from common.fitness_federation import FITNESS, FITNESS_SETTING, WEIGHTS
+from common.ga import REAL_DATA, GAConfig
+from common.secagg.messages import check_threshold
+
+
+@dataclass
+class NetworkConfig:
+    """Where and how clients are served."""
+
+    host: str = "localhost"
+    port: int = 10000
+    buffer_size: int = 1024
+    recv_timeout: float = 10.0  # the most seconds between a message's chunks
+    idle_timeout: float = 300.0
+    min_rate: float = 8.0  # KiB/s: a message slower than this on average is cut
+    max_message_bytes: int | None = None  # None: derived from the model size
+    max_clients: int = 128  # connections beyond this are refused with a log line
+    round_delay: float = 0.0  # pacing: seconds to hold each model reply, so people can watch
+    # While a reply is held (a round gathering updates, or round_delay), our clients hear a
+    # ``waiting`` notice this often; one that hears nothing for a few is cut off and reconnects.
+    notice_interval: float = 5.0
+    # Headless: once done, keep answering newcomers ``done`` until none came for this long, so
+    # a client started a little late still ends well instead of finding the server gone.
+    linger: float = 5.0
+    # Headless: exit as soon as this many clients were answered ``done``, without lingering
+    # (the demo knows it runs exactly two). None: linger.
+    expected_clients: int | None = None
+
+
+@dataclass
+class SecurityConfig:
+    """Opt-in protection of the wire; see common.security."""
+
+    secret: bytes | None = field(default=None, repr=False)
+    secret_file: str | None = None  # where ``secret`` came from (None: $FEDGA_SECRET or none)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+# GA settings whose defaults depend on the model: the tutorial's XOR's (GAConfig) or, for any
+# other model, REAL_DATA's; see common.ga.
+GA_BY_MODEL = ("stop_fitness", "step_patience")
+
+
+# What --secure-aggregation chooses, each unless given: the rule and rounds of at least 3.
+SECURE_DEFAULTS = {"aggregation": "fedavg", "min_clients": 3}
+# The rule settings that need each update or count on its own: refused with it.
+SECURE_REFUSED = ("byzantine", "clip_norm", "max_claimed_samples")
+
+
+@dataclass
+class TrainingConfig:
+    """What is trained, how updates combine, and until when."""
+
+    model: str | None = None  # a .keras or Keras JSON file; None: the tutorial's XOR model
+    test_data: str | None = None  # .npz, .npy (with test_labels) or .csv; None: XOR
+    test_labels: str | None = None
+    test_label_column: str | None = None
+    num_solutions: int = 10
+    target_accuracy: float = 1.0
+    max_rounds: int = 1000
+    patience: int = 0  # stop once this many rounds passed without a better model; 0: never
+    seed: int | None = None
+    # What clients share: "weights" (the tutorial's: each trains the population and sends its
+    # best weights) or "fitness" (common.fitness_federation: the GA runs here, clients only
+    # score its members); see FEDERATIONS.
+    federation: str = WEIGHTS
+    # Any name in common.aggregate (weights mode); the tutorial's rule is running-average.
+    aggregation: str = "running-best"
+    # The rule's settings (common.aggregate.SETTINGS), for the rules that take them; None:
+    # the rule's default (e.g. server_learning_rate: fedavgm's, fedadam's or fedyogi's).
+    server_learning_rate: float | None = None
+    server_momentum: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
+    byzantine: int | None = None
+    clip_norm: float | None = None
+    max_claimed_samples: float | None = None
+    # Secure aggregation (common.secure_rounds): the server learns only each round's sum.
+    secure_aggregation: bool = False
+    secagg_threshold: int | None = None  # None: ceil(2n/3) of each secure round's n clients
+    min_clients: int = 2  # round-based: a round closes when this many updates arrived...
+    round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
+    checkpoint: str | None = None  # save the global state here after every accepted update
+    resume: bool = False  # start from the checkpoint instead of a fresh model
+    ga: GAConfig = field(default_factory=GAConfig)  # the GA settings sent to clients
+    # Those of GA_BY_MODEL left to the model, whatever ``ga`` says: none for a ``GAConfig``
+    # given here; a ServerConfig (flags, the window, Flower) leaves all that were not set.
+    ga_by_model: tuple[str, ...] = ()
+
+    def aggregation_rule(self) -> Aggregation:
+        """A new instance of the ``aggregation`` rule with the settings given here (not
+        None); ``ConfigError``, one plain sentence, for a setting it does not take, a bad
+        value, or (weights mode) rounds of ``min_clients`` too few for it to tolerate its
+        ``byzantine`` attackers."""
+        self._check_secure_aggregation()
+        given = {name: getattr(self, name) for name in SETTINGS}
+        if self.federation == FITNESS:
+            del given[FITNESS_SETTING]  # fitness mode's own: how its scores combine
+        rule = aggregation_named(
+            self.aggregation, **{name: value for name, value in given.items() if value is not None}
+        )
+        refusal = rule.refusal(self.min_clients) if self.federation == WEIGHTS else ""
+        if refusal:
+            raise ConfigError(f"With min-clients {self.min_clients}, {refusal}")
+        return rule
+
+    def _check_secure_aggregation(self) -> None:
+        """``ConfigError``, one plain sentence, for what cannot run with secure aggregation:
+        whatever must see an update or a count on its own, and rounds too small to hide one."""
+        if not self.secure_aggregation:
+            if self.secagg_threshold is not None:
+                raise ConfigError("--secagg-threshold needs --secure-aggregation.")
+            return
+        rule = AGGREGATIONS.get(self.aggregation)
+        if self.federation == FITNESS:  # its scores are masked (common.secagg.scores)
+            if self.secagg_threshold is not None:
+                raise ConfigError(
+                    "--secagg-threshold is for weights mode's secure rounds: fitness mode "
+                    "masks each generation's scores among all the clients there."
+                )
+        elif rule is not None and not rule.mean_only:
+            usable = listed([name for name, r in AGGREGATIONS.items() if r.mean_only])
+            raise ConfigError(
+                f"Secure aggregation shows the server only each round's sum, so it cannot run "
+                f"the {self.aggregation} aggregation, which must see each update: choose "
+                f"{usable.replace(' and ', ' or ')}."
+            )
+        for name in SECURE_REFUSED:
+            if getattr(self, name) is not None:
+                raise ConfigError(
+                    f"Secure aggregation masks what each client sends and its sample count, so "
+                    f"--{flag_name(name)} cannot run with it."
+                )
+        if self.min_clients < 3:
+            raise ConfigError(
+                "Secure aggregation needs --min-clients of at least 3 (of two clients, each "
+                f"could read the other's update from the sum), not {self.min_clients}."
+            )
+        if self.secagg_threshold is not None:
+            check_threshold(self.secagg_threshold, self.min_clients)
+
+    def ga_for_model(self) -> GAConfig:
+        """``ga`` with the settings left to the model filled in: the tutorial's for its XOR
+        model (no model, no test data), else those tuned on real data."""
+        defaults = GAConfig() if self.model is None and self.test_data is None else REAL_DATA
+        return dataclasses.replace(
+            self.ga, **{name: getattr(defaults, name) for name in self.ga_by_model}
+        )
+
+
+@dataclass
+class OutputConfig:
+    """Results, written when training ends."""
+
+    save_model: str | None = None
+    history: str | None = None  # also written as training goes, one row per round
+    plot: str | None = None
+
+
+@dataclass
+class ServerConfig:
+    """A server's settings in groups. Flags, the window's fields and Flower's run config
+    name each setting flat (``port``, ``num_generations``): ``with_settings`` and
+    ``settings`` translate."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(ga_by_model=GA_BY_MODEL)
+    )
+    outputs: OutputConfig = field(default_factory=OutputConfig)
+
+    @classmethod
+    def of(cls, **settings: Any) -> ServerConfig:
+        """The defaults with ``settings`` changed, each by its flat name."""
+        return cls().with_settings(**settings)
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting by its flat name; a GA setting left to the model is None."""
+        flat: dict[str, Any] = {}
+        for group in (self.network, self.security, self.training, self.outputs):
+            flat |= {f.name: getattr(group, f.name) for f in dataclasses.fields(group)}
+        ga, by_model = flat.pop("ga"), flat.pop("ga_by_model")
+        return flat | {
+            f.name: None if f.name in by_model else getattr(ga, f.name)
+            for f in dataclasses.fields(ga)
+        }
+
+    def with_settings(self, **settings: Any) -> ServerConfig:
+        """A copy with ``settings`` changed, each by its flat name (``TypeError`` for an
+        unknown one). A GA setting of GA_BY_MODEL given as None is left to the model."""
+        ga_names = {f.name for f in dataclasses.fields(GAConfig)}
+        ga = {name: value for name, value in settings.items() if name in ga_names}
+        training = self.training
+        if ga:
+            by_model = tuple(
+                name
+                for name in GA_BY_MODEL
+                if (ga[name] is None if name in ga else name in training.ga_by_model)
+            )
+            training = dataclasses.replace(
+                training,
+                ga_by_model=by_model,
+                ga=dataclasses.replace(
+                    training.ga, **{k: v for k, v in ga.items() if v is not None}
+                ),
+            )
+        rest = {name: value for name, value in settings.items() if name not in ga_names}
+
+        def changed(group):
+            names = {f.name for f in dataclasses.fields(group)} & rest.keys()
+            return dataclasses.replace(group, **{name: rest.pop(name) for name in names})
+
+        config = ServerConfig(
+            changed(self.network), changed(self.security), changed(training), changed(self.outputs)
+        )
+        if rest:
+            raise TypeError(f"not a server setting: {', '.join(sorted(rest))}")
+        return config
