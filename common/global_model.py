@@ -27,10 +27,10 @@ from common.model import Network, accuracy as model_accuracy
 from common.operators import spread_population
 from common.protocol.messages import ClientUpdate, Done, ModelRequest, Waiting
 from common.server_config import TrainingConfig
+from common.step_schedule import StepSchedule
 
 log = logging.getLogger(__name__)
 
-MIN_STEP_SHARE = 0.1  # the mutation step shrinks to this share of its starting value at most
 # What a judged event says of an update a per-update rule did not apply (GlobalModel._over_share).
 OVER_SHARE = "over share"
 
@@ -117,9 +117,6 @@ class GlobalModel:
         self.target_accuracy = training.target_accuracy
         self.max_rounds = training.max_rounds
         self.patience = training.patience
-        # The step shrinks as training converges (Keras's ReduceLROnPlateau idea, on the loss
-        # the server measures): a step sized for the first rounds is noise near the optimum.
-        self._smallest_step = self.ga.mutation_step * MIN_STEP_SHARE
         self._on_event = on_event or (lambda event: None)
         self._events: deque[Event] = deque()  # made under the lock, delivered after it
         self._delivering = threading.Lock()  # held by the one thread delivering them
@@ -131,7 +128,8 @@ class GlobalModel:
         self.round = 0
         self.accuracy = self._evaluate(self.vector)
         self.best = Best(self.vector, 0, self.accuracy, self._loss(self.vector))
-        self._lowest_loss = (self.best.loss, 0)  # and its round: when the step last helped
+        # When to halve ``ga``'s mutation_step (common.step_schedule), from the first loss.
+        self._step = StepSchedule(self.ga.mutation_step, self.ga.step_patience, self.best.loss)
         self.finished = threading.Event()
         self.outcome: Outcome | None = None  # how training ended, once finished
         self.sequences: dict[str, int] = {}  # client id -> last applied update sequence
@@ -584,28 +582,6 @@ class GlobalModel:
             f"{detail} {rule.describe()}".rstrip(),
         )
 
-    def _adapt_step(self, loss: float) -> None:
-        """Call with the lock held, after a round: halve the step the next populations are
-        spread and mutated by once ``step_patience`` rounds passed without a lower loss."""
-        if loss < self._lowest_loss[0]:
-            self._lowest_loss = (loss, self.round)
-            return
-        step, patience = self.ga.mutation_step, self.ga.step_patience
-        if (
-            not patience
-            or step <= self._smallest_step
-            or self.round - self._lowest_loss[1] < patience
-        ):
-            return
-        self.ga = dataclasses.replace(self.ga, mutation_step=max(self._smallest_step, step / 2))
-        self._lowest_loss = (self._lowest_loss[0], self.round)  # patience again from here
-        log.info(
-            "mutation step %.3g -> %.3g: no lower loss for %d rounds",
-            step,
-            self.ga.mutation_step,
-            patience,
-        )
-
     def _commit(
         self, vector: np.ndarray, accuracy: float, keys: list, client: str, detail: str
     ) -> None:
@@ -630,7 +606,8 @@ class GlobalModel:
         self.vector, self.accuracy, self.sequences, self.best = vector, accuracy, sequences, best
         self.round += 1
         log.info("round=%d client=%s %s", self.round, client, detail)
-        self._adapt_step(loss)
+        if self._step.after_round(loss, self.round):
+            self.ga = dataclasses.replace(self.ga, mutation_step=self._step.step)
         self._emit(
             Event(
                 EventKind.UPDATE, peer=client, round=self.round, accuracy=self.accuracy, loss=loss

@@ -13,6 +13,7 @@ from common.global_model import GlobalModel
 from common.model import xor_network
 from common.protocol import ClientUpdate
 from common.server_config import ServerConfig, TrainingConfig
+from common.step_schedule import StepSchedule
 from tests.conftest import WAIT
 from tests.test_best_model import _xor_solution
 
@@ -48,6 +49,20 @@ def test_the_step_halves_after_rounds_without_a_lower_loss_down_to_a_tenth():
     assert _sent_step(model) == pytest.approx(0.04)
     population = model.reply_to_echo().population_weights
     assert np.all(np.isfinite(population))
+
+
+def test_the_schedule_halves_after_patience_rounds_and_waits_again():
+    schedule = StepSchedule(0.4, patience=2, loss=1.0)
+    halved = [schedule.after_round(loss, n) for n, loss in enumerate([0.9, 0.9, 0.95], 1)]
+    assert halved == [False, False, True] and schedule.step == pytest.approx(0.2)
+    assert not schedule.after_round(0.9, 4)  # patience runs again from round 3
+    assert schedule.after_round(0.9, 5) and schedule.step == pytest.approx(0.1)
+    assert not schedule.after_round(0.5, 9)  # a lower loss: patience from round 9
+    assert [schedule.after_round(0.5, n) for n in (10, 11)] == [False, True]
+    for n in range(12, 30, 2):
+        schedule.after_round(0.5, n)
+    assert schedule.step == pytest.approx(0.04)  # a tenth of the start at most
+    assert not StepSchedule(0.4, patience=0, loss=1.0).after_round(2.0, 100)
 
 
 def test_a_fixed_step_stays_as_set():
