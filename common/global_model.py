@@ -464,19 +464,11 @@ class GlobalModel:
         with self._lock:
             if self.finished.is_set():
                 return
-            self.outcome = Outcome.STOPPED
             for entry in self._pending:
                 _not_applied(entry.client, entry.update.key, "training was stopped")
             self._pending, self._round_id = [], self._round_id + 1
-            self.finished.set()
-            self._round_closed.notify_all()
-            log.warning(
-                "stopped by request after %d rounds; the best, round %d, scored accuracy=%.4f",
-                self.round,
-                self.best.round,
-                self.best.accuracy,
-            )
-            self._emit(Event(EventKind.STOPPED, round=self.round, accuracy=self.best.accuracy))
+            self._end(Outcome.STOPPED)
+            self._round_closed.notify_all()  # the dropped round's waiters are answered done
         self._deliver_events()
         for listener in self._stop_listeners:
             listener()
@@ -613,34 +605,62 @@ class GlobalModel:
                 EventKind.UPDATE, peer=client, round=self.round, accuracy=self.accuracy, loss=loss
             )
         )
+        ending = self._ending()
+        if ending is not None:
+            self._end(ending)
+
+    def _ending(self) -> Outcome | None:
+        """Call with the lock held, after a round: how training ends now, if it does."""
         if self.accuracy >= self.target_accuracy:
-            self.outcome = Outcome.DONE
+            return Outcome.DONE
+        if self.round >= self.max_rounds:
+            return Outcome.GAVE_UP
+        if self.patience and self.round - self.best.round >= self.patience:
+            return Outcome.PATIENCE
+        return None
+
+    def _end(self, outcome: Outcome) -> None:
+        """Call with the lock held: end training with ``outcome``. The model is frozen (every
+        reply is ``done``), the ending logged in a line that says why, and reported by an
+        event of its kind with the last round's accuracy (done, gave up) or the best's (out
+        of patience, stopped: the best is what is kept)."""
+        self.outcome = outcome
+        self.finished.set()
+        best = self.best
+        if outcome is Outcome.DONE:
             log.info(
                 "done: accuracy=%.4f reached the target %.4f in round %d",
                 self.accuracy,
                 self.target_accuracy,
                 self.round,
             )
-            self.finished.set()
-            self._emit(Event(EventKind.DONE, round=self.round, accuracy=self.accuracy))
-        elif self.round >= self.max_rounds:
+        elif outcome is Outcome.GAVE_UP:
             log.warning(
                 "giving up: accuracy=%.4f after %d rounds (--max-rounds), target %.4f",
                 self.accuracy,
                 self.round,
                 self.target_accuracy,
             )
-            self.outcome = Outcome.GAVE_UP
-            self.finished.set()
-            self._emit(Event(EventKind.GAVE_UP, round=self.round, accuracy=self.accuracy))
-        elif self.patience and self.round - self.best.round >= self.patience:
+        elif outcome is Outcome.PATIENCE:
             log.warning(
                 "stopping: no better model for %d rounds (--patience); the best, "
                 "round %d, scored accuracy=%.4f",
                 self.patience,
-                self.best.round,
-                self.best.accuracy,
+                best.round,
+                best.accuracy,
             )
-            self.outcome = Outcome.PATIENCE
-            self.finished.set()
-            self._emit(Event(EventKind.PATIENCE, round=self.round, accuracy=self.best.accuracy))
+        else:
+            log.warning(
+                "stopped by request after %d rounds; the best, round %d, scored accuracy=%.4f",
+                self.round,
+                best.round,
+                best.accuracy,
+            )
+        last = outcome in (Outcome.DONE, Outcome.GAVE_UP)
+        self._emit(
+            Event(
+                EventKind(outcome),
+                round=self.round,
+                accuracy=self.accuracy if last else best.accuracy,
+            )
+        )
