@@ -89,6 +89,36 @@ class GlobalModel:
 
     With a ``checkpoint`` path every accepted update is saved there before it is applied or
     answered; ``resume`` starts from that file (``CheckpointError`` if it cannot be read).
+
+    Methods for callers (each takes the lock itself, so never call one holding it):
+
+    - apply_update(update, client, notify, every) -> reply   a handler's update, weights mode
+    - reply_to_echo() -> reply                               a handler's echo
+    - apply_round(updates) -> reply       a whole round gathered elsewhere (Flower's strategy)
+    - apply_mean(mean, count, clients, detail)    a secure round's sum (common.secure_rounds)
+    - fitness_round(), commit_best(vector, clients, detail)   fitness mode's rounds
+    - join(client), forget(client)         a client came, left (per-update rules' shares)
+    - stop()                               Stop Training, Ctrl-C, SIGTERM
+    - save_model(path)                     the best model, as a .keras file
+
+    Methods for callers that take no lock:
+
+    - done() -> Done                       the answer to every request once ``finished``
+    - add_stop_listener(listener)          a round driver woken by ``stop()``
+
+    Methods that run under the lock (the callers' above call them with it held):
+
+    - _reply(), _population(), _sent_settings()   what a reply sends
+    - _evaluate(), _loss(), _score_candidates()   the forward pass (a Keras model is shared)
+    - _over_share(client)                         a per-update rule's fair share
+    - _await_round() -> _close_round() -> _aggregate() -> _commit() -> _ending(), _end()
+                                                  (``_await_round`` waits on the lock's
+                                                  condition, ``_round_closed``)
+    - _emit(event)             queues an event; ``_deliver_events()``, after the lock, sends it
+
+    Instance variables callers read: ``vector``, ``round``, ``accuracy``, ``best``,
+    ``finished`` (a ``threading.Event``), ``outcome``, ``ga`` (its ``mutation_step`` as the
+    schedule has it now), ``forward``, ``num_params``, ``num_solutions``, ``aggregation``.
     """
 
     def __init__(

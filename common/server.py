@@ -255,6 +255,29 @@ class ListenThread(threading.Thread):
 
     Pass a socket that is already listening (the window's Create/Bind/Listen steps), or
     let it create one on the config's ``network.host``/``network.port``.
+
+    Methods for the caller:
+
+    - __init__(global_model, config=None, *, listening_socket=None, on_event=None)
+    - start()                      serve_forever() in this thread; or call it in your own
+    - serve_forever(poll_interval=0.2)
+    - shutdown(timeout=10.0)       stop accepting, close every connection, join every thread
+    - with ListenThread(...) as server:   start() on entry, shutdown() on exit
+    - all_answered(), wait_all_answered(timeout=None)   training over, every client told
+    - server_address (the real one after binding port 0), handlers, peers_told_done,
+      last_connected, global_model, config, federation (fitness mode's or secure rounds',
+      else None)
+
+    Methods for its handlers (``SocketThread``, each in its client's thread):
+
+    - on_event(event)              the caller's callback, for the handlers' events too
+    - handler_changed()            a client was answered ``done`` or left
+
+    Methods that run under its handlers' lock (``_handlers_lock``, the list of handlers):
+    ``_start_handler`` (the accept loop's: prune, count against --max-clients, add),
+    ``handlers`` and ``handler_changed``; ``wait_all_answered`` waits on ``_changed``,
+    which ``handler_changed`` notifies. The model's own lock is ``GlobalModel``'s: the
+    handlers take it through the model's methods, never this thread.
     """
 
     def __init__(
