@@ -1,7 +1,7 @@
 """The import rules of common/, read from the source with ``ast`` (imports inside functions
 included): only ``cli`` imports the windows, only ``flower`` imports Flower's modules, the
-windows and Flower import neither ``cli`` nor each other, and no module imports itself back
-through others."""
+windows and Flower import neither ``cli`` nor each other, the windows' controllers and views
+import no Kivy, and no module imports itself back through others."""
 
 from __future__ import annotations
 
@@ -54,6 +54,30 @@ def imports_of(module: str) -> set[str]:
 
 GRAPH = {module: imports_of(module) for module in MODULES}
 
+# The windows' plain-Python half, which the tests drive without a display: the controllers,
+# what each window shows, the setup fields' table, the sizes.
+PLAIN_GUI = {
+    "common.gui.sizes",
+    "common.gui.controller",
+    "common.gui.server_controller",
+    "common.gui.server_view",
+    "common.gui.setup_fields",
+    "common.gui.client_controller",
+    "common.gui.client_view",
+}
+
+
+def packages_of(module: str) -> set[str]:
+    """The top-level packages ``module`` imports anywhere in its source (relative: none)."""
+    path = MODULES[module]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.partition(".")[0])
+    return found
+
 
 def within(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
@@ -74,6 +98,14 @@ def test_the_graph_is_read():
 
 def test_only_cli_imports_the_windows():
     assert importers_of("common.gui") == {"common.cli"}
+
+
+def test_the_controllers_import_neither_kivy_nor_the_window_modules():
+    assert PLAIN_GUI <= MODULES.keys()
+    for module in PLAIN_GUI:
+        assert "kivy" not in packages_of(module), module
+        window_modules = {name for name in GRAPH[module] if within(name, "common.gui")}
+        assert window_modules <= PLAIN_GUI, module
 
 
 def test_nothing_outside_flower_imports_it():

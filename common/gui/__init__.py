@@ -1,7 +1,9 @@
 """The Kivy windows: the tutorial's Server App and Client App on top of the headless core.
 
-``controllers`` is plain Python (the state machines the tests drive without a display);
-``window``, ``server_app`` and ``client_app`` import Kivy. The ``run_*`` functions below
+Plain Python, which the tests drive without a display: ``controller`` (what both windows'
+controllers share), ``server_controller`` with ``server_view`` and ``setup_fields``,
+``client_controller`` with ``client_view``, and ``sizes``. ``window``, ``server_app`` and
+``client_app`` import Kivy. The ``run_*`` functions below
 configure Kivy before importing those modules, because Kivy reads its window size and
 position when its window module is first imported.
 """
@@ -53,7 +55,7 @@ def run_server_window(
 ) -> int:
     """Open the Server App window; return the exit code once it is closed."""
     _prepare_kivy(SERVER_SIZE, position)
-    from common.gui.controllers import ServerController
+    from common.gui.server_controller import ServerController
     from common.gui.server_app import ServerApp
     from common.gui.window import call_soon, run_app
 
@@ -70,7 +72,7 @@ def run_client_window(
     ``data_file`` (None: its data row starts empty); return the exit code once closed."""
     _prepare_kivy(CLIENT_SIZE, position)
     from common.gui.client_app import ClientApp
-    from common.gui.controllers import ClientController
+    from common.gui.client_controller import ClientController
     from common.gui.window import call_soon, run_app
 
     title = "Client App " + config.name.removeprefix("client")

@@ -9,7 +9,7 @@ from kivy.uix.progressbar import ProgressBar
 
 from common.data import DATA_SUFFIXES
 from common.gui.sizes import CLIENT_MINIMUM
-from common.gui.controllers import ClientController
+from common.gui.client_controller import ClientController
 from common.gui.window import LineChart, Series, TutorialApp, loss_range, wrapping_label
 
 LOSS = (0.95, 0.45, 0.35)

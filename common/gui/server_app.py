@@ -16,7 +16,8 @@ from kivy.uix.tabbedpanel import TabbedPanel, TabbedPanelItem
 from common.aggregate import SETTINGS
 from common.data import DATA_SUFFIXES
 from common.gui.sizes import SERVER_MINIMUM
-from common.gui.controllers import SAVE_SUFFIXES, ServerController, rows_shown
+from common.gui.server_controller import SAVE_SUFFIXES, ServerController
+from common.gui.server_view import rows_shown
 from common.gui.window import (
     CAPTIONED_HEIGHT,
     ROW_HEIGHT,

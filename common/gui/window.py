@@ -56,7 +56,7 @@ def run_app(app: App) -> int:
 
 
 class TutorialApp(App):
-    """A window driven by a controller from ``common.gui.controllers``.
+    """A window driven by a controller (``common.gui.controller``).
 
     Subclasses build their widgets below ``tutorial_rows`` and extend ``refresh``, which the
     controller calls on every change. Buttons are kept under the controller's button names

@@ -26,15 +26,11 @@ from common.client import ClientConfig, ClientOutcome, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA, second_field
 from common.events import Outcome
 from common.ga import GAConfig
-from common.gui.controllers import (
-    INITIAL_STATUS,
-    NO_DATA,
-    ClientController,
-    ClientRow,
-    RowState,
-    ServerController,
-    rows_shown,
-)
+from common.gui.client_controller import ClientController
+from common.gui.client_view import NO_DATA
+from common.gui.controller import INITIAL_STATUS
+from common.gui.server_controller import ServerController
+from common.gui.server_view import ClientRow, RowState, rows_shown
 from common.model import load_keras, xor_model_json
 from common.server_config import ServerConfig
 

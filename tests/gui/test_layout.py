@@ -38,14 +38,14 @@ from common.gui.window import call_soon
 from common.server_config import ServerConfig
 
 if which == "server":
-    from common.gui.controllers import ServerController
+    from common.gui.server_controller import ServerController
     from common.gui.server_app import ServerApp
     # .npy test data: its labels field shows; fedavg: min clients is enabled.
     app = ServerApp(ServerController(ServerConfig.of(test_data="test.npy", aggregation="fedavg"),
                                      build_global_model, call_soon=call_soon))
 else:
     from common.gui.client_app import ClientApp
-    from common.gui.controllers import ClientController
+    from common.gui.client_controller import ClientController
     app = ClientApp(ClientController(ClientConfig(name="client"), None, DataFile("data.csv"),
                                      call_soon=call_soon), title="Client App")
 
