@@ -2,10 +2,11 @@
 
 Plain Python, which the tests drive without a display: ``controller`` (what both windows'
 controllers share), ``server_controller`` with ``server_view`` and ``setup_fields``,
-``client_controller`` with ``client_view``, and ``sizes``. ``window``, ``server_app`` and
-``client_app`` import Kivy. The ``run_*`` functions below
-configure Kivy before importing those modules, because Kivy reads its window size and
-position when its window module is first imported.
+``client_controller`` with ``client_view``, and ``sizes``. Kivy: ``tutorial_app`` (the base
+both windows share), ``widgets``, ``path_dialog``, ``chart``, and the windows
+``server_app`` and ``client_app``. The ``run_*`` functions below configure Kivy before
+importing those modules, because Kivy reads its window size and position when its window
+module is first imported.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def run_server_window(
     _prepare_kivy(SERVER_SIZE, position)
     from common.gui.server_controller import ServerController
     from common.gui.server_app import ServerApp
-    from common.gui.window import call_soon, run_app
+    from common.gui.tutorial_app import call_soon, run_app
 
     return run_app(ServerApp(ServerController(config, make_global_model, call_soon=call_soon)))
 
@@ -73,7 +74,7 @@ def run_client_window(
     _prepare_kivy(CLIENT_SIZE, position)
     from common.gui.client_app import ClientApp
     from common.gui.client_controller import ClientController
-    from common.gui.window import call_soon, run_app
+    from common.gui.tutorial_app import call_soon, run_app
 
     title = "Client App " + config.name.removeprefix("client")
     return run_app(

@@ -8,9 +8,11 @@ from kivy.metrics import dp
 from kivy.uix.progressbar import ProgressBar
 
 from common.data import DATA_SUFFIXES
-from common.gui.sizes import CLIENT_MINIMUM
+from common.gui.chart import LineChart, Series, loss_range
 from common.gui.client_controller import ClientController
-from common.gui.window import LineChart, Series, TutorialApp, loss_range, wrapping_label
+from common.gui.sizes import CLIENT_MINIMUM
+from common.gui.tutorial_app import TutorialApp
+from common.gui.widgets import wrapping_label
 
 LOSS = (0.95, 0.45, 0.35)
 DATA_NAMES = ("data", "labels", "label_column", "browse_data")

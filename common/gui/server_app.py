@@ -15,18 +15,16 @@ from kivy.uix.tabbedpanel import TabbedPanel, TabbedPanelItem
 
 from common.aggregate import SETTINGS
 from common.data import DATA_SUFFIXES
-from common.gui.sizes import SERVER_MINIMUM
+from common.gui.chart import LineChart, Series, loss_range
+from common.gui.path_dialog import PathDialog
 from common.gui.server_controller import SAVE_SUFFIXES, ServerController
 from common.gui.server_view import rows_shown
-from common.gui.window import (
+from common.gui.sizes import SERVER_MINIMUM
+from common.gui.tutorial_app import TutorialApp
+from common.gui.widgets import (
     CAPTIONED_HEIGHT,
     ROW_HEIGHT,
-    LineChart,
-    PathDialog,
-    Series,
-    TutorialApp,
     log_positions_when_drawn,
-    loss_range,
     wrapping_label,
 )
 from common.server_config import GA_BY_MODEL

@@ -34,7 +34,7 @@ from kivy.uix.textinput import TextInput
 from common.app import build_global_model
 from common.client import ClientConfig
 from common.data import DataFile
-from common.gui.window import call_soon
+from common.gui.tutorial_app import call_soon
 from common.server_config import ServerConfig
 
 if which == "server":
