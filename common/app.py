@@ -12,6 +12,7 @@ client exits with the code of the outcome its server sent with ``done`` (``EXIT_
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -183,15 +184,15 @@ def save_results(config: ServerConfig, global_model: GlobalModel) -> None:
     that cannot be written is one logged sentence; the other is still written."""
     outputs = config.outputs
 
-    def plot(path: str) -> None:
-        plot_history(outputs.history, path)
+    def plot(history: str, path: str) -> None:
+        plot_history(history, path)
         log.info("drew the history to %s", path)
 
     writes = []
     if outputs.save_model:
         writes.append(("the model", outputs.save_model, global_model.save_model))
     if outputs.plot and outputs.history:
-        writes.append(("the plot", outputs.plot, plot))
+        writes.append(("the plot", outputs.plot, functools.partial(plot, outputs.history)))
     for what, path, write in writes:
         try:
             write(path)
@@ -254,6 +255,7 @@ def _serve_until_answered(server: ListenThread, network: NetworkConfig) -> None:
 
 def exit_code(global_model: GlobalModel) -> int:
     """How a finished training ended, as the process's exit code."""
+    assert global_model.outcome is not None, "exit_code() before training ended"
     if global_model.reached_target:
         log.info(
             "finished: accuracy=%.4f after %d rounds; every client was told done",

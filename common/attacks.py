@@ -459,6 +459,7 @@ class _DataAttack(Attack):
     @property
     def share(self) -> float:
         """The share of its samples poisoned: its strength."""
+        assert self.strength is not None  # every data attack has a default share
         return self.strength
 
     def _poison_rows(self, data: Dataset, rows: np.ndarray) -> Dataset:

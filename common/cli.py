@@ -479,8 +479,6 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
         source = args.data
     elif name in CLIENT_DATA:
         data, source = CLIENT_DATA[name], f"the tutorial's {name} samples"
-    elif args.headless:
-        parser.error("--headless needs --data FILE")
     else:
         data, source = None, None  # the window opens with an empty data row
     overrides = ga_settings(args)
@@ -494,6 +492,8 @@ def client_main(name: str, argv: list[str] | None = None) -> int:
         **_security_settings(parser, args),
     )
     if args.headless:
+        if data is None:
+            parser.error("--headless needs --data FILE")
         return run_client_headless(config, data, source, status)
     from common.gui import run_client_window  # imports Kivy: only when a window is wanted
 

@@ -25,7 +25,7 @@ from enum import StrEnum
 import numpy as np
 
 from common import protocol, security
-from common.attacks import AttackConfig, Collusion, HonestUpdate
+from common.attacks import Attack, AttackConfig, Collusion, HonestUpdate
 from common.data import Dataset
 from common.errors import ConnectError, ModelRefused, SchemaError, UserError
 from common.events import Event, EventKind, Outcome
@@ -280,7 +280,7 @@ class RecvThread(threading.Thread):
                 if self._reconnect is None or self._stop_requested.is_set():
                     raise
                 log.warning("%s: lost the server (%s); reconnecting", self.config.name, exc)
-                self._reopen()
+                self._reopen(self._reconnect)
                 if not resend:
                     message = echo(self.client_id)
                 continue
@@ -310,11 +310,11 @@ class RecvThread(threading.Thread):
         """Bytes this client sent the server so far, over every connection of the run."""
         return self._bytes_sent_before + self.connection.bytes_sent
 
-    def _reopen(self) -> None:
+    def _reopen(self, reconnect: Reconnector) -> None:
         self._bytes_sent_before += self.connection.bytes_sent
         self.connection.close()
-        retries = self._reconnect.retries
-        sock = self._reconnect(
+        retries = reconnect.retries
+        sock = reconnect(
             self._stop_requested,
             lambda attempt: self._on_event(
                 Event(EventKind.CONNECTING, detail=f"attempt {attempt} of {retries}")
@@ -363,7 +363,7 @@ class RecvThread(threading.Thread):
         )
         best = (result.best_vector, len(self.trainer.data))
         if self.attack is not None:
-            best = self._poison(request, result.best_vector)
+            best = self._poison(self.attack, request, result.best_vector)
         self._on_event(
             Event(
                 EventKind.SENT,
@@ -375,7 +375,9 @@ class RecvThread(threading.Thread):
         )
         return best
 
-    def _poison(self, request: ModelRequest, vector: np.ndarray) -> tuple[np.ndarray, int]:
+    def _poison(
+        self, attack: Attack, request: ModelRequest, vector: np.ndarray
+    ) -> tuple[np.ndarray, int]:
         """The attack's vector and claimed count in place of the honest ones."""
         data = self.trainer.data
 
@@ -385,7 +387,7 @@ class RecvThread(threading.Thread):
                 request, data=part, should_stop=self._stop_requested.is_set
             ).best_vector
 
-        sent, claimed = self.attack.poison_update(
+        sent, claimed = attack.poison_update(
             HonestUpdate(
                 request.population_weights[0],  # the global model (GlobalModel._population)
                 vector,

@@ -8,12 +8,11 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
-from common.protocol.messages import Done, Waiting
+from common.protocol.messages import Done, ServerReply, Waiting
 
 log = logging.getLogger(__name__)
-R = TypeVar("R")
 Notify = Callable[[Waiting], None]  # sends a client a ``waiting`` notice
 
 
@@ -60,11 +59,11 @@ class RoundDriver(ABC):
 
     def _answer(
         self,
-        ready: Callable[[], R | None],
+        ready: Callable[[], ServerReply | None],
         waiting: Callable[[], Waiting],
         notify: Notify | None,
         every: float,
-    ) -> R:
+    ) -> ServerReply:
         """A client's reply, once ``ready`` (called with ``_changed`` held) gives one;
         meanwhile, every ``every`` seconds, ``notify`` (if given) hears what it waits for
         (``waiting``, called with it held too), sent without it: a slow link must not hold

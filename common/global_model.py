@@ -20,7 +20,7 @@ from common import checkpoint
 from common.aggregate import ServerOptimiser, Update
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
-from common.errors import CheckpointError
+from common.errors import CheckpointError, ConfigError
 from common.events import Event, EventKind, Outcome
 from common.ga import GAConfig, loss
 from common.model import Network, accuracy as model_accuracy
@@ -170,6 +170,8 @@ class GlobalModel:
         self._applied = 0
         self.checkpoint_path = training.checkpoint
         if training.resume:
+            if self.checkpoint_path is None:
+                raise ConfigError("--resume needs --checkpoint PATH.")
             self._restore(checkpoint.load(self.checkpoint_path, self.num_params))
         elif self.checkpoint_path is not None and os.path.exists(self.checkpoint_path):
             log.warning(
@@ -220,6 +222,7 @@ class GlobalModel:
     def done(self) -> Done:
         """Once training ended, what every request is answered: the last round, its
         accuracy and how training ended."""
+        assert self.outcome is not None, "done() before training ended"  # set before finished
         return Done(self.round, self.accuracy, self.outcome)
 
     @property
@@ -456,6 +459,7 @@ class GlobalModel:
                     notice = self._await_round(round_id, notice_at)
                     if notice is None:
                         return self._reply()
+                assert notify is not None  # a notice comes only when asked for (notice_at)
                 notify(notice)
         finally:
             self._deliver_events()
@@ -580,6 +584,7 @@ class GlobalModel:
         accuracy = self._evaluate(vector)
         if rule.per_update:
             (entry,) = entries
+            assert entry.accuracy is not None  # scored as it came (apply_update)
             self._applied += 1
             self._last_applied[entry.client] = (self._applied, time.monotonic())
             detail = "update_accuracy=%.4f accuracy=%.4f update=%s" % (

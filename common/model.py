@@ -146,7 +146,9 @@ def write_dense_keras(model_json: str, weights: list[np.ndarray], path: str) -> 
     weights_file = io.BytesIO()
     with h5py.File(weights_file, "w") as store:
         remaining = iter(weights)
-        for index, (name, (_, _, use_bias, _)) in enumerate(zip(names, dense_chain(model_json))):
+        chain = dense_chain(model_json)
+        assert chain is not None, "a model without Keras is a Dense chain (ForwardPass.from_json)"
+        for index, (name, (_, _, use_bias, _)) in enumerate(zip(names, chain)):
             group = store.create_group(f"layers/dense{f'_{index}' if index else ''}/vars")
             group.attrs["name"] = name
             group["0"] = next(remaining)
@@ -327,7 +329,7 @@ class ForwardPass:
     def _agrees_with_keras(self) -> bool:
         """Run the batched path once beside Keras on the model's own weights."""
         keras = load_keras()
-
+        assert self._dense is not None  # asked only of a Dense stack
         probe = np.random.default_rng(0).standard_normal((4, self._dense[0][0])).astype(np.float32)
         expected = keras.ops.convert_to_numpy(self.model(probe, training=False))
         vector = weights_to_vector(self.model.get_weights())

@@ -9,6 +9,7 @@ of known widths, and the parameter count computed from the config must stay unde
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from common.errors import ModelRefused
 
@@ -38,7 +39,7 @@ def _width(shape) -> int:
     return shape[1]
 
 
-def _input_width(layer: dict, widths: dict[str, int], previous: int | None) -> int:
+def _input_width(layer: dict, widths: dict[Any, int], previous: int | None) -> int:
     """The width feeding ``layer``: from the layer it names (Functional) or the one before
     (Sequential). Never from a shape the JSON claims, which need not be the real one."""
     nodes = layer.get("inbound_nodes")
@@ -93,7 +94,8 @@ def _load(model_json: str) -> dict:
 
 def _walk(layers: list, max_params: int) -> list[tuple[dict, int, int]]:
     """(layer, input width, output width) per layer, checked and counted against the cap."""
-    total, width, widths, walked = 0, None, {}, []
+    total, width, walked = 0, None, []
+    widths: dict[Any, int] = {}  # by each layer's name, as the JSON gives it: any JSON value
     for layer in layers:
         if not isinstance(layer, dict):
             raise ModelRefused("model_json has a layer that is not an object")

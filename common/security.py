@@ -100,14 +100,17 @@ def _tls_problem(exc: OSError) -> str:
     return _TLS_REASONS.get(exc.reason) or exc.reason.replace("_", " ").lower()
 
 
-def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+def server_tls_context(cert_file: str, key_file: str | None) -> ssl.SSLContext:
+    """Serves ``cert_file``'s certificate with ``key_file``'s key (None: the key is in
+    ``cert_file`` too, as ``ssl`` allows)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert_file, key_file)
     except OSError as exc:  # ssl.SSLError is an OSError
+        key = f" with key {key_file}" if key_file else ""
         raise ConfigError(
-            f"Cannot use the TLS certificate {cert_file} with key {key_file}: {_tls_problem(exc)}."
+            f"Cannot use the TLS certificate {cert_file}{key}: {_tls_problem(exc)}."
         ) from None
     return context
 

@@ -237,24 +237,24 @@ class Connection:
                     f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
                 ) from exc
         if self._secret:
-            self._exchange_hellos()
+            self._exchange_hellos(self._secret)
         self._ready = True
 
-    def _exchange_hellos(self) -> None:
+    def _exchange_hellos(self, secret: bytes) -> None:
         mine = security.new_nonce()
         if self._server_side:
             theirs = self._receive_hello(security.HELLO)
             self._nonces = theirs + mine
             # The server's hello proves it knows the secret, so a client learns of a wrong
             # secret at once instead of by a closed connection.
-            proof = security.message_tag(self._secret, security.TO_CLIENT, self._nonces, 0, b"")
+            proof = security.message_tag(secret, security.TO_CLIENT, self._nonces, 0, b"")
             self._send_raw(security.HELLO.pack(security.MAGIC_HELLO, mine) + proof)
         else:
             self._send_raw(security.HELLO.pack(security.MAGIC_HELLO, mine))
             theirs = self._receive_hello(security.HELLO)
             self._nonces = mine + theirs
             server_proof = self._reader.read(32)
-            expected = security.message_tag(self._secret, security.TO_CLIENT, self._nonces, 0, b"")
+            expected = security.message_tag(secret, security.TO_CLIENT, self._nonces, 0, b"")
             if not hmac.compare_digest(server_proof, expected):
                 raise AuthError("the server does not know our shared secret")
 
@@ -280,16 +280,14 @@ class Connection:
 
     # -- messages --
 
-    def _receive_payload(self) -> bytes | bytearray:
+    def _receive_payload(self, secret: bytes) -> bytes | bytearray:
         header = self._reader.read(security.ENVELOPE.size)
         magic, length, tag = security.ENVELOPE.unpack(header)
         if magic != security.MAGIC_MESSAGE:
             raise AuthError(self._mismatch(header))
         payload = self._reader.read(length)  # refused before allocating if over the budget
         direction = security.TO_SERVER if self._server_side else security.TO_CLIENT
-        expected = security.message_tag(
-            self._secret, direction, self._nonces, self._received, payload
-        )
+        expected = security.message_tag(secret, direction, self._nonces, self._received, payload)
         if not hmac.compare_digest(tag, expected):
             raise AuthError(
                 "message failed authentication: wrong secret, or replayed, reflected or reordered"
@@ -304,7 +302,7 @@ class Connection:
         self._reader.start(budget, self.idle_timeout, self.recv_timeout, self.min_rate)
         source: io.BytesIO | _MessageReader
         if self._secret:
-            source = io.BytesIO(self._receive_payload())
+            source = io.BytesIO(self._receive_payload(self._secret))
         else:
             if self._reader.prefix(4) in (security.MAGIC_HELLO, security.MAGIC_MESSAGE):
                 raise AuthError("peer sent an authenticated message but no secret is set here")
