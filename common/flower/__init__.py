@@ -13,6 +13,8 @@ server's own. Flower carries the same message data as our protocol, in records
 
 import logging
 import sys
+from types import ModuleType
+from typing import cast
 
 OUR_LOGGERS = ("fedga", "common")  # the CLI's logger and the modules' own
 EMPTY_ROUNDS_ALLOWED = 3  # rounds in a row with no usable answer before giving up
@@ -39,4 +41,7 @@ def keep_tensorflow_out() -> None:
     growth, in ``flwr.simulation.ray_transport.utils``), and our ClientApp never uses it: it
     trains with NumPy. Measured on 2 cores: ~6 s of CPU per worker, the largest part of a
     simulation's start-up on a busy machine."""
-    sys.modules.setdefault("tensorflow", None)  # None there: ModuleNotFoundError on import
+    # None there: ModuleNotFoundError on import. The import system documents such entries;
+    # typeshed's sys.modules holds modules only.
+    modules = cast("dict[str, ModuleType | None]", sys.modules)
+    modules.setdefault("tensorflow", None)

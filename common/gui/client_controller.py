@@ -166,6 +166,7 @@ class ClientController(Controller):
             self._say("Choose this client's data file before training (Browse).")
             return
         attempt, config = self._attempt, self.config
+        assert self.socket is not None, "Receive & Train is enabled only once connected"
         source = self._loaded.path if self._loaded and self._loaded.path else None
         self.thread = RecvThread(
             config.buffer_size,
@@ -215,6 +216,7 @@ class ClientController(Controller):
             ) + CLIENT_MASKED.get(event.detail, "")
             self._show(doing, enable=("close",))
         elif event.kind is EventKind.GENERATION:
+            assert event.fitness is not None  # a generation's best
             view.generation, view.best_fitness = event.generation, event.fitness
             view.losses.append((event.generation, fitness_loss(event.fitness)))
             self.on_change()

@@ -90,6 +90,7 @@ class ServerController(Controller):
         port = self._port(port_text, "bind")
         if port is None:
             return
+        assert self.socket is not None, "Bind is enabled only after Create Socket"
         try:
             bind_socket(self.socket, host_text.strip(), port)
         except BindError as exc:
@@ -152,6 +153,7 @@ class ServerController(Controller):
         except ConfigError as exc:
             self._build_failed(attempt, str(exc))
             return
+        assert self.socket is not None  # bound; Close would have bumped the attempt
         try:
             start_listening(self.socket)
         except BindError as exc:
@@ -227,6 +229,7 @@ class ServerController(Controller):
         suffix = SAVE_SUFFIXES[kind]
         path = path if path.lower().endswith(suffix) else path + suffix
         model, history = self.global_model, self.history
+        assert model is not None and history is not None, "Save is enabled once training ended"
         write = {"model": model.save_model, "history": history.save, "plot": history.plot}[kind]
         best = model.best
         what = {
@@ -302,8 +305,10 @@ class ServerController(Controller):
                         len(row.actions),
                     )
         elif event.kind is EventKind.UPDATE:
+            model = self.global_model
+            assert model is not None and event.accuracy is not None  # listening: built, scored
             view.history.append((event.round, event.accuracy, event.loss))
-            best = self.global_model.best
+            best = model.best
             view.best_round = best.round
             view.summary = (
                 f"Round {event.round}: global accuracy {event.accuracy:.2f} "
@@ -322,6 +327,7 @@ class ServerController(Controller):
             )
         elif event.kind in ENDINGS:
             view.summary = ENDINGS[event.kind].format(round=event.round, accuracy=event.accuracy)
+            assert self.global_model is not None  # its ending
             view.best_round = self.global_model.best.round
             log.info("summary: %s", view.summary)
             self._update_actions()

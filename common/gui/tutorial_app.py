@@ -241,7 +241,8 @@ class TutorialApp(App):
 
         def show_second(*_args) -> None:
             slot.clear_widgets()
-            block = blocks.get(second_field(field.text))
+            needed = second_field(field.text)
+            block = None if needed is None else blocks.get(needed)
             slot.width = 0 if block is None else SECOND_FIELD_WIDTH
             if block is not None:
                 slot.add_widget(block)
