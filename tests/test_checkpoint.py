@@ -15,6 +15,7 @@ import pytest
 from common import atomic, checkpoint, protocol
 from common.checkpoint import Checkpoint, CheckpointError
 from common.data import XOR_TEST_DATA
+from common.errors import ConfigError
 from common.global_model import GlobalModel
 from common.model import xor_network
 from common.protocol import ClientUpdate
@@ -287,3 +288,8 @@ def test_an_optimisers_state_that_does_not_fit_it_is_refused(tmp_path, state):
     checkpoint.save(path, Checkpoint(_state().vector, 1, 0.5, {}, None, "fedadam", state))
     with pytest.raises(CheckpointError, match=r"state\.npz has a damaged fedadam state\.$"):
         _global_model(path, resume=True, aggregation="fedadam")
+
+
+def test_resume_without_a_checkpoint_is_one_sentence():
+    with pytest.raises(ConfigError, match=r"^--resume needs --checkpoint PATH\.$"):
+        GlobalModel(xor_network(1), XOR_TEST_DATA, TrainingConfig(resume=True))
