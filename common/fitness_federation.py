@@ -1027,7 +1027,7 @@ class FitnessScorer:
                 round=reply.round,
                 fitness=float(np.max(ga.last_generation_fitness)),
                 generation=ga.generations_completed,
-                detail=FITNESS,
+                detail=FITNESS if reply.roster is None else SCORES_MASKED,
             )
         )
         log.info("round %d: scored %d generations", reply.round, ga.generations_completed)

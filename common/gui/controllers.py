@@ -193,8 +193,9 @@ class ClientRow:
 
     @property
     def shown_state(self) -> str:
-        """Its state as the table shows it, with the reason it was dropped."""
-        return f"{self.state}: {self.reason}" if self.reason else self.state
+        """Its state as the table shows it, with the reason it was dropped: a plain ``str``
+        (Kivy's label calls ``type(text)`` on its text, which an enum's type refuses)."""
+        return f"{self.state}: {self.reason}" if self.reason else str(self.state)
 
     @property
     def cut(self) -> int:
@@ -937,6 +938,8 @@ class ClientController(_Controller):
             view.ended_early = event.generation < view.generations
             sent = {
                 FITNESS: f"Scored round {event.round}, sending only losses",
+                SCORES_MASKED: f"Scored round {event.round}, its losses masked: the server "
+                "sees only their sum",
                 SECURE: f"Sent round {event.round}'s update masked: the server sees only the sum",
             }.get(event.detail, f"Sent the trained model of round {event.round}")
             self._show(f"{sent}; waiting for the server", enable=("close",))
