@@ -36,6 +36,7 @@ from common.protocol import Connection, Message, ProtocolError, Subject
 from common.protocol.messages import (
     ClientUpdate,
     Done,
+    Echo,
     ModelRequest,
     Rekey,
     ScoreRequest,
@@ -43,7 +44,6 @@ from common.protocol.messages import (
     UnmaskScores,
     ServerReply,
     Waiting,
-    echo,
     server_reply,
 )
 from common.secure_rounds import SECURE, SecureParticipant
@@ -254,7 +254,7 @@ class RecvThread(threading.Thread):
         """The tutorial's echo first (no weights yet), then each round's best weights with
         the sample count fedavg weighs them by."""
         if best is None:
-            return self._exchange(echo(self.client_id))
+            return self._exchange(Echo(self.client_id).to_message())
         if self._secure_round is not None:  # masked, in the server's secure rounds
             return self._secure.run(self._secure_round, *best)
         self._sequence += 1
@@ -282,7 +282,7 @@ class RecvThread(threading.Thread):
                 log.warning("%s: lost the server (%s); reconnecting", self.config.name, exc)
                 self._reopen()
                 if not resend:
-                    message = echo(self.client_id)
+                    message = Echo(self.client_id).to_message()
                 continue
             if self._reconnect is not None:
                 self._reconnect.reset()
