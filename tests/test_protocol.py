@@ -120,6 +120,37 @@ def test_typed_messages_round_trip_through_their_wire_dicts(pair):
     assert waiting.describe() == "round 12: waiting for 2 more clients (at most 5 s)"
 
 
+@pytest.mark.parametrize("client_id", ["c1-ab", None])
+def test_an_echo_round_trips_and_is_the_tutorials_dict_plus_our_keys(pair, client_id):
+    receiver, sender = pair
+    echo = protocol.Echo(client_id)
+    sender.sendall(protocol.encode(echo.to_message()))
+    assert protocol.Echo.from_data(receiver.receive(CLIENT_TO_SERVER).data) == echo
+    # The bytes as before Echo was a class: the keys in this order, client_id only if set.
+    data = {"best_model_weights_vector": None, "protocol_version": protocol.PROTOCOL_VERSION}
+    if client_id is not None:
+        data["client_id"] = client_id
+    wire = {"subject": "echo", "data": data}
+    assert protocol.encode(echo.to_message()) == pickle.dumps(wire, protocol=4)
+
+
+@pytest.mark.parametrize("client_id", [None, 7, "", "x" * 257])
+def test_a_plain_peers_echo_or_one_with_a_bad_id_is_an_echo_without_one(client_id):
+    data = {"best_model_weights_vector": None}
+    if client_id is not None:
+        data["client_id"] = client_id
+    message = protocol.validate({"subject": "echo", "data": data}, CLIENT_TO_SERVER)
+    assert protocol.Echo.from_data(message.data) == protocol.Echo()
+
+
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_a_done_round_trips_with_each_outcome(pair, outcome):
+    receiver, sender = pair
+    for done in (protocol.Done(4, 0.5, outcome), protocol.Done(outcome=outcome)):
+        sender.sendall(protocol.encode(done.to_message()))
+        assert protocol.Done.from_data(receiver.receive(SERVER_TO_CLIENT).data) == done
+
+
 @pytest.mark.parametrize(
     "data,match",
     [

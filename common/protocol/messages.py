@@ -364,13 +364,24 @@ class ClientUpdate:
         return Message(self.subject, data)
 
 
-def echo(client_id: str | None = None) -> Message:
+@dataclass(frozen=True)
+class Echo:
     """A client's first request: the tutorial's ``echo``, which the server answers with the
-    model."""
-    data: dict[str, Any] = {"best_model_weights_vector": None, "protocol_version": PROTOCOL_VERSION}
-    if client_id is not None:
-        data["client_id"] = client_id
-    return Message(Subject.ECHO, data)
+    model. Its ``best_model_weights_vector`` (ours send None) is not read; ours also carry
+    the protocol version and the client's id, if it has one."""
+
+    subject: ClassVar[Subject] = Subject.ECHO
+    client_id: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> Echo:
+        """The typed ``echo``: an id that is not a string of 1-256 characters is ignored."""
+        return cls(client_id_of(data))
+
+    def to_message(self) -> Message:
+        return Message(
+            self.subject, _from_client({"best_model_weights_vector": None}, self.client_id)
+        )
 
 
 def _population_of(data: Mapping) -> np.ndarray:
