@@ -5,6 +5,7 @@ from __future__ import annotations
 import copyreg
 import os
 import pickle
+import re
 import socket
 import struct
 import threading
@@ -596,3 +597,23 @@ def test_a_model_request_says_whether_rounds_are_secure():
     assert "secure_aggregation" not in plain  # older clients see the message they know
     with pytest.raises(protocol.SchemaError, match="secure_aggregation"):
         protocol.ModelRequest.from_data(data | {"secure_aggregation": 1})
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        ({"accuracy": "x"}, "accuracy 'x' is not a number from 0 to 1"),
+        ({"accuracy": 1.5}, "accuracy 1.5 is not a number from 0 to 1"),
+        ({"round": -1}, "round -1 is not a count"),
+        ({"round": True}, "round True is not a count"),
+    ],
+)
+def test_a_servers_round_and_accuracy_are_checked_on_the_way_in(data, says):
+    """A ``done`` or ``model`` naming a nonsense round or accuracy is a schema error, not a
+    crash later where the client prints it."""
+    for subject, base in (
+        (protocol.Subject.DONE, {}),
+        (protocol.Subject.MODEL, protocol.ModelRequest("{}", np.tile(VECTOR, (2, 1))).to_data()),
+    ):
+        with pytest.raises(protocol.SchemaError, match=re.escape(says)):
+            protocol.server_reply(protocol.Message(subject, {**base, **data}))

@@ -426,8 +426,8 @@ class ModelRequest:
             data["model_json"],
             population,
             check_ga_settings(data, num_solutions),
-            data.get("round"),
-            data.get("accuracy"),
+            _round_of(data),
+            _accuracy_of(data),
             secure,
             _notice_interval_of(data),
         )
@@ -487,7 +487,7 @@ class Done:
         except ValueError:
             known = ", ".join(repr(str(member)) for member in Outcome)
             raise SchemaError(f"outcome {outcome!r} is none of {known}") from None
-        return cls(data.get("round"), data.get("accuracy"), outcome)
+        return cls(_round_of(data), _accuracy_of(data), outcome)
 
     def to_message(self) -> Message:
         # The outcome as a plain str: a pickled enum would name a class of ours, which a
@@ -555,6 +555,26 @@ class Waiting:
         clients = "client" if self.missing == 1 else "clients"
         limit = f" (at most {seconds} s)" if seconds else ""
         return f"{where}: waiting for {self.missing} more {clients}{limit}"
+
+
+def _round_of(data: Mapping) -> int | None:
+    """The server's round count a message carries, if it sent one."""
+    value = data.get("round")
+    return None if value is None else check_count(value, "round")
+
+
+def _accuracy_of(data: Mapping) -> float | None:
+    """The global accuracy a message carries, if it sent one: a number from 0 to 1."""
+    value = data.get("accuracy")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, (int, float, np.integer, np.floating))
+        or isinstance(value, bool)
+        or not 0 <= value <= 1
+    ):
+        raise SchemaError(f"accuracy {value!r} is not a number from 0 to 1")
+    return float(value)
 
 
 def _notice_interval_of(data: Mapping) -> float | None:
@@ -681,7 +701,6 @@ class ScoreRequest:
         if members is not None:
             rows = len(members) if isinstance(members, np.ndarray) and members.ndim == 2 else -1
             members = check_population(members, rows, what="members")
-        accuracy = data.get("accuracy")
         return cls(
             *_generation_of(data),
             data["all_members"],
@@ -689,7 +708,7 @@ class ScoreRequest:
             fitness,
             start,
             members,
-            float(accuracy) if isinstance(accuracy, (int, float)) else None,
+            _accuracy_of(data),
             Roster.from_data(data) if "epoch" in data else None,
             _notice_interval_of(data),
         )
