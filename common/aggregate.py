@@ -5,7 +5,7 @@ A rule is an ``Aggregation``, the way Flower's ``Strategy`` owns ``aggregate_tra
 ``aggregate`` turns the global vector and a round's updates into the next global vector,
 and ``per_update`` says what a round is: each update as it comes (the tutorial's running
 average), or else the updates gathered until ``--min-clients`` arrived or ``--round-timeout``
-passed. ``GlobalModel`` (common.server) gathers the rounds, scores and commits the result.
+passed. ``GlobalModel`` (common.global_model) gathers the rounds, scores and commits the result.
 ``AGGREGATIONS`` finds the rules by name: the ``--aggregation`` choices, the Flower run
 config's check and the server window's spinner all read it.
 
@@ -40,14 +40,16 @@ is one class plus its test, e.g. a FedAvg that steps only part of the way to the
         name = "fedavg-step"
         Settings = StepSettings
 
-        def aggregate(self, global_vector, updates):
+        def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
             step = mean_change(global_vector, updates)
             return global_vector + self.settings.server_learning_rate * step
 
 and in tests/test_aggregate.py a test of what it returns for a few updates. Registered, it is
 a choice of ``--aggregation``, of the window's spinner and (being round-based) of Flower. A
 setting of a new name also needs its ``TrainingConfig`` field and run config key, and its
-line in ``SETTINGS`` (its flag and window field follow from that line).
+line in ``SETTINGS`` (its flag and window field follow from that line). Each method a rule
+overrides keeps the base class's annotations: mypy.ini requires them in this module, so mypy
+checks every rule.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def model_averaging(
 
 
 def fedavg(
-    updates: Sequence[np.ndarray], sample_counts: Sequence[float] | None = None
+    updates: Sequence[np.ndarray], sample_counts: Sequence[float] | np.ndarray | None = None
 ) -> np.ndarray:
     """Mean of the updates weighted by each client's sample count (1 each when unknown)."""
     counts = [1.0] * len(updates) if sample_counts is None else list(sample_counts)
@@ -273,7 +275,7 @@ class Aggregation(ABC):
     mean_only: ClassVar[bool] = False
     Settings: ClassVar[type[RuleSettings]] = RuleSettings  # its settings and their defaults
 
-    def __init__(self, settings: RuleSettings | None = None):
+    def __init__(self, settings: RuleSettings | None = None) -> None:
         self.settings: Any = self.Settings() if settings is None else settings
 
     def __str__(self) -> str:
@@ -383,7 +385,7 @@ class RunningAverage(Aggregation):
     name = "running-average"
     per_update = True
 
-    def aggregate(self, global_vector, updates):
+    def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         (update,) = updates
         if update.reached_target:
             return update.vector
@@ -419,22 +421,22 @@ class RunningBest(Aggregation):
     name = "running-best"
     per_update = True
 
-    def __init__(self, settings: RuleSettings | None = None):
+    def __init__(self, settings: RuleSettings | None = None) -> None:
         super().__init__(settings)
         self.latest: dict[str, np.ndarray] = {}
         self._scores: Scores | None = None
         self._chosen = ""
 
-    def bind(self, scores):
+    def bind(self, scores: Scores) -> None:
         self._scores = scores
 
-    def forget(self, client):
+    def forget(self, client: str) -> None:
         self.latest.pop(client, None)
 
-    def describe(self):
+    def describe(self) -> str:
         return f"took={self._chosen}"
 
-    def verdicts(self, global_vector, updates):
+    def verdicts(self, global_vector: np.ndarray, updates: Sequence[Update]) -> list[Verdict]:
         # Keeping the current model is the update left out.
         action = EXCLUDED if self._chosen == "current model" else USED
         return [
@@ -442,7 +444,7 @@ class RunningBest(Aggregation):
             for v in inspect(global_vector, updates)
         ]
 
-    def aggregate(self, global_vector, updates):
+    def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         if self._scores is None:
             raise RuntimeError("running-best chooses by the server's scores: bind() them first")
         (update,) = updates
@@ -477,7 +479,7 @@ class CountWeighted(Aggregation):
         self._weights = capped_counts(self._claimed, self.settings.max_claimed_samples)
         return self._weights
 
-    def verdicts(self, global_vector, updates):
+    def verdicts(self, global_vector: np.ndarray, updates: Sequence[Update]) -> list[Verdict]:
         return [
             marked(verdict, CLIPPED, f"samples {claimed:.10g} -> {weight:.10g}")
             if weight < claimed
@@ -496,7 +498,7 @@ class FedAvg(CountWeighted):
     mean_only = True
     Settings = CountSettings
 
-    def aggregate(self, global_vector, updates):
+    def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         return fedavg([u.vector for u in updates], self.weights(updates))
 
 
@@ -511,7 +513,7 @@ class Median(Aggregation):
 
     name = "median"
 
-    def aggregate(self, global_vector, updates):
+    def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         return median([u.vector for u in updates])
 
 
@@ -531,7 +533,7 @@ class Tolerant(Aggregation):
     def needs(self) -> tuple[str, int]:
         """The bound n must exceed: as a formula of F, and its value."""
 
-    def refusal(self, n):
+    def refusal(self, n: int) -> str:
         formula, bound = self.needs()
         if n > bound:
             return ""
@@ -565,16 +567,16 @@ class TrimmedMean(Tolerant):
     name = "trimmed-mean"
     _shares = np.empty(0)  # the last round's: each update's share of coordinates dropped
 
-    def needs(self):
+    def needs(self) -> tuple[str, int]:
         return "2F", 2 * self.settings.byzantine
 
-    def aggregate(self, global_vector, updates):
+    def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         self.check(updates)
         cut = trim_per_side(len(updates), self.settings.byzantine)
         mean, self._shares = trimmed_mean([u.vector for u in updates], cut)
         return mean
 
-    def verdicts(self, global_vector, updates):
+    def verdicts(self, global_vector: np.ndarray, updates: Sequence[Update]) -> list[Verdict]:
         return [
             replace(
                 verdict,
@@ -593,16 +595,17 @@ class Krum(Tolerant):
     never chosen. Needs n > 2F + 2."""
 
     name = "krum"
-    _distances = _scores = _chosen = np.empty(0)  # the last round's
+    _distances = _scores = np.empty(0)  # the last round's
+    _chosen = np.empty(0, dtype=np.intp)  # the indices of the updates it averaged
 
-    def needs(self):
+    def needs(self) -> tuple[str, int]:
         return "2F + 2", 2 * self.settings.byzantine + 2
 
     def selected(self, n: int) -> int:
         """How many of the best-scored updates are averaged."""
         return 1
 
-    def aggregate(self, global_vector, updates):
+    def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         self.check(updates)
         vectors = [u.vector for u in updates]
         self._distances = pairwise_distances(vectors)
@@ -611,7 +614,7 @@ class Krum(Tolerant):
         self._chosen = np.sort(best)
         return fedavg([vectors[i] for i in self._chosen])
 
-    def verdicts(self, global_vector, updates):
+    def verdicts(self, global_vector: np.ndarray, updates: Sequence[Update]) -> list[Verdict]:
         return [
             replace(
                 verdict, krum_score=float(score), action=USED if i in self._chosen else EXCLUDED
@@ -632,7 +635,7 @@ class MultiKrum(Krum):
 
     name = "multi-krum"
 
-    def selected(self, n):
+    def selected(self, n: int) -> int:
         return n - self.settings.byzantine
 
 
@@ -649,19 +652,20 @@ class Zeno(Tolerant):
     honest majority keeps honest updates in the mean."""
 
     name = "zeno"
-    _losses = _chosen = np.empty(0)  # the last round's
+    _losses = np.empty(0)  # the last round's
+    _chosen = np.empty(0, dtype=np.intp)  # the indices of the updates it averaged
 
-    def __init__(self, settings: RuleSettings | None = None):
+    def __init__(self, settings: RuleSettings | None = None) -> None:
         super().__init__(settings)
         self._scores: Scores | None = None
 
-    def bind(self, scores):
+    def bind(self, scores: Scores) -> None:
         self._scores = scores
 
-    def needs(self):
+    def needs(self) -> tuple[str, int]:
         return "F", self.settings.byzantine
 
-    def aggregate(self, global_vector, updates):
+    def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         self.check(updates)
         if self._scores is None:
             raise RuntimeError("zeno chooses by the server's scores: bind() them first")
@@ -669,9 +673,9 @@ class Zeno(Tolerant):
         _, self._losses = self._scores(vectors)
         kept = np.argsort(self._losses, kind="stable")[: len(updates) - self.settings.byzantine]
         self._chosen = np.sort(kept)
-        return fedavg([updates[i].vector for i in self._chosen])
+        return fedavg([updates[int(i)].vector for i in self._chosen])
 
-    def verdicts(self, global_vector, updates):
+    def verdicts(self, global_vector: np.ndarray, updates: Sequence[Update]) -> list[Verdict]:
         return [
             replace(
                 verdict, action=USED if i in self._chosen else EXCLUDED, detail=f"loss {loss:.3g}"
@@ -699,7 +703,7 @@ class NormBounded(CountWeighted):
     Settings = NormSettings
     _norms = _scales = np.empty(0)  # the last round's
 
-    def aggregate(self, global_vector, updates):
+    def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         global_vector = np.asarray(global_vector, dtype=np.float64)
         changes = [np.asarray(u.vector, dtype=np.float64) - global_vector for u in updates]
         self._norms = np.array([np.linalg.norm(change) for change in changes])
@@ -712,7 +716,7 @@ class NormBounded(CountWeighted):
         clipped = [change * scale for change, scale in zip(changes, self._scales)]
         return global_vector + fedavg(clipped, self.weights(updates))
 
-    def verdicts(self, global_vector, updates):
+    def verdicts(self, global_vector: np.ndarray, updates: Sequence[Update]) -> list[Verdict]:
         return [
             marked(verdict, CLIPPED, f"norm {norm:.3g} -> {norm * scale:.3g}")
             if scale < 1
@@ -729,7 +733,9 @@ class NormBounded(CountWeighted):
 
 
 def mean_change(
-    global_vector: np.ndarray, updates: Sequence[Update], weights: Sequence[float] | None = None
+    global_vector: np.ndarray,
+    updates: Sequence[Update],
+    weights: Sequence[float] | np.ndarray | None = None,
 ) -> np.ndarray:
     """The round's FedAvg mean (by ``weights``, else the claimed counts) minus the global
     vector: Reddi et al.'s Delta_t, the server optimisers' pseudo-gradient with its sign
@@ -748,7 +754,7 @@ class ServerOptimiser(CountWeighted):
     MOMENTS: ClassVar[tuple[str, ...]]  # the names of its state vectors
     mean_only = True
 
-    def __init__(self, settings: RuleSettings | None = None):
+    def __init__(self, settings: RuleSettings | None = None) -> None:
         super().__init__(settings)
         self.rounds = 0
         self.moments: dict[str, np.ndarray] = {}  # none until the first round
@@ -759,7 +765,7 @@ class ServerOptimiser(CountWeighted):
         """This round's move of the global vector, from its mean change; updates ``moments``
         (``rounds`` already counts this round)."""
 
-    def aggregate(self, global_vector, updates):
+    def aggregate(self, global_vector: np.ndarray, updates: Sequence[Update]) -> np.ndarray:
         self.rounds += 1
         change = mean_change(global_vector, updates, self.weights(updates))
         step = self.step(change)
@@ -769,13 +775,16 @@ class ServerOptimiser(CountWeighted):
         )
         return global_vector + step
 
-    def describe(self):
+    def describe(self) -> str:
         return self._sizes
 
-    def state(self):
-        return {"rounds": np.int64(self.rounds), **self.moments} if self.rounds else {}
+    def state(self) -> dict[str, np.ndarray]:
+        if not self.rounds:
+            return {}
+        # A 0-d array, as np.load gives it back from a checkpoint.
+        return {"rounds": np.asarray(self.rounds, dtype=np.int64), **self.moments}
 
-    def restore(self, state):
+    def restore(self, state: Mapping[str, np.ndarray]) -> None:
         moments = {name: np.asarray(state[name], dtype=np.float64) for name in self.MOMENTS}
         if np.ndim(state["rounds"]) != 0 or any(m.ndim != 1 for m in moments.values()):
             raise ValueError("a count and vectors expected")
@@ -804,7 +813,7 @@ class FedAvgM(ServerOptimiser):
     Settings = MomentumSettings
     MOMENTS = ("velocity",)
 
-    def step(self, change):
+    def step(self, change: np.ndarray) -> np.ndarray:
         settings = self.settings
         velocity = settings.server_momentum * self.moments.get("velocity", 0.0) + change
         self.moments = {"velocity": velocity}
@@ -837,7 +846,7 @@ class AdaptiveOptimiser(ServerOptimiser):
         """The step size this round."""
         return self.settings.server_learning_rate
 
-    def step(self, change):
+    def step(self, change: np.ndarray) -> np.ndarray:
         settings = self.settings
         m = settings.beta1 * self.moments.get("m", 0.0) + (1 - settings.beta1) * change
         v = self.second_moment(self.moments.get("v", 0.0), change**2)
@@ -853,10 +862,10 @@ class FedAdam(AdaptiveOptimiser):
     name = "fedadam"
     Settings = AdaptiveSettings
 
-    def second_moment(self, v, square):
+    def second_moment(self, v: np.ndarray | float, square: np.ndarray) -> np.ndarray:
         return self.settings.beta2 * v + (1 - self.settings.beta2) * square
 
-    def rate(self):
+    def rate(self) -> float:
         # Flower counts the exponent from 2 in the first round (its server_round + 1); kept,
         # so the two give the same models.
         settings, t = self.settings, self.rounds + 1
@@ -879,5 +888,5 @@ class FedYogi(AdaptiveOptimiser):
     name = "fedyogi"
     Settings = YogiSettings
 
-    def second_moment(self, v, square):
+    def second_moment(self, v: np.ndarray | float, square: np.ndarray) -> np.ndarray:
         return v - (1 - self.settings.beta2) * square * np.sign(v - square)

@@ -27,7 +27,7 @@ import numpy as np
 from common import protocol, security
 from common.attacks import Attack, AttackConfig, Collusion, HonestUpdate
 from common.data import Dataset
-from common.errors import ConnectError, ModelRefused, SchemaError, UserError
+from common.errors import ConnectError, SchemaError, UserError
 from common.events import Event, EventKind, Outcome
 from common.fitness_federation import FITNESS, WEIGHTS, FitnessScorer
 from common.ga import GAConfig
@@ -36,6 +36,7 @@ from common.protocol import Connection, Message, ProtocolError, Subject
 from common.protocol.messages import (
     ClientUpdate,
     Done,
+    Echo,
     ModelRequest,
     Rekey,
     ScoreRequest,
@@ -43,7 +44,6 @@ from common.protocol.messages import (
     UnmaskScores,
     ServerReply,
     Waiting,
-    echo,
     server_reply,
 )
 from common.secure_rounds import SECURE, SecureParticipant
@@ -254,7 +254,7 @@ class RecvThread(threading.Thread):
         """The tutorial's echo first (no weights yet), then each round's best weights with
         the sample count fedavg weighs them by."""
         if best is None:
-            return self._exchange(echo(self.client_id))
+            return self._exchange(Echo(self.client_id).to_message())
         if self._secure_round is not None:  # masked, in the server's secure rounds
             return self._secure.run(self._secure_round, *best)
         self._sequence += 1
@@ -282,7 +282,7 @@ class RecvThread(threading.Thread):
                 log.warning("%s: lost the server (%s); reconnecting", self.config.name, exc)
                 self._reopen(self._reconnect)
                 if not resend:
-                    message = echo(self.client_id)
+                    message = Echo(self.client_id).to_message()
                 continue
             if self._reconnect is not None:
                 self._reconnect.reset()
@@ -432,7 +432,7 @@ class RecvThread(threading.Thread):
                     break
         except (ProtocolError, UserError) as exc:
             if not self._stop_requested.is_set():
-                self.outcome, self.error = ClientOutcome.ERROR, _plain_reason(exc)
+                self.outcome, self.error = ClientOutcome.ERROR, exc.plain_reason
                 log.error("%s: %s", self.config.name, self.error)
                 self._on_event(Event(EventKind.ERROR, detail=self.error))
                 return
@@ -457,15 +457,3 @@ class RecvThread(threading.Thread):
         else:
             log.warning("%s: %s", self.config.name, reply.describe())
         self._on_event(Event(EventKind.DONE, accuracy=reply.accuracy, detail=reply.describe()))
-
-
-def _plain_reason(exc: ProtocolError | UserError) -> str:
-    if isinstance(exc, UserError):
-        return str(exc)
-    if isinstance(exc, protocol.PeerClosed):
-        return "The server closed the connection before training was done."
-    if isinstance(exc, ModelRefused):
-        return f"Refused the server's model: {exc}."
-    if isinstance(exc, (protocol.TLSError, protocol.AuthError)):  # reached it, but no trust
-        return f"Could not talk to the server safely: {exc}."
-    return f"Lost the server: {exc}."

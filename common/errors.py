@@ -36,6 +36,10 @@
     Terminated (BaseException, outside the tree: no ``except Exception`` or
                 ``except FedgaError`` may swallow a SIGTERM)
 
+Each class owns the sentence a person reads when it ends their run, ``plain_reason``: a
+user error's ``str()``, and for a protocol error what a client says of its server (only a
+client's run ends by one: a server drops that connection and serves the others).
+
 The modules that raise these re-export them under their old homes (``common.data.DataError``,
 ``common.protocol.SchemaError``, ...), so either import works.
 """
@@ -45,6 +49,11 @@ from __future__ import annotations
 
 class FedgaError(Exception):
     """The root of every exception fedga raises on purpose."""
+
+    @property
+    def plain_reason(self) -> str:
+        """One plain sentence for the person whose run this ended; this base: ``str()``."""
+        return str(self)
 
 
 # ---- a user's mistakes ------------------------------------------------------------------
@@ -88,9 +97,18 @@ class DeploymentError(UserError):
 class ProtocolError(FedgaError):
     """A peer broke the protocol or the connection failed; that connection ends."""
 
+    @property
+    def plain_reason(self) -> str:
+        """What a client says when this ends its connection to the server."""
+        return f"Lost the server: {self}."
+
 
 class PeerClosed(ProtocolError):
     """The peer closed the connection between messages (a normal end)."""
+
+    @property
+    def plain_reason(self) -> str:
+        return "The server closed the connection before training was done."
 
 
 class ConnectionLost(ProtocolError):
@@ -121,6 +139,10 @@ class SchemaError(ProtocolError):
 class ModelRefused(SchemaError):
     """The model description is not one we build."""
 
+    @property
+    def plain_reason(self) -> str:
+        return f"Refused the server's model: {self}."
+
 
 class Refused(ProtocolError):
     """The peer cannot take part in what this server runs (a plain-pickle peer in fitness
@@ -130,9 +152,22 @@ class Refused(ProtocolError):
 class AuthError(ProtocolError):
     """The peer did not prove it holds the shared secret, or the two sides disagree on using one."""
 
+    @property
+    def plain_reason(self) -> str:
+        return _unsafe(self)
+
 
 class TLSError(ProtocolError):
     """The TLS handshake failed."""
+
+    @property
+    def plain_reason(self) -> str:
+        return _unsafe(self)
+
+
+def _unsafe(exc: AuthError | TLSError) -> str:
+    """The server was reached, but could not be trusted."""
+    return f"Could not talk to the server safely: {exc}."
 
 
 class SecAggError(ProtocolError):

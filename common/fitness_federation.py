@@ -61,6 +61,7 @@ from common.protocol.messages import (
     FITNESS_MODE_VERSION,
     MASKED_SCORES_VERSION,
     Done,
+    Echo,
     MaskedScores,
     MaskKey,
     Message,
@@ -75,8 +76,6 @@ from common.protocol.messages import (
     Subject,
     UnmaskScores,
     Waiting,
-    client_id_of,
-    echo,
 )
 from common.secagg import ring
 from common.secagg.scores import SMALLEST_ROSTER, ScoreMasker, Scoring, score_ring, unmask_sum
@@ -540,7 +539,7 @@ class FitnessFederation(RoundDriver):
         take = _MASKED_TAKES.get(message.subject) if self.secure else None
         if message.subject is Subject.ECHO:
             self._check_version(message)
-            client_id = client_id_of(message.data) or peer
+            client_id = Echo.from_data(message.data).client_id or peer
             with self._changed:
                 client = self._join(client_id, peer)
                 client.round = client.epoch = None  # it holds no round yet, nor roster
@@ -866,7 +865,7 @@ class FitnessScorer:
         answer = self._settle(reply)
         while isinstance(answer, ScoreRequest) and not self._should_stop():
             if answer.start is None:  # out of step with the server: ask for the round whole
-                answer = self._send(echo(self.client_id))
+                answer = self._send(Echo(self.client_id).to_message())
             else:
                 answer = self._round(answer, answer.start)
         if isinstance(answer, ModelRequest):
@@ -925,7 +924,7 @@ class FitnessScorer:
         except SecAggRefused as exc:
             log.warning("%s", exc)
             self._masker = None
-            return self._send(echo(self.client_id))
+            return self._send(Echo(self.client_id).to_message())
 
     def _round(self, reply: ScoreRequest, start: RoundStart) -> ServerReply:
         """Run the server's GA for one round from ``start``, scoring the generations it asks
@@ -1028,7 +1027,7 @@ class FitnessScorer:
                 round=reply.round,
                 fitness=float(np.max(ga.last_generation_fitness)),
                 generation=ga.generations_completed,
-                detail=FITNESS,
+                detail=FITNESS if reply.roster is None else SCORES_MASKED,
             )
         )
         log.info("round %d: scored %d generations", reply.round, ga.generations_completed)

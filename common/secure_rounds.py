@@ -50,6 +50,7 @@ from common.protocol.messages import (
     SECURE_AGGREGATION_VERSION,
     SECURE_FROM_CLIENT,
     Done,
+    Echo,
     Invitation,
     KeyList,
     KeysAdvertised,
@@ -67,7 +68,6 @@ from common.protocol.messages import (
     UnmaskRequest,
     Waiting,
     client_id_of,
-    echo,
 )
 from common.secagg import RoundResult, RoundSetup, SecAggClient, SecAggServer, default_threshold
 
@@ -448,7 +448,7 @@ class SecureParticipant:
                     raise SchemaError(f"the server sent a client's {reply.subject.value!r}")
             except SecAggRefused:  # logged by the client; it is out of this round
                 client = None
-                reply = self._exchange(echo(self.client_id))
+                reply = self._exchange(Echo(self.client_id).to_message())
                 continue
             reply = self._exchange(SecureMessage(answer).to_message())
         if not isinstance(reply, (ModelRequest, Done)):

@@ -58,6 +58,42 @@ def test_every_fedga_error_is_a_user_error_or_a_protocol_error():
     assert defined == families | {errors.FedgaError, errors.Terminated}
 
 
+# What a client shows when each error ends its run (RecvThread.error, the window's label).
+PLAIN_REASONS = [
+    (errors.ConnectError("Could not reach the server."), "Could not reach the server."),
+    (errors.ConfigError("--port must be a number."), "--port must be a number."),
+    (errors.PeerClosed("closed"), "The server closed the connection before training was done."),
+    (
+        errors.ModelRefused("the model has more than 10 weights"),
+        "Refused the server's model: the model has more than 10 weights.",
+    ),
+    (
+        errors.TLSError("TLS handshake failed: CERTIFICATE_VERIFY_FAILED"),
+        "Could not talk to the server safely: TLS handshake failed: CERTIFICATE_VERIFY_FAILED.",
+    ),
+    (
+        errors.AuthError("the peer did not prove the secret"),
+        "Could not talk to the server safely: the peer did not prove the secret.",
+    ),
+    (errors.ConnectionLost("connection reset"), "Lost the server: connection reset."),
+    (errors.ReceiveTimeout("no message in 5 s"), "Lost the server: no message in 5 s."),
+    (errors.SchemaError("round -1 is not a count"), "Lost the server: round -1 is not a count."),
+    (errors.ForbiddenGlobal("os.system"), "Lost the server: os.system."),
+]
+
+
+@pytest.mark.parametrize("error,sentence", PLAIN_REASONS, ids=lambda e: type(e).__name__)
+def test_each_error_says_its_own_sentence(error, sentence):
+    assert error.plain_reason == sentence
+
+
+def test_every_error_of_the_tree_says_why_in_its_sentence():
+    """So a class added to the tree inherits a sentence that carries its message (PeerClosed's
+    needs none; RoundAbandoned, built from its counts, ends a server's round, not a run)."""
+    for cls in _family(errors.FedgaError) - {errors.PeerClosed, errors.RoundAbandoned}:
+        assert "why" in cls("why").plain_reason, cls
+
+
 def test_terminated_escapes_every_catch_all_but_base_exception():
     assert issubclass(errors.Terminated, BaseException)
     assert not issubclass(errors.Terminated, Exception)  # so not a FedgaError either

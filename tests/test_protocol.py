@@ -5,6 +5,7 @@ from __future__ import annotations
 import copyreg
 import os
 import pickle
+import re
 import socket
 import struct
 import threading
@@ -118,6 +119,37 @@ def test_typed_messages_round_trip_through_their_wire_dicts(pair):
     assert done.describe() == "the server gave up after its round limit: accuracy 0.50"
     assert protocol.Waiting.from_data(receiver.receive(SERVER_TO_CLIENT).data) == waiting
     assert waiting.describe() == "round 12: waiting for 2 more clients (at most 5 s)"
+
+
+@pytest.mark.parametrize("client_id", ["c1-ab", None])
+def test_an_echo_round_trips_and_is_the_tutorials_dict_plus_our_keys(pair, client_id):
+    receiver, sender = pair
+    echo = protocol.Echo(client_id)
+    sender.sendall(protocol.encode(echo.to_message()))
+    assert protocol.Echo.from_data(receiver.receive(CLIENT_TO_SERVER).data) == echo
+    # The bytes as before Echo was a class: the keys in this order, client_id only if set.
+    data = {"best_model_weights_vector": None, "protocol_version": protocol.PROTOCOL_VERSION}
+    if client_id is not None:
+        data["client_id"] = client_id
+    wire = {"subject": "echo", "data": data}
+    assert protocol.encode(echo.to_message()) == pickle.dumps(wire, protocol=4)
+
+
+@pytest.mark.parametrize("client_id", [None, 7, "", "x" * 257])
+def test_a_plain_peers_echo_or_one_with_a_bad_id_is_an_echo_without_one(client_id):
+    data = {"best_model_weights_vector": None}
+    if client_id is not None:
+        data["client_id"] = client_id
+    message = protocol.validate({"subject": "echo", "data": data}, CLIENT_TO_SERVER)
+    assert protocol.Echo.from_data(message.data) == protocol.Echo()
+
+
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_a_done_round_trips_with_each_outcome(pair, outcome):
+    receiver, sender = pair
+    for done in (protocol.Done(4, 0.5, outcome), protocol.Done(outcome=outcome)):
+        sender.sendall(protocol.encode(done.to_message()))
+        assert protocol.Done.from_data(receiver.receive(SERVER_TO_CLIENT).data) == done
 
 
 @pytest.mark.parametrize(
@@ -565,3 +597,23 @@ def test_a_model_request_says_whether_rounds_are_secure():
     assert "secure_aggregation" not in plain  # older clients see the message they know
     with pytest.raises(protocol.SchemaError, match="secure_aggregation"):
         protocol.ModelRequest.from_data(data | {"secure_aggregation": 1})
+
+
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        ({"accuracy": "x"}, "accuracy 'x' is not a number from 0 to 1"),
+        ({"accuracy": 1.5}, "accuracy 1.5 is not a number from 0 to 1"),
+        ({"round": -1}, "round -1 is not a count"),
+        ({"round": True}, "round True is not a count"),
+    ],
+)
+def test_a_servers_round_and_accuracy_are_checked_on_the_way_in(data, says):
+    """A ``done`` or ``model`` naming a nonsense round or accuracy is a schema error, not a
+    crash later where the client prints it."""
+    for subject, base in (
+        (protocol.Subject.DONE, {}),
+        (protocol.Subject.MODEL, protocol.ModelRequest("{}", np.tile(VECTOR, (2, 1))).to_data()),
+    ):
+        with pytest.raises(protocol.SchemaError, match=re.escape(says)):
+            protocol.server_reply(protocol.Message(subject, {**base, **data}))

@@ -132,7 +132,7 @@ def test_only_clients_announcing_the_version_hear_that_their_round_waits(server_
 def _announcing_peer(address, client_id: str) -> Connection:
     """A raw peer speaking our protocol version, past its echo: the model is in."""
     connection = Connection(raw_connection(address), idle_timeout=WAIT)
-    connection.send(protocol.echo(client_id))
+    connection.send(protocol.Echo(client_id).to_message())
     assert connection.receive(SERVER_TO_CLIENT).subject is Subject.MODEL
     return connection
 

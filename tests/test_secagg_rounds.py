@@ -60,7 +60,7 @@ class ScriptedPeer:
 
     def run(self, last: str) -> None:
         try:
-            model = self._exchange(protocol.echo(self.client_id))
+            model = self._exchange(protocol.Echo(self.client_id).to_message())
             assert model.secure_aggregation
             # Its "training": a step from the global model, different for every peer.
             global_vector = model.population_weights[0].astype(np.float64)

@@ -225,6 +225,8 @@ class ClientController(Controller):
             view.ended_early = event.generation < view.generations
             sent = {
                 FITNESS: f"Scored round {event.round}, sending only losses",
+                SCORES_MASKED: f"Scored round {event.round}, its losses masked: the server "
+                "sees only their sum",
                 SECURE: f"Sent round {event.round}'s update masked: the server sees only the sum",
             }.get(event.detail, f"Sent the trained model of round {event.round}")
             self._show(f"{sent}; waiting for the server", enable=("close",))

@@ -53,8 +53,9 @@ class ClientRow:
 
     @property
     def shown_state(self) -> str:
-        """Its state as the table shows it, with the reason it was dropped."""
-        return f"{self.state}: {self.reason}" if self.reason else self.state
+        """Its state as the table shows it, with the reason it was dropped: a plain ``str``
+        (Kivy's label calls ``type(text)`` on its text, which an enum's type refuses)."""
+        return f"{self.state}: {self.reason}" if self.reason else str(self.state)
 
     @property
     def cut(self) -> int:

@@ -364,13 +364,24 @@ class ClientUpdate:
         return Message(self.subject, data)
 
 
-def echo(client_id: str | None = None) -> Message:
+@dataclass(frozen=True)
+class Echo:
     """A client's first request: the tutorial's ``echo``, which the server answers with the
-    model."""
-    data: dict[str, Any] = {"best_model_weights_vector": None, "protocol_version": PROTOCOL_VERSION}
-    if client_id is not None:
-        data["client_id"] = client_id
-    return Message(Subject.ECHO, data)
+    model. Its ``best_model_weights_vector`` (ours send None) is not read; ours also carry
+    the protocol version and the client's id, if it has one."""
+
+    subject: ClassVar[Subject] = Subject.ECHO
+    client_id: str | None = None
+
+    @classmethod
+    def from_data(cls, data: Mapping) -> Echo:
+        """The typed ``echo``: an id that is not a string of 1-256 characters is ignored."""
+        return cls(client_id_of(data))
+
+    def to_message(self) -> Message:
+        return Message(
+            self.subject, _from_client({"best_model_weights_vector": None}, self.client_id)
+        )
 
 
 def _population_of(data: Mapping) -> np.ndarray:
@@ -415,8 +426,8 @@ class ModelRequest:
             data["model_json"],
             population,
             check_ga_settings(data, num_solutions),
-            data.get("round"),
-            data.get("accuracy"),
+            _round_of(data),
+            _accuracy_of(data),
             secure,
             _notice_interval_of(data),
         )
@@ -476,7 +487,7 @@ class Done:
         except ValueError:
             known = ", ".join(repr(str(member)) for member in Outcome)
             raise SchemaError(f"outcome {outcome!r} is none of {known}") from None
-        return cls(data.get("round"), data.get("accuracy"), outcome)
+        return cls(_round_of(data), _accuracy_of(data), outcome)
 
     def to_message(self) -> Message:
         # The outcome as a plain str: a pickled enum would name a class of ours, which a
@@ -544,6 +555,26 @@ class Waiting:
         clients = "client" if self.missing == 1 else "clients"
         limit = f" (at most {seconds} s)" if seconds else ""
         return f"{where}: waiting for {self.missing} more {clients}{limit}"
+
+
+def _round_of(data: Mapping) -> int | None:
+    """The server's round count a message carries, if it sent one."""
+    value = data.get("round")
+    return None if value is None else check_count(value, "round")
+
+
+def _accuracy_of(data: Mapping) -> float | None:
+    """The global accuracy a message carries, if it sent one: a number from 0 to 1."""
+    value = data.get("accuracy")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, (int, float, np.integer, np.floating))
+        or isinstance(value, bool)
+        or not 0 <= value <= 1
+    ):
+        raise SchemaError(f"accuracy {value!r} is not a number from 0 to 1")
+    return float(value)
 
 
 def _notice_interval_of(data: Mapping) -> float | None:
@@ -670,7 +701,6 @@ class ScoreRequest:
         if members is not None:
             rows = len(members) if isinstance(members, np.ndarray) and members.ndim == 2 else -1
             members = check_population(members, rows, what="members")
-        accuracy = data.get("accuracy")
         return cls(
             *_generation_of(data),
             data["all_members"],
@@ -678,7 +708,7 @@ class ScoreRequest:
             fitness,
             start,
             members,
-            float(accuracy) if isinstance(accuracy, (int, float)) else None,
+            _accuracy_of(data),
             Roster.from_data(data) if "epoch" in data else None,
             _notice_interval_of(data),
         )

@@ -1206,7 +1206,10 @@ def test_a_secure_run_through_the_window_controllers_shows_only_the_rounds_sums(
     rows = list(server.view.clients.values())
     assert len(rows) == 3
     for row in rows:
-        name, samples, _, accuracy, verdict, state = server.view.cells(row)
+        cells = server.view.cells(row)
+        # Plain str, as a Kivy label needs (it calls type(text)('\n'): an enum's refuses).
+        assert all(type(cell) is str for cell in cells), cells
+        name, samples, _, accuracy, verdict, state = cells
         assert (samples, accuracy, verdict) == ("masked", "masked", "")
         assert not row.suspicious and "suspicious" not in state
     for shown in statuses:

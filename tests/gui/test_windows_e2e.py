@@ -661,14 +661,40 @@ def test_an_attacking_client_shows_as_suspicious_in_the_training_tab(display, tm
         shutil.copyfile(shot, ROOT / "docs" / "poisoning-run.png")
 
 
+# What a secure run's windows say, by federation: the Training tab's note, each client
+# window's status while it trains (or scores) and once it sent, the server's log line of a
+# secure sum, and the screenshot's name under docs/.
+SECURE_RUNS = {
+    "weights": (
+        r"the server sees only each round's sum",
+        r"Training the model of round \d+ \(secure aggregation: its update goes masked\)",
+        r"Sent round \d+'s update masked: the server sees only the sum",
+        r"round=\d+ client=.*fedavg of a secure sum of 3 updates",
+        "secure-aggregation-run.png",
+    ),
+    "fitness": (
+        r"the server sees only each generation's summed scores",
+        r"Scoring the server's members in round \d+ \(secure aggregation: its scores go "
+        r"masked\)",
+        r"Scored round \d+, its losses masked: the server sees only their sum",
+        r"scores masked from now on under roster 1: ",
+        "secure-fitness-run.png",
+    ),
+}
+
+
 @pytest.mark.slow
-def test_a_secure_run_shows_that_the_server_sees_only_each_rounds_sum(display, tmp_path):
+@pytest.mark.parametrize("federation", SECURE_RUNS)
+def test_a_secure_run_shows_that_the_server_sees_only_each_rounds_sum(
+    display, tmp_path, federation
+):
     """Secure aggregation switched on in the Setup tab's spinner (its defaults follow: fedavg,
-    min clients 3), then three XOR clients: the tutorial's two windows and a headless third.
-    The Training tab says what the server sees, its client table that each client's own
-    count and accuracy are masked; each client window that its update goes masked; trained
-    to accuracy 1.00. A screenshot of the server and Client App 1 mid-run goes to
-    docs/secure-aggregation-run.png."""
+    min clients 3), in either federation, then three XOR clients: the tutorial's two windows
+    and a headless third. The Training tab says what the server sees, its client table that
+    each client's own count and accuracy are masked; each client window that its update (or
+    its scores) goes masked; trained to accuracy 1.00. A screenshot of the server and Client
+    App 1 mid-run goes to docs/ (``SECURE_RUNS``)."""
+    note, working, sent, summed, picture = SECURE_RUNS[federation]
     env = window_env(display, tmp_path)
     port = str(free_port())
     deadline = time.monotonic() + TIME_LIMIT - STOP_RESERVE
@@ -689,7 +715,7 @@ def test_a_secure_run_shows_that_the_server_sees_only_each_rounds_sum(display, t
     server, client1, client2 = windows.values()
     third = None
     try:
-        server.wait_ready(("create", "bind", "listen", "secure_aggregation"))
+        server.wait_ready(("create", "bind", "listen", "secure_aggregation", "federation"))
         for client in (client1, client2):
             client.wait_ready(("create", "connect", "train"))
         server.click_and_wait("create", "Socket Created")
@@ -702,8 +728,13 @@ def test_a_secure_run_shows_that_the_server_sees_only_each_rounds_sum(display, t
         # The switch brings --secure-aggregation's defaults to the fields left at theirs.
         server.wait_for(r"field aggregation chose 'fedavg'$", since)
         server.wait_for(r"field min_clients set to '3'$", since)
+        if federation == "fitness":
+            server.click("federation")
+            server.learn(("choice fitness",), since)
+            server.click("choice fitness")
+            server.wait_for(r"field federation chose 'fitness'$", since)
         server.click_and_wait("listen", f"Socket is Listening for Connections on 127.0.0.1:{port}")
-        server.wait_for(r"note: secure aggregation: the server sees only each round's sum$")
+        server.wait_for(rf"note: secure aggregation: {note}$")
 
         for client in (client1, client2):
             client.click_and_wait("create", "Socket Created")
@@ -717,18 +748,12 @@ def test_a_secure_run_shows_that_the_server_sees_only_each_rounds_sum(display, t
             stderr=subprocess.DEVNULL,
         )
         for client in (client1, client2):
-            client.wait_for(
-                r"status: Training the model of round \d+ "
-                r"\(secure aggregation: its update goes masked\)$"
-            )
-            client.wait_for(
-                r"status: Sent round \d+'s update masked: the server sees only the sum; "
-                r"waiting for the server$"
-            )
-        server.wait_for(r"round=\d+ client=.*fedavg of a secure sum of 3 updates")
+            client.wait_for(rf"status: {working}$")
+            client.wait_for(rf"status: {sent}; waiting for the server$")
+        server.wait_for(summed)
         # A few points on the chart, the clients busy; a lucky run may be done sooner.
         server.wait_for(r"round=8 |done: accuracy")
-        shot = tmp_path / "secure-aggregation-run.png"
+        shot = tmp_path / picture
         # The server window and Client App 1 beside it, from the screen.
         server.x("timeout", "20", "import", "-window", "root", "-crop", "1280x1000+0+0", str(shot))
         assert int(server.x("identify", "-format", "%k", str(shot))) > 50
@@ -747,4 +772,4 @@ def test_a_secure_run_shows_that_the_server_sees_only_each_rounds_sum(display, t
             third.wait(WAIT)
     assert codes == {"server": 0, "client1": 0, "client2": 0}
     if os.environ.get("FEDGA_UPDATE_SCREENSHOTS") == "1":
-        shutil.copyfile(shot, ROOT / "docs" / "secure-aggregation-run.png")
+        shutil.copyfile(shot, ROOT / "docs" / picture)
