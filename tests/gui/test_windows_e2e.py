@@ -35,6 +35,8 @@ import numpy as np
 import pytest
 
 from bench.display import xvfb
+from common.app import EXIT_CODES
+from common.events import Outcome
 from common.model import load_keras
 from common.ports import free_port
 
@@ -647,7 +649,7 @@ def test_an_attacking_client_shows_as_suspicious_in_the_training_tab(display, tm
         shot = server.screenshot(tmp_path / "poisoning-run.png")
         server.wait_for(r"summary: Gave up after 40 rounds")
         assert not any("honest" in line and "looks suspicious" in line for line in server.lines)
-        for client in clients:  # told done, each exits
+        for client in clients:  # told the server gave up, each exits with that outcome's code
             client.wait(WAIT)
     finally:
         code = server.stop()
@@ -656,7 +658,7 @@ def test_an_attacking_client_shows_as_suspicious_in_the_training_tab(display, tm
                 client.kill()
                 client.wait(WAIT)
     assert code == 0
-    assert [client.returncode for client in clients] == [0] * 5
+    assert [client.returncode for client in clients] == [EXIT_CODES[Outcome.GAVE_UP]] * 5
     if os.environ.get("FEDGA_UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "poisoning-run.png")
 
