@@ -46,7 +46,7 @@ differ and the hidden layer matters (``Setup.data_sets`` says which rows run whe
   batch 32, 1 local epoch) for 60 rounds (``flower-keras``, the same for 30 rounds, stays on
   the earlier sets so their documented numbers compare); each split's score is the median of
   ``KERAS_REPEATS`` runs, as Flower's runs of one split and seed differ (TensorFlow's
-  threads; 1.3 points between two on MNIST-1D), where fedga's repeat to the bit;
+  threads, Ray's scheduling; docs/performance.md), where fedga's repeat to the bit;
 - ``flower-keras-tuned``: the best of a grid of learning rates x local epochs (``KERAS_GRID``),
   chosen per split by the saved model's accuracy on the server's test data (never the held-out
   part), its held-out accuracy reported, and the grid printed. The grid's point at issue 22's
@@ -56,9 +56,9 @@ The central and fitness rows run ``ROUNDS`` rounds of ``--generations`` (50) gen
 equal generations (400 tuned rounds were measured too, docs/performance.md: no held-out gain).
 Their targets: each fitness row within a point of its central GA (held-out, median of the
 seeds), the tuned one at least Flower's FedAvg at issue 22's settings on synthetic and
-MNIST-1D less one standard error of a held-out accuracy (``held_out_se``: 1.4 points on
-MNIST-1D; Flower's own score of one split seed moved 1.3 points between runs), and on digits 0.95 on the server's test data within 15 s of launch; each client's bytes sent in the
-whole run (the ``sent N bytes to the server in all`` line it logs at exit) are printed beside
+MNIST-1D less one standard error of a held-out accuracy (``held_out_se``: two runs closer
+than that are not told apart by the held-out set), and on digits 0.95 on the server's test
+data within 15 s of launch; each client's bytes sent in the whole run (the ``sent N bytes to the server in all`` line it logs at exit) are printed beside
 weights mode's.
 
 How runs end, and why. A run must leave its best model, and its speed must be read off the
