@@ -8,7 +8,7 @@ from dataclasses import fields
 
 from common.aggregate import SETTINGS, defaults_of, flag_name, listed
 from common.app import number, positive
-from common.ga import REAL_DATA, GAConfig
+from common.ga import BY_MODEL, REAL_DATA, GAConfig
 from common.operators import OPERATORS
 from common.server_config import SECURE_DEFAULTS, ServerConfig, TrainingConfig
 
@@ -22,8 +22,8 @@ def config_from(args: argparse.Namespace, config_type, **extra):
 
 def server_config_from(args: argparse.Namespace, **extra) -> ServerConfig:
     """A ``ServerConfig`` from the flags named as its settings, the GA flags, and ``extra``;
-    a flag left unset keeps the default (the GA settings of ``GA_BY_MODEL``: by the model;
-    with ``--secure-aggregation``, ``SECURE_DEFAULTS``).
+    a flag left unset keeps the default (``BY_MODEL``, the GA settings' that ``training_flags``
+    leaves to the model, stays so; with ``--secure-aggregation``, ``SECURE_DEFAULTS``).
     ``ConfigError``, one sentence, if the aggregation cannot take its settings."""
     names = ServerConfig().settings().keys()
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
@@ -72,6 +72,7 @@ def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) ->
     parser.add_argument(
         "--step-patience",
         type=positive(int, zero_ok=True),
+        default=BY_MODEL,
         metavar="N",
         help="halve the mutation step after N rounds without a lower test "
         "loss, down to a tenth of --mutation-step; 0: a fixed step (default: "
@@ -128,6 +129,7 @@ def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) ->
         help="draw accuracy and loss over rounds when training ends (needs --history)",
     )
     ga_flags(parser, "sent to clients; default: ")
+    parser.set_defaults(stop_fitness=BY_MODEL)  # a client's unset: the server's setting
 
 
 def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
@@ -150,11 +152,9 @@ def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
         metavar="P",
         help=f"percent of genes mutated ({default_text}{ga.mutation_percent_genes:g})",
     )
-    # SUPPRESS: absent unless given, so config_from leaves the config's default (same names)
     parser.add_argument(
         "--operators",
         choices=OPERATORS,
-        default=argparse.SUPPRESS,
         help="how far mutation and the server's population spread move weights: "
         "Gaussian steps scaled to each layer, or the tutorial's U(-1, 1) "
         f"({default_text}{ga.operators})",
@@ -163,7 +163,6 @@ def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
         "--mutation-step",
         type=positive(float),
         metavar="S",
-        default=argparse.SUPPRESS,
         help="scaled operators: a step's sigma as a "
         f"share of its layer's weight scale ({default_text}{ga.mutation_step:g})",
     )
@@ -179,13 +178,13 @@ def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
 
 
 def ga_settings(args: argparse.Namespace) -> dict:
-    """The GA flags given, by GAConfig field name."""
+    """The GA flags given, by GAConfig field name (a server's left to the model: BY_MODEL)."""
     given = {
         "num_generations": args.generations,
         "num_parents_mating": args.parents_mating,
         "mutation_percent_genes": args.mutation_percent,
-        "operators": getattr(args, "operators", None),
-        "mutation_step": getattr(args, "mutation_step", None),
+        "operators": args.operators,
+        "mutation_step": args.mutation_step,
         "stop_fitness": args.stop_fitness,
     }
     return {key: value for key, value in given.items() if value is not None}

@@ -383,6 +383,41 @@ def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
 @pytest.mark.parametrize(
     "flags, expected",
     [
+        ([], (10, 0)),  # the tutorial's XOR model's
+        (["--test-data", "test.npz"], (0, 3)),  # any other model's: common.ga.REAL_DATA
+        (["--test-data", "test.npz", "--stop-fitness", "5"], (5, 3)),
+        (["--stop-fitness", "0", "--step-patience", "2"], (0, 2)),
+    ],
+)
+def test_ga_flags_left_unset_are_left_to_the_model(flags, expected):
+    from common.cli import server_parser
+    from common.flags import server_config_from
+    from common.ga import BY_MODEL
+
+    config = server_config_from(server_parser().parse_args(flags))
+    settings = config.settings()
+    for flag, name in (("--stop-fitness", "stop_fitness"), ("--step-patience", "step_patience")):
+        assert (settings[name] is BY_MODEL) == (flag not in flags)
+    ga = config.training.ga_for_model()
+    assert (ga.stop_fitness, ga.step_patience) == expected
+
+
+@pytest.mark.slow
+def test_a_headless_server_logs_its_settings_resolved_when_it_listens():
+    with Script("server.py", "--headless", "--host", "127.0.0.1", "--port", "0") as server:
+        listening = server.wait_for_line("listening on")
+        line = server.wait_for_line("settings in effect")
+        server.process.send_signal(signal.SIGTERM)
+        server.finish()
+    assert server.lines.index(line) == server.lines.index(listening) + 1
+    assert "aggregation=running-best, min-clients=2, round-timeout=5," in line
+    assert "GA: num-generations=50, num-parents-mating=4, mutation-percent-genes=5, " in line
+    assert "stop-fitness=10, operators=scaled, mutation-step=0.3, step-patience=0" in line
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
         (
             ["--aggregation", "fedavgm"],
             "fedavgm (server-learning-rate=0.1, server-momentum=0.9, "
