@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from typing import Any
 
 from common.aggregate import SETTINGS, defaults_of, flag_name, listed
 from common.app import number, positive
@@ -21,7 +22,7 @@ def config_from(args: argparse.Namespace, config_type, **extra):
 
 
 def server_config_from(args: argparse.Namespace, **extra) -> ServerConfig:
-    """A ``ServerConfig`` from the flags named as its settings, the GA flags, and ``extra``;
+    """A ``ServerConfig`` from the flags (each named as its setting) and ``extra``;
     a flag left unset keeps the default (``BY_MODEL``, the GA settings' that ``training_flags``
     leaves to the model, stays so; with ``--secure-aggregation``, ``SECURE_DEFAULTS``).
     ``ConfigError``, one sentence, if the aggregation cannot take its settings."""
@@ -29,7 +30,7 @@ def server_config_from(args: argparse.Namespace, **extra) -> ServerConfig:
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if given.get("secure_aggregation"):
         given = SECURE_DEFAULTS | given
-    config = ServerConfig.of(**(given | ga_settings(args) | extra))
+    config = ServerConfig.of(**(given | extra))
     config.training.aggregation_rule()  # checks them now, not once the model is built
     return config
 
@@ -133,21 +134,23 @@ def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) ->
 
 
 def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
+    """The GA settings' flags, each named as its ``GAConfig`` field (the wire's and the run
+    config's key); the names they had before stay accepted, hidden (``OLD_NAMES``)."""
     ga = GAConfig()
     parser.add_argument(
-        "--generations",
+        "--num-generations",
         type=positive(int),
         metavar="N",
         help=f"GA generations per round at most ({default_text}{ga.num_generations})",
     )
     parser.add_argument(
-        "--parents-mating",
+        "--num-parents-mating",
         type=positive(int),
         metavar="N",
         help=f"GA parents mating ({default_text}{ga.num_parents_mating})",
     )
     parser.add_argument(
-        "--mutation-percent",
+        "--mutation-percent-genes",
         type=positive(float),
         metavar="P",
         help=f"percent of genes mutated ({default_text}{ga.mutation_percent_genes:g})",
@@ -175,16 +178,33 @@ def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
         f"{ga.stop_fitness:g} for the tutorial's XOR model, else "
         f"{REAL_DATA.stop_fitness:g}; a server that sends none: {ga.stop_fitness:g})",
     )
+    hidden_aliases(parser, OLD_NAMES)
+
+
+# Flags renamed to their settings' names, by old name; still accepted, not shown in --help.
+OLD_NAMES = {
+    "--generations": "--num-generations",
+    "--parents-mating": "--num-parents-mating",
+    "--mutation-percent": "--mutation-percent-genes",
+}
+
+
+def hidden_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> None:
+    """Each old flag of ``aliases`` (old -> new) read as its new one, left out of --help."""
+    actions = {option: action for action in parser._actions for option in action.option_strings}
+    for old, new in aliases.items():
+        action = actions[new]
+        same: dict[str, Any] = {"type": action.type, "metavar": action.metavar}
+        parser.add_argument(
+            old,
+            dest=action.dest,
+            default=argparse.SUPPRESS,  # the new flag's default stands
+            help=argparse.SUPPRESS,
+            **{name: value for name, value in same.items() if value is not None},
+        )
 
 
 def ga_settings(args: argparse.Namespace) -> dict:
-    """The GA flags given, by GAConfig field name (a server's left to the model: BY_MODEL)."""
-    given = {
-        "num_generations": args.generations,
-        "num_parents_mating": args.parents_mating,
-        "mutation_percent_genes": args.mutation_percent,
-        "operators": args.operators,
-        "mutation_step": args.mutation_step,
-        "stop_fitness": args.stop_fitness,
-    }
-    return {key: value for key, value in given.items() if value is not None}
+    """The GA flags given, by GAConfig field name: a client's own settings."""
+    given = {f.name: getattr(args, f.name, None) for f in fields(GAConfig)}
+    return {name: value for name, value in given.items() if value is not None}

@@ -96,8 +96,22 @@ class TrainingConfig:
     # Secure aggregation (common.secure_rounds): the server learns only each round's sum.
     secure_aggregation: bool = False
     secagg_threshold: int | None = None  # None: ceil(2n/3) of each secure round's n clients
-    min_clients: int = 2  # round-based: a round closes when this many updates arrived...
-    round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
+    # How many clients a step of training waits for, and how long it waits for the slower
+    # ones. One name each serves every mode, because a run has one kind of step and each
+    # setting means the same of it (the help of --min-clients and --round-timeout says it
+    # per mode, docs/flags.md too):
+    # - a round-based rule's round closes at min_clients updates, or round_timeout after its
+    #   first (tutorial clients give up after 10 s of silence);
+    # - a secure round invites its clients once min_clients trained (or round_timeout after
+    #   the first, if at least 3 and the threshold did); each of its stages closes when all
+    #   still in answered, or round_timeout after it opened;
+    # - a fitness-mode generation is scored by at least min_clients; a client that has not
+    #   scored it round_timeout after the first did is left out (with secure aggregation,
+    #   the same in each stage of the masked scores);
+    # - a per-update rule has no round: min_clients is unused, and a client's fair share of
+    #   updates (GlobalModel._over_share) lapses round_timeout after its last applied one.
+    min_clients: int = 2
+    round_timeout: float = 5.0
     checkpoint: str | None = None  # save the global state here after every accepted update
     resume: bool = False  # start from the checkpoint instead of a fresh model
     # The GA settings sent to clients; any of them BY_MODEL: left to the model, resolved by

@@ -339,7 +339,7 @@ def test_bad_port_is_a_usage_error(script):
                 "--min-rate",
                 "--buffer-size",
                 "--connect-timeout",
-                "--generations",
+                "--num-generations",
                 "--log-level",
                 "--retries",
                 "--operators",
@@ -462,6 +462,25 @@ def test_aggregation_setting_flags_reach_the_servers_rule(flags, expected):
 
     global_model = build_global_model(server_config_from(server_parser().parse_args(flags)))
     assert str(global_model.aggregation) == expected
+
+
+@pytest.mark.parametrize("script", ["server", "client1"])
+def test_the_ga_flags_old_names_are_hidden_aliases_of_the_new(script):
+    from common.cli import client_parser, server_parser
+    from common.flags import OLD_NAMES
+
+    parser = server_parser() if script == "server" else client_parser(script)
+    old = ["--generations", "7", "--parents-mating", "3", "--mutation-percent", "2.5"]
+    new = ["--num-generations", "7", "--num-parents-mating", "3", "--mutation-percent-genes", "2.5"]
+    assert [flag for flag in old if flag.startswith("--")] == list(OLD_NAMES)
+    assert vars(parser.parse_args(old)) == vars(parser.parse_args(new))
+    unset = vars(parser.parse_args([]))
+    assert unset["num_generations"] is None and "generations" not in unset
+    shown = parser.format_help()
+    assert all(f"{flag} " not in shown and f"{flag}\n" not in shown for flag in OLD_NAMES)
+    assert all(flag in shown for flag in OLD_NAMES.values())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--generations", "0"])  # checked as the new flag is
 
 
 def test_the_deadline_flags_reach_the_server_and_client_configs():

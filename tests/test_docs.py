@@ -128,6 +128,20 @@ def test_the_flag_pages_defaults_are_the_parsers():
     assert checked >= 20  # the check is not vacuous
 
 
+def test_each_setup_field_of_the_server_window_is_a_server_flag():
+    """The Setup tab's fields are named as the settings they fill, and each is the flag of
+    the same name: a setting renamed cannot leave a field (or its caption) behind."""
+    from common.gui.setup_fields import SETUP_ORDER, fields_for
+    from common.server_config import ServerConfig
+
+    flags = shown_flags(server_parser())
+    for field in fields_for(ServerConfig().settings()):
+        flag = f"--{field.name.replace('_', '-')}"
+        assert flag in flags, (field.name, field.caption)
+        assert flags[flag].dest == field.name, (field.name, flags[flag].dest)
+    assert len(SETUP_ORDER) == len(set(SETUP_ORDER))
+
+
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation but '-' and '_' dropped,
     spaces to hyphens."""
