@@ -52,7 +52,7 @@ differ and the hidden layer matters (``Setup.data_sets`` says which rows run whe
   part), its held-out accuracy reported, and the grid printed. The grid's point at issue 22's
   settings is the ``flower-keras-60`` run itself, not run twice.
 
-The central and fitness rows run ``ROUNDS`` rounds of ``--generations`` (50) generations each:
+The central and fitness rows run ``ROUNDS`` rounds of ``--num-generations`` (50) generations each:
 equal generations (400 tuned rounds were measured too, docs/performance.md: no held-out gain).
 Their targets: each fitness row within a point of its central GA (held-out, median of the
 seeds), the tuned one at least Flower's FedAvg at issue 22's settings on synthetic and

@@ -226,6 +226,7 @@ def serve(config: ServerConfig, on_event=None) -> int:
             if global_model.secure_aggregation
             else f"aggregation {global_model.aggregation}",
         )
+        log.info("%s", config.training.summary())
         _serve_until_answered(server, config.network)
     except (KeyboardInterrupt, Terminated):
         stopped = time.monotonic()

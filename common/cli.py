@@ -226,9 +226,10 @@ def server_parser() -> argparse.ArgumentParser:
         "--min-clients",
         type=positive(int),
         metavar="N",
-        help="round-based: close a round once N updates arrived; fitness mode: score "
-        "each generation with at least N clients; secure aggregation: begin a secure "
-        f"round once N clients trained (default: {training.min_clients}, or "
+        help="how many clients each step of training waits for (TrainingConfig says why "
+        "one setting serves every mode). Round-based: close a round once N updates arrived; "
+        "fitness mode: score each generation with at least N clients; secure aggregation: "
+        f"begin a secure round once N clients trained (default: {training.min_clients}, or "
         f"{SECURE_DEFAULTS['min_clients']} with --secure-aggregation)",
     )
     parser.add_argument(
@@ -253,10 +254,13 @@ def server_parser() -> argparse.ArgumentParser:
         type=positive(float),
         default=training.round_timeout,
         metavar="S",
-        help="round-based: close "
-        "a round S seconds after its first update even if fewer came; keep it "
-        "under 10 for tutorial clients; fitness mode: leave out a client that has not "
-        "scored a generation S seconds after the first did (default: %(default)s)",
+        help="how long each step of training waits for the slower clients. Round-based: "
+        "close a round S seconds after its first update even if fewer came; keep it under 10 "
+        "for tutorial clients; fitness mode: leave out a client that has not scored a "
+        "generation (or a stage of its masked scores) S seconds after the first did; secure "
+        "aggregation: invite the clients ready S seconds after the first, and close each "
+        "stage S seconds after it opened; per-update rules: a client's fair share of updates "
+        "lapses S seconds after its last applied one (default: %(default)s)",
     )
     parser.add_argument(
         "--notice-interval",

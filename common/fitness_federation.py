@@ -1,7 +1,7 @@
 """Fitness mode (``--federation fitness``): clients share fitness, not weights.
 
 The population lives at the server, where PyGAD (``common.ga.SharedFitnessGA``) runs each
-round as a weights-mode client holding all the data would: ``--generations`` generations
+round as a weights-mode client holding all the data would: ``--num-generations`` generations
 from a population spread around the global model, whose best member becomes the global
 model. Each generation every client scores the members on its own data and returns only
 their mean losses, with its sample count; a member's fitness is the tutorial's

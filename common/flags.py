@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from typing import Any
 
 from common.aggregate import SETTINGS, defaults_of, flag_name, listed
 from common.app import number, positive
-from common.ga import REAL_DATA, GAConfig
+from common.ga import BY_MODEL, REAL_DATA, GAConfig
 from common.operators import OPERATORS
 from common.server_config import SECURE_DEFAULTS, ServerConfig, TrainingConfig
 
@@ -21,15 +22,15 @@ def config_from(args: argparse.Namespace, config_type, **extra):
 
 
 def server_config_from(args: argparse.Namespace, **extra) -> ServerConfig:
-    """A ``ServerConfig`` from the flags named as its settings, the GA flags, and ``extra``;
-    a flag left unset keeps the default (the GA settings of ``GA_BY_MODEL``: by the model;
-    with ``--secure-aggregation``, ``SECURE_DEFAULTS``).
+    """A ``ServerConfig`` from the flags (each named as its setting) and ``extra``;
+    a flag left unset keeps the default (``BY_MODEL``, the GA settings' that ``training_flags``
+    leaves to the model, stays so; with ``--secure-aggregation``, ``SECURE_DEFAULTS``).
     ``ConfigError``, one sentence, if the aggregation cannot take its settings."""
     names = ServerConfig().settings().keys()
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if given.get("secure_aggregation"):
         given = SECURE_DEFAULTS | given
-    config = ServerConfig.of(**(given | ga_settings(args) | extra))
+    config = ServerConfig.of(**(given | extra))
     config.training.aggregation_rule()  # checks them now, not once the model is built
     return config
 
@@ -72,6 +73,7 @@ def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) ->
     parser.add_argument(
         "--step-patience",
         type=positive(int, zero_ok=True),
+        default=BY_MODEL,
         metavar="N",
         help="halve the mutation step after N rounds without a lower test "
         "loss, down to a tenth of --mutation-step; 0: a fixed step (default: "
@@ -128,33 +130,34 @@ def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) ->
         help="draw accuracy and loss over rounds when training ends (needs --history)",
     )
     ga_flags(parser, "sent to clients; default: ")
+    parser.set_defaults(stop_fitness=BY_MODEL)  # a client's unset: the server's setting
 
 
 def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
+    """The GA settings' flags, each named as its ``GAConfig`` field (the wire's and the run
+    config's key); the names they had before stay accepted, hidden (``OLD_NAMES``)."""
     ga = GAConfig()
     parser.add_argument(
-        "--generations",
+        "--num-generations",
         type=positive(int),
         metavar="N",
         help=f"GA generations per round at most ({default_text}{ga.num_generations})",
     )
     parser.add_argument(
-        "--parents-mating",
+        "--num-parents-mating",
         type=positive(int),
         metavar="N",
         help=f"GA parents mating ({default_text}{ga.num_parents_mating})",
     )
     parser.add_argument(
-        "--mutation-percent",
+        "--mutation-percent-genes",
         type=positive(float),
         metavar="P",
         help=f"percent of genes mutated ({default_text}{ga.mutation_percent_genes:g})",
     )
-    # SUPPRESS: absent unless given, so config_from leaves the config's default (same names)
     parser.add_argument(
         "--operators",
         choices=OPERATORS,
-        default=argparse.SUPPRESS,
         help="how far mutation and the server's population spread move weights: "
         "Gaussian steps scaled to each layer, or the tutorial's U(-1, 1) "
         f"({default_text}{ga.operators})",
@@ -163,7 +166,6 @@ def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
         "--mutation-step",
         type=positive(float),
         metavar="S",
-        default=argparse.SUPPRESS,
         help="scaled operators: a step's sigma as a "
         f"share of its layer's weight scale ({default_text}{ga.mutation_step:g})",
     )
@@ -176,16 +178,33 @@ def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:
         f"{ga.stop_fitness:g} for the tutorial's XOR model, else "
         f"{REAL_DATA.stop_fitness:g}; a server that sends none: {ga.stop_fitness:g})",
     )
+    hidden_aliases(parser, OLD_NAMES)
+
+
+# Flags renamed to their settings' names, by old name; still accepted, not shown in --help.
+OLD_NAMES = {
+    "--generations": "--num-generations",
+    "--parents-mating": "--num-parents-mating",
+    "--mutation-percent": "--mutation-percent-genes",
+}
+
+
+def hidden_aliases(parser: argparse.ArgumentParser, aliases: dict[str, str]) -> None:
+    """Each old flag of ``aliases`` (old -> new) read as its new one, left out of --help."""
+    actions = {option: action for action in parser._actions for option in action.option_strings}
+    for old, new in aliases.items():
+        action = actions[new]
+        same: dict[str, Any] = {"type": action.type, "metavar": action.metavar}
+        parser.add_argument(
+            old,
+            dest=action.dest,
+            default=argparse.SUPPRESS,  # the new flag's default stands
+            help=argparse.SUPPRESS,
+            **{name: value for name, value in same.items() if value is not None},
+        )
 
 
 def ga_settings(args: argparse.Namespace) -> dict:
-    """The GA flags given, by GAConfig field name."""
-    given = {
-        "num_generations": args.generations,
-        "num_parents_mating": args.parents_mating,
-        "mutation_percent_genes": args.mutation_percent,
-        "operators": getattr(args, "operators", None),
-        "mutation_step": getattr(args, "mutation_step", None),
-        "stop_fitness": args.stop_fitness,
-    }
-    return {key: value for key, value in given.items() if value is not None}
+    """The GA flags given, by GAConfig field name: a client's own settings."""
+    given = {f.name: getattr(args, f.name, None) for f in fields(GAConfig)}
+    return {name: value for name, value in given.items() if value is not None}

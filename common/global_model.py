@@ -159,7 +159,9 @@ class GlobalModel:
         self.accuracy = self._evaluate(self.vector)
         self.best = Best(self.vector, 0, self.accuracy, self._loss(self.vector))
         # When to halve ``ga``'s mutation_step (common.step_schedule), from the first loss.
-        self._step = StepSchedule(self.ga.mutation_step, self.ga.step_patience, self.best.loss)
+        patience = self.ga.step_patience
+        assert isinstance(patience, int), "ga_for_model() left it to the model"
+        self._step = StepSchedule(self.ga.mutation_step, patience, self.best.loss)
         self.finished = threading.Event()
         self.outcome: Outcome | None = None  # how training ended, once finished
         self.sequences: dict[str, int] = {}  # client id -> last applied update sequence

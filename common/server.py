@@ -34,7 +34,6 @@ from common.protocol.messages import (
 )
 from common.secure_rounds import SecureRounds
 from common.server_config import (
-    GA_BY_MODEL,
     SECURE_DEFAULTS,
     SECURE_REFUSED,
     NetworkConfig,
@@ -47,7 +46,6 @@ from common.server_config import (
 # The names moved to their own modules, still importable from here (the tutorial's
 # ``from common.server import GlobalModel``, and the callers that came before the split).
 __all__ = [
-    "GA_BY_MODEL",
     "OVER_SHARE",
     "SECURE_DEFAULTS",
     "SECURE_REFUSED",

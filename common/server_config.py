@@ -20,7 +20,7 @@ from common.aggregate import (
 )
 from common.errors import ConfigError
 from common.fitness_federation import FITNESS, FITNESS_SETTING, WEIGHTS
-from common.ga import REAL_DATA, GAConfig
+from common.ga import LEFT_TO_MODEL, REAL_DATA, GAConfig
 from common.secagg.messages import check_threshold
 
 
@@ -56,11 +56,6 @@ class SecurityConfig:
     secret_file: str | None = None  # where ``secret`` came from (None: $FEDGA_SECRET or none)
     tls_cert: str | None = None
     tls_key: str | None = None
-
-
-# GA settings whose defaults depend on the model: the tutorial's XOR's (GAConfig) or, for any
-# other model, REAL_DATA's; see common.ga.
-GA_BY_MODEL = ("stop_fitness", "step_patience")
 
 
 # What --secure-aggregation chooses, each unless given: the rule and rounds of at least 3.
@@ -101,14 +96,27 @@ class TrainingConfig:
     # Secure aggregation (common.secure_rounds): the server learns only each round's sum.
     secure_aggregation: bool = False
     secagg_threshold: int | None = None  # None: ceil(2n/3) of each secure round's n clients
-    min_clients: int = 2  # round-based: a round closes when this many updates arrived...
-    round_timeout: float = 5.0  # ...or this long after its first (tutorial clients wait 10 s)
+    # How many clients a step of training waits for, and how long it waits for the slower
+    # ones. One name each serves every mode, because a run has one kind of step and each
+    # setting means the same of it (the help of --min-clients and --round-timeout says it
+    # per mode, docs/flags.md too):
+    # - a round-based rule's round closes at min_clients updates, or round_timeout after its
+    #   first (tutorial clients give up after 10 s of silence);
+    # - a secure round invites its clients once min_clients trained (or round_timeout after
+    #   the first, if at least 3 and the threshold did); each of its stages closes when all
+    #   still in answered, or round_timeout after it opened;
+    # - a fitness-mode generation is scored by at least min_clients; a client that has not
+    #   scored it round_timeout after the first did is left out (with secure aggregation,
+    #   the same in each stage of the masked scores);
+    # - a per-update rule has no round: min_clients is unused, and a client's fair share of
+    #   updates (GlobalModel._over_share) lapses round_timeout after its last applied one.
+    min_clients: int = 2
+    round_timeout: float = 5.0
     checkpoint: str | None = None  # save the global state here after every accepted update
     resume: bool = False  # start from the checkpoint instead of a fresh model
-    ga: GAConfig = field(default_factory=GAConfig)  # the GA settings sent to clients
-    # Those of GA_BY_MODEL left to the model, whatever ``ga`` says: none for a ``GAConfig``
-    # given here; a ServerConfig (flags, the window, Flower) leaves all that were not set.
-    ga_by_model: tuple[str, ...] = ()
+    # The GA settings sent to clients; any of them BY_MODEL: left to the model, resolved by
+    # ga_for_model. A ServerConfig (flags, the window, Flower) starts from LEFT_TO_MODEL.
+    ga: GAConfig = field(default_factory=GAConfig)
 
     def aggregation_rule(self) -> Aggregation:
         """A new instance of the ``aggregation`` rule with the settings given here (not
@@ -163,11 +171,38 @@ class TrainingConfig:
             check_threshold(self.secagg_threshold, self.min_clients)
 
     def ga_for_model(self) -> GAConfig:
-        """``ga`` with the settings left to the model filled in: the tutorial's for its XOR
-        model (no model, no test data), else those tuned on real data."""
-        defaults = GAConfig() if self.model is None and self.test_data is None else REAL_DATA
-        return dataclasses.replace(
-            self.ga, **{name: getattr(defaults, name) for name in self.ga_by_model}
+        """``ga`` with the settings left to the model (``BY_MODEL``) filled in: the
+        tutorial's for its XOR model (no model, no test data), else those tuned on real
+        data. The one place they are resolved."""
+        xor = self.model is None and self.test_data is None
+        return self.ga.for_model(GAConfig() if xor else REAL_DATA)
+
+    def summary(self) -> str:
+        """The settings in effect, resolved (the GA's for the model, the rule's own), named
+        as the flags: one line for the log when the server starts listening."""
+
+        def shown(name: str, value: Any) -> str:
+            return f"{flag_name(name)}={value:{'g' if isinstance(value, float) else ''}}"
+
+        secure = self.secure_aggregation
+        if self.federation == FITNESS:
+            shared = [shown("federation", FITNESS)]
+        else:
+            rule = self.aggregation_rule().shown(SECURE_REFUSED if secure else ())
+            shared = [shown("aggregation", rule)]
+        if secure:
+            shared.append("secure-aggregation=on")
+            if self.federation != FITNESS:
+                threshold = self.secagg_threshold
+                shared.append(shown("secagg_threshold", threshold or "ceil(2n/3)"))
+        training = ("min_clients", "round_timeout", "num_solutions", "target_accuracy")
+        shared += [
+            shown(name, getattr(self, name)) for name in (*training, "max_rounds", "patience")
+        ]
+        ga = self.ga_for_model()
+        return "settings in effect: %s; GA: %s" % (
+            ", ".join(shared),
+            ", ".join(shown(f.name, getattr(ga, f.name)) for f in dataclasses.fields(ga)),
         )
 
 
@@ -188,9 +223,7 @@ class ServerConfig:
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
-    training: TrainingConfig = field(
-        default_factory=lambda: TrainingConfig(ga_by_model=GA_BY_MODEL)
-    )
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(ga=LEFT_TO_MODEL))
     outputs: OutputConfig = field(default_factory=OutputConfig)
 
     @classmethod
@@ -199,35 +232,21 @@ class ServerConfig:
         return cls().with_settings(**settings)
 
     def settings(self) -> dict[str, Any]:
-        """Every setting by its flat name; a GA setting left to the model is None."""
+        """Every setting by its flat name; a GA setting left to the model is ``BY_MODEL``."""
         flat: dict[str, Any] = {}
         for group in (self.network, self.security, self.training, self.outputs):
             flat |= {f.name: getattr(group, f.name) for f in dataclasses.fields(group)}
-        ga, by_model = flat.pop("ga"), flat.pop("ga_by_model")
-        return flat | {
-            f.name: None if f.name in by_model else getattr(ga, f.name)
-            for f in dataclasses.fields(ga)
-        }
+        ga = flat.pop("ga")
+        return flat | {f.name: getattr(ga, f.name) for f in dataclasses.fields(ga)}
 
     def with_settings(self, **settings: Any) -> ServerConfig:
         """A copy with ``settings`` changed, each by its flat name (``TypeError`` for an
-        unknown one). A GA setting of GA_BY_MODEL given as None is left to the model."""
+        unknown one). A GA setting given as ``BY_MODEL`` is left to the model."""
         ga_names = {f.name for f in dataclasses.fields(GAConfig)}
         ga = {name: value for name, value in settings.items() if name in ga_names}
         training = self.training
         if ga:
-            by_model = tuple(
-                name
-                for name in GA_BY_MODEL
-                if (ga[name] is None if name in ga else name in training.ga_by_model)
-            )
-            training = dataclasses.replace(
-                training,
-                ga_by_model=by_model,
-                ga=dataclasses.replace(
-                    training.ga, **{k: v for k, v in ga.items() if v is not None}
-                ),
-            )
+            training = dataclasses.replace(training, ga=dataclasses.replace(training.ga, **ga))
         rest = {name: value for name, value in settings.items() if name not in ga_names}
 
         def changed(group):

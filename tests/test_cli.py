@@ -339,7 +339,7 @@ def test_bad_port_is_a_usage_error(script):
                 "--min-rate",
                 "--buffer-size",
                 "--connect-timeout",
-                "--generations",
+                "--num-generations",
                 "--log-level",
                 "--retries",
                 "--operators",
@@ -378,6 +378,41 @@ def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
     assert (global_model.ga.operators, global_model.ga.mutation_step) == expected
     reply = global_model.reply_to_echo().to_message().data
     assert (reply["operators"], reply["mutation_step"]) == expected
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], (10, 0)),  # the tutorial's XOR model's
+        (["--test-data", "test.npz"], (0, 3)),  # any other model's: common.ga.REAL_DATA
+        (["--test-data", "test.npz", "--stop-fitness", "5"], (5, 3)),
+        (["--stop-fitness", "0", "--step-patience", "2"], (0, 2)),
+    ],
+)
+def test_ga_flags_left_unset_are_left_to_the_model(flags, expected):
+    from common.cli import server_parser
+    from common.flags import server_config_from
+    from common.ga import BY_MODEL
+
+    config = server_config_from(server_parser().parse_args(flags))
+    settings = config.settings()
+    for flag, name in (("--stop-fitness", "stop_fitness"), ("--step-patience", "step_patience")):
+        assert (settings[name] is BY_MODEL) == (flag not in flags)
+    ga = config.training.ga_for_model()
+    assert (ga.stop_fitness, ga.step_patience) == expected
+
+
+@pytest.mark.slow
+def test_a_headless_server_logs_its_settings_resolved_when_it_listens():
+    with Script("server.py", "--headless", "--host", "127.0.0.1", "--port", "0") as server:
+        listening = server.wait_for_line("listening on")
+        line = server.wait_for_line("settings in effect")
+        server.process.send_signal(signal.SIGTERM)
+        server.finish()
+    assert server.lines.index(line) == server.lines.index(listening) + 1
+    assert "aggregation=running-best, min-clients=2, round-timeout=5," in line
+    assert "GA: num-generations=50, num-parents-mating=4, mutation-percent-genes=5, " in line
+    assert "stop-fitness=10, operators=scaled, mutation-step=0.3, step-patience=0" in line
 
 
 @pytest.mark.parametrize(
@@ -427,6 +462,25 @@ def test_aggregation_setting_flags_reach_the_servers_rule(flags, expected):
 
     global_model = build_global_model(server_config_from(server_parser().parse_args(flags)))
     assert str(global_model.aggregation) == expected
+
+
+@pytest.mark.parametrize("script", ["server", "client1"])
+def test_the_ga_flags_old_names_are_hidden_aliases_of_the_new(script):
+    from common.cli import client_parser, server_parser
+    from common.flags import OLD_NAMES
+
+    parser = server_parser() if script == "server" else client_parser(script)
+    old = ["--generations", "7", "--parents-mating", "3", "--mutation-percent", "2.5"]
+    new = ["--num-generations", "7", "--num-parents-mating", "3", "--mutation-percent-genes", "2.5"]
+    assert [flag for flag in old if flag.startswith("--")] == list(OLD_NAMES)
+    assert vars(parser.parse_args(old)) == vars(parser.parse_args(new))
+    unset = vars(parser.parse_args([]))
+    assert unset["num_generations"] is None and "generations" not in unset
+    shown = parser.format_help()
+    assert all(f"{flag} " not in shown and f"{flag}\n" not in shown for flag in OLD_NAMES)
+    assert all(flag in shown for flag in OLD_NAMES.values())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--generations", "0"])  # checked as the new flag is
 
 
 def test_the_deadline_flags_reach_the_server_and_client_configs():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.cli import client_parser, server_parser
+from common.ga import BY_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS_PAGE = ROOT / "docs" / "flags.md"
@@ -96,8 +97,8 @@ def literal(text: str):
 
 def test_the_flag_pages_defaults_are_the_parsers():
     """A row's default cell holds one value per flag (split at '; ', else ', '); each value
-    that is a literal is the parser's default. A flag whose parser default is unset (None or
-    argparse.SUPPRESS, resolved later by the model or the rule) is checked only for none/off."""
+    that is a literal is the parser's default. A flag whose parser default is unset (None, or
+    BY_MODEL: resolved later by the rule or the model) is checked only for none/off."""
     checked = 0
     for section, rows in flag_rows().items():
         for flags, default in rows:
@@ -115,7 +116,7 @@ def test_the_flag_pages_defaults_are_the_parsers():
                     actual = action.default
                     if value is None:
                         assert actual in (None, False), (flag, script, actual)
-                    elif actual is None or actual is argparse.SUPPRESS:
+                    elif actual is None or actual is BY_MODEL:
                         continue  # resolved later; the page states the resolved value
                     elif isinstance(value, float):
                         assert float(actual) == value, (flag, script, actual, part)
@@ -125,6 +126,20 @@ def test_the_flag_pages_defaults_are_the_parsers():
                         continue
                     checked += 1
     assert checked >= 20  # the check is not vacuous
+
+
+def test_each_setup_field_of_the_server_window_is_a_server_flag():
+    """The Setup tab's fields are named as the settings they fill, and each is the flag of
+    the same name: a setting renamed cannot leave a field (or its caption) behind."""
+    from common.gui.setup_fields import SETUP_ORDER, fields_for
+    from common.server_config import ServerConfig
+
+    flags = shown_flags(server_parser())
+    for field in fields_for(ServerConfig().settings()):
+        flag = f"--{field.name.replace('_', '-')}"
+        assert flag in flags, (field.name, field.caption)
+        assert flags[flag].dest == field.name, (field.name, flags[flag].dest)
+    assert len(SETUP_ORDER) == len(set(SETUP_ORDER))
 
 
 def slug(heading: str) -> str:

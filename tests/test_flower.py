@@ -4,6 +4,7 @@ our messages checked as the socket path checks them."""
 from __future__ import annotations
 
 import csv
+import logging
 import re
 import socket
 import subprocess
@@ -35,7 +36,7 @@ from common.flower.server_app import (  # noqa: E402
     ConfigError,
     server_config,
 )
-from common.ga import TrainingResult  # noqa: E402
+from common.ga import BY_MODEL, GAConfig, TrainingResult  # noqa: E402
 from common.protocol import ModelRequest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,6 +248,40 @@ def test_run_config_names_server_flags_and_refuses_others():
         server_config({"port": 9000})
     with pytest.raises(ConfigError, match="aggregation must be one of"):
         server_config({"aggregation": "running-average"})
+
+
+@pytest.mark.parametrize(
+    "run_config, expected",
+    [
+        ({"stop-fitness": "", "step-patience": ""}, (GAConfig().stop_fitness, 0)),  # XOR's
+        ({"test-data": "test.npz", "stop-fitness": "", "step-patience": ""}, (0, 3)),
+        ({"test-data": "test.npz", "stop-fitness": 5, "step-patience": 0}, (5, 0)),
+    ],
+)
+def test_an_empty_run_config_value_leaves_the_ga_setting_to_the_model(run_config, expected):
+    config = server_config(run_config)
+    settings = config.settings()
+    for key in ("stop-fitness", "step-patience"):
+        if run_config[key] == "":
+            assert settings[key.replace("-", "_")] is BY_MODEL
+    ga = config.training.ga_for_model()
+    assert (ga.stop_fitness, ga.step_patience) == expected
+    assert f"stop-fitness={expected[0]:g}" in config.training.summary()
+
+
+def test_the_servers_settings_in_effect_are_logged_before_its_rounds(caplog, monkeypatch):
+    from common.app import build_global_model
+    from common.flower import server_app
+
+    rounds = []  # the rounds are another test's: here, that the summary comes before them
+    monkeypatch.setattr(server_app, "train_until_done", lambda *args: rounds.append(caplog.text))
+    config = server_config({})
+    with caplog.at_level(logging.INFO, logger="fedga.flower"):
+        server_app.run(None, None, config, build_global_model(config))
+    [logged] = rounds
+    assert "settings in effect: aggregation=fedavg (max-claimed-samples=3x" in logged
+    assert "min-clients=2, round-timeout=120, num-solutions=10, target-accuracy=1" in logged
+    assert "stop-fitness=10, operators=scaled, mutation-step=0.3, step-patience=0" in logged
 
 
 def test_pyproject_declares_every_server_setting_with_the_servers_defaults():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import pickle
@@ -20,11 +21,12 @@ from common import protocol
 from common.client import ClientOutcome
 from common.data import XOR_TEST_DATA
 from common.events import Outcome
+from common.ga import BY_MODEL
 from common.global_model import GlobalModel
 from common.model import xor_network
 from common.operators import step_scales
 from common.server import ListenThread
-from common.server_config import GA_BY_MODEL, ServerConfig, TrainingConfig
+from common.server_config import ServerConfig, TrainingConfig
 from tests.conftest import WAIT, raw_connection
 
 
@@ -36,7 +38,7 @@ def test_the_moved_names_are_still_importable_from_common_server():
     import common.server_config
 
     for home, names in (
-        (common.server_config, ["GA_BY_MODEL", "SECURE_DEFAULTS", "SECURE_REFUSED"]),
+        (common.server_config, ["SECURE_DEFAULTS", "SECURE_REFUSED"]),
         (common.server_config, ["NetworkConfig", "SecurityConfig", "TrainingConfig"]),
         (common.server_config, ["OutputConfig", "ServerConfig"]),
         (common.global_model, ["GlobalModel", "OVER_SHARE"]),
@@ -364,7 +366,7 @@ def test_settings_by_flat_name_fill_their_groups_and_read_back():
         secret_file="secret.txt",
         num_generations=7,
         save_model="best.keras",
-        stop_fitness=None,
+        stop_fitness=BY_MODEL,
     )
     assert (
         config.network.port,
@@ -372,10 +374,31 @@ def test_settings_by_flat_name_fill_their_groups_and_read_back():
         config.training.ga.num_generations,
         config.outputs.save_model,
     ) == (0, "secret.txt", 7, "best.keras")
-    assert config.training.ga_by_model == GA_BY_MODEL  # None: still left to the model
-    assert (config.settings()["num_generations"], config.settings()["stop_fitness"]) == (7, None)
+    settings = config.settings()
+    assert (settings["num_generations"], settings["stop_fitness"]) == (7, BY_MODEL)
+    assert settings["step_patience"] is BY_MODEL  # not given: still left to the model
     given = config.with_settings(stop_fitness=5)
-    assert given.training.ga_by_model == ("step_patience",)
+    assert given.settings()["step_patience"] is BY_MODEL
     assert given.settings()["stop_fitness"] == given.training.ga_for_model().stop_fitness == 5
     with pytest.raises(TypeError, match="not a server setting: colour"):
         config.with_settings(colour="blue")
+
+
+def test_by_model_is_one_readable_value_however_copied():
+    assert repr(BY_MODEL) == "BY_MODEL" and type(BY_MODEL)() is BY_MODEL
+    assert copy.deepcopy(BY_MODEL) is pickle.loads(pickle.dumps(BY_MODEL)) is BY_MODEL
+    assert copy.deepcopy(ServerConfig()) == ServerConfig()  # its GA settings left to the model
+
+
+def test_the_summary_names_each_setting_in_effect_as_its_flag():
+    summary = ServerConfig.of(
+        test_data="test.npz", aggregation="fedavgm", min_clients=4, num_generations=7
+    ).training.summary()
+    assert summary.startswith(
+        "settings in effect: aggregation=fedavgm (server-learning-rate=0.1, server-momentum=0.9"
+    )
+    assert "min-clients=4, round-timeout=5, num-solutions=10, target-accuracy=1" in summary
+    assert summary.endswith(  # the GA's for a model of one's own: common.ga.REAL_DATA
+        "; GA: num-generations=7, num-parents-mating=4, mutation-percent-genes=5, "
+        "stop-fitness=0, operators=scaled, mutation-step=0.3, step-patience=3"
+    )

@@ -10,9 +10,10 @@ weights into the global model with ``GlobalModel.apply_round``: the same aggrega
 Settings come from the run config (``flwr run --run-config "target-accuracy=0.9"``), named
 as ``server.py``'s flags: model, test-data, target-accuracy, max-rounds, num-solutions,
 aggregation and its settings (server-learning-rate, server-momentum, beta1, beta2, tau,
-byzantine, clip-norm, max-claimed-samples; "" for the rule's default), min-clients (nodes to
+byzantine, clip-norm, max-claimed-samples), min-clients (nodes to
 wait for), round-timeout (seconds to wait for the nodes' answers), seed, history, plot,
-save-model and the GA settings.
+save-model and the GA settings. An empty value leaves a setting at its default: no file, the
+rule's own, or (stop-fitness, step-patience) the model's.
 """
 
 from __future__ import annotations
@@ -91,8 +92,10 @@ def server_config(run_config: dict) -> ServerConfig:
             raise ConfigError(
                 f"The run config key {key!r} is not a setting of the fedga ServerApp."
             )
-        # A run config has no None: an empty string stands for it.
-        values[key.replace("-", "_")] = None if value == "" else value
+        # A run config has no None: an empty string leaves the setting at its default, as
+        # an unset flag does (no file, the rule's own, BY_MODEL: the model's).
+        if value != "":
+            values[key.replace("-", "_")] = value
     if values.get("aggregation", DEFAULTS["aggregation"]) not in round_based():
         raise ConfigError(f"aggregation must be one of {', '.join(round_based())} on Flower.")
     if values.get("operators", OPERATORS[0]) not in OPERATORS:
@@ -238,6 +241,7 @@ def run(
     global_model = global_model or build_global_model(config)
     training = config.training
     strategy = GAStrategy(global_model, min_nodes=training.min_clients)
+    log.info("%s", training.summary())
     if training.secure_aggregation:
         from common.flower.secure import train_securely
 

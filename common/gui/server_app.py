@@ -15,6 +15,7 @@ from kivy.uix.tabbedpanel import TabbedPanel, TabbedPanelItem
 
 from common.aggregate import SETTINGS
 from common.data import DATA_SUFFIXES
+from common.ga import BY_MODEL, LEFT_TO_MODEL
 from common.gui.chart import LineChart, Series, loss_range
 from common.gui.path_dialog import PathDialog
 from common.gui.server_controller import SAVE_SUFFIXES, ServerController
@@ -27,7 +28,6 @@ from common.gui.widgets import (
     log_positions_when_drawn,
     wrapping_label,
 )
-from common.server_config import GA_BY_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class ServerApp(TutorialApp):
             # aggregation rule's, or two thirds of each secure round's clients.
             hint = (
                 "by model"
-                if spec.name in GA_BY_MODEL
+                if getattr(LEFT_TO_MODEL, spec.name, None) is BY_MODEL
                 else "by rule"
                 if spec.name in SETTINGS
                 else "2/3 of a round"

@@ -183,6 +183,7 @@ class ServerController(Controller):
         self.listener = listener
         self.listener.start()
         host, port = self.listener.server_address
+        log.info("listening on %s:%d; %s", host, port, config.training.summary())
         self.view.address = f"{host}:{port}"
         self._update_actions()
         self._show(

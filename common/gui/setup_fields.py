@@ -14,6 +14,7 @@ from common.app import number, positive
 from common.data import second_field
 from common.errors import ConfigError
 from common.fitness_federation import FEDERATIONS, FITNESS, FITNESS_SETTING
+from common.ga import BY_MODEL, ByModel
 from common.operators import OPERATORS
 from common.server_config import SECURE_DEFAULTS, SECURE_REFUSED, ServerConfig
 
@@ -31,16 +32,25 @@ class SetupField:
 
 
 def setup_text(value) -> str:
-    """A setting as its setup field shows it: "" for None (a default), on or off."""
+    """A setting as its setup field shows it: "" for None or BY_MODEL (a default left to
+    the rule or the model), on or off."""
     if isinstance(value, bool):
         return ON_OFF[value]
-    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    if value is None or isinstance(value, ByModel):
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def or_default(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A parser for a setting whose default depends on the model or the aggregation rule: an
-    empty field is None, which leaves it to them (``ServerConfig.with_settings``)."""
+    """A parser for a setting whose default depends on the aggregation rule (or each secure
+    round's clients): an empty field is None, which leaves it to them."""
     return lambda text: parse(text) if text else None
+
+
+def or_by_model(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser for a setting whose default depends on the model: an empty field is
+    ``BY_MODEL``, which leaves it to the model (``TrainingConfig.ga_for_model``)."""
+    return lambda text: parse(text) if text else BY_MODEL
 
 
 # Setup fields by config field: (caption, parser of the text). Files are paths; "" is none.
@@ -59,8 +69,8 @@ NUMBERS = {
     "num_parents_mating": ("Parents mating", positive(int)),
     "mutation_percent_genes": ("Mutation %", positive(float)),
     "mutation_step": ("Mutation step", positive(float)),
-    "step_patience": ("Step patience", or_default(positive(int, zero_ok=True))),
-    "stop_fitness": ("Stop fitness", or_default(positive(float, zero_ok=True))),
+    "step_patience": ("Step patience", or_by_model(positive(int, zero_ok=True))),
+    "stop_fitness": ("Stop fitness", or_by_model(positive(float, zero_ok=True))),
 }
 FILES = {
     "model": "Model file (.keras, JSON)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import logging
 import os
 import pickle
 import queue
@@ -861,21 +862,36 @@ def test_the_defences_settings_reach_their_rule(make_server, main_thread, texts,
 
 
 @pytest.mark.parametrize(
-    "texts, expected",
+    "flags, texts, expected",
     [
         # empty: the tutorial XOR model's
-        ({"stop_fitness": "", "step_patience": ""}, {"stop_fitness": 10.0, "step_patience": 0}),
-        ({"stop_fitness": "0", "step_patience": "4"}, {"stop_fitness": 0.0, "step_patience": 4}),
+        ({}, {"stop_fitness": "", "step_patience": ""}, (10.0, 0)),
+        ({}, {"stop_fitness": "0", "step_patience": "4"}, (0.0, 4)),
+        # emptied: left to the model, whatever the flags gave
+        ({"stop_fitness": 5.0}, {"stop_fitness": "", "step_patience": ""}, (10.0, 0)),
+        ({"stop_fitness": 5.0}, {}, (5.0, 0)),  # not read: the flags' value
+        # test data of one's own: real data's (common.ga.REAL_DATA)
+        ({}, {"test_data": "TEST", "stop_fitness": "", "step_patience": ""}, (0.0, 3)),
     ],
 )
-def test_the_settings_left_to_the_model_are_fields_too(make_server, main_thread, texts, expected):
-    server = make_server()
-    assert {f.name: f.text for f in server.setup_fields()}["stop_fitness"] == ""
+def test_the_settings_left_to_the_model_are_fields_too(
+    make_server, main_thread, tmp_path, caplog, flags, texts, expected
+):
+    xor = tmp_path / "xor.npz"
+    np.savez(xor, inputs=XOR_TEST_DATA.inputs, outputs=XOR_TEST_DATA.outputs)
+    texts = {name: str(xor) if text == "TEST" else text for name, text in texts.items()}
+    server = make_server(**flags)
+    shown = {f.name: f.text for f in server.setup_fields()}
+    assert (shown["stop_fitness"], shown["step_patience"]) == ("5" if flags else "", "")
     server.create()
     server.bind("127.0.0.1", "0")
-    wait_listening(server, **texts)
+    with caplog.at_level(logging.INFO):
+        wait_listening(server, **texts)
     ga = server.global_model.ga
-    assert {"stop_fitness": ga.stop_fitness, "step_patience": ga.step_patience} == expected
+    assert (ga.stop_fitness, ga.step_patience) == expected
+    stop_fitness, step_patience = expected
+    assert f"stop-fitness={stop_fitness:g}, " in caplog.text  # the summary, resolved
+    assert f"step-patience={step_patience}" in caplog.text
 
 
 @pytest.mark.parametrize(
