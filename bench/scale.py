@@ -42,6 +42,7 @@ from common.client import ClientConfig, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA
 from common.model import xor_network
 from common.server import OVER_SHARE, GlobalModel, ListenThread, ServerConfig
+from common.client import ClientOutcome
 
 TIMEOUT = 110  # seconds: the benchmark must finish in under 2 minutes
 
@@ -194,8 +195,8 @@ def run(clients: int, seed: int) -> Results:
         update += u
     return Results(
         clients,
-        sum(thread.outcome == "done" for thread in threads),
-        [f"{t.config.name}: {t.error}" for t in threads if t.outcome != "done"],
+        sum(thread.outcome is ClientOutcome.DONE for thread in threads),
+        [f"{t.config.name}: {t.error}" for t in threads if t.outcome is not ClientOutcome.DONE],
         sum(record.updates_sent() for record in records),
         sum(record.updates_sent() > 0 for record in records),
         echo,

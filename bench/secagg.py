@@ -71,6 +71,7 @@ from common.secagg import RingSpec, default_threshold, error_bound, shamir
 from common.secagg.ring import quantise
 from common.server import GlobalModel, ListenThread, ServerConfig
 from common.split import save_dataset
+from common.client import ClientOutcome
 
 MODELS = ("digits", "784-128-10")
 CLIENTS = (3, 10, 30)
@@ -210,7 +211,7 @@ def measure(
         statistics.mean(server) / len(clients) if server else math.nan,
         [difference(commit, clients) for commit in commits] if secure else [],
         [pair for client in clients for pair in correlations(client)],
-        any(client.kill_before and client.outcome == "stopped" for client in clients),
+        any(client.kill_before and client.outcome is ClientOutcome.STOPPED for client in clients),
     )
 
 
@@ -336,7 +337,7 @@ def run(
                 )
             )
         run_to_the_end(clients, global_model.finished, RUN_TIMEOUT, workload.label)
-    failed = [f"{c.config.name}: {c.error}" for c in clients if c.outcome == "error"]
+    failed = [f"{c.config.name}: {c.error}" for c in clients if c.outcome is ClientOutcome.ERROR]
     if failed:
         raise RuntimeError(f"{workload.label}: {'; '.join(failed)}")
     params = global_model.num_params

@@ -60,6 +60,7 @@ from common.client import ClientConfig, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA, Dataset
 from common.ga import GAConfig
 from common.server import ListenThread, ServerConfig
+from common.client import ClientOutcome
 
 RUN_TIMEOUT = 60  # seconds: a run that takes this long has failed its target many times over
 PLAIN_MAX_ROUNDS = 100
@@ -111,7 +112,7 @@ class BuiltInClients:
             for thread in threads:
                 thread.join(RUN_TIMEOUT)
                 thread.stop()
-            return all(t.outcome == "done" and t.final_accuracy == 1.0 for t in threads)
+            return all(t.outcome is ClientOutcome.DONE and t.final_accuracy == 1.0 for t in threads)
 
         return finish
 

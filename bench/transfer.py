@@ -44,6 +44,7 @@ from common.model import build_xor_model
 from common.modelspec import dense_chain_json
 from common.protocol import Connection, Message, Subject
 from common.server import ListenThread, ServerConfig
+from common.client import ClientOutcome
 from tests.faults.proxy import STREAMS, FaultProxy
 
 MB = 10**6
@@ -178,7 +179,7 @@ def train_over_a_slow_link(kbit: float) -> tuple[bool, float, str]:
         client.stop()
         seconds = time.perf_counter() - start
     said = client.error or f"outcome {client.outcome}"
-    return client.outcome == "done" and rounds == [1], seconds, said
+    return client.outcome is ClientOutcome.DONE and rounds == [1], seconds, said
 
 
 @dataclass(frozen=True)

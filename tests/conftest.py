@@ -19,6 +19,7 @@ from common.client import ClientConfig, Reconnector, RecvThread, connect
 from common.data import CLIENT_DATA, Dataset
 from common.server import ListenThread
 from common.server_config import ServerConfig
+from common.client import ClientOutcome
 
 WAIT = 60  # seconds: every wait in the tests has a bound
 TESTS = Path(__file__).resolve().parent
@@ -146,7 +147,7 @@ def client_error_against(stub, client_factory):
         error = events.wait_for(lambda e: e.kind == "error")
         client.join(WAIT)
         server.join(WAIT)
-    assert client.outcome == "error"
+    assert client.outcome is ClientOutcome.ERROR
     return error
 
 

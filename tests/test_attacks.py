@@ -39,6 +39,7 @@ from common.modelspec import DEFAULT_MAX_PARAMS
 from common.protocol import Subject
 from common.protocol.messages import Scores
 from common.training import LocalTrainer
+from common.client import ClientOutcome
 from tests.conftest import WAIT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -383,7 +384,7 @@ def _run_to_the_end(server_events, clients) -> None:
     server_events.wait_for(lambda e: e.kind == "gave_up")
     for client in clients:
         client.join(WAIT)
-        assert client.outcome == "done", client.error
+        assert client.outcome is ClientOutcome.DONE, client.error
 
 
 def test_a_sign_flip_client_sends_its_crafted_vector_and_fedavg_takes_it(
@@ -517,7 +518,7 @@ def test_an_attack_the_servers_mode_cannot_take_ends_the_client_in_one_sentence(
     client, events = client_factory(listener.server_address, attack=AttackConfig(attack))
     error = events.wait_for(lambda e: e.kind == "error")
     client.join(WAIT)
-    assert client.outcome == "error"
+    assert client.outcome is ClientOutcome.ERROR
     assert error.detail.startswith(sentence) and "\n" not in error.detail
 
 

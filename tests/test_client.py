@@ -68,7 +68,7 @@ def test_stop_ends_a_waiting_client(listening, client_factory):
     events.wait_for(lambda e: e.kind == "connected")
     client.stop()
     client.join(WAIT)
-    assert not client.is_alive() and client.outcome == "stopped"
+    assert not client.is_alive() and client.outcome is ClientOutcome.STOPPED
 
 
 def _take_the_first_update(connection, received: list[dict]) -> bytes:
@@ -112,7 +112,7 @@ def test_a_lost_server_is_reconnected_and_the_unanswered_update_resent(listening
     client, events = client_factory(listening.getsockname(), reconnect=True, retries=3)
     client.join(WAIT)
     stub.join(WAIT)
-    assert client.outcome == "done"
+    assert client.outcome is ClientOutcome.DONE
     echo, update, resent = received
     assert echo["subject"] == "echo" and "sequence" not in echo["data"]
     assert update["subject"] == resent["subject"] == "model"
@@ -153,7 +153,7 @@ def test_a_read_that_times_out_is_a_lost_connection_and_reconnected(
     )
     client.join(WAIT)
     stub.join(WAIT)
-    assert client.outcome == "done"
+    assert client.outcome is ClientOutcome.DONE
     _, update, resent = received
     assert update["data"]["sequence"] == resent["data"]["sequence"] == 1
     assert any(
@@ -171,7 +171,7 @@ def test_reconnecting_gives_up_after_the_retries(listening, client_factory, capl
     error = events.wait_for(lambda e: e.kind == "error")
     client.join(WAIT)
     stub.join(WAIT)
-    assert client.outcome == "error"
+    assert client.outcome is ClientOutcome.ERROR
     assert error.detail.startswith(
         "Lost the server and gave up after 2 reconnect attempts "
         "(--retries). The server at 127.0.0.1:"

@@ -16,6 +16,7 @@ from common.fitness_federation import FITNESS, digest
 from common.ga import GAConfig, SharedFitnessGA, build_ga
 from common.model import xor_network
 from common.modelspec import dense_chain_json
+from common.client import ClientOutcome
 from common.protocol.messages import (
     PROTOCOL_VERSION,
     RoundStart,
@@ -66,7 +67,7 @@ def _run(server_factory, client_factory, datasets, **settings):
     events.wait_for(lambda e: e.kind == "gave_up")
     for client in clients:
         client.join(WAIT)
-        assert client.outcome == "done", client.error
+        assert client.outcome is ClientOutcome.DONE, client.error
         # An echo, then one message a generation of under 1 KiB, whatever the model's size.
         assert client.bytes_sent <= 1024 * (1 + ROUNDS * (GENERATIONS + 1))
     return server, events
@@ -163,7 +164,7 @@ def test_a_client_joining_mid_round_gets_the_round_whole_and_scores(
     assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
     for client in (first, late):
         client.join(WAIT)
-        assert client.outcome == "done", client.error
+        assert client.outcome is ClientOutcome.DONE, client.error
     assert "every member is scored again" in caplog.text  # its data joined the scores
 
 
@@ -187,7 +188,7 @@ def test_a_client_whose_connection_broke_reconnects_and_carries_on(server_factor
     server.global_model.stop()
     for client in (steady, cut):
         client.join(WAIT)
-        assert client.outcome == "done", client.error
+        assert client.outcome is ClientOutcome.DONE, client.error
 
 
 def _fitness_peer(address):
@@ -248,7 +249,7 @@ def leave_mid_generation(server_factory, client_factory, caplog, stayers, **sett
     assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
     for client in staying:
         client.join(WAIT)
-        assert client.outcome == "done", client.error
+        assert client.outcome is ClientOutcome.DONE, client.error
     return leaver, [r.getMessage() for r in caplog.records if r.name == "common.fitness_federation"]
 
 
@@ -291,7 +292,7 @@ def test_below_min_clients_a_generation_waits_and_is_scored_again(
     assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
     for client in (stayer, replacement):
         client.join(WAIT)
-        assert client.outcome == "done", client.error
+        assert client.outcome is ClientOutcome.DONE, client.error
     assert "every member is scored again" in caplog.text  # the replacement's data counts
 
 
@@ -311,7 +312,7 @@ def test_a_plain_pickle_peer_is_refused_and_the_others_finish(
     assert events.wait_for(lambda e: e.kind == "done").accuracy == 1.0
     for client in clients:
         client.join(WAIT)
-        assert client.outcome == "done"
+        assert client.outcome is ClientOutcome.DONE
     assert "dropping client" in caplog.text
 
 
@@ -340,7 +341,7 @@ def test_resume_from_a_checkpoint_mid_run(iris, server_factory, client_factory, 
     assert resumed_events.wait_for(lambda e: e.kind == "update").round == saved.round + 1
     assert resumed_events.wait_for(lambda e: e.kind == "gave_up").round == saved.round + 2
     again.join(WAIT)
-    assert again.outcome == "done", again.error
+    assert again.outcome is ClientOutcome.DONE, again.error
 
 
 def test_a_generation_costs_under_1_kib_each_way_whatever_the_model_size():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from common.data import CLIENT_DATA, Dataset
+from common.client import ClientOutcome
 from tests.conftest import WAIT
 from tests.faults.ledger import Ledger, ledger
 from tests.faults.proxy import STREAMS, FaultProxy
@@ -25,7 +26,7 @@ def _assert_counted_once(caplog, events, clients, client_events=()) -> Ledger:
     trained for (round-based rules), or applied without a client sending it; the rounds
     numbered 1, 2, ... with one ``update`` event each (tests/faults/ledger.py)."""
     for client in clients:
-        assert client.outcome == "done", client.error
+        assert client.outcome is ClientOutcome.DONE, client.error
     lines = [r.getMessage() for r in caplog.records if r.name == "common.global_model"]
     book = ledger(lines, clients, client_events)
     assert book.applied and book.lost == set() and book.duplicated == set()
@@ -181,7 +182,10 @@ def test_a_client_blackholed_in_a_round_reconnects_and_the_round_closes_with_it(
         for client in (silenced, other):
             client.join(WAIT)
         first = proxy.links[0]
-    assert (silenced.outcome, other.outcome) == ("done", "done"), (silenced.error, other.error)
+    assert (silenced.outcome, other.outcome) == (ClientOutcome.DONE, ClientOutcome.DONE), (
+        silenced.error,
+        other.error,
+    )
     assert first.swallowed["upstream"] > 0  # client1's update went into the hole
     assert (waiting.round, waiting.detail) == (
         1,
@@ -216,7 +220,7 @@ def test_a_population_slower_than_recv_timeout_but_above_the_floor_arrives_whole
         )
         client.join(WAIT)
         (link,) = proxy.links
-    assert client.outcome == "done", client.error
+    assert client.outcome is ClientOutcome.DONE, client.error
     model = client_events.wait_for(lambda e: e.kind == "model")
     assert model.round == 0
     assert link.forwarded["downstream"] > 2.2 * 256 * 1024  # over 2.2 s at that rate
@@ -262,6 +266,6 @@ def test_a_client_waiting_on_a_generation_or_a_secure_stage_hears_why_and_stays(
     events.wait_for(lambda e: e.kind == "done")
     for client in (first, *others):
         client.join(WAIT)
-        assert client.outcome == "done", client.error
+        assert client.outcome is ClientOutcome.DONE, client.error
     assert waiting.detail.startswith(says)
     assert not any("lost the server" in r.getMessage() for r in caplog.records)

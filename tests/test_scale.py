@@ -15,6 +15,7 @@ from common.aggregate import model_averaging
 from common.data import CLIENT_DATA
 from common.global_model import OVER_SHARE
 from common.protocol import Connection, Message, Subject
+from common.client import ClientOutcome
 from tests.conftest import WAIT, raw_connection
 
 CLIENTS = 20
@@ -104,7 +105,7 @@ def test_many_training_clients_all_finish_and_no_update_is_lost(server_factory, 
     for client, client_events in clients:
         client_events.wait_for(lambda e: e.kind in ("done", "error"))
         client.join(WAIT)
-        assert client.outcome == "done", client.error
+        assert client.outcome is ClientOutcome.DONE, client.error
     assert listener.wait_all_answered(WAIT)
 
     sent = [sum(e.kind == "sent" for e in client_events.all()) for _, client_events in clients]

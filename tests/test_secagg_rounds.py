@@ -18,6 +18,7 @@ from common.client import ClientConfig, RecvThread, open_connection
 from common.data import CLIENT_DATA
 from common.errors import ConfigError
 from common.secagg import RingSpec, SecAggClient, error_bound
+from common.client import ClientOutcome
 from tests.conftest import WAIT, raw_connection
 from tests.test_secagg import assert_one_sentence
 
@@ -116,7 +117,7 @@ def real_clients(client_factory, address, names):
 def assert_finished(clients):
     for client in clients:
         client.join(WAIT)
-        assert client.outcome == "done", client.error
+        assert client.outcome is ClientOutcome.DONE, client.error
 
 
 def test_a_secure_round_of_5_is_the_plain_fedavg_of_their_updates(

@@ -14,6 +14,7 @@ from common.model import xor_network
 from common.protocol import ClientUpdate
 from common.server_config import ServerConfig, TrainingConfig
 from common.step_schedule import StepSchedule
+from common.client import ClientOutcome
 from tests.conftest import WAIT
 from tests.test_best_model import _xor_solution
 
@@ -130,4 +131,4 @@ def test_a_seeded_federated_run_on_wine_reaches_0_9(tmp_path, server_factory, cl
     assert done.kind == "done", f"accuracy {done.accuracy} after {done.round} rounds"
     for client in clients:
         client.join(WAIT)
-        assert client.outcome == "done"
+        assert client.outcome is ClientOutcome.DONE

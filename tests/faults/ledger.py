@@ -14,6 +14,7 @@ applied to any round but the next one after its model's is **misplaced**.
 
 from __future__ import annotations
 
+from common.client import ClientOutcome
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ def ledger(server_lines: list[str], clients, client_events=()) -> Ledger:
     for index, client in enumerate(clients):
         keys = [f"{client.client_id}#{s}" for s in range(1, client._sequence + 1)]
         book.sent.update(keys)
-        book.answered.update(keys if client.outcome == "done" else keys[:-1])
+        book.answered.update(keys if client.outcome is ClientOutcome.DONE else keys[:-1])
         if index < len(client_events):
             sent_events = [e for e in client_events[index].all() if e.kind == "sent"]
             book.trained_on.update(zip(keys, (e.round for e in sent_events)))
