@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import shutil
 import socket
@@ -15,11 +16,10 @@ from sklearn.datasets import load_iris
 
 import common  # noqa: F401  (sets the quiet TensorFlow environment first)
 from common.app import build_global_model
-from common.client import ClientConfig, Reconnector, RecvThread, connect
+from common.client import ClientConfig, ClientOutcome, Reconnector, RecvThread, connect
 from common.data import CLIENT_DATA, Dataset
 from common.server import ListenThread
 from common.server_config import ServerConfig
-from common.client import ClientOutcome
 
 WAIT = 60  # seconds: every wait in the tests has a bound
 TESTS = Path(__file__).resolve().parent
@@ -77,6 +77,20 @@ def start_server(**overrides):
     server = ListenThread(global_model, config, on_event=events)
     server.start()
     return server, events
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """A test that runs a command's main() in this process gets its logging set up on the
+    test's captured stderr (``configure_logging``): taken off again after the test, or a
+    later test's thread would log into that stream once pytest has closed it."""
+    root = logging.getLogger()
+    handlers, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture
