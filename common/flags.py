@@ -117,7 +117,9 @@ def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) ->
         "(default: %(default)s)",
     )
     parser.add_argument(
-        "--save-model", metavar="FILE.keras", help="save the final global model here"
+        "--save-model",
+        metavar="FILE.keras",
+        help="save the best global model here (the highest accuracy on the test data, ties to the lower loss) when training ends",
     )
     parser.add_argument(
         "--history",
