@@ -88,7 +88,8 @@ WEIGHTS, FITNESS = "weights", "fitness"
 # its scores combine robustly to F liars (rank_fitness).
 FITNESS_SETTING = "byzantine"
 FEDERATIONS = (WEIGHTS, FITNESS)  # the --federation choices; weights is the tutorial's
-SCORES_MASKED = "fitness, masked"  # a client's ``model`` event's detail when its scores are
+# A client's ``model`` and ``sent`` events' detail when its scores go masked (FITNESS: clear).
+SCORES_MASKED = "fitness, masked"
 # No loss exceeds this (probabilities are clipped to [EPSILON, 1 - EPSILON]): the clipping
 # range of masked scores, so an honest client's loss is never clipped.
 LARGEST_LOSS = -math.log(EPSILON)
@@ -183,7 +184,6 @@ class _Job:
     digest: str
     stage: _Stage = field(default_factory=lambda: _Stage(SCORES))
     roster: Roster | None = None  # masked: whose scores are summed, under which keys
-    masked: dict[str, np.ndarray] = field(default_factory=dict)  # their vectors, once all in
     withdrawn: set[str] = field(default_factory=set)  # asked afresh mid-scoring: not waited for
     closed: bool = False
 
@@ -374,7 +374,6 @@ class FitnessFederation(RoundDriver):
         masked = self._next_stage(job, MASKED, names)
         if masked is None:
             return None
-        job.masked = masked
         seeds = self._next_stage(job, SEEDS, names)
         if seeds is None:
             return None
@@ -382,7 +381,7 @@ class FitnessFederation(RoundDriver):
         spec = score_ring(len(names), job.roster.loss_range)
         order = sorted(names)
         sums, count = unmask_sum(
-            spec, [job.masked[name] for name in order], [seeds[name] for name in order], job.scoring
+            spec, [masked[name] for name in order], [seeds[name] for name in order], job.scoring
         )
         log.debug(
             "round=%d generation=%d: masked scores of %d clients unmasked, within %.2g",
@@ -685,7 +684,6 @@ class FitnessFederation(RoundDriver):
         if job is None:
             return None
         self._answered(client_id, peer, job, reveal.self_seed)
-        self._clients[client_id].answered = job.key
         return job.key
 
     def _same_members(self, client_id: str, job: _Job, scored: str) -> bool:
@@ -727,7 +725,7 @@ class FitnessFederation(RoundDriver):
         if job.stage.first is None:
             job.stage.first = time.monotonic()
         job.stage.answers[client_id] = answer
-        if job.stage.name == SCORES:
+        if job.stage.name in (SCORES, SEEDS):  # its scores count: it awaits their fitness
             client.answered = job.key
         self._changed.notify_all()
 
