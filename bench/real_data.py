@@ -225,7 +225,7 @@ BEATS_KERAS = ("synthetic", "mnist1d")  # where fitness mode must match Flower's
 # The GA of the central-tuned and fitness-tuned rows (one GA, so the two compare at equal
 # generations): 30 members, 1% of genes mutated, the best of a search on MNIST-1D
 # (docs/performance.md, "Numbers the benches rest on").
-GA_TUNED = ("--num-solutions", "30", "--mutation-percent", "1")
+GA_TUNED = ("--num-solutions", "30", "--mutation-percent-genes", "1")
 
 SETUPS = (
     Setup(
