@@ -12,6 +12,7 @@ import signal
 
 from common import security
 from common.aggregate import AGGREGATIONS
+from common.auto import AUTO
 from common.attacks import ATTACKS, AttackConfig, shown
 from common.app import (
     EXIT_CODES,
@@ -50,7 +51,7 @@ from common.flags import (
 )
 from common.ga import GAConfig
 from common.global_model import GlobalModel
-from common.server_config import SECURE_DEFAULTS, ServerConfig
+from common.server_config import BY_SECURITY, ServerConfig
 from common.status import ClientStatus, ServerStatus, StatusLine
 
 log = logging.getLogger("fedga")
@@ -132,7 +133,7 @@ def _common_flags(parser: argparse.ArgumentParser, defaults) -> None:
         default=defaults.max_message_bytes,
         metavar="N",
         help="refuse any message larger than this (default: %s)"
-        % ("derived from the model size" if defaults.max_message_bytes is None else "%(default)s"),
+        % ("derived from the model size" if defaults.max_message_bytes is AUTO else "%(default)s"),
     )
     parser.add_argument(
         "--seed", type=int, default=None, help="random seed, for repeatable runs (default: none)"
@@ -218,8 +219,8 @@ def server_parser() -> argparse.ArgumentParser:
         "each change to "
         "--clip-norm before fedavg; the server "
         "optimisers fedavgm, fedadam and fedyogi step along the round's mean change "
-        f"by the settings below (default: {training.aggregation}, or "
-        f"{SECURE_DEFAULTS['aggregation']} with --secure-aggregation)",
+        "by the settings below (default: %s, or %s with --secure-aggregation)"
+        % BY_SECURITY["aggregation"],
     )
     rule_setting_flags(parser)
     parser.add_argument(
@@ -229,8 +230,8 @@ def server_parser() -> argparse.ArgumentParser:
         help="how many clients each step of training waits for (TrainingConfig says why "
         "one setting serves every mode). Round-based: close a round once N updates arrived; "
         "fitness mode: score each generation with at least N clients; secure aggregation: "
-        f"begin a secure round once N clients trained (default: {training.min_clients}, or "
-        f"{SECURE_DEFAULTS['min_clients']} with --secure-aggregation)",
+        "begin a secure round once N clients trained (default: %s, or %s with "
+        "--secure-aggregation)" % BY_SECURITY["min_clients"],
     )
     parser.add_argument(
         "--secure-aggregation",

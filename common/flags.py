@@ -9,9 +9,9 @@ from typing import Any
 
 from common.aggregate import SETTINGS, defaults_of, flag_name, listed
 from common.app import number, positive
-from common.ga import BY_MODEL, REAL_DATA, GAConfig
+from common.ga import REAL_DATA, GAConfig
 from common.operators import OPERATORS
-from common.server_config import SECURE_DEFAULTS, ServerConfig, TrainingConfig
+from common.server_config import ServerConfig, TrainingConfig
 
 
 def config_from(args: argparse.Namespace, config_type, **extra):
@@ -23,13 +23,10 @@ def config_from(args: argparse.Namespace, config_type, **extra):
 
 def server_config_from(args: argparse.Namespace, **extra) -> ServerConfig:
     """A ``ServerConfig`` from the flags (each named as its setting) and ``extra``;
-    a flag left unset keeps the default (``BY_MODEL``, the GA settings' that ``training_flags``
-    leaves to the model, stays so; with ``--secure-aggregation``, ``SECURE_DEFAULTS``).
+    a flag left unset (None) keeps the config's default, ``AUTO`` where the run decides.
     ``ConfigError``, one sentence, if the aggregation cannot take its settings."""
     names = ServerConfig().settings().keys()
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    if given.get("secure_aggregation"):
-        given = SECURE_DEFAULTS | given
     config = ServerConfig.of(**(given | extra))
     config.training.aggregation_rule()  # checks them now, not once the model is built
     return config
@@ -73,7 +70,6 @@ def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) ->
     parser.add_argument(
         "--step-patience",
         type=positive(int, zero_ok=True),
-        default=BY_MODEL,
         metavar="N",
         help="halve the mutation step after N rounds without a lower test "
         "loss, down to a tenth of --mutation-step; 0: a fixed step (default: "
@@ -132,7 +128,6 @@ def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) ->
         help="draw accuracy and loss over rounds when training ends (needs --history)",
     )
     ga_flags(parser, "sent to clients; default: ")
-    parser.set_defaults(stop_fitness=BY_MODEL)  # a client's unset: the server's setting
 
 
 def ga_flags(parser: argparse.ArgumentParser, default_text: str) -> None:

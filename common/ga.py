@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import Final
 
 import numpy as np
 import pygad
 from threadpoolctl import threadpool_limits
 
+from common.auto import AUTO, Auto
 from common.data import Dataset
 from common.model import ForwardPass, is_multiclass
 from common.operators import SCALED, TUTORIAL, ScaledMutation, step_scales
@@ -35,56 +35,33 @@ from common.operators import SCALED, TUTORIAL, ScaledMutation, step_scales
 EPSILON = 1e-7  # probability clipping, as Keras's binary cross-entropy does
 
 
-class ByModel:
-    """The type of ``BY_MODEL``, its one instance."""
-
-    _instance: ByModel | None = None
-
-    def __new__(cls) -> ByModel:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "BY_MODEL"
-
-    def __reduce__(self) -> str:
-        return "BY_MODEL"  # a copy or a pickle is the same one
-
-
-# A setting left to the model (as httpx's ``USE_CLIENT_DEFAULT``): the server's config holds
-# it until the model is known (``GAConfig.for_model``); each front end turns its own empty
-# value into it: an unset flag, an empty setup field, an empty run config value.
-BY_MODEL: Final = ByModel()
-
-
 @dataclass(frozen=True)
 class GAConfig:
     """The GA's settings: the server sends all but ``step_patience`` with each model. A
     server's config leaves ``stop_fitness`` and ``step_patience`` to the model unless given
-    (``BY_MODEL``, ``LEFT_TO_MODEL``); what runs, and a client's, is resolved."""
+    (``AUTO``, ``LEFT_TO_MODEL``); what runs, and a client's, is resolved."""
 
     num_generations: int = 50  # at most; see stop_fitness
     num_parents_mating: int = 4
     mutation_percent_genes: float = 5
     # Stop a round once a member reaches this fitness (BCE <= 0.1 at 10); 0: never.
-    stop_fitness: float | ByModel = 10.0
+    stop_fitness: float | Auto = 10.0
     # common.operators: "scaled" steps per layer, or the tutorial's (PyGAD's U(-1, 1)).
     operators: str = SCALED
     mutation_step: float = 0.3  # scaled: a step's sigma as a share of its layer's scale
     # The server halves mutation_step after this many rounds without a lower test loss (down
     # to a tenth of it); 0: a fixed step.
-    step_patience: int | ByModel = 0
+    step_patience: int | Auto = 0
 
     def for_model(self, defaults: GAConfig) -> GAConfig:
-        """These settings with each one left to the model (``BY_MODEL``) taken from
+        """These settings with each one left to the model (``AUTO``) taken from
         ``defaults``, the model's (``GAConfig()`` or ``REAL_DATA``)."""
         return replace(
             self,
             **{
                 f.name: getattr(defaults, f.name)
                 for f in fields(self)
-                if getattr(self, f.name) is BY_MODEL
+                if getattr(self, f.name) is AUTO
             },
         )
 
@@ -93,7 +70,7 @@ class GAConfig:
 REAL_DATA = GAConfig(stop_fitness=0, step_patience=3)
 # A server's GA settings until given: those the two kinds of problem want differently (the
 # module's docstring) left to the model, the rest the tutorial's.
-LEFT_TO_MODEL = GAConfig(stop_fitness=BY_MODEL, step_patience=BY_MODEL)
+LEFT_TO_MODEL = GAConfig(stop_fitness=AUTO, step_patience=AUTO)
 
 
 def one_blas_thread() -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from common import checkpoint
 from common.aggregate import ServerOptimiser, Update
+from common.auto import known
 from common.checkpoint import Best, Checkpoint
 from common.data import Dataset
 from common.errors import CheckpointError, ConfigError
@@ -129,10 +130,10 @@ class GlobalModel:
         *,
         on_event: EventCallback | None = None,
     ):
-        training = training or TrainingConfig()
+        training = (training or TrainingConfig()).resolved()
         self.aggregation = training.aggregation_rule()
         self.aggregation.bind(self._score_candidates)
-        self.min_clients, self.round_timeout = training.min_clients, training.round_timeout
+        self.min_clients, self.round_timeout = known(training.min_clients), training.round_timeout
         self.secure_aggregation = training.secure_aggregation  # announced with each model
         self._pending: list[_Entry] = []  # this round's updates so far
         self._gone: set[str] = set()  # clients that left while this round gathered
@@ -140,7 +141,7 @@ class GlobalModel:
         self._round_deadline = 0.0
         self.network = network
         self.model_json = network.model_json
-        self.ga = training.ga_for_model()  # its mutation_step shrinks as training converges
+        self.ga = training.ga  # its mutation_step shrinks as training converges
         self.forward = network.forward
         self.test_data = test_data
         self.num_solutions = training.num_solutions
@@ -159,9 +160,9 @@ class GlobalModel:
         self.accuracy = self._evaluate(self.vector)
         self.best = Best(self.vector, 0, self.accuracy, self._loss(self.vector))
         # When to halve ``ga``'s mutation_step (common.step_schedule), from the first loss.
-        patience = self.ga.step_patience
-        assert isinstance(patience, int), "ga_for_model() left it to the model"
-        self._step = StepSchedule(self.ga.mutation_step, patience, self.best.loss)
+        self._step = StepSchedule(
+            self.ga.mutation_step, known(self.ga.step_patience), self.best.loss
+        )
         self.finished = threading.Event()
         self.outcome: Outcome | None = None  # how training ended, once finished
         self.sequences: dict[str, int] = {}  # client id -> last applied update sequence

@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from common.auto import AUTO, Auto
 from common.driver import Notify, RoundDriver, Stoppable
 from common.errors import (
     ConnectionLost,
@@ -69,7 +70,7 @@ from common.protocol.messages import (
     Waiting,
     client_id_of,
 )
-from common.secagg import RoundResult, RoundSetup, SecAggClient, SecAggServer, default_threshold
+from common.secagg import RoundResult, RoundSetup, SecAggClient, SecAggServer, round_threshold
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,7 +122,7 @@ class SecureRounds(RoundDriver):
         *,
         min_clients: int,
         round_timeout: float,
-        threshold: int | None = None,
+        threshold: int | Auto = AUTO,
         on_event: Callable[[Event], None] | None = None,
     ):
         super().__init__(global_model)
@@ -147,7 +148,8 @@ class SecureRounds(RoundDriver):
     def _wait_for_ready(self) -> list[_Member] | None:
         """The clients to invite: once ``min_clients`` are ready, or ``round_timeout`` after
         the first was, if enough to keep a round's sum secret are; None once training ended."""
-        smallest = max(SMALLEST_ROUND, self.threshold or 0)
+        given = 0 if isinstance(self.threshold, Auto) else self.threshold
+        smallest = max(SMALLEST_ROUND, given)
         first: float | None = None
         said_waiting = False
         with self._changed:
@@ -242,7 +244,7 @@ class SecureRounds(RoundDriver):
 
     def _threshold(self, clients: int) -> int:
         """The round's t: ``--secagg-threshold`` or two thirds, and always above half."""
-        wanted = self.threshold or default_threshold(clients)
+        wanted = round_threshold(self.threshold, clients)
         if 2 * wanted <= clients:
             log.info(
                 "secure round of %d clients: threshold %d raised to %d, above half of them",

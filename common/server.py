@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from common import protocol, security
+from common.auto import Auto, known
 from common.errors import BindError
 from common.events import Event, EventKind
 from common.fitness_federation import FITNESS, FitnessFederation
@@ -34,7 +35,6 @@ from common.protocol.messages import (
 )
 from common.secure_rounds import SecureRounds
 from common.server_config import (
-    SECURE_DEFAULTS,
     SECURE_REFUSED,
     NetworkConfig,
     OutputConfig,
@@ -47,7 +47,6 @@ from common.server_config import (
 # ``from common.server import GlobalModel``, and the callers that came before the split).
 __all__ = [
     "OVER_SHARE",
-    "SECURE_DEFAULTS",
     "SECURE_REFUSED",
     "BindError",
     "GlobalModel",
@@ -151,9 +150,12 @@ class SocketThread(threading.Thread):
             min_rate=network.min_rate,
             secret=server.config.security.secret,
             server_side=True,
-            max_message_bytes=network.max_message_bytes
-            or protocol.default_max_message_bytes(
-                self.global_model.num_params, self.global_model.num_solutions
+            max_message_bytes=(
+                protocol.default_max_message_bytes(
+                    self.global_model.num_params, self.global_model.num_solutions
+                )
+                if isinstance(network.max_message_bytes, Auto)
+                else network.max_message_bytes
             ),
         )
         self.client_info = client_info
@@ -300,21 +302,22 @@ class ListenThread(threading.Thread):
         self._changed = threading.Condition()
         self._stop_requested = threading.Event()
         self.last_connected = time.monotonic()  # of the latest client, or of the start
-        training = self.config.training
+        training = self.config.training.resolved()
         self.federation = (
             FitnessFederation(
                 global_model,
-                min_clients=training.min_clients,
+                min_clients=known(training.min_clients),
                 round_timeout=training.round_timeout,
                 seed=training.seed,
-                byzantine=training.byzantine or 0,  # the exact sum unless asked
+                # AUTO: the exact sum, no member's scores trimmed
+                byzantine=0 if isinstance(training.byzantine, Auto) else training.byzantine,
                 secure=training.secure_aggregation,
                 on_event=self.on_event,
             )
             if training.federation == FITNESS
             else SecureRounds(
                 global_model,
-                min_clients=training.min_clients,
+                min_clients=known(training.min_clients),
                 round_timeout=training.round_timeout,
                 threshold=training.secagg_threshold,
                 on_event=self.on_event,

@@ -18,6 +18,7 @@ from common.aggregate import (
     flag_name,
     listed,
 )
+from common.auto import AUTO, Auto, given, known
 from common.errors import ConfigError
 from common.fitness_federation import FITNESS, FITNESS_SETTING, WEIGHTS
 from common.ga import LEFT_TO_MODEL, REAL_DATA, GAConfig
@@ -34,7 +35,7 @@ class NetworkConfig:
     recv_timeout: float = 10.0  # the most seconds between a message's chunks
     idle_timeout: float = 300.0
     min_rate: float = 8.0  # KiB/s: a message slower than this on average is cut
-    max_message_bytes: int | None = None  # None: derived from the model size
+    max_message_bytes: int | Auto = AUTO  # AUTO: derived from the model size
     max_clients: int = 128  # connections beyond this are refused with a log line
     round_delay: float = 0.0  # pacing: seconds to hold each model reply, so people can watch
     # While a reply is held (a round gathering updates, or round_delay), our clients hear a
@@ -58,8 +59,12 @@ class SecurityConfig:
     tls_key: str | None = None
 
 
-# What --secure-aggregation chooses, each unless given: the rule and rounds of at least 3.
-SECURE_DEFAULTS = {"aggregation": "fedavg", "min_clients": 3}
+# What AUTO resolves to for the settings secure aggregation changes (plain, secure): a rule
+# that needs only the round's sum, and rounds of at least 3.
+BY_SECURITY: dict[str, tuple[Any, Any]] = {
+    "aggregation": ("running-best", "fedavg"),
+    "min_clients": (2, 3),
+}
 # The rule settings that need each update or count on its own: refused with it.
 SECURE_REFUSED = ("byzantine", "clip_norm", "max_claimed_samples")
 
@@ -82,20 +87,21 @@ class TrainingConfig:
     # score its members); see FEDERATIONS.
     federation: str = WEIGHTS
     # Any name in common.aggregate (weights mode); the tutorial's rule is running-average.
-    aggregation: str = "running-best"
-    # The rule's settings (common.aggregate.SETTINGS), for the rules that take them; None:
+    # AUTO: BY_SECURITY's.
+    aggregation: str | Auto = AUTO
+    # The rule's settings (common.aggregate.SETTINGS), for the rules that take them; AUTO:
     # the rule's default (e.g. server_learning_rate: fedavgm's, fedadam's or fedyogi's).
-    server_learning_rate: float | None = None
-    server_momentum: float | None = None
-    beta1: float | None = None
-    beta2: float | None = None
-    tau: float | None = None
-    byzantine: int | None = None
-    clip_norm: float | None = None
-    max_claimed_samples: float | None = None
+    server_learning_rate: float | Auto = AUTO
+    server_momentum: float | Auto = AUTO
+    beta1: float | Auto = AUTO
+    beta2: float | Auto = AUTO
+    tau: float | Auto = AUTO
+    byzantine: int | Auto = AUTO
+    clip_norm: float | Auto = AUTO
+    max_claimed_samples: float | Auto = AUTO
     # Secure aggregation (common.secure_rounds): the server learns only each round's sum.
     secure_aggregation: bool = False
-    secagg_threshold: int | None = None  # None: ceil(2n/3) of each secure round's n clients
+    secagg_threshold: int | Auto = AUTO  # AUTO: ceil(2n/3) of each secure round's n clients
     # How many clients a step of training waits for, and how long it waits for the slower
     # ones. One name each serves every mode, because a run has one kind of step and each
     # setting means the same of it (the help of --min-clients and --round-timeout says it
@@ -110,41 +116,57 @@ class TrainingConfig:
     #   the same in each stage of the masked scores);
     # - a per-update rule has no round: min_clients is unused, and a client's fair share of
     #   updates (GlobalModel._over_share) lapses round_timeout after its last applied one.
-    min_clients: int = 2
+    # AUTO: BY_SECURITY's.
+    min_clients: int | Auto = AUTO
     round_timeout: float = 5.0
     checkpoint: str | None = None  # save the global state here after every accepted update
     resume: bool = False  # start from the checkpoint instead of a fresh model
-    # The GA settings sent to clients; any of them BY_MODEL: left to the model, resolved by
-    # ga_for_model. A ServerConfig (flags, the window, Flower) starts from LEFT_TO_MODEL.
-    ga: GAConfig = field(default_factory=GAConfig)
+    # The GA settings sent to clients; those AUTO are left to the model.
+    ga: GAConfig = LEFT_TO_MODEL
+
+    def resolved(self) -> TrainingConfig:
+        """These settings with those left ``AUTO`` filled in where the config alone decides:
+        the aggregation and min clients by secure aggregation (``BY_SECURITY``), the GA's by
+        the model (the tutorial's for its XOR model, no model nor test data; else those tuned
+        on real data). The one place they are resolved. The rule's settings stay AUTO for the
+        rule (``aggregation_rule``), the threshold for each secure round (its clients)."""
+        by_security = {
+            name: values[self.secure_aggregation]
+            for name, values in BY_SECURITY.items()
+            if getattr(self, name) is AUTO
+        }
+        xor = self.model is None and self.test_data is None
+        ga = self.ga.for_model(GAConfig() if xor else REAL_DATA)
+        return dataclasses.replace(self, ga=ga, **by_security)
 
     def aggregation_rule(self) -> Aggregation:
         """A new instance of the ``aggregation`` rule with the settings given here (not
-        None); ``ConfigError``, one plain sentence, for a setting it does not take, a bad
+        AUTO); ``ConfigError``, one plain sentence, for a setting it does not take, a bad
         value, or (weights mode) rounds of ``min_clients`` too few for it to tolerate its
         ``byzantine`` attackers."""
-        self._check_secure_aggregation()
-        given = {name: getattr(self, name) for name in SETTINGS}
-        if self.federation == FITNESS:
-            del given[FITNESS_SETTING]  # fitness mode's own: how its scores combine
-        rule = aggregation_named(
-            self.aggregation, **{name: value for name, value in given.items() if value is not None}
-        )
-        refusal = rule.refusal(self.min_clients) if self.federation == WEIGHTS else ""
+        config = self.resolved()
+        config._check_secure_aggregation()
+        settings = given({name: getattr(config, name) for name in SETTINGS})
+        if config.federation == FITNESS:
+            settings.pop(FITNESS_SETTING, None)  # fitness mode's own: how its scores combine
+        rule = aggregation_named(known(config.aggregation), **settings)
+        min_clients = known(config.min_clients)
+        refusal = rule.refusal(min_clients) if config.federation == WEIGHTS else ""
         if refusal:
-            raise ConfigError(f"With min-clients {self.min_clients}, {refusal}")
+            raise ConfigError(f"With min-clients {min_clients}, {refusal}")
         return rule
 
     def _check_secure_aggregation(self) -> None:
         """``ConfigError``, one plain sentence, for what cannot run with secure aggregation:
-        whatever must see an update or a count on its own, and rounds too small to hide one."""
+        whatever must see an update or a count on its own, and rounds too small to hide one.
+        Of a resolved config."""
         if not self.secure_aggregation:
-            if self.secagg_threshold is not None:
+            if self.secagg_threshold is not AUTO:
                 raise ConfigError("--secagg-threshold needs --secure-aggregation.")
             return
-        rule = AGGREGATIONS.get(self.aggregation)
+        rule = AGGREGATIONS.get(known(self.aggregation))
         if self.federation == FITNESS:  # its scores are masked (common.secagg.scores)
-            if self.secagg_threshold is not None:
+            if self.secagg_threshold is not AUTO:
                 raise ConfigError(
                     "--secagg-threshold is for weights mode's secure rounds: fitness mode "
                     "masks each generation's scores among all the clients there."
@@ -157,25 +179,19 @@ class TrainingConfig:
                 f"{usable.replace(' and ', ' or ')}."
             )
         for name in SECURE_REFUSED:
-            if getattr(self, name) is not None:
+            if getattr(self, name) is not AUTO:
                 raise ConfigError(
                     f"Secure aggregation masks what each client sends and its sample count, so "
                     f"--{flag_name(name)} cannot run with it."
                 )
-        if self.min_clients < 3:
+        min_clients = known(self.min_clients)
+        if min_clients < 3:
             raise ConfigError(
                 "Secure aggregation needs --min-clients of at least 3 (of two clients, each "
-                f"could read the other's update from the sum), not {self.min_clients}."
+                f"could read the other's update from the sum), not {min_clients}."
             )
-        if self.secagg_threshold is not None:
-            check_threshold(self.secagg_threshold, self.min_clients)
-
-    def ga_for_model(self) -> GAConfig:
-        """``ga`` with the settings left to the model (``BY_MODEL``) filled in: the
-        tutorial's for its XOR model (no model, no test data), else those tuned on real
-        data. The one place they are resolved."""
-        xor = self.model is None and self.test_data is None
-        return self.ga.for_model(GAConfig() if xor else REAL_DATA)
+        if not isinstance(self.secagg_threshold, Auto):
+            check_threshold(self.secagg_threshold, min_clients)
 
     def summary(self) -> str:
         """The settings in effect, resolved (the GA's for the model, the rule's own), named
@@ -184,22 +200,25 @@ class TrainingConfig:
         def shown(name: str, value: Any) -> str:
             return f"{flag_name(name)}={value:{'g' if isinstance(value, float) else ''}}"
 
-        secure = self.secure_aggregation
-        if self.federation == FITNESS:
+        config = self.resolved()
+        secure = config.secure_aggregation
+        if config.federation == FITNESS:
             shared = [shown("federation", FITNESS)]
         else:
-            rule = self.aggregation_rule().shown(SECURE_REFUSED if secure else ())
+            rule = config.aggregation_rule().shown(SECURE_REFUSED if secure else ())
             shared = [shown("aggregation", rule)]
         if secure:
             shared.append("secure-aggregation=on")
-            if self.federation != FITNESS:
-                threshold = self.secagg_threshold
-                shared.append(shown("secagg_threshold", threshold or "ceil(2n/3)"))
+            if config.federation != FITNESS:
+                threshold = config.secagg_threshold
+                shared.append(
+                    shown("secagg_threshold", "ceil(2n/3)" if threshold is AUTO else threshold)
+                )
         training = ("min_clients", "round_timeout", "num_solutions", "target_accuracy")
         shared += [
-            shown(name, getattr(self, name)) for name in (*training, "max_rounds", "patience")
+            shown(name, getattr(config, name)) for name in (*training, "max_rounds", "patience")
         ]
-        ga = self.ga_for_model()
+        ga = config.ga
         return "settings in effect: %s; GA: %s" % (
             ", ".join(shared),
             ", ".join(shown(f.name, getattr(ga, f.name)) for f in dataclasses.fields(ga)),
@@ -223,7 +242,7 @@ class ServerConfig:
 
     network: NetworkConfig = field(default_factory=NetworkConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
-    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(ga=LEFT_TO_MODEL))
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     outputs: OutputConfig = field(default_factory=OutputConfig)
 
     @classmethod
@@ -232,7 +251,7 @@ class ServerConfig:
         return cls().with_settings(**settings)
 
     def settings(self) -> dict[str, Any]:
-        """Every setting by its flat name; a GA setting left to the model is ``BY_MODEL``."""
+        """Every setting by its flat name; one left to the run is ``AUTO``."""
         flat: dict[str, Any] = {}
         for group in (self.network, self.security, self.training, self.outputs):
             flat |= {f.name: getattr(group, f.name) for f in dataclasses.fields(group)}
@@ -241,7 +260,7 @@ class ServerConfig:
 
     def with_settings(self, **settings: Any) -> ServerConfig:
         """A copy with ``settings`` changed, each by its flat name (``TypeError`` for an
-        unknown one). A GA setting given as ``BY_MODEL`` is left to the model."""
+        unknown one). A setting given as ``AUTO`` is left to the run."""
         ga_names = {f.name for f in dataclasses.fields(GAConfig)}
         ga = {name: value for name, value in settings.items() if name in ga_names}
         training = self.training

@@ -392,13 +392,13 @@ def test_operator_flags_reach_the_settings_the_server_sends(flags, expected):
 def test_ga_flags_left_unset_are_left_to_the_model(flags, expected):
     from common.cli import server_parser
     from common.flags import server_config_from
-    from common.ga import BY_MODEL
+    from common.auto import AUTO
 
     config = server_config_from(server_parser().parse_args(flags))
     settings = config.settings()
     for flag, name in (("--stop-fitness", "stop_fitness"), ("--step-patience", "step_patience")):
-        assert (settings[name] is BY_MODEL) == (flag not in flags)
-    ga = config.training.ga_for_model()
+        assert (settings[name] is AUTO) == (flag not in flags)
+    ga = config.training.resolved().ga
     assert (ga.stop_fitness, ga.step_patience) == expected
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.cli import client_parser, server_parser
-from common.ga import BY_MODEL
+from common.auto import AUTO
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS_PAGE = ROOT / "docs" / "flags.md"
@@ -98,7 +98,7 @@ def literal(text: str):
 def test_the_flag_pages_defaults_are_the_parsers():
     """A row's default cell holds one value per flag (split at '; ', else ', '); each value
     that is a literal is the parser's default. A flag whose parser default is unset (None, or
-    BY_MODEL: resolved later by the rule or the model) is checked only for none/off."""
+    AUTO: resolved later by the run) is checked only for none/off."""
     checked = 0
     for section, rows in flag_rows().items():
         for flags, default in rows:
@@ -116,7 +116,7 @@ def test_the_flag_pages_defaults_are_the_parsers():
                     actual = action.default
                     if value is None:
                         assert actual in (None, False), (flag, script, actual)
-                    elif actual is None or actual is BY_MODEL:
+                    elif actual is None or actual is AUTO:
                         continue  # resolved later; the page states the resolved value
                     elif isinstance(value, float):
                         assert float(actual) == value, (flag, script, actual, part)

@@ -36,7 +36,8 @@ from common.flower.server_app import (  # noqa: E402
     ConfigError,
     server_config,
 )
-from common.ga import BY_MODEL, GAConfig, TrainingResult  # noqa: E402
+from common.auto import AUTO  # noqa: E402
+from common.ga import GAConfig, TrainingResult  # noqa: E402
 from common.protocol import ModelRequest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,8 +264,8 @@ def test_an_empty_run_config_value_leaves_the_ga_setting_to_the_model(run_config
     settings = config.settings()
     for key in ("stop-fitness", "step-patience"):
         if run_config[key] == "":
-            assert settings[key.replace("-", "_")] is BY_MODEL
-    ga = config.training.ga_for_model()
+            assert settings[key.replace("-", "_")] is AUTO
+    ga = config.training.resolved().ga
     assert (ga.stop_fitness, ga.step_patience) == expected
     assert f"stop-fitness={expected[0]:g}" in config.training.summary()
 

@@ -14,6 +14,7 @@ import pytest
 from bench.plain_peers import plain_recv, plain_send
 from common import protocol
 from common.aggregate import fedavg
+from common.auto import AUTO
 from common.client import ClientConfig, RecvThread, open_connection
 from common.data import CLIENT_DATA
 from common.errors import ConfigError
@@ -272,15 +273,15 @@ def _config(flags):
 
 
 def test_secure_aggregation_chooses_fedavg_and_3_clients_unless_given():
-    training = _config(["--secure-aggregation"]).training
+    training = _config(["--secure-aggregation"]).training.resolved()
     assert (training.aggregation, training.min_clients) == ("fedavg", 3)
-    assert training.secure_aggregation and training.secagg_threshold is None
+    assert training.secure_aggregation and training.secagg_threshold is AUTO  # each round's
     given = _config(
         ["--secure-aggregation", "--aggregation", "fedadam", "--min-clients", "6"]
         + ["--secagg-threshold", "4"]
-    ).training
+    ).training.resolved()
     assert (given.aggregation, given.min_clients, given.secagg_threshold) == ("fedadam", 6, 4)
-    plain = _config([]).training  # and without it, the defaults stay as they were
+    plain = _config([]).training.resolved()  # and without it, the defaults stay as they were
     assert (plain.aggregation, plain.min_clients, plain.secure_aggregation) == (
         "running-best",
         2,

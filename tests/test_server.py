@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import pickle
@@ -18,10 +19,11 @@ import pytest
 
 from bench.plain_peers import plain_client, plain_recv, plain_send
 from common import protocol
+from common.aggregate import SETTINGS
+from common.auto import AUTO
 from common.client import ClientOutcome
 from common.data import XOR_TEST_DATA
 from common.events import Outcome
-from common.ga import BY_MODEL
 from common.global_model import GlobalModel
 from common.model import xor_network
 from common.operators import step_scales
@@ -38,7 +40,7 @@ def test_the_moved_names_are_still_importable_from_common_server():
     import common.server_config
 
     for home, names in (
-        (common.server_config, ["SECURE_DEFAULTS", "SECURE_REFUSED"]),
+        (common.server_config, ["SECURE_REFUSED"]),
         (common.server_config, ["NetworkConfig", "SecurityConfig", "TrainingConfig"]),
         (common.server_config, ["OutputConfig", "ServerConfig"]),
         (common.global_model, ["GlobalModel", "OVER_SHARE"]),
@@ -366,7 +368,7 @@ def test_settings_by_flat_name_fill_their_groups_and_read_back():
         secret_file="secret.txt",
         num_generations=7,
         save_model="best.keras",
-        stop_fitness=BY_MODEL,
+        stop_fitness=AUTO,
     )
     assert (
         config.network.port,
@@ -375,19 +377,42 @@ def test_settings_by_flat_name_fill_their_groups_and_read_back():
         config.outputs.save_model,
     ) == (0, "secret.txt", 7, "best.keras")
     settings = config.settings()
-    assert (settings["num_generations"], settings["stop_fitness"]) == (7, BY_MODEL)
-    assert settings["step_patience"] is BY_MODEL  # not given: still left to the model
+    assert (settings["num_generations"], settings["stop_fitness"]) == (7, AUTO)
+    assert settings["step_patience"] is AUTO  # not given: still left to the model
     given = config.with_settings(stop_fitness=5)
-    assert given.settings()["step_patience"] is BY_MODEL
-    assert given.settings()["stop_fitness"] == given.training.ga_for_model().stop_fitness == 5
+    assert given.settings()["step_patience"] is AUTO
+    assert given.settings()["stop_fitness"] == given.training.resolved().ga.stop_fitness == 5
     with pytest.raises(TypeError, match="not a server setting: colour"):
         config.with_settings(colour="blue")
 
 
-def test_by_model_is_one_readable_value_however_copied():
-    assert repr(BY_MODEL) == "BY_MODEL" and type(BY_MODEL)() is BY_MODEL
-    assert copy.deepcopy(BY_MODEL) is pickle.loads(pickle.dumps(BY_MODEL)) is BY_MODEL
+def test_auto_is_one_readable_value_however_copied():
+    assert repr(AUTO) == "AUTO" and type(AUTO)() is AUTO
+    assert copy.deepcopy(AUTO) is pickle.loads(pickle.dumps(AUTO)) is AUTO
     assert copy.deepcopy(ServerConfig()) == ServerConfig()  # its GA settings left to the model
+
+
+def test_a_setting_left_to_the_run_is_auto_and_none_is_only_no_such_thing():
+    """One way to say "unset": None only where nothing of the kind is given (no file, no
+    seed, no secret, no count to wait for); each setting the run decides is AUTO, and
+    resolving leaves AUTO only what the rule and each secure round decide."""
+    settings = ServerConfig().settings()
+    nothing = {name for name, value in settings.items() if value is None}
+    assert nothing == {
+        *("model", "test_data", "test_labels", "test_label_column", "checkpoint"),
+        *("save_model", "history", "plot", "secret", "secret_file", "tls_cert", "tls_key"),
+        *("seed", "expected_clients"),
+    }
+    assert {name for name, value in settings.items() if value is AUTO} == {
+        *SETTINGS,
+        *("aggregation", "min_clients", "secagg_threshold", "max_message_bytes"),
+        *("stop_fitness", "step_patience"),
+    }
+    for secure in (False, True):
+        resolved = ServerConfig.of(secure_aggregation=secure).training.resolved()
+        left = {f.name for f in dataclasses.fields(resolved) if getattr(resolved, f.name) is AUTO}
+        assert left == {*SETTINGS, "secagg_threshold"}
+        assert AUTO not in vars(resolved.ga).values()
 
 
 def test_the_summary_names_each_setting_in_effect_as_its_flag():

@@ -83,19 +83,23 @@ def test_a_fixed_step_stays_as_set():
 
 
 def test_settings_left_open_follow_the_model_and_flags_win():
-    xor = ServerConfig().training.ga_for_model()
+    xor = ServerConfig().training.resolved().ga
     assert (xor.stop_fitness, xor.step_patience) == (GAConfig().stop_fitness, 0)
-    own = ServerConfig.of(
-        model="model.json", test_data="test.npz", mutation_step=0.2
-    ).training.ga_for_model()
+    own = (
+        ServerConfig.of(model="model.json", test_data="test.npz", mutation_step=0.2)
+        .training.resolved()
+        .ga
+    )
     assert (own.stop_fitness, own.step_patience, own.mutation_step) == (
         REAL_DATA.stop_fitness,
         REAL_DATA.step_patience,
         0.2,
     )
-    given = ServerConfig.of(
-        test_data="test.npz", stop_fitness=5, step_patience=0
-    ).training.ga_for_model()
+    given = (
+        ServerConfig.of(test_data="test.npz", stop_fitness=5, step_patience=0)
+        .training.resolved()
+        .ga
+    )
     assert (given.stop_fitness, given.step_patience) == (5, 0)
 
 

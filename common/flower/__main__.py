@@ -29,7 +29,7 @@ from common.data import DataError
 from common.errors import ConfigError, UserError
 from common.flags import rule_setting_flags, server_config_from, training_flags
 from common.flower.deploy import LocalDeployment
-from common.ga import BY_MODEL
+from common.auto import AUTO
 from common.server_config import ServerConfig
 
 log = logging.getLogger("fedga.flower")
@@ -190,7 +190,7 @@ def run_config(config: ServerConfig) -> dict:
         value = values[key.replace("-", "_")]
         if isinstance(value, str) and key not in ("aggregation", "operators", "test-label-column"):
             value = str(Path(value).resolve())
-        settings[key] = "" if value is None or value is BY_MODEL else value  # "": the default
+        settings[key] = "" if value is None or value is AUTO else value  # "": the default
     return settings
 
 

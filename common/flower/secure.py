@@ -34,10 +34,11 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from common.auto import Auto
 from common.flower import EMPTY_ROUNDS_ALLOWED
 from common.flower.records import fit_content
 from common.protocol.messages import check_weights_vector
-from common.secagg.messages import default_threshold
+from common.secagg.messages import round_threshold
 
 log = logging.getLogger("fedga.flower")
 
@@ -94,7 +95,7 @@ class SecureRound(LegacyStrategy):
 
 
 def train_securely(
-    grid: Grid, strategy, context: Context, reply_timeout: float, threshold: int | None
+    grid: Grid, strategy, context: Context, reply_timeout: float, threshold: int | Auto
 ) -> bool:
     """``train_until_done`` with SecAgg+: one ``SecAggPlusWorkflow`` a round (the threshold
     ``--secagg-threshold``, else as ours: ceil(2n/3) of the round's n nodes), until the
@@ -116,7 +117,7 @@ def train_securely(
             legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord()
             workflow = SecAggPlusWorkflow(
                 num_shares=1.0,  # every node shares with every other: SecAgg, not a graph
-                reconstruction_threshold=threshold or default_threshold(nodes),
+                reconstruction_threshold=round_threshold(threshold, nodes),
                 max_weight=MAX_WEIGHT,
                 timeout=reply_timeout,
             )

@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common.aggregate import round_based
+from common.auto import known
 from common.errors import ConfigError
 from common.flower import EMPTY_ROUNDS_ALLOWED, log_to_stderr
 from common.flower.records import request_content, update_from
@@ -93,7 +94,7 @@ def server_config(run_config: dict) -> ServerConfig:
                 f"The run config key {key!r} is not a setting of the fedga ServerApp."
             )
         # A run config has no None: an empty string leaves the setting at its default, as
-        # an unset flag does (no file, the rule's own, BY_MODEL: the model's).
+        # an unset flag does (no file; AUTO: left to the run).
         if value != "":
             values[key.replace("-", "_")] = value
     if values.get("aggregation", DEFAULTS["aggregation"]) not in round_based():
@@ -239,8 +240,8 @@ def run(
     from common.app import build_global_model, save_results
 
     global_model = global_model or build_global_model(config)
-    training = config.training
-    strategy = GAStrategy(global_model, min_nodes=training.min_clients)
+    training = config.training.resolved()
+    strategy = GAStrategy(global_model, min_nodes=known(training.min_clients))
     log.info("%s", training.summary())
     if training.secure_aggregation:
         from common.flower.secure import train_securely

@@ -15,11 +15,12 @@ from kivy.uix.tabbedpanel import TabbedPanel, TabbedPanelItem
 
 from common.aggregate import SETTINGS
 from common.data import DATA_SUFFIXES
-from common.ga import BY_MODEL, LEFT_TO_MODEL
+
 from common.gui.chart import LineChart, Series, loss_range
 from common.gui.path_dialog import PathDialog
 from common.gui.server_controller import SAVE_SUFFIXES, ServerController
 from common.gui.server_view import rows_shown
+from common.gui.setup_fields import AUTO_HINTS
 from common.gui.sizes import SERVER_MINIMUM
 from common.gui.tutorial_app import TutorialApp
 from common.gui.widgets import (
@@ -142,18 +143,7 @@ class ServerApp(TutorialApp):
 
     def setup_input(self, spec):
         if not spec.choices:
-            # Empty: the model's default (the tutorial's XOR or real data: common.ga), the
-            # aggregation rule's, or two thirds of each secure round's clients.
-            hint = (
-                "by model"
-                if getattr(LEFT_TO_MODEL, spec.name, None) is BY_MODEL
-                else "by rule"
-                if spec.name in SETTINGS
-                else "2/3 of a round"
-                if spec.name == "secagg_threshold"
-                else ""
-            )
-            return self.text_field(spec.name, hint, spec.text)
+            return self.text_field(spec.name, AUTO_HINTS.get(spec.name, ""), spec.text)
         spinner = Spinner(text=spec.text, values=spec.choices)
         spinner.bind(
             text=lambda _spinner, text: self._chosen(spec.name, text),

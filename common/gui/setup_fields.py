@@ -5,7 +5,7 @@ matter or follow one another as the others change. Plain Python, no Kivy."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +14,9 @@ from common.app import number, positive
 from common.data import second_field
 from common.errors import ConfigError
 from common.fitness_federation import FEDERATIONS, FITNESS, FITNESS_SETTING
-from common.ga import BY_MODEL, ByModel
+from common.auto import AUTO
 from common.operators import OPERATORS
-from common.server_config import SECURE_DEFAULTS, SECURE_REFUSED, ServerConfig
+from common.server_config import BY_SECURITY, SECURE_REFUSED
 
 ON_OFF = ("off", "on")  # a switch's texts, for False and True
 
@@ -32,36 +32,24 @@ class SetupField:
 
 
 def setup_text(value) -> str:
-    """A setting as its setup field shows it: "" for None or BY_MODEL (a default left to
-    the rule or the model), on or off."""
+    """A setting as its setup field shows it: "" for no file or ``AUTO`` (left to the run),
+    on or off."""
     if isinstance(value, bool):
         return ON_OFF[value]
-    if value is None or isinstance(value, ByModel):
+    if value is None or value is AUTO:
         return ""
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def or_default(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A parser for a setting whose default depends on the aggregation rule (or each secure
-    round's clients): an empty field is None, which leaves it to them."""
-    return lambda text: parse(text) if text else None
-
-
-def or_by_model(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A parser for a setting whose default depends on the model: an empty field is
-    ``BY_MODEL``, which leaves it to the model (``TrainingConfig.ga_for_model``)."""
-    return lambda text: parse(text) if text else BY_MODEL
 
 
 # Setup fields by config field: (caption, parser of the text). Files are paths; "" is none.
 NUMBERS = {
     "target_accuracy": ("Target accuracy", positive(float)),
     "min_clients": ("Min clients", positive(int)),
-    "secagg_threshold": ("Secagg threshold", or_default(positive(int))),
+    "secagg_threshold": ("Secagg threshold", positive(int)),
     # The rules' settings, captioned by their names ("Server learning rate", "Clip norm"):
     # a number here, their bounds the rule's to check (common.aggregate.SETTINGS).
     **{
-        name: (name.replace("_", " ").capitalize(), or_default(number(setting.kind)))
+        name: (name.replace("_", " ").capitalize(), number(setting.kind))
         for name, setting in SETTINGS.items()
     },
     "patience": ("Patience (0: never)", positive(int, zero_ok=True)),
@@ -69,8 +57,17 @@ NUMBERS = {
     "num_parents_mating": ("Parents mating", positive(int)),
     "mutation_percent_genes": ("Mutation %", positive(float)),
     "mutation_step": ("Mutation step", positive(float)),
-    "step_patience": ("Step patience", or_by_model(positive(int, zero_ok=True))),
-    "stop_fitness": ("Stop fitness", or_by_model(positive(float, zero_ok=True))),
+    "step_patience": ("Step patience", positive(int, zero_ok=True)),
+    "stop_fitness": ("Stop fitness", positive(float, zero_ok=True)),
+}
+# The number fields that may be left empty (``AUTO``), with what decides them then: their
+# hint text.
+AUTO_HINTS = {
+    "min_clients": "%s, secure %s" % BY_SECURITY["min_clients"],
+    "secagg_threshold": "2/3 of a round",
+    **dict.fromkeys(SETTINGS, "by rule"),
+    "step_patience": "by model",
+    "stop_fitness": "by model",
 }
 FILES = {
     "model": "Model file (.keras, JSON)",
@@ -110,7 +107,10 @@ def fields_for(settings: Mapping[str, Any]) -> list[SetupField]:
     ``ServerConfig.settings`` gives them)."""
     shown = []
     for name in SETUP_ORDER:
-        text = setup_text(settings[name])
+        value = settings[name]
+        if name in CHOICES and value is AUTO:  # a spinner shows what it resolves to
+            value = BY_SECURITY[name][settings["secure_aggregation"]]
+        text = setup_text(value)
         if name in CHOICES:
             caption, choices = CHOICES[name]
             shown.append(SetupField(name, caption, text, tuple(choices)))
@@ -127,7 +127,9 @@ def parse_texts(texts: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name, text in texts.items():
         text = text.strip()
-        if name in NUMBERS:
+        if not text and name in AUTO_HINTS:
+            values[name] = AUTO
+        elif name in NUMBERS:
             caption, parse_text = NUMBERS[name]
             try:
                 values[name] = parse_text(text)
@@ -144,17 +146,13 @@ def parse_texts(texts: Mapping[str, str]) -> dict[str, Any]:
 
 def follows(name: str, texts: Mapping[str, str]) -> dict[str, str]:
     """The texts other setup fields take now that the field ``name`` has changed to its
-    text in ``texts``: secure aggregation turned on moves the aggregation and min
-    clients, if still at their defaults, to those --secure-aggregation chooses (turned
-    off, they stay: a plain run can use them)."""
-    if name not in SWITCHES or texts.get(name) != "on":
-        return {}
-    plain = ServerConfig().settings()
-    return {
-        other: setup_text(value)
-        for other, value in SECURE_DEFAULTS.items()
-        if texts.get(other) == setup_text(plain[other])
-    }
+    text in ``texts``: secure aggregation turned on moves the aggregation, if still at its
+    plain default, to the one it chooses (``BY_SECURITY``; turned off, it stays: a plain run
+    can use it). An empty min clients needs no moving: it is resolved at Listen."""
+    plain, secure = BY_SECURITY["aggregation"]
+    if name in SWITCHES and texts.get(name) == "on" and texts.get("aggregation") == plain:
+        return {"aggregation": secure}
+    return {}
 
 
 def applies(name: str, texts: Mapping[str, str]) -> bool:
@@ -184,8 +182,8 @@ def applies(name: str, texts: Mapping[str, str]) -> bool:
     return True
 
 
-def not_used(texts: Mapping[str, str]) -> dict[str, None]:
+def not_used(texts: Mapping[str, str]) -> dict[str, Any]:
     """The settings of the greyed-out fields given every field's text (the rule does not
-    take them, secure aggregation is off or cannot run with them), as None: not used,
-    whatever they say."""
-    return {name: None for name in (*SETTINGS, "secagg_threshold") if not applies(name, texts)}
+    take them, secure aggregation is off or cannot run with them), as ``AUTO``: not
+    given, whatever they say."""
+    return {name: AUTO for name in (*SETTINGS, "secagg_threshold") if not applies(name, texts)}

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.auto import AUTO, Auto
 from common.errors import ConfigError
 from common.secagg.ring import (
     DEFAULT_BITS,
@@ -47,12 +48,18 @@ __all__ = [
     "UnmaskRequest",
     "check_threshold",
     "default_threshold",
+    "round_threshold",
 ]
 
 
 def default_threshold(clients: int) -> int:
     """The default t for ``clients`` clients: ceil(2n/3), never below 2."""
     return max(2, math.ceil(2 * clients / 3))
+
+
+def round_threshold(threshold: int | Auto, clients: int) -> int:
+    """The t of a round of ``clients`` clients: ``threshold`` if given, else the default."""
+    return default_threshold(clients) if isinstance(threshold, Auto) else threshold
 
 
 def check_threshold(threshold: int, clients: int) -> None:
@@ -94,7 +101,7 @@ class RoundSetup:
         clients: list[int] | tuple[int, ...],
         length: int,
         *,
-        threshold: int | None = None,
+        threshold: int | Auto = AUTO,
         clipping_range: float = DEFAULT_CLIPPING_RANGE,
         max_weight: int = DEFAULT_MAX_WEIGHT,
         bits: int = DEFAULT_BITS,
@@ -107,7 +114,7 @@ class RoundSetup:
             clients=ids,
             length=length,
             ring=RingSpec(len(ids), clipping_range, max_weight, bits),
-            threshold=default_threshold(len(ids)) if threshold is None else threshold,
+            threshold=round_threshold(threshold, len(ids)),
         )
 
 

@@ -22,6 +22,7 @@ from common import datasets, security
 from common.aggregate import AGGREGATIONS, EXCLUDED, SETTINGS
 from common.app import build_global_model
 from common.attacks import AttackConfig
+from common.auto import AUTO
 from common.cli import server_parser
 from common.client import ClientConfig, ClientOutcome, RecvThread, connect
 from common.data import CLIENT_DATA, XOR_TEST_DATA, second_field
@@ -32,6 +33,7 @@ from common.gui.client_view import NO_DATA
 from common.gui.controller import INITIAL_STATUS
 from common.gui.server_controller import ServerController
 from common.gui.server_view import ClientRow, RowState, rows_shown
+from common.gui.setup_fields import parse_texts
 from common.model import load_keras, xor_model_json
 from common.server_config import ServerConfig
 
@@ -712,7 +714,7 @@ def test_setup_fields_are_filled_from_the_flags_and_show_when_they_apply(make_se
         "byzantine": "",
         "clip_norm": "",
         "max_claimed_samples": "",
-        "min_clients": "2",
+        "min_clients": "",  # 2, or 3 with secure aggregation
         "patience": "5",
         "step_patience": "",  # left to the model
         "num_generations": "30",
@@ -756,19 +758,20 @@ def test_the_secure_aggregation_switch_greys_what_cannot_run_with_it(make_server
 
 
 def test_turning_secure_aggregation_on_chooses_its_defaults_unless_given(make_server):
-    server = make_server()  # no flags: running-best and min clients 2, the plain defaults
+    server = make_server()  # no flags: running-best, and min clients left empty (AUTO)
     texts = {f.name: f.text for f in server.setup_fields()}
+    assert (texts["aggregation"], texts["min_clients"]) == ("running-best", "")
     assert server.follows("secure_aggregation", texts) == {}  # off
     texts["secure_aggregation"] = "on"
-    assert server.follows("secure_aggregation", texts) == {
-        "aggregation": "fedavg",
-        "min_clients": "3",
-    }
-    texts |= {"aggregation": "fedyogi", "min_clients": "5"}  # chosen: kept
-    assert server.follows("secure_aggregation", texts) == {}
-    texts |= {"aggregation": "running-best"}  # each, as the flags: min clients was chosen
     assert server.follows("secure_aggregation", texts) == {"aggregation": "fedavg"}
+    texts |= {"aggregation": "fedyogi"}  # chosen: kept
+    assert server.follows("secure_aggregation", texts) == {}
     assert server.follows("aggregation", texts) == {}
+    # The empty min clients is resolved at Listen: 3 with secure aggregation, 2 without.
+    assert parse_texts({"min_clients": ""}) == {"min_clients": AUTO}
+    for secure, min_clients in ((True, 3), (False, 2)):
+        training = ServerConfig.of(secure_aggregation=secure, min_clients=AUTO).training
+        assert training.resolved().min_clients == min_clients
 
 
 def test_secure_aggregation_from_the_fields_reaches_the_server(make_server, main_thread):
@@ -782,12 +785,12 @@ def test_secure_aggregation_from_the_fields_reaches_the_server(make_server, main
     )
     training = server.config.training
     assert (training.secure_aggregation, training.secagg_threshold) == (True, 3)
-    assert training.max_claimed_samples is None
+    assert training.max_claimed_samples is AUTO
     assert server.global_model.secure_aggregation and server.view.secure
     assert server.view.note == "secure aggregation: the server sees only each round's sum"
     server.close()
     listen(server, secure_aggregation="off", secagg_threshold="3")  # greyed when off
-    assert server.config.training.secagg_threshold is None and server.view.note == ""
+    assert server.config.training.secagg_threshold is AUTO and server.view.note == ""
 
 
 def test_the_federation_choices_are_the_flags_and_reach_the_server(make_server, main_thread):
@@ -1185,10 +1188,8 @@ def test_a_secure_run_through_the_window_controllers_shows_only_the_rounds_sums(
     server = make_server(seed=1, round_timeout=2.0)
     texts = {f.name: f.text for f in server.setup_fields()} | {"secure_aggregation": "on"}
     port = listen(server, **(texts | server.follows("secure_aggregation", texts)))
-    assert (server.config.training.aggregation, server.config.training.min_clients) == (
-        "fedavg",
-        3,
-    )
+    training = server.config.training.resolved()
+    assert (training.aggregation, training.min_clients) == ("fedavg", 3)
     assert server.view.note == "secure aggregation: the server sees only each round's sum"
     summaries: list[str] = []
     server.on_change = lambda: summaries.append(server.view.summary)
