@@ -138,12 +138,29 @@ def _load_csv(file: Path, label_column: str | None) -> Dataset:
     try:
         table = np.array(body, dtype=np.float32)
     except ValueError:
-        raise DataError(
-            f"{file} holds a value that is not a number, or rows of different lengths."
-        ) from None
+        raise DataError(_csv_fault(file, body, index, first_row=1 + has_header)) from None
     if index >= table.shape[1]:
         raise DataError(f"{file} has {table.shape[1]} columns; there is no column {index}.")
     return Dataset(np.delete(table, index, axis=1), table[:, index])
+
+
+def _csv_fault(file: Path, body: list[list[str]], label_index: int, first_row: int) -> str:
+    """Why ``body`` (the rows under the header, the first being line ``first_row``) is not a
+    table of numbers, in one sentence naming the line: a row of another length, or the first
+    value that is not a number (in the label column: class names, which need numbering)."""
+    for line, row in enumerate(body, start=first_row):
+        if len(row) != len(body[0]):
+            return f"{file}, line {line}: {len(row)} values where the first row has {len(body[0])}."
+        for column, value in enumerate(row):
+            if _is_number(value):
+                continue
+            if column == label_index:
+                return (
+                    f"{file}, line {line}: the label {value!r} is not a class number; "
+                    "labels must be numbered 0, 1, ... alike in every file of the run."
+                )
+            return f"{file}, line {line}, column {column}: {value!r} is not a number."
+    return f"{file} does not read as a table of numbers."
 
 
 def _is_number(text: str) -> bool:

@@ -58,6 +58,22 @@ def test_mistakes_are_one_plain_sentence(xor, call, match):
         call(xor)
 
 
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("a,b,kind\n1,1,yes\n", r"line 2: the label 'yes' is not a class number; labels must be"),
+        ("a,b,kind\n1,1,0\n1,,1\n", r"line 3, column 1: '' is not a number"),
+        ("1,1,0\n1,x,1\n", r"line 2, column 1: 'x' is not a number"),  # no header
+        ("a,b,kind\n1,1,0\n1,0\n", "line 3: 2 values where the first row has 3"),
+    ],
+)
+def test_a_csv_that_is_not_numbers_is_refused_naming_its_line(tmp_path, text, match):
+    """A user's CSV with class names or a gap gets the line to fix, not "a value somewhere"."""
+    (tmp_path / "data.csv").write_text(text)
+    with pytest.raises(DataError, match=match):
+        load_dataset(str(tmp_path / "data.csv"), label_column="2")
+
+
 def test_dirichlet_split_skews_labels_and_keeps_every_sample():
     labels = np.repeat(np.arange(4), 250)
     rng = np.random.default_rng(0)
