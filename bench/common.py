@@ -89,6 +89,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
+def held_out_se(accuracy: float, samples: int) -> float:
+    """The standard error of an accuracy measured on ``samples`` held-out samples: two runs
+    whose scores differ by less are not told apart by this held-out set."""
+    return math.sqrt(accuracy * (1 - accuracy) / samples)
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

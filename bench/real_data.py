@@ -116,6 +116,7 @@ from bench.common import (
     ROOT,
     RUN_TIMEOUT,
     Finished,
+    held_out_se,
     print_header,
     print_table,
     read_history,
@@ -841,12 +842,6 @@ def earlier_targets(
                 ratio >= 1.0,
             )
     return met
-
-
-def held_out_se(accuracy: float, samples: int) -> float:
-    """The standard error of an accuracy measured on ``samples`` held-out samples: two runs
-    whose scores differ by less are not told apart by this held-out set."""
-    return math.sqrt(accuracy * (1 - accuracy) / samples)
 
 
 def federation_targets(

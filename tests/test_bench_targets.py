@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from bench import attacks, fitness, real_data, scale, secagg, soak, startup, time_to_accuracy
+from bench import attacks, default_model, fitness, real_data, scale, secagg, soak, startup
+from bench import time_to_accuracy
 from bench import transfer
 from bench.common import HistoryRow, read_history, seconds_per_round
 
@@ -215,3 +216,19 @@ def test_real_data_fitness_against_flower_within_one_standard_error(capsys):
     assert "target >= 0.568 - 0.014 = 0.554, met" in capsys.readouterr().out
     assert not real_data.check_targets(results(0.530))
     assert len(missed(capsys)) == 1
+
+
+def test_default_model(capsys):
+    def runs(model, reached, held_out):
+        return [
+            default_model.Run(data, federation, model, seed, seed <= reached, 5, held_out)
+            for data in default_model.SETS
+            for federation in ("fitness", "weights")
+            for seed in range(1, 11)
+        ]
+
+    xor, dense = default_model.MODELS
+    assert default_model.check_targets(runs(xor, 7, 0.94) + runs(dense, 10, 0.93))
+    assert missed(capsys) == []  # 0.93 is within one held-out standard error of 0.94
+    assert not default_model.check_targets(runs(xor, 10, 0.96) + runs(dense, 8, 0.90))
+    assert len(missed(capsys)) == 8  # each set and federation: 8/10 reached, 0.90 held out

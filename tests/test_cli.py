@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common.app import EXIT_CODES
@@ -495,3 +496,18 @@ def test_the_deadline_flags_reach_the_server_and_client_configs():
         assert (config.recv_timeout, config.min_rate, config.idle_timeout) == (4, 2.5, 60)
     defaults = server_config_from(server_parser().parse_args([])).network
     assert defaults.min_rate == ClientConfig().min_rate == 8.0
+
+
+def test_test_data_without_a_model_file_gets_a_dense_model_sized_to_it(tmp_path):
+    """The tutorial's 2-4-2 model only for its own four samples: other data of two features
+    and two classes gets the 16-unit default too (bench.default_model: with four hidden
+    units the GA stalled below target on two moons)."""
+    from common.app import build_global_model
+    from common.data import XOR_TEST_DATA
+    from common.server_config import ServerConfig
+
+    np.savez(tmp_path / "xor.npz", inputs=XOR_TEST_DATA.inputs, outputs=XOR_TEST_DATA.outputs)
+    given = build_global_model(ServerConfig.of(test_data=str(tmp_path / "xor.npz")))
+    tutorial = build_global_model(ServerConfig())
+    assert given.num_params == 2 * 16 + 16 + 16 * 2 + 2
+    assert tutorial.num_params == 2 * 4 + 4 + 4 * 2 + 2

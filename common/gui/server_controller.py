@@ -197,7 +197,7 @@ class ServerController(Controller):
         training = config.training
         if training.model:
             return f"The model in {training.model}: {shape}"
-        if training.test_data and (features, outputs) != (2, 2):
+        if training.test_data:
             return f"No model file: a default Dense model sized to the test data ({shape})"
         return f"The tutorial's XOR model ({shape})"
 
