@@ -87,8 +87,8 @@ def training_flags(parser: argparse.ArgumentParser, defaults: TrainingConfig) ->
         "--model",
         metavar="FILE",
         help="the model to train: a .keras file or a "
-        "Keras JSON architecture (default: the tutorial's XOR model, or for "
-        "--test-data of other features or classes a Dense model sized to it)",
+        "Keras JSON architecture (default: the tutorial's XOR model, or with "
+        "--test-data a Dense model sized to it)",
     )
     parser.add_argument(
         "--test-data",
