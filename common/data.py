@@ -135,6 +135,8 @@ def _load_csv(file: Path, label_column: str | None) -> Dataset:
     else:
         raise DataError(f"{file} has no column {label_column!r}.")
     body = rows[1:] if has_header else rows
+    if not body:
+        raise DataError(f"{file} has a header and no rows of data.")
     try:
         table = np.array(body, dtype=np.float32)
     except ValueError:

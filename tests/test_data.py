@@ -65,6 +65,7 @@ def test_mistakes_are_one_plain_sentence(xor, call, match):
         ("a,b,kind\n1,1,0\n1,,1\n", r"line 3, column 1: '' is not a number"),
         ("1,1,0\n1,x,1\n", r"line 2, column 1: 'x' is not a number"),  # no header
         ("a,b,kind\n1,1,0\n1,0\n", "line 3: 2 values where the first row has 3"),
+        ("a,b,kind\n", "has a header and no rows of data"),
     ],
 )
 def test_a_csv_that_is_not_numbers_is_refused_naming_its_line(tmp_path, text, match):

@@ -25,11 +25,11 @@ from common.app import (
     exit_on_mistake,
     positive,
 )
+from common.auto import AUTO
 from common.data import DataError
 from common.errors import ConfigError, UserError
 from common.flags import rule_setting_flags, server_config_from, training_flags
 from common.flower.deploy import LocalDeployment
-from common.auto import AUTO
 from common.server_config import ServerConfig
 
 log = logging.getLogger("fedga.flower")

@@ -15,7 +15,6 @@ from kivy.uix.tabbedpanel import TabbedPanel, TabbedPanelItem
 
 from common.aggregate import SETTINGS
 from common.data import DATA_SUFFIXES
-
 from common.gui.chart import LineChart, Series, loss_range
 from common.gui.path_dialog import PathDialog
 from common.gui.server_controller import SAVE_SUFFIXES, ServerController
